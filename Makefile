@@ -1,0 +1,29 @@
+# Two entry points (see README): `make demo` and `make test`. Both set up .venv first;
+# setup re-runs only when pyproject.toml or constraints.txt changes.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.pbhw-installed
+
+.PHONY: setup demo test lint bench clean
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+demo: setup
+	$(BIN)/pbhw check examples/mlp_digits.toml
+	$(BIN)/pbhw train examples/mlp_digits.toml --json out/mlp_digits/train.json
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

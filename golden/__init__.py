@@ -1,0 +1,1 @@
+"""Step-synchronous Pipelined Backpropagation model (float and bit-exact integer arithmetic)."""

@@ -1,0 +1,252 @@
+"""The step-synchronous Pipelined Backpropagation schedule, written once for every arithmetic.
+
+Time advances in steps. In step ``t`` every stage ``l`` does, with the weights it holds at the
+start of the step:
+
+* the forward of the sample that stage ``l - 1`` produced in step ``t - 1`` (stage 1: the sample
+  entering the pipeline in step ``t``), pushing the input and its ReLU mask on the stash FIFO;
+* the backward of the error stage ``l + 1`` produced in step ``t - 1`` (stage ``L``: the loss error
+  formed from its own forward output of step ``t - 1``), popping that sample's stash entry;
+* the update from that backward sample, at the end of the step. Steps without a backward sample
+  (pipeline fill and drain) do no update.
+
+So stage ``l`` forwards sample ``s`` in step ``s + l - 1`` and updates from it in step
+``s + 2L - l``: ``D_l = 2(L - l) + 1`` updates lie between the two, and the stash holds at most
+``D_l + 1`` entries. With ``pipelined=False`` (the ``sgd`` algorithm, every delay forced to 0) the
+same code runs a whole sample through every stage, forward then backward, in one step.
+
+Arithmetic is a strategy object (:class:`golden.float_arith.FloatArithmetic`, or the integer one):
+this module never computes on values itself, it only routes them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pbhw.config import Algorithm
+from pbhw.plan import Plan, StagePlan
+
+__all__ = ["Pipeline", "Stage", "StageStep", "StepRecord", "Completion", "initial_weights"]
+
+
+def initial_weights(
+    plan: Plan, seed: int | None = None
+) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Float64 initial weights from the seed: uniform He init (gain sqrt(2)) before a ReLU,
+    gain 1 for the last layer; biases zero."""
+    gen = torch.Generator().manual_seed(plan.config.seed if seed is None else seed)
+    out = []
+    for st in plan.stages:
+        gain = 2.0**0.5 if st.relu else 1.0
+        bound = gain * (3.0 / st.n_in) ** 0.5
+        w = (torch.rand(st.n_out, st.n_in, generator=gen, dtype=torch.float64) * 2 - 1) * bound
+        b = torch.zeros(st.n_out, dtype=torch.float64) if plan.config.network.bias else None
+        out.append((w, b))
+    return out
+
+
+@dataclass
+class StashEntry:
+    sample: int
+    x: Any
+    mask: Any
+    weights: tuple[Any, Any] | None  # weights the forward used (weight stashing only)
+
+
+@dataclass
+class StageStep:
+    """What one stage did in one step (``None`` where it had nothing to do)."""
+
+    forward_sample: int | None = None
+    output: Any = None
+    backward_sample: int | None = None
+    error: Any = None  # error sent to the previous stage (None for stage 1)
+    updated: bool = False
+
+
+@dataclass
+class StepRecord:
+    step: int
+    stages: list[StageStep]
+    loss_sample: int | None = None
+    loss_error: Any = None
+
+
+@dataclass
+class Completion:
+    """A sample whose forward reached the loss unit: its prediction and loss."""
+
+    sample: int
+    label: int
+    prediction: int
+    loss: float
+    step: int
+
+
+class Stage:
+    """One pipeline stage: its state, its stash FIFO and its counters."""
+
+    def __init__(self, plan: StagePlan, arith: Any, state: Any, stashing: bool):
+        self.plan = plan
+        self.arith = arith
+        self.state = state
+        self.stashing = stashing
+        self.stash: deque[StashEntry] = deque()
+        self.max_stash = 0
+        self.updates = 0
+
+    @property
+    def delay(self) -> int:
+        return self.plan.delay
+
+    def forward(self, sample: int, x: Any) -> Any:
+        w, b = self.arith.predicted(self.plan, self.state)
+        y, mask = self.arith.forward(self.plan, w, b, x)
+        # Stashed weights must be a copy: w may be the live tensor that updates modify in place.
+        kept = (w.clone(), None if b is None else b.clone()) if self.stashing else None
+        self.stash.append(StashEntry(sample, x, mask, kept))
+        self.max_stash = max(self.max_stash, len(self.stash))
+        return y
+
+    def backward(self, sample: int, error: Any) -> tuple[Any, StashEntry]:
+        entry = self.stash.popleft()
+        if entry.sample != sample:  # the schedule is FIFO by construction
+            raise AssertionError(
+                f"stage {self.plan.index}: backward of sample {sample} but the "
+                f"stash holds sample {entry.sample} first"
+            )
+        dz = self.arith.output_gradient(self.plan, error, entry.mask)
+        error_in = None
+        if self.plan.index > 1:
+            w = entry.weights[0] if self.stashing else self.state.w
+            error_in = self.arith.backward(self.plan, w, dz)
+        return (dz, entry), error_in
+
+    def update(self, pending: tuple[Any, StashEntry]) -> None:
+        dz, entry = pending
+        self.arith.update(self.plan, self.state, dz, entry.x)
+        self.updates += 1
+
+
+class Pipeline:
+    """A stack of stages run on the PB schedule (or, for ``sgd``, with zero delays)."""
+
+    def __init__(self, plan: Plan, arith: Any, weights: list | None = None):
+        self.plan = plan
+        self.arith = arith
+        cfg = plan.config
+        self.pipelined = cfg.optimizer.algorithm is Algorithm.PB
+        stashing = self.pipelined and cfg.optimizer.weight_stashing
+        weights = initial_weights(plan) if weights is None else weights
+        self.stages = [
+            Stage(st, arith, arith.init_state(st, w, b), stashing)
+            for st, (w, b) in zip(plan.stages, weights, strict=True)
+        ]
+        self.step_index = 0
+        self._next_sample = 0
+        self._labels: dict[int, int] = {}
+        # Values latched at the end of the previous step (pipelined mode only).
+        self._fwd_latch: list[tuple[int, Any] | None] = [None] * len(self.stages)
+        self._err_latch: list[tuple[int, Any] | None] = [None] * len(self.stages)
+
+    @property
+    def in_flight(self) -> bool:
+        return any(e is not None for e in self._fwd_latch + self._err_latch) or any(
+            st.stash for st in self.stages
+        )
+
+    def step(
+        self, x: torch.Tensor | None = None, label: int | None = None, record: bool = False
+    ) -> tuple[Completion | None, StepRecord | None]:
+        """Advance one step, feeding sample ``(x, label)`` (or a bubble when ``x`` is None)."""
+        L = len(self.stages)
+        t = self.step_index
+        steps = [StageStep() for _ in range(L)] if record else None
+        incoming: tuple[int, Any] | None = None
+        if x is not None:
+            incoming = (self._next_sample, self.arith.encode_input(x))
+            self._labels[self._next_sample] = int(label)
+            self._next_sample += 1
+
+        # Forward: each stage reads what its predecessor latched last step (or, unpipelined,
+        # what it produced this step).
+        fwd_out: list[tuple[int, Any] | None] = [None] * L
+        for i, stage in enumerate(self.stages):
+            src = (
+                incoming
+                if i == 0
+                else (self._fwd_latch[i - 1] if self.pipelined else fwd_out[i - 1])
+            )
+            if src is not None:
+                fwd_out[i] = (src[0], stage.forward(src[0], src[1]))
+                if steps:
+                    steps[i].forward_sample, steps[i].output = fwd_out[i]
+
+        # Loss unit: turns stage L's output into the first error vector.
+        completion, loss_err = None, None
+        if fwd_out[L - 1] is not None:
+            sample, y = fwd_out[L - 1]
+            error, loss = self.arith.loss(y, self._labels[sample])
+            completion = Completion(
+                sample, self._labels.pop(sample), self.arith.label_of(y), loss, t
+            )
+            loss_err = (sample, error)
+
+        # Backward, stage L down to 1, with the weights held at the start of the step.
+        err_out: list[tuple[int, Any] | None] = [None] * L
+        pending: list[Any] = [None] * L
+        for i in reversed(range(L)):
+            if i == L - 1:
+                src = self._err_latch[i] if self.pipelined else loss_err
+            else:
+                src = self._err_latch[i] if self.pipelined else err_out[i + 1]
+            if src is None:
+                continue
+            pending[i], error_in = self.stages[i].backward(src[0], src[1])
+            if i > 0:
+                err_out[i] = (src[0], error_in)
+            if steps:
+                steps[i].backward_sample, steps[i].error = src[0], error_in
+
+        # Updates, at the end of the step.
+        for i, stage in enumerate(self.stages):
+            if pending[i] is not None:
+                stage.update(pending[i])
+                if steps:
+                    steps[i].updated = True
+
+        # Latch: stage i's forward feeds stage i+1 next step; the loss error feeds stage L next
+        # step; stage i's backward error feeds stage i-1 next step.
+        if self.pipelined:
+            self._fwd_latch = fwd_out
+            self._err_latch = [err_out[i + 1] if i + 1 < L else loss_err for i in range(L)]
+        self.step_index += 1
+        rec = StepRecord(t, steps, *(loss_err if loss_err else (None, None))) if record else None
+        return completion, rec
+
+    def run(
+        self, xs: Iterable[torch.Tensor], labels: Iterable[int], drain: bool = True
+    ) -> Iterator[Completion]:
+        """Stream samples through the pipeline, yielding a completion per sample."""
+        for x, label in zip(xs, labels, strict=True):
+            done, _ = self.step(x, label)
+            if done is not None:
+                yield done
+        if drain:
+            yield from self.drain()
+
+    def drain(self) -> Iterator[Completion]:
+        """Feed bubbles until every sample in flight has done its update."""
+        while self.in_flight:
+            done, _ = self.step()
+            if done is not None:
+                yield done
+
+    def evaluate(self, x: torch.Tensor) -> torch.Tensor:
+        """Network outputs for a batch with the current weights (no pipeline, no prediction)."""
+        return self.arith.evaluate([s.plan for s in self.stages], [s.state for s in self.stages], x)

@@ -1,0 +1,250 @@
+"""The ``pbhw`` command line.
+
+Every command takes a config file and ``--set KEY=VALUE`` overrides. A bad config, dataset or
+argument is reported as one ``error:`` line on stderr with exit status 2 and nothing written.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from pbhw import __version__
+from pbhw.config import Config, ConfigError, load
+
+SET_HELP = "Override a config key, e.g. --set optimizer.lr=0.05 (repeatable)."
+
+
+class UserError(Exception):
+    """Bad user input detected outside config validation; reported like a ConfigError."""
+
+
+def _fail(message: str, status: int = 2) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(status)
+
+
+def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the library's input errors into one ``error:`` line and exit status 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from pbhw.datasets import DatasetError
+
+        try:
+            return func(*args, **kwargs)
+        except (ConfigError, DatasetError, UserError) as e:
+            _fail(str(e))
+
+    return wrapper
+
+
+def load_config(path: str, sets: tuple[str, ...]) -> Config:
+    return load(Path(path), sets)
+
+
+config_argument = click.argument("config")
+set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pbhw")
+def main() -> None:
+    """Co-design FPGA hardware that trains neural networks with Pipelined Backpropagation."""
+
+
+@main.command()
+@config_argument
+@set_option
+@user_errors
+def check(config: str, sets: tuple[str, ...]) -> None:
+    """Validate CONFIG and print the derived plan: stages, delays, formats, coefficients."""
+    from pbhw.plan import derive_plan
+
+    cfg = load_config(config, sets)
+    plan = derive_plan(cfg)
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+    opt = cfg.optimizer
+    console.print(
+        f"[bold]{cfg.name}[/bold]: {' -> '.join(map(str, cfg.network.layers))}, "
+        f"loss {cfg.network.loss.value}, bias {'on' if cfg.network.bias else 'off'}, "
+        f"seed {cfg.seed}"
+    )
+    features = [
+        f"SC {'on' if opt.spike_compensation else 'off'}",
+        f"LWP {opt.weight_prediction.value}",
+        f"stashing {'on' if opt.weight_stashing else 'off'}",
+    ]
+    pb_note = ", ".join(features) if opt.algorithm.value == "pb" else "non-pipelined reference"
+    console.print(
+        f"optimizer {opt.algorithm.value} ({pb_note}); lr {opt.lr:g}, momentum "
+        f"{opt.momentum:g} at reference batch {opt.reference_batch} -> lr "
+        f"{plan.lr:.6g}, momentum {plan.momentum:.6g} at batch {plan.batch_size}"
+    )
+    console.print(
+        f"train: {cfg.train.dataset}, {cfg.train.epochs} epochs, arithmetic "
+        f"{cfg.train.arith.value}; hardware: {cfg.hardware.device} at "
+        f"{cfg.hardware.clock_mhz:g} MHz, lanes {_lanes(cfg)}"
+    )
+
+    table = Table(title="stages", title_justify="left")
+    for column in ("stage", "shape", "relu", "delay D", "horizon T", "SC a", "SC b", "lanes"):
+        table.add_column(column, justify="right")
+    for st in plan.stages:
+        table.add_row(
+            str(st.index),
+            f"{st.n_in}x{st.n_out}",
+            "yes" if st.relu else "no",
+            str(st.delay),
+            str(st.horizon),
+            f"{st.a:.6g}",
+            f"{st.b:.6g}",
+            "auto" if st.lanes is None else str(st.lanes),
+        )
+    console.print(table)
+
+    formats = Table(title="number formats", title_justify="left")
+    for column in ("role", "stages", "format", "range", "resolution", "rounding", "overflow"):
+        formats.add_column(column)
+    from pbhw.config import ROLES
+
+    for role in ROLES:
+        groups: dict[object, list[int]] = {}
+        for st in plan.stages:
+            groups.setdefault(st.formats.role(role), []).append(st.index)
+        for rf, idx in groups.items():
+            fmt = rf.format
+            formats.add_row(
+                role,
+                ",".join(map(str, idx)),
+                str(fmt),
+                f"[{fmt.min_value:g}, {fmt.max_value:g}]",
+                f"{fmt.resolution:.3g}",
+                rf.rounding.value,
+                rf.overflow.value,
+            )
+    console.print(formats)
+
+    coeffs = Table(title="update constants (coefficient format)", title_justify="left")
+    for column in ("stage", "constant", "exact", "code", "quantized", "rel. error"):
+        coeffs.add_column(column)
+    for st in plan.stages:
+        for c in st.coefficients.values():
+            coeffs.add_row(
+                str(st.index),
+                c.name,
+                f"{c.value:.8g}",
+                str(c.code),
+                f"{c.quantized:.8g}",
+                f"{c.error:.2e}",
+            )
+    console.print(coeffs)
+    for warning in plan.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    console.print("config OK")
+
+
+@main.command()
+@config_argument
+@click.option(
+    "--dataset", help="Dataset: digits, mnist1d, cifar10:PATH or npz:PATH (sets train.dataset)."
+)
+@click.option("--epochs", type=int, help="Number of epochs (sets train.epochs).")
+@click.option(
+    "--arith",
+    type=click.Choice(["float", "fixed"]),
+    help="Arithmetic: float, or fixed (the bit-exact hardware model).",
+)
+@click.option("--seed", type=int, help="Seed for initial weights and sample order (sets seed).")
+@set_option
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(dir_okay=False),
+    help="Write the results as JSON to this file.",
+)
+@user_errors
+def train(
+    config: str,
+    dataset: str | None,
+    epochs: int | None,
+    arith: str | None,
+    seed: int | None,
+    sets: tuple[str, ...],
+    json_out: str | None,
+) -> None:
+    """Train CONFIG on its dataset and report train/test accuracy and loss."""
+    from pbhw.datasets import load as load_dataset
+    from pbhw.train import TrainingDiverged
+    from pbhw.train import train as run_training
+
+    extra = [
+        f"{key}={value}"
+        for key, value in (
+            ("train.dataset", None if dataset is None else f'"{dataset}"'),
+            ("train.epochs", epochs),
+            ("train.arith", None if arith is None else f'"{arith}"'),
+            ("seed", seed),
+        )
+        if value is not None
+    ]
+    cfg = load_config(config, (*sets, *extra))
+    data = load_dataset(cfg.train.dataset)
+    console = Console(highlight=False, stderr=True)
+    console.print(
+        f"training {cfg.name}: {cfg.optimizer.algorithm.value}, "
+        f"{cfg.train.arith.value} arithmetic, {data.describe()}"
+    )
+
+    def on_epoch(r: Any) -> None:
+        console.print(
+            f"epoch {r.epoch:3d}/{cfg.train.epochs}  loss {r.train_loss:.4f}  "
+            f"stream acc {100 * r.train_accuracy_stream:5.1f}%  "
+            f"test acc {100 * r.test_accuracy:5.1f}%  ({r.seconds:.1f} s)"
+        )
+
+    try:
+        result = run_training(cfg, dataset=data, on_epoch=on_epoch)
+    except TrainingDiverged as e:
+        _fail(str(e), status=1)
+    click.echo(
+        f"test accuracy {100 * result.test_accuracy:.2f}%, train accuracy "
+        f"{100 * result.train_accuracy:.2f}%, final loss {result.final_loss:.4f}, "
+        f"{result.samples_per_second:.0f} samples/s"
+    )
+    if json_out:
+        write_json(Path(json_out), result.to_json())
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write JSON atomically: a temporary file renamed into place."""
+    import json
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2, allow_nan=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _lanes(cfg: Config) -> str:
+    lanes = cfg.hardware.lanes
+    return lanes if isinstance(lanes, str) else ", ".join(map(str, lanes))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

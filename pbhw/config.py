@@ -1,0 +1,549 @@
+"""Configuration: a TOML file validated into frozen dataclasses.
+
+Every knob a user may turn is a key of :data:`DEFAULTS` (its default lives there and nowhere else).
+:func:`load` reads a file, applies ``--set KEY=VALUE`` overrides, fills in defaults and validates;
+any problem raises :class:`ConfigError` with one message naming the key, the value and what is
+allowed. Derived values (delays, Spike Compensation coefficients, batch-scaled hyperparameters,
+quantized constants) are computed in :mod:`pbhw.plan`.
+
+The file format is documented in ``docs/config.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import enum
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from pbhw.fixed import FixedFormat, Overflow, Rounding
+
+__all__ = [
+    "ROLES",
+    "DEFAULTS",
+    "Algorithm",
+    "Arith",
+    "Config",
+    "ConfigError",
+    "Formats",
+    "HardwareConfig",
+    "Loss",
+    "NetworkConfig",
+    "OptimizerConfig",
+    "RoleFormat",
+    "TrainConfig",
+    "WeightPrediction",
+    "apply_sets",
+    "from_dict",
+    "load",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported to the user as one message (exit status 2)."""
+
+
+class Loss(enum.Enum):
+    MSE = "mse"
+    SOFTMAX_CE = "softmax_ce"
+
+
+class Algorithm(enum.Enum):
+    SGD = "sgd"
+    PB = "pb"
+
+
+class WeightPrediction(enum.Enum):
+    NONE = "none"
+    VELOCITY = "velocity"
+    WEIGHT_DIFFERENCE = "weight_difference"
+
+
+class Arith(enum.Enum):
+    FLOAT = "float"
+    FIXED = "fixed"
+
+
+#: Number-format roles, in datapath order.
+ROLES = ("activation", "weight", "error", "gradient", "velocity", "coefficient")
+
+
+def _role(width: int, frac: int) -> dict[str, Any]:
+    return {
+        "width": width,
+        "frac": frac,
+        "signed": True,
+        "rounding": "half_even",
+        "overflow": "saturate",
+    }
+
+
+#: The schema and every default. A key absent here is unknown.
+DEFAULTS: dict[str, Any] = {
+    "name": "pbhw",
+    "seed": 0,
+    "network": {"layers": [64, 32, 10], "loss": "mse", "bias": True},
+    "optimizer": {
+        "algorithm": "pb",
+        "lr": 0.1,
+        "momentum": 0.9,
+        "reference_batch": 32,
+        "batch_size": 1,
+        "spike_compensation": True,
+        "weight_prediction": "velocity",
+        "prediction_horizon": "auto",
+        "weight_stashing": False,
+    },
+    "formats": {
+        "activation": _role(16, 10),
+        "weight": _role(16, 13),
+        "error": _role(16, 13),
+        "gradient": _role(16, 14),
+        "velocity": _role(20, 14),
+        "coefficient": {**_role(24, 22), "shift": False},
+    },
+    # [[overrides]] entries: {"layer": N, "formats": {role: {partial role table}}}
+    "overrides": [],
+    "hardware": {"lanes": "auto", "device": "ecp5-85k", "clock_mhz": 100.0},
+    "train": {"dataset": "digits", "epochs": 10, "arith": "float"},
+}
+
+_OVERRIDE_KEYS = {"layer": 1, "formats": {}}
+
+
+@dataclass(frozen=True)
+class RoleFormat:
+    """Number format of one role plus how values are rounded into it."""
+
+    format: FixedFormat
+    rounding: Rounding
+    overflow: Overflow
+
+    def __str__(self) -> str:
+        return f"{self.format} {self.rounding.value}/{self.overflow.value}"
+
+
+@dataclass(frozen=True)
+class Formats:
+    """The formats of every role for one stage."""
+
+    activation: RoleFormat
+    weight: RoleFormat
+    error: RoleFormat
+    gradient: RoleFormat
+    velocity: RoleFormat
+    coefficient: RoleFormat
+    #: restrict constants to shift-only values (powers of two; momentum as 1 - 2^-k)
+    coefficient_shift: bool = False
+
+    def role(self, name: str) -> RoleFormat:
+        return getattr(self, name)
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    layers: tuple[int, ...]
+    loss: Loss
+    bias: bool
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.layers) - 1
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    algorithm: Algorithm
+    lr: float
+    momentum: float
+    reference_batch: int
+    batch_size: int
+    spike_compensation: bool
+    weight_prediction: WeightPrediction
+    #: ``None`` means "auto": the stage's own delay D_l.
+    prediction_horizon: int | None
+    weight_stashing: bool
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    #: ``"auto"`` or one lane count per stage.
+    lanes: str | tuple[int, ...]
+    device: str
+    clock_mhz: float
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    dataset: str
+    epochs: int
+    arith: Arith
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated configuration. ``data`` is the resolved dictionary (defaults filled in)."""
+
+    name: str
+    seed: int
+    network: NetworkConfig
+    optimizer: OptimizerConfig
+    formats: Formats
+    layer_formats: tuple[Formats, ...]
+    hardware: HardwareConfig
+    train: TrainConfig
+    #: the resolved file contents (defaults filled in), read-only; :meth:`to_dict` thaws a copy
+    data: Mapping[str, Any] = field(compare=False, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _thaw(self.data)
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and overrides
+
+
+def load(path: str | Path, sets: Sequence[str] = ()) -> Config:
+    """Read, override (``KEY=VALUE`` strings, as ``--set``) and validate a TOML config file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file '{path}' does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file '{path}' cannot be read: {e}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file '{path}' is not valid TOML: {e}") from None
+    return from_dict(apply_sets(raw, sets))
+
+
+def _parse_value(text: str) -> Any:
+    """A ``--set`` value: a TOML value (``12``, ``0.5``, ``true``, ``[8, 4]``) or a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_sets(raw: Mapping[str, Any], sets: Sequence[str]) -> dict[str, Any]:
+    """A copy of ``raw`` with each ``a.b.c=VALUE`` applied (list items by index: overrides.0)."""
+    out = copy.deepcopy(dict(raw))
+    for item in sets:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set takes KEY=VALUE (e.g. optimizer.lr=0.05), not {item!r}")
+        parts = key.split(".")
+        node: Any = out
+        for depth, part in enumerate(parts[:-1]):
+            where = ".".join(parts[: depth + 1])
+            if isinstance(node, list):
+                child = node[_list_index(node, part, where)]
+            else:
+                child = node.get(part)
+                if child is None:
+                    child = node[part] = {}
+            if not isinstance(child, (dict, list)):
+                raise ConfigError(f"--set {key}: '{where}' is a value, not a table")
+            node = child
+        last = parts[-1]
+        if isinstance(node, list):
+            node[_list_index(node, last, key)] = _parse_value(text.strip())
+        else:
+            node[last] = _parse_value(text.strip())
+    return out
+
+
+def _list_index(node: list, part: str, where: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(
+            f"--set: '{where}' must index one of {len(node)} list entries "
+            f"(0..{len(node) - 1}), not {part!r}"
+        )
+    return int(part)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+
+
+def _type_name(value: Any) -> str:
+    return {
+        bool: "boolean",
+        int: "integer",
+        float: "float",
+        str: "string",
+        list: "array",
+        dict: "table",
+    }.get(type(value), type(value).__name__)
+
+
+def _check_keys(table: Mapping[str, Any], allowed: Mapping[str, Any], where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            full = f"{where}.{key}" if where else key
+            close = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.6)
+            hint = f"; did you mean '{(where + '.') if where else ''}{close[0]}'?" if close else ""
+            names = ", ".join(allowed)
+            raise ConfigError(
+                f"unknown config key '{full}'{hint} (allowed in "
+                f"{'[' + where + ']' if where else 'the top level'}: {names})"
+            )
+
+
+def _merge(defaults: Mapping[str, Any], given: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Defaults overlaid with ``given``, recursively for tables; unknown keys are errors."""
+    if not isinstance(given, Mapping):
+        raise ConfigError(
+            f"config key '{where}' must be a table, not {_type_name(given)} {given!r}"
+        )
+    _check_keys(given, defaults, where)
+    out: dict[str, Any] = {}
+    for key, default in defaults.items():
+        full = f"{where}.{key}" if where else key
+        if key not in given:
+            out[key] = copy.deepcopy(default)
+        elif isinstance(default, dict) and default:
+            out[key] = _merge(default, given[key], full)
+        else:
+            out[key] = given[key]
+    return out
+
+
+class _Reader:
+    """Typed access to a merged table; every failure names the full key."""
+
+    def __init__(self, table: Mapping[str, Any], where: str):
+        self.table = table
+        self.where = where
+
+    def key(self, name: str) -> str:
+        return f"{self.where}.{name}" if self.where else name
+
+    def fail(self, name: str, allowed: str) -> ConfigError:
+        value = self.table[name]
+        return ConfigError(
+            f"config key '{self.key(name)}' must be {allowed}, not {_type_name(value)} {value!r}"
+        )
+
+    def boolean(self, name: str) -> bool:
+        value = self.table[name]
+        if not isinstance(value, bool):
+            raise self.fail(name, "true or false")
+        return value
+
+    def integer(self, name: str, minimum: int | None = None) -> int:
+        value = self.table[name]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(name, "an integer" + (f" >= {minimum}" if minimum is not None else ""))
+        if minimum is not None and value < minimum:
+            raise self.fail(name, f"an integer >= {minimum}")
+        return value
+
+    def number(
+        self,
+        name: str,
+        *,
+        lo: float,
+        hi: float | None = None,
+        lo_open: bool = False,
+        hi_open: bool = True,
+        allowed: str,
+    ) -> float:
+        value = self.table[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(name, allowed)
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise self.fail(name, allowed)
+        if value <= lo if lo_open else value < lo:
+            raise self.fail(name, allowed)
+        if hi is not None and (value >= hi if hi_open else value > hi):
+            raise self.fail(name, allowed)
+        return value
+
+    def string(self, name: str) -> str:
+        value = self.table[name]
+        if not isinstance(value, str) or not value:
+            raise self.fail(name, "a non-empty string")
+        return value
+
+    def choice(self, name: str, enum_type: type[enum.Enum]) -> Any:
+        value = self.table[name]
+        names = [m.value for m in enum_type]
+        if isinstance(value, str) and value in names:
+            return enum_type(value)
+        close = difflib.get_close_matches(str(value), names, n=1, cutoff=0.6)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(
+            f"config key '{self.key(name)}' must be one of "
+            f"{', '.join(repr(n) for n in names)}, not {value!r}{hint}"
+        )
+
+
+def _role_format(table: Mapping[str, Any], where: str) -> RoleFormat:
+    r = _Reader(table, where)
+    signed = r.boolean("signed")
+    width = r.integer("width", minimum=2 if signed else 1)
+    if width > 62:
+        raise r.fail("width", "an integer from 1 to 62 (2 to 62 when signed)")
+    frac = r.integer("frac")
+    return RoleFormat(
+        FixedFormat(width, frac, signed),
+        r.choice("rounding", Rounding),
+        r.choice("overflow", Overflow),
+    )
+
+
+def _formats(table: Mapping[str, Any], where: str) -> Formats:
+    roles = {role: _role_format(table[role], f"{where}.{role}") for role in ROLES}
+    coeff = _Reader(table["coefficient"], f"{where}.coefficient")
+    if roles["coefficient"].rounding is Rounding.STOCHASTIC:
+        raise ConfigError(
+            f"config key '{where}.coefficient.rounding' must be a deterministic "
+            "mode (constants are quantized once), not 'stochastic'"
+        )
+    return Formats(**roles, coefficient_shift=coeff.boolean("shift"))
+
+
+def _layer_formats(data: dict[str, Any], num_stages: int) -> tuple[Formats, ...]:
+    overrides = data["overrides"]
+    if not isinstance(overrides, list):
+        raise ConfigError(
+            f"config key 'overrides' must be an array of tables ([[overrides]]), "
+            f"not {_type_name(overrides)} {overrides!r}"
+        )
+    per_layer: dict[int, tuple[str, Mapping[str, Any]]] = {}
+    for i, entry in enumerate(overrides):
+        where = f"overrides.{i}"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"config key '{where}' must be a table, not {entry!r}")
+        _check_keys(entry, _OVERRIDE_KEYS, where)
+        if "layer" not in entry:
+            raise ConfigError(
+                f"config key '{where}.layer' is missing: name the stage "
+                f"(1..{num_stages}) this override applies to"
+            )
+        layer = _Reader(entry, where).integer("layer", minimum=1)
+        if layer > num_stages:
+            raise ConfigError(
+                f"config key '{where}.layer' must be a stage from 1 to {num_stages}, not {layer}"
+            )
+        if layer in per_layer:
+            raise ConfigError(f"config key '{where}.layer': stage {layer} is overridden twice")
+        per_layer[layer] = (f"{where}.formats", entry.get("formats", {}))
+    result = []
+    for layer in range(1, num_stages + 1):
+        where, given = per_layer.get(layer, ("formats", {}))
+        result.append(_formats(_merge(data["formats"], given, where), where))
+    return tuple(result)
+
+
+def from_dict(raw: Mapping[str, Any]) -> Config:
+    """Validate a raw dictionary (as read from TOML) into a :class:`Config`."""
+    data = _merge(DEFAULTS, raw, "")
+    top = _Reader(data, "")
+    name, seed = top.string("name"), top.integer("seed", minimum=0)
+    if seed >= 2**32:
+        raise top.fail("seed", "an integer from 0 to 2**32 - 1")
+
+    net = _Reader(data["network"], "network")
+    layers = data["network"]["layers"]
+    if (
+        not isinstance(layers, list)
+        or len(layers) < 2
+        or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in layers)
+    ):
+        raise net.fail(
+            "layers",
+            "an array of at least two positive integers "
+            "(input size, hidden sizes..., number of classes)",
+        )
+    if layers[-1] < 2:
+        raise net.fail("layers", "an array whose last entry (the number of classes) is >= 2")
+    network = NetworkConfig(tuple(layers), net.choice("loss", Loss), net.boolean("bias"))
+
+    opt = _Reader(data["optimizer"], "optimizer")
+    algorithm = opt.choice("algorithm", Algorithm)
+    batch_size = opt.integer("batch_size", minimum=1)
+    if algorithm is Algorithm.PB and batch_size != 1:
+        raise ConfigError(
+            "config key 'optimizer.batch_size' must be 1 when optimizer.algorithm "
+            f"is 'pb' (PB streams one sample per step), not {batch_size}"
+        )
+    horizon: int | None = None
+    if data["optimizer"]["prediction_horizon"] != "auto":
+        allowed = '"auto" (the stage\'s delay) or an integer >= 0'
+        value = data["optimizer"]["prediction_horizon"]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise opt.fail("prediction_horizon", allowed)
+        horizon = value
+    optimizer = OptimizerConfig(
+        algorithm=algorithm,
+        lr=opt.number("lr", lo=0.0, lo_open=True, allowed="a positive number"),
+        momentum=opt.number("momentum", lo=0.0, hi=1.0, allowed="a number in [0, 1)"),
+        reference_batch=opt.integer("reference_batch", minimum=1),
+        batch_size=batch_size,
+        spike_compensation=opt.boolean("spike_compensation"),
+        weight_prediction=opt.choice("weight_prediction", WeightPrediction),
+        prediction_horizon=horizon,
+        weight_stashing=opt.boolean("weight_stashing"),
+    )
+
+    formats = _formats(data["formats"], "formats")
+    layer_formats = _layer_formats(data, network.num_stages)
+
+    hw = _Reader(data["hardware"], "hardware")
+    lanes = data["hardware"]["lanes"]
+    if lanes == "auto":
+        lanes_value: str | tuple[int, ...] = "auto"
+    elif isinstance(lanes, int) and not isinstance(lanes, bool) and lanes >= 1:
+        lanes_value = (lanes,) * network.num_stages
+    elif (
+        isinstance(lanes, list)
+        and len(lanes) == network.num_stages
+        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in lanes)
+    ):
+        lanes_value = tuple(lanes)
+    else:
+        raise hw.fail(
+            "lanes",
+            f'"auto", a positive integer, or an array of '
+            f"{network.num_stages} positive integers (one per stage)",
+        )
+    hardware = HardwareConfig(
+        lanes_value,
+        hw.string("device"),
+        hw.number("clock_mhz", lo=0.0, lo_open=True, allowed="a positive number (MHz)"),
+    )
+
+    tr = _Reader(data["train"], "train")
+    train = TrainConfig(
+        tr.string("dataset"), tr.integer("epochs", minimum=1), tr.choice("arith", Arith)
+    )
+    return Config(
+        name, seed, network, optimizer, formats, layer_formats, hardware, train, _freeze(data)
+    )

@@ -1,0 +1,224 @@
+"""Derived values of a configuration, computed in this one place.
+
+* the per-stage delay ``D_l = 2(L - l) + 1`` of step-synchronous PB (0 for the ``sgd`` reference),
+* Spike Compensation coefficients ``a = m^D``, ``b = (1 - m^D) / (1 - m)``,
+* the Linear Weight Prediction horizon (``T = D_l`` unless configured),
+* batch-scaled hyperparameters: ``m_B = m_ref^(B/B_ref)`` and
+  ``eta_B / (1 - m_B) = (B / B_ref) * eta_ref / (1 - m_ref)``,
+* the update constants ``m``, ``eta*a``, ``eta*b``, ``eta*T`` quantized to the coefficient format
+  (or, with ``formats.coefficient.shift``, restricted to shift-only values: powers of two for the
+  eta constants and ``1 - 2^-k`` for momentum), with their quantization error.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from pbhw.config import (
+    Algorithm,
+    Arith,
+    Config,
+    ConfigError,
+    Formats,
+    RoleFormat,
+    WeightPrediction,
+)
+from pbhw.fixed import FixedFormat, quantize, to_float
+
+__all__ = [
+    "Coefficient",
+    "Plan",
+    "StagePlan",
+    "delay_of",
+    "derive_plan",
+    "quantize_coefficient",
+    "scaled_hyperparameters",
+    "spike_coefficients",
+]
+
+
+def delay_of(stage: int, num_stages: int) -> int:
+    """Updates between stage ``stage``'s forward of a sample and the update from that sample."""
+    if not 1 <= stage <= num_stages:
+        raise ValueError(f"Stage must be in 1..{num_stages}, not {stage!r}")
+    return 2 * (num_stages - stage) + 1
+
+
+def spike_coefficients(momentum: float, delay: int) -> tuple[float, float]:
+    """Spike Compensation ``(a, b)`` for a delay: ``a = m^D``, ``b = sum_{k<D} m^k``.
+
+    ``b`` is summed rather than computed as ``(1 - m^D)/(1 - m)`` so that ``m = 0`` needs no case.
+    ``D = 0`` gives ``(1, 0)``, plain momentum SGD.
+    """
+    if delay < 0:
+        raise ValueError(f"Delay must be a non-negative integer, not {delay!r}")
+    return momentum**delay, math.fsum(momentum**k for k in range(delay))
+
+
+def scaled_hyperparameters(
+    lr: float, momentum: float, reference_batch: int, batch: int
+) -> tuple[float, float]:
+    """Carry ``(lr, momentum)`` given for ``reference_batch`` to ``batch`` (DESIGN.md section 1)."""
+    ratio = batch / reference_batch
+    m_b = momentum**ratio
+    lr_b = ratio * lr * (1.0 - m_b) / (1.0 - momentum)
+    return lr_b, m_b
+
+
+@dataclass(frozen=True)
+class Coefficient:
+    """An update constant: its exact value and what the hardware stores."""
+
+    name: str
+    value: float
+    code: int
+    format: FixedFormat
+    #: the value lies outside the coefficient format (the code is the clamped one)
+    saturated: bool = False
+
+    def describe_saturation(self) -> str:
+        return (
+            f"update constant {self.name} = {self.value:.6g} does not fit the coefficient "
+            f"format {self.format} (largest value {self.format.max_value:.6g}); widen "
+            f"formats.coefficient or lower optimizer.lr"
+        )
+
+    @property
+    def quantized(self) -> float:
+        return float(to_float(self.code, self.format))
+
+    @property
+    def error(self) -> float:
+        """Relative quantization error (0 when the value is 0)."""
+        return abs(self.quantized - self.value) / abs(self.value) if self.value else 0.0
+
+
+def quantize_coefficient(
+    name: str, value: float, role: RoleFormat, *, shift: bool, kind: str = "scale"
+) -> Coefficient:
+    """Quantize an update constant; ``kind`` is ``"scale"`` (eta constants) or ``"momentum"``."""
+    fmt = role.format
+    if shift and value > 0:
+        if kind == "momentum":
+            # 1 - 2^-k is representable only for k <= frac; a larger k would round to 1.0 and
+            # the velocity would never decay.
+            k = max(1, min(round(-math.log2(1.0 - value)), fmt.frac))
+            target = 1.0 - 2.0**-k
+        else:
+            target = 2.0 ** round(math.log2(value))
+        if target < fmt.resolution:  # the smallest power of two the format holds, or nothing
+            target = fmt.resolution if value >= fmt.resolution / 2 else 0.0
+    else:
+        target = value
+    code, saturated = quantize(target, fmt, role.rounding, role.overflow, return_saturated=True)
+    return Coefficient(name, value, int(code), fmt, bool(saturated.any()))
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """Everything derived for one pipeline stage (1-based ``index``)."""
+
+    index: int
+    n_in: int
+    n_out: int
+    relu: bool
+    delay: int
+    horizon: int
+    a: float
+    b: float
+    formats: Formats
+    lanes: int | None
+    coefficients: dict[str, Coefficient]
+
+    @property
+    def weights(self) -> int:
+        return self.n_in * self.n_out
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The derived plan of a configuration: batch-scaled hyperparameters and the stages."""
+
+    config: Config
+    lr: float
+    momentum: float
+    batch_size: int
+    stages: tuple[StagePlan, ...]
+
+    def require_representable(self) -> None:
+        """Raise :class:`ConfigError` if a constant does not fit the coefficient format.
+
+        Only the integer model and the hardware need this; the float model uses exact values."""
+        for st in self.stages:
+            for c in st.coefficients.values():
+                if c.saturated:
+                    raise ConfigError(f"stage {st.index}: {c.describe_saturation()}")
+
+    @property
+    def warnings(self) -> list[str]:
+        out = []
+        for st in self.stages:
+            for c in st.coefficients.values():
+                if c.saturated:
+                    out.append(f"stage {st.index}: {c.describe_saturation()}")
+                elif c.name == "momentum" and c.value < 1.0 <= c.quantized:
+                    out.append(
+                        f"stage {st.index}: momentum {c.value:.6g} rounds to "
+                        f"{c.quantized:.6g} in {c.format}; the velocity never decays "
+                        "(raise the coefficient frac)"
+                    )
+                elif c.value and c.code == 0:
+                    out.append(
+                        f"stage {st.index}: {c.name} = {c.value:.3g} quantizes to 0 in "
+                        f"{c.format}; the update loses that term (raise its frac)"
+                    )
+        return out
+
+
+def derive_plan(config: Config) -> Plan:
+    """Compute delays, coefficients and scaled hyperparameters for ``config``."""
+    opt = config.optimizer
+    pipelined = opt.algorithm is Algorithm.PB
+    batch = 1 if pipelined else opt.batch_size
+    lr, m = scaled_hyperparameters(opt.lr, opt.momentum, opt.reference_batch, batch)
+    layers = config.network.layers
+    num_stages = len(layers) - 1
+    stages = []
+    for i in range(num_stages):
+        index = i + 1
+        delay = delay_of(index, num_stages) if pipelined else 0
+        a, b = spike_coefficients(m, delay) if pipelined and opt.spike_compensation else (1.0, 0.0)
+        if pipelined and opt.weight_prediction is not WeightPrediction.NONE:
+            horizon = delay if opt.prediction_horizon is None else opt.prediction_horizon
+        else:
+            horizon = 0
+        formats = config.layer_formats[i]
+        role, shift = formats.coefficient, formats.coefficient_shift
+        coefficients = {
+            "momentum": quantize_coefficient("momentum", m, role, shift=shift, kind="momentum"),
+            "eta_a": quantize_coefficient("eta_a", lr * a, role, shift=shift),
+            "eta_b": quantize_coefficient("eta_b", lr * b, role, shift=shift),
+        }
+        if opt.weight_prediction is WeightPrediction.VELOCITY and horizon:
+            coefficients["eta_T"] = quantize_coefficient("eta_T", lr * horizon, role, shift=shift)
+        lanes = None if config.hardware.lanes == "auto" else config.hardware.lanes[i]
+        stages.append(
+            StagePlan(
+                index,
+                layers[i],
+                layers[i + 1],
+                index < num_stages,
+                delay,
+                horizon,
+                a,
+                b,
+                formats,
+                lanes,
+                coefficients,
+            )
+        )
+    plan = Plan(config, lr, m, batch, tuple(stages))
+    if config.train.arith is Arith.FIXED:
+        plan.require_representable()
+    return plan

@@ -1,0 +1,1 @@
+"""Amaranth generators for the PB training pipeline."""

@@ -1,0 +1,229 @@
+"""pbhw.cli: ``pbhw check`` output, ``--set`` and how bad input is reported."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from pbhw.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "mlp_digits.toml"
+PBHW = Path(sys.executable).parent / "pbhw"
+
+
+def run(*args: str | Path) -> Result:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def table(output: str, title: str) -> list[dict[str, str]]:
+    """The rows of the rich table titled ``title``, as header -> cell dictionaries."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == title)
+    header: list[str] = []
+    rows = []
+    for line in lines[start + 1 :]:
+        if line.startswith("┃"):
+            header = [cell.strip() for cell in line.strip("┃").split("┃")]
+        elif line.startswith("│"):
+            cells = [cell.strip() for cell in line.strip("│").split("│")]
+            rows.append(dict(zip(header, cells, strict=True)))
+        elif line.startswith("└"):
+            break
+    return rows
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def assert_config_error(result: Result, *fragments: str) -> None:
+    """Exit status 2, one ``error:`` line on stderr holding ``fragments``, nothing on stdout."""
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+# pbhw check on good configs
+
+
+def test_check_prints_delays_and_coefficients_of_the_example():
+    result = run("check", EXAMPLE)
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    out = result.stdout
+    assert out.startswith("mlp_digits: 64 -> 32 -> 32 -> 10, loss mse, bias on, seed 0")
+    assert "lr 0.1, momentum 0.9 at reference batch 32" in out
+    assert "-> lr 0.000102722, momentum 0.996713 at batch 1" in " ".join(out.split())
+    stages = table(out, "stages")
+    assert [row["delay D"] for row in stages] == ["5", "3", "1"]
+    assert [row["horizon T"] for row in stages] == ["5", "3", "1"]
+    assert [row["shape"] for row in stages] == ["64x32", "32x32", "32x10"]
+    assert [row["relu"] for row in stages] == ["yes", "yes", "no"]
+    assert stages[-1]["SC b"] == "1"
+    constants = table(out, "update constants (coefficient format)")
+    assert [(r["stage"], r["constant"]) for r in constants[:4]] == [
+        ("1", "momentum"),
+        ("1", "eta_a"),
+        ("1", "eta_b"),
+        ("1", "eta_T"),
+    ]
+    assert constants[0]["code"] == "4180517"  # round(0.9^(1/32) * 2^22)
+    assert "warning" not in out
+    assert out.splitlines()[-1] == "config OK"
+
+
+def test_check_runs_as_a_console_script():
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "FORCE_COLOR", "NO_COLOR")}
+    env["PYTHONIOENCODING"] = "utf-8"
+    proc = subprocess.run(
+        [str(PBHW), "check", "examples/mlp_digits.toml"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert [row["delay D"] for row in table(proc.stdout, "stages")] == ["5", "3", "1"]
+    assert proc.stdout.splitlines()[-1] == "config OK"
+
+
+def test_check_shows_formats_grouped_by_stage_with_overrides(tmp_path):
+    path = write(
+        tmp_path,
+        "[network]\nlayers = [8, 6, 4, 2]\n"
+        "[[overrides]]\nlayer = 2\nformats.weight = {width = 12, rounding = 'floor'}\n",
+    )
+    result = run("check", path)
+    assert result.exit_code == 0, result.output
+    weight = [row for row in table(result.stdout, "number formats") if row["role"] == "weight"]
+    assert [(r["stages"], r["format"], r["rounding"]) for r in weight] == [
+        ("1,3", "s16.13", "half_even"),
+        ("2", "s12.13", "floor"),
+    ]
+
+
+def test_check_of_the_sgd_reference_has_no_delays():
+    result = run("check", EXAMPLE, "--set", "optimizer.algorithm=sgd")
+    assert result.exit_code == 0, result.output
+    assert "optimizer sgd (non-pipelined reference)" in result.stdout
+    stages = table(result.stdout, "stages")
+    assert [(r["delay D"], r["horizon T"], r["SC a"], r["SC b"]) for r in stages] == [
+        ("0", "0", "1", "0")
+    ] * 3
+
+
+def test_check_warns_about_a_constant_that_quantizes_to_zero():
+    result = run("check", EXAMPLE, "--set", "formats.coefficient.frac=8")
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
+    assert warnings
+    assert "stage 1: eta_a = 0.000101 quantizes to 0 in s24.8" in warnings[0]
+    assert result.stdout.splitlines()[-1] == "config OK"
+
+
+def test_check_with_fixed_arithmetic_rejects_a_constant_that_does_not_fit():
+    result = run(
+        "check",
+        EXAMPLE,
+        "--set",
+        "optimizer.algorithm=sgd",
+        "--set",
+        "optimizer.batch_size=32",
+        "--set",
+        "optimizer.lr=3",
+        "--set",
+        "train.arith=fixed",
+    )
+    assert_config_error(result, "update constant eta_a = 3 does not fit", "s24.22")
+
+
+# --set
+
+
+def test_set_shows_up_in_the_output():
+    result = run("check", EXAMPLE, "--set", "optimizer.lr=0.05")
+    assert result.exit_code == 0, result.output
+    assert "lr 0.05, momentum 0.9 at reference batch 32" in result.stdout
+
+
+def test_several_sets_apply_in_order():
+    result = run(
+        "check",
+        EXAMPLE,
+        "--set",
+        "network.layers=[64, 16, 10]",
+        "--set",
+        "name=small",
+        "--set",
+        "seed=1",
+        "--set",
+        "seed=7",
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("small: 64 -> 16 -> 10, loss mse, bias on, seed 7")
+    assert [row["delay D"] for row in table(result.stdout, "stages")] == ["3", "1"]
+
+
+@pytest.mark.parametrize(
+    ("item", "fragments"),
+    [
+        ("optimizer.lrr=0.05", ("'optimizer.lrr'", "did you mean 'optimizer.lr'?")),
+        ("optimizer.lr", ("--set takes KEY=VALUE", "'optimizer.lr'")),
+        ("optimizer.momentum=1", ("'optimizer.momentum'", "[0, 1)", "integer 1")),
+        ("seed.x=1", ("'seed' is a value, not a table",)),
+        ("overrides.0.layer=1", ("overrides",)),
+    ],
+)
+def test_bad_set_exits_2_with_one_error_line(item, fragments):
+    assert_config_error(run("check", EXAMPLE, "--set", item), *fragments)
+
+
+# bad configs
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        ("[optimizer]\nlr = = 1\n", ("is not valid TOML", "line 2")),
+        ("[optimizer]\nmomentun = 0.5\n", ("'optimizer.momentun'", "'optimizer.momentum'")),
+        ("[network]\nlayers = [8, 0, 2]\n", ("'network.layers'", "[8, 0, 2]")),
+        ("[optimizer]\nlr = -1\n", ("'optimizer.lr'", "a positive number", "-1")),
+        ("[optimizer]\nbatch_size = 4\n", ("'optimizer.batch_size'", "not 4")),
+        ("[formats.weight]\nwidth = 1\n", ("'formats.weight.width'", ">= 2", "1")),
+        ("[formats.error]\nrounding = 'nearest'\n", ("'formats.error.rounding'", "'nearest'")),
+        ("[formats.coefficient]\nrounding = 'stochastic'\n", ("'formats.coefficient.rounding'",)),
+        ("[[overrides]]\nlayer = 9\n", ("'overrides.0.layer'", "not 9")),
+        ("seed = -3\n", ("'seed'", "-3")),
+    ],
+)
+def test_bad_config_exits_2_with_one_error_line_naming_the_key(tmp_path, text, fragments):
+    path = write(tmp_path, text)
+    assert_config_error(run("check", path), *fragments)
+
+
+def test_missing_config_file_exits_2_with_a_clear_message(tmp_path):
+    path = tmp_path / "missing.toml"
+    result = run("check", path)
+    assert_config_error(result)
+    assert result.stderr == f"error: config file '{path}' does not exist\n"
+
+
+def test_help_mentions_set():
+    result = run("check", "--help")
+    assert result.exit_code == 0
+    assert "--set KEY=VALUE" in result.stdout
