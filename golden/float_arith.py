@@ -74,6 +74,13 @@ class FloatArithmetic:
         self.loss_kind = loss
         self.prediction = prediction
 
+    def begin_step(self, step: int) -> None:
+        """Float arithmetic draws no random bits: the step number is not needed."""
+
+    def snapshot(self, w: torch.Tensor) -> torch.Tensor:
+        """A copy of weights for weight stashing (updates modify ``w`` in place)."""
+        return w.clone()
+
     # state -----------------------------------------------------------------------------------
     def init_state(self, stage: StagePlan, w: torch.Tensor, b: torch.Tensor | None) -> FloatState:
         w = w.to(torch.float64).clone()
@@ -86,6 +93,10 @@ class FloatArithmetic:
 
     def encode_input(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(torch.float64).reshape(1, -1)
+
+    def encode_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every row of ``x`` as the pipeline's input representation, at once."""
+        return list(x.to(torch.float64)[:, None, :].unbind(0))
 
     # datapath ----------------------------------------------------------------------------------
     def predicted(

@@ -108,7 +108,11 @@ class Stage:
         w, b = self.arith.predicted(self.plan, self.state)
         y, mask = self.arith.forward(self.plan, w, b, x)
         # Stashed weights must be a copy: w may be the live tensor that updates modify in place.
-        kept = (w.clone(), None if b is None else b.clone()) if self.stashing else None
+        kept = (
+            (self.arith.snapshot(w), b if b is None else self.arith.snapshot(b))
+            if (self.stashing)
+            else None
+        )
         self.stash.append(StashEntry(sample, x, mask, kept))
         self.max_stash = max(self.max_stash, len(self.stash))
         return y
@@ -161,15 +165,25 @@ class Pipeline:
         )
 
     def step(
-        self, x: torch.Tensor | None = None, label: int | None = None, record: bool = False
+        self,
+        x: torch.Tensor | None = None,
+        label: int | None = None,
+        record: bool = False,
+        encoded: Any = None,
     ) -> tuple[Completion | None, StepRecord | None]:
-        """Advance one step, feeding sample ``(x, label)`` (or a bubble when ``x`` is None)."""
+        """Advance one step, feeding sample ``(x, label)`` (or a bubble when ``x`` is None).
+
+        ``encoded`` may carry the sample already in the arithmetic's input representation
+        (see ``encode_inputs``); then ``x`` is ignored."""
         L = len(self.stages)
         t = self.step_index
         steps = [StageStep() for _ in range(L)] if record else None
+        self.arith.begin_step(t)
         incoming: tuple[int, Any] | None = None
-        if x is not None:
-            incoming = (self._next_sample, self.arith.encode_input(x))
+        if x is not None or encoded is not None:
+            if encoded is None:
+                encoded = self.arith.encode_input(x)
+            incoming = (self._next_sample, encoded)
             self._labels[self._next_sample] = int(label)
             self._next_sample += 1
 

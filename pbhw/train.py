@@ -9,20 +9,30 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
+from golden.fixed_arith import FixedArithmetic
+from golden.float_arith import FloatArithmetic
 from golden.pipeline import Pipeline, initial_weights
 from golden.sgd import SGDReference
-from pbhw.config import Algorithm, Arith, Config
+from pbhw.config import ROLES, Algorithm, Arith, Config, ConfigError
 from pbhw.datasets import Dataset
 from pbhw.datasets import load as load_dataset
 from pbhw.plan import Plan, derive_plan
 
-__all__ = ["EpochResult", "TrainResult", "TrainingDiverged", "make_arithmetic", "train"]
+__all__ = [
+    "EpochResult",
+    "TrainResult",
+    "TrainingDiverged",
+    "make_arithmetic",
+    "train",
+    "train_many",
+]
 
 #: Divergence: a window mean of the loss this many times the first window's mean.
 BLOWUP_FACTOR = 100.0
@@ -67,11 +77,7 @@ def make_arithmetic(plan: Plan) -> Any:
     """The arithmetic strategy the config asks for."""
     cfg = plan.config
     if cfg.train.arith is Arith.FLOAT:
-        from golden.float_arith import FloatArithmetic
-
         return FloatArithmetic(cfg.network.loss, cfg.optimizer.weight_prediction)
-    from golden.fixed_arith import FixedArithmetic
-
     return FixedArithmetic(plan)
 
 
@@ -102,8 +108,21 @@ class _LossWatch:
             self.window.clear()
 
 
-def _accuracy(outputs: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((outputs.argmax(1) == labels).double().mean())
+def _accuracies(outputs: Any, labels: torch.Tensor) -> list[float]:
+    """Accuracy per config of outputs ``[N, K]`` (one config) or ``[C, N, K]``."""
+    out = np.asarray(outputs)
+    if out.ndim == 2:
+        out = out[None]
+    return [float(a) for a in (out.argmax(-1) == labels.numpy()[None]).mean(1)]
+
+
+def _check_fits(config: Config, data: Dataset) -> None:
+    layers = config.network.layers
+    if data.num_features != layers[0] or data.num_classes > layers[-1]:
+        raise ConfigError(
+            f"network.layers {list(layers)} does not fit dataset {data.name}: it needs "
+            f"{data.num_features} inputs and at least {data.num_classes} outputs"
+        )
 
 
 def train(
@@ -113,79 +132,158 @@ def train(
     on_epoch: Callable[[EpochResult], None] | None = None,
 ) -> TrainResult:
     """Train ``config`` on its dataset; raises :class:`TrainingDiverged` on divergence."""
-    plan = derive_plan(config)
-    data = dataset if dataset is not None else load_dataset(config.train.dataset)
-    layers = config.network.layers
-    if data.num_features != layers[0] or data.num_classes > layers[-1]:
-        from pbhw.config import ConfigError
+    return train_many([config], dataset=dataset, on_epoch=on_epoch)[0]
 
-        raise ConfigError(
-            f"network.layers {list(layers)} does not fit dataset {data.name}: it needs "
-            f"{data.num_features} inputs and at least {data.num_classes} outputs"
-        )
+
+def train_many(
+    configs: Sequence[Config],
+    *,
+    dataset: Dataset | None = None,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+) -> list[TrainResult]:
+    """Train several fixed-point configs that differ only in formats, rounding or update
+    constants in one vectorised run (one config: an ordinary run, float or fixed).
+
+    Results are exactly those of training each config alone. In a run of several configs a
+    diverging config is reported in its result (``diverged``) instead of stopping the others.
+    """
+    if not configs:
+        raise ValueError("train_many needs at least one config")
+    config = configs[0]
+    plans = [derive_plan(c) for c in configs]
+    plan = plans[0]
+    many = len(configs) > 1
+    if many and any(c.train.arith is not Arith.FIXED for c in configs):
+        raise ConfigError("configs trained together must use train.arith = 'fixed'")
+    data = dataset if dataset is not None else load_dataset(config.train.dataset)
+    _check_fits(config, data)
     gen = torch.Generator().manual_seed(config.seed)
     weights = initial_weights(plan)
     sgd_batch = config.optimizer.algorithm is Algorithm.SGD and config.train.arith is Arith.FLOAT
+    arith = None
     if sgd_batch:
         model: Any = SGDReference(plan, weights)
     else:
-        model = Pipeline(plan, make_arithmetic(plan), weights)
-    watch = _LossWatch()
-    history: list[EpochResult] = []
+        arith = (
+            FixedArithmetic(plans) if config.train.arith is Arith.FIXED else (make_arithmetic(plan))
+        )
+        model = Pipeline(plan, arith, weights)
+    count = len(configs)
+    watches = [_LossWatch() for _ in range(count)]
+    diverged: list[str | None] = [None] * count
+    histories: list[list[EpochResult]] = [[] for _ in range(count)]
     train_seconds = 0.0
     n = data.x_train.shape[0]
+
+    def observe(losses_now: Any, predictions: Any, label: int, where: str) -> None:
+        for c, (loss, pred) in enumerate(
+            zip(np.atleast_1d(losses_now), np.atleast_1d(predictions), strict=True)
+        ):
+            losses[c].append(float(loss))
+            correct[c] += int(pred) == label
+            if diverged[c] is None:
+                try:
+                    watches[c].add(float(loss), where)
+                except TrainingDiverged as e:
+                    if not many:
+                        raise
+                    diverged[c] = str(e)
+
     for epoch in range(1, config.train.epochs + 1):
         order = torch.randperm(n, generator=gen)
-        losses: list[float] = []
-        correct = 0
+        losses: list[list[float]] = [[] for _ in range(count)]
+        correct = [0] * count
         start = time.perf_counter()
         if sgd_batch:
             bsz = plan.batch_size
             for i in range(0, n, bsz):
                 idx = order[i : i + bsz]
                 out, predicted = model.step(data.x_train[idx], data.y_train[idx])
-                for j, loss in enumerate(out.tolist()):
-                    watch.add(loss, f"epoch {epoch}, sample {i + j}")
-                losses.extend(out.tolist())
-                correct += int((predicted == data.y_train[idx]).sum())
+                for j, (loss, pred) in enumerate(
+                    zip(out.tolist(), predicted.tolist(), strict=True)
+                ):
+                    observe(loss, pred, int(data.y_train[idx[j]]), f"epoch {epoch}, sample {i + j}")
         else:
             x_all, y_all = data.x_train[order], data.y_train[order].tolist()
+            encoded = arith.encode_inputs(x_all)
             for i in range(n):
-                done, _ = model.step(x_all[i], y_all[i])
+                if encoded is None:
+                    done, _ = model.step(x_all[i], y_all[i])
+                else:
+                    done, _ = model.step(None, y_all[i], encoded=encoded[i])
                 if done is not None:
-                    watch.add(done.loss, f"epoch {epoch}, sample {done.sample}")
-                    losses.append(done.loss)
-                    correct += done.prediction == done.label
+                    observe(
+                        done.loss,
+                        done.prediction,
+                        done.label,
+                        f"epoch {epoch}, sample {done.sample}",
+                    )
             if epoch == config.train.epochs:
                 for done in model.drain():
-                    watch.add(done.loss, f"drain, sample {done.sample}")
-                    losses.append(done.loss)
-                    correct += done.prediction == done.label
+                    observe(done.loss, done.prediction, done.label, f"drain, sample {done.sample}")
         seconds = time.perf_counter() - start
         train_seconds += seconds
-        correct_frac = correct / max(1, len(losses))
-        test_acc = _accuracy(model.evaluate(data.x_test), data.y_test)
-        result = EpochResult(
-            epoch, sum(losses) / max(1, len(losses)), correct_frac, test_acc, seconds
-        )
-        history.append(result)
-        if on_epoch is not None:
-            on_epoch(result)
+        test_acc = _accuracies(model.evaluate(data.x_test), data.y_test)
+        for c in range(count):
+            result = EpochResult(
+                epoch,
+                sum(losses[c]) / max(1, len(losses[c])),
+                correct[c] / max(1, len(losses[c])),
+                test_acc[c],
+                seconds,
+            )
+            histories[c].append(result)
+            if on_epoch is not None and not many:
+                on_epoch(result)
+        if many and on_epoch is not None:
+            on_epoch(EpochResult(epoch, float("nan"), float("nan"), max(test_acc), seconds))
     total = n * config.train.epochs
-    return TrainResult(
-        test_accuracy=history[-1].test_accuracy,
-        train_accuracy=_accuracy(model.evaluate(data.x_train), data.y_train),
-        final_loss=history[-1].train_loss,
-        epochs=config.train.epochs,
-        samples=total,
-        samples_per_second=total / train_seconds if train_seconds > 0 else float("inf"),
-        dataset=data.describe(),
-        arith=config.train.arith.value,
-        history=history,
-        config=config.to_dict(),
-        extra={
-            "delays": [st.delay for st in plan.stages],
-            "lr_batch": plan.lr,
-            "momentum_batch": plan.momentum,
-        },
-    )
+    train_acc = _accuracies(model.evaluate(data.x_train), data.y_train)
+    counts = arith.saturation_counts() if isinstance(arith, FixedArithmetic) else None
+    results = []
+    for c, (cfg, p) in enumerate(zip(configs, plans, strict=True)):
+        extra: dict[str, Any] = {
+            "delays": [st.delay for st in p.stages],
+            "lr_batch": p.lr,
+            "momentum_batch": p.momentum,
+        }
+        if counts is not None:
+            extra["formats"] = _formats_json(p)
+            extra["saturation"] = {key: values[c] for key, values in counts.items()}
+            extra["saturation_total"] = sum(values[c] for values in counts.values())
+        if many:
+            extra["diverged"] = diverged[c]
+            extra["batched_configs"] = count
+        results.append(
+            TrainResult(
+                test_accuracy=histories[c][-1].test_accuracy,
+                train_accuracy=train_acc[c],
+                final_loss=histories[c][-1].train_loss,
+                epochs=cfg.train.epochs,
+                samples=total,
+                samples_per_second=total / train_seconds if train_seconds > 0 else float("inf"),
+                dataset=data.describe(),
+                arith=cfg.train.arith.value,
+                history=histories[c],
+                config=cfg.to_dict(),
+                extra=extra,
+            )
+        )
+    return results
+
+
+def _formats_json(plan: Plan) -> list[dict[str, Any]]:
+    """Per stage: every role's format, rounding and overflow, and the constants' codes."""
+    out = []
+    for st in plan.stages:
+        entry: dict[str, Any] = {"stage": st.index}
+        for role in ROLES:
+            rf = st.formats.role(role)
+            entry[role] = {
+                "format": str(rf.format),
+                "rounding": rf.rounding.value,
+                "overflow": rf.overflow.value,
+            }
+        entry["constants"] = {name: c.code for name, c in st.coefficients.items()}
+        out.append(entry)
+    return out

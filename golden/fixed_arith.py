@@ -1,0 +1,620 @@
+"""Bit-exact integer arithmetic for the PB schedule: what the hardware computes.
+
+Every product, sum, rounding and saturation follows ``docs/numerics.md`` exactly. The state of
+each stage carries a leading *config* dimension ``C``: several configs that differ only in formats,
+rounding modes or update constants train side by side in one vectorised run (per-config shifts,
+clamps and constants are arrays). A single config is simply ``C = 1``, through the same code.
+
+Arrays are numpy ``int64``: at these sizes (tens to thousands of elements per operation) numpy's
+per-call overhead is a fraction of torch's, and the integer semantics (arithmetic shifts, ``&``,
+exact products) are the same. Accumulators that fit in 53 bits go through a float64 matrix product,
+which is exact for integers that small.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pbhw.config import ConfigError, Loss, RoleFormat, WeightPrediction
+from pbhw.fixed import (
+    FixedFormat,
+    Overflow,
+    Rounding,
+    StochasticKey,
+    quantize,
+    threefry2x32,
+)
+from pbhw.plan import Plan, StagePlan
+
+__all__ = [
+    "EXP2_TABLE",
+    "FixedArithmetic",
+    "FixedState",
+    "LOG2E_Q16",
+    "ROLE_NUMBERS",
+    "EVAL_STEP",
+    "stream_id",
+]
+
+#: Role numbers of the stochastic-rounding streams: ``stream = 16 * stage + role``.
+ROLE_NUMBERS = {
+    "input": 0,
+    "activation": 1,
+    "error": 2,
+    "gradient": 3,
+    "velocity": 4,
+    "weight": 5,
+    "prediction": 6,
+    "loss": 7,
+}
+#: Step number of the random words used outside the pipeline (evaluation).
+EVAL_STEP = 2**32 - 1
+#: softmax unit: log2(e) with 16 fractional bits, and the 2^(j/256) table with 15.
+LOG2E_Q16 = round(math.log2(math.e) * 2**16)
+EXP2_TABLE = quantize(
+    [2.0 ** (j / 256) * 2**15 for j in range(256)], FixedFormat(18, 0), Rounding.HALF_EVEN
+).numpy()
+_ACC_LIMIT = 62  # bits of a signed accumulator the model (and int64) can hold
+_FLOAT_EXACT = 53  # bits below which a float64 matrix product of integers is exact
+
+
+def stream_id(stage: int, role: str) -> int:
+    return 16 * stage + ROLE_NUMBERS[role]
+
+
+class _Rounder:
+    """One rounding point for all configs: ``RQ(acc, F, X, role)`` of ``docs/numerics.md``."""
+
+    def __init__(self, src_frac: Sequence[int], dst: Sequence[RoleFormat], stream: int, ndim: int):
+        shape = (len(dst),) + (1,) * (ndim - 1)
+        self.ndim = ndim
+        self.stream = stream
+        shifts = [f - d.format.frac for f, d in zip(src_frac, dst, strict=True)]
+        if len(set(shifts)) == 1:
+            self.shift: int | np.ndarray = shifts[0]
+        else:
+            self.shift = np.array(shifts, dtype=np.int64).reshape(shape)
+        self.lo = _column([d.format.min_code for d in dst], ndim)
+        self.hi = _column([d.format.max_code for d in dst], ndim)
+        self.span = _column([1 << d.format.width for d in dst], ndim)
+        self.roundings = _groups([d.rounding for d in dst], shape)
+        self.overflows = _groups([d.overflow for d in dst], shape)
+        self.stochastic = any(d.rounding is Rounding.STOCHASTIC for d in dst)
+
+    def __call__(
+        self,
+        acc: np.ndarray,
+        seeds: np.ndarray | None = None,
+        step: int = 0,
+        index: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Codes and the number of overflowed elements per config."""
+        s = self.shift
+        if isinstance(s, int):
+            if s < 0:
+                acc, s = acc << -s, 0
+        elif bool((s < 0).any()):
+            acc, s = acc << np.maximum(-s, 0), np.maximum(s, 0)
+        words = None
+        if self.stochastic:
+            words = threefry_words(seeds, self.stream, step, index)
+        out = None
+        for rounding, where in self.roundings:
+            value = _round_right(acc, s, rounding, words)
+            out = value if where is None else np.where(where, value, out)
+        result = None
+        for overflow, where in self.overflows:
+            if overflow is Overflow.SATURATE:
+                value = np.minimum(np.maximum(out, self.lo), self.hi)
+            else:
+                value = ((out - self.lo) % self.span) + self.lo
+            result = value if where is None else np.where(where, value, result)
+        # Saturating or wrapping changes exactly the out-of-range elements.
+        over = result != out
+        return result, over.reshape(over.shape[0], -1).sum(1)
+
+
+def _groups(modes: list, shape: tuple[int, ...]) -> list[tuple[object, np.ndarray | None]]:
+    """Distinct modes with the configs that use them (``None``: all of them)."""
+    distinct = list(dict.fromkeys(modes))
+    if len(distinct) == 1:
+        return [(distinct[0], None)]
+    return [(mode, np.array([m is mode for m in modes]).reshape(shape)) for mode in distinct]
+
+
+def _round_right(
+    acc: np.ndarray, s: int | np.ndarray, rounding: Rounding, words: np.ndarray | None
+) -> np.ndarray:
+    """``acc / 2^s`` rounded, for shifts ``s >= 0`` (an int, or a tensor per config)."""
+    if isinstance(s, int) and s == 0:
+        return acc
+    down = acc >> s
+    if rounding is Rounding.FLOOR:
+        return down
+    if isinstance(s, int):
+        half = 1 << (s - 1)
+        if rounding is Rounding.HALF_UP:
+            return (acc + half) >> s
+        if rounding is Rounding.HALF_EVEN:
+            return (acc + (half - 1) + (down & 1)) >> s
+        rem = acc & ((1 << s) - 1)
+        if rounding is Rounding.TOWARD_ZERO:
+            return down + ((acc < 0) & (rem != 0))
+        top = rem << (32 - s) if s <= 32 else (acc >> (s - 32)) & 0xFFFFFFFF
+        return down + (words < top)
+    half = (1 << s) >> 1
+    rem = acc & ((1 << s) - 1)
+    if rounding is Rounding.HALF_UP:
+        return down + ((rem >= half) & (half > 0))
+    if rounding is Rounding.HALF_EVEN:
+        return down + ((rem > half) | ((rem == half) & (half > 0) & ((down & 1) == 1)))
+    if rounding is Rounding.TOWARD_ZERO:
+        return down + ((acc < 0) & (rem != 0))
+    top = np.where(
+        s <= 32, rem << np.maximum(32 - s, 0), (acc >> np.maximum(s - 32, 0)) & 0xFFFFFFFF
+    )
+    return down + (words < top)
+
+
+@dataclass
+class FixedState:
+    """Codes of one stage for every config: ``w`` (bias as the last column), ``v``, ``w_prev``."""
+
+    w: np.ndarray  # [C, N_out, N_in (+1)]
+    v: np.ndarray
+    w_prev: np.ndarray | None = None
+
+    @property
+    def b(self) -> None:  # the schedule never reads a separate bias here
+        return None
+
+
+class FixedArithmetic:
+    """The integer arithmetic of ``docs/numerics.md`` for ``C`` configs at once."""
+
+    name = "fixed"
+
+    def __init__(self, plans: Plan | Sequence[Plan]):
+        plans = [plans] if isinstance(plans, Plan) else list(plans)
+        if not plans:
+            raise ValueError("FixedArithmetic needs at least one plan")
+        _check_compatible(plans)
+        for plan in plans:
+            plan.require_representable()
+        self.plans = plans
+        self.configs = len(plans)
+        first = plans[0].config
+        self.loss_kind = first.network.loss
+        self.prediction = first.optimizer.weight_prediction
+        self.bias = first.network.bias
+        self.seeds = np.array([p.config.seed for p in plans], dtype=np.int64)
+        self.step = 0
+        self.counts: dict[tuple[int, str], np.ndarray] = {}
+        self._stage = [self._build_stage(i) for i in range(len(first.network.layers) - 1)]
+
+    # ------------------------------------------------------------------------------------------
+    # construction: every rounding point, constant and accumulator width, per stage
+
+    def _build_stage(self, i: int) -> dict:
+        """Rounding points, constants and widths of stage ``i + 1`` for every config."""
+        stages = [p.stages[i] for p in self.plans]
+        index, st0 = i + 1, stages[0]
+        fm = [st.formats for st in stages]
+        # The input of stage l is stage l-1's activation (stage 1: its own activation format);
+        # the error stage l sends back is in stage l-1's error format.
+        prev = [p.stages[max(i - 1, 0)].formats for p in self.plans]
+        a_in = [f.activation for f in prev]
+
+        def frac(formats, role):
+            return [f.role(role).format.frac for f in formats]
+
+        def width(formats, role):
+            return [f.role(role).format.width for f in formats]
+
+        fa_in = [r.format.frac for r in a_in]
+        fw, fe, fg = frac(fm, "weight"), frac(fm, "error"), frac(fm, "gradient")
+        fv, fc = frac(fm, "velocity"), frac(fm, "coefficient")
+        ww, we, wg = width(fm, "weight"), width(fm, "error"), width(fm, "gradient")
+        wv, wc = width(fm, "velocity"), width(fm, "coefficient")
+        wa_in = [r.format.width for r in a_in]
+        cols = st0.n_in + (1 if self.bias else 0)
+        ctx: dict = {"index": index, "n_in": st0.n_in, "cols": cols, "last": not st0.relu}
+        ctx["idx_w"] = np.arange(st0.n_out * cols, dtype=np.int64).reshape(1, st0.n_out, cols)
+        ctx["idx_out"] = np.arange(st0.n_out, dtype=np.int64).reshape(1, -1)
+        ctx["idx_in"] = np.arange(st0.n_in, dtype=np.int64).reshape(1, -1)
+        ctx["one"] = _column([1 << f for f in fa_in])  # code of the bias column's input 1
+        ctx["one_col"] = np.broadcast_to(
+            np.asarray(ctx["one"]).reshape(-1, 1), (len(self.plans), 1)
+        ).copy()
+
+        zipped = list(zip(fw, fe, fg, fv, fc, fa_in, strict=True))
+        fwd_bits = max(w + a for w, a in zip(ww, wa_in, strict=True)) + _log2(cols)
+        bwd_bits = max(w + e for w, e in zip(ww, we, strict=True)) + _log2(st0.n_out)
+        ctx["fwd_float"] = fwd_bits <= _FLOAT_EXACT
+        ctx["bwd_float"] = bwd_bits <= _FLOAT_EXACT
+        f_vel = [max(c + v, g) for w, e, g, v, c, a in zipped]
+        f_upd = [max(w, c + v, c + g) for w, e, g, v, c, a in zipped]
+        f_pre = [max(w, c + v) for w, e, g, v, c, a in zipped]
+        widths = list(zip(ww, wg, wv, wc, strict=True))
+        vel_bits = 1 + max(
+            max(cw + vw + F - c - v, gw + F - g)
+            for (w_, gw, vw, cw), F, (w, e, g, v, c, a) in zip(widths, f_vel, zipped, strict=True)
+        )
+        upd_bits = 2 + max(
+            max(w_ + F - w, cw + vw + F - c - v, cw + gw + F - c - g)
+            for (w_, gw, vw, cw), F, (w, e, g, v, c, a) in zip(widths, f_upd, zipped, strict=True)
+        )
+        pre_bits = 1 + max(
+            max(w_ + F - w, cw + vw + F - c - v)
+            for (w_, gw, vw, cw), F, (w, e, g, v, c, a) in zip(widths, f_pre, zipped, strict=True)
+        )
+        for what, bits in (
+            ("forward accumulator", fwd_bits),
+            ("backward accumulator", bwd_bits),
+            ("velocity update", vel_bits),
+            ("weight update", upd_bits),
+            ("weight prediction", pre_bits),
+        ):
+            if bits > _ACC_LIMIT:
+                raise ConfigError(
+                    f"stage {index}: the {what} needs {bits} bits, more than the {_ACC_LIMIT} "
+                    "the bit-exact model supports; narrow the formats of that stage"
+                )
+
+        ctx["fwd"] = _Rounder(
+            [w + a for w, e, g, v, c, a in zipped],
+            [f.activation for f in fm],
+            stream_id(index, "activation"),
+            2,
+        )
+        if index > 1:
+            ctx["bwd"] = _Rounder(
+                [w + e for w, e, g, v, c, a in zipped],
+                [f.error for f in prev],
+                stream_id(index, "error"),
+                2,
+            )
+        ctx["grad"] = _Rounder(
+            [e + a for w, e, g, v, c, a in zipped],
+            [f.gradient for f in fm],
+            stream_id(index, "gradient"),
+            3,
+        )
+        ctx["vel_mv"] = _column(
+            [F - c - v for F, (w, e, g, v, c, a) in zip(f_vel, zipped, strict=True)], 3
+        )
+        ctx["vel_g"] = _column(
+            [F - g for F, (w, e, g, v, c, a) in zip(f_vel, zipped, strict=True)], 3
+        )
+        ctx["vel"] = _Rounder(f_vel, [f.velocity for f in fm], stream_id(index, "velocity"), 3)
+        ctx["upd_w"] = _column(
+            [F - w for F, (w, e, g, v, c, a) in zip(f_upd, zipped, strict=True)], 3
+        )
+        ctx["upd_v"] = _column(
+            [F - c - v for F, (w, e, g, v, c, a) in zip(f_upd, zipped, strict=True)], 3
+        )
+        ctx["upd_g"] = _column(
+            [F - c - g for F, (w, e, g, v, c, a) in zip(f_upd, zipped, strict=True)], 3
+        )
+        ctx["upd"] = _Rounder(f_upd, [f.weight for f in fm], stream_id(index, "weight"), 3)
+        codes = {
+            name: [st.coefficients[name].code for st in stages]
+            for name in ("momentum", "eta_a", "eta_b")
+        }
+        ctx["m"], ctx["ea"] = _column(codes["momentum"], 3), _column(codes["eta_a"], 3)
+        ctx["eb"] = _column(codes["eta_b"], 3) if any(codes["eta_b"]) else None
+
+        horizons = [st.horizon for st in stages]
+        ctx["prediction"] = None
+        if any(horizons) and self.prediction is WeightPrediction.VELOCITY:
+            ctx["prediction"] = "velocity"
+            ctx["pre_w"] = _column(
+                [F - w for F, (w, e, g, v, c, a) in zip(f_pre, zipped, strict=True)], 3
+            )
+            ctx["pre_v"] = _column(
+                [F - c - v for F, (w, e, g, v, c, a) in zip(f_pre, zipped, strict=True)], 3
+            )
+            ctx["eT"] = _column(
+                [st.coefficients["eta_T"].code if st.horizon else 0 for st in stages], 3
+            )
+            ctx["pre"] = _Rounder(f_pre, [f.weight for f in fm], stream_id(index, "prediction"), 3)
+        elif any(horizons) and self.prediction is WeightPrediction.WEIGHT_DIFFERENCE:
+            ctx["prediction"] = "weight_difference"
+            ctx["T"] = _column(horizons, 3)
+            ctx["pre"] = _Rounder(fw, [f.weight for f in fm], stream_id(index, "prediction"), 3)
+        if index == 1:
+            ctx["input_formats"] = a_in
+        if not st0.relu:
+            fa = frac(fm, "activation")
+            if self.loss_kind is Loss.MSE:
+                ctx["loss_one"] = _column([1 << f for f in fa])
+                ctx["loss"] = _Rounder(fa, [f.error for f in fm], stream_id(index, "loss"), 2)
+            else:
+                ctx["softmax_shift"] = _column([f + 16 - 8 for f in fa])
+                ctx["loss_one"] = _column([1 << f for f in fe])
+                ctx["loss_scale"] = _column(fe)
+                ctx["loss"] = _Rounder(fe, [f.error for f in fm], stream_id(index, "loss"), 2)
+        return ctx
+
+    # ------------------------------------------------------------------------------------------
+    # the arithmetic interface used by golden.pipeline
+
+    def begin_step(self, step: int) -> None:
+        """The pipeline step about to run: the ``step`` of the stochastic-rounding keys."""
+        self.step = step
+
+    def _count(self, stage: int, role: str, n: np.ndarray) -> None:
+        key = (stage, role)
+        self.counts[key] = self.counts[key] + n if key in self.counts else n
+
+    def saturation_counts(self) -> dict[str, list[int]]:
+        """Overflow events per ``"stage role"`` so far, one count per config."""
+        return {
+            f"stage {stage} {role}": [int(x) for x in n]
+            for (stage, role), n in sorted(self.counts.items())
+        }
+
+    def _rq(
+        self,
+        ctx: dict,
+        name: str,
+        role: str,
+        acc: np.ndarray,
+        index: np.ndarray,
+        step: int | None = None,
+    ) -> np.ndarray:
+        seeds = self.seeds.reshape((-1,) + (1,) * (acc.ndim - 1))
+        codes, over = ctx[name](acc, seeds, self.step if step is None else step, index)
+        self._count(ctx["index"], role, over)
+        return codes
+
+    def snapshot(self, w: np.ndarray) -> np.ndarray:
+        """Weights kept for weight stashing (the update replaces arrays, never mutates them)."""
+        return w
+
+    def init_state(self, stage: StagePlan, w: torch.Tensor, b: torch.Tensor | None) -> FixedState:
+        """Initial codes for every config: the float weights (bias as the last column) quantized
+        half-even with saturation to its weight format. These are the memory init contents."""
+        w_aug = w if b is None else torch.cat([w, b[:, None]], 1)
+        codes = np.stack(
+            [
+                quantize(
+                    w_aug,
+                    p.stages[stage.index - 1].formats.weight.format,
+                    Rounding.HALF_EVEN,
+                    Overflow.SATURATE,
+                ).numpy()
+                for p in self.plans
+            ]
+        )
+        state = FixedState(codes, np.zeros_like(codes))
+        if self.prediction is WeightPrediction.WEIGHT_DIFFERENCE:
+            state.w_prev = codes
+        return state
+
+    def _quantize_inputs(
+        self, x: torch.Tensor, step: int, index: torch.Tensor | None
+    ) -> np.ndarray:
+        """Float inputs (any shape) as codes of stage 1's input format, ``[C, *x.shape]``."""
+        rows, overs = [], []
+        for c, role in enumerate(self._stage[0]["input_formats"]):
+            key = None
+            if role.rounding is Rounding.STOCHASTIC:
+                key = StochasticKey(int(self.seeds[c]), stream_id(1, "input"), step)
+            codes, over = quantize(
+                x,
+                role.format,
+                role.rounding,
+                role.overflow,
+                key=key,
+                index=index,
+                return_saturated=True,
+            )
+            rows.append(codes.numpy())
+            overs.append(int(over.sum()))
+        return np.stack(rows), np.array(overs, dtype=np.int64)
+
+    def encode_input(self, x: torch.Tensor) -> np.ndarray:
+        """One sample's features as codes ``[C, N_in]`` (index = feature, step = this step)."""
+        codes, over = self._quantize_inputs(torch.as_tensor(x).reshape(-1), self.step, None)
+        self._count(1, "input", over)
+        return codes
+
+    def encode_inputs(self, x: torch.Tensor) -> list[np.ndarray] | None:
+        """All samples' codes at once, ``[C, N_in]`` each, when the input rounding does not
+        depend on the step (no stochastic input rounding); else ``None``. Saturations are
+        counted here, once per sample, as :meth:`encode_input` would."""
+        if any(r.rounding is Rounding.STOCHASTIC for r in self._stage[0]["input_formats"]):
+            return None
+        codes, over = self._quantize_inputs(x, 0, None)
+        self._count(1, "input", over)
+        return list(codes.transpose(1, 0, 2))
+
+    def predicted(self, stage: StagePlan, s: FixedState) -> tuple[np.ndarray, None]:
+        ctx = self._stage[stage.index - 1]
+        if ctx["prediction"] == "velocity":
+            acc = _shl(s.w, ctx["pre_w"]) - ctx["eT"] * _shl(s.v, ctx["pre_v"])
+            return self._rq(ctx, "pre", "prediction", acc, ctx["idx_w"]), None
+        if ctx["prediction"] == "weight_difference":
+            acc = s.w + ctx["T"] * (s.w - s.w_prev)
+            return self._rq(ctx, "pre", "prediction", acc, ctx["idx_w"]), None
+        return s.w, None
+
+    @staticmethod
+    def _augment(ctx: dict, x: np.ndarray) -> np.ndarray:
+        """Append the bias column's constant input (the code of 1) along the last axis."""
+        if ctx["cols"] == ctx["n_in"]:
+            return x
+        if x.ndim == 2:
+            return np.concatenate([x, ctx["one_col"]], 1)
+        one = np.broadcast_to(
+            np.asarray(ctx["one"]).reshape((-1,) + (1,) * (x.ndim - 1)), x.shape[:-1] + (1,)
+        )
+        return np.concatenate([x, one], -1)
+
+    def forward(
+        self, stage: StagePlan, w: np.ndarray, b: None, x: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        ctx = self._stage[stage.index - 1]
+        acc = _matmul(w, self._augment(ctx, x)[:, :, None], ctx["fwd_float"])[:, :, 0]
+        z = self._rq(ctx, "fwd", "activation", acc, ctx["idx_out"])
+        if not stage.relu:
+            return z, None
+        mask = z > 0
+        return z * mask, mask
+
+    def loss(self, y: np.ndarray, label: int) -> tuple[np.ndarray, np.ndarray]:
+        """Output error codes ``[C, N_out]`` and the (float, reporting-only) loss per config."""
+        ctx = self._stage[-1]
+        onehot = np.zeros_like(y)
+        onehot[:, label] = 1
+        onehot = onehot * ctx["loss_one"]  # the code of 1 in the format of the subtraction
+        if self.loss_kind is Loss.MSE:
+            acc = y - onehot
+        else:
+            acc = softmax_codes(y, ctx["softmax_shift"], ctx["loss_scale"]) - onehot
+        delta = self._rq(ctx, "loss", "loss", acc, ctx["idx_out"])
+        return delta, self.float_loss(y, label)
+
+    def output_values(self, y: np.ndarray) -> torch.Tensor:
+        """Output codes ``[C, ..., N_out]`` as float values."""
+        fa = np.array([p.stages[-1].formats.activation.format.frac for p in self.plans])
+        return torch.from_numpy(
+            np.ldexp(y.astype(np.float64), -fa.reshape((-1,) + (1,) * (y.ndim - 1)))
+        )
+
+    def float_loss(self, y: np.ndarray, label: int) -> np.ndarray:
+        from golden.float_arith import loss_and_error
+
+        values = self.output_values(y)
+        labels = torch.full((values.shape[0],), label, dtype=torch.int64)
+        return loss_and_error(values, labels, self.loss_kind)[0].numpy()
+
+    def output_gradient(
+        self, stage: StagePlan, error: np.ndarray, mask: np.ndarray | None
+    ) -> np.ndarray:
+        return error if mask is None else error * mask
+
+    def backward(self, stage: StagePlan, w: np.ndarray, dz: np.ndarray) -> np.ndarray:
+        ctx = self._stage[stage.index - 1]
+        acc = _matmul(dz[:, None, :], w[:, :, : ctx["n_in"]], ctx["bwd_float"])[:, 0, :]
+        return self._rq(ctx, "bwd", "error", acc, ctx["idx_in"])
+
+    def update(self, stage: StagePlan, s: FixedState, dz: np.ndarray, x: np.ndarray) -> None:
+        ctx = self._stage[stage.index - 1]
+        x = self._augment(ctx, x)
+        g = self._rq(ctx, "grad", "gradient", dz[:, :, None] * x[:, None, :], ctx["idx_w"])
+        acc = ctx["m"] * _shl(s.v, ctx["vel_mv"]) + _shl(g, ctx["vel_g"])
+        v = self._rq(ctx, "vel", "velocity", acc, ctx["idx_w"])
+        acc = _shl(s.w, ctx["upd_w"]) - ctx["ea"] * _shl(v, ctx["upd_v"])
+        if ctx["eb"] is not None:
+            acc = acc - ctx["eb"] * _shl(g, ctx["upd_g"])
+        if s.w_prev is not None:
+            s.w_prev = s.w
+        s.w = self._rq(ctx, "upd", "weight", acc, ctx["idx_w"])
+        s.v = v
+
+    def label_of(self, y: np.ndarray) -> np.ndarray:
+        """Predicted class per config: the first maximum, as a comparator chain finds it."""
+        return y.argmax(-1)
+
+    def evaluate(
+        self, stages: list[StagePlan], states: list[FixedState], x: torch.Tensor
+    ) -> np.ndarray:
+        """Output codes ``[C, N, N_out]`` for a batch with the current weights (no prediction).
+
+        Stochastic rounding here uses step ``EVAL_STEP`` and index ``sample * N + element``;
+        evaluation does not add to the saturation counters."""
+        n = x.shape[0]
+        index = torch.arange(x.numel(), dtype=torch.int64).reshape(x.shape)
+        h, _ = self._quantize_inputs(x, EVAL_STEP, index)  # [C, N, F]
+        for stage, s in zip(stages, states, strict=True):
+            ctx = self._stage[stage.index - 1]
+            acc = _matmul(self._augment(ctx, h), s.w.transpose(0, 2, 1), ctx["fwd_float"])
+            n_out = acc.shape[2]
+            idx = np.arange(n * n_out, dtype=np.int64).reshape(1, n, n_out)
+            flat, _ = ctx["fwd"](
+                acc.reshape(acc.shape[0], -1),
+                self.seeds.reshape(-1, 1),
+                EVAL_STEP,
+                idx.reshape(1, -1),
+            )
+            h = flat.reshape(acc.shape)
+            if stage.relu:
+                h = np.maximum(h, 0)
+        return h
+
+
+def softmax_codes(y: np.ndarray, shift: int | np.ndarray, frac_e: int | np.ndarray) -> np.ndarray:
+    """The softmax unit of ``docs/numerics.md``: probabilities as codes with ``frac_e`` bits."""
+    d = y - y.max(-1, keepdims=True)
+    t = (d * LOG2E_Q16) >> shift
+    k, j = t >> 8, t & 255
+    e = EXP2_TABLE[j] >> np.minimum(-k, 63)
+    return (e << frac_e) // e.sum(-1, keepdims=True)
+
+
+def threefry_words(seeds: np.ndarray, stream: int, step: int, index: np.ndarray) -> np.ndarray:
+    """First Threefry-2x32 output word for key ``(seed, stream)`` and counter ``(step, index)``;
+    the numpy twin of :func:`pbhw.fixed.threefry2x32` (``tests`` check they agree)."""
+    x0, _ = threefry2x32(
+        torch.from_numpy(np.asarray(seeds, dtype=np.int64)),
+        stream,
+        step,
+        torch.from_numpy(np.asarray(index, dtype=np.int64)),
+    )
+    return x0.numpy()
+
+
+def _column(values: Sequence[int], ndim: int = 2) -> int | np.ndarray:
+    """A per-config constant: a plain int when every config agrees, else ``[C, 1, ...]``."""
+    if len(set(values)) == 1:
+        return values[0]
+    return np.array(list(values), dtype=np.int64).reshape((-1,) + (1,) * (ndim - 1))
+
+
+def _shl(x: np.ndarray, k: int | np.ndarray) -> np.ndarray:
+    """``x * 2^k`` (``k >= 0``), skipping the pass when every config's ``k`` is 0."""
+    return x if isinstance(k, int) and k == 0 else x << k
+
+
+def _log2(n: int) -> int:
+    return max(1, math.ceil(math.log2(n + 1)))
+
+
+def _matmul(a: np.ndarray, b: np.ndarray, exact_in_float: bool) -> np.ndarray:
+    """Exact integer matrix product; through float64 when every partial sum fits 53 bits."""
+    if exact_in_float:
+        return np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.int64)
+    return np.matmul(a, b)
+
+
+def _check_compatible(plans: Sequence[Plan]) -> None:
+    """Configs run together must share everything but formats, rounding and constants."""
+    first = plans[0].config
+    for plan in plans[1:]:
+        cfg = plan.config
+        for what, a, b in (
+            ("network", first.network, cfg.network),
+            ("optimizer.algorithm", first.optimizer.algorithm, cfg.optimizer.algorithm),
+            (
+                "optimizer.weight_prediction",
+                first.optimizer.weight_prediction,
+                cfg.optimizer.weight_prediction,
+            ),
+            (
+                "optimizer.weight_stashing",
+                first.optimizer.weight_stashing,
+                cfg.optimizer.weight_stashing,
+            ),
+            ("seed", first.seed, cfg.seed),
+            ("train.dataset", first.train.dataset, cfg.train.dataset),
+            ("train.epochs", first.train.epochs, cfg.train.epochs),
+        ):
+            if a != b:
+                raise ConfigError(f"configs trained together must agree on {what}: {a!r} vs {b!r}")
