@@ -106,14 +106,14 @@ class _Rounder:
         out = None
         for rounding, where in self.roundings:
             value = _round_right(acc, s, rounding, words)
-            out = value if where is None else np.where(where, value, out)
+            out = value if where is None or out is None else np.where(where, value, out)
         result = None
         for overflow, where in self.overflows:
             if overflow is Overflow.SATURATE:
                 value = np.minimum(np.maximum(out, self.lo), self.hi)
             else:
                 value = ((out - self.lo) % self.span) + self.lo
-            result = value if where is None else np.where(where, value, result)
+            result = value if where is None or result is None else np.where(where, value, result)
         # Saturating or wrapping changes exactly the out-of-range elements.
         over = result != out
         return result, over.reshape(over.shape[0], -1).sum(1)
@@ -227,7 +227,13 @@ class FixedArithmetic:
         ctx["idx_w"] = np.arange(st0.n_out * cols, dtype=np.int64).reshape(1, st0.n_out, cols)
         ctx["idx_out"] = np.arange(st0.n_out, dtype=np.int64).reshape(1, -1)
         ctx["idx_in"] = np.arange(st0.n_in, dtype=np.int64).reshape(1, -1)
-        ctx["one"] = _column([1 << f for f in fa_in])  # code of the bias column's input 1
+        if self.bias and min(fa_in) < 0:
+            raise ConfigError(
+                f"stage {index}: a bias needs the constant input 1 in the activation format "
+                f"feeding the stage, which has negative frac {min(fa_in)}; use frac >= 0 "
+                "or network.bias = false"
+            )
+        ctx["one"] = _column([1 << max(f, 0) for f in fa_in])  # code of the bias input 1
         ctx["one_col"] = np.broadcast_to(
             np.asarray(ctx["one"]).reshape(-1, 1), (len(self.plans), 1)
         ).copy()
@@ -331,6 +337,14 @@ class FixedArithmetic:
             ctx["input_formats"] = a_in
         if not st0.relu:
             fa = frac(fm, "activation")
+            one_frac = fa if self.loss_kind is Loss.MSE else fe
+            role = "activation" if self.loss_kind is Loss.MSE else "error"
+            if min(one_frac) < 0 or (self.loss_kind is Loss.SOFTMAX_CE and min(fa) < -8):
+                raise ConfigError(
+                    f"stage {index}: the {self.loss_kind.value} loss unit needs the target 1 "
+                    f"as a code of the last stage's {role} format, so its frac must be >= 0 "
+                    f"(and the activation frac >= -8 for softmax_ce), not {min(one_frac)}"
+                )
             if self.loss_kind is Loss.MSE:
                 ctx["loss_one"] = _column([1 << f for f in fa])
                 ctx["loss"] = _Rounder(fa, [f.error for f in fm], stream_id(index, "loss"), 2)

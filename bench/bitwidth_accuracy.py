@@ -1,0 +1,169 @@
+"""Test accuracy of PB+LWP+SC in fixed point against bit width, nearest vs stochastic rounding.
+
+For each dataset and seed, every fixed-point point (width x update rounding) trains in ONE
+vectorised run (`pbhw.train.train_many`), beside float SGD (batch 1) and float PB+LWP+SC.
+
+Formats at width B (weights, activations, errors share B; fractional splits fixed below):
+  weight s{B}.{B-3} (range +-4), activation s{B}.{B-5} (+-16), error s{B}.{B-3} (+-4),
+  gradient s{B}.{B-2} (+-2), velocity s{B+4}.{B-2} (+-32), coefficient s24.22.
+"Nearest" rounds every role half-even. "Stochastic" rounds the update path (gradient,
+velocity, weight and predicted weight) stochastically; the datapath (activations, errors)
+stays half-even. Every overflow saturates.
+
+    python bench/bitwidth_accuracy.py                      # full run, ~10 min on 2 cores
+    python bench/bitwidth_accuracy.py --quick              # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from pbhw.config import from_dict
+from pbhw.datasets import load
+from pbhw.train import train, train_many
+
+ROOT = Path(__file__).resolve().parents[1]
+NETWORKS = {"digits": [64, 32, 32, 10], "mnist1d": [40, 64, 64, 10]}
+UPDATE_ROLES = ("gradient", "velocity", "weight")
+
+
+def formats(width: int, rounding: str) -> dict:
+    def role(w: int, frac: int, r: str = "half_even") -> dict:
+        return {"width": w, "frac": frac, "rounding": r, "overflow": "saturate"}
+
+    update = "stochastic" if rounding == "stochastic" else "half_even"
+    return {
+        "weight": role(width, width - 3, update),
+        "activation": role(width, width - 5),
+        "error": role(width, width - 3),
+        "gradient": role(width, width - 2, update),
+        "velocity": role(width + 4, width - 2, update),
+        "coefficient": role(24, 22),
+    }
+
+
+def base(dataset: str, seed: int, epochs: int) -> dict:
+    return {
+        "name": f"bitwidth_{dataset}",
+        "seed": seed,
+        "network": {"layers": NETWORKS[dataset], "loss": "mse"},
+        "optimizer": {
+            "algorithm": "pb",
+            "lr": 0.1,
+            "momentum": 0.9,
+            "reference_batch": 32,
+            "spike_compensation": True,
+            "weight_prediction": "velocity",
+        },
+        "train": {"dataset": dataset, "epochs": epochs, "arith": "fixed"},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--datasets", default="digits,mnist1d")
+    parser.add_argument("--widths", default="8,10,12,16")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="1 seed, 2 epochs, digits only")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "bitwidth_accuracy.json"))
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.datasets, args.seeds, args.epochs = "digits", 1, 2
+    widths = [int(w) for w in args.widths.split(",")]
+    rows = []
+    start = time.perf_counter()
+    for dataset in args.datasets.split(","):
+        data = load(dataset)
+        for seed in range(args.seeds):
+            raw = base(dataset, seed, args.epochs)
+            points = [(w, r) for w in widths for r in ("nearest", "stochastic")]
+            configs = [from_dict({**raw, "formats": formats(w, r)}) for w, r in points]
+            t0 = time.perf_counter()
+            results = train_many(configs, dataset=data)
+            batched_s = time.perf_counter() - t0
+            for (w, r), res in zip(points, results, strict=True):
+                rows.append(
+                    {
+                        "dataset": dataset,
+                        "seed": seed,
+                        "method": f"fixed {w}-bit {r}",
+                        "width": w,
+                        "rounding": r,
+                        "test_accuracy": res.test_accuracy,
+                        "saturation_total": res.extra["saturation_total"],
+                        "diverged": res.extra["diverged"],
+                    }
+                )
+            for method, opt, arith in (
+                ("float SGD", {"algorithm": "sgd"}, "float"),
+                ("float PB+LWP+SC", {}, "float"),
+            ):
+                cfg = from_dict(
+                    {
+                        **raw,
+                        "optimizer": {**raw["optimizer"], **opt},
+                        "train": {**raw["train"], "arith": arith},
+                    }
+                )
+                res = train(cfg, dataset=data)
+                rows.append(
+                    {
+                        "dataset": dataset,
+                        "seed": seed,
+                        "method": method,
+                        "width": None,
+                        "rounding": None,
+                        "test_accuracy": res.test_accuracy,
+                    }
+                )
+            print(
+                f"{dataset} seed {seed}: {len(points)} fixed points in one run "
+                f"({batched_s:.0f} s), {time.perf_counter() - start:.0f} s elapsed",
+                file=sys.stderr,
+            )
+    summary = {}
+    for row in rows:
+        summary.setdefault((row["dataset"], row["method"]), []).append(row["test_accuracy"])
+    table = [
+        {
+            "dataset": d,
+            "method": m,
+            "mean": statistics.mean(v),
+            "std": statistics.stdev(v) if len(v) > 1 else 0.0,
+            "n": len(v),
+        }
+        for (d, m), v in summary.items()
+    ]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "command": " ".join(["python", "bench/bitwidth_accuracy.py", *(argv or sys.argv[1:])]),
+        "epochs": args.epochs,
+        "seeds": args.seeds,
+        "formats": {w: formats(w, "stochastic") for w in widths},
+        "machine": {"python": platform.python_version(), "torch": torch.__version__},
+        "rows": rows,
+        "summary": table,
+    }
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    lines = ["| dataset | method | test accuracy (mean ± std, %) |", "|---|---|---|"]
+    for t in table:
+        lines.append(
+            f"| {t['dataset']} | {t['method']} | {100 * t['mean']:.2f} ± {100 * t['std']:.2f} |"
+        )
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,430 @@
+"""An independent, element-by-element Python-integer implementation of ``docs/numerics.md``.
+
+Only Python ints, :class:`fractions.Fraction` and lists: no numpy, no torch, nothing from pbhw.
+Every rounding decision is taken on the exact rational value ``acc * 2**-F`` scaled to the
+destination's code unit, which is a different route from the shift-and-mask arithmetic of the
+golden model, so the two can only agree if both follow the documented rule.
+
+The test module converts a :class:`pbhw.plan.Plan` into the plain data structures here
+(:class:`Fmt`, :class:`RefStage`); this module never sees pbhw objects.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+from fractions import Fraction
+
+__all__ = [
+    "EVAL_STEP",
+    "EXP2",
+    "LOG2E",
+    "ROLE",
+    "Fmt",
+    "RefNet",
+    "RefPipeline",
+    "RefStage",
+    "overflow",
+    "quantize_float",
+    "round_fraction",
+    "rq",
+    "softmax_probs",
+    "threefry2x32",
+    "word",
+]
+
+# ------------------------------------------------------------------------------------------
+# Threefry-2x32 (docs/numerics_random.md), 13 rounds
+
+_M32 = 0xFFFF_FFFF
+_ROT = (13, 15, 26, 6, 17, 29, 16, 24)
+
+
+def threefry2x32(k0: int, k1: int, c0: int, c1: int, rounds: int = 13) -> tuple[int, int]:
+    ks = (k0, k1, 0x1BD11BDA ^ k0 ^ k1)
+    x0 = (c0 + ks[0]) & _M32
+    x1 = (c1 + ks[1]) & _M32
+    for i in range(rounds):
+        r = _ROT[i % 8]
+        x0 = (x0 + x1) & _M32
+        x1 = (((x1 << r) | (x1 >> (32 - r))) & _M32) ^ x0
+        if i % 4 == 3:
+            j = (i + 1) // 4
+            x0 = (x0 + ks[j % 3]) & _M32
+            x1 = (x1 + ks[(j + 1) % 3] + j) & _M32
+    return x0, x1
+
+
+def word(seed: int, stream: int, step: int, index: int) -> int:
+    """The random word of one element: first output word, key (seed, stream), counter
+    (step, index)."""
+    return threefry2x32(seed, stream, step, index)[0]
+
+
+ROLE = {
+    "input": 0,
+    "activation": 1,
+    "error": 2,
+    "gradient": 3,
+    "velocity": 4,
+    "weight": 5,
+    "prediction": 6,
+    "loss": 7,
+}
+EVAL_STEP = 2**32 - 1
+
+
+def stream(stage: int, role: str) -> int:
+    return 16 * stage + ROLE[role]
+
+
+# ------------------------------------------------------------------------------------------
+# Formats, rounding, overflow
+
+
+@dataclass(frozen=True)
+class Fmt:
+    """A role's format with its rounding and overflow modes (mode names as strings)."""
+
+    width: int
+    frac: int
+    signed: bool = True
+    rounding: str = "half_even"
+    overflow: str = "saturate"
+
+    @property
+    def lo(self) -> int:
+        return -(2 ** (self.width - 1)) if self.signed else 0
+
+    @property
+    def hi(self) -> int:
+        return 2 ** (self.width - 1) - 1 if self.signed else 2**self.width - 1
+
+
+def round_fraction(x: Fraction, rounding: str, draw: Callable[[], int]) -> int:
+    """Round the exact rational ``x`` to an integer; ``draw()`` gives the element's word."""
+    q = math.floor(x)
+    f = x - q  # discarded fraction in [0, 1)
+    if rounding == "floor":
+        return q
+    if rounding == "toward_zero":
+        return q + 1 if (x < 0 and f != 0) else q
+    if rounding == "half_up":
+        return q + 1 if f >= Fraction(1, 2) else q
+    if rounding == "half_even":
+        if f > Fraction(1, 2) or (f == Fraction(1, 2) and q % 2 == 1):
+            return q + 1
+        return q
+    if rounding == "stochastic":
+        if f == 0:
+            return q  # F = 0: never rounds up, whatever the word
+        top = math.floor(f * 2**32)
+        return q + 1 if draw() < top else q
+    raise ValueError(rounding)
+
+
+def overflow(code: int, fmt: Fmt, mode: str | None = None) -> tuple[int, bool]:
+    """Bring ``code`` into ``fmt``'s range; also whether it was outside."""
+    mode = fmt.overflow if mode is None else mode
+    if fmt.lo <= code <= fmt.hi:
+        return code, False
+    if mode == "saturate":
+        return min(max(code, fmt.lo), fmt.hi), True
+    if mode == "wrap":
+        return (code - fmt.lo) % 2**fmt.width + fmt.lo, True
+    raise ValueError(mode)
+
+
+def rq(acc: int, src_frac: int, fmt: Fmt, draw: Callable[[], int]) -> tuple[int, bool]:
+    """``RQ(acc, F, X, role)``: the exact value ``acc * 2^-F`` as a code of ``X``."""
+    x = Fraction(acc) * Fraction(2) ** (fmt.frac - src_frac)
+    return overflow(round_fraction(x, fmt.rounding, draw), fmt)
+
+
+def quantize_float(value: float, fmt: Fmt, draw: Callable[[], int]) -> tuple[int, bool]:
+    x = Fraction(value) * Fraction(2) ** fmt.frac  # a float is an exact rational
+    return overflow(round_fraction(x, fmt.rounding, draw), fmt)
+
+
+# ------------------------------------------------------------------------------------------
+# The softmax unit
+
+LOG2E = 94548
+
+
+def _exp2_table() -> list[int]:
+    out = []
+    with localcontext() as ctx:
+        ctx.prec = 60
+        for j in range(256):
+            v = Decimal(2) ** (Decimal(j) / Decimal(256)) * 32768
+            out.append(int(v.to_integral_value(rounding=ROUND_HALF_EVEN)))
+    return out
+
+
+EXP2 = _exp2_table()
+
+
+def softmax_probs(y: Sequence[int], frac_a: int, frac_e: int) -> list[int]:
+    """Steps 1 to 6 of the softmax unit: ``p_o`` as codes with ``frac_e`` fractional bits."""
+    top = max(y)
+    e = []
+    for yo in y:
+        d = yo - top
+        t = math.floor(Fraction(d * LOG2E) / Fraction(2) ** (frac_a + 16 - 8))
+        k, j = t // 256, t % 256  # floor division and its non-negative remainder
+        e.append(0 if -k >= 63 else EXP2[j] // 2 ** (-k))
+    s = sum(e)
+    return [math.floor(Fraction(eo) * Fraction(2) ** frac_e / s) for eo in e]
+
+
+# ------------------------------------------------------------------------------------------
+# One network: the operations of docs/numerics.md on lists
+
+
+@dataclass
+class RefStage:
+    index: int  # 1-based
+    n_in: int
+    n_out: int
+    last: bool
+    bias: bool
+    fmt: dict[str, Fmt]  # activation, weight, error, gradient, velocity, coefficient
+    act_in: Fmt  # A_{l-1} (stage 1: A_1)
+    error_prev: Fmt | None  # E_{l-1} with stage l-1's error modes (None for stage 1)
+    m: int
+    ea: int
+    eb: int
+    eT: int  # noqa: N815
+    T: int  # noqa: N815
+    prediction: str  # "none", "velocity", "weight_difference"
+
+    @property
+    def cols(self) -> int:
+        return self.n_in + (1 if self.bias else 0)
+
+    def f(self, role: str) -> int:
+        return self.fmt[role].frac
+
+
+@dataclass
+class RefNet:
+    """Stateless operations plus the saturation counters ``{(stage, role): count}``."""
+
+    seed: int
+    stages: list[RefStage]
+    loss_kind: str  # "mse" or "softmax_ce"
+    counts: dict[tuple[int, str], int] = field(default_factory=dict)
+
+    def _draw(self, stage: int, role: str, step: int, index: int) -> Callable[[], int]:
+        return lambda: word(self.seed, stream(stage, role), step, index)
+
+    def _rq(self, st: RefStage, role: str, acc, src_frac, fmt, step, index, count=True):
+        code, over = rq(acc, src_frac, fmt, self._draw(st.index, role, step, index))
+        if count:
+            self.counts[(st.index, role)] = self.counts.get((st.index, role), 0) + int(over)
+        return code
+
+    def count_dict(self) -> dict[str, int]:
+        """Non-zero counters as ``{"stage l role": n}``."""
+        return {f"stage {s} {r}": n for (s, r), n in sorted(self.counts.items()) if n}
+
+    # -- input ------------------------------------------------------------------------------
+    def encode_input(self, xs: Sequence[float], step: int, base: int = 0, count=True) -> list:
+        st = self.stages[0]
+        out = []
+        for i, x in enumerate(xs):
+            code, over = quantize_float(x, st.act_in, self._draw(1, "input", step, base + i))
+            if count:
+                self.counts[(1, "input")] = self.counts.get((1, "input"), 0) + int(over)
+            out.append(code)
+        return out
+
+    # -- predicted weights ----------------------------------------------------------------
+    def predicted(self, st: RefStage, w, v, w_prev, step: int) -> list[list[int]]:
+        if st.prediction == "none" or st.T == 0:
+            return [row[:] for row in w]
+        fw, fc, fv = st.f("weight"), st.f("coefficient"), st.f("velocity")
+        out = []
+        for o in range(st.n_out):
+            row = []
+            for i in range(st.cols):
+                idx = o * st.cols + i
+                if st.prediction == "velocity":
+                    fp = max(fw, fc + fv)
+                    acc = w[o][i] * 2 ** (fp - fw) - st.eT * v[o][i] * 2 ** (fp - fc - fv)
+                    row.append(self._rq(st, "prediction", acc, fp, st.fmt["weight"], step, idx))
+                else:
+                    acc = w[o][i] + st.T * (w[o][i] - w_prev[o][i])
+                    code, over = overflow(acc, st.fmt["weight"])
+                    key = (st.index, "prediction")
+                    self.counts[key] = self.counts.get(key, 0) + int(over)
+                    row.append(code)
+            out.append(row)
+        return out
+
+    # -- forward --------------------------------------------------------------------------
+    def augment(self, st: RefStage, x: Sequence[int]) -> list[int]:
+        return list(x) + ([2**st.act_in.frac] if st.bias else [])
+
+    def forward(self, st: RefStage, wh, x, step: int, base: int = 0, count=True):
+        xa = self.augment(st, x)
+        src = st.f("weight") + st.act_in.frac
+        z = []
+        for o in range(st.n_out):
+            acc = sum(wh[o][i] * xa[i] for i in range(st.cols))
+            z.append(
+                self._rq(st, "activation", acc, src, st.fmt["activation"], step, base + o, count)
+            )
+        if st.last:
+            return z, None
+        mask = [c > 0 for c in z]
+        return [c if mk else 0 for c, mk in zip(z, mask, strict=True)], mask
+
+    # -- loss -----------------------------------------------------------------------------
+    def loss(self, y, label: int, step: int) -> list[int]:
+        st = self.stages[-1]
+        fa, fe = st.f("activation"), st.f("error")
+        onehot = [1 if o == label else 0 for o in range(st.n_out)]
+        out = []
+        if self.loss_kind == "mse":
+            for o in range(st.n_out):
+                acc = y[o] - onehot[o] * 2**fa
+                out.append(self._rq(st, "loss", acc, fa, st.fmt["error"], step, o))
+            return out
+        p = softmax_probs(y, fa, fe)
+        for o in range(st.n_out):
+            code, over = overflow(p[o] - onehot[o] * 2**fe, st.fmt["error"])
+            self.counts[(st.index, "loss")] = self.counts.get((st.index, "loss"), 0) + int(over)
+            out.append(code)
+        return out
+
+    # -- backward ---------------------------------------------------------------------------
+    @staticmethod
+    def output_gradient(delta, mask):
+        if mask is None:
+            return list(delta)
+        return [d if mk else 0 for d, mk in zip(delta, mask, strict=True)]
+
+    def backward(self, st: RefStage, w, dz, step: int) -> list[int]:
+        src = st.f("weight") + st.f("error")
+        out = []
+        for i in range(st.n_in):
+            acc = sum(w[o][i] * dz[o] for o in range(st.n_out))
+            out.append(self._rq(st, "error", acc, src, st.error_prev, step, i))
+        return out
+
+    # -- update -----------------------------------------------------------------------------
+    def update(self, st: RefStage, w, v, dz, x, step: int):
+        """``(g, v', w')`` as new lists of rows."""
+        xa = self.augment(st, x)
+        fw, fe, fg = st.f("weight"), st.f("error"), st.f("gradient")
+        fv, fc, fa = st.f("velocity"), st.f("coefficient"), st.act_in.frac
+        f_vel = max(fc + fv, fg)
+        f_upd = max(fw, fc + fv, fc + fg)
+        g, v2, w2 = [], [], []
+        for o in range(st.n_out):
+            grow, vrow, wrow = [], [], []
+            for i in range(st.cols):
+                idx = o * st.cols + i
+                gi = self._rq(st, "gradient", dz[o] * xa[i], fe + fa, st.fmt["gradient"], step, idx)
+                acc = st.m * v[o][i] * 2 ** (f_vel - fc - fv) + gi * 2 ** (f_vel - fg)
+                vi = self._rq(st, "velocity", acc, f_vel, st.fmt["velocity"], step, idx)
+                acc = (
+                    w[o][i] * 2 ** (f_upd - fw)
+                    - st.ea * vi * 2 ** (f_upd - fc - fv)
+                    - st.eb * gi * 2 ** (f_upd - fc - fg)
+                )
+                wi = self._rq(st, "weight", acc, f_upd, st.fmt["weight"], step, idx)
+                grow.append(gi)
+                vrow.append(vi)
+                wrow.append(wi)
+            g.append(grow)
+            v2.append(vrow)
+            w2.append(wrow)
+        return g, v2, w2
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def evaluate(self, states, xs: Sequence[Sequence[float]]) -> list[list[int]]:
+        """Outputs for a batch with the current weights: step ``EVAL_STEP``, index
+        ``sample * n + element``, no counting."""
+        outs = []
+        for s, row in enumerate(xs):
+            h = self.encode_input(row, EVAL_STEP, base=s * len(row), count=False)
+            for st, state in zip(self.stages, states, strict=True):
+                h, _ = self.forward(st, state["w"], h, EVAL_STEP, base=s * st.n_out, count=False)
+            outs.append(h)
+        return outs
+
+
+# ------------------------------------------------------------------------------------------
+# The step-synchronous schedule (DESIGN.md section 1), written independently of golden/pipeline
+
+
+class RefPipeline:
+    """Stage ``l`` forwards sample ``s`` in step ``s + l - 1``; the loss error of ``s`` is
+    formed in that step at stage ``L``; stage ``l`` runs the backward and update of ``s`` in step
+    ``s + 2L - l``; all with the weights held at the start of the step."""
+
+    def __init__(self, net: RefNet, states: list[dict]):
+        self.net = net
+        self.states = states  # per stage {"w", "v", "w_prev"}
+        self.t = 0
+        self.samples: list[tuple[Sequence[float], int]] = []
+        self.stash: list[dict[int, tuple[list[int], list[bool] | None]]] = [{} for _ in net.stages]
+        self.outputs: dict[tuple[int, int], list[int]] = {}  # (stage, sample) -> y
+        self.errors: dict[tuple[int, int], list[int]] = {}  # (stage, sample) -> error *into* it
+
+    def step(self, x: Sequence[float] | None, label: int | None) -> dict:
+        """One step; returns {"outputs": {l: y}, "errors": {l: delta_{l-1}}, "loss": delta}."""
+        net, t = self.net, self.t
+        num = len(net.stages)
+        if x is not None:
+            self.samples.append((x, label))
+        rec: dict = {"outputs": {}, "errors": {}, "loss": None}
+        # forward
+        for li, st in enumerate(net.stages):
+            s = t - li
+            if not 0 <= s < len(self.samples):
+                continue
+            if li == 0:
+                if x is None or s != len(self.samples) - 1:
+                    continue
+                inp = net.encode_input(x, t)
+            else:
+                inp = self.outputs[(li - 1, s)]
+            state = self.states[li]
+            wh = net.predicted(st, state["w"], state["v"], state.get("w_prev"), t)
+            y, mask = net.forward(st, wh, inp, t)
+            self.stash[li][s] = (inp, mask)
+            self.outputs[(li, s)] = y
+            rec["outputs"][st.index] = y
+            if li == num - 1:
+                delta = net.loss(y, self.samples[s][1], t)
+                self.errors[(li, s)] = delta
+                rec["loss"] = delta
+        # backward, then update (weights at the start of the step)
+        pending = []
+        for li in reversed(range(num)):
+            st = net.stages[li]
+            s = t - (2 * num - (li + 1))
+            if (li, s) not in self.errors or s not in self.stash[li]:
+                continue
+            inp, mask = self.stash[li].pop(s)
+            dz = net.output_gradient(self.errors[(li, s)], mask)
+            state = self.states[li]
+            if li > 0:
+                e = net.backward(st, state["w"], dz, t)
+                self.errors[(li - 1, s)] = e
+                rec["errors"][st.index] = e
+            pending.append((li, st, dz, inp))
+        for li, st, dz, inp in sorted(pending, key=lambda p: p[0]):
+            state = self.states[li]
+            _, v2, w2 = net.update(st, state["w"], state["v"], dz, inp, t)
+            if state.get("w_prev") is not None:
+                state["w_prev"] = state["w"]
+            state["w"], state["v"] = w2, v2
+        self.t += 1
+        return rec
