@@ -116,6 +116,8 @@ class _Rounder:
             result = value if where is None or result is None else np.where(where, value, result)
         # Saturating or wrapping changes exactly the out-of-range elements.
         over = result != out
+        if over.shape[0] == 1:  # count_nonzero is much cheaper than a reduction
+            return result, np.count_nonzero(over)
         return result, over.reshape(over.shape[0], -1).sum(1)
 
 
@@ -196,6 +198,9 @@ class FixedArithmetic:
         self.step = 0
         self.counts: dict[tuple[int, str], np.ndarray] = {}
         self._stage = [self._build_stage(i) for i in range(len(first.network.layers) - 1)]
+        self._out_frac = np.array(
+            [[p.stages[-1].formats.activation.format.frac] for p in plans], dtype=np.int64
+        )
 
     # ------------------------------------------------------------------------------------------
     # construction: every rounding point, constant and accumulator width, per stage
@@ -362,14 +367,15 @@ class FixedArithmetic:
         """The pipeline step about to run: the ``step`` of the stochastic-rounding keys."""
         self.step = step
 
-    def _count(self, stage: int, role: str, n: np.ndarray) -> None:
+    def _count(self, stage: int, role: str, n: np.ndarray | int) -> None:
+        """Add overflow events (per config; a plain int when there is one config)."""
         key = (stage, role)
-        self.counts[key] = self.counts[key] + n if key in self.counts else n
+        self.counts[key] = self.counts.get(key, 0) + n
 
     def saturation_counts(self) -> dict[str, list[int]]:
         """Overflow events per ``"stage role"`` so far, one count per config."""
         return {
-            f"stage {stage} {role}": [int(x) for x in n]
+            f"stage {stage} {role}": [int(x) for x in np.broadcast_to(n, (self.configs,))]
             for (stage, role), n in sorted(self.counts.items())
         }
 
@@ -503,11 +509,14 @@ class FixedArithmetic:
         )
 
     def float_loss(self, y: np.ndarray, label: int) -> np.ndarray:
-        from golden.float_arith import loss_and_error
-
-        values = self.output_values(y)
-        labels = torch.full((values.shape[0],), label, dtype=torch.int64)
-        return loss_and_error(values, labels, self.loss_kind)[0].numpy()
+        """The loss of the output codes' values, per config (reporting only, not hardware)."""
+        values = np.ldexp(y.astype(np.float64), -self._out_frac)
+        if self.loss_kind is Loss.MSE:
+            diff = values.copy()
+            diff[:, label] -= 1.0
+            return 0.5 * (diff * diff).sum(1)
+        top = values.max(1, keepdims=True)
+        return (np.log(np.exp(values - top).sum(1)) + top[:, 0]) - values[:, label]
 
     def output_gradient(
         self, stage: StagePlan, error: np.ndarray, mask: np.ndarray | None

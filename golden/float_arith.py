@@ -10,31 +10,42 @@ This module is one implementation of the arithmetic interface used by
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from pbhw.config import Loss, WeightPrediction
 from pbhw.plan import StagePlan
 
-__all__ = ["FloatArithmetic", "FloatState", "linear", "loss_and_error", "momentum_update"]
+__all__ = [
+    "FloatArithmetic",
+    "FloatState",
+    "linear",
+    "loss_and_error",
+    "momentum_update",
+    "with_bias_input",
+]
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     """``x @ w.T + b`` for a batch of rows ``x``."""
-    z = x @ w.T
-    return z + b if b is not None else z
+    return x @ w.T if b is None else torch.addmm(b, x, w.T)
+
+
+def with_bias_input(x: torch.Tensor) -> torch.Tensor:
+    """Rows ``x`` with a constant 1 appended: the input of the bias column."""
+    return torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1)
 
 
 def loss_and_error(
-    y: torch.Tensor, labels: torch.Tensor, loss: Loss
+    y: torch.Tensor, labels: torch.Tensor, loss: Loss, onehot: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row loss and its gradient with respect to the network output ``y``.
 
     ``mse``: loss ``0.5 * ||y - onehot||^2``, error ``y - onehot``.
     ``softmax_ce``: loss ``-log softmax(y)[label]``, error ``softmax(y) - onehot``.
+    ``onehot`` may be given precomputed (the same values the labels give).
     """
-    onehot = torch.nn.functional.one_hot(labels, y.shape[1]).to(y.dtype)
+    if onehot is None:
+        onehot = torch.nn.functional.one_hot(labels, y.shape[1]).to(y.dtype)
     if loss is Loss.MSE:
         diff = y - onehot
         return 0.5 * (diff * diff).sum(1), diff
@@ -47,22 +58,31 @@ def momentum_update(
 ) -> None:
     """In place: ``v <- m*v + g``; ``w <- w - eta_a*v - eta_b*g`` (``eta_b = 0``: plain SGDM)."""
     v.mul_(m).add_(g)
-    w.sub_(eta_a * v)
+    w.sub_(v, alpha=eta_a)
     if eta_b:
-        w.sub_(eta_b * g)
+        w.sub_(g, alpha=eta_b)
 
 
-@dataclass
 class FloatState:
-    """Weights of one stage: ``w``, velocity ``v``, bias ``b``/``vb`` and, for the weight-difference
-    prediction, the weights before the last update (``w_prev``/``b_prev``)."""
+    """Weights of one stage. With a bias, the bias is the last column of one matrix ``wa``
+    (``[N_out, N_in + 1]``), so an update is one pass; ``w``/``b`` (and ``v``/``vb``) are views.
+    ``wa_prev`` holds the weights before the last update (weight-difference prediction)."""
 
-    w: torch.Tensor
-    v: torch.Tensor
-    b: torch.Tensor | None
-    vb: torch.Tensor | None
-    w_prev: torch.Tensor | None = None
-    b_prev: torch.Tensor | None = None
+    def __init__(self, w: torch.Tensor, b: torch.Tensor | None, keep_previous: bool):
+        self.n_in = w.shape[1]
+        self.bias = b is not None
+        self.wa = w.clone() if b is None else torch.cat([w, b[:, None]], 1)
+        self.va = torch.zeros_like(self.wa)
+        self.wa_prev = self.wa.clone() if keep_previous else None
+        # Views stay valid: every update modifies wa/va/wa_prev in place.
+        self.w, self.b = self._split(self.wa)
+        self.v, self.vb = self._split(self.va)
+        self.w_prev, self.b_prev = self._split(self.wa_prev)
+
+    def _split(self, a: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if a is None:
+            return None, None
+        return (a[:, : self.n_in], a[:, self.n_in]) if self.bias else (a, None)
 
 
 class FloatArithmetic:
@@ -73,6 +93,7 @@ class FloatArithmetic:
     def __init__(self, loss: Loss, prediction: WeightPrediction):
         self.loss_kind = loss
         self.prediction = prediction
+        self._onehot: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def begin_step(self, step: int) -> None:
         """Float arithmetic draws no random bits: the step number is not needed."""
@@ -83,13 +104,11 @@ class FloatArithmetic:
 
     # state -----------------------------------------------------------------------------------
     def init_state(self, stage: StagePlan, w: torch.Tensor, b: torch.Tensor | None) -> FloatState:
-        w = w.to(torch.float64).clone()
-        b = None if b is None else b.to(torch.float64).clone()
-        state = FloatState(w, torch.zeros_like(w), b, None if b is None else torch.zeros_like(b))
-        if self.prediction is WeightPrediction.WEIGHT_DIFFERENCE:
-            state.w_prev = w.clone()
-            state.b_prev = None if b is None else b.clone()
-        return state
+        return FloatState(
+            w.to(torch.float64),
+            None if b is None else b.to(torch.float64),
+            self.prediction is WeightPrediction.WEIGHT_DIFFERENCE,
+        )
 
     def encode_input(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(torch.float64).reshape(1, -1)
@@ -107,10 +126,10 @@ class FloatArithmetic:
         if not horizon or self.prediction is WeightPrediction.NONE:
             return s.w, s.b
         if self.prediction is WeightPrediction.VELOCITY:
-            eta_t = stage.coefficients["eta_T"].value
-            return s.w - eta_t * s.v, None if s.b is None else s.b - eta_t * s.vb
-        w_hat = s.w + horizon * (s.w - s.w_prev)
-        return w_hat, None if s.b is None else s.b + horizon * (s.b - s.b_prev)
+            predicted = torch.sub(s.wa, s.va, alpha=stage.coefficients["eta_T"].value)
+        else:
+            predicted = s.wa + horizon * (s.wa - s.wa_prev)
+        return s._split(predicted)
 
     def forward(
         self, stage: StagePlan, w: torch.Tensor, b: torch.Tensor | None, x: torch.Tensor
@@ -122,7 +141,13 @@ class FloatArithmetic:
         return z * mask, mask
 
     def loss(self, y: torch.Tensor, label: int) -> tuple[torch.Tensor, float]:
-        losses, error = loss_and_error(y, torch.tensor([label]), self.loss_kind)
+        key = (label, y.shape[1])
+        if key not in self._onehot:
+            labels = torch.tensor([label])
+            onehot = torch.nn.functional.one_hot(labels, y.shape[1]).to(y.dtype)
+            self._onehot[key] = (labels, onehot)
+        labels, onehot = self._onehot[key]
+        losses, error = loss_and_error(y, labels, self.loss_kind, onehot)
         return error, float(losses[0])
 
     def output_gradient(
@@ -136,14 +161,12 @@ class FloatArithmetic:
 
     def update(self, stage: StagePlan, s: FloatState, dz: torch.Tensor, x: torch.Tensor) -> None:
         c = stage.coefficients
-        m, eta_a, eta_b = c["momentum"].value, c["eta_a"].value, c["eta_b"].value
-        if s.w_prev is not None:
-            s.w_prev.copy_(s.w)
-            if s.b is not None:
-                s.b_prev.copy_(s.b)
-        momentum_update(s.w, s.v, dz.T @ x, m, eta_a, eta_b)
-        if s.b is not None:
-            momentum_update(s.b, s.vb, dz.sum(0), m, eta_a, eta_b)
+        if s.wa_prev is not None:
+            s.wa_prev.copy_(s.wa)
+        xa = with_bias_input(x) if s.bias else x
+        momentum_update(
+            s.wa, s.va, dz.T @ xa, c["momentum"].value, c["eta_a"].value, c["eta_b"].value
+        )
 
     def label_of(self, y: torch.Tensor) -> int:
         return int(y.argmax())

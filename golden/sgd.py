@@ -10,31 +10,48 @@ from __future__ import annotations
 
 import torch
 
-from golden.float_arith import linear, loss_and_error, momentum_update
+from golden.float_arith import (
+    FloatState,
+    linear,
+    loss_and_error,
+    momentum_update,
+    with_bias_input,
+)
 from pbhw.plan import Plan
 
 __all__ = ["SGDReference"]
 
 
 class SGDReference:
-    """Momentum SGD on the plan's network with the plan's batch-scaled ``lr`` and ``momentum``."""
+    """Momentum SGD on the plan's network with the plan's batch-scaled ``lr`` and ``momentum``.
+
+    Weights are held as :class:`golden.float_arith.FloatState` (bias as the last column), the
+    layout the pipelined float path uses; ``w``/``b`` list the per-layer views."""
 
     def __init__(self, plan: Plan, weights: list[tuple[torch.Tensor, torch.Tensor | None]]):
         self.plan = plan
         self.loss = plan.config.network.loss
-        self.w = [w.to(torch.float64).clone() for w, _ in weights]
-        self.b = [None if b is None else b.to(torch.float64).clone() for _, b in weights]
-        self.vw = [torch.zeros_like(w) for w in self.w]
-        self.vb = [None if b is None else torch.zeros_like(b) for b in self.b]
+        self.states = [
+            FloatState(w.to(torch.float64), None if b is None else b.to(torch.float64), False)
+            for w, b in weights
+        ]
+
+    @property
+    def w(self) -> list[torch.Tensor]:
+        return [s.w for s in self.states]
+
+    @property
+    def b(self) -> list[torch.Tensor | None]:
+        return [s.b for s in self.states]
 
     def step(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One update from the batch ``(x, labels)``; returns per-sample losses and predictions."""
         stages = self.plan.stages
         inputs, masks = [], []
         h = x.to(torch.float64)
-        for st, w, b in zip(stages, self.w, self.b, strict=True):
+        for st, s in zip(stages, self.states, strict=True):
             inputs.append(h)
-            z = linear(h, w, b)
+            z = linear(h, s.w, s.b)
             if st.relu:
                 mask = z > 0
                 h = z * mask
@@ -46,21 +63,20 @@ class SGDReference:
         grads = []
         for i in reversed(range(len(stages))):
             dz = error if masks[i] is None else error * masks[i]
-            grads.append((i, (dz.T @ inputs[i]) / batch, dz.sum(0) / batch))
+            xa = with_bias_input(inputs[i]) if self.states[i].bias else inputs[i]
+            grads.append((i, (dz.T @ xa) / batch))
             if i > 0:
-                error = dz @ self.w[i]
-        for i, gw, gb in grads:
+                error = dz @ self.states[i].w
+        for i, g in grads:
             c = stages[i].coefficients
-            m, eta = c["momentum"].value, c["eta_a"].value
-            momentum_update(self.w[i], self.vw[i], gw, m, eta, 0.0)
-            if self.b[i] is not None:
-                momentum_update(self.b[i], self.vb[i], gb, m, eta, 0.0)
+            s = self.states[i]
+            momentum_update(s.wa, s.va, g, c["momentum"].value, c["eta_a"].value, 0.0)
         return losses, h.argmax(1)
 
     def evaluate(self, x: torch.Tensor) -> torch.Tensor:
         h = x.to(torch.float64)
-        for st, w, b in zip(self.plan.stages, self.w, self.b, strict=True):
-            h = linear(h, w, b)
+        for st, s in zip(self.plan.stages, self.states, strict=True):
+            h = linear(h, s.w, s.b)
             if st.relu:
                 h = torch.relu(h)
         return h

@@ -88,8 +88,9 @@ class _LossWatch:
         self.window: list[float] = []
         self.baseline: float | None = None
 
-    def add(self, loss: float, where: str) -> None:
+    def add(self, loss: float, epoch: int, sample: int) -> None:
         if not math.isfinite(loss):
+            where = f"epoch {epoch}, sample {sample}"
             raise TrainingDiverged(
                 f"training diverged at {where}: loss is {loss}; lower "
                 "optimizer.lr or widen the formats"
@@ -100,6 +101,7 @@ class _LossWatch:
             if self.baseline is None:
                 self.baseline = max(mean, 1e-12)
             elif mean > BLOWUP_FACTOR * self.baseline:
+                where = f"epoch {epoch}, sample {sample}"
                 raise TrainingDiverged(
                     f"training diverged at {where}: mean loss {mean:.4g} over the last {WINDOW} "
                     f"samples is over {BLOWUP_FACTOR:g}x the first {WINDOW} samples' "
@@ -175,15 +177,18 @@ def train_many(
     train_seconds = 0.0
     n = data.x_train.shape[0]
 
-    def observe(losses_now: Any, predictions: Any, label: int, where: str) -> None:
-        for c, (loss, pred) in enumerate(
-            zip(np.atleast_1d(losses_now), np.atleast_1d(predictions), strict=True)
-        ):
-            losses[c].append(float(loss))
+    def observe(losses_now: Any, predictions: Any, label: int, epoch: int, sample: Any) -> None:
+        if not many and isinstance(losses_now, float):  # the common single-config float case
+            pairs: Any = ((losses_now, predictions),)
+        else:
+            pairs = zip(np.atleast_1d(losses_now), np.atleast_1d(predictions), strict=True)
+        for c, (loss, pred) in enumerate(pairs):
+            loss = float(loss)
+            losses[c].append(loss)
             correct[c] += int(pred) == label
             if diverged[c] is None:
                 try:
-                    watches[c].add(float(loss), where)
+                    watches[c].add(loss, epoch, sample)
                 except TrainingDiverged as e:
                     if not many:
                         raise
@@ -202,7 +207,7 @@ def train_many(
                 for j, (loss, pred) in enumerate(
                     zip(out.tolist(), predicted.tolist(), strict=True)
                 ):
-                    observe(loss, pred, int(data.y_train[idx[j]]), f"epoch {epoch}, sample {i + j}")
+                    observe(loss, pred, int(data.y_train[idx[j]]), epoch, i + j)
         else:
             x_all, y_all = data.x_train[order], data.y_train[order].tolist()
             encoded = arith.encode_inputs(x_all)
@@ -212,15 +217,10 @@ def train_many(
                 else:
                     done, _ = model.step(None, y_all[i], encoded=encoded[i])
                 if done is not None:
-                    observe(
-                        done.loss,
-                        done.prediction,
-                        done.label,
-                        f"epoch {epoch}, sample {done.sample}",
-                    )
+                    observe(done.loss, done.prediction, done.label, epoch, done.sample)
             if epoch == config.train.epochs:
                 for done in model.drain():
-                    observe(done.loss, done.prediction, done.label, f"drain, sample {done.sample}")
+                    observe(done.loss, done.prediction, done.label, epoch, done.sample)
         seconds = time.perf_counter() - start
         train_seconds += seconds
         test_acc = _accuracies(model.evaluate(data.x_test), data.y_test)
