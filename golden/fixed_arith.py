@@ -22,12 +22,12 @@ import torch
 
 from pbhw.config import ConfigError, Loss, RoleFormat, WeightPrediction
 from pbhw.fixed import (
+    THREEFRY_ROUNDS,
     FixedFormat,
     Overflow,
     Rounding,
     StochasticKey,
     quantize,
-    threefry2x32,
 )
 from pbhw.plan import Plan, StagePlan
 
@@ -83,6 +83,9 @@ class _Rounder:
         self.hi = _column([d.format.max_code for d in dst], ndim)
         self.span = _column([1 << d.format.width for d in dst], ndim)
         self.roundings = _groups([d.rounding for d in dst], shape)
+        self.rounding_rows = [
+            (mode, np.flatnonzero(np.asarray(where).reshape(-1))) for mode, where in self.roundings
+        ]
         self.overflows = _groups([d.overflow for d in dst], shape)
         self.stochastic = any(d.rounding is Rounding.STOCHASTIC for d in dst)
 
@@ -102,11 +105,17 @@ class _Rounder:
             acc, s = acc << np.maximum(-s, 0), np.maximum(s, 0)
         words = None
         if self.stochastic:
-            words = threefry_words(seeds, self.stream, step, index)
-        out = None
-        for rounding, where in self.roundings:
-            value = _round_right(acc, s, rounding, words)
-            out = value if where is None or out is None else np.where(where, value, out)
+            # Every config of a run shares the seed (FixedArithmetic checks), so the words are
+            # the same for all of them: draw once, broadcast over the config dimension.
+            words = threefry_words(int(seeds.flat[0]), self.stream, step, index)
+        if len(self.roundings) == 1:
+            out = _round_right(acc, s, self.roundings[0][0], words)
+        else:  # each rounding mode on the rows (configs) that use it
+            out = np.empty_like(acc)
+            for rounding, rows in self.rounding_rows:
+                out[rows] = _round_right(
+                    acc[rows], s if isinstance(s, int) else s[rows], rounding, words
+                )
         result = None
         for overflow, where in self.overflows:
             if overflow is Overflow.SATURATE:
@@ -138,7 +147,8 @@ def _round_right(
     down = acc >> s
     if rounding is Rounding.FLOOR:
         return down
-    if isinstance(s, int):
+    if isinstance(s, int) or int(s.min()) >= 1:
+        # Every shift >= 1 (one int, or one per config): short exact formulas.
         half = 1 << (s - 1)
         if rounding is Rounding.HALF_UP:
             return (acc + half) >> s
@@ -147,8 +157,12 @@ def _round_right(
         rem = acc & ((1 << s) - 1)
         if rounding is Rounding.TOWARD_ZERO:
             return down + ((acc < 0) & (rem != 0))
-        top = rem << (32 - s) if s <= 32 else (acc >> (s - 32)) & 0xFFFFFFFF
-        return down + (words < top)
+        if isinstance(s, int):
+            top = rem << (32 - s) if s <= 32 else (acc >> (s - 32)) & 0xFFFFFFFF
+            return down + (words < top)
+        if int(s.max()) <= 32:
+            return down + (words < (rem << (32 - s)))
+    # Shifts of 0 for some configs: formulas that hold for s = 0 too.
     half = (1 << s) >> 1
     rem = acc & ((1 << s) - 1)
     if rounding is Rounding.HALF_UP:
@@ -582,16 +596,29 @@ def softmax_codes(y: np.ndarray, shift: int | np.ndarray, frac_e: int | np.ndarr
     return (e << frac_e) // e.sum(-1, keepdims=True)
 
 
-def threefry_words(seeds: np.ndarray, stream: int, step: int, index: np.ndarray) -> np.ndarray:
-    """First Threefry-2x32 output word for key ``(seed, stream)`` and counter ``(step, index)``;
-    the numpy twin of :func:`pbhw.fixed.threefry2x32` (``tests`` check they agree)."""
-    x0, _ = threefry2x32(
-        torch.from_numpy(np.asarray(seeds, dtype=np.int64)),
-        stream,
-        step,
-        torch.from_numpy(np.asarray(index, dtype=np.int64)),
-    )
-    return x0.numpy()
+_ROTATIONS = (13, 15, 26, 6, 17, 29, 16, 24)
+_PARITY = 0x1BD11BDA
+
+
+def threefry_words(seed: int, stream: int, step: int, index: np.ndarray) -> np.ndarray:
+    """First Threefry-2x32-13 output word for key ``(seed, stream)`` and counter
+    ``(step, index)``, as int64: the numpy twin of :func:`pbhw.fixed.threefry2x32` in native
+    uint32 arithmetic (wrapping is the mod 2^32 the algorithm wants); tests check they agree."""
+    u32 = np.uint32
+    ks = (u32(seed), u32(stream), u32(seed ^ stream ^ _PARITY))
+    with np.errstate(over="ignore"):
+        x1 = np.asarray(index, dtype=np.uint32) + ks[1]
+        x0 = np.full_like(x1, u32((step + seed) & 0xFFFFFFFF))
+        for i in range(THREEFRY_ROUNDS):
+            r = _ROTATIONS[i % 8]
+            x0 += x1
+            x1 = (x1 << u32(r)) | (x1 >> u32(32 - r))
+            x1 ^= x0
+            if i % 4 == 3:  # key injection
+                j = (i + 1) // 4
+                x0 += ks[j % 3]
+                x1 += u32((int(ks[(j + 1) % 3]) + j) & 0xFFFFFFFF)
+    return x0.astype(np.int64)
 
 
 def _column(values: Sequence[int], ndim: int = 2) -> int | np.ndarray:

@@ -774,3 +774,15 @@ def test_configs_that_cannot_run_together_are_rejected():
     for bad in (other_shape, other_seed):
         with pytest.raises(ConfigError, match="configs trained together"):
             FixedArithmetic([plan_of(raws[0]), plan_of(bad)])
+
+
+@pytest.mark.parametrize(
+    "seed, stream, step", [(0, 0, 0), (5, 17, 3), (2**32 - 1, 2**32 - 1, 2**32 - 1), (9, 45, 2**31)]
+)
+def test_numpy_threefry_twin_equals_pbhw_fixed(seed, stream, step):
+    from golden.fixed_arith import threefry_words
+    from pbhw.fixed import threefry2x32
+
+    index = (np.arange(5000, dtype=np.int64) * 7919) % 2**32
+    expected = threefry2x32(seed, stream, step, torch.from_numpy(index))[0].numpy()
+    assert np.array_equal(threefry_words(seed, stream, step, index), expected)

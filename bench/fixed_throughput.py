@@ -1,0 +1,103 @@
+"""Speed of the bit-exact fixed-point trainer.
+
+Measures, in one run, on the default example (``examples/mlp_digits.toml``, digits):
+
+1. ``pbhw train --arith fixed`` samples/s (in-process :func:`pbhw.train.train`) against the naive
+   per-sample torch autograd float loop of ``bench/train_throughput.py``;
+2. a bit-width sweep of 16 configs (weight/activation/error widths 8..16 x nearest/stochastic
+   update rounding) trained in ONE vectorised run (:func:`pbhw.train.train_many`) against the
+   same 16 configs trained one after another: aggregate config-samples/s of each.
+
+Writes ``--out`` (JSON) and prints a summary.
+
+    .venv/bin/python bench/fixed_throughput.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bitwidth_accuracy import formats  # noqa: E402
+from train_throughput import torch_samples_per_second  # noqa: E402
+
+from pbhw.config import load  # noqa: E402
+from pbhw.datasets import load as load_dataset  # noqa: E402
+from pbhw.train import train, train_many  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "examples" / "mlp_digits.toml"
+WIDTHS = (8, 9, 10, 11, 12, 13, 14, 16)
+
+
+def sweep_configs(epochs: int) -> list:
+    configs = []
+    for width in WIDTHS:
+        for rounding in ("nearest", "stochastic"):
+            sets = [f"train.epochs={epochs}", 'train.arith="fixed"']
+            for role, table in formats(width, rounding).items():
+                sets += [
+                    f"formats.{role}.{key}={json.dumps(value)}" for key, value in table.items()
+                ]
+            configs.append(load(CONFIG, sets))
+    return configs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "fixed_throughput.json"))
+    args = parser.parse_args()
+    data = load_dataset("digits")
+    fixed_cfg = load(CONFIG, [f"train.epochs={args.epochs}", 'train.arith="fixed"'])
+    fixed, naive = [], []
+    for _ in range(args.repeats):
+        fixed.append(train(fixed_cfg, dataset=data).samples_per_second)
+        naive.append(torch_samples_per_second(CONFIG, args.epochs, data))
+    configs = sweep_configs(args.epochs)
+    samples = data.x_train.shape[0] * args.epochs * len(configs)
+    start = time.perf_counter()
+    train_many(configs, dataset=data)
+    batched_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for cfg in configs:
+        train(cfg, dataset=data)
+    sequential_s = time.perf_counter() - start
+    result = {
+        "command": "python bench/fixed_throughput.py",
+        "config": str(CONFIG.relative_to(ROOT)),
+        "epochs": args.epochs,
+        "fixed_samples_per_second": max(fixed),
+        "naive_torch_float_samples_per_second": max(naive),
+        "fixed_vs_naive": max(fixed) / max(naive),
+        "sweep_configs": len(configs),
+        "sweep_batched_seconds": batched_s,
+        "sweep_sequential_seconds": sequential_s,
+        "sweep_batched_config_samples_per_second": samples / batched_s,
+        "sweep_sequential_config_samples_per_second": samples / sequential_s,
+        "sweep_speedup": sequential_s / batched_s,
+        "note": "wall-clock of whole runs incl. evaluation; best of repeats for the first pair",
+        "machine": {"python": platform.python_version(), "torch": torch.__version__},
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(
+        f"fixed {result['fixed_samples_per_second']:.0f} samples/s vs naive torch float "
+        f"{result['naive_torch_float_samples_per_second']:.0f} ({result['fixed_vs_naive']:.2f}x); "
+        f"16-config sweep batched {batched_s:.1f} s vs one by one {sequential_s:.1f} s "
+        f"({result['sweep_speedup']:.1f}x) -> {out}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
