@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: setup
 	$(BIN)/pbhw check examples/mlp_digits.toml
-	$(BIN)/pbhw train examples/mlp_digits.toml --json out/mlp_digits/train.json
+	$(BIN)/pbhw train examples/mlp_digits.toml --arith fixed --json out/mlp_digits/train_fixed.json
 
 test: setup
 	$(BIN)/ruff check .

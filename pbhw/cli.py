@@ -219,6 +219,12 @@ def train(
         f"{100 * result.train_accuracy:.2f}%, final loss {result.final_loss:.4f}, "
         f"{result.samples_per_second:.0f} samples/s"
     )
+    if result.extra["collapsed"]:
+        click.echo(
+            "warning: the network collapsed: it predicts one class for every training "
+            "sample (dead ReLUs); lower optimizer.lr",
+            err=True,
+        )
     if json_out:
         write_json(Path(json_out), result.to_json())
 

@@ -238,7 +238,12 @@ def train_many(
         if many and on_epoch is not None:
             on_epoch(EpochResult(epoch, float("nan"), float("nan"), max(test_acc), seconds))
     total = n * config.train.epochs
-    train_acc = _accuracies(model.evaluate(data.x_train), data.y_train)
+    train_out = np.asarray(model.evaluate(data.x_train))
+    train_acc = _accuracies(train_out, data.y_train)
+    # A collapsed network (dead ReLUs, constant output) predicts one class for everything; its
+    # loss stays finite, so the divergence watch cannot see it.
+    predicted = (train_out if train_out.ndim == 3 else train_out[None]).argmax(-1)
+    collapsed = [len(np.unique(row)) == 1 for row in predicted]
     counts = arith.saturation_counts() if isinstance(arith, FixedArithmetic) else None
     results = []
     for c, (cfg, p) in enumerate(zip(configs, plans, strict=True)):
@@ -246,6 +251,7 @@ def train_many(
             "delays": [st.delay for st in p.stages],
             "lr_batch": p.lr,
             "momentum_batch": p.momentum,
+            "collapsed": collapsed[c],
         }
         if counts is not None:
             extra["formats"] = _formats_json(p)

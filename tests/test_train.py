@@ -162,3 +162,17 @@ def test_cli_train_bad_dataset_exits_2(tmp_path):
     result = CliRunner().invoke(main, ["train", str(EXAMPLE), "--dataset", "digitz"])
     assert result.exit_code == 2
     assert "did you mean" in result.stderr
+
+
+def test_a_collapsed_network_is_flagged(monkeypatch):
+    import pbhw.train as train_module
+    from golden.pipeline import initial_weights
+    from pbhw.plan import derive_plan
+
+    assert train(_config(), dataset=_tiny_dataset()).extra["collapsed"] is False
+    # Zero first-layer weights and a negative bias: every ReLU is dead, the output constant.
+    cfg = _config(lr=1e-9)
+    weights = initial_weights(derive_plan(cfg))
+    weights[0] = (torch.zeros_like(weights[0][0]), torch.full_like(weights[0][1], -1.0))
+    monkeypatch.setattr(train_module, "initial_weights", lambda plan: weights)
+    assert train(cfg, dataset=_tiny_dataset()).extra["collapsed"] is True
