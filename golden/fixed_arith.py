@@ -92,11 +92,14 @@ class _Rounder:
     def __call__(
         self,
         acc: np.ndarray,
-        seeds: np.ndarray | None = None,
+        seed: int = 0,
         step: int = 0,
         index: np.ndarray | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Codes and the number of overflowed elements per config."""
+    ) -> tuple[np.ndarray, np.ndarray | int]:
+        """Codes and the number of overflowed elements per config (an int for one config).
+
+        Every config of a run shares the seed (FixedArithmetic checks), so the random words
+        are the same for all of them: drawn once and broadcast over the config dimension."""
         s = self.shift
         if isinstance(s, int):
             if s < 0:
@@ -105,9 +108,7 @@ class _Rounder:
             acc, s = acc << np.maximum(-s, 0), np.maximum(s, 0)
         words = None
         if self.stochastic:
-            # Every config of a run shares the seed (FixedArithmetic checks), so the words are
-            # the same for all of them: draw once, broadcast over the config dimension.
-            words = threefry_words(int(seeds.flat[0]), self.stream, step, index)
+            words = threefry_words(seed, self.stream, step, index)
         if len(self.roundings) == 1:
             out = _round_right(acc, s, self.roundings[0][0], words)
         else:  # each rounding mode on the rows (configs) that use it
@@ -116,6 +117,17 @@ class _Rounder:
                 out[rows] = _round_right(
                     acc[rows], s if isinstance(s, int) else s[rows], rounding, words
                 )
+        if len(self.overflows) == 1 and self.overflows[0][0] is Overflow.SATURATE:
+            result = _clip(out, self.lo, self.hi)
+        else:
+            result = self._overflow(out)
+        # Saturating or wrapping changes exactly the out-of-range elements.
+        over = result != out
+        if over.shape[0] == 1:  # count_nonzero is much cheaper than a reduction
+            return result, np.count_nonzero(over)
+        return result, over.reshape(over.shape[0], -1).sum(1)
+
+    def _overflow(self, out: np.ndarray) -> np.ndarray:
         result = None
         for overflow, where in self.overflows:
             if overflow is Overflow.SATURATE:
@@ -123,11 +135,7 @@ class _Rounder:
             else:
                 value = ((out - self.lo) % self.span) + self.lo
             result = value if where is None or result is None else np.where(where, value, result)
-        # Saturating or wrapping changes exactly the out-of-range elements.
-        over = result != out
-        if over.shape[0] == 1:  # count_nonzero is much cheaper than a reduction
-            return result, np.count_nonzero(over)
-        return result, over.reshape(over.shape[0], -1).sum(1)
+        return result
 
 
 def _groups(modes: list, shape: tuple[int, ...]) -> list[tuple[object, np.ndarray | None]]:
@@ -209,6 +217,7 @@ class FixedArithmetic:
         self.prediction = first.optimizer.weight_prediction
         self.bias = first.network.bias
         self.seeds = np.array([p.config.seed for p in plans], dtype=np.int64)
+        self.seed = plans[0].config.seed  # shared by every config (checked above)
         self.step = 0
         self.counts: dict[tuple[int, str], np.ndarray] = {}
         self._stage = [self._build_stage(i) for i in range(len(first.network.layers) - 1)]
@@ -402,8 +411,7 @@ class FixedArithmetic:
         index: np.ndarray,
         step: int | None = None,
     ) -> np.ndarray:
-        seeds = self.seeds.reshape((-1,) + (1,) * (acc.ndim - 1))
-        codes, over = ctx[name](acc, seeds, self.step if step is None else step, index)
+        codes, over = ctx[name](acc, self.seed, self.step if step is None else step, index)
         self._count(ctx["index"], role, over)
         return codes
 
@@ -577,7 +585,7 @@ class FixedArithmetic:
             idx = np.arange(n * n_out, dtype=np.int64).reshape(1, n, n_out)
             flat, _ = ctx["fwd"](
                 acc.reshape(acc.shape[0], -1),
-                self.seeds.reshape(-1, 1),
+                self.seed,
                 EVAL_STEP,
                 idx.reshape(1, -1),
             )
@@ -596,6 +604,8 @@ def softmax_codes(y: np.ndarray, shift: int | np.ndarray, frac_e: int | np.ndarr
     return (e << frac_e) // e.sum(-1, keepdims=True)
 
 
+# The clip ufunc itself: np.clip adds a Python-level wrapper that costs more than the clip.
+_clip = getattr(np, "_core", np).umath.clip
 _ROTATIONS = (13, 15, 26, 6, 17, 29, 16, 24)
 _PARITY = 0x1BD11BDA
 
