@@ -77,7 +77,10 @@ def _as_mode(value, enum_type, name):
         return value
     allowed = ", ".join(repr(member.value) for member in enum_type)
     if not isinstance(value, str):
-        raise TypeError(f"{name} must be a {enum_type.__name__} or one of {allowed}, not {value!r}")
+        article = "an" if enum_type.__name__[0] in "AEIOU" else "a"
+        raise TypeError(
+            f"{name} must be {article} {enum_type.__name__} or one of {allowed}, not {value!r}"
+        )
     try:
         return enum_type(value)
     except ValueError:
