@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import traceback
+import warnings
 from typing import Any
+
+import pytest
+from amaranth.hdl import UnusedElaboratable
 
 from pbhw.config import Config, from_dict
 from pbhw.plan import Plan, derive_plan
@@ -21,3 +28,19 @@ def make_config(**sections: Any) -> Config:
 
 def make_plan(**sections: Any) -> Plan:
     return derive_plan(make_config(**sections))
+
+
+@contextlib.contextmanager
+def raises_in_init(exception, match):
+    """``pytest.raises`` for a constructor: the half-built component must not warn as unused.
+
+    The traceback keeps the constructor's frame, and with it the component, alive; when it is
+    collected later Amaranth warns ``UnusedElaboratable``, which the test config makes an error
+    in some unrelated later test."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnusedElaboratable)
+        with pytest.raises(exception, match=match) as excinfo:
+            yield
+        traceback.clear_frames(excinfo.tb)
+        del excinfo
+        gc.collect()

@@ -1,17 +1,14 @@
 """Tests for rtl_gen.requantizer: exhaustive over small formats against pbhw.fixed.requantize."""
 
-import contextlib
-import gc
 import itertools
 import random
-import traceback
-import warnings
 
 import pytest
 import torch
 from amaranth.back import verilog
-from amaranth.hdl import Fragment, UnusedElaboratable
+from amaranth.hdl import Fragment
 from amaranth.sim import Simulator
+from pbhw_testing import raises_in_init
 
 from pbhw.fixed import FixedFormat, Overflow, Rounding, overflow_to, requantize, shift_round
 from rtl_gen.requantizer import Requantizer
@@ -68,19 +65,6 @@ def simulate(dut, cases):
 
 def as_pairs(codes, overflowed):
     return list(zip(codes.tolist(), overflowed.int().tolist(), strict=True))
-
-
-@contextlib.contextmanager
-def raises_in_init(exception, match):
-    """``pytest.raises`` for a constructor: the half-built component must not warn as unused."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnusedElaboratable)
-        with pytest.raises(exception, match=match) as excinfo:
-            yield
-        # The traceback keeps the constructor's frame, and with it the component, alive.
-        traceback.clear_frames(excinfo.tb)
-        del excinfo
-        gc.collect()
 
 
 def test_init():

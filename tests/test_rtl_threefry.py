@@ -1,15 +1,12 @@
 """Tests for rtl_gen.threefry against pbhw.fixed.threefry2x32."""
 
-import contextlib
-import gc
 import random
-import traceback
-import warnings
 
 import pytest
 from amaranth.back import verilog
-from amaranth.hdl import Fragment, UnusedElaboratable
+from amaranth.hdl import Fragment
 from amaranth.sim import Simulator
+from pbhw_testing import raises_in_init
 
 from pbhw.fixed import THREEFRY_ROUNDS, threefry2x32
 from rtl_gen.threefry import Threefry2x32
@@ -31,19 +28,6 @@ def simulate(dut, inputs):
     sim.add_testbench(testbench)
     sim.run()
     return outputs
-
-
-@contextlib.contextmanager
-def raises_in_init(exception, match):
-    """``pytest.raises`` for a constructor: the half-built component must not warn as unused."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnusedElaboratable)
-        with pytest.raises(exception, match=match) as excinfo:
-            yield
-        # The traceback keeps the constructor's frame, and with it the component, alive.
-        traceback.clear_frames(excinfo.tb)
-        del excinfo
-        gc.collect()
 
 
 def test_init():
