@@ -1,0 +1,275 @@
+"""Tests for rtl_gen.update: random and extreme codes against golden.fixed_arith."""
+
+import numpy as np
+import pytest
+import torch
+from amaranth.back import verilog
+from amaranth.hdl import Fragment
+from amaranth.sim import Simulator
+from pbhw_testing import raises_in_init
+
+from golden.fixed_arith import FixedArithmetic, FixedState, stream_id, threefry_words
+from pbhw.config import WeightPrediction, from_dict
+from pbhw.fixed import FixedFormat, StochasticKey, requantize
+from pbhw.plan import derive_plan
+from rtl_gen.update import UpdateUnit
+
+K = 18  # a K x K stage: K * K = 324 elements, every (dz, x) pair of K codes each
+SEED, STEP = 5, 7
+
+
+def role(width, frac, rounding="half_even", overflow="saturate", signed=True):
+    return {
+        "width": width,
+        "frac": frac,
+        "rounding": rounding,
+        "overflow": overflow,
+        "signed": signed,
+    }
+
+
+def make_plan(*, prediction="velocity", spike_compensation=True, **formats):
+    table = {
+        "weight": role(8, 5),
+        "error": role(8, 6),
+        "gradient": role(8, 6),
+        "velocity": role(8, 6),  # narrow enough for m * v + g to saturate
+        "coefficient": role(10, 8),
+        "activation": role(8, 4),
+    }
+    table.update(formats)
+    return derive_plan(
+        from_dict(
+            {
+                "seed": SEED,
+                "network": {"layers": [K, K], "bias": False},
+                "optimizer": {
+                    "reference_batch": 1,
+                    "lr": 0.25,
+                    "momentum": 0.5,
+                    "spike_compensation": spike_compensation,
+                    "weight_prediction": prediction,
+                },
+                "train": {"arith": "fixed"},
+                "formats": table,
+            }
+        )
+    )
+
+
+def make_unit(plan):
+    stage = plan.stages[0]
+    codes = {name: c.code for name, c in stage.coefficients.items()}
+    return UpdateUnit(
+        formats=stage.formats,
+        momentum=codes["momentum"],
+        eta_a=codes["eta_a"],
+        eta_b=codes["eta_b"],
+        prediction=plan.config.optimizer.weight_prediction,
+        eta_t=codes.get("eta_T", 0),
+        horizon=stage.horizon,
+        x_format=stage.formats.activation.format,
+    )
+
+
+def codes_of(fmt, n, rng):
+    """``n`` random codes of ``fmt``, the first ones its extremes."""
+    extremes = [fmt.min_code, fmt.max_code, 0, fmt.min_code + 1, fmt.max_code - 1]
+    return np.concatenate([extremes, rng.integers(fmt.min_code, fmt.max_code + 1, n - 5)])
+
+
+def golden(plan, dz, x, w, v, w_prev):
+    """Golden outputs per element (flattened ``o * K + i``) and saturation counts per role."""
+    stage = plan.stages[0]
+    arith = FixedArithmetic(plan)
+    arith.begin_step(STEP)
+    state = FixedState(w.reshape(1, K, K), v.reshape(1, K, K))
+    if arith.prediction is WeightPrediction.WEIGHT_DIFFERENCE:
+        state.w_prev = w_prev.reshape(1, K, K)
+    w_hat, _ = arith.predicted(stage, state)
+    arith.update(stage, state, dz[None], x[None])
+    # The golden update keeps g internal: requantize the product by the doc's first formula.
+    fm = stage.formats
+    product = torch.from_numpy(np.outer(dz, x).reshape(-1))
+    key = StochasticKey(SEED, stream_id(1, "gradient"), STEP)
+    g = requantize(
+        product,
+        FixedFormat(40, fm.error.format.frac + fm.activation.format.frac),
+        fm.gradient.format,
+        fm.gradient.rounding,
+        fm.gradient.overflow,
+        key=key,
+        index=torch.arange(K * K),
+    )
+    counts = {role: 0 for role in ("gradient", "velocity", "weight", "prediction")}
+    for name, n in arith.saturation_counts().items():
+        counts[name.split()[-1]] = n[0]
+    outputs = {
+        "g": g.numpy(),
+        "v_new": state.v.reshape(-1),
+        "w_new": state.w.reshape(-1),
+        "w_hat": w_hat.reshape(-1),
+    }
+    return outputs, counts
+
+
+def simulate(dut, dz, x, w, v, w_prev):
+    """RTL outputs per element and the number of saturated elements per rounding point."""
+    index = np.arange(K * K)
+    words = {
+        point: threefry_words(SEED, stream_id(1, point), STEP, index)
+        for point in ("gradient", "velocity", "weight", "prediction")
+        if hasattr(dut, f"random_{point}")
+    }
+    outputs = {name: [] for name in ("g", "v_new", "w_new", "w_hat")}
+    counts = {point: 0 for point in ("gradient", "velocity", "weight", "prediction")}
+
+    async def testbench(ctx):
+        for n in index:
+            ctx.set(dut.dz, int(dz[n // K]))
+            ctx.set(dut.x, int(x[n % K]))
+            ctx.set(dut.w, int(w[n]))
+            ctx.set(dut.v, int(v[n]))
+            if hasattr(dut, "w_prev"):
+                ctx.set(dut.w_prev, int(w_prev[n]))
+            for point, word in words.items():
+                ctx.set(getattr(dut, f"random_{point}"), int(word[n]))
+            for name, values in outputs.items():
+                values.append(ctx.get(getattr(dut, name)))
+            for point in counts:
+                counts[point] += ctx.get(getattr(dut.saturated, point))
+
+    sim = Simulator(dut)
+    sim.add_testbench(testbench)
+    sim.run()
+    return {name: np.array(values) for name, values in outputs.items()}, counts
+
+
+CASES = {
+    "half_even_sc_velocity": {},
+    "no_sc_weight_difference": {
+        "prediction": "weight_difference",
+        "spike_compensation": False,
+    },
+    "no_prediction_wrap_unsigned_input": {
+        "prediction": "none",
+        "weight": role(8, 5, overflow="wrap"),
+        "velocity": role(8, 6, "half_up", "wrap"),
+        "activation": role(8, 4, signed=False),
+    },
+    "stochastic": {
+        "gradient": role(8, 6, "stochastic"),
+        "velocity": role(8, 6, "stochastic"),
+        "weight": role(8, 5, "stochastic"),
+    },
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_matches_golden(case):
+    plan = make_plan(**CASES[case])
+    fm = plan.stages[0].formats
+    rng = np.random.default_rng(sum(map(ord, case)))
+    dz, x = codes_of(fm.error.format, K, rng), codes_of(fm.activation.format, K, rng)
+    w = codes_of(fm.weight.format, K * K, rng)
+    v = codes_of(fm.velocity.format, K * K, rng)
+    w_prev = codes_of(fm.weight.format, K * K, rng)[::-1].copy()
+    expected, expected_counts = golden(plan, dz, x, w, v, w_prev)
+    dut = make_unit(plan)
+    got, counts = simulate(dut, dz, x, w, v, w_prev)
+    for name, values in expected.items():
+        np.testing.assert_array_equal(got[name], values, err_msg=name)
+    assert counts == expected_counts
+    # The extremes make every present rounding point saturate somewhere.
+    assert counts["weight"] > 0 and counts["velocity"] > 0
+    if plan.stages[0].horizon and plan.config.optimizer.weight_prediction.value != "none":
+        assert counts["prediction"] > 0
+
+
+def test_init():
+    plan = make_plan()
+    dut = make_unit(plan)
+    fm = plan.stages[0].formats
+    assert dut.formats == fm
+    assert dut.x_format == fm.activation.format
+    assert (dut.momentum, dut.eta_a, dut.eta_b, dut.eta_t) == (128, 32, 64, 64)
+    assert dut.prediction is WeightPrediction.VELOCITY
+    assert dut.horizon == 1
+    assert dut.latency == 0
+    assert len(dut.dz) == 8 and len(dut.v) == 8 and len(dut.w_hat) == 8
+    assert not hasattr(dut, "w_prev") and not hasattr(dut, "random_gradient")
+    Fragment.get(dut, None)
+
+    dut = make_unit(make_plan(**CASES["stochastic"]))
+    for point in ("gradient", "velocity", "weight", "prediction"):
+        assert len(getattr(dut, f"random_{point}")) == 32
+    Fragment.get(dut, None)
+
+    dut = make_unit(make_plan(prediction="weight_difference", weight=role(8, 5, "stochastic")))
+    assert len(dut.w_prev) == 8
+    assert not hasattr(dut, "random_prediction")
+    Fragment.get(dut, None)
+
+
+def kwargs(**changes):
+    stage = make_plan().stages[0]
+    args = {
+        "formats": stage.formats,
+        "momentum": 128,
+        "eta_a": 32,
+        "eta_b": 64,
+        "prediction": "velocity",
+        "eta_t": 64,
+        "horizon": 1,
+        "x_format": stage.formats.activation.format,
+    }
+    args.update(changes)
+    return args
+
+
+def test_init_wrong_formats():
+    with raises_in_init(TypeError, r"Formats must be a Formats, not 's8\.5'"):
+        UpdateUnit(**kwargs(formats="s8.5"))
+
+
+def test_init_wrong_x_format():
+    with raises_in_init(TypeError, r"Input format must be a FixedFormat, not 8"):
+        UpdateUnit(**kwargs(x_format=8))
+
+
+def test_init_wrong_constant():
+    with raises_in_init(TypeError, r"Momentum must be an integer code, not 0\.5"):
+        UpdateUnit(**kwargs(momentum=0.5))
+    with raises_in_init(TypeError, r"Eta_b must be an integer code, not True"):
+        UpdateUnit(**kwargs(eta_b=True))
+
+
+def test_init_wrong_prediction():
+    with raises_in_init(ValueError, r"Prediction must be one of .*, not 'linear'"):
+        UpdateUnit(**kwargs(prediction="linear"))
+    with raises_in_init(TypeError, r"Prediction must be a WeightPrediction or one of .*, not 1"):
+        UpdateUnit(**kwargs(prediction=1))
+
+
+def test_init_wrong_horizon():
+    with raises_in_init(ValueError, r"Horizon must be a non-negative integer, not -1"):
+        UpdateUnit(**kwargs(horizon=-1))
+    with raises_in_init(TypeError, r"Horizon must be a non-negative integer, not '2'"):
+        UpdateUnit(**kwargs(horizon="2"))
+
+
+def test_init_wrong_accumulator_width():
+    with raises_in_init(ValueError, r"The weight accumulator needs \d+ bits, more than 62"):
+        UpdateUnit(**kwargs(eta_a=1 << 60))
+
+
+def test_init_keyword_only():
+    args = kwargs()
+    with raises_in_init(TypeError, r"positional argument"):
+        UpdateUnit(*args.values())
+
+
+@pytest.mark.parametrize("case", ["half_even_sc_velocity", "no_sc_weight_difference", "stochastic"])
+def test_verilog(case):
+    dut = make_unit(make_plan(**CASES[case]))
+    assert "module" in verilog.convert(dut, name="update_unit")
