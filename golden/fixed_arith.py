@@ -72,7 +72,6 @@ class _Rounder:
 
     def __init__(self, src_frac: Sequence[int], dst: Sequence[RoleFormat], stream: int, ndim: int):
         shape = (len(dst),) + (1,) * (ndim - 1)
-        self.ndim = ndim
         self.stream = stream
         shifts = [f - d.format.frac for f, d in zip(src_frac, dst, strict=True)]
         if len(set(shifts)) == 1:
@@ -193,10 +192,6 @@ class FixedState:
     v: np.ndarray
     w_prev: np.ndarray | None = None
 
-    @property
-    def b(self) -> None:  # the schedule never reads a separate bias here
-        return None
-
 
 class FixedArithmetic:
     """The integer arithmetic of ``docs/numerics.md`` for ``C`` configs at once."""
@@ -216,8 +211,7 @@ class FixedArithmetic:
         self.loss_kind = first.network.loss
         self.prediction = first.optimizer.weight_prediction
         self.bias = first.network.bias
-        self.seeds = np.array([p.config.seed for p in plans], dtype=np.int64)
-        self.seed = plans[0].config.seed  # shared by every config (checked above)
+        self.seed = first.seed  # shared by every config (checked above)
         self.step = 0
         self.counts: dict[tuple[int, str], np.ndarray] = {}
         self._stage = [self._build_stage(i) for i in range(len(first.network.layers) - 1)]
@@ -251,7 +245,7 @@ class FixedArithmetic:
         wv, wc = width(fm, "velocity"), width(fm, "coefficient")
         wa_in = [r.format.width for r in a_in]
         cols = st0.n_in + (1 if self.bias else 0)
-        ctx: dict = {"index": index, "n_in": st0.n_in, "cols": cols, "last": not st0.relu}
+        ctx: dict = {"index": index, "n_in": st0.n_in, "cols": cols}
         ctx["idx_w"] = np.arange(st0.n_out * cols, dtype=np.int64).reshape(1, st0.n_out, cols)
         ctx["idx_out"] = np.arange(st0.n_out, dtype=np.int64).reshape(1, -1)
         ctx["idx_in"] = np.arange(st0.n_in, dtype=np.int64).reshape(1, -1)
@@ -367,11 +361,17 @@ class FixedArithmetic:
             fa = frac(fm, "activation")
             one_frac = fa if self.loss_kind is Loss.MSE else fe
             role = "activation" if self.loss_kind is Loss.MSE else "error"
-            if min(one_frac) < 0 or (self.loss_kind is Loss.SOFTMAX_CE and min(fa) < -8):
+            if min(one_frac) < 0:
                 raise ConfigError(
                     f"stage {index}: the {self.loss_kind.value} loss unit needs the target 1 "
-                    f"as a code of the last stage's {role} format, so its frac must be >= 0 "
-                    f"(and the activation frac >= -8 for softmax_ce), not {min(one_frac)}"
+                    f"as a code of the last stage's {role} format, so its frac must be >= 0, "
+                    f"not {min(one_frac)}"
+                )
+            if self.loss_kind is Loss.SOFTMAX_CE and min(fa) < -8:
+                raise ConfigError(
+                    f"stage {index}: the softmax_ce loss unit (an exponent with 8 fractional "
+                    "bits) needs the last stage's activation frac >= -8 and error frac must be "
+                    f">= 0; the activation frac is {min(fa)}"
                 )
             if self.loss_kind is Loss.MSE:
                 ctx["loss_one"] = _column([1 << f for f in fa])
@@ -409,9 +409,8 @@ class FixedArithmetic:
         role: str,
         acc: np.ndarray,
         index: np.ndarray,
-        step: int | None = None,
     ) -> np.ndarray:
-        codes, over = ctx[name](acc, self.seed, self.step if step is None else step, index)
+        codes, over = ctx[name](acc, self.seed, self.step, index)
         self._count(ctx["index"], role, over)
         return codes
 
@@ -444,10 +443,10 @@ class FixedArithmetic:
     ) -> np.ndarray:
         """Float inputs (any shape) as codes of stage 1's input format, ``[C, *x.shape]``."""
         rows, overs = [], []
-        for c, role in enumerate(self._stage[0]["input_formats"]):
+        for role in self._stage[0]["input_formats"]:
             key = None
             if role.rounding is Rounding.STOCHASTIC:
-                key = StochasticKey(int(self.seeds[c]), stream_id(1, "input"), step)
+                key = StochasticKey(self.seed, stream_id(1, "input"), step)
             codes, over = quantize(
                 x,
                 role.format,

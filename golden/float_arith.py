@@ -18,6 +18,7 @@ from pbhw.plan import StagePlan
 __all__ = [
     "FloatArithmetic",
     "FloatState",
+    "evaluate",
     "linear",
     "loss_and_error",
     "momentum_update",
@@ -75,11 +76,11 @@ class FloatState:
         self.va = torch.zeros_like(self.wa)
         self.wa_prev = self.wa.clone() if keep_previous else None
         # Views stay valid: every update modifies wa/va/wa_prev in place.
-        self.w, self.b = self._split(self.wa)
-        self.v, self.vb = self._split(self.va)
-        self.w_prev, self.b_prev = self._split(self.wa_prev)
+        self.w, self.b = self.split(self.wa)
+        self.v, self.vb = self.split(self.va)
+        self.w_prev, self.b_prev = self.split(self.wa_prev)
 
-    def _split(self, a: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def split(self, a: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if a is None:
             return None, None
         return (a[:, : self.n_in], a[:, self.n_in]) if self.bias else (a, None)
@@ -129,7 +130,7 @@ class FloatArithmetic:
             predicted = torch.sub(s.wa, s.va, alpha=stage.coefficients["eta_T"].value)
         else:
             predicted = s.wa + horizon * (s.wa - s.wa_prev)
-        return s._split(predicted)
+        return s.split(predicted)
 
     def forward(
         self, stage: StagePlan, w: torch.Tensor, b: torch.Tensor | None, x: torch.Tensor
@@ -174,10 +175,14 @@ class FloatArithmetic:
     def evaluate(
         self, stages: list[StagePlan], states: list[FloatState], x: torch.Tensor
     ) -> torch.Tensor:
-        """Network outputs for a batch of inputs with the current weights ``w`` (no prediction)."""
-        h = x.to(torch.float64)
-        for stage, s in zip(stages, states, strict=True):
-            h = linear(h, s.w, s.b)
-            if stage.relu:
-                h = torch.relu(h)
-        return h
+        return evaluate(stages, states, x)
+
+
+def evaluate(stages: list[StagePlan], states: list[FloatState], x: torch.Tensor) -> torch.Tensor:
+    """Network outputs for a batch of inputs with the current weights ``w`` (no prediction)."""
+    h = x.to(torch.float64)
+    for stage, s in zip(stages, states, strict=True):
+        h = linear(h, s.w, s.b)
+        if stage.relu:
+            h = torch.relu(h)
+    return h

@@ -108,11 +108,9 @@ class Stage:
         w, b = self.arith.predicted(self.plan, self.state)
         y, mask = self.arith.forward(self.plan, w, b, x)
         # Stashed weights must be a copy: w may be the live tensor that updates modify in place.
-        kept = (
-            (self.arith.snapshot(w), b if b is None else self.arith.snapshot(b))
-            if (self.stashing)
-            else None
-        )
+        kept = None
+        if self.stashing:
+            kept = (self.arith.snapshot(w), None if b is None else self.arith.snapshot(b))
         self.stash.append(StashEntry(sample, x, mask, kept))
         self.max_stash = max(self.max_stash, len(self.stash))
         return y

@@ -12,6 +12,7 @@ import torch
 
 from golden.float_arith import (
     FloatState,
+    evaluate,
     linear,
     loss_and_error,
     momentum_update,
@@ -74,9 +75,4 @@ class SGDReference:
         return losses, h.argmax(1)
 
     def evaluate(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.to(torch.float64)
-        for st, s in zip(self.plan.stages, self.states, strict=True):
-            h = linear(h, s.w, s.b)
-            if st.relu:
-                h = torch.relu(h)
-        return h
+        return evaluate(self.plan.stages, self.states, x)

@@ -166,9 +166,7 @@ def train_many(
     if sgd_batch:
         model: Any = SGDReference(plan, weights)
     else:
-        arith = (
-            FixedArithmetic(plans) if config.train.arith is Arith.FIXED else (make_arithmetic(plan))
-        )
+        arith = FixedArithmetic(plans) if many else make_arithmetic(plan)
         model = Pipeline(plan, arith, weights)
     count = len(configs)
     watches = [_LossWatch() for _ in range(count)]

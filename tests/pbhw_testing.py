@@ -44,3 +44,15 @@ def raises_in_init(exception, match):
         traceback.clear_frames(excinfo.tb)
         del excinfo
         gc.collect()
+
+
+def run_records(pipe, x, y):
+    """Feed every sample with ``record=True``, drain, and return all step records."""
+    records = []
+    for i in range(len(x)):
+        _, rec = pipe.step(x[i], int(y[i]), record=True)
+        records.append(rec)
+    while pipe.in_flight:
+        _, rec = pipe.step(record=True)
+        records.append(rec)
+    return records

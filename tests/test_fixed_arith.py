@@ -29,6 +29,7 @@ from int_reference import (
     softmax_probs,
     threefry2x32,
 )
+from pbhw_testing import run_records
 
 from golden.fixed_arith import (
     EVAL_STEP,
@@ -712,17 +713,6 @@ def batch_raws(prediction: str, loss: str) -> list[dict]:
             },
         ),
     ]
-
-
-def run_records(pipe, x, y):
-    out = []
-    for i in range(len(x)):
-        _, rec = pipe.step(x[i], int(y[i]), record=True)
-        out.append(rec)
-    while pipe.in_flight:
-        _, rec = pipe.step(record=True)
-        out.append(rec)
-    return out
 
 
 def pick(value, c: int):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pbhw_testing import make_plan
+from pbhw_testing import make_plan, run_records
 
 from golden.float_arith import FloatArithmetic
 from golden.pipeline import Pipeline, initial_weights
@@ -23,23 +23,12 @@ def _data(n, features=6, classes=3, seed=1):
     return x, y
 
 
-def _run_recorded(pipe, x, y):
-    records = []
-    for i in range(len(x)):
-        _, rec = pipe.step(x[i], int(y[i]), record=True)
-        records.append(rec)
-    while pipe.in_flight:
-        _, rec = pipe.step(record=True)
-        records.append(rec)
-    return records
-
-
 @pytest.mark.parametrize("layers", [[6, 3], [6, 5, 3], [6, 5, 4, 3], [6, 5, 5, 4, 4, 3]])
 def test_measured_delay_of_each_stage_is_2_L_minus_l_plus_1(layers):
     plan = make_plan(network={"layers": layers})
     pipe = Pipeline(plan, _arith(plan))
     n = 40
-    records = _run_recorded(pipe, *_data(n, classes=3))
+    records = run_records(pipe, *_data(n, classes=3))
     num_stages = len(layers) - 1
     for i, stage in enumerate(pipe.stages):
         fwd_step = {
@@ -76,8 +65,7 @@ def test_fill_and_drain_steps_do_no_update():
         assert all(
             r.stages[i].updated == (r.stages[i].backward_sample is not None) for r in records
         )
-    drained = list(pipe.drain())
-    assert pipe.stages[0].updates < 10 or drained is not None
+    list(pipe.drain())
     assert not pipe.in_flight
     # Every sample fed was used for exactly one update per stage; then nothing changes.
     fed = len(records)
