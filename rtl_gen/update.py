@@ -55,6 +55,45 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def shift_terms(code: int) -> list[tuple[int, int]] | None:
+    """``code`` as at most two signed powers of two ``[(sign, k), ...]``, or ``None``.
+
+    The ``shift`` option quantizes the eta constants to powers of two and the momentum to
+    ``1 - 2**-k``; both take this form, so a product with them needs only shifts and one adder.
+    """
+    if code == 0:
+        return []
+    sign = 1 if code > 0 else -1
+    mag = abs(code)
+    if mag & (mag - 1) == 0:
+        return [(sign, mag.bit_length() - 1)]
+    high = mag.bit_length()  # 2**high - 2**low == mag for the single run of ones
+    low = (mag & -mag).bit_length() - 1
+    if (1 << high) - (1 << low) == mag:
+        return [(sign, high), (-sign, low)]
+    return None
+
+
+def times_constant(value, code: int, shift: bool):
+    """``value * code``: a multiplier, or with ``shift`` shifts and at most one adder."""
+    if not shift:
+        return value * code
+    terms = shift_terms(code)
+    if terms is None:
+        raise ValueError(
+            f"Constant {code} is not a power of two or a difference of two powers of two; "
+            "the shift option needs such constants"
+        )
+    out = None
+    for sign, k in terms:
+        term = value << k
+        if out is None:
+            out = term if sign > 0 else -term
+        else:
+            out = out + term if sign > 0 else out - term
+    return 0 if out is None else out
+
+
 class UpdateUnit(wiring.Component):
     """Update one weight element and predict its next value; purely combinational.
 
@@ -77,6 +116,10 @@ class UpdateUnit(wiring.Component):
         The horizon ``T`` (weight-difference prediction only).
     x_format : FixedFormat
         Format of the stashed input ``x`` (the activation feeding the stage).
+
+    With ``formats.coefficient_shift`` the constants (powers of two, and ``1 - 2**-k`` for the
+    momentum, as :mod:`pbhw.plan` quantizes them under the ``shift`` option) are applied with
+    shifts and at most one adder each: the block then has no multiplier by a constant.
 
     Attributes
     ----------
@@ -163,6 +206,13 @@ class UpdateUnit(wiring.Component):
         self._prediction = prediction
         self._eta_t = eta_t
         self._horizon = horizon
+        if formats.coefficient_shift:
+            for name, code in self._constants().items():
+                if shift_terms(code) is None:
+                    raise ValueError(
+                        f"With the shift option, {name} must be a power of two or a difference "
+                        f"of two powers of two, not the code {code}"
+                    )
         self._plan_accumulators()
 
         weight = _shape_of(formats.weight.format)
@@ -219,6 +269,22 @@ class UpdateUnit(wiring.Component):
     @property
     def horizon(self) -> int:
         return self._horizon
+
+    def _constants(self) -> dict[str, int]:
+        """The constants the block multiplies by (a zero eta_b removes its term)."""
+        out = {"momentum": self._momentum, "eta_a": self._eta_a}
+        if self._eta_b:
+            out["eta_b"] = self._eta_b
+        if self._prediction is WeightPrediction.VELOCITY:
+            out["eta_t"] = self._eta_t
+        return out
+
+    @property
+    def coefficient_multipliers(self) -> int:
+        """Multipliers by a constant: 0 with the shift option (shifts and adders instead)."""
+        if self._formats.coefficient_shift:
+            return 0
+        return sum(1 for code in self._constants().values() if code not in (0, 1))
 
     def _role_of(self, point: str) -> RoleFormat:
         return self._formats.role("weight" if point == "prediction" else point)
@@ -311,18 +377,20 @@ class UpdateUnit(wiring.Component):
 
         s_mv, s_g = self._vel_shifts
         v_new = Signal(signed(len(self.v_new) + 1), name="v_new_s")
-        self._requantize(m, "velocity", ((v * self._momentum) << s_mv) + (g << s_g), v_new)
+        shift = self._formats.coefficient_shift
+        mv = times_constant(v, self._momentum, shift)
+        self._requantize(m, "velocity", (mv << s_mv) + (g << s_g), v_new)
 
         s_w, s_v, s_gw = self._upd_shifts
-        acc = (w << s_w) - ((v_new * self._eta_a) << s_v)
+        acc = (w << s_w) - (times_constant(v_new, self._eta_a, shift) << s_v)
         if self._eta_b:
-            acc = acc - ((g * self._eta_b) << s_gw)
+            acc = acc - (times_constant(g, self._eta_b, shift) << s_gw)
         self._requantize(m, "weight", acc, self.w_new)
         m.d.comb += [self.g.eq(g), self.v_new.eq(v_new)]
 
         if self._prediction is WeightPrediction.VELOCITY:
             p_w, p_v = self._pre_shifts
-            acc = (w << p_w) - ((v * self._eta_t) << p_v)
+            acc = (w << p_w) - (times_constant(v, self._eta_t, shift) << p_v)
             self._requantize(m, "prediction", acc, self.w_hat)
         elif self._prediction is WeightPrediction.WEIGHT_DIFFERENCE:
             w_prev = as_signed(self.w_prev, "w_prev_s")

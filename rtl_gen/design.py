@@ -1,0 +1,75 @@
+"""From a config to a :class:`~rtl_gen.top.Network`: plan, lanes and memory init contents."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from golden.fixed_arith import FixedArithmetic
+from golden.pipeline import initial_weights
+from pbhw.config import Algorithm, Arith, Config, ConfigError, from_dict
+from pbhw.plan import Plan, derive_plan
+from rtl_gen.top import Network
+
+__all__ = ["Design", "build_design", "fixed_plan"]
+
+
+@dataclass(frozen=True)
+class Design:
+    config: Config
+    plan: Plan
+    lanes: tuple[int, ...]
+    init: list[np.ndarray]
+    network: Network
+
+
+def fixed_plan(config: Config) -> Plan:
+    """The config's plan with fixed-point arithmetic (constants must be representable)."""
+    if config.optimizer.algorithm is not Algorithm.PB:
+        raise ConfigError(
+            "config key 'optimizer.algorithm' must be 'pb' to generate hardware (the pipeline "
+            f"is the hardware), not '{config.optimizer.algorithm.value}'"
+        )
+    if config.optimizer.weight_stashing:
+        raise ConfigError(
+            "config key 'optimizer.weight_stashing' must be false to generate hardware: the "
+            "generator keeps no copies of the weights (use weight_prediction instead)"
+        )
+    if config.train.arith is not Arith.FIXED:
+        raw = config.to_dict()
+        raw["train"]["arith"] = "fixed"
+        config = from_dict(raw)
+    return derive_plan(config)
+
+
+def initial_codes(plan: Plan) -> list[np.ndarray]:
+    """The weight memories' init contents: the seed's weights, quantized as the golden model
+    quantizes them (``[N_out, N_in (+1)]`` per stage)."""
+    arith = FixedArithmetic(plan)
+    return [
+        arith.init_state(st, w, b).w[0].copy()
+        for st, (w, b) in zip(plan.stages, initial_weights(plan), strict=True)
+    ]
+
+
+def build_design(config: Config, lanes: tuple[int, ...] | None = None) -> Design:
+    """Plan, lanes (``lanes`` or the config's; ``auto`` is resolved by :mod:`rtl_gen.lanes`),
+    init contents and the network component."""
+    plan = fixed_plan(config)
+    if lanes is None:
+        if config.hardware.lanes == "auto":
+            from rtl_gen.lanes import auto_lanes
+
+            lanes = auto_lanes(plan)
+        else:
+            lanes = tuple(config.hardware.lanes)
+    cols = [st.n_in + int(config.network.bias) for st in plan.stages]
+    for st, n, c in zip(plan.stages, lanes, cols, strict=True):
+        if n > st.n_out * c:
+            raise ConfigError(
+                f"config key 'hardware.lanes' gives stage {st.index} {n} lanes, more than its "
+                f"{st.n_out * c} weights"
+            )
+    init = initial_codes(plan)
+    return Design(config, plan, tuple(lanes), init, Network(plan=plan, lanes=lanes, init=init))

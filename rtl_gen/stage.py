@@ -1,0 +1,662 @@
+"""One pipeline stage: weights, velocities, the input stash and ``P`` lanes.
+
+Per step the stage consumes one forward token (its input vector) and one error token (the error
+of its outputs, ``delta_l``), streams every weight once in rows of ``P`` lanes, and emits one
+forward token (its outputs) and, after stage 1, one error token (``delta_{l-1}``). Per weight
+element ``k = c * P + p`` (row-major over ``N_out x N_cols``, ``N_cols = N_in + bias``) lane
+``p`` does, in the cycle that row ``c`` arrives from memory:
+
+* the forward MAC on the predicted weight ``w_hat * x[i]`` into output ``o``'s row sum;
+* the backward MAC on the current weight ``w * dz[o]`` into input ``i``'s column sum;
+* the gradient, velocity and weight update of :class:`~rtl_gen.update.UpdateUnit`, written back
+  to the same row (only when the step has a backward, i.e. outside fill and drain).
+
+Lane ``p`` needs ``x[i]`` and adds into column ``i`` for ``i = (base + p) mod N_cols``: instead of
+a multiplexer per lane, the input vectors and the column sums sit in rings of registers that rotate
+by ``P`` places per cycle, so lane ``p`` always reads and adds at ring position ``p mod N_cols``.
+Rows advance by ``P // N_cols`` or one more per cycle, so ``dz[o]`` comes from a shift register
+at one of two offsets. Rows complete in order; each completed row is rounded to the activation
+format right away. The bit-level arithmetic is ``docs/numerics.md``; the golden model is
+:class:`golden.fixed_arith.FixedArithmetic`.
+
+A step takes ``ceil(N_out * N_cols / P) + OVERHEAD`` cycles when its tokens are ready: one to
+take the tokens and write the stash, one to read the stash, the row pass, one to round the
+column sums and hand over the outputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from pbhw.config import RoleFormat, WeightPrediction
+from pbhw.fixed import FixedFormat, Rounding
+from pbhw.plan import StagePlan
+from rtl_gen.requantizer import Requantizer
+from rtl_gen.threefry import Threefry2x32
+from rtl_gen.update import UpdateUnit
+
+__all__ = [
+    "COUNTER_ROLES",
+    "OVERHEAD",
+    "Stage",
+    "error_token",
+    "forward_token",
+    "label_bits",
+    "shape_of",
+]
+
+#: Cycles a step takes beyond its row pass (take tokens, read stash, round and hand over).
+OVERHEAD = 3
+#: The saturation counters of a stage, in the order of its ``saturation`` port.
+COUNTER_ROLES = ("activation", "error", "gradient", "velocity", "weight", "prediction")
+#: Width of every saturation counter (it wraps after 2**32 - 1 events).
+COUNTER_BITS = 32
+#: Stream numbers of the stochastic rounding points, ``16 * stage + role`` (docs/numerics.md).
+ROLE_NUMBERS = {"activation": 1, "error": 2, "gradient": 3, "velocity": 4, "weight": 5}
+ROLE_NUMBERS["prediction"] = 6
+
+
+def shape_of(fmt: FixedFormat) -> Shape:
+    return signed(fmt.width) if fmt.signed else unsigned(fmt.width)
+
+
+def label_bits(classes: int) -> int:
+    return max(1, (classes - 1).bit_length())
+
+
+def forward_token(n: int, fmt: FixedFormat, classes: int) -> data.StructLayout:
+    """A forward token: a vector of ``n`` codes of ``fmt``, the sample's label, and ``bubble``
+    (set during fill and drain, when the step carries no sample)."""
+    return data.StructLayout(
+        {
+            "bubble": 1,
+            "label": label_bits(classes),
+            "x": data.ArrayLayout(shape_of(fmt), n),
+        }
+    )
+
+
+def error_token(n: int, fmt: FixedFormat) -> data.StructLayout:
+    """An error token: ``n`` error codes of ``fmt`` and ``bubble``."""
+    return data.StructLayout({"bubble": 1, "e": data.ArrayLayout(shape_of(fmt), n)})
+
+
+def _span_width(lo: int, hi: int) -> int:
+    return max(2, (-lo - 1).bit_length() + 1, hi.bit_length() + 1)
+
+
+def _product_span(a: FixedFormat, b: FixedFormat, terms: int) -> tuple[int, int]:
+    corners = [x * y for x in (a.min_code, a.max_code) for y in (b.min_code, b.max_code)]
+    return terms * min(corners), terms * max(corners)
+
+
+def _pack(codes, width: int) -> int:
+    """Codes (two's complement, ``width`` bits each) packed little-end first into one int."""
+    out = 0
+    for n, code in enumerate(codes):
+        out |= (int(code) & ((1 << width) - 1)) << (n * width)
+    return out
+
+
+class Stage(wiring.Component):
+    """One PB pipeline stage with ``lanes`` weight lanes.
+
+    Parameters
+    ----------
+    plan : StagePlan
+        The stage's derived plan (sizes, delay, horizon, formats, quantized constants).
+    x_role : RoleFormat
+        The role of the input vector: the previous stage's activation (stage 1: its own).
+    error_out : RoleFormat or None
+        The previous stage's error role, the format of the error this stage sends back;
+        ``None`` for stage 1, which sends none.
+    classes : int
+        Number of classes (sets the label width carried by the forward tokens).
+    bias : bool
+        Whether the stage has a bias column.
+    prediction : WeightPrediction
+        The weight prediction of the config (``none`` when the horizon is 0).
+    seed : int
+        The config's seed: the key of every stochastic rounding point.
+    lanes : int
+        Number of lanes ``P`` (any value from 1 to the number of weights).
+    init : numpy.ndarray
+        Initial weight codes, ``[N_out, N_cols]`` (the memory init contents).
+
+    Attributes
+    ----------
+    fwd_i : In(stream of forward tokens of N_in codes)
+    fwd_o : Out(stream of forward tokens of N_out codes)
+    err_i : In(stream of error tokens of N_out codes)
+    err_o : Out(stream of error tokens of N_in codes); absent for stage 1.
+    idle : Out(1)
+        Not in a row pass (waiting for tokens, or for its outputs to be taken); the debug
+        port reads only then.
+    dbg_addr : In(range(rows)), dbg_mem : In(2)
+        Debug read of row ``dbg_addr`` of memory ``dbg_mem`` (0 = W, 1 = V, 2 = w_prev).
+    dbg_data : Out(row bits)
+        The row, valid one cycle after ``dbg_addr`` while ``idle``; lane ``p`` at bits
+        ``[p * width, (p + 1) * width)``.
+    saturation : Out(array of COUNTER_BITS)
+        Overflow events per role of :data:`COUNTER_ROLES`.
+    step : Out(32)
+        Steps completed.
+    """
+
+    def __init__(
+        self,
+        *,
+        plan: StagePlan,
+        x_role: RoleFormat,
+        error_out: RoleFormat | None,
+        classes: int,
+        bias: bool,
+        prediction: WeightPrediction,
+        seed: int,
+        lanes: int,
+        init: np.ndarray,
+    ):
+        if not isinstance(plan, StagePlan):
+            raise TypeError(f"Plan must be a StagePlan, not {plan!r}")
+        if not isinstance(lanes, int) or isinstance(lanes, bool):
+            raise TypeError(f"Lanes must be a positive integer, not {lanes!r}")
+        cols = plan.n_in + int(bias)
+        if not 1 <= lanes <= plan.n_out * cols:
+            raise ValueError(
+                f"Lanes must be between 1 and the stage's {plan.n_out * cols} weights, "
+                f"not {lanes!r}"
+            )
+        if (error_out is None) != (plan.index == 1):
+            raise ValueError("Only stage 1 sends no error back (error_out must be None there)")
+        init = np.asarray(init)
+        if init.shape != (plan.n_out, cols):
+            raise ValueError(f"Init must have shape {(plan.n_out, cols)}, not {init.shape}")
+        self._plan = plan
+        self._x_role = x_role
+        self._error_out = error_out
+        self._classes = classes
+        self._bias = bias
+        self._prediction = prediction if plan.horizon else WeightPrediction.NONE
+        self._seed = seed
+        self._lanes = lanes
+        self._cols = cols
+        self._init = init
+        fm = plan.formats
+        self.update_args = dict(
+            formats=fm,
+            momentum=plan.coefficients["momentum"].code,
+            eta_a=plan.coefficients["eta_a"].code,
+            eta_b=plan.coefficients["eta_b"].code,
+            prediction=self._prediction,
+            eta_t=plan.coefficients["eta_T"].code if "eta_T" in plan.coefficients else 0,
+            horizon=plan.horizon,
+            x_format=x_role.format,
+        )
+        # Built once here so that a bad constant or width fails in the constructor.
+        self._probe = UpdateUnit(**self.update_args)
+        self._probe._MustUse__silence = True  # a probe of widths and costs, never elaborated
+        self._check_accumulators()
+
+        members = {
+            "fwd_i": In(stream.Signature(forward_token(plan.n_in, x_role.format, classes))),
+            "fwd_o": Out(
+                stream.Signature(forward_token(plan.n_out, fm.activation.format, classes))
+            ),
+            "err_i": In(stream.Signature(error_token(plan.n_out, fm.error.format))),
+            "idle": Out(1),
+            "dbg_addr": In(range(max(2, self.rows))),
+            "dbg_mem": In(2),
+            "dbg_data": Out(self.row_bits),
+            "saturation": Out(data.ArrayLayout(COUNTER_BITS, len(COUNTER_ROLES))),
+            "step": Out(32),
+        }
+        if error_out is not None:
+            members["err_o"] = Out(stream.Signature(error_token(plan.n_in, error_out.format)))
+        super().__init__(members)
+
+    # ------------------------------------------------------------------ published properties
+
+    @property
+    def plan(self) -> StagePlan:
+        return self._plan
+
+    @property
+    def lanes(self) -> int:
+        return self._lanes
+
+    @property
+    def cols(self) -> int:
+        return self._cols
+
+    @property
+    def weights(self) -> int:
+        return self._plan.n_out * self._cols
+
+    @property
+    def rows(self) -> int:
+        """Memory rows, i.e. cycles of the row pass: ``ceil(weights / lanes)``."""
+        return math.ceil(self.weights / self._lanes)
+
+    @property
+    def cycles_per_step(self) -> int:
+        return self.rows + OVERHEAD
+
+    @property
+    def weight_bits(self) -> int:
+        return self._plan.formats.weight.format.width
+
+    @property
+    def velocity_bits(self) -> int:
+        return self._plan.formats.velocity.format.width
+
+    @property
+    def row_bits(self) -> int:
+        return self._lanes * max(self.weight_bits, self.velocity_bits)
+
+    @property
+    def has_w_prev(self) -> bool:
+        return self._prediction is WeightPrediction.WEIGHT_DIFFERENCE
+
+    @property
+    def memory_bits(self) -> dict[str, int]:
+        lanes_rows = self._lanes * self.rows
+        stash = (self._plan.delay + 1) * (
+            self._plan.n_in * self._x_role.format.width + (self._plan.n_out if self._relu else 0)
+        )
+        return {
+            "weight": lanes_rows * self.weight_bits,
+            "velocity": lanes_rows * self.velocity_bits,
+            "w_prev": lanes_rows * self.weight_bits if self.has_w_prev else 0,
+            "stash": stash,
+        }
+
+    @property
+    def multipliers(self) -> dict[str, int]:
+        """Data multipliers (forward, backward, gradient per lane; stage 1 has no backward)
+        and multipliers by a constant (the update's coefficients)."""
+        data_per_lane = 3 if self._error_out is not None else 2
+        return {
+            "data": data_per_lane * self._lanes,
+            "coefficient": self._probe.coefficient_multipliers * self._lanes,
+        }
+
+    @property
+    def _relu(self) -> bool:
+        return self._plan.relu
+
+    def memory_init(self) -> dict[str, list[int]]:
+        """Packed rows of each memory's init contents (W from ``init``; V zero)."""
+        flat = np.zeros(self.rows * self._lanes, dtype=np.int64)
+        flat[: self.weights] = self._init.reshape(-1)
+        w_rows = [
+            _pack(flat[r * self._lanes : (r + 1) * self._lanes], self.weight_bits)
+            for r in range(self.rows)
+        ]
+        out = {"w": w_rows, "v": [0] * self.rows}
+        if self.has_w_prev:
+            out["w_prev"] = list(w_rows)
+        return out
+
+    # ------------------------------------------------------------------ widths
+
+    def _check_accumulators(self) -> None:
+        fm, p = self._plan.formats, self._plan
+        self._fwd_acc = FixedFormat(
+            _span_width(*_product_span(fm.weight.format, self._x_role.format, self._cols)),
+            fm.weight.format.frac + self._x_role.format.frac,
+        )
+        self._bwd_acc = FixedFormat(
+            _span_width(*_product_span(fm.weight.format, fm.error.format, p.n_out)),
+            fm.weight.format.frac + fm.error.format.frac,
+        )
+        for name, acc in (("forward", self._fwd_acc), ("backward", self._bwd_acc)):
+            if acc.width > 62:
+                raise ValueError(
+                    f"stage {p.index}: the {name} accumulator needs {acc.width} bits, more "
+                    "than 62"
+                )
+
+    # ------------------------------------------------------------------ elaboration
+
+    def _random(self, m: Module, name: str, role: str, step, index) -> Signal:
+        """The element's 32-bit word of stream ``16 * stage + role``."""
+        tf = Threefry2x32()
+        m.submodules[f"rng_{name}"] = tf
+        m.d.comb += [
+            tf.k0.eq(self._seed & 0xFFFFFFFF),
+            tf.k1.eq(16 * self._plan.index + ROLE_NUMBERS[role]),
+            tf.c0.eq(step),
+            tf.c1.eq(index),
+        ]
+        return tf.x0
+
+    def _rounder(self, m: Module, name: str, src: FixedFormat, role: RoleFormat, rng_role: str,
+                 step, index):
+        rq = Requantizer(src=src, dst=role.format, rounding=role.rounding, overflow=role.overflow)
+        m.submodules[f"rq_{name}"] = rq
+        if role.rounding is Rounding.STOCHASTIC:
+            m.d.comb += rq.random.eq(self._random(m, name, rng_role, step, index))
+        return rq
+
+    def elaborate(self, platform):  # noqa: C901 - one datapath, read top to bottom
+        m = Module()
+        plan, fm = self._plan, self._plan.formats
+        P, N, n_in, n_out = self._lanes, self._cols, plan.n_in, plan.n_out
+        first_stage = plan.index == 1
+        sends_error = self._error_out is not None
+        xf, wf, vf, ef = self._x_role.format, fm.weight.format, fm.velocity.format, fm.error.format
+        one = 1 << xf.frac  # the bias column's input, the code of 1 (the config checks it fits)
+        wb, vb = wf.width, vf.width
+
+        # ---- memories: one row of P lanes per address
+        init = self.memory_init()
+        mem_w = Memory(shape=unsigned(P * wb), depth=self.rows, init=init["w"])
+        mem_v = Memory(shape=unsigned(P * vb), depth=self.rows, init=init["v"])
+        m.submodules.mem_w, m.submodules.mem_v = mem_w, mem_v
+        rd_w, wr_w = mem_w.read_port(transparent_for=()), mem_w.write_port()
+        rd_v, wr_v = mem_v.read_port(transparent_for=()), mem_v.write_port()
+        rd_p = wr_p = None
+        if self.has_w_prev:
+            mem_p = Memory(shape=unsigned(P * wb), depth=self.rows, init=init["w_prev"])
+            m.submodules.mem_p = mem_p
+            rd_p, wr_p = mem_p.read_port(transparent_for=()), mem_p.write_port()
+
+        depth = plan.delay + 1
+        stash_x = Memory(shape=unsigned(n_in * xf.width), depth=depth, init=[])
+        m.submodules.stash_x = stash_x
+        sx_rd, sx_wr = stash_x.read_port(transparent_for=()), stash_x.write_port()
+        sm_rd = sm_wr = None
+        if self._relu:
+            stash_m = Memory(shape=unsigned(n_out), depth=depth, init=[])
+            m.submodules.stash_m = stash_m
+            sm_rd, sm_wr = stash_m.read_port(transparent_for=()), stash_m.write_port()
+
+        # ---- control state
+        step = Signal(32)
+        first = Signal(init=1)
+        slot_w = Signal(range(depth))
+        slot_r = Signal(range(depth), init=1 % depth)
+        row = Signal(range(self.rows + 1))
+        fwd_bubble, err_bubble = Signal(), Signal()
+        label = Signal(len(self.fwd_i.payload.label))
+        base_col = Signal(range(N))
+        base_row = Signal(range(n_out + P // N + 2))
+        kbase = Signal(range(self.rows * P + 1))
+        m.d.comb += self.step.eq(step)
+
+        # ---- vectors: input rings (current and stashed x, bias column included), the error,
+        # dz by row offset, output codes, column sums
+        def ring(name, shape):
+            return [Signal(shape, name=f"{name}{j}") for j in range(N)]
+
+        x_ring, xg_ring = ring("x", shape_of(xf)), ring("xg", shape_of(xf))
+        err_in = [Signal(shape_of(ef), name=f"delta{o}") for o in range(n_out)]
+        dz_sr = [Signal(shape_of(ef), name=f"dz{o}") for o in range(n_out)]
+        z_out = [Signal(shape_of(fm.activation.format), name=f"z{o}") for o in range(n_out)]
+        bacc = [Signal(signed(self._bwd_acc.width), name=f"bacc{j}") for j in range(N)]
+        cur = Signal(signed(self._fwd_acc.width))
+        counts = [Signal(COUNTER_BITS, name=f"count_{r}") for r in COUNTER_ROLES]
+        for n, c in enumerate(counts):
+            m.d.comb += self.saturation[n].eq(c)
+
+        events = {role: [] for role in COUNTER_ROLES}  # 1-bit overflow events per cycle
+
+        # ---- output registers (valid held until taken)
+        with m.If(self.fwd_o.ready):
+            m.d.sync += self.fwd_o.valid.eq(0)
+        if sends_error:
+            with m.If(self.err_o.ready):
+                m.d.sync += self.err_o.valid.eq(0)
+        outputs_free = ~self.fwd_o.valid
+        if sends_error:
+            outputs_free &= ~self.err_o.valid
+
+        # ---- lanes
+        pass_on = Signal()  # a row arrives from memory this cycle
+        finish = Signal()  # the step hands over its outputs this cycle
+        loading = Signal()  # the stash is read; row 0 is addressed
+        lane_w, lane_v, lane_wp, lane_k = [], [], [], []
+        for p in range(P):
+
+            def field(port, bits, fmt, p=p):
+                raw = port.data[p * bits : (p + 1) * bits]
+                return raw.as_signed() if fmt.signed else raw
+
+            lane_w.append(field(rd_w, wb, wf))
+            lane_v.append(field(rd_v, vb, vf))
+            lane_wp.append(field(rd_p, wb, wf) if rd_p is not None else None)
+            lane_k.append(kbase + p)
+
+        fprod, bprod, new_w, new_v, sat = [], [], [], [], []
+        off_carry = []  # lane p's row is base_row + p // N + carry
+        for p in range(P):
+            k_valid = Signal(name=f"valid{p}")
+            m.d.comb += k_valid.eq(lane_k[p] < self.weights)
+            carry = Signal(name=f"carry{p}")
+            m.d.comb += carry.eq(base_col >= N - p % N)
+            off_carry.append((p // N, carry))
+            unit = UpdateUnit(**self.update_args)
+            m.submodules[f"lane{p}"] = unit
+            d0 = p // N
+            dz = Signal(shape_of(ef), name=f"lane_dz{p}")
+            hi = dz_sr[d0 + 1] if d0 + 1 < n_out else Const(0, shape_of(ef))
+            lo = dz_sr[d0] if d0 < n_out else Const(0, shape_of(ef))
+            m.d.comb += dz.eq(Mux(carry, hi, lo))
+            x = x_ring[p % N]
+            m.d.comb += [
+                unit.dz.eq(dz),
+                unit.x.eq(xg_ring[p % N]),
+                unit.w.eq(lane_w[p]),
+                unit.v.eq(lane_v[p]),
+            ]
+            if self.has_w_prev:
+                m.d.comb += unit.w_prev.eq(lane_wp[p])
+            for point in ("gradient", "velocity", "weight", "prediction"):
+                if hasattr(unit, f"random_{point}"):
+                    word = self._random(m, f"{point}{p}", point, step, lane_k[p])
+                    m.d.comb += getattr(unit, f"random_{point}").eq(word)
+            f = Signal(signed(self._fwd_acc.width), name=f"fprod{p}")
+            m.d.comb += f.eq(Mux(k_valid, unit.w_hat * x, 0))
+            fprod.append(f)
+            if sends_error:
+                b = Signal(signed(self._bwd_acc.width), name=f"bprod{p}")
+                m.d.comb += b.eq(Mux(k_valid, lane_w[p] * dz, 0))
+                bprod.append(b)
+            new_w.append(Mux(k_valid, unit.w_new, lane_w[p]))
+            new_v.append(Mux(k_valid, unit.v_new, lane_v[p]))
+            sat.append((k_valid, unit.saturated))
+
+        # ---- row sums: lanes grouped by their row offset r = p // N + carry_p
+        groups = (N - 1 + P - 1) // N + 1  # distinct offsets in one cycle
+        sums = []
+        for r in range(groups):
+            terms = [
+                Mux(carry if d0 + 1 == r else ~carry, fprod[p], 0)
+                for p, (d0, carry) in enumerate(off_carry)
+                if r in (d0, d0 + 1)
+            ]
+            if r == 0:
+                terms.append(cur)
+            s = Signal(signed(self._fwd_acc.width), name=f"rowsum{r}")
+            m.d.comb += s.eq(sum(terms[1:], terms[0]) if terms else 0)
+            sums.append(s)
+        # Rows finished this cycle: base_row .. base_row + adv - 1.
+        adv_lo = P // N
+        wrap = Signal()
+        m.d.comb += wrap.eq(base_col + P % N >= N)
+        adv = Signal(range(adv_lo + 2))
+        m.d.comb += adv.eq(adv_lo + wrap)
+
+        act = fm.activation
+        for r in range((N - 1 + P) // N):
+            out_row = Signal(range(n_out + P // N + 2), name=f"done_row{r}")
+            m.d.comb += out_row.eq(base_row + r)
+            rq = self._rounder(m, f"act{r}", self._fwd_acc, act, "activation", step, out_row)
+            m.d.comb += rq.i.eq(sums[r])
+            done = Signal(name=f"done{r}")
+            m.d.comb += done.eq(pass_on & (r < adv) & (out_row < n_out))
+            y = rq.o
+            if self._relu and act.format.signed:
+                y = Mux(rq.o > 0, rq.o, 0)
+            for o in range(n_out):
+                with m.If(done & (out_row == o)):
+                    m.d.sync += z_out[o].eq(y)
+            events["activation"].append(done & ~fwd_bubble & rq.saturated)
+        for k_valid, flags in sat:
+            for point in ("gradient", "velocity", "weight"):
+                events[point].append(pass_on & k_valid & ~err_bubble & getattr(flags, point))
+            events["prediction"].append(pass_on & k_valid & ~fwd_bubble & flags.prediction)
+
+        # ---- FSM
+        with m.FSM(name="stage"):
+            with m.State("IDLE"):
+                m.d.comb += self.idle.eq(1)
+                fwd_have = self.fwd_i.valid | (first & (not first_stage))
+                err_have = self.err_i.valid | first
+                with m.If(fwd_have & err_have):
+                    m.d.comb += [
+                        self.fwd_i.ready.eq(~first | first_stage),
+                        self.err_i.ready.eq(~first),
+                    ]
+                    fwd_is_bubble = self.fwd_i.payload.bubble | (first & (not first_stage))
+                    m.d.sync += [
+                        fwd_bubble.eq(fwd_is_bubble),
+                        err_bubble.eq(self.err_i.payload.bubble | first),
+                        label.eq(self.fwd_i.payload.label),
+                    ]
+                    for j in range(N):
+                        value = self.fwd_i.payload.x[j] if j < n_in else one
+                        m.d.sync += x_ring[j].eq(value)
+                    for o in range(n_out):
+                        m.d.sync += err_in[o].eq(self.err_i.payload.e[o])
+                    m.d.comb += [
+                        sx_wr.addr.eq(slot_w),
+                        sx_wr.data.eq(self.fwd_i.payload.x.as_value()),
+                        sx_wr.en.eq(~fwd_is_bubble),
+                    ]
+                    m.next = "LOAD"
+            with m.State("LOAD"):
+                m.d.comb += loading.eq(1)
+                stashed = data.View(data.ArrayLayout(shape_of(xf), n_in), sx_rd.data)
+                for j in range(N):
+                    m.d.sync += xg_ring[j].eq(stashed[j] if j < n_in else one)
+                for o in range(n_out):
+                    keep = sm_rd.data[o] if self._relu else 1
+                    m.d.sync += dz_sr[o].eq(Mux(keep, err_in[o], 0))
+                m.d.sync += [
+                    row.eq(0),
+                    base_col.eq(0),
+                    base_row.eq(0),
+                    kbase.eq(0),
+                    cur.eq(0),
+                ]
+                m.d.sync += [b.eq(0) for b in bacc]
+                m.next = "PASS"
+            with m.State("PASS"):
+                m.d.comb += pass_on.eq(1)
+                update = ~err_bubble
+                m.d.comb += [
+                    wr_w.addr.eq(row),
+                    wr_w.data.eq(Cat(*[w.as_unsigned()[:wb] for w in new_w])),
+                    wr_w.en.eq(Mux(update, (1 << len(wr_w.en)) - 1, 0)),
+                    wr_v.addr.eq(row),
+                    wr_v.data.eq(Cat(*[v.as_unsigned()[:vb] for v in new_v])),
+                    wr_v.en.eq(Mux(update, (1 << len(wr_v.en)) - 1, 0)),
+                ]
+                if wr_p is not None:
+                    m.d.comb += [
+                        wr_p.addr.eq(row),
+                        wr_p.data.eq(rd_w.data),
+                        wr_p.en.eq(Mux(update, (1 << len(wr_p.en)) - 1, 0)),
+                    ]
+                # Rotate the rings by P places; dz shifts by the rows that advanced.
+                for j in range(N):
+                    src = (j + P) % N
+                    m.d.sync += [x_ring[j].eq(x_ring[src]), xg_ring[j].eq(xg_ring[src])]
+                if sends_error:
+                    for j in range(N):
+                        src = (j + P) % N
+                        adds = [bprod[q] for q in range(P) if q % N == src]
+                        m.d.sync += bacc[j].eq(sum(adds, bacc[src]))
+                for o in range(n_out):
+                    lo = dz_sr[o + adv_lo] if o + adv_lo < n_out else 0
+                    hi = dz_sr[o + adv_lo + 1] if o + adv_lo + 1 < n_out else 0
+                    m.d.sync += dz_sr[o].eq(Mux(wrap, hi, lo))
+                m.d.sync += [
+                    base_col.eq(Mux(wrap, base_col + P % N - N, base_col + P % N)),
+                    base_row.eq(base_row + adv),
+                    kbase.eq(kbase + P),
+                    row.eq(row + 1),
+                ]
+                # The running sum of the row in progress: rows base_row + adv onwards.
+                m.d.sync += cur.eq(
+                    Mux(wrap, sums[adv_lo + 1] if adv_lo + 1 < groups else 0,
+                        sums[adv_lo] if adv_lo < groups else 0)
+                )
+                with m.If(row == self.rows - 1):
+                    m.next = "FINISH"
+            with m.State("FINISH"):
+                m.d.comb += [finish.eq(outputs_free), self.idle.eq(1)]
+                with m.If(outputs_free):
+                    m.d.sync += [
+                        self.fwd_o.valid.eq(1),
+                        self.fwd_o.payload.bubble.eq(fwd_bubble),
+                        self.fwd_o.payload.label.eq(label),
+                    ]
+                    for o in range(n_out):
+                        m.d.sync += self.fwd_o.payload.x[o].eq(z_out[o])
+                    if self._relu:
+                        m.d.comb += [
+                            sm_wr.addr.eq(slot_w),
+                            sm_wr.data.eq(Cat(*[z != 0 for z in z_out])),
+                            sm_wr.en.eq(~fwd_bubble),
+                        ]
+                    m.d.sync += [
+                        step.eq(step + 1),
+                        first.eq(0),
+                        slot_w.eq(Mux(slot_w == depth - 1, 0, slot_w + 1)),
+                        slot_r.eq(Mux(slot_r == depth - 1, 0, slot_r + 1)),
+                    ]
+                    m.next = "IDLE"
+
+        # ---- backward error: round the column sums; after the pass column i sits at ring
+        # position (i - rows * P) mod N
+        if sends_error:
+            shift = (self.rows * P) % N
+            with m.If(finish):
+                m.d.sync += [self.err_o.valid.eq(1), self.err_o.payload.bubble.eq(err_bubble)]
+            for i in range(n_in):
+                rq = self._rounder(m, f"err{i}", self._bwd_acc, self._error_out, "error", step, i)
+                m.d.comb += rq.i.eq(bacc[(i - shift) % N])
+                with m.If(finish):
+                    m.d.sync += self.err_o.payload.e[i].eq(rq.o)
+                events["error"].append(finish & ~err_bubble & rq.saturated)
+
+        for role, flags in events.items():
+            if flags:
+                c = counts[COUNTER_ROLES.index(role)]
+                m.d.sync += c.eq(c + sum(flags[1:], flags[0]))
+
+        # ---- memory reads: the row pass, else the debug port
+        rd_addr = Signal(range(max(2, self.rows)))
+        m.d.comb += rd_addr.eq(self.dbg_addr)
+        with m.If(loading):
+            m.d.comb += rd_addr.eq(0)
+        with m.If(pass_on & (row + 1 < self.rows)):
+            m.d.comb += rd_addr.eq(row + 1)
+        ports = [rd_w, rd_v] + ([rd_p] if rd_p is not None else [])
+        m.d.comb += [port.addr.eq(rd_addr) for port in ports]
+        m.d.comb += sx_rd.addr.eq(slot_r)
+        if sm_rd is not None:
+            m.d.comb += sm_rd.addr.eq(slot_r)
+        with m.Switch(self.dbg_mem):
+            for n, port in enumerate(ports):
+                with m.Case(n):
+                    m.d.comb += self.dbg_data.eq(port.data)
+        return m

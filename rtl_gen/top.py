@@ -1,0 +1,170 @@
+"""The network top: stages chained by streams, the loss unit, and the debug port.
+
+Forward tokens flow from the ``samples`` stream through stages ``1..L`` into the loss unit; error
+tokens flow from the loss unit back up to stage 1. Every stage takes one token of each kind per
+step, so the network is a deterministic dataflow network: idle cycles and back-pressure change
+when things happen, never the codes. At reset, stages ``2..L`` treat their first forward token
+and every stage its first error token as bubbles (no sample has reached them yet). To drain the
+pipeline, send ``2 * L - 1`` bubble samples (``bubble = 1``) after the last sample.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from amaranth.hdl import Module, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from pbhw.config import Loss
+from pbhw.plan import Plan
+from rtl_gen.loss import LossUnit, result_token
+from rtl_gen.stage import COUNTER_BITS, COUNTER_ROLES, Stage, forward_token
+
+__all__ = ["Network"]
+
+
+class Network(wiring.Component):
+    """The PB training pipeline of ``plan`` with ``lanes[l]`` lanes in stage ``l + 1``.
+
+    Parameters
+    ----------
+    plan : Plan
+        The derived plan (fixed-point constants must be representable).
+    lanes : sequence of int
+        Lanes per stage.
+    init : sequence of numpy.ndarray
+        Initial weight codes per stage, ``[N_out, N_in (+1)]``.
+
+    Attributes
+    ----------
+    samples : In(stream of forward tokens of the input vector)
+    results : Out(stream of result tokens), one per sample, in order.
+    idle : Out(1)
+        Every stage is between steps (the debug port reads only then).
+    dbg_stage, dbg_mem, dbg_addr : In
+        Which stage (0-based), memory (0 = W, 1 = V, 2 = w_prev) and row to read.
+    dbg_data : Out(max row bits)
+        The row, one cycle after the request.
+    saturation : Out(array of COUNTER_BITS)
+        Counters, in the order of :meth:`counter_names`.
+    """
+
+    def __init__(self, *, plan: Plan, lanes, init):
+        if not isinstance(plan, Plan):
+            raise TypeError(f"Plan must be a Plan, not {plan!r}")
+        lanes = tuple(lanes)
+        if len(lanes) != len(plan.stages):
+            raise ValueError(
+                f"Lanes must give one value per stage ({len(plan.stages)}), not {lanes!r}"
+            )
+        cfg = plan.config
+        classes = plan.stages[-1].n_out
+        stages = []
+        for i, st in enumerate(plan.stages):
+            x_role = plan.stages[max(i - 1, 0)].formats.activation
+            error_out = plan.stages[i - 1].formats.error if i else None
+            stages.append(
+                Stage(
+                    plan=st,
+                    x_role=x_role,
+                    error_out=error_out,
+                    classes=classes,
+                    bias=cfg.network.bias,
+                    prediction=cfg.optimizer.weight_prediction,
+                    seed=cfg.seed,
+                    lanes=lanes[i],
+                    init=np.asarray(init[i]),
+                )
+            )
+        last = plan.stages[-1]
+        self._plan = plan
+        self._stages = stages
+        self._loss = LossUnit(
+            kind=cfg.network.loss,
+            y_role=last.formats.activation,
+            error_role=last.formats.error,
+            classes=classes,
+            stage=last.index,
+            seed=cfg.seed,
+        )
+        first = plan.stages[0]
+        super().__init__(
+            {
+                "samples": In(
+                    stream.Signature(
+                        forward_token(first.n_in, first.formats.activation.format, classes)
+                    )
+                ),
+                "results": Out(
+                    stream.Signature(
+                        result_token(
+                            classes, last.formats.activation.format, last.formats.error.format
+                        )
+                    )
+                ),
+                "idle": Out(1),
+                "dbg_stage": In(range(max(2, len(stages)))),
+                "dbg_mem": In(2),
+                "dbg_addr": In(max(1, max(s.rows for s in stages) - 1).bit_length()),
+                "dbg_data": Out(max(s.row_bits for s in stages)),
+                "saturation": Out(data.ArrayLayout(COUNTER_BITS, len(self.counter_names()))),
+            }
+        )
+
+    @property
+    def plan(self) -> Plan:
+        return self._plan
+
+    @property
+    def stages(self) -> list[Stage]:
+        return list(self._stages)
+
+    @property
+    def loss_unit(self) -> LossUnit:
+        return self._loss
+
+    def counter_names(self) -> list[str]:
+        """Names of the saturation counters, as the golden model keys them."""
+        names = [
+            f"stage {s.plan.index} {role}" for s in self._stages for role in COUNTER_ROLES
+        ]
+        return names + [f"stage {len(self._stages)} loss"]
+
+    @property
+    def predicted_cycles_per_sample(self) -> int:
+        """Steady-state cycles per step: the slowest stage (the last one's loop includes the
+        loss unit)."""
+        per_stage = [s.cycles_per_step for s in self._stages]
+        per_stage[-1] += self._loss.latency
+        return max(per_stage)
+
+    def elaborate(self, platform):
+        m = Module()
+        for i, stage in enumerate(self._stages):
+            m.submodules[f"stage{i + 1}"] = stage
+        m.submodules.loss = self._loss
+        stages = self._stages
+        wiring.connect(m, wiring.flipped(self.samples), stages[0].fwd_i)
+        for a, b in zip(stages, stages[1:], strict=False):
+            wiring.connect(m, a.fwd_o, b.fwd_i)
+            wiring.connect(m, b.err_o, a.err_i)
+        wiring.connect(m, stages[-1].fwd_o, self._loss.fwd_i)
+        wiring.connect(m, self._loss.err_o, stages[-1].err_i)
+        wiring.connect(m, self._loss.result, wiring.flipped(self.results))
+
+        idle = Signal(init=1)
+        for s in stages:
+            idle = idle & s.idle
+        m.d.comb += self.idle.eq(idle)
+        n = 0
+        for s in stages:
+            m.d.comb += [s.dbg_addr.eq(self.dbg_addr), s.dbg_mem.eq(self.dbg_mem)]
+            for r in range(len(COUNTER_ROLES)):
+                m.d.comb += self.saturation[n].eq(s.saturation[r])
+                n += 1
+        m.d.comb += self.saturation[n].eq(self._loss.saturation)
+        with m.Switch(self.dbg_stage):
+            for i, s in enumerate(stages):
+                with m.Case(i):
+                    m.d.comb += self.dbg_data.eq(s.dbg_data)
+        return m
