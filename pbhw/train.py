@@ -118,7 +118,8 @@ def _accuracies(outputs: Any, labels: torch.Tensor) -> list[float]:
     return [float(a) for a in (out.argmax(-1) == labels.numpy()[None]).mean(1)]
 
 
-def _check_fits(config: Config, data: Dataset) -> None:
+def check_fits(config: Config, data: Dataset) -> None:
+    """Raise :class:`ConfigError` unless the network's input and output sizes fit ``data``."""
     layers = config.network.layers
     if data.num_features != layers[0] or data.num_classes > layers[-1]:
         raise ConfigError(
@@ -158,7 +159,7 @@ def train_many(
     if many and any(c.train.arith is not Arith.FIXED for c in configs):
         raise ConfigError("configs trained together must use train.arith = 'fixed'")
     data = dataset if dataset is not None else load_dataset(config.train.dataset)
-    _check_fits(config, data)
+    check_fits(config, data)
     gen = torch.Generator().manual_seed(config.seed)
     weights = initial_weights(plan)
     sgd_batch = config.optimizer.algorithm is Algorithm.SGD and config.train.arith is Arith.FLOAT

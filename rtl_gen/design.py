@@ -23,6 +23,13 @@ class Design:
     init: list[np.ndarray]
     network: Network
 
+    def discard(self) -> None:
+        """Mark the components as deliberately not elaborated (a manifest-only use), so that
+        Amaranth does not warn about them."""
+        net = self.network
+        for component in [net, net.loss_unit, *net.stages]:
+            component._MustUse__silence = True
+
 
 def fixed_plan(config: Config) -> Plan:
     """The config's plan with fixed-point arithmetic (constants must be representable)."""

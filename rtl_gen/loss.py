@@ -66,7 +66,13 @@ class LossUnit(wiring.Component):
     """
 
     def __init__(
-        self, *, kind: Loss, y_role: RoleFormat, error_role: RoleFormat, classes: int, stage: int,
+        self,
+        *,
+        kind: Loss,
+        y_role: RoleFormat,
+        error_role: RoleFormat,
+        classes: int,
+        stage: int,
         seed: int,
     ):
         if not isinstance(kind, Loss):
@@ -133,7 +139,10 @@ class LossUnit(wiring.Component):
             better = y[o] > best_y
             best = Mux(better, o, best)
             best_y = Mux(better, y[o], best_y)
-            sig_b, sig_y = Signal(label_bits(n), name=f"best{o}"), Signal(shape_of(yf), name=f"max{o}")
+            sig_b, sig_y = (
+                Signal(label_bits(n), name=f"best{o}"),
+                Signal(shape_of(yf), name=f"max{o}"),
+            )
             m.d.comb += [sig_b.eq(best), sig_y.eq(best_y)]
             best, best_y = sig_b, sig_y
 

@@ -318,8 +318,7 @@ class Stage(wiring.Component):
         for name, acc in (("forward", self._fwd_acc), ("backward", self._bwd_acc)):
             if acc.width > 62:
                 raise ValueError(
-                    f"stage {p.index}: the {name} accumulator needs {acc.width} bits, more "
-                    "than 62"
+                    f"stage {p.index}: the {name} accumulator needs {acc.width} bits, more than 62"
                 )
 
     # ------------------------------------------------------------------ elaboration
@@ -336,8 +335,9 @@ class Stage(wiring.Component):
         ]
         return tf.x0
 
-    def _rounder(self, m: Module, name: str, src: FixedFormat, role: RoleFormat, rng_role: str,
-                 step, index):
+    def _rounder(
+        self, m: Module, name: str, src: FixedFormat, role: RoleFormat, rng_role: str, step, index
+    ):
         rq = Requantizer(src=src, dst=role.format, rounding=role.rounding, overflow=role.overflow)
         m.submodules[f"rq_{name}"] = rq
         if role.rounding is Rounding.STOCHASTIC:
@@ -596,8 +596,11 @@ class Stage(wiring.Component):
                 ]
                 # The running sum of the row in progress: rows base_row + adv onwards.
                 m.d.sync += cur.eq(
-                    Mux(wrap, sums[adv_lo + 1] if adv_lo + 1 < groups else 0,
-                        sums[adv_lo] if adv_lo < groups else 0)
+                    Mux(
+                        wrap,
+                        sums[adv_lo + 1] if adv_lo + 1 < groups else 0,
+                        sums[adv_lo] if adv_lo < groups else 0,
+                    )
                 )
                 with m.If(row == self.rows - 1):
                     m.next = "FINISH"

@@ -15,7 +15,6 @@ from amaranth.hdl import Module, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from pbhw.config import Loss
 from pbhw.plan import Plan
 from rtl_gen.loss import LossUnit, result_token
 from rtl_gen.stage import COUNTER_BITS, COUNTER_ROLES, Stage, forward_token
@@ -125,9 +124,7 @@ class Network(wiring.Component):
 
     def counter_names(self) -> list[str]:
         """Names of the saturation counters, as the golden model keys them."""
-        names = [
-            f"stage {s.plan.index} {role}" for s in self._stages for role in COUNTER_ROLES
-        ]
+        names = [f"stage {s.plan.index} {role}" for s in self._stages for role in COUNTER_ROLES]
         return names + [f"stage {len(self._stages)} loss"]
 
     @property

