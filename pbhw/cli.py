@@ -229,6 +229,107 @@ def train(
         write_json(Path(json_out), result.to_json())
 
 
+@main.command()
+@config_argument
+@click.option("-o", "--output", "out_dir", required=True, help="Output directory (replaced).")
+@set_option
+@user_errors
+def generate(config: str, out_dir: str, sets: tuple[str, ...]) -> None:
+    """Generate the Verilog of CONFIG's training pipeline into a directory.
+
+    Writes <name>.v, <name>.sdc, memory init files ($readmemh) and manifest.json; the directory
+    appears only when everything is written."""
+    from rtl_gen.generate import generate as run_generate
+
+    cfg = load_config(config, sets)
+    click.echo(f"generating {cfg.name} ({' -> '.join(map(str, cfg.network.layers))}) ...")
+    out = run_generate(cfg, Path(out_dir))
+    m = out.manifest
+    click.echo(
+        f"lanes {', '.join(map(str, m['lanes']))}; {m['multipliers']['data']} data + "
+        f"{m['multipliers']['coefficient']} coefficient multipliers "
+        f"({m['dsp_blocks']} of {m['dsp_available']} DSP blocks on {m['device']}); "
+        f"{m['memory_bits']} memory bits"
+    )
+    click.echo(
+        f"predicted {m['predicted_cycles_per_sample']} cycles/sample "
+        f"({cfg.hardware.clock_mhz * 1e6 / m['predicted_cycles_per_sample']:.0f} samples/s at "
+        f"{cfg.hardware.clock_mhz:g} MHz), multiplier utilization "
+        f"{m['predicted_multiplier_utilization']:.2f}"
+    )
+    click.echo(
+        f"wrote {out.directory}/{m['files']['verilog']} and {len(m['files']['init']) + 2} "
+        "more files"
+    )
+
+
+@main.command()
+@config_argument
+@click.option(
+    "--samples",
+    type=int,
+    default=200,
+    show_default=True,
+    help="Training samples of the config's dataset to stream through.",
+)
+@click.option(
+    "--simulator",
+    type=click.Choice(["verilator", "icarus"]),
+    default="verilator",
+    show_default=True,
+)
+@click.option(
+    "--idle",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Probability of an idle cycle before each sample.",
+)
+@click.option(
+    "--backpressure",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Probability that the result stream is not ready in a cycle.",
+)
+@set_option
+@click.option("--json", "json_out", metavar="OUT", help="Write the result as JSON.")
+@user_errors
+def verify(
+    config: str,
+    samples: int,
+    simulator: str,
+    idle: float,
+    backpressure: float,
+    sets: tuple[str, ...],
+    json_out: str | None,
+) -> None:
+    """Simulate CONFIG's generated Verilog and compare it with the golden model, bit for bit.
+
+    Exit 0 with a one-line summary when every forward and error token, loss error, prediction,
+    final weight and velocity and saturation counter is equal; exit 1 naming the first
+    mismatch (step, stage, role, element, both codes) otherwise."""
+    from pbhw.toolchain import ToolError
+    from pbhw.verify import verify as run_verify
+
+    for name, p in (("--idle", idle), ("--backpressure", backpressure)):
+        if not 0.0 <= p < 1.0:
+            raise UserError(f"{name} must be a probability in [0, 1), not {p}")
+    cfg = load_config(config, sets)
+    click.echo(f"verifying {cfg.name} on {simulator} with {samples} samples ...", err=True)
+    try:
+        result = run_verify(
+            cfg, samples=samples, simulator=simulator, idle=idle, backpressure=backpressure
+        )
+    except ToolError as e:
+        raise UserError(str(e)) from None
+    if json_out:
+        write_json(Path(json_out), result.to_json())
+    click.echo(result.summary())
+    if not result.bit_exact:
+        sys.exit(1)
+
+
 def write_json(path: Path, payload: Any) -> None:
     """Write JSON atomically: a temporary file renamed into place."""
     import json
@@ -252,5 +353,17 @@ def _lanes(cfg: Config) -> str:
     return lanes if isinstance(lanes, str) else ", ".join(map(str, lanes))
 
 
+def _register_commands() -> None:
+    from pbhw.sweep_cli import sweep
+
+    main.add_command(sweep)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    # Run the importable module's group, so that commands defined in other modules (which
+    # import pbhw.cli) register on the same group.
+    from pbhw.cli import main as _main
+
+    _main()
+else:
+    _register_commands()

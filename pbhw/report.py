@@ -1,0 +1,350 @@
+"""Sweep reports: the Pareto front of accuracy against hardware cost, its plot and a Markdown page.
+
+The rows are those of :func:`pbhw.sweep.result_rows`: a ``grid`` table of the point's values,
+``test_accuracy`` (``None`` if training diverged), ``weight_bits`` and, when estimated, ``lut``,
+``dsp``, ``fmax_mhz``, ``throughput`` and the rest. The cost axis is DSP use, or LUT use when every
+point uses the same number of DSPs, or the weight memory in bits when nothing was estimated.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "COST_LABELS",
+    "cost_axis",
+    "pareto_front",
+    "pareto_keys",
+    "plot_pareto",
+    "point_label",
+    "render_markdown",
+    "write_atomic",
+]
+
+Row = Mapping[str, Any]
+
+COST_LABELS = {
+    "dsp": "DSP blocks",
+    "lut": "LUTs",
+    "weight_bits": "weight memory (bits)",
+}
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def pareto_front(points: Sequence[tuple[float | None, float | None]]) -> list[int]:
+    """Indices of the points ``(cost, accuracy)`` no other point dominates (cost no higher and
+    accuracy no lower, one of them strictly), sorted by cost. Points with a ``None`` are out."""
+    valid = [(c, a, i) for i, (c, a) in enumerate(points) if c is not None and a is not None]
+    front = []
+    for c, a, i in valid:
+        dominated = any(c2 <= c and a2 >= a and (c2 < c or a2 > a) for c2, a2, j in valid if j != i)
+        if not dominated:
+            front.append((c, -a, i))
+    return [i for _, _, i in sorted(front)]
+
+
+def cost_axis(rows: Sequence[Row]) -> str:
+    """The row column to plot accuracy against: ``dsp``, ``lut`` or ``weight_bits``."""
+    if rows and all(row.get("dsp") is not None for row in rows):
+        if len({row["dsp"] for row in rows}) > 1:
+            return "dsp"
+    if rows and all(row.get("lut") is not None for row in rows):
+        return "lut"
+    return "weight_bits"
+
+
+def pareto_keys(rows: Sequence[Row], axis: str) -> list[str]:
+    """The keys of the rows on the Pareto front of test accuracy against ``axis``."""
+    front = pareto_front([(row.get(axis), row.get("test_accuracy")) for row in rows])
+    return [rows[i]["key"] for i in front]
+
+
+def point_label(row: Row, grid_keys: Sequence[str]) -> str:
+    """The grid values of a row, each key shortened to its last parts that tell it apart from the
+    other keys: ``width=8 rounding=floor``, ``weight.width=8 error.width=12``."""
+    labels = []
+    for key in grid_keys:
+        parts = key.split(".")
+        for n in range(1, len(parts) + 1):
+            short = ".".join(parts[-n:])
+            if not any(other != key and other.endswith("." + short) for other in grid_keys):
+                break
+        labels.append(f"{short}={row['grid'][key]}")
+    return " ".join(labels)
+
+
+def plot_pareto(
+    path: Path, rows: Sequence[Row], axis: str, front: Sequence[str], grid_keys: Sequence[str]
+) -> None:
+    """Write a PNG of test accuracy against ``axis``, the Pareto front marked and connected."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    plotted = [r for r in rows if r.get(axis) is not None and r.get("test_accuracy") is not None]
+    on_front = {key: i for i, key in enumerate(front)}
+    others = [r for r in plotted if r["key"] not in on_front]
+    best = sorted((r for r in plotted if r["key"] in on_front), key=lambda r: on_front[r["key"]])
+    ax.scatter(
+        [r[axis] for r in others],
+        [100 * r["test_accuracy"] for r in others],
+        color="0.6",
+        label="grid point",
+        zorder=2,
+    )
+    ax.plot(
+        [r[axis] for r in best],
+        [100 * r["test_accuracy"] for r in best],
+        "o-",
+        color="tab:red",
+        label="Pareto front",
+        zorder=3,
+    )
+    for r in best:
+        ax.annotate(
+            point_label(r, grid_keys),
+            (r[axis], 100 * r["test_accuracy"]),
+            textcoords="offset points",
+            xytext=(4, -10),
+            fontsize=7,
+        )
+    missing = len(rows) - len(plotted)
+    title = f"test accuracy against {COST_LABELS[axis]}"
+    if missing:
+        title += f" ({missing} diverged point{'s' if missing > 1 else ''} not shown)"
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(COST_LABELS[axis])
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    write_atomic(path, buf.getvalue())
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return lines
+
+
+def render_markdown(
+    spec: Mapping[str, Any], rows: Sequence[Row], axis: str, front: Sequence[str]
+) -> str:
+    """The sweep report: command, every point sorted by accuracy, the Pareto front, the plot."""
+    grid_keys = [a["key"] for a in spec["grid"]]
+    estimated = bool(spec.get("estimate"))
+    metric_columns = ["test acc %", "saturation", "weight bits"]
+    if estimated:
+        metric_columns += ["LUT", "FF", "DSP", "BRAM bits", "Fmax MHz", "samples/s", "fits"]
+
+    def cells(row: Row) -> list[str]:
+        acc = row.get("test_accuracy")
+        out = [_fmt(row["grid"][k]) for k in grid_keys]
+        out += ["–" if acc is None else f"{100 * acc:.2f}"]
+        out += [_fmt(row.get("saturation_total")), _fmt(row["weight_bits"])]
+        if estimated:
+            keys = ("lut", "ff", "dsp", "bram_bits", "fmax_mhz", "throughput", "fits")
+            out += [_fmt(row.get(k)) for k in keys]
+        return out
+
+    on_front = set(front)
+    by_accuracy = sorted(
+        rows, key=lambda r: (r.get("test_accuracy") is None, -(r.get("test_accuracy") or 0.0))
+    )
+    front_rows = sorted(
+        (r for r in rows if r["key"] in on_front), key=lambda r: front.index(r["key"])
+    )
+    lines = [
+        f"# Sweep: {spec.get('name', 'pbhw')}",
+        "",
+        "```",
+        spec.get("command", "pbhw sweep"),
+        "```",
+        "",
+        f"{len(rows)} points over {', '.join(f'`{k}`' for k in grid_keys) or 'no grid keys'}; "
+        f"dataset {spec.get('dataset', '?')}, {spec.get('epochs', '?')} epoch(s).",
+        "",
+        "## Points by test accuracy",
+        "",
+        *_table(
+            [*grid_keys, *metric_columns, "front"],
+            [[*cells(r), "★" if r["key"] in on_front else ""] for r in by_accuracy],
+        ),
+        "",
+        f"## Pareto front: test accuracy against {COST_LABELS[axis]}",
+        "",
+        *_table([*grid_keys, *metric_columns], [cells(r) for r in front_rows]),
+        "",
+        "![Pareto front](pareto.png)",
+        "",
+    ]
+    diverged = [r for r in rows if r.get("diverged")]
+    if diverged:
+        lines += ["## Diverged points", ""]
+        lines += [f"* {point_label(r, grid_keys)}: {r['diverged']}" for r in diverged]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render_flow_report(s: Mapping[str, Any]) -> str:
+    """``report.md`` of ``pbhw flow``: an HLS-style report of the training accelerator."""
+    cfg, m, v, e = s["config"], s["manifest"], s["verify"], s["estimate"]
+    fixed, sgd = s["train_fixed"], s["train_sgd"]
+    opt, layers = cfg["optimizer"], cfg["network"]["layers"]
+    clock = m["clock_mhz"]
+    cycles = m["predicted_cycles_per_sample"]
+    fmax = e.get("fmax_mhz")
+    lines = [
+        f"# {cfg['name']}: PB training accelerator report",
+        "",
+        f"Network {' -> '.join(map(str, layers))} ({len(layers) - 1} pipeline stages), loss "
+        f"`{cfg['network']['loss']}`, PB with spike compensation "
+        f"{'on' if opt['spike_compensation'] else 'off'} and weight prediction "
+        f"`{opt['weight_prediction']}`; device `{m['device']}` at {clock:g} MHz.",
+        "",
+        "## Summary",
+        "",
+    ]
+    delta = 100 * (fixed["test_accuracy"] - sgd["test_accuracy"])
+    rows = [
+        (
+            "test accuracy, hardware arithmetic (PB, fixed point)",
+            f"{100 * fixed['test_accuracy']:.2f} %",
+        ),
+        (
+            f"test accuracy, float SGD baseline (batch {opt['reference_batch']})",
+            f"{100 * sgd['test_accuracy']:.2f} % (difference {delta:+.2f} points)",
+        ),
+        (
+            "RTL vs golden model",
+            ("**bit-exact**" if v["bit_exact"] else f"**MISMATCH**: {v['mismatch']}")
+            + f" ({v['samples']} samples, {v['steps']} steps, {v['simulator']})",
+        ),
+        (
+            "cycles per sample (predicted / measured)",
+            f"{cycles} / {v['measured_cycles_per_sample']}",
+        ),
+        ("Fmax (place and route)", "n/a" if fmax is None else f"{fmax:.1f} MHz"),
+        (
+            "training throughput at Fmax",
+            "n/a" if fmax is None else f"{fmax * 1e6 / cycles:,.0f} samples/s",
+        ),
+        (f"training throughput at {clock:g} MHz", f"{clock * 1e6 / cycles:,.0f} samples/s"),
+        ("multiplier utilization (predicted)", f"{m['predicted_multiplier_utilization']:.3f}"),
+        ("fits the device", "yes" if e["fits"] else f"**no**: short of {e['overflow']}"),
+    ]
+    lines += _table(("", "value"), rows) + ["", "![training curves](training.png)", ""]
+
+    lines += ["## Resources", ""]
+    res = []
+    for key, label in (("lut", "LUT"), ("ff", "FF"), ("dsp", "DSP"), ("bram_bits", "BRAM bits")):
+        if f"{key}_used" in e:
+            used, avail = e[f"{key}_used"], e[f"{key}_available"]
+            res.append((label, f"{used:,}", f"{avail:,}", f"{100 * used / max(1, avail):.1f} %"))
+    lines += _table(("resource", "used", "available", "share"), res)
+    lines += [
+        "",
+        f"Method: {e['method']} ({e['seconds']:.0f} s of tool time"
+        f"{', cached' if e.get('cached') else ''}).",
+        "",
+        "![resources](resources.png)",
+        "",
+    ]
+
+    lines += ["## Pipeline stages", ""]
+    stage_rows = []
+    for layer in m["layers"]:
+        stage_rows.append(
+            (
+                str(layer["stage"]),
+                f"{layer['n_in']}x{layer['n_out']}",
+                str(layer["delay"]),
+                str(layer["lanes"]),
+                str(layer["rows"]),
+                str(layer["cycles_per_step"]),
+                f"{layer['multipliers']['data']} + {layer['multipliers']['coefficient']}",
+                str(layer["dsp_blocks"]),
+                f"{sum(layer['memory_bits'].values()):,}",
+            )
+        )
+    lines += _table(
+        (
+            "stage",
+            "shape",
+            "delay D",
+            "lanes P",
+            "rows",
+            "cycles/step",
+            "multipliers (data + coeff.)",
+            "DSP blocks",
+            "memory bits",
+        ),
+        stage_rows,
+    )
+    over = m["cycle_overhead"]
+    lines += [
+        "",
+        f"A step takes rows + {over['stage']} cycles; the last stage also waits "
+        f"{over['loss_unit']} cycles for the loss unit. The slowest stage sets "
+        f"{cycles} cycles per sample.",
+        "",
+    ]
+
+    lines += ["## Number formats (stage 1)", ""]
+    fmt_rows = [
+        (
+            role,
+            f"{'s' if f['signed'] else 'u'}{f['width']}.{f['frac']}",
+            f["rounding"],
+            f["overflow"],
+        )
+        for role, f in m["formats"][0].items()
+    ]
+    lines += _table(("role", "format", "rounding", "overflow"), fmt_rows)
+    sat = {k: n for k, n in fixed.get("saturation", {}).items() if n}
+    lines += [
+        "",
+        "Saturation events during training: "
+        + (", ".join(f"{k} {n:,}" for k, n in sorted(sat.items())) or "none")
+        + ".",
+        "",
+    ]
+
+    t = s["timings"]
+    lines += ["## Flow", "", _fmt_timings(t), ""]
+    return "\n".join(lines)
+
+
+def _fmt_timings(t: Mapping[str, float]) -> str:
+    return "Wall time per step: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()) + "."

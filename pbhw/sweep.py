@@ -1,0 +1,557 @@
+"""Design-space sweeps: train (and optionally estimate) every point of a grid of config values.
+
+A grid is a list of axes ``KEY=V1,V2,...``; its points are the cartesian product, each a config
+with those ``--set`` values applied and validated up front (:func:`expand`), so a bad key or value
+is one :class:`~pbhw.config.ConfigError` before any work starts. Points that differ only in what
+:func:`pbhw.train.train_many` can vectorise (formats, rounding, update constants, in fixed-point
+arithmetic) are trained together in one batch (:func:`group_points`); the batches run in local
+processes or as Ray tasks (:func:`run_points`). Every finished point is recorded in
+``DIR/points/<key>.json`` (the key is a hash of the resolved config), so an interrupted sweep
+resumes from the finished points. The trainer is deterministic given the config, so the results
+do not depend on the backend, the number of workers or how points are batched.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import itertools
+import json
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pbhw.config import Arith, Config, ConfigError, apply_sets, from_dict
+from pbhw.report import write_atomic
+
+__all__ = [
+    "BACKENDS",
+    "ESTIMATE_COLUMNS",
+    "TRAIN_COLUMNS",
+    "GridAxis",
+    "Point",
+    "SweepError",
+    "check_trainable",
+    "config_key",
+    "estimate_point",
+    "expand",
+    "group_points",
+    "parse_grid",
+    "require_estimate",
+    "require_ray",
+    "result_rows",
+    "run_batch",
+    "run_points",
+    "weight_bits",
+    "write_results",
+]
+
+BACKENDS = ("local", "ray")
+
+#: Columns a point gets from :func:`estimate_point`, in table order.
+ESTIMATE_COLUMNS = (
+    "lut",
+    "ff",
+    "dsp",
+    "bram_bits",
+    "fmax_mhz",
+    "fits",
+    "cycles_per_sample",
+    "throughput",
+)
+
+#: Columns every point gets from training, in table order.
+TRAIN_COLUMNS = (
+    "test_accuracy",
+    "train_accuracy",
+    "final_loss",
+    "saturation_total",
+    "collapsed",
+    "diverged",
+)
+
+#: Optimizer keys that only change the update constants, which a batched run holds per config.
+_CONSTANT_KEYS = frozenset(
+    {"lr", "momentum", "reference_batch", "spike_compensation", "prediction_horizon"}
+)
+
+
+class SweepError(RuntimeError):
+    """A sweep cannot run as asked (e.g. its backend is not installed)."""
+
+
+# --------------------------------------------------------------------------------------------
+# The grid
+
+
+@dataclass(frozen=True)
+class GridAxis:
+    """One ``--grid KEY=V1,V2,...``: the key, each value's text (as for ``--set``) and value."""
+
+    key: str
+    texts: tuple[str, ...]
+    values: tuple[Any, ...]
+
+    def sets(self) -> list[str]:
+        return [f"{self.key}={text}" for text in self.texts]
+
+
+def _split_values(text: str) -> list[str]:
+    """Split on commas outside ``[...]``, ``{...}`` and quotes (``[8,4],[4,4]`` is two values)."""
+    parts, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts]
+
+
+def parse_grid(spec: str) -> GridAxis:
+    """Parse ``KEY=V1,V2,...``; each value is read like a ``--set`` value (a TOML scalar or
+    array, or a bare string)."""
+    key, sep, text = spec.partition("=")
+    key = key.strip()
+    example = "e.g. formats.weight.width=8,12,16"
+    if not sep or not key or not text.strip():
+        raise ConfigError(f"--grid takes KEY=V1,V2,... ({example}), not {spec!r}")
+    texts = _split_values(text)
+    if any(not t for t in texts):
+        raise ConfigError(f"--grid {key}: empty value in {text.strip()!r} ({example})")
+    # apply_sets parses a value exactly as --set does.
+    values = tuple(apply_sets({}, [f"v={t}"])["v"] for t in texts)
+    for i, value in enumerate(values):
+        if value in values[:i]:
+            raise ConfigError(f"--grid {key}: value {texts[i]!r} is listed twice")
+    return GridAxis(key, tuple(texts), values)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One grid point: the grid's values there and the validated config."""
+
+    values: dict[str, Any]
+    sets: tuple[str, ...]
+    config: Config
+    key: str
+
+    def describe(self) -> str:
+        return " ".join(self.sets) or "(base config)"
+
+
+def config_key(config: Config) -> str:
+    """A short hash of the resolved config (its ``name`` aside): the point's identity on disk."""
+    data = config.to_dict()
+    data.pop("name", None)
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def expand(
+    raw: Mapping[str, Any], axes: Sequence[GridAxis], sets: Sequence[str] = ()
+) -> list[Point]:
+    """Every point of the grid (the first axis varies slowest), each validated.
+
+    ``raw`` is the config file's contents and ``sets`` the ``--set`` overrides applied before
+    the grid's values. Raises :class:`ConfigError` naming the first bad point."""
+    keys = [axis.key for axis in axes]
+    for i, key in enumerate(keys):
+        if key in keys[:i]:
+            raise ConfigError(f"--grid {key} is given twice; list all its values in one --grid")
+    points = []
+    datasets: dict[str, Any] = {}  # each dataset is loaded (and checked) once
+    for combo in itertools.product(*(range(len(axis.values)) for axis in axes)):
+        point_sets = tuple(axis.sets()[i] for axis, i in zip(axes, combo, strict=True))
+        try:
+            config = from_dict(apply_sets(raw, [*sets, *point_sets]))
+            check_trainable(config, datasets)
+        except ConfigError as e:
+            where = " ".join(point_sets) or "the base config"
+            raise ConfigError(f"grid point {where}: {e}") from None
+        values = {axis.key: axis.values[i] for axis, i in zip(axes, combo, strict=True)}
+        points.append(Point(values, point_sets, config, config_key(config)))
+    return points
+
+
+def check_trainable(config: Config, datasets: dict[str, Any] | None = None) -> None:
+    """What the trainer would reject only once running: unrepresentable constants, accumulators
+    wider than the bit-exact model supports, a network that does not fit its dataset.
+
+    ``datasets`` caches the loaded datasets by spec across calls."""
+    from pbhw.datasets import load as load_dataset
+    from pbhw.plan import derive_plan
+    from pbhw.train import check_fits
+
+    plan = derive_plan(config)
+    if config.train.arith is Arith.FIXED:
+        from golden.fixed_arith import FixedArithmetic
+
+        FixedArithmetic(plan)
+    datasets = {} if datasets is None else datasets
+    spec = config.train.dataset
+    if spec not in datasets:
+        datasets[spec] = load_dataset(spec)
+    check_fits(config, datasets[spec])
+
+
+# --------------------------------------------------------------------------------------------
+# Batching
+
+
+def _batch_key(config: Config) -> str | None:
+    """Configs with equal keys can be trained in one :func:`~pbhw.train.train_many` run; ``None``
+    means the config trains alone (float arithmetic)."""
+    if config.train.arith is not Arith.FIXED:
+        return None
+    data = config.to_dict()
+    for key in ("name", "formats", "overrides", "hardware"):
+        data.pop(key)
+    data["optimizer"] = {k: v for k, v in data["optimizer"].items() if k not in _CONSTANT_KEYS}
+    return json.dumps(data, sort_keys=True)
+
+
+def group_points(points: Sequence[Point], max_batch: int | None = None) -> list[list[Point]]:
+    """Points in batches that one vectorised run can train, each at most ``max_batch`` long,
+    in grid order (a batch holds the points of one group in their order)."""
+    if max_batch is not None and max_batch < 1:
+        raise ValueError(f"max_batch must be a positive integer, not {max_batch!r}")
+    groups: dict[Any, list[Point]] = {}
+    for i, point in enumerate(points):
+        key = _batch_key(point.config)
+        groups.setdefault(("alone", i) if key is None else key, []).append(point)
+    size = max_batch or max((len(g) for g in groups.values()), default=1)
+    return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
+
+
+# --------------------------------------------------------------------------------------------
+# Work: one batch, run in a worker process, a Ray task or in-process
+
+
+def estimate_point(config: Config) -> dict[str, Any]:
+    """Resources, Fmax and cycles per sample of the hardware for ``config`` (synthesis and
+    place-and-route through :func:`pbhw.estimate.estimate`)."""
+    from pbhw import estimate as estimate_module
+
+    result = estimate_module.estimate(config, fast=False)
+    est = result.to_json()
+
+    def pick(*names: str) -> Any:
+        # Resource counts are "lut" or "lut_used" in an estimate's JSON row.
+        return next((est[n] for n in names if n in est), None)
+
+    cycles = pick("predicted_cycles_per_sample", "cycles_per_sample")
+    if cycles is None:
+        cycles = getattr(result, "predicted_cycles_per_sample", None)
+    out = {key: pick(key, f"{key}_used") for key in ("lut", "ff", "dsp", "bram_bits")}
+    out.update(fmax_mhz=est.get("fmax_mhz"), fits=est.get("fits"), cycles_per_sample=cycles)
+    return out
+
+
+def require_estimate() -> None:
+    """Raise :class:`SweepError` if :mod:`pbhw.estimate` cannot estimate a design."""
+    try:
+        from pbhw import estimate as estimate_module
+    except ImportError as e:
+        raise SweepError(f"--estimate needs pbhw.estimate, which cannot be imported: {e}") from None
+    if not callable(getattr(estimate_module, "estimate", None)):
+        raise SweepError("--estimate needs pbhw.estimate.estimate, which does not exist")
+
+
+def _train_record(result: Any, diverged: str | None) -> dict[str, Any]:
+    if diverged is not None:
+        return {**dict.fromkeys(TRAIN_COLUMNS), "diverged": diverged}
+    return {
+        "test_accuracy": result.test_accuracy,
+        "train_accuracy": result.train_accuracy,
+        "final_loss": result.final_loss,
+        "saturation_total": result.extra.get("saturation_total"),
+        "collapsed": result.extra["collapsed"],
+        "diverged": None,
+        "saturation": result.extra.get("saturation"),
+    }
+
+
+def run_batch(
+    configs: Sequence[Mapping[str, Any]],
+    estimate: bool = False,
+    estimator: Callable[[Config], dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Train the configs (resolved dictionaries, as :meth:`Config.to_dict` gives) in one run and,
+    with ``estimate``, estimate each; one record per config, as stored in ``points/``.
+
+    Takes dictionaries, not :class:`Config` objects, so it can be shipped to other processes."""
+    import time
+
+    from pbhw.train import TrainingDiverged, train_many
+
+    cfgs = [from_dict(c) for c in configs]
+    start = time.perf_counter()
+    try:
+        results = train_many(cfgs)
+        diverged = [r.extra.get("diverged") for r in results]
+    except TrainingDiverged as e:  # a config trained alone stops at divergence
+        results, diverged = [None], [str(e)]
+    seconds = (time.perf_counter() - start) / len(cfgs)
+    records = []
+    for cfg, result, div in zip(cfgs, results, diverged, strict=True):
+        record: dict[str, Any] = {
+            "key": config_key(cfg),
+            "config": cfg.to_dict(),
+            "train": _train_record(result, div),
+            "train_seconds": seconds,
+        }
+        if estimate:
+            start = time.perf_counter()
+            record["estimate"] = (estimator or estimate_point)(cfg)
+            record["estimate_seconds"] = time.perf_counter() - start
+        records.append(record)
+    return records
+
+
+def _init_worker(threads: int) -> None:
+    """Worker initializer: keep workers x threads within the machine's cores, and leave
+    Ctrl-C to the parent, which stops the pool."""
+    import signal
+
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(threads)
+    threadpool_limits(threads)
+
+
+def require_ray() -> Any:
+    """The ``ray`` module, or :class:`SweepError` saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise SweepError(
+            "--backend ray needs Ray, which is not installed: pip install 'pbhw[ray]'"
+        ) from None
+    return ray
+
+
+Batch = list[dict[str, Any]]
+
+
+def _run_in_process(batches: Sequence[Batch], estimate: bool, estimator: Any) -> Iterator[Batch]:
+    for batch in batches:
+        yield run_batch(batch, estimate, estimator)
+
+
+def _run_local(
+    batches: Sequence[Batch], estimate: bool, estimator: Any, workers: int
+) -> Iterator[Batch]:
+    import multiprocessing
+
+    # spawn, not fork: forking a process that has used torch's thread pool can deadlock.
+    # A multiprocessing pool rather than concurrent.futures: on an interrupt or an error it
+    # can stop the workers at once (terminate) instead of letting them finish queued batches.
+    context = multiprocessing.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    pool = context.Pool(workers, initializer=_init_worker, initargs=(threads,))
+    try:
+        jobs = [(batch, estimate, estimator) for batch in batches]
+        yield from pool.imap_unordered(_run_batch_job, jobs)
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def _run_batch_job(job: tuple[Batch, bool, Any]) -> list[dict[str, Any]]:
+    return run_batch(*job)
+
+
+def _run_ray(
+    batches: Sequence[Batch],
+    estimate: bool,
+    estimator: Any,
+    workers: int,
+    address: str | None,
+) -> Iterator[Batch]:
+    ray = require_ray()
+    started = not ray.is_initialized()
+    if started:
+        options: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR"}
+        if address:
+            ray.init(address=address, **options)
+        else:
+            ray.init(num_cpus=workers, **options)
+    pending: list[Any] = []
+    try:
+        task = ray.remote(num_cpus=1, max_retries=0)(run_batch)
+        pending = [task.remote(batch, estimate, estimator) for batch in batches]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(done[0])
+    finally:
+        for ref in pending:
+            ray.cancel(ref)
+        if started:
+            ray.shutdown()
+
+
+def run_points(
+    points: Sequence[Point],
+    out_dir: Path,
+    *,
+    estimate: bool = False,
+    backend: str = "local",
+    workers: int | None = None,
+    address: str | None = None,
+    estimator: Callable[[Config], dict[str, Any]] | None = None,
+    on_start: Callable[[int, int, int], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Run the unfinished points and return every point's record by key.
+
+    Finished points are read from ``out_dir/points``; each newly finished point is written
+    there at once. ``on_start(total, resumed, batches)`` is called before the work starts and
+    ``on_batch(points)`` as each batch finishes. ``estimator`` replaces :func:`estimate_point`
+    (it must be picklable by reference for process and Ray backends)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+    workers = workers or os.cpu_count() or 1
+    if estimate and estimator is None:
+        estimator = estimate_point  # looked up here so that a replacement reaches the workers
+    store = out_dir / "points"
+    records: dict[str, dict[str, Any]] = {}
+    todo: list[Point] = []
+    for point in {p.key: p for p in points}.values():
+        record = _read_record(store / f"{point.key}.json", point.key, estimate)
+        if record is None:
+            todo.append(point)
+        else:
+            records[point.key] = record
+    batches = [
+        [p.config.to_dict() for p in batch]
+        for batch in group_points(todo, max_batch=math.ceil(len(todo) / workers) or None)
+    ]
+    if on_start is not None:
+        on_start(len(records) + len(todo), len(records), len(batches))
+    if not batches:
+        return records
+    if backend == "ray":
+        finished = _run_ray(batches, estimate, estimator, workers, address)
+    elif workers == 1 or len(batches) == 1:
+        finished = _run_in_process(batches, estimate, estimator)
+    else:
+        finished = _run_local(batches, estimate, estimator, min(workers, len(batches)))
+    try:
+        for batch in finished:
+            for record in batch:
+                write_atomic(store / f"{record['key']}.json", _dumps(record))
+                records[record["key"]] = record
+            if on_batch is not None:
+                on_batch(len(batch))
+    finally:
+        finished.close()  # stops the workers if the loop ended early (Ctrl-C, an error)
+    return records
+
+
+def _read_record(path: Path, key: str, estimate: bool) -> dict[str, Any] | None:
+    """A finished point's record, or ``None`` if absent, unreadable or missing the estimate."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("key") != key or "train" not in record:
+        return None
+    if estimate and "estimate" not in record:
+        return None
+    return record
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+
+
+def weight_bits(config: Config) -> int:
+    """Bits of weight memory: every stage's weights (and biases) at its weight width."""
+    bias = 1 if config.network.bias else 0
+    layers = config.network.layers
+    return sum(
+        (n_in + bias) * n_out * fmt.weight.format.width
+        for n_in, n_out, fmt in zip(layers[:-1], layers[1:], config.layer_formats, strict=True)
+    )
+
+
+def result_rows(
+    points: Sequence[Point], records: Mapping[str, Mapping[str, Any]], estimate: bool
+) -> list[dict[str, Any]]:
+    """One row per point, in grid order: the grid's values, training results, and with
+    ``estimate`` resources, Fmax and throughput (samples/s). No timings, so rows are the same
+    whatever ran them."""
+    rows = []
+    for point in points:
+        record = records[point.key]
+        train = record["train"]
+        row: dict[str, Any] = {
+            "grid": dict(point.values),
+            **{column: train[column] for column in TRAIN_COLUMNS},
+            "saturation": train.get("saturation"),
+            "weight_bits": weight_bits(point.config),
+        }
+        if estimate:
+            est = record["estimate"]
+            row.update({column: est.get(column) for column in ESTIMATE_COLUMNS[:-1]})
+            fmax, cycles = est.get("fmax_mhz"), est.get("cycles_per_sample")
+            row["throughput"] = fmax * 1e6 / cycles if fmax and cycles else None
+        row["key"] = point.key
+        rows.append(row)
+    return rows
+
+
+def _csv_text(rows: Sequence[Mapping[str, Any]], grid_keys: Sequence[str]) -> str:
+    columns = [*grid_keys] + [k for k in rows[0] if k not in ("grid", "saturation")]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        cells = [row["grid"][k] for k in grid_keys] + [row[k] for k in columns[len(grid_keys) :]]
+        writer.writerow(["" if v is None else _cell(v) for v in cells])
+    return out.getvalue()
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def _dumps(payload: Any) -> str:
+    return json.dumps(payload, indent=2, allow_nan=False) + "\n"
+
+
+def write_results(
+    out_dir: Path,
+    spec: Mapping[str, Any],
+    rows: Sequence[Mapping[str, Any]],
+) -> None:
+    """Write ``results.csv``, ``results.json``, ``pareto.png`` and ``report.md`` (atomically)."""
+    from pbhw import report
+
+    grid_keys = [axis["key"] for axis in spec["grid"]]
+    axis = report.cost_axis(rows)
+    front = report.pareto_keys(rows, axis)
+    payload = {"spec": dict(spec), "cost_axis": axis, "pareto": front, "points": list(rows)}
+    write_atomic(out_dir / "results.csv", _csv_text(rows, grid_keys))
+    write_atomic(out_dir / "results.json", _dumps(payload))
+    report.plot_pareto(out_dir / "pareto.png", rows, axis, front, grid_keys)
+    write_atomic(out_dir / "report.md", report.render_markdown(spec, rows, axis, front))

@@ -1,0 +1,218 @@
+"""``pbhw sweep``: train (and estimate) every point of a grid of config values.
+
+Registered on the ``pbhw`` group in :mod:`pbhw.cli`; the engine is :mod:`pbhw.sweep`.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from pbhw import sweep as engine
+from pbhw.cli import UserError, config_argument, load_config, set_option, user_errors
+
+__all__ = ["sweep"]
+
+
+@click.command("sweep")
+@config_argument
+@click.option(
+    "--grid",
+    "grids",
+    multiple=True,
+    required=True,
+    metavar="KEY=V1,V2,...",
+    help="A grid axis, e.g. --grid formats.weight.width=8,12,16 (repeatable; the points are "
+    "every combination). Values are read like --set values.",
+)
+@click.option(
+    "--dataset", help="Dataset: digits, mnist1d, cifar10:PATH or npz:PATH (sets train.dataset)."
+)
+@click.option("--epochs", type=click.IntRange(min=1), help="Number of epochs (sets train.epochs).")
+@click.option(
+    "--arith",
+    type=click.Choice(["float", "fixed"]),
+    help="Arithmetic (sets train.arith). Default: fixed, the bit-exact hardware model, since a "
+    "sweep compares number formats; --set train.arith=float or --arith float overrides it.",
+)
+@click.option(
+    "--estimate",
+    is_flag=True,
+    help="Also estimate each point's hardware: LUT/FF/DSP/BRAM, Fmax and throughput.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(list(engine.BACKENDS)),
+    default="local",
+    show_default=True,
+    help="Run the points in local processes or as Ray tasks.",
+)
+@click.option(
+    "--address",
+    help="Ray cluster address for --backend ray (default: start a local Ray).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Parallel workers (local processes, or the CPUs of a local Ray). Default: CPU count.",
+)
+@set_option
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Output folder: results.csv, results.json, pareto.png, report.md, points/.",
+)
+@user_errors
+def sweep(
+    config: str,
+    grids: tuple[str, ...],
+    dataset: str | None,
+    epochs: int | None,
+    arith: str | None,
+    estimate: bool,
+    backend: str,
+    address: str | None,
+    workers: int | None,
+    sets: tuple[str, ...],
+    output: str,
+) -> None:
+    """Train every point of a grid over CONFIG's keys and report accuracy against hardware cost.
+
+    Points that differ only in formats, rounding or update constants train together in one
+    vectorised fixed-point run. Finished points are kept in OUTPUT/points, so rerunning an
+    interrupted sweep resumes it.
+    """
+    if address and backend != "ray":
+        raise UserError("--address is for --backend ray")
+    try:
+        if backend == "ray":
+            engine.require_ray()
+        if estimate:
+            engine.require_estimate()
+    except engine.SweepError as e:
+        raise UserError(str(e)) from None
+    axes = [engine.parse_grid(spec) for spec in grids]
+    extra = [
+        f"{key}={value}"
+        for key, value in (
+            ("train.dataset", None if dataset is None else f'"{dataset}"'),
+            ("train.epochs", epochs),
+            ("train.arith", None if arith is None else f'"{arith}"'),
+        )
+        if value is not None
+    ]
+    base = load_config(config, ())
+    points = engine.expand(base.to_dict(), axes, ['train.arith="fixed"', *sets, *extra])
+
+    out_dir = Path(output)
+    first = points[0].config
+    spec: dict[str, Any] = {
+        "command": _command(config, grids, dataset, epochs, arith, estimate, sets, output),
+        "config": config,
+        "name": first.name,
+        "sets": list(sets),
+        "grid": [{"key": a.key, "values": list(a.values)} for a in axes],
+        "dataset": _common(p.config.train.dataset for p in points),
+        "epochs": _common(p.config.train.epochs for p in points),
+        "arith": _common(p.config.train.arith.value for p in points),
+        "estimate": estimate,
+    }
+    console = Console(stderr=True, highlight=False)
+    progress = Progress(
+        TextColumn("sweep"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    task = progress.add_task("points", total=len(points))
+
+    def on_start(total: int, resumed: int, batches: int) -> None:
+        if total < len(points):
+            console.print(f"{len(points) - total} grid points share a config with another")
+        where = address or "local"
+        runs_on = (
+            f"Ray ({where})"
+            if backend == "ray"
+            else f"{min(workers or os.cpu_count() or 1, max(batches, 1))} local process(es)"
+        )
+        console.print(
+            f"{total} points: {resumed} resumed from {out_dir / 'points'}, "
+            f"{total - resumed} to run in {batches} batch(es) on {runs_on}"
+        )
+        progress.update(task, total=total, completed=resumed)
+        progress.start()
+
+    try:
+        records = engine.run_points(
+            points,
+            out_dir,
+            estimate=estimate,
+            backend=backend,
+            workers=workers,
+            address=address,
+            on_start=on_start,
+            on_batch=lambda n: progress.advance(task, n),
+        )
+    except KeyboardInterrupt:
+        progress.stop()  # before the message, so that the bar does not overwrite it
+        console.print(
+            f"interrupted: finished points are kept in {out_dir / 'points'}; "
+            "rerun the same command to resume"
+        )
+        sys.exit(130)
+    finally:
+        progress.stop()
+    rows = engine.result_rows(points, records, estimate)
+    engine.write_results(out_dir, spec, rows)
+    best = max(
+        (r for r in rows if r["test_accuracy"] is not None),
+        key=lambda r: r["test_accuracy"],
+        default=None,
+    )
+    if best is not None:
+        values = " ".join(f"{k}={v}" for k, v in best["grid"].items())
+        click.echo(f"best test accuracy {100 * best['test_accuracy']:.2f}% at {values}")
+    diverged = sum(1 for r in rows if r["diverged"])
+    if diverged:
+        click.echo(f"warning: {diverged} point(s) diverged (see report.md)", err=True)
+    click.echo(f"wrote {out_dir / 'results.csv'}, results.json, pareto.png, report.md")
+
+
+def _common(values: Any) -> Any:
+    """The one value all points share, or ``"(varies)"``."""
+    distinct = list(dict.fromkeys(values))
+    return distinct[0] if len(distinct) == 1 else "(varies)"
+
+
+def _command(
+    config: str,
+    grids: tuple[str, ...],
+    dataset: str | None,
+    epochs: int | None,
+    arith: str | None,
+    estimate: bool,
+    sets: tuple[str, ...],
+    output: str,
+) -> str:
+    """The command line that reproduces the sweep's results (backend options aside)."""
+    args = ["pbhw", "sweep", config]
+    for grid in grids:
+        args += ["--grid", grid]
+    for name, value in (("--dataset", dataset), ("--epochs", epochs), ("--arith", arith)):
+        if value is not None:
+            args += [name, str(value)]
+    if estimate:
+        args.append("--estimate")
+    for item in sets:
+        args += ["--set", item]
+    return shlex.join([*args, "-o", output])

@@ -1,0 +1,113 @@
+"""Sweep reports: the Pareto front, the cost axis, the plot and the Markdown page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pbhw.report import (
+    cost_axis,
+    pareto_front,
+    pareto_keys,
+    plot_pareto,
+    point_label,
+    render_markdown,
+    write_atomic,
+)
+
+
+def test_pareto_front_keeps_exactly_the_undominated_points_sorted_by_cost():
+    points = [
+        (1.0, 0.50),  # 0 front
+        (2.0, 0.70),  # 1 front
+        (2.0, 0.60),  # 2 dominated by 1 (same cost, lower accuracy)
+        (3.0, 0.70),  # 3 dominated by 1 (higher cost, same accuracy)
+        (0.5, 0.40),  # 4 front: cheapest
+        (None, 0.90),  # 5 no cost: out
+        (4.0, None),  # 6 diverged: out
+        (5.0, 0.95),  # 7 front: most accurate
+        (4.0, 0.65),  # 8 dominated by 1
+    ]
+    assert pareto_front(points) == [4, 0, 1, 7]
+
+
+def test_pareto_front_keeps_ties_and_handles_degenerate_inputs():
+    assert pareto_front([(1, 0.5), (1, 0.5)]) == [0, 1]
+    assert pareto_front([]) == []
+    assert pareto_front([(None, None)]) == []
+    assert pareto_front([(3, 0.2)]) == [0]
+
+
+def _row(key, acc, **extra):
+    return {"key": key, "grid": {"formats.weight.width": key}, "test_accuracy": acc, **extra}
+
+
+def test_cost_axis_is_dsp_then_lut_then_weight_bits():
+    assert cost_axis([_row(1, 0.5, dsp=2, lut=9), _row(2, 0.6, dsp=4, lut=9)]) == "dsp"
+    assert cost_axis([_row(1, 0.5, dsp=2, lut=9), _row(2, 0.6, dsp=2, lut=7)]) == "lut"
+    assert cost_axis([_row(1, 0.5, weight_bits=8), _row(2, 0.6, weight_bits=12)]) == ("weight_bits")
+    rows = [_row(8, 0.5, dsp=1), _row(12, 0.7, dsp=3), _row(16, 0.6, dsp=5)]
+    assert pareto_keys(rows, "dsp") == [8, 12]
+
+
+def _spec():
+    return {
+        "command": "pbhw sweep c.toml --grid formats.weight.width=8,12,16 -o out",
+        "name": "demo",
+        "grid": [{"key": "formats.weight.width", "values": [8, 12, 16]}],
+        "dataset": "digits",
+        "epochs": 1,
+        "estimate": False,
+    }
+
+
+def _rows():
+    return [
+        _row(8, 0.40, weight_bits=800, saturation_total=10, diverged=None),
+        _row(12, 0.90, weight_bits=1200, saturation_total=0, diverged=None),
+        _row(16, 0.85, weight_bits=1600, saturation_total=0, diverged=None),
+        _row(20, None, weight_bits=2000, saturation_total=None, diverged="training diverged"),
+    ]
+
+
+def test_point_labels_shorten_keys_but_keep_them_apart():
+    row = {"grid": {"formats.weight.width": 8, "formats.error.width": 12, "seed": 1}}
+    assert point_label(row, list(row["grid"])) == "weight.width=8 error.width=12 seed=1"
+    assert point_label(row, ["formats.weight.width", "seed"]) == "width=8 seed=1"
+
+
+def test_markdown_lists_points_by_accuracy_then_the_front(tmp_path):
+    rows = _rows()
+    text = render_markdown(_spec(), rows, "weight_bits", pareto_keys(rows, "weight_bits"))
+    assert _spec()["command"] in text
+    table = text.split("## Points by test accuracy")[1].split("## Pareto front")[0]
+    order = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")]
+    assert order[1:] == ["12", "16", "8", "20"]  # after the header; diverged last
+    front = text.split("## Pareto front")[1].split("![")[0]
+    assert "| 8 |" in front and "| 12 |" in front and "| 16 |" not in front
+    assert "## Diverged points" in text and "width=20: training diverged" in text
+
+
+def test_plot_is_a_png_written_atomically(tmp_path):
+    rows = _rows()
+    path = tmp_path / "pareto.png"
+    plot_pareto(
+        path, rows, "weight_bits", pareto_keys(rows, "weight_bits"), ["formats.weight.width"]
+    )
+    assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["pareto.png"]
+
+
+def test_write_atomic_leaves_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / "report.md"
+    write_atomic(path, "old\n")
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("pbhw.report.os.replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(path, "new\n")
+    assert path.read_text() == "old\n"
+    assert sorted(p.name for p in Path(tmp_path).iterdir()) == ["report.md"]

@@ -1,0 +1,393 @@
+"""Sweeps: grid parsing and validation, batching, determinism, resume, outputs, backends."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import pbhw.sweep as engine
+from pbhw.config import ConfigError
+from pbhw.datasets import load as load_dataset
+from pbhw.sweep import GridAxis, expand, group_points, parse_grid, run_batch, run_points
+from pbhw.sweep_cli import sweep
+from pbhw.train import train
+
+#: A small network on a slice of digits: a fixed-point epoch takes a fraction of a second.
+TINY = """\
+name = "tiny"
+[network]
+layers = [64, 12, 10]
+[train]
+dataset = "npz:{data}"
+epochs = 1
+arith = "fixed"
+"""
+
+GRID = [
+    "--grid",
+    "formats.weight.width=10,12,14",
+    "--grid",
+    "formats.weight.rounding=half_even,stochastic",
+]
+
+
+@pytest.fixture(scope="session")
+def digits_slice(tmp_path_factory) -> Path:
+    data = load_dataset("digits")
+    path = tmp_path_factory.mktemp("data") / "digits_slice.npz"
+    np.savez(
+        path,
+        X=data.x_train[:300].numpy(),
+        y=data.y_train[:300].numpy(),
+        X_test=data.x_test[:100].numpy(),
+        y_test=data.y_test[:100].numpy(),
+    )
+    return path
+
+
+@pytest.fixture
+def tiny(tmp_path: Path, digits_slice: Path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY.format(data=digits_slice))
+    return path
+
+
+@pytest.fixture
+def raw(digits_slice: Path) -> dict:
+    return {
+        "name": "tiny",
+        "network": {"layers": [64, 12, 10]},
+        "train": {"epochs": 1, "arith": "fixed", "dataset": f"npz:{digits_slice}"},
+    }
+
+
+def _run(args: list[str]):
+    return CliRunner().invoke(sweep, args, catch_exceptions=False)
+
+
+def fake_estimate(config) -> dict:
+    """A deterministic stand-in for pbhw.estimate (plumbing tests only): cost grows with width."""
+    width = config.formats.weight.format.width
+    stochastic = config.formats.weight.rounding.value == "stochastic"
+    return {
+        "lut": 1000 * width + (300 if stochastic else 0),
+        "ff": 800 * width,
+        "dsp": 2 * width,
+        "bram_bits": 64 * 12 * width,
+        "fmax_mhz": 150.0 - width,
+        "fits": True,
+        "cycles_per_sample": 400,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# grid
+
+
+def test_grid_values_are_read_like_set_values():
+    assert parse_grid("formats.weight.width=8,12,16") == GridAxis(
+        "formats.weight.width", ("8", "12", "16"), (8, 12, 16)
+    )
+    assert parse_grid("formats.weight.rounding=floor, half_even").values == ("floor", "half_even")
+    assert parse_grid('train.dataset="digits",mnist1d').values == ("digits", "mnist1d")
+    assert parse_grid("optimizer.lr=0.05,1e-2").values == (0.05, 0.01)
+    assert parse_grid("hardware.lanes=[1,2],[2, 4]").values == ([1, 2], [2, 4])
+    assert parse_grid("optimizer.spike_compensation=true,false").values == (True, False)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("formats.weight.width", "KEY=V1,V2"),
+        ("=8,12", "KEY=V1,V2"),
+        ("formats.weight.width=", "KEY=V1,V2"),
+        ("formats.weight.width=8,,12", "empty value"),
+        ("formats.weight.width=8,12,8", "listed twice"),
+    ],
+)
+def test_malformed_grid_is_a_config_error(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_grid(spec)
+
+
+def test_points_are_the_cartesian_product_in_grid_order(raw):
+    axes = [parse_grid("formats.weight.width=10,12"), parse_grid("seed=1,2,3")]
+    points = expand(raw, axes)
+    assert [(p.values["formats.weight.width"], p.values["seed"]) for p in points] == [
+        (10, 1),
+        (10, 2),
+        (10, 3),
+        (12, 1),
+        (12, 2),
+        (12, 3),
+    ]
+    assert points[4].config.formats.weight.format.width == 12 and points[4].config.seed == 2
+    assert len({p.key for p in points}) == 6
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("formats.wieght.width=8,12", "unknown config key 'formats.wieght'.*did you mean"),
+        ("formats.weight.width=8,99", r"grid point formats.weight.width=99: .*width"),
+        ("formats.weight.rounding=floor,nearest", "grid point .*must be one of"),
+        ("network.layers=[64,10],[63,10]", "grid point .*needs 64 inputs"),
+        ("formats.weight.width=8,40", "grid point .*bits"),  # accumulator too wide to model
+    ],
+)
+def test_a_bad_grid_point_is_one_config_error_naming_it(raw, spec, message):
+    with pytest.raises(ConfigError, match=message):
+        expand(raw, [parse_grid(spec)])
+
+
+def test_cli_bad_grid_exits_2_and_writes_nothing(tiny, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        sweep, [str(tiny), "--grid", "formats.weight.widht=8,12", "-o", str(out)]
+    )
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: grid point formats.weight.widht=8")
+    assert "did you mean 'formats.weight.width'" in result.stderr
+    assert not out.exists()
+
+
+def test_cli_grid_key_twice_and_address_without_ray_are_errors(tiny, tmp_path):
+    out = tmp_path / "out"
+    twice = ["--grid", "seed=1,2", "--grid", "seed=3"]
+    result = CliRunner().invoke(sweep, [str(tiny), *twice, "-o", str(out)])
+    assert result.exit_code == 2 and "given twice" in result.stderr
+    result = CliRunner().invoke(sweep, [str(tiny), *GRID, "--address", "auto", "-o", str(out)])
+    assert result.exit_code == 2 and "--address is for --backend ray" in result.stderr
+    assert not out.exists()
+
+
+def test_missing_ray_says_how_to_install_it(tiny, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    out = tmp_path / "out"
+    result = CliRunner().invoke(sweep, [str(tiny), *GRID, "--backend", "ray", "-o", str(out)])
+    assert result.exit_code == 2
+    assert "pip install 'pbhw[ray]'" in result.stderr
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# batching and determinism
+
+
+def test_points_that_differ_in_formats_and_constants_share_a_batch(raw):
+    axes = [
+        parse_grid("formats.weight.width=10,12"),
+        parse_grid("optimizer.lr=0.05,0.1"),
+        parse_grid("network.layers=[64,12,10],[64,8,10]"),
+    ]
+    points = expand(raw, axes)
+    batches = group_points(points)
+    assert len(batches) == 2  # one per network shape, each holding 2 widths x 2 lrs
+    for batch in batches:
+        assert len(batch) == 4
+        assert len({p.config.network.layers for p in batch}) == 1
+    assert [len(b) for b in group_points(points, max_batch=3)] == [3, 1, 3, 1]
+
+
+def test_float_points_and_points_with_other_seeds_train_apart(raw):
+    axes = [parse_grid("seed=1,2"), parse_grid("train.arith=fixed,float")]
+    batches = group_points(expand(raw, axes))
+    assert sorted(len(b) for b in batches) == [1, 1, 1, 1]
+
+
+def test_batched_results_equal_one_by_one_runs(raw):
+    axes = [
+        parse_grid("formats.weight.width=10,14"),
+        parse_grid("formats.weight.rounding=half_even,stochastic"),
+    ]
+    points = expand(raw, axes)
+    (batch,) = group_points(points)
+    records = run_batch([p.config.to_dict() for p in batch])
+    for point, record in zip(points, records, strict=True):
+        alone = train(point.config)
+        assert record["key"] == point.key
+        assert record["train"]["test_accuracy"] == alone.test_accuracy
+        assert record["train"]["final_loss"] == alone.final_loss
+        assert record["train"]["saturation"] == alone.extra["saturation"]
+
+
+# --------------------------------------------------------------------------------------------
+# the command: outputs, resume
+
+
+def _rows(out: Path) -> list[dict]:
+    with open(out / "results.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_sweep_writes_csv_json_png_and_report(tiny, tmp_path):
+    out = tmp_path / "out"
+    result = _run([str(tiny), *GRID, "--workers", "1", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "6 points: 0 resumed" in result.stderr
+    assert "best test accuracy" in result.stdout
+    rows = _rows(out)
+    assert len(rows) == 6
+    assert list(rows[0])[:3] == ["formats.weight.width", "formats.weight.rounding", "test_accuracy"]
+    assert [(r["formats.weight.width"], r["formats.weight.rounding"]) for r in rows[:2]] == [
+        ("10", "half_even"),
+        ("10", "stochastic"),
+    ]
+    assert all(0.0 <= float(r["test_accuracy"]) <= 1.0 for r in rows)
+    data = json.loads((out / "results.json").read_text())
+    assert data["spec"]["grid"][0] == {"key": "formats.weight.width", "values": [10, 12, 14]}
+    assert data["spec"]["command"].startswith("pbhw sweep ")
+    assert data["cost_axis"] == "weight_bits"
+    assert set(data["pareto"]) <= {p["key"] for p in data["points"]}
+    assert all("saturation" in p for p in data["points"])
+    assert (out / "pareto.png").read_bytes().startswith(b"\x89PNG")
+    report = (out / "report.md").read_text()
+    assert data["spec"]["command"] in report and "## Pareto front" in report
+    assert len(list((out / "points").glob("*.json"))) == 6
+    assert not list(out.glob(".*"))  # no temporary files left behind
+
+
+def test_rerun_resumes_and_computes_only_missing_points(tiny, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    args = [str(tiny), *GRID, "--workers", "1", "-o", str(out)]
+    assert _run(args).exit_code == 0
+    before = (out / "results.csv").read_text()
+    computed: list[str] = []
+    real_run_batch = engine.run_batch
+
+    def counting_run_batch(configs, *rest):
+        computed.extend(c["formats"]["weight"]["width"] for c in configs)
+        return real_run_batch(configs, *rest)
+
+    monkeypatch.setattr(engine, "run_batch", counting_run_batch)
+    result = _run(args)
+    assert "6 points: 6 resumed" in result.stderr and computed == []
+
+    point_files = sorted((out / "points").glob("*.json"))
+    victim = json.loads(point_files[0].read_text())
+    point_files[0].unlink()
+    result = _run(args)
+    assert "6 points: 5 resumed" in result.stderr
+    assert computed == [victim["config"]["formats"]["weight"]["width"]]
+    assert (out / "results.csv").read_text() == before
+
+    # Another grid in the same folder: the shared points are resumed, the new one computed.
+    computed.clear()
+    grid = ["--grid", "formats.weight.width=12,16", "--grid", "formats.weight.rounding=half_even"]
+    result = _run([str(tiny), *grid, "--workers", "1", "-o", str(out)])
+    assert "2 points: 1 resumed" in result.stderr and computed == [16]
+    assert len(_rows(out)) == 2
+
+
+def test_estimate_columns_and_throughput_plumbing(tiny, tmp_path, monkeypatch):
+    """Plumbing only: pbhw.estimate is replaced by a deterministic fake (the real end-to-end
+    test lives with the estimator)."""
+    monkeypatch.setattr(engine, "estimate_point", fake_estimate)
+    monkeypatch.setattr(engine, "require_estimate", lambda: None)
+    out = tmp_path / "out"
+    result = _run([str(tiny), *GRID, "--estimate", "--workers", "1", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = _rows(out)
+    for row in rows:
+        width = int(row["formats.weight.width"])
+        assert int(row["dsp"]) == 2 * width and row["fits"] == "true"
+        assert float(row["throughput"]) == pytest.approx((150.0 - width) * 1e6 / 400)
+    data = json.loads((out / "results.json").read_text())
+    assert data["cost_axis"] == "dsp"
+    assert "Fmax MHz" in (out / "report.md").read_text()
+
+    # An earlier run without --estimate does not count as finished for an --estimate run.
+    out2 = tmp_path / "out2"
+    assert _run([str(tiny), *GRID, "--workers", "1", "-o", str(out2)]).exit_code == 0
+    result = _run([str(tiny), *GRID, "--estimate", "--workers", "1", "-o", str(out2)])
+    assert "6 points: 0 resumed" in result.stderr
+    assert (out2 / "results.csv").read_text() == (out / "results.csv").read_text()
+
+
+# --------------------------------------------------------------------------------------------
+# backends
+
+
+@pytest.mark.slow
+def test_process_pool_and_ray_give_the_results_of_an_in_process_run(tiny, tmp_path):
+    pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'pbhw[ray]'")
+    outs = {}
+    for name, options in (
+        ("serial", ["--workers", "1"]),
+        ("pool", ["--workers", "2"]),
+        ("ray", ["--backend", "ray", "--workers", "2"]),
+    ):
+        outs[name] = tmp_path / name
+        result = _run([str(tiny), *GRID, *options, "-o", str(outs[name])])
+        assert result.exit_code == 0, result.output
+        assert "in 2 batch(es)" in result.stderr or name == "serial"
+    serial = outs["serial"]
+    for name in ("pool", "ray"):
+        assert (outs[name] / "results.csv").read_text() == (serial / "results.csv").read_text()
+        assert (outs[name] / "results.json").read_text().replace(str(outs[name]), str(serial)) == (
+            serial / "results.json"
+        ).read_text()
+
+
+@pytest.mark.slow
+def test_ray_tasks_carry_the_estimator(raw, tmp_path):
+    """Plumbing: a replacement estimator reaches Ray workers and its numbers come back."""
+    ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'pbhw[ray]'")
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    points = expand(raw, [parse_grid("formats.weight.width=10,12")])
+    records = run_points(
+        points, tmp_path, estimate=True, backend="ray", workers=2, estimator=fake_estimate
+    )
+    assert [records[p.key]["estimate"]["dsp"] for p in points] == [20, 24]
+
+
+def test_a_diverged_point_is_reported_and_the_sweep_goes_on(tiny, tmp_path):
+    out = tmp_path / "out"
+    sets = ["--set", "optimizer.momentum=0.0", "--set", "optimizer.reference_batch=1"]
+    grid = ["--grid", "optimizer.lr=0.1,1e4"]
+    args = [str(tiny), *grid, *sets, "--arith", "float", "--workers", "1", "-o", str(out)]
+    result = _run(args)
+    assert result.exit_code == 0, result.output
+    assert "1 point(s) diverged" in result.stderr
+    good, bad = json.loads((out / "results.json").read_text())["points"]
+    assert good["diverged"] is None and good["test_accuracy"] is not None
+    assert bad["test_accuracy"] is None and "diverged" in bad["diverged"]
+    assert "## Diverged points" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("suffix", ["", "_used"])
+def test_estimate_point_reads_an_estimate_row(raw, monkeypatch, suffix):
+    """Plumbing: the row's resource keys may be ``lut`` or ``lut_used``."""
+    import pbhw.estimate
+
+    class FakeEstimate:
+        predicted_cycles_per_sample = 500
+
+        def to_json(self):
+            row = {f"{k}{suffix}": n for k, n in (("lut", 9), ("ff", 8), ("dsp", 7))}
+            return {**row, f"bram_bits{suffix}": 6, "fmax_mhz": 50.0, "fits": True}
+
+    calls = []
+    monkeypatch.setattr(
+        pbhw.estimate,
+        "estimate",
+        lambda config, fast: calls.append(fast) or FakeEstimate(),
+        raising=False,
+    )
+    (point,) = expand(raw, [parse_grid("seed=1")])
+    assert engine.estimate_point(point.config) == {
+        "lut": 9,
+        "ff": 8,
+        "dsp": 7,
+        "bram_bits": 6,
+        "fmax_mhz": 50.0,
+        "fits": True,
+        "cycles_per_sample": 500,
+    }
+    assert calls == [False]
