@@ -1,5 +1,7 @@
 """Tests for rtl_gen.update: random and extreme codes against golden.fixed_arith."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -273,3 +275,48 @@ def test_init_keyword_only():
 def test_verilog(case):
     dut = make_unit(make_plan(**CASES[case]))
     assert "module" in verilog.convert(dut, name="update_unit")
+
+
+@pytest.mark.parametrize(
+    "code, terms",
+    [
+        (0, []),
+        (8, [(1, 3)]),
+        (-4, [(-1, 2)]),
+        (0b111000, [(1, 6), (-1, 3)]),
+        ((1 << 22) - (1 << 19), [(1, 22), (-1, 19)]),
+        (5, None),
+    ],
+)
+def test_shift_terms_split_codes_into_at_most_two_powers_of_two(code, terms):
+    from rtl_gen.update import shift_terms
+
+    assert shift_terms(code) == terms
+    if terms is not None:
+        assert sum(s << k for s, k in terms) == code
+
+
+def test_the_shift_option_removes_every_constant_multiplier():
+    plain = make_unit(make_plan())
+    plain._MustUse__silence = True  # only its cost is asked for
+    shifted_plan = make_plan(coefficient={**role(10, 8), "shift": True})
+    shifted = make_unit(shifted_plan)
+    assert plain.coefficient_multipliers > 0
+    assert shifted.coefficient_multipliers == 0
+    # Elaborated, it has no multiplication by a constant left.
+    text = verilog.convert(shifted, name="shifted", emit_src=False)
+    assert text.count(" * ") == 1  # the gradient product dz * x only
+
+
+def test_the_shift_option_refuses_constants_that_are_not_shifts():
+    plan = make_plan()
+    stage = plan.stages[0]
+    formats = dataclasses.replace(stage.formats, coefficient_shift=True)
+    with raises_in_init(ValueError, "must be a power of two or a difference of two powers"):
+        UpdateUnit(
+            formats=formats,
+            momentum=5,
+            eta_a=4,
+            eta_b=0,
+            x_format=stage.formats.activation.format,
+        )
