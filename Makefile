@@ -14,8 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 demo: setup
-	$(BIN)/pbhw check examples/mlp_digits.toml
-	$(BIN)/pbhw train examples/mlp_digits.toml --arith fixed --json out/mlp_digits/train_fixed.json
+	$(BIN)/pbhw flow examples/mlp_digits.toml -o out/mlp_digits
 
 test: setup
 	$(BIN)/ruff check .

