@@ -61,7 +61,25 @@ simulator_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The command group; commands defined in their own modules (which import this one) load
+    when first asked for, so that either module may be imported first."""
+
+    lazy = {"sweep": ("pbhw.sweep_cli", "sweep")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy and name not in self.commands:
+            import importlib
+
+            module, attr = self.lazy[name]
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pbhw")
 def main() -> None:
     """Co-design FPGA hardware that trains neural networks with Pipelined Backpropagation."""
@@ -448,17 +466,5 @@ def _lanes(cfg: Config) -> str:
     return lanes if isinstance(lanes, str) else ", ".join(map(str, lanes))
 
 
-def _register_commands() -> None:
-    from pbhw.sweep_cli import sweep
-
-    main.add_command(sweep)
-
-
 if __name__ == "__main__":  # pragma: no cover
-    # Run the importable module's group, so that commands defined in other modules (which
-    # import pbhw.cli) register on the same group.
-    from pbhw.cli import main as _main
-
-    _main()
-else:
-    _register_commands()
+    main()

@@ -239,12 +239,12 @@ def group_points(points: Sequence[Point], max_batch: int | None = None) -> list[
 # Work: one batch, run in a worker process, a Ray task or in-process
 
 
-def estimate_point(config: Config) -> dict[str, Any]:
+def estimate_point(config: Config, fast: bool = False) -> dict[str, Any]:
     """Resources, Fmax and cycles per sample of the hardware for ``config`` (synthesis and
-    place-and-route through :func:`pbhw.estimate.estimate`)."""
+    place-and-route through :func:`pbhw.estimate.estimate`, or its analytic model)."""
     from pbhw import estimate as estimate_module
 
-    result = estimate_module.estimate(config, fast=False)
+    result = estimate_module.estimate(config, fast=fast)
     est = result.to_json()
 
     def pick(*names: str) -> Any:
@@ -255,8 +255,18 @@ def estimate_point(config: Config) -> dict[str, Any]:
     if cycles is None:
         cycles = getattr(result, "predicted_cycles_per_sample", None)
     out = {key: pick(key, f"{key}_used") for key in ("lut", "ff", "dsp", "bram_bits")}
-    out.update(fmax_mhz=est.get("fmax_mhz"), fits=est.get("fits"), cycles_per_sample=cycles)
+    out.update(
+        fmax_mhz=est.get("fmax_mhz"),
+        fits=est.get("fits"),
+        cycles_per_sample=cycles,
+        method=est.get("method", "synthesis"),
+    )
     return out
+
+
+def fast_estimate_point(config: Config) -> dict[str, Any]:
+    """:func:`estimate_point` with the analytic model (no tools, no Fmax)."""
+    return estimate_point(config, fast=True)
 
 
 def require_estimate() -> None:
@@ -432,7 +442,8 @@ def run_points(
     records: dict[str, dict[str, Any]] = {}
     todo: list[Point] = []
     for point in {p.key: p for p in points}.values():
-        record = _read_record(store / f"{point.key}.json", point.key, estimate)
+        method = "analytic" if estimator is fast_estimate_point else "synthesis"
+        record = _read_record(store / f"{point.key}.json", point.key, method if estimate else False)
         if record is None:
             todo.append(point)
         else:
@@ -463,7 +474,7 @@ def run_points(
     return records
 
 
-def _read_record(path: Path, key: str, estimate: bool) -> dict[str, Any] | None:
+def _read_record(path: Path, key: str, estimate: bool | str) -> dict[str, Any] | None:
     """A finished point's record, or ``None`` if absent, unreadable or missing the estimate."""
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
@@ -473,6 +484,8 @@ def _read_record(path: Path, key: str, estimate: bool) -> dict[str, Any] | None:
         return None
     if estimate and "estimate" not in record:
         return None
+    if isinstance(estimate, str) and record["estimate"].get("method", "synthesis") != estimate:
+        return None  # estimated by the other method
     return record
 
 

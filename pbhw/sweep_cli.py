@@ -48,6 +48,11 @@ __all__ = ["sweep"]
     help="Also estimate each point's hardware: LUT/FF/DSP/BRAM, Fmax and throughput.",
 )
 @click.option(
+    "--fast-estimate",
+    is_flag=True,
+    help="With --estimate: the analytic model from the manifest (no tools, no Fmax).",
+)
+@click.option(
     "--backend",
     type=click.Choice(list(engine.BACKENDS)),
     default="local",
@@ -79,6 +84,7 @@ def sweep(
     epochs: int | None,
     arith: str | None,
     estimate: bool,
+    fast_estimate: bool,
     backend: str,
     address: str | None,
     workers: int | None,
@@ -96,6 +102,8 @@ def sweep(
     try:
         if backend == "ray":
             engine.require_ray()
+        if fast_estimate and not estimate:
+            raise engine.SweepError("--fast-estimate needs --estimate")
         if estimate:
             engine.require_estimate()
     except engine.SweepError as e:
@@ -116,7 +124,9 @@ def sweep(
     out_dir = Path(output)
     first = points[0].config
     spec: dict[str, Any] = {
-        "command": _command(config, grids, dataset, epochs, arith, estimate, sets, output),
+        "command": _command(
+            config, grids, dataset, epochs, arith, estimate, fast_estimate, sets, output
+        ),
         "config": config,
         "name": first.name,
         "sets": list(sets),
@@ -157,6 +167,7 @@ def sweep(
             points,
             out_dir,
             estimate=estimate,
+            estimator=engine.fast_estimate_point if fast_estimate else None,
             backend=backend,
             workers=workers,
             address=address,
@@ -201,6 +212,7 @@ def _command(
     epochs: int | None,
     arith: str | None,
     estimate: bool,
+    fast_estimate: bool,
     sets: tuple[str, ...],
     output: str,
 ) -> str:
@@ -213,6 +225,8 @@ def _command(
             args += [name, str(value)]
     if estimate:
         args.append("--estimate")
+    if fast_estimate:
+        args.append("--fast-estimate")
     for item in sets:
         args += ["--set", item]
     return shlex.join([*args, "-o", output])

@@ -389,5 +389,28 @@ def test_estimate_point_reads_an_estimate_row(raw, monkeypatch, suffix):
         "fmax_mhz": 50.0,
         "fits": True,
         "cycles_per_sample": 500,
+        "method": "synthesis",
     }
     assert calls == [False]
+
+
+@pytest.mark.slow
+def test_estimated_sweep_is_identical_locally_and_on_ray(tiny, tmp_path):
+    """3 weight widths x 2 roundings with the real estimator (its analytic model: place and
+    route of every point takes minutes; `pbhw sweep --estimate` without --fast-estimate runs
+    Yosys and nextpnr per point the same way)."""
+    pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'pbhw[ray]'")
+    outs = {}
+    for name, options in (("local", ["--workers", "2"]), ("ray", ["--backend", "ray"])):
+        outs[name] = tmp_path / name
+        args = [str(tiny), *GRID, "--estimate", "--fast-estimate", *options, "-o", str(outs[name])]
+        result = _run(args)
+        assert result.exit_code == 0, result.output
+    local = (outs["local"] / "results.csv").read_text()
+    assert (outs["ray"] / "results.csv").read_text() == local
+    rows = list(csv.DictReader(local.splitlines()))
+    assert len(rows) == 6
+    dsp = {row["formats.weight.width"]: int(row["dsp"]) for row in rows}
+    assert all(n > 0 for n in dsp.values())
+    luts = [int(row["lut"]) for row in rows]
+    assert len(set(luts)) > 1  # the width reaches the estimate
