@@ -504,22 +504,30 @@ def _write_json(path: Path, payload: Any) -> None:
 #: lead refits them with :func:`fit_calibration` against :func:`synthesize` on
 #: :func:`calibration_points`.
 CALIBRATION: dict[str, dict[str, float]] = {
+    # Fitted by `bench/estimate_calibration.py --fit` (non-negative least squares on six
+    # designs' Yosys synth_ecp5 counts, bench/results/estimate_calibration.json).
     "lut": {
-        "constant": 300.0,  # top level, loss unit, stream glue
-        "stages": 250.0,  # step counters, address generators, stash FIFO pointers, handshakes
-        "lanes": 20.0,  # per-lane valid/select muxing
-        "accumulator_bits": 1.0,  # one carry-chain LUT per accumulator bit
-        "requantizer_bits": 2.0,  # rounding add + saturation compare/mux per output bit
-        "split_product_bits": 1.0,  # adders that join the partial products of a split multiplier
+        "constant": 0.0,
+        "stages": 0.0,
+        "lanes": 0.0,
+        "accumulator_bits": 0.0,
+        "requantizer_bits": 9.087,  # a lane's update, prediction and product logic per bit
+        "split_product_bits": 0.0,
+        "vector_bits": 2.022,  # load/rotate multiplexers of the register rings and vectors
+        "column_sum_bits": 3.054,  # adder, rotation and error requantizer per column-sum bit
+        "random_sources": 900.0,  # one Threefry-2x32-13 core (hand-set: not fitted)
     },
     "ff": {
-        "constant": 200.0,
-        "stages": 200.0,
-        "lanes": 10.0,
-        "accumulator_bits": 1.0,
-        "requantizer_bits": 1.0,
-        "product_bits": 1.0,  # multiplier output registers
-        "split_product_bits": 1.0,
+        "constant": 260.058,
+        "stages": 0.0,
+        "lanes": 0.0,
+        "accumulator_bits": 0.763,
+        "requantizer_bits": 0.0,
+        "product_bits": 0.0,
+        "split_product_bits": 0.0,
+        "vector_bits": 1.671,
+        "column_sum_bits": 1.519,
+        "random_sources": 0.0,
     },
     # 6-input LUTs absorb part of the random logic; arithmetic still takes one LUT per bit.
     "lut_inputs_scale": {"4": 1.0, "6": 0.8},
@@ -625,10 +633,14 @@ def design_features(manifest: Mapping[str, Any], device: Device) -> dict[str, fl
             "requantizer_bits",
             "product_bits",
             "split_product_bits",
+            "vector_bits",
+            "column_sum_bits",
+            "random_sources",
         ),
         0.0,
     )
     feats["constant"] = 1.0
+    previous_activation = None
     for layer in manifest["layers"]:
         p = layer["lanes"]
         w = {role: spec["width"] for role, spec in layer["formats"].items()}
@@ -646,6 +658,28 @@ def design_features(manifest: Mapping[str, Any], device: Device) -> dict[str, fl
             feats["product_bits"] += count * (a + b)
             tiles = dsp_count(a, b, device)
             feats["split_product_bits"] += count * (tiles - 1) * (a + b)
+        # The stage's register vectors (docs/hardware.md): the two input rings, the error, dz
+        # and output vectors; and, after stage 1, the ring of column sums with one error
+        # requantizer per input.
+        x_bits = previous_activation or w["activation"]
+        feats["vector_bits"] += 2 * n_in * x_bits + layer["n_out"] * (
+            2 * w["error"] + w["activation"]
+        )
+        if layer["stage"] > 1:
+            feats["column_sum_bits"] += n_in * backward
+        previous_activation = w["activation"]
+        # Threefry cores: one per lane and stochastic update point, per completing row and per
+        # error column when those round stochastically.
+        fm = layer["formats"]
+        stochastic = [r for r in fm if fm[r]["rounding"] == "stochastic"]
+        points = sum(r in stochastic for r in ("gradient", "velocity", "weight"))
+        if "weight" in stochastic and layer.get("prediction") == "velocity":
+            points += 1
+        feats["random_sources"] += p * points
+        if "activation" in stochastic:
+            feats["random_sources"] += max(1, (n_in - 1 + p) // n_in)
+        if "error" in stochastic and layer["stage"] > 1:
+            feats["random_sources"] += layer["n_in"]
     return feats
 
 
@@ -714,33 +748,47 @@ def calibration_points() -> list[dict[str, Any]]:
     return points
 
 
+#: The features each resource is fitted on (the others get 0): few enough for a handful of
+#: synthesised designs to pin them, each with a physical reading, none allowed to go negative.
+FIT_FEATURES = {
+    "lut": ("constant", "requantizer_bits", "vector_bits", "column_sum_bits"),
+    "ff": ("constant", "accumulator_bits", "vector_bits", "column_sum_bits"),
+}
+
+
 def fit_calibration(
     samples: Sequence[tuple[Mapping[str, Any], Estimate]], device: Device
 ) -> dict[str, dict[str, float]]:
-    """Least-squares LUT and FF coefficients from (manifest, synthesized estimate) pairs.
+    """Non-negative least-squares LUT and FF coefficients from (manifest, synthesized estimate)
+    pairs, over the features of :data:`FIT_FEATURES`.
 
     Returns tables shaped like ``CALIBRATION["lut"]`` and ``CALIBRATION["ff"]`` (LUT already
-    divided by the device's ``lut_inputs_scale``) to paste into :data:`CALIBRATION`. Features
-    that do not vary across the samples are kept at their current value.
+    divided by the device's ``lut_inputs_scale``) to paste into :data:`CALIBRATION`;
+    ``random_sources`` keeps its value (stochastic designs are too slow to synthesise for a fit).
     """
     import numpy as np
+    from scipy.optimize import nnls
 
     scale = CALIBRATION["lut_inputs_scale"].get(str(device.lut_inputs), 1.0)
     rows = [design_features(manifest, device) for manifest, _ in samples]
     fitted = {}
     for resource, divisor in (("lut", scale), ("ff", 1.0)):
         table = CALIBRATION[resource]
-        names = [k for k in table if len({row[k] for row in rows}) > 1 or k == "constant"]
-        fixed = [k for k in table if k not in names]
+        names = FIT_FEATURES[resource]
+        kept = {"random_sources": table.get("random_sources", 0.0)}
         x = np.array([[row[k] for k in names] for row in rows], dtype=float)
         y = np.array(
             [
-                est.used[resource] / divisor - sum(table[k] * row[k] for k in fixed)
+                est.used[resource] / divisor - sum(v * row[k] for k, v in kept.items())
                 for row, (_, est) in zip(rows, samples, strict=True)
             ]
         )
-        coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-        fitted[resource] = {**table, **{k: float(c) for k, c in zip(names, coef, strict=True)}}
+        coef, _ = nnls(x, y)
+        fitted[resource] = {
+            **dict.fromkeys(table, 0.0),
+            **kept,
+            **{k: round(float(c), 3) for k, c in zip(names, coef, strict=True)},
+        }
     return fitted
 
 

@@ -42,9 +42,7 @@ def top_name(config: Config) -> str:
 
 
 def verilog_text(design: Design, name: str | None = None) -> str:
-    return verilog.convert(
-        design.network, name=name or top_name(design.config), emit_src=False
-    )
+    return verilog.convert(design.network, name=name or top_name(design.config), emit_src=False)
 
 
 def _format_json(role) -> dict[str, Any]:
@@ -81,6 +79,11 @@ def _multiplier_shapes(design: Design, stage: Stage) -> list[dict[str, int]]:
             if code in (0, 1):
                 continue
             shapes.append((name, abs(code).bit_length() + 1, bits + 1))
+    if (
+        design.config.optimizer.weight_prediction is WeightPrediction.WEIGHT_DIFFERENCE
+        and st.horizon > 1
+    ):  # T * (w - w_prev)
+        shapes.append(("horizon", st.horizon.bit_length() + 1, fm.weight.format.width + 1))
     return [{"product": n, "a": a, "b": b, "count": stage.lanes} for n, a, b in shapes]
 
 

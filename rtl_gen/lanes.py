@@ -38,11 +38,13 @@ def lane_dsp_cost(plan: Plan, stage: StagePlan, widths: tuple[int, int]) -> int:
     cost += multiplier_blocks(e_bits, x_bits, widths)  # gradient
     if stage.index > 1:
         cost += multiplier_blocks(w_bits, e_bits, widths)  # backward
+    prediction = plan.config.optimizer.weight_prediction
+    if prediction is WeightPrediction.WEIGHT_DIFFERENCE and stage.horizon > 1:
+        cost += multiplier_blocks(stage.horizon.bit_length() + 1, w_bits + 1, widths)
     if fm.coefficient_shift:
         return cost
     codes = {name: c.code for name, c in stage.coefficients.items()}
     products = [("momentum", v_bits), ("eta_a", v_bits), ("eta_b", g_bits)]
-    prediction = plan.config.optimizer.weight_prediction
     if prediction is WeightPrediction.VELOCITY and stage.horizon:
         products.append(("eta_T", v_bits))
     for name, bits in products:

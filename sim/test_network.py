@@ -1,6 +1,7 @@
 """Whole pipelines under the RTL simulator against the golden trace, bit for bit.
 
-Each case is one build (cached by content hash in ``sim_build/``): the default example, odd sizes
+Each case is one build (cached by content hash in ``sim_build/``): the default example, a single
+stage, odd sizes
 with lanes that divide no row and the softmax loss with stochastic rounding everywhere, and the
 weight-difference prediction without bias. Samples come with random idle cycles and results
 leave under random back-pressure; every token, loss error, prediction, final W/V code and
@@ -26,6 +27,9 @@ STOCHASTIC = [
 ]
 CASES = {
     "default": ((), 24),
+    # One stage between the sample stream (random idle cycles) and the loss unit and result
+    # stream (random back-pressure): the stage-level check.
+    "one_stage": (("network.layers=[9, 4]", "hardware.lanes=[7]"), 30),
     "odd_softmax_stochastic": (
         (
             "network.layers=[7, 5, 3]",

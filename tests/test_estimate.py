@@ -6,7 +6,9 @@ The synthesis tests cost about 10 s with YoWASP's compiled WebAssembly cached in
 
 import copy
 import dataclasses
+import json
 import time
+from pathlib import Path
 
 import pytest
 from amaranth.back import verilog
@@ -299,3 +301,41 @@ def test_fit_calibration_reproduces_a_linear_truth():
 def test_estimate_json_round_trip():
     est = fast_estimate(manifest(layer(1, 16, 8, 2)), load_device("xc7a35t"))
     assert Estimate.from_json(est.to_json(), seconds=est.seconds) == est
+
+
+# --- the shipped calibration against recorded synthesis -------------------------------------
+
+CALIBRATION_RESULTS = (
+    Path(__file__).resolve().parents[1] / "bench/results/estimate_calibration.json"
+)
+#: The stated accuracy of `pbhw estimate --fast` against Yosys synth_ecp5 counts.
+LUT_FF_TOLERANCE = 0.25
+
+
+def test_analytic_estimate_is_within_the_stated_error_of_synthesis():
+    """Every design of bench/estimate_calibration.py (including the held-out default example):
+    DSP exact, LUT and FF within 25 %; block RAM an upper bound (a whole block per memory, where
+    Yosys may put a small memory in LUT RAM), within 25 % on the default example."""
+    from pbhw.config import load
+    from rtl_gen.design import build_design
+    from rtl_gen.generate import manifest_of, top_name
+
+    recorded = json.loads(CALIBRATION_RESULTS.read_text())
+    device = load_device(recorded["device"])
+    base = Path(__file__).resolve().parents[1] / "examples" / "mlp_digits.toml"
+    assert any(point["held_out"] for point in recorded["points"])
+    for point in recorded["points"]:
+        config = load(base, (f"name='{point['name']}'", *point["sets"]))
+        design = build_design(config)
+        design.discard()
+        manifest = manifest_of(design, top=top_name(config), files={})
+        fast = fast_estimate(manifest, device)
+        synthesized = point["synthesized"]
+        for key in ("lut", "ff"):
+            error = abs(fast.used[key] - synthesized[key]) / synthesized[key]
+            assert error <= LUT_FF_TOLERANCE, (point["name"], key, error)
+        assert fast.used["dsp"] == synthesized["dsp"], point["name"]
+        assert fast.used["bram_bits"] >= synthesized["bram_bits"], point["name"]
+        if point["held_out"]:
+            error = fast.used["bram_bits"] / synthesized["bram_bits"] - 1
+            assert error <= LUT_FF_TOLERANCE, (point["name"], "bram_bits", error)
