@@ -356,11 +356,22 @@ def verify(
 @click.option(
     "--fast", is_flag=True, help="Analytic estimate from the manifest (no tools, no Fmax)."
 )
+@click.option(
+    "--pnr-timeout",
+    type=float,
+    metavar="MINUTES",
+    help="Stop place and route after this long (then: Yosys counts, no Fmax).",
+)
 @set_option
 @click.option("--json", "json_out", metavar="OUT", help="Write the estimate as JSON.")
 @user_errors
 def estimate(
-    config: str, device: str | None, fast: bool, sets: tuple[str, ...], json_out: str | None
+    config: str,
+    device: str | None,
+    fast: bool,
+    pnr_timeout: float | None,
+    sets: tuple[str, ...],
+    json_out: str | None,
 ) -> None:
     """Resources and Fmax of CONFIG's design: Yosys synthesis and nextpnr place and route.
 
@@ -375,7 +386,12 @@ def estimate(
     what = "analytic estimate" if fast else "synthesis and place-and-route"
     click.echo(f"{what} of {cfg.name} for {cfg.hardware.device} ...", err=True)
     try:
-        est = run_estimate(cfg, fast=fast, progress=lambda m: click.echo(f"  {m}", err=True))
+        est = run_estimate(
+            cfg,
+            fast=fast,
+            progress=lambda m: click.echo(f"  {m}", err=True),
+            pnr_timeout=None if pnr_timeout is None else 60 * pnr_timeout,
+        )
     except ToolError as e:
         raise UserError(str(e)) from None
     table = Table(title=f"{cfg.name} on {est.device} ({est.method})", title_justify="left")
@@ -392,6 +408,8 @@ def estimate(
             f"Fmax {est.fmax_mhz:.1f} MHz (target {est.clock_mhz:g}); {cps} cycles/sample -> "
             f"{est.fmax_mhz * 1e6 / cps:,.0f} samples/s at Fmax"
         )
+    for line in est.notes:
+        click.echo(f"note: {line}")
     if not est.fits:
         short = ", ".join(f"{k} by {n:,}" for k, n in est.overflow.items())
         click.echo(f"does not fit {est.device}: short of {short}")
@@ -410,10 +428,23 @@ def estimate(
     help="Samples of the bit-exact RTL check.",
 )
 @simulator_option
+@click.option(
+    "--pnr-timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    metavar="MINUTES",
+    help="Stop place and route after this long (the report then has Yosys counts, no Fmax).",
+)
 @set_option
 @user_errors
 def flow(
-    config: str, out_dir: str, verify_samples: int, simulator: str, sets: tuple[str, ...]
+    config: str,
+    out_dir: str,
+    verify_samples: int,
+    simulator: str,
+    pnr_timeout: float,
+    sets: tuple[str, ...],
 ) -> None:
     """The main job: train (fixed point vs float SGD), generate, verify, estimate, report.
 
@@ -432,6 +463,7 @@ def flow(
             verify_samples=verify_samples,
             simulator=simulator,
             progress=lambda m: click.echo(m, err=True),
+            pnr_timeout=60 * pnr_timeout,
         )
     except (ToolError, SimToolError) as e:
         raise UserError(str(e)) from None

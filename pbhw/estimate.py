@@ -165,12 +165,33 @@ def _tool_versions(device: Device) -> dict[str, str]:
     return versions
 
 
-def _run(module: str, function: str, args: Sequence[str], cwd: Path, log: Path) -> None:
+_TIMEOUT_NOTE = "place and route stopped after"
+
+
+class _TimedOut(Exception):
+    """A tool ran longer than its time limit (and was stopped)."""
+
+
+def _run(
+    module: str,
+    function: str,
+    args: Sequence[str],
+    cwd: Path,
+    log: Path,
+    timeout: float | None = None,
+) -> None:
     """Run a YoWASP tool in a child process (its WebAssembly runtime stays out of ours)."""
     code = f"import sys, {module} as m; sys.exit(m.{function}(sys.argv[1:]))"
-    result = subprocess.run(
-        [sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True
-    )
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", code, *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        raise _TimedOut from None
     if result.returncode != 0:
         text = log.read_text(errors="replace") if log.exists() else ""
         text += result.stdout + result.stderr
@@ -278,8 +299,12 @@ def synthesize(
     clock: str = "clk",
     cache_dir: Path | None = DEFAULT_CACHE_DIR,
     progress: Progress | None = None,
+    pnr_timeout: float | None = None,
 ) -> Estimate:
     """Synthesize ``verilog`` (module ``top``) for ``device``, place and route it, report.
+
+    ``pnr_timeout`` (seconds) stops place and route that runs longer: the estimate then has
+    Yosys's counts, no Fmax, a note saying so, and is not cached.
 
     Parameters
     ----------
@@ -360,7 +385,7 @@ def synthesize(
             port_bits = sum(w for *_, w in ports)
         used["io"] = port_bits
         fmax, short, notes = _place_and_route(
-            work, device, used, 4 if wrapped else port_bits, clock_mhz, clock, note
+            work, device, used, 4 if wrapped else port_bits, clock_mhz, clock, note, pnr_timeout
         )
         if wrapped:
             for key, units in (("ff", wrapper_ff), ("lut", wrapper_lut)):
@@ -386,7 +411,7 @@ def synthesize(
         estimate = dataclasses.replace(
             estimate, fits=False, overflow={**estimate.overflow, short: lacking}
         )
-    if cache_file is not None:
+    if cache_file is not None and not any(n.startswith(_TIMEOUT_NOTE) for n in notes):
         _write_json(cache_file, estimate.to_json())
     return estimate
 
@@ -399,6 +424,7 @@ def _place_and_route(
     clock_mhz: float,
     clock: str,
     note: Progress,
+    timeout: float | None = None,
 ) -> tuple[float | None, str | None, list[str]]:
     """Run nextpnr on ``work/synth.json`` if it can succeed; update ``used`` from its report.
 
@@ -448,6 +474,11 @@ def _place_and_route(
                 args,
                 work,
                 work / "nextpnr.log",
+                timeout,
+            )
+        except _TimedOut:
+            notes.append(
+                f"{_TIMEOUT_NOTE} {timeout:.0f} s: no Fmax; LUT/FF/DSP/BRAM are Yosys's counts"
             )
         except ToolError as e:
             reason = _overuse_message(str(e))
@@ -798,6 +829,7 @@ def estimate(
     fast: bool = False,
     cache_dir: Path | None = DEFAULT_CACHE_DIR,
     progress: Progress | None = None,
+    pnr_timeout: float | None = None,
 ) -> Estimate:
     """Estimate the design generated from ``config`` on its ``hardware.device``.
 
@@ -825,5 +857,6 @@ def estimate(
             clock_mhz=config.hardware.clock_mhz,
             cache_dir=cache_dir,
             progress=progress,
+            pnr_timeout=pnr_timeout,
         )
     return dataclasses.replace(result, cycles_per_sample=manifest["predicted_cycles_per_sample"])

@@ -92,6 +92,7 @@ def run_flow(
     verify_samples: int = 100,
     simulator: str = "verilator",
     progress: Progress | None = None,
+    pnr_timeout: float | None = None,
 ) -> dict[str, Any]:
     """Run every step; returns the numbers the report shows."""
     from pbhw.estimate import estimate
@@ -131,7 +132,10 @@ def run_flow(
     say(f"    {checked.summary()}")
 
     say(f"4/5 synthesis and place-and-route for {config.hardware.device} ...")
-    est = timed("estimate", lambda: estimate(config, progress=lambda m: say(f"    {m}")))
+    est = timed(
+        "estimate",
+        lambda: estimate(config, progress=lambda m: say(f"    {m}"), pnr_timeout=pnr_timeout),
+    )
     _write_json(out_dir / "estimate.json", est.to_json())
     fmax = "no Fmax" if est.fmax_mhz is None else f"Fmax {est.fmax_mhz:.1f} MHz"
     say(f"    {fmax}; fits: {est.fits}")

@@ -277,6 +277,7 @@ def render_flow_report(s: Mapping[str, Any]) -> str:
         "",
         f"Method: {e['method']} ({e['seconds']:.0f} s of tool time"
         f"{', cached' if e.get('cached') else ''}).",
+        *(f"Note: {n}." for n in e.get("notes", [])),
         "",
         "![resources](resources.png)",
         "",

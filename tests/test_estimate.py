@@ -339,3 +339,15 @@ def test_analytic_estimate_is_within_the_stated_error_of_synthesis():
         if point["held_out"]:
             error = fast.used["bram_bits"] / synthesized["bram_bits"] - 1
             assert error <= LUT_FF_TOLERANCE, (point["name"], "bram_bits", error)
+
+
+def test_a_place_and_route_time_limit_gives_yosys_counts_and_no_fmax(tmp_path):
+    """nextpnr stopped by the limit: the estimate keeps Yosys's counts, has no Fmax, says why,
+    and is not cached (a later call without the limit must run place and route)."""
+    device = load_device("ecp5-85k")
+    text = verilog.convert(Mac(8, 24), name="mac_limit", emit_src=False)
+    est = synthesize(text, "mac_limit", device, cache_dir=tmp_path, pnr_timeout=0.01)
+    assert est.fmax_mhz is None
+    assert est.used["dsp"] == 1 and est.used["lut"] > 0
+    assert any("place and route stopped after" in n for n in est.notes)
+    assert list(tmp_path.iterdir()) == []
