@@ -15,7 +15,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from golden.fixed_arith import EXP2_TABLE, LOG2E_Q16
+from golden.fixed_arith import EXP2_TABLE, LOG2E_Q16, stream_id
 from pbhw.config import Loss, RoleFormat
 from pbhw.fixed import FixedFormat, Rounding
 from rtl_gen.requantizer import Requantizer
@@ -23,9 +23,6 @@ from rtl_gen.stage import COUNTER_BITS, error_token, forward_token, label_bits, 
 from rtl_gen.threefry import Threefry2x32
 
 __all__ = ["LossUnit", "result_token"]
-
-#: Stream role number of the loss error's stochastic rounding (docs/numerics.md).
-LOSS_ROLE = 7
 
 
 def result_token(classes: int, y_fmt: FixedFormat, e_fmt: FixedFormat) -> data.StructLayout:
@@ -109,7 +106,7 @@ class LossUnit(wiring.Component):
             m.submodules[f"{name}_rng"] = tf
             m.d.comb += [
                 tf.k0.eq(self._seed & 0xFFFFFFFF),
-                tf.k1.eq(16 * self._stage + LOSS_ROLE),
+                tf.k1.eq(stream_id(self._stage, "loss")),
                 tf.c0.eq(step),
                 tf.c1.eq(index),
                 rq.random.eq(tf.x0),

@@ -34,6 +34,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from golden.fixed_arith import stream_id
 from pbhw.config import RoleFormat, WeightPrediction
 from pbhw.fixed import FixedFormat, Rounding
 from pbhw.plan import StagePlan
@@ -57,9 +58,6 @@ OVERHEAD = 3
 COUNTER_ROLES = ("activation", "error", "gradient", "velocity", "weight", "prediction")
 #: Width of every saturation counter (it wraps after 2**32 - 1 events).
 COUNTER_BITS = 32
-#: Stream numbers of the stochastic rounding points, ``16 * stage + role`` (docs/numerics.md).
-ROLE_NUMBERS = {"activation": 1, "error": 2, "gradient": 3, "velocity": 4, "weight": 5}
-ROLE_NUMBERS["prediction"] = 6
 
 
 def shape_of(fmt: FixedFormat) -> Shape:
@@ -329,7 +327,7 @@ class Stage(wiring.Component):
         m.submodules[f"rng_{name}"] = tf
         m.d.comb += [
             tf.k0.eq(self._seed & 0xFFFFFFFF),
-            tf.k1.eq(16 * self._plan.index + ROLE_NUMBERS[role]),
+            tf.k1.eq(stream_id(self._plan.index, role)),
             tf.c0.eq(step),
             tf.c1.eq(index),
         ]
