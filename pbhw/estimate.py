@@ -477,9 +477,17 @@ def _place_and_route(
                 timeout,
             )
         except _TimedOut:
-            notes.append(
-                f"{_TIMEOUT_NOTE} {timeout:.0f} s: no Fmax; LUT/FF/DSP/BRAM are Yosys's counts"
-            )
+            fmax = _placement_fmax(work / "nextpnr.log", clock)
+            if fmax is None:
+                notes.append(
+                    f"{_TIMEOUT_NOTE} {timeout:.0f} s: no Fmax; LUT/FF/DSP/BRAM are Yosys's counts"
+                )
+            else:
+                notes.append(
+                    f"{_TIMEOUT_NOTE} {timeout:.0f} s during routing: Fmax is nextpnr's "
+                    "post-placement estimate, not a routed result; LUT/FF/DSP/BRAM are Yosys's "
+                    "counts"
+                )
         except ToolError as e:
             reason = _overuse_message(str(e))
             if reason is None:
@@ -494,6 +502,21 @@ def _place_and_route(
             used.update(count_cells(utilization, device.pnr_cells))
             fmax = _main_clock_fmax(report.get("fmax", {}), clock)
     return fmax, short, notes
+
+
+def _placement_fmax(log: Path, clock: str) -> float | None:
+    """The last "Max frequency for clock" of a nextpnr log cut short during routing (the
+    post-placement timing estimate), for the main clock if it is named, else the slowest."""
+    if not log.exists():
+        return None
+    text = log.read_text(errors="replace")
+    if "Routing" not in text:
+        return None  # stopped before placement finished: no estimate worth reporting
+    found = re.findall(r"Max frequency for clock '([^']*)': ([0-9.]+) MHz", text)
+    if not found:
+        return None
+    named = [float(f) for name, f in found if clock in name.split("$")]
+    return named[-1] if named else min(float(f) for _, f in found)
 
 
 def _short_resource(reason: str, device: Device) -> str:

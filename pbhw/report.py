@@ -255,7 +255,17 @@ def render_flow_report(s: Mapping[str, Any]) -> str:
             "cycles per sample (predicted / measured)",
             f"{cycles} / {v['measured_cycles_per_sample']}",
         ),
-        ("Fmax (place and route)", "n/a" if fmax is None else f"{fmax:.1f} MHz"),
+        (
+            "Fmax (place and route)",
+            "n/a"
+            if fmax is None
+            else f"{fmax:.1f} MHz"
+            + (
+                " (post-placement estimate: routing stopped, see Resources)"
+                if any("post-placement" in n for n in e.get("notes", []))
+                else ""
+            ),
+        ),
         (
             "training throughput at Fmax",
             "n/a" if fmax is None else f"{fmax * 1e6 / cycles:,.0f} samples/s",

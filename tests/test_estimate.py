@@ -351,3 +351,17 @@ def test_a_place_and_route_time_limit_gives_yosys_counts_and_no_fmax(tmp_path):
     assert est.used["dsp"] == 1 and est.used["lut"] > 0
     assert any("place and route stopped after" in n for n in est.notes)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_routing_time_out_reports_the_post_placement_fmax(tmp_path):
+    from pbhw.estimate import _placement_fmax
+
+    log = tmp_path / "nextpnr.log"
+    log.write_text(
+        "Info: Max frequency for clock '$glbnet$clk$TRELLIS_IO_IN': 13.33 MHz "
+        "(FAIL at 100.00 MHz)\n"
+        "Info: Routing globals...\nInfo: Routing 143506 arcs.\n"
+    )
+    assert _placement_fmax(log, "clk") == 13.33
+    log.write_text("Info: Max frequency for clock 'clk': 50.00 MHz\nInfo: Placing...\n")
+    assert _placement_fmax(log, "clk") is None  # placement itself was cut short
