@@ -80,7 +80,11 @@ def _resources_plot(path: Path, estimate, name: str) -> None:
     ax.set_xlim(0, 140)
     ax.axvline(100, color="k", lw=0.8)
     ax.set_xlabel(f"% of {estimate.device}")
-    ax.set_title(f"{name}: resources after place and route")
+    routed = estimate.fmax_mhz is not None and not any(
+        "stopped" in n or "yosys" in n.lower() for n in estimate.notes
+    )
+    source = "after place and route" if routed else "(Yosys counts)"
+    ax.set_title(f"{name}: resources {source}")
     fig.tight_layout()
     fig.savefig(path)
 
