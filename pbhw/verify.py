@@ -23,7 +23,7 @@ from golden.compare import Observed, first_mismatch
 from golden.trace import Trace, run_trace
 from pbhw.config import Config, ConfigError
 
-__all__ = ["VerifyResult", "observe", "run_rtl", "verify"]
+__all__ = ["VerifyResult", "observe", "run_rtl", "unpack_row", "verify"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,15 @@ def _decode(layout, raw: int, field: str) -> tuple[int, list[int]]:
     return int(token.bubble), [int(vec[i]) for i in range(layout.members[field].length)]
 
 
+def unpack_row(row: int, width: int, signed: bool, lanes: int) -> list[int]:
+    """The ``lanes`` codes of a memory row read through the debug port (lane 0 lowest)."""
+    out = []
+    for p in range(lanes):
+        c = (row >> (p * width)) & ((1 << width) - 1)
+        out.append(c - (1 << width) if signed and c >> (width - 1) else c)
+    return out
+
+
 def observe(design, trace: Trace, raw: dict[str, Any]) -> tuple[Observed, list[int]]:
     """Decode the testbench's raw integers into an :class:`Observed`."""
     net = design.network
@@ -106,11 +115,7 @@ def observe(design, trace: Trace, raw: dict[str, Any]) -> tuple[Observed, list[i
             (w_rows, st.weight_bits, st.plan.formats.weight.format, weights),
             (v_rows, st.velocity_bits, st.plan.formats.velocity.format, velocities),
         ):
-            codes = []
-            for row in rows:
-                for p in range(st.lanes):
-                    c = (row >> (p * bits)) & ((1 << bits) - 1)
-                    codes.append(c - (1 << bits) if fmt.signed and c >> (bits - 1) else c)
+            codes = [c for row in rows for c in unpack_row(row, bits, fmt.signed, st.lanes)]
             out.append(codes[: st.weights])
     seen.weights, seen.velocities = weights, velocities
     names = net.counter_names()

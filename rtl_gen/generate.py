@@ -18,9 +18,9 @@ from typing import Any
 
 from amaranth.back import verilog
 
-from pbhw.config import Config, ConfigError, WeightPrediction
+from pbhw.config import Config, ConfigError
 from rtl_gen.design import Design, build_design
-from rtl_gen.lanes import multiplier_blocks
+from rtl_gen.lanes import lane_products
 from rtl_gen.stage import COUNTER_BITS, OVERHEAD, Stage
 
 __all__ = ["Generated", "config_hash", "generate", "manifest_of", "top_name", "verilog_text"]
@@ -58,38 +58,16 @@ def _format_json(role) -> dict[str, Any]:
 
 def _multiplier_shapes(design: Design, stage: Stage) -> list[dict[str, int]]:
     """Every product of one stage: operand widths and how many (one per lane each)."""
-    st, plan = stage.plan, design.plan
-    fm = st.formats
-    x_bits = plan.stages[max(st.index - 2, 0)].formats.activation.format.width
-    shapes = [
-        ("forward", fm.weight.format.width, x_bits),
-        ("gradient", fm.error.format.width, x_bits),
+    return [
+        {"product": n, "a": a, "b": b, "count": stage.lanes}
+        for n, a, b in lane_products(design.plan, stage.plan)
     ]
-    if st.index > 1:
-        shapes.append(("backward", fm.weight.format.width, fm.error.format.width))
-    if not fm.coefficient_shift:
-        codes = {n: c.code for n, c in st.coefficients.items()}
-        const = [("momentum", fm.velocity.format.width), ("eta_a", fm.velocity.format.width)]
-        if codes.get("eta_b"):
-            const.append(("eta_b", fm.gradient.format.width))
-        if design.config.optimizer.weight_prediction is WeightPrediction.VELOCITY and st.horizon:
-            const.append(("eta_T", fm.velocity.format.width))
-        for name, bits in const:
-            code = codes[name]
-            if code in (0, 1):
-                continue
-            shapes.append((name, abs(code).bit_length() + 1, bits + 1))
-    if (
-        design.config.optimizer.weight_prediction is WeightPrediction.WEIGHT_DIFFERENCE
-        and st.horizon > 1
-    ):  # T * (w - w_prev)
-        shapes.append(("horizon", st.horizon.bit_length() + 1, fm.weight.format.width + 1))
-    return [{"product": n, "a": a, "b": b, "count": stage.lanes} for n, a, b in shapes]
 
 
 def manifest_of(design: Design, *, top: str, files: dict[str, str]) -> dict[str, Any]:
     """The manifest: everything a tool needs to know about the generated design."""
     from pbhw.devices import load_device
+    from pbhw.estimate import dsp_count
 
     cfg, net = design.config, design.network
     device = load_device(cfg.hardware.device)
@@ -127,10 +105,7 @@ def manifest_of(design: Design, *, top: str, files: dict[str, str]) -> dict[str,
                 },
                 "multipliers": stage.multipliers,
                 "multiplier_shapes": shapes,
-                "dsp_blocks": sum(
-                    s["count"] * multiplier_blocks(s["a"], s["b"], device.multiplier_widths)
-                    for s in shapes
-                ),
+                "dsp_blocks": sum(s["count"] * dsp_count(s["a"], s["b"], device) for s in shapes),
                 "memory_bits": stage.memory_bits,
                 "memory_rows": stage.rows,
                 "row_bits": {

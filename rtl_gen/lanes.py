@@ -3,8 +3,8 @@
 A stage with ``P`` lanes takes ``ceil(weights / P)`` cycles per step; the slowest stage sets the
 throughput. :func:`auto_lanes` finds the shortest step ``T`` for which the lanes
 ``P_l = ceil(weights_l / T)`` fit the device's hard multipliers, counting for every lane the
-blocks its multipliers need (an ``a x b`` product takes ``ceil(a / A) * ceil(b / B)`` blocks of
-an ``A x B`` multiplier; a product with a constant counts the constant's own bit length).
+blocks its multipliers need (:func:`lane_products`, counted as Yosys splits them,
+:func:`pbhw.estimate.dsp_count`).
 """
 
 from __future__ import annotations
@@ -15,45 +15,46 @@ from pbhw.config import WeightPrediction
 from pbhw.plan import Plan, StagePlan
 from rtl_gen.update import shift_terms
 
-__all__ = ["auto_lanes", "lane_dsp_cost", "multiplier_blocks"]
+__all__ = ["auto_lanes", "lane_dsp_cost", "lane_products"]
 
 
-def multiplier_blocks(a_bits: int, b_bits: int, widths: tuple[int, int]) -> int:
-    """Hard multiplier blocks for an ``a_bits x b_bits`` product (either orientation)."""
-    wa, wb = widths
-    return min(
-        math.ceil(a_bits / wa) * math.ceil(b_bits / wb),
-        math.ceil(a_bits / wb) * math.ceil(b_bits / wa),
-    )
+def lane_products(plan: Plan, stage: StagePlan) -> list[tuple[str, int, int]]:
+    """Every product one lane of ``stage`` computes, as ``(name, a_bits, b_bits)``.
 
-
-def lane_dsp_cost(plan: Plan, stage: StagePlan, widths: tuple[int, int]) -> int:
-    """Multiplier blocks of one lane of ``stage``."""
+    Forward ``W x A``, gradient ``E x A``, backward ``W x E`` (not in stage 1, which sends no
+    error), ``T * (w - w_prev)`` for the weight-difference prediction with ``T > 1``, and, unless
+    the ``shift`` option makes them shifts, one product per update constant that is neither 0
+    nor a power of two, sized by the constant's own bit length."""
     fm = stage.formats
-    i = stage.index - 1
-    x_bits = plan.stages[max(i - 1, 0)].formats.activation.format.width
+    x_bits = plan.stages[max(stage.index - 2, 0)].formats.activation.format.width
     w_bits, e_bits = fm.weight.format.width, fm.error.format.width
     v_bits, g_bits = fm.velocity.format.width, fm.gradient.format.width
-    cost = multiplier_blocks(w_bits, x_bits, widths)  # forward
-    cost += multiplier_blocks(e_bits, x_bits, widths)  # gradient
+    products = [("forward", w_bits, x_bits), ("gradient", e_bits, x_bits)]
     if stage.index > 1:
-        cost += multiplier_blocks(w_bits, e_bits, widths)  # backward
+        products.append(("backward", w_bits, e_bits))
     prediction = plan.config.optimizer.weight_prediction
     if prediction is WeightPrediction.WEIGHT_DIFFERENCE and stage.horizon > 1:
-        cost += multiplier_blocks(stage.horizon.bit_length() + 1, w_bits + 1, widths)
+        products.append(("horizon", stage.horizon.bit_length() + 1, w_bits + 1))
     if fm.coefficient_shift:
-        return cost
+        return products
     codes = {name: c.code for name, c in stage.coefficients.items()}
-    products = [("momentum", v_bits), ("eta_a", v_bits), ("eta_b", g_bits)]
+    constants = [("momentum", v_bits), ("eta_a", v_bits), ("eta_b", g_bits)]
     if prediction is WeightPrediction.VELOCITY and stage.horizon:
-        products.append(("eta_T", v_bits))
-    for name, bits in products:
+        constants.append(("eta_T", v_bits))
+    for name, bits in constants:
         code = codes.get(name, 0)
         terms = shift_terms(code)
         if terms is not None and len(terms) <= 1:
             continue  # 0 or a power of two: a shift
-        cost += multiplier_blocks(abs(code).bit_length() + 1, bits + 1, widths)
-    return cost
+        products.append((name, abs(code).bit_length() + 1, bits + 1))
+    return products
+
+
+def lane_dsp_cost(plan: Plan, stage: StagePlan, device) -> int:
+    """Hard multiplier blocks of one lane of ``stage`` on ``device``."""
+    from pbhw.estimate import dsp_count
+
+    return sum(dsp_count(a, b, device) for _, a, b in lane_products(plan, stage))
 
 
 def auto_lanes(plan: Plan, device=None) -> tuple[int, ...]:
@@ -72,7 +73,7 @@ def auto_lanes(plan: Plan, device=None) -> tuple[int, ...]:
     budget = device.resources["dsp"]
     bias = int(plan.config.network.bias)
     weights = [st.n_out * (st.n_in + bias) for st in plan.stages]
-    costs = [lane_dsp_cost(plan, st, device.multiplier_widths) for st in plan.stages]
+    costs = [lane_dsp_cost(plan, st, device) for st in plan.stages]
 
     def lanes_for(step: int) -> list[int]:
         return [math.ceil(w / step) for w in weights]

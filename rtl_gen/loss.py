@@ -18,8 +18,8 @@ from amaranth.lib.wiring import In, Out
 from golden.fixed_arith import EXP2_TABLE, LOG2E_Q16, stream_id
 from pbhw.config import Loss, RoleFormat
 from pbhw.fixed import FixedFormat, Rounding
-from rtl_gen.requantizer import Requantizer
-from rtl_gen.stage import COUNTER_BITS, error_token, forward_token, label_bits, shape_of
+from rtl_gen.requantizer import Requantizer, shape_of, span_width
+from rtl_gen.stage import COUNTER_BITS, error_token, forward_token, label_bits
 from rtl_gen.threefry import Threefry2x32
 
 __all__ = ["LossUnit", "result_token"]
@@ -163,7 +163,7 @@ class LossUnit(wiring.Component):
         free = ~self.err_o.valid & ~self.result.valid
         if self._kind is Loss.MSE:
             lo, hi = yf.min_code - (1 << yf.frac), yf.max_code
-            src = FixedFormat(max(2, (-lo - 1).bit_length() + 1, hi.bit_length() + 1), yf.frac)
+            src = FixedFormat(span_width(lo, hi), yf.frac)
             events = []
             for o in range(n):
                 rq = self._rounder(m, f"rq{o}", src, o, step)

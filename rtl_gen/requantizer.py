@@ -11,11 +11,17 @@ from amaranth.lib.wiring import In, Out
 
 from pbhw.fixed import FixedFormat, Overflow, Rounding, as_overflow, as_rounding
 
-__all__ = ["Requantizer"]
+__all__ = ["Requantizer", "shape_of", "span_width"]
 
 
-def _shape_of(fmt: FixedFormat) -> Shape:
+def shape_of(fmt: FixedFormat) -> Shape:
+    """The Amaranth shape of a code of ``fmt``."""
     return signed(fmt.width) if fmt.signed else unsigned(fmt.width)
+
+
+def span_width(lo: int, hi: int) -> int:
+    """Bits of the narrowest two's complement code holding every integer of ``[lo, hi]``."""
+    return max(2, (-lo - 1).bit_length() + 1, hi.bit_length() + 1)
 
 
 class Requantizer(wiring.Component):
@@ -66,8 +72,8 @@ class Requantizer(wiring.Component):
         self._overflow = as_overflow(overflow)
 
         members = {
-            "i": In(_shape_of(src)),
-            "o": Out(_shape_of(dst)),
+            "i": In(shape_of(src)),
+            "o": Out(shape_of(dst)),
             "saturated": Out(1),
         }
         if self._rounding is Rounding.STOCHASTIC:

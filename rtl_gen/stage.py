@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -38,7 +38,7 @@ from golden.fixed_arith import stream_id
 from pbhw.config import RoleFormat, WeightPrediction
 from pbhw.fixed import FixedFormat, Rounding
 from pbhw.plan import StagePlan
-from rtl_gen.requantizer import Requantizer
+from rtl_gen.requantizer import Requantizer, shape_of, span_width
 from rtl_gen.threefry import Threefry2x32
 from rtl_gen.update import UpdateUnit
 
@@ -49,7 +49,6 @@ __all__ = [
     "error_token",
     "forward_token",
     "label_bits",
-    "shape_of",
 ]
 
 #: Cycles a step takes beyond its row pass (take tokens, read stash, round and hand over).
@@ -58,10 +57,6 @@ OVERHEAD = 3
 COUNTER_ROLES = ("activation", "error", "gradient", "velocity", "weight", "prediction")
 #: Width of every saturation counter (it wraps after 2**32 - 1 events).
 COUNTER_BITS = 32
-
-
-def shape_of(fmt: FixedFormat) -> Shape:
-    return signed(fmt.width) if fmt.signed else unsigned(fmt.width)
 
 
 def label_bits(classes: int) -> int:
@@ -83,10 +78,6 @@ def forward_token(n: int, fmt: FixedFormat, classes: int) -> data.StructLayout:
 def error_token(n: int, fmt: FixedFormat) -> data.StructLayout:
     """An error token: ``n`` error codes of ``fmt`` and ``bubble``."""
     return data.StructLayout({"bubble": 1, "e": data.ArrayLayout(shape_of(fmt), n)})
-
-
-def _span_width(lo: int, hi: int) -> int:
-    return max(2, (-lo - 1).bit_length() + 1, hi.bit_length() + 1)
 
 
 def _product_span(a: FixedFormat, b: FixedFormat, terms: int) -> tuple[int, int]:
@@ -306,11 +297,11 @@ class Stage(wiring.Component):
     def _check_accumulators(self) -> None:
         fm, p = self._plan.formats, self._plan
         self._fwd_acc = FixedFormat(
-            _span_width(*_product_span(fm.weight.format, self._x_role.format, self._cols)),
+            span_width(*_product_span(fm.weight.format, self._x_role.format, self._cols)),
             fm.weight.format.frac + self._x_role.format.frac,
         )
         self._bwd_acc = FixedFormat(
-            _span_width(*_product_span(fm.weight.format, fm.error.format, p.n_out)),
+            span_width(*_product_span(fm.weight.format, fm.error.format, p.n_out)),
             fm.weight.format.frac + fm.error.format.frac,
         )
         for name, acc in (("forward", self._fwd_acc), ("backward", self._bwd_acc)):

@@ -6,22 +6,18 @@ Each accumulator is sized from the exact range of its terms, so nothing overflow
 :class:`~rtl_gen.requantizer.Requantizer` that rounds it into its role's format.
 """
 
-from amaranth.hdl import Module, Shape, Signal, signed, unsigned
+from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from pbhw.config import Formats, RoleFormat, WeightPrediction
 from pbhw.fixed import FixedFormat, Rounding
-from rtl_gen.requantizer import Requantizer
+from rtl_gen.requantizer import Requantizer, shape_of, span_width
 
 __all__ = ["UpdateUnit"]
 
 #: The rounding points of the block, in the order of the computation.
 ROUNDING_POINTS = ("gradient", "velocity", "weight", "prediction")
-
-
-def _shape_of(fmt: FixedFormat) -> Shape:
-    return signed(fmt.width) if fmt.signed else unsigned(fmt.width)
 
 
 def _range(fmt: FixedFormat) -> tuple[int, int]:
@@ -43,12 +39,6 @@ def _neg(a: tuple[int, int]) -> tuple[int, int]:
 
 def _scaled(a: tuple[int, int], shift: int) -> tuple[int, int]:
     return a[0] << shift, a[1] << shift
-
-
-def _signed_width(span: tuple[int, int]) -> int:
-    """Bits of the narrowest two's complement code holding every integer of ``span``."""
-    lo, hi = span
-    return max(2, (-lo - 1).bit_length() + 1, hi.bit_length() + 1)
 
 
 def _is_int(value) -> bool:
@@ -215,19 +205,19 @@ class UpdateUnit(wiring.Component):
                     )
         self._plan_accumulators()
 
-        weight = _shape_of(formats.weight.format)
+        weight = shape_of(formats.weight.format)
         members = {
-            "dz": In(_shape_of(formats.error.format)),
-            "x": In(_shape_of(x_format)),
+            "dz": In(shape_of(formats.error.format)),
+            "x": In(shape_of(x_format)),
             "w": In(weight),
-            "v": In(_shape_of(formats.velocity.format)),
+            "v": In(shape_of(formats.velocity.format)),
         }
         if prediction is WeightPrediction.WEIGHT_DIFFERENCE:
             members["w_prev"] = In(weight)
         members.update(
             {
-                "g": Out(_shape_of(formats.gradient.format)),
-                "v_new": Out(_shape_of(formats.velocity.format)),
+                "g": Out(shape_of(formats.gradient.format)),
+                "v_new": Out(shape_of(formats.velocity.format)),
                 "w_new": Out(weight),
                 "w_hat": Out(weight),
                 "saturated": Out(data.StructLayout({p: 1 for p in ROUNDING_POINTS})),
@@ -338,7 +328,7 @@ class UpdateUnit(wiring.Component):
 
     @staticmethod
     def _check_width(point: str, span: tuple[int, int]) -> int:
-        bits = _signed_width(span)
+        bits = span_width(*span)
         if bits > 62:
             raise ValueError(f"The {point} accumulator needs {bits} bits, more than 62")
         return bits

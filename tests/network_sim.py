@@ -12,17 +12,8 @@ from amaranth.sim import Simulator
 
 from golden.compare import Observed
 from golden.trace import Trace, run_trace
+from pbhw.verify import unpack_row
 from rtl_gen.design import Design
-
-
-def unpack(raw: int, width: int, signed: bool, n: int) -> list[int]:
-    out = []
-    for p in range(n):
-        c = (raw >> (p * width)) & ((1 << width) - 1)
-        if signed and c >= 1 << (width - 1):
-            c -= 1 << width
-        out.append(c)
-    return out
 
 
 def random_samples(design: Design, samples: int, seed: int = 0):
@@ -93,7 +84,9 @@ def simulate(
                     ctx.set(net.dbg_mem, mem)
                     ctx.set(net.dbg_addr, r)
                     await ctx.tick()
-                    vals += unpack(ctx.get(net.dbg_data), width, fmt_signed.format.signed, st.lanes)
+                    vals += unpack_row(
+                        ctx.get(net.dbg_data), width, fmt_signed.format.signed, st.lanes
+                    )
                 out.append(vals[: st.weights])
         seen.weights, seen.velocities = weights, velocities
         seen.saturation = dict(

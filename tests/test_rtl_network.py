@@ -154,7 +154,7 @@ def test_auto_lanes_balance_the_stages_within_the_dsp_budget():
     device = load_device("ecp5-85k")
     plan = fixed_plan(make_config(network={"layers": [64, 32, 32, 10]}))
     lanes = auto_lanes(plan, device)
-    costs = [lane_dsp_cost(plan, st, device.multiplier_widths) for st in plan.stages]
+    costs = [lane_dsp_cost(plan, st, device) for st in plan.stages]
     used = sum(n * c for n, c in zip(lanes, costs, strict=True))
     assert used <= device.resources["dsp"]
     weights = [st.n_out * (st.n_in + 1) for st in plan.stages]
