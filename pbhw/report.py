@@ -326,8 +326,9 @@ def render_flow_report(s: Mapping[str, Any]) -> str:
     over = m["cycle_overhead"]
     lines += [
         "",
-        f"A step takes rows + {over['stage']} cycles; the last stage also waits "
-        f"{over['loss_unit']} cycles for the loss unit. The slowest stage sets "
+        f"A step takes rows + {over['stage']} cycles plus the drain of the stage's lane "
+        f"pipeline ({', '.join(str(d) for d in over.get('drain', []))} cycles); the last stage "
+        f"also waits {over['loss_unit']} cycles for the loss unit. The slowest stage sets "
         f"{cycles} cycles per sample.",
         "",
     ]

@@ -78,5 +78,9 @@ def build_design(config: Config, lanes: tuple[int, ...] | None = None) -> Design
                 f"config key 'hardware.lanes' gives stage {st.index} {n} lanes, more than its "
                 f"{st.n_out * c} weights"
             )
+    from pbhw.devices import load_device
+
+    ports = load_device(config.hardware.device).multiplier_widths
     init = initial_codes(plan)
-    return Design(config, plan, tuple(lanes), init, Network(plan=plan, lanes=lanes, init=init))
+    network = Network(plan=plan, lanes=lanes, init=init, multiplier_ports=ports)
+    return Design(config, plan, tuple(lanes), init, network)

@@ -26,7 +26,7 @@ from rtl_gen.stage import COUNTER_BITS, OVERHEAD, Stage
 __all__ = ["Generated", "config_hash", "generate", "manifest_of", "top_name", "verilog_text"]
 
 #: Version of the manifest's layout.
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 
 
 def config_hash(config: Config) -> str:
@@ -86,6 +86,7 @@ def manifest_of(design: Design, *, top: str, files: dict[str, str]) -> dict[str,
                 "lanes": stage.lanes,
                 "rows": stage.rows,
                 "cycles_per_step": stage.cycles_per_step,
+                "pipeline": stage.pipeline,
                 "delay": st.delay,
                 "horizon": st.horizon,
                 "prediction": cfg.optimizer.weight_prediction.value if st.horizon else "none",
@@ -139,11 +140,13 @@ def manifest_of(design: Design, *, top: str, files: dict[str, str]) -> dict[str,
         "predicted_cycles_per_sample": cycles,
         "cycle_overhead": {
             "stage": OVERHEAD,
+            "drain": [stage.drain for stage in net.stages],
             "loss_unit": net.loss_unit.latency,
             "rule": (
-                "a stage's step takes rows + stage overhead cycles, rows = "
-                "ceil(N_out * (N_in + bias) / lanes); the last stage's step also waits for the "
-                "loss unit; the slowest stage sets cycles per sample"
+                "a stage's step takes rows + stage overhead + its drain (the lane pipeline's "
+                "depth, layers[].pipeline) cycles, rows = ceil(N_out * (N_in + bias) / lanes); "
+                "the last stage's step also waits for the loss unit; the slowest stage sets "
+                "cycles per sample"
             ),
         },
         "predicted_multiplier_utilization": useful / (data_mults * cycles),

@@ -3,8 +3,8 @@
 A stage with ``P`` lanes takes ``ceil(weights / P)`` cycles per step; the slowest stage sets the
 throughput. :func:`auto_lanes` finds the shortest step ``T`` for which the lanes
 ``P_l = ceil(weights_l / T)`` fit the device's hard multipliers, counting for every lane the
-blocks its multipliers need (:func:`lane_products`, counted as Yosys splits them,
-:func:`pbhw.estimate.dsp_count`).
+blocks its multipliers need (:func:`lane_products`: the pieces :mod:`rtl_gen.multiply` cuts the
+products into, each counted by :func:`pbhw.estimate.dsp_count`).
 """
 
 from __future__ import annotations
@@ -13,48 +13,65 @@ import math
 
 from pbhw.config import WeightPrediction
 from pbhw.plan import Plan, StagePlan
-from rtl_gen.update import shift_terms
+from rtl_gen.multiply import product_shapes
 
 __all__ = ["auto_lanes", "lane_dsp_cost", "lane_products"]
 
 
-def lane_products(plan: Plan, stage: StagePlan) -> list[tuple[str, int, int]]:
-    """Every product one lane of ``stage`` computes, as ``(name, a_bits, b_bits)``.
+def lane_products(plan: Plan, stage: StagePlan, device=None) -> list[tuple[str, int, int]]:
+    """Every hard-multiplier piece one lane of ``stage`` multiplies, as ``(name, a, b)``.
 
-    Forward ``W x A``, gradient ``E x A``, backward ``W x E`` (not in stage 1, which sends no
-    error), ``T * (w - w_prev)`` for the weight-difference prediction with ``T > 1``, and, unless
-    the ``shift`` option makes them shifts, one product per update constant that is neither 0
-    nor a power of two, sized by the constant's own bit length."""
+    The products are forward ``W x A``, gradient ``E x A``, backward ``W x E`` (not in stage 1,
+    which sends no error), ``T * (w - w_prev)`` for the weight-difference prediction, and,
+    unless the ``shift`` option makes them shifts, one product per update constant. Each is cut
+    as :func:`rtl_gen.multiply.pipelined_product` cuts it for the device's multiplier
+    (``device``, by default the config's): operand widths are those of the signed operands the
+    hardware multiplies, and a constant's power-of-two and zero slices need no piece."""
+    from pbhw.devices import load_device
+
+    if device is None:
+        device = load_device(plan.config.hardware.device)
+    ports = device.multiplier_widths
     fm = stage.formats
-    x_bits = plan.stages[max(stage.index - 2, 0)].formats.activation.format.width
-    w_bits, e_bits = fm.weight.format.width, fm.error.format.width
-    v_bits, g_bits = fm.velocity.format.width, fm.gradient.format.width
-    products = [("forward", w_bits, x_bits), ("gradient", e_bits, x_bits)]
+
+    def signed_bits(role_format) -> int:
+        return role_format.width + (0 if role_format.signed else 1)
+
+    x_bits = signed_bits(plan.stages[max(stage.index - 2, 0)].formats.activation.format)
+    w_bits, e_bits = signed_bits(fm.weight.format), signed_bits(fm.error.format)
+    v_bits = signed_bits(fm.velocity.format)
+    products = [("forward", w_bits, ("width", x_bits)), ("gradient", e_bits, ("width", x_bits))]
     if stage.index > 1:
-        products.append(("backward", w_bits, e_bits))
+        products.append(("backward", w_bits, ("width", e_bits)))
     prediction = plan.config.optimizer.weight_prediction
-    if prediction is WeightPrediction.WEIGHT_DIFFERENCE and stage.horizon > 1:
-        products.append(("horizon", stage.horizon.bit_length() + 1, w_bits + 1))
-    if fm.coefficient_shift:
-        return products
-    codes = {name: c.code for name, c in stage.coefficients.items()}
-    constants = [("momentum", v_bits), ("eta_a", v_bits), ("eta_b", g_bits)]
-    if prediction is WeightPrediction.VELOCITY and stage.horizon:
-        constants.append(("eta_T", v_bits))
-    for name, bits in constants:
-        code = codes.get(name, 0)
-        terms = shift_terms(code)
-        if terms is not None and len(terms) <= 1:
-            continue  # 0 or a power of two: a shift
-        products.append((name, abs(code).bit_length() + 1, bits + 1))
-    return products
+    if prediction is WeightPrediction.WEIGHT_DIFFERENCE and stage.horizon:
+        products.append(("horizon", w_bits + 1, ("constant", stage.horizon)))
+    if not fm.coefficient_shift:
+        codes = {name: c.code for name, c in stage.coefficients.items()}
+        # The unit's rounded velocity and gradient carry one extra bit.
+        constants = [
+            ("momentum", v_bits),
+            ("eta_a", fm.velocity.format.width + 1),
+            ("eta_b", fm.gradient.format.width + 1),
+        ]
+        if prediction is WeightPrediction.VELOCITY and stage.horizon:
+            constants.append(("eta_T", v_bits))
+        for name, bits in constants:
+            code = codes.get(name, 0)
+            if code:  # eta_b is 0 without Spike Compensation: no term
+                products.append((name, bits, ("constant", code)))
+    return [
+        (name, a, b)
+        for name, bits, other in products
+        for a, b in product_shapes(bits, other, ports)
+    ]
 
 
 def lane_dsp_cost(plan: Plan, stage: StagePlan, device) -> int:
     """Hard multiplier blocks of one lane of ``stage`` on ``device``."""
     from pbhw.estimate import dsp_count
 
-    return sum(dsp_count(a, b, device) for _, a, b in lane_products(plan, stage))
+    return sum(dsp_count(a, b, device) for _, a, b in lane_products(plan, stage, device))
 
 
 def auto_lanes(plan: Plan, device=None) -> tuple[int, ...]:

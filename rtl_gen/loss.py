@@ -4,8 +4,8 @@
 circuit of ``docs/numerics.md``: a maximum, then one output per cycle through a 256-entry
 ``2**(j/256)`` table and a shifter (summing ``S``), then one output per cycle through a divider.
 The unit also emits, per sample, the result token: label, prediction (the first maximum, as a
-comparator chain finds it), the output codes and the error codes. The loss value itself is a
-reporting quantity computed on the host from the output codes.
+registered comparator tree finds it), the output codes and the error codes. The loss value
+itself is a reporting quantity computed on the host from the output codes.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pbhw.config import Loss, RoleFormat
 from pbhw.fixed import FixedFormat, Rounding
 from rtl_gen.requantizer import Requantizer, shape_of, span_width
 from rtl_gen.stage import COUNTER_BITS, error_token, forward_token, label_bits
-from rtl_gen.threefry import Threefry2x32
+from rtl_gen.threefry import Threefry2x32, pipelined_latency
 
 __all__ = ["LossUnit", "result_token"]
 
@@ -91,18 +91,34 @@ class LossUnit(wiring.Component):
         )
 
     @property
+    def argmax_levels(self) -> int:
+        """Registered levels of the comparator tree that finds the first maximum."""
+        return (self._classes - 1).bit_length()
+
+    @property
+    def wait(self) -> int:
+        """Cycles between taking a token and using the maximum: the tree's levels, and with
+        ``mse`` and stochastic rounding at least the pipelined random words' latency."""
+        wait = self.argmax_levels
+        if self._kind is Loss.MSE and self._error_role.rounding is Rounding.STOCHASTIC:
+            wait = max(wait, pipelined_latency())
+        return wait
+
+    @property
     def latency(self) -> int:
         """Cycles from taking a sample's token to offering its error token."""
-        return 2 if self._kind is Loss.MSE else 2 * self._classes + 3
+        if self._kind is Loss.MSE:
+            return 2 + self.wait
+        return 2 * self._classes + 3 + self.wait
 
-    def _rounder(self, m, name, src, index, step):
+    def _rounder(self, m, name, src, index, step, pipelined=False):
         role = self._error_role
         # With no bits to drop every rounding mode is the identity: no random word needed.
         rounding = role.rounding if src.frac > role.format.frac else Rounding.HALF_EVEN
         rq = Requantizer(src=src, dst=role.format, rounding=rounding, overflow=role.overflow)
         m.submodules[name] = rq
         if rounding is Rounding.STOCHASTIC:
-            tf = Threefry2x32()
+            tf = Threefry2x32(pipelined=pipelined)  # pipelined: inputs held for its latency
             m.submodules[f"{name}_rng"] = tf
             m.d.comb += [
                 tf.k0.eq(self._seed & 0xFFFFFFFF),
@@ -130,18 +146,24 @@ class LossUnit(wiring.Component):
         with m.If(self.result.ready):
             m.d.sync += self.result.valid.eq(0)
 
-        # Prediction: the first maximum.
-        best, best_y = Const(0, label_bits(n)), y[0]
-        for o in range(1, n):
-            better = y[o] > best_y
-            best = Mux(better, o, best)
-            best_y = Mux(better, y[o], best_y)
-            sig_b, sig_y = (
-                Signal(label_bits(n), name=f"best{o}"),
-                Signal(shape_of(yf), name=f"max{o}"),
-            )
-            m.d.comb += [sig_b.eq(best), sig_y.eq(best_y)]
-            best, best_y = sig_b, sig_y
+        # Prediction: the first maximum, by a tree of comparators with a register per level
+        # (the left operand always has the lower indices, so ties keep the first).
+        level = [(Const(o, label_bits(n)), y[o]) for o in range(n)]
+        for depth in range(self.argmax_levels):
+            pairs = []
+            for j in range(0, len(level), 2):
+                (ia, ya), (ib, yb) = level[j], level[j + 1] if j + 1 < len(level) else level[j]
+                sig_b = Signal(label_bits(n), name=f"best{depth}_{j // 2}")
+                sig_y = Signal(shape_of(yf), name=f"max{depth}_{j // 2}")
+                if j + 1 < len(level):
+                    better = yb > ya
+                    m.d.sync += [sig_b.eq(Mux(better, ib, ia)), sig_y.eq(Mux(better, yb, ya))]
+                else:
+                    m.d.sync += [sig_b.eq(ia), sig_y.eq(ya)]
+                pairs.append((sig_b, sig_y))
+            level = pairs
+        best, best_y = level[0]
+        waited = Signal(range(self.wait + 1))
 
         emit = Signal()
         with m.If(emit):
@@ -166,20 +188,30 @@ class LossUnit(wiring.Component):
             src = FixedFormat(span_width(lo, hi), yf.frac)
             events = []
             for o in range(n):
-                rq = self._rounder(m, f"rq{o}", src, o, step)
+                rq = self._rounder(m, f"rq{o}", src, o, step, pipelined=True)
                 one = Mux(label == o, 1 << yf.frac, 0)
                 m.d.comb += [rq.i.eq(y[o] - one), delta[o].eq(rq.o)]
                 events.append(rq.saturated & ~bubble)
+            # Saturation events are counted a cycle after the emit (the sum is registered).
+            emitted = Signal(range(n + 1))
+            m.d.sync += [
+                emitted.eq(Mux(emit, sum(events[1:], events[0]), 0)),
+                count.eq(count + emitted),
+            ]
             with m.FSM(name="loss"):
                 with m.State("IDLE"):
                     with m.If(self.fwd_i.valid):
                         m.d.comb += self.fwd_i.ready.eq(1)
                         self._take(m, y, label, bubble)
+                        m.d.sync += waited.eq(0)
+                        m.next = "WAIT" if self.wait else "EMIT"
+                with m.State("WAIT"):
+                    m.d.sync += waited.eq(waited + 1)
+                    with m.If(waited == self.wait - 1):
                         m.next = "EMIT"
                 with m.State("EMIT"):
                     with m.If(free):
                         m.d.comb += emit.eq(1)
-                        m.d.sync += count.eq(count + sum(events[1:], events[0]))
                         m.next = "IDLE"
             return m
 
@@ -214,6 +246,11 @@ class LossUnit(wiring.Component):
                 with m.If(self.fwd_i.valid):
                     m.d.comb += self.fwd_i.ready.eq(1)
                     self._take(m, y, label, bubble)
+                    m.d.sync += waited.eq(0)
+                    m.next = "WAIT" if self.wait else "MAX"
+            with m.State("WAIT"):
+                m.d.sync += waited.eq(waited + 1)
+                with m.If(waited == self.wait - 1):
                     m.next = "MAX"
             with m.State("MAX"):
                 m.d.sync += [ymax.eq(best_y), idx.eq(0), total.eq(0)]

@@ -97,7 +97,8 @@ class Requantizer(wiring.Component):
         return self._overflow
 
     def _round_right(self, m, x, shift):
-        """``x / 2**shift`` rounded to an integer, for ``shift >= 1``; ``x`` is signed."""
+        """``(down, up)`` with ``down + up`` = ``x / 2**shift`` rounded to an integer, for
+        ``shift >= 1``: ``down`` the floor, ``up`` one bit; ``x`` is signed."""
         width = len(x)
         # Beyond width + 32 the dropped bits above the comparator window are all sign bits, and
         # every rounding decision below looks only at those, so a larger shift changes nothing.
@@ -121,9 +122,10 @@ class Requantizer(wiring.Component):
             bits = min(shift, 32)
             up = self.random[32 - bits :] < dropped[shift - bits :]
 
-        rounded = Signal(signed(len(down) + 1), name="rounded")
-        m.d.comb += rounded.eq(down + up)
-        return rounded
+        floor = Signal(signed(len(down)), name="floor")
+        round_up = Signal(name="round_up")
+        m.d.comb += [floor.eq(down), round_up.eq(up)]
+        return floor, round_up
 
     def _shift_left(self, m, x, shift):
         """``x * 2**shift`` exactly, for ``shift >= 0``; ``x`` is signed."""
@@ -142,17 +144,26 @@ class Requantizer(wiring.Component):
         m.d.comb += x.eq(self.i)
 
         shift = self._src.frac - self._dst.frac
+        dst = self._dst
         if shift > 0:
-            value = self._round_right(m, x, shift)
+            # Range checks on the floor and the round-up bit, side by side with the addition
+            # (which only the kept low bits need): value = down + up, up in {0, 1}.
+            down, up = self._round_right(m, x, shift)
+            too_high = (down > dst.max_code) | ((down == dst.max_code) & up)
+            too_low = (down < dst.min_code - 1) | ((down == dst.min_code - 1) & ~up)
+            if len(down) + 1 > dst.width:
+                value = Signal(dst.width, name="rounded")
+                m.d.comb += value.eq(down[: dst.width] + up)
+            else:
+                value = Signal(signed(len(down) + 1), name="rounded")
+                m.d.comb += value.eq(down + up)
         else:
             value = self._shift_left(m, x, -shift)
-
-        dst = self._dst
-        too_high = value > dst.max_code
-        too_low = value < dst.min_code
+            too_high = value > dst.max_code
+            too_low = value < dst.min_code
         m.d.comb += self.saturated.eq(too_high | too_low)
-        # `value` is signed, so assigning it keeps its low dst.width bits (wrap) or sign-extends it
-        # when the destination is the wider one.
+        # `value` keeps its low dst.width bits (wrap), or is sign-extended when the destination
+        # is the wider one.
         if self._overflow is Overflow.SATURATE:
             m.d.comb += self.o.eq(Mux(too_high, dst.max_code, Mux(too_low, dst.min_code, value)))
         else:

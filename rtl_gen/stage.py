@@ -38,8 +38,10 @@ from golden.fixed_arith import stream_id
 from pbhw.config import RoleFormat, WeightPrediction
 from pbhw.fixed import FixedFormat, Rounding
 from pbhw.plan import StagePlan
+from rtl_gen.multiply import LATENCY as PRODUCT_LATENCY
+from rtl_gen.multiply import Delays, pipelined_product
 from rtl_gen.requantizer import Requantizer, shape_of, span_width
-from rtl_gen.threefry import Threefry2x32
+from rtl_gen.threefry import Threefry2x32, pipelined_latency
 from rtl_gen.update import UpdateUnit
 
 __all__ = [
@@ -117,6 +119,9 @@ class Stage(wiring.Component):
         Number of lanes ``P`` (any value from 1 to the number of weights).
     init : numpy.ndarray
         Initial weight codes, ``[N_out, N_cols]`` (the memory init contents).
+    multiplier_ports : tuple of int
+        Operand widths of the device's hard multiplier: every product is cut into pieces that
+        fit (:mod:`rtl_gen.multiply`).
 
     Attributes
     ----------
@@ -150,6 +155,7 @@ class Stage(wiring.Component):
         seed: int,
         lanes: int,
         init: np.ndarray,
+        multiplier_ports: tuple[int, int] = (18, 18),
     ):
         if not isinstance(plan, StagePlan):
             raise TypeError(f"Plan must be a StagePlan, not {plan!r}")
@@ -176,6 +182,7 @@ class Stage(wiring.Component):
         self._lanes = lanes
         self._cols = cols
         self._init = init
+        self._multiplier_ports = tuple(multiplier_ports)
         fm = plan.formats
         self.update_args = dict(
             formats=fm,
@@ -186,11 +193,14 @@ class Stage(wiring.Component):
             eta_t=plan.coefficients["eta_T"].code if "eta_T" in plan.coefficients else 0,
             horizon=plan.horizon,
             x_format=x_role.format,
+            pipelined=True,
+            multiplier_ports=tuple(multiplier_ports),
         )
         # Built once here so that a bad constant or width fails in the constructor.
         self._probe = UpdateUnit(**self.update_args)
         self._probe._MustUse__silence = True  # a probe of widths and costs, never elaborated
         self._check_accumulators()
+        self._schedule()
 
         members = {
             "fwd_i": In(stream.Signature(forward_token(plan.n_in, x_role.format, classes))),
@@ -234,7 +244,48 @@ class Stage(wiring.Component):
 
     @property
     def cycles_per_step(self) -> int:
-        return self.rows + OVERHEAD
+        return self.rows + OVERHEAD + self.drain
+
+    @property
+    def drain(self) -> int:
+        """Cycles between the last row read and the hand-over: the lane pipeline's depth."""
+        return self._at["drain"]
+
+    @property
+    def pipeline(self) -> dict[str, int]:
+        """Cycle, after a row is read, at which each part of the lane pipeline acts
+        (``docs/hardware.md``): ``update`` (unit inputs), ``predicted`` (w_hat), ``forward``
+        (products registered), ``row_sum``, ``activation`` (rounded, z written), ``backward``
+        (column sums), ``write`` (W and V written back), ``drain``."""
+        return dict(self._at)
+
+    def _schedule(self) -> None:
+        """Cycle (after its row is read) at which each part of a row's pipeline acts."""
+        fm = self._plan.formats
+        words = pipelined_latency()
+        act_stochastic = fm.activation.rounding is Rounding.STOCHASTIC
+        err_stochastic = (
+            self._error_out is not None and self._error_out.rounding is Rounding.STOCHASTIC
+        )
+        # The unit's inputs wait until the earliest random word of a lane is ready; the
+        # activation rounding (3 cycles after w_hat) must not come before its word either.
+        # A row is registered once after the memory (cycle 1) before anything uses it.
+        pre = max([words - s for s in self._probe.random_stage.values()] + [1])
+        tail = PRODUCT_LATENCY + 2  # forward product, group sums, row sum + rounding
+        if act_stochastic:
+            pre = max(pre, words - self._probe.prediction_latency - tail)
+        at = {"update": pre, "predicted": pre + self._probe.prediction_latency}
+        at["forward"] = at["predicted"] + PRODUCT_LATENCY
+        at["row_sum"] = at["forward"] + 1
+        at["activation"] = at["row_sum"] + 1
+        at["backward"] = 1 + PRODUCT_LATENCY
+        at["write"] = pre + self._probe.latency
+        # Saturation events are counted a cycle late: the drain waits for them too.
+        at["drain"] = max(at["activation"], at["write"], at["backward"]) + 1
+        if err_stochastic:  # the error words (of the step counter) settle during the step
+            at["drain"] = max(at["drain"], words)
+        self._words = words
+        self._at = at
 
     @property
     def weight_bits(self) -> int:
@@ -313,8 +364,9 @@ class Stage(wiring.Component):
     # ------------------------------------------------------------------ elaboration
 
     def _random(self, m: Module, name: str, role: str, step, index) -> Signal:
-        """The element's 32-bit word of stream ``16 * stage + role``."""
-        tf = Threefry2x32()
+        """The element's 32-bit word of stream ``16 * stage + role``, :attr:`_words` cycles
+        after ``index`` (a pipelined Threefry; ``step`` is constant during a step)."""
+        tf = Threefry2x32(pipelined=True)
         m.submodules[f"rng_{name}"] = tf
         m.d.comb += [
             tf.k0.eq(self._seed & 0xFFFFFFFF),
@@ -327,6 +379,8 @@ class Stage(wiring.Component):
     def _rounder(
         self, m: Module, name: str, src: FixedFormat, role: RoleFormat, rng_role: str, step, index
     ):
+        """A requantizer into ``role``; a stochastic one rounds with the word of ``index``
+        given :attr:`_words` cycles earlier."""
         rq = Requantizer(src=src, dst=role.format, rounding=role.rounding, overflow=role.overflow)
         m.submodules[f"rq_{name}"] = rq
         if role.rounding is Rounding.STOCHASTIC:
@@ -377,6 +431,7 @@ class Stage(wiring.Component):
         base_col = Signal(range(N))
         base_row = Signal(range(n_out + P // N + 2))
         kbase = Signal(range(self.rows * P + 1))
+        drain = Signal(range(max(2, self._at["drain"])))
         m.d.comb += self.step.eq(step)
 
         # ---- vectors: input rings (current and stashed x, bias column included), the error,
@@ -406,10 +461,17 @@ class Stage(wiring.Component):
         if sends_error:
             outputs_free &= ~self.err_o.valid
 
-        # ---- lanes
+        # ---- lanes: a row read at cycle 0 flows through the lane pipeline (self.pipeline);
+        # everything it carries is delayed along with it.
         pass_on = Signal()  # a row arrives from memory this cycle
         finish = Signal()  # the step hands over its outputs this cycle
         loading = Signal()  # the stash is read; row 0 is addressed
+        at = self._at
+        later = Delays(m)  # later(value as of the row's cycle 0, n, name): n cycles later
+
+        def valid(n):
+            return later(pass_on, n, "row_valid")
+
         lane_w, lane_v, lane_wp, lane_k = [], [], [], []
         for p in range(P):
 
@@ -420,10 +482,15 @@ class Stage(wiring.Component):
             lane_w.append(field(rd_w, wb, wf))
             lane_v.append(field(rd_v, vb, vf))
             lane_wp.append(field(rd_p, wb, wf) if rd_p is not None else None)
-            lane_k.append(kbase + p)
+            k = Signal(range(self.rows * P + P), name=f"k{p}")
+            m.d.comb += k.eq(kbase + p)
+            lane_k.append(k)
 
+        # Lanes p >= always_valid hold padding in the last row.
+        always_valid = self.weights - (self.rows - 1) * P
+        pre = at["update"]
         fprod, bprod, new_w, new_v, sat = [], [], [], [], []
-        off_carry = []  # lane p's row is base_row + p // N + carry
+        off_carry = []  # lane p's row is base_row + p // N + carry (as of cycle 0)
         for p in range(P):
             k_valid = Signal(name=f"valid{p}")
             m.d.comb += k_valid.eq(lane_k[p] < self.weights)
@@ -437,59 +504,98 @@ class Stage(wiring.Component):
             hi = dz_sr[d0 + 1] if d0 + 1 < n_out else Const(0, shape_of(ef))
             lo = dz_sr[d0] if d0 < n_out else Const(0, shape_of(ef))
             m.d.comb += dz.eq(Mux(carry, hi, lo))
-            x = x_ring[p % N]
             m.d.comb += [
-                unit.dz.eq(dz),
-                unit.x.eq(xg_ring[p % N]),
-                unit.w.eq(lane_w[p]),
-                unit.v.eq(lane_v[p]),
+                unit.dz.eq(later(dz, pre, f"dz{p}")),
+                unit.x.eq(later(xg_ring[p % N], pre, f"xg{p}")),
+                unit.w.eq(later(lane_w[p], pre, f"w{p}")),
+                unit.v.eq(later(lane_v[p], pre, f"v{p}")),
             ]
             if self.has_w_prev:
-                m.d.comb += unit.w_prev.eq(lane_wp[p])
-            for point in ("gradient", "velocity", "weight", "prediction"):
-                if hasattr(unit, f"random_{point}"):
-                    word = self._random(m, f"{point}{p}", point, step, lane_k[p])
-                    m.d.comb += getattr(unit, f"random_{point}").eq(word)
+                m.d.comb += unit.w_prev.eq(later(lane_wp[p], pre, f"wp{p}"))
+            for point, stage_at in unit.random_stage.items():
+                index = later(lane_k[p], pre + stage_at - self._words, f"k{p}")
+                word = self._random(m, f"{point}{p}", point, step, index)
+                m.d.comb += getattr(unit, f"random_{point}").eq(word)
+            # Forward product on the predicted weight, registered: at["forward"].
+            h = at["predicted"]
             f = Signal(signed(self._fwd_acc.width), name=f"fprod{p}")
-            m.d.comb += f.eq(Mux(k_valid, unit.w_hat * x, 0))
+            x_h = later(x_ring[p % N], h, f"x{p}")
+            ports = self._multiplier_ports
+            product = pipelined_product(m, unit.w_hat, x_h, ports, f"forward{p}")
+            m.d.comb += f.eq(Mux(later(k_valid, at["forward"], f"kv{p}"), product, 0))
             fprod.append(f)
-            if sends_error:
+            if sends_error:  # backward product on the current weight, from the row register
                 b = Signal(signed(self._bwd_acc.width), name=f"bprod{p}")
-                m.d.comb += b.eq(Mux(k_valid, lane_w[p] * dz, 0))
+                product = pipelined_product(
+                    m, later(lane_w[p], 1, f"w{p}"), later(dz, 1, f"dz{p}"), ports, f"backward{p}"
+                )
+                m.d.comb += b.eq(Mux(later(k_valid, at["backward"], f"kv{p}"), product, 0))
                 bprod.append(b)
-            new_w.append(Mux(k_valid, unit.w_new, lane_w[p]))
-            new_v.append(Mux(k_valid, unit.v_new, lane_v[p]))
-            sat.append((k_valid, unit.saturated))
+            u = at["write"]
+            if p < always_valid:
+                new_w.append(unit.w_new)
+                new_v.append(unit.v_new)
+            else:
+                kv = later(k_valid, u, f"kv{p}")
+                new_w.append(Mux(kv, unit.w_new, later(lane_w[p], u, f"w{p}")))
+                new_v.append(Mux(kv, unit.v_new, later(lane_v[p], u, f"v{p}")))
+            sat.append((later(k_valid, u, f"kv{p}"), later(k_valid, h, f"kv{p}"), unit.saturated))
 
-        # ---- row sums: lanes grouped by their row offset r = p // N + carry_p
+        # ---- row sums: lanes grouped by their row offset r = p // N + carry_p. The group sums
+        # are registered (at["row_sum"]), then added to the running sum ``cur``.
         groups = (N - 1 + P - 1) // N + 1  # distinct offsets in one cycle
-        sums = []
+        fwd_at, sum_at = at["forward"], at["row_sum"]
+        partial = []
         for r in range(groups):
             terms = [
-                Mux(carry if d0 + 1 == r else ~carry, fprod[p], 0)
+                Mux(
+                    later(carry, fwd_at, f"carry{p}")
+                    if d0 + 1 == r
+                    else ~later(carry, fwd_at, f"carry{p}"),
+                    fprod[p],
+                    0,
+                )
                 for p, (d0, carry) in enumerate(off_carry)
                 if r in (d0, d0 + 1)
             ]
-            if r == 0:
-                terms.append(cur)
+            part = Signal(signed(self._fwd_acc.width), name=f"partial{r}")
+            m.d.sync += part.eq(sum(terms[1:], terms[0]) if terms else 0)
+            partial.append(part)
+        sums = []
+        for r in range(groups):
             s = Signal(signed(self._fwd_acc.width), name=f"rowsum{r}")
-            m.d.comb += s.eq(sum(terms[1:], terms[0]) if terms else 0)
+            m.d.comb += s.eq(partial[r] + cur if r == 0 else partial[r])
             sums.append(s)
-        # Rows finished this cycle: base_row .. base_row + adv - 1.
+        # Rows finished by a row read: base_row .. base_row + adv - 1.
         adv_lo = P // N
         wrap = Signal()
         m.d.comb += wrap.eq(base_col + P % N >= N)
+        wrap_s = later(wrap, sum_at, "wrap")
+        base_row_s = later(base_row, sum_at, "base_row")
         adv = Signal(range(adv_lo + 2))
-        m.d.comb += adv.eq(adv_lo + wrap)
+        m.d.comb += adv.eq(adv_lo + wrap_s)
+        with m.If(valid(sum_at)):
+            # The running sum of the row in progress: rows base_row + adv onwards.
+            m.d.sync += cur.eq(
+                Mux(
+                    wrap_s,
+                    sums[adv_lo + 1] if adv_lo + 1 < groups else 0,
+                    sums[adv_lo] if adv_lo < groups else 0,
+                )
+            )
 
         act = fm.activation
+        act_at = at["activation"]
         for r in range((N - 1 + P) // N):
-            out_row = Signal(range(n_out + P // N + 2), name=f"done_row{r}")
-            m.d.comb += out_row.eq(base_row + r)
-            rq = self._rounder(m, f"act{r}", self._fwd_acc, act, "activation", step, out_row)
-            m.d.comb += rq.i.eq(sums[r])
             done = Signal(name=f"done{r}")
-            m.d.comb += done.eq(pass_on & (r < adv) & (out_row < n_out))
+            m.d.sync += done.eq(valid(sum_at) & (r < adv) & (base_row_s + r < n_out))
+            out_row = Signal(range(n_out + P // N + 2), name=f"done_row{r}")
+            m.d.sync += out_row.eq(base_row_s + r)
+            total = Signal(signed(self._fwd_acc.width), name=f"total{r}")
+            m.d.sync += total.eq(sums[r])
+            index = later(base_row, act_at - self._words, "base_row") + r
+            rq = self._rounder(m, f"act{r}", self._fwd_acc, act, "activation", step, index)
+            m.d.comb += rq.i.eq(total)
             y = rq.o
             if self._relu and act.format.signed:
                 y = Mux(rq.o > 0, rq.o, 0)
@@ -497,10 +603,37 @@ class Stage(wiring.Component):
                 with m.If(done & (out_row == o)):
                     m.d.sync += z_out[o].eq(y)
             events["activation"].append(done & ~fwd_bubble & rq.saturated)
-        for k_valid, flags in sat:
+        upd_on, pre_on = valid(at["write"]), valid(at["predicted"])
+        for kv_u, kv_h, flags in sat:
             for point in ("gradient", "velocity", "weight"):
-                events[point].append(pass_on & k_valid & ~err_bubble & getattr(flags, point))
-            events["prediction"].append(pass_on & k_valid & ~fwd_bubble & flags.prediction)
+                events[point].append(upd_on & kv_u & ~err_bubble & getattr(flags, point))
+            events["prediction"].append(pre_on & kv_h & ~fwd_bubble & flags.prediction)
+
+        # ---- write-back, at["write"] cycles after the read (a row is not read again before
+        # the next step, which starts after the drain)
+        update = later(pass_on, at["write"], "row_valid") & ~err_bubble
+        row_u = later(row, at["write"], "row")
+        m.d.comb += [
+            wr_w.addr.eq(row_u),
+            wr_w.data.eq(Cat(*[w.as_unsigned()[:wb] for w in new_w])),
+            wr_w.en.eq(Mux(update, (1 << len(wr_w.en)) - 1, 0)),
+            wr_v.addr.eq(row_u),
+            wr_v.data.eq(Cat(*[v.as_unsigned()[:vb] for v in new_v])),
+            wr_v.en.eq(Mux(update, (1 << len(wr_v.en)) - 1, 0)),
+        ]
+        if wr_p is not None:  # the weight before this update, at the read
+            m.d.comb += [
+                wr_p.addr.eq(row),
+                wr_p.data.eq(rd_w.data),
+                wr_p.en.eq(Mux(pass_on & ~err_bubble, (1 << len(wr_p.en)) - 1, 0)),
+            ]
+        # ---- column sums, one cycle after the read: the ring rotates with the rows
+        if sends_error:
+            with m.If(valid(at["backward"])):
+                for j in range(N):
+                    src = (j + P) % N
+                    adds = [bprod[q] for q in range(P) if q % N == src]
+                    m.d.sync += bacc[j].eq(sum(adds, bacc[src]))
 
         # ---- FSM
         with m.FSM(name="stage"):
@@ -549,49 +682,26 @@ class Stage(wiring.Component):
                 m.next = "PASS"
             with m.State("PASS"):
                 m.d.comb += pass_on.eq(1)
-                update = ~err_bubble
-                m.d.comb += [
-                    wr_w.addr.eq(row),
-                    wr_w.data.eq(Cat(*[w.as_unsigned()[:wb] for w in new_w])),
-                    wr_w.en.eq(Mux(update, (1 << len(wr_w.en)) - 1, 0)),
-                    wr_v.addr.eq(row),
-                    wr_v.data.eq(Cat(*[v.as_unsigned()[:vb] for v in new_v])),
-                    wr_v.en.eq(Mux(update, (1 << len(wr_v.en)) - 1, 0)),
-                ]
-                if wr_p is not None:
-                    m.d.comb += [
-                        wr_p.addr.eq(row),
-                        wr_p.data.eq(rd_w.data),
-                        wr_p.en.eq(Mux(update, (1 << len(wr_p.en)) - 1, 0)),
-                    ]
                 # Rotate the rings by P places; dz shifts by the rows that advanced.
                 for j in range(N):
                     src = (j + P) % N
                     m.d.sync += [x_ring[j].eq(x_ring[src]), xg_ring[j].eq(xg_ring[src])]
-                if sends_error:
-                    for j in range(N):
-                        src = (j + P) % N
-                        adds = [bprod[q] for q in range(P) if q % N == src]
-                        m.d.sync += bacc[j].eq(sum(adds, bacc[src]))
                 for o in range(n_out):
                     lo = dz_sr[o + adv_lo] if o + adv_lo < n_out else 0
                     hi = dz_sr[o + adv_lo + 1] if o + adv_lo + 1 < n_out else 0
                     m.d.sync += dz_sr[o].eq(Mux(wrap, hi, lo))
                 m.d.sync += [
                     base_col.eq(Mux(wrap, base_col + P % N - N, base_col + P % N)),
-                    base_row.eq(base_row + adv),
+                    base_row.eq(base_row + adv_lo + wrap),
                     kbase.eq(kbase + P),
                     row.eq(row + 1),
+                    drain.eq(0),
                 ]
-                # The running sum of the row in progress: rows base_row + adv onwards.
-                m.d.sync += cur.eq(
-                    Mux(
-                        wrap,
-                        sums[adv_lo + 1] if adv_lo + 1 < groups else 0,
-                        sums[adv_lo] if adv_lo < groups else 0,
-                    )
-                )
                 with m.If(row == self.rows - 1):
+                    m.next = "DRAIN"
+            with m.State("DRAIN"):
+                m.d.sync += drain.eq(drain + 1)
+                with m.If(drain == self.drain - 1):
                     m.next = "FINISH"
             with m.State("FINISH"):
                 m.d.comb += [finish.eq(outputs_free), self.idle.eq(1)]
@@ -630,10 +740,12 @@ class Stage(wiring.Component):
                     m.d.sync += self.err_o.payload.e[i].eq(rq.o)
                 events["error"].append(finish & ~err_bubble & rq.saturated)
 
+        # Events are counted one cycle after they happen (the sum is registered first).
         for role, flags in events.items():
             if flags:
                 c = counts[COUNTER_ROLES.index(role)]
-                m.d.sync += c.eq(c + sum(flags[1:], flags[0]))
+                new = Signal(range(len(flags) + 1), name=f"events_{role}")
+                m.d.sync += [new.eq(sum(flags[1:], flags[0])), c.eq(c + new)]
 
         # ---- memory reads: the row pass, else the debug port
         rd_addr = Signal(range(max(2, self.rows)))

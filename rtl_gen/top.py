@@ -33,6 +33,8 @@ class Network(wiring.Component):
         Lanes per stage.
     init : sequence of numpy.ndarray
         Initial weight codes per stage, ``[N_out, N_in (+1)]``.
+    multiplier_ports : tuple of int
+        Operand widths of the target's hard multiplier (products are cut to fit them).
 
     Attributes
     ----------
@@ -48,7 +50,7 @@ class Network(wiring.Component):
         Counters, in the order of :meth:`counter_names`.
     """
 
-    def __init__(self, *, plan: Plan, lanes, init):
+    def __init__(self, *, plan: Plan, lanes, init, multiplier_ports=(18, 18)):
         if not isinstance(plan, Plan):
             raise TypeError(f"Plan must be a Plan, not {plan!r}")
         lanes = tuple(lanes)
@@ -73,6 +75,7 @@ class Network(wiring.Component):
                     seed=cfg.seed,
                     lanes=lanes[i],
                     init=np.asarray(init[i]),
+                    multiplier_ports=tuple(multiplier_ports),
                 )
             )
         last = plan.stages[-1]

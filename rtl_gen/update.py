@@ -1,23 +1,40 @@
-"""Combinational update of one weight: gradient, velocity, new weight and predicted weight.
+"""Update of one weight: gradient, velocity, new weight and predicted weight; combinational or
+pipelined.
 
 The block computes, bit for bit, one element of the "Update of stage l" and "Predicted weights"
 sections of ``docs/numerics.md`` (the golden model is :class:`golden.fixed_arith.FixedArithmetic`).
 Each accumulator is sized from the exact range of its terms, so nothing overflows before the
 :class:`~rtl_gen.requantizer.Requantizer` that rounds it into its role's format.
+
+Pipelined, the block registers every product and every rounded value, so no path holds more than
+one hard multiplier, or one addition and one rounding. Products take two cycles
+(:func:`rtl_gen.multiply.pipelined_product`). Cycle by cycle after the inputs: ``dz*x``, ``m*v``
+and the prediction's product start (0); the gradient and the predicted weight are rounded (2);
+the velocity is rounded and ``eta_b*g`` starts (3); ``eta_a*v_new`` starts (4); ``w - eta_b*g``
+is summed (5); the new weight is rounded (6); every output is registered one cycle after its
+rounding. :data:`PIPELINE` lists the cycle at which each rounding point rounds (its random word
+must arrive then).
 """
 
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Const, Module, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from pbhw.config import Formats, RoleFormat, WeightPrediction
 from pbhw.fixed import FixedFormat, Rounding
+from rtl_gen.multiply import LATENCY, Delays, pipelined_product
 from rtl_gen.requantizer import Requantizer, shape_of, span_width
 
 __all__ = ["UpdateUnit"]
 
 #: The rounding points of the block, in the order of the computation.
 ROUNDING_POINTS = ("gradient", "velocity", "weight", "prediction")
+#: Pipelined: the cycle (after the inputs) at which each rounding point rounds.
+PIPELINE = {"gradient": 2, "prediction": 2, "velocity": 3, "weight": 6}
+#: Pipelined: cycles from the inputs to ``w_hat`` (and its saturation flag).
+PREDICTION_LATENCY = 3
+#: Pipelined: cycles from the inputs to ``g``, ``v_new``, ``w_new`` and their saturation flags.
+UPDATE_LATENCY = 7
 
 
 def _range(fmt: FixedFormat) -> tuple[int, int]:
@@ -85,7 +102,7 @@ def times_constant(value, code: int, shift: bool):
 
 
 class UpdateUnit(wiring.Component):
-    """Update one weight element and predict its next value; purely combinational.
+    """Update one weight element and predict its next value.
 
     Parameters
     ----------
@@ -106,6 +123,10 @@ class UpdateUnit(wiring.Component):
         The horizon ``T`` (weight-difference prediction only).
     x_format : FixedFormat
         Format of the stashed input ``x`` (the activation feeding the stage).
+    pipelined : bool
+        Register products and rounded values (module docstring): ``w_hat`` follows the inputs
+        after :attr:`prediction_latency` cycles, the other outputs after :attr:`latency`; a
+        new element may enter every cycle. Default: combinational.
 
     With ``formats.coefficient_shift`` the constants (powers of two, and ``1 - 2**-k`` for the
     momentum, as :mod:`pbhw.plan` quantizes them under the ``shift`` option) are applied with
@@ -136,7 +157,8 @@ class UpdateUnit(wiring.Component):
     random_gradient, random_velocity, random_weight, random_prediction : In(32)
         Only for the rounding points whose role rounds stochastically (``random_prediction``
         only with the velocity prediction; the weight-difference form never rounds): the
-        element's 32-bit random word of that point's stream.
+        element's 32-bit random word of that point's stream; pipelined, it must arrive
+        :attr:`random_stage` ``[point]`` cycles after the element's inputs.
 
     Raises
     ------
@@ -146,9 +168,6 @@ class UpdateUnit(wiring.Component):
         If ``prediction`` names no prediction, ``horizon`` is negative, or an accumulator
         would need more than 62 bits.
     """
-
-    #: Combinational: the outputs follow the inputs within the same cycle.
-    latency = 0
 
     def __init__(
         self,
@@ -161,6 +180,8 @@ class UpdateUnit(wiring.Component):
         eta_t: int = 0,
         horizon: int = 0,
         x_format: FixedFormat,
+        pipelined: bool = False,
+        multiplier_ports: tuple[int, int] = (18, 18),
     ):
         if not isinstance(formats, Formats):
             raise TypeError(f"Formats must be a Formats, not {formats!r}")
@@ -174,6 +195,8 @@ class UpdateUnit(wiring.Component):
         ):
             if not _is_int(value):
                 raise TypeError(f"{name} must be an integer code, not {value!r}")
+        if not isinstance(pipelined, bool):
+            raise TypeError(f"Pipelined must be a bool, not {pipelined!r}")
         if not _is_int(horizon):
             raise TypeError(f"Horizon must be a non-negative integer, not {horizon!r}")
         if horizon < 0:
@@ -196,6 +219,8 @@ class UpdateUnit(wiring.Component):
         self._prediction = prediction
         self._eta_t = eta_t
         self._horizon = horizon
+        self._pipelined = pipelined
+        self._multiplier_ports = tuple(multiplier_ports)
         if formats.coefficient_shift:
             for name, code in self._constants().items():
                 if shift_terms(code) is None:
@@ -227,6 +252,29 @@ class UpdateUnit(wiring.Component):
             if self._rounds_stochastically(point):
                 members[f"random_{point}"] = In(32)
         super().__init__(members)
+
+    @property
+    def pipelined(self) -> bool:
+        return self._pipelined
+
+    @property
+    def latency(self) -> int:
+        """Cycles from the inputs to ``g``, ``v_new``, ``w_new`` and their saturation flags."""
+        return UPDATE_LATENCY if self._pipelined else 0
+
+    @property
+    def prediction_latency(self) -> int:
+        """Cycles from the inputs to ``w_hat`` and ``saturated.prediction``."""
+        return PREDICTION_LATENCY if self._pipelined else 0
+
+    @property
+    def random_stage(self) -> dict[str, int]:
+        """Cycle after the inputs at which each stochastic rounding point reads its word."""
+        return {
+            p: (PIPELINE[p] if self._pipelined else 0)
+            for p in ROUNDING_POINTS
+            if self._rounds_stochastically(p)
+        }
 
     @property
     def formats(self) -> Formats:
@@ -333,8 +381,9 @@ class UpdateUnit(wiring.Component):
             raise ValueError(f"The {point} accumulator needs {bits} bits, more than 62")
         return bits
 
-    def _requantize(self, m: Module, point: str, acc, output, rounding=None) -> None:
-        """Round ``acc`` (an expression in the point's accumulator format) into ``output``."""
+    def _requantize(self, m: Module, point: str, acc, output, rounding=None) -> Signal:
+        """Round ``acc`` (an expression in the point's accumulator format) into ``output``;
+        returns the saturation flag."""
         role = self._role_of(point)
         src = self._acc[point]
         rq = Requantizer(
@@ -346,9 +395,10 @@ class UpdateUnit(wiring.Component):
         m.submodules[f"rq_{point}"] = rq
         # The accumulator's width holds every value of the expression, so this assignment is exact.
         m.d.comb += rq.i.eq(acc)
-        m.d.comb += [output.eq(rq.o), getattr(self.saturated, point).eq(rq.saturated)]
+        m.d.comb += output.eq(rq.o)
         if rounding is None and role.rounding is Rounding.STOCHASTIC:
             m.d.comb += rq.random.eq(getattr(self, f"random_{point}"))
+        return rq.saturated
 
     def elaborate(self, platform):
         m = Module()
@@ -359,34 +409,86 @@ class UpdateUnit(wiring.Component):
             m.d.comb += sig.eq(port)
             return sig
 
+        delays = Delays(m)
+
+        def at(value, n, name):
+            """``value`` ``n`` cycles later (unchanged when combinational)."""
+            return delays(value, n, name) if self._pipelined else value
+
+        shift = self._formats.coefficient_shift
+
+        def product(a, b, name, constant=True):
+            """``a * b`` (``b`` an update constant's code, or a value; ``constant=False`` for
+            the horizon, never a shift): :data:`~rtl_gen.multiply.LATENCY` cycles later when
+            pipelined, in hard-multiplier-sized pieces."""
+            by_shift = isinstance(b, int) and shift and constant
+            if not self._pipelined:
+                return times_constant(a, b, shift) if by_shift else a * b
+            if by_shift:
+                return at(times_constant(a, b, shift), LATENCY, f"{name}_shifted")
+            return pipelined_product(m, a, b, self._multiplier_ports, name)
+
         dz, x = as_signed(self.dz, "dz_s"), as_signed(self.x, "x_s")
         w, v = as_signed(self.w, "w_s"), as_signed(self.v, "v_s")
+        stage = PIPELINE if self._pipelined else dict.fromkeys(PIPELINE, 0)
+        s_g, s_p, s_v, s_w = (stage[p] for p in ("gradient", "prediction", "velocity", "weight"))
 
-        g = Signal(signed(len(self.g) + 1), name="g_s")
-        self._requantize(m, "gradient", dz * x, g)
-
-        s_mv, s_g = self._vel_shifts
-        v_new = Signal(signed(len(self.v_new) + 1), name="v_new_s")
-        shift = self._formats.coefficient_shift
-        mv = times_constant(v, self._momentum, shift)
-        self._requantize(m, "velocity", (mv << s_mv) + (g << s_g), v_new)
-
-        s_w, s_v, s_gw = self._upd_shifts
-        acc = (w << s_w) - (times_constant(v_new, self._eta_a, shift) << s_v)
-        if self._eta_b:
-            acc = acc - (times_constant(g, self._eta_b, shift) << s_gw)
-        self._requantize(m, "weight", acc, self.w_new)
-        m.d.comb += [self.g.eq(g), self.v_new.eq(v_new)]
-
+        # The products of the inputs (ready at the gradient/prediction stage).
+        p_grad = product(dz, x, "p_grad")
+        p_mv = product(v, self._momentum, "p_mv")
+        p_pre = None
         if self._prediction is WeightPrediction.VELOCITY:
-            p_w, p_v = self._pre_shifts
-            acc = (w << p_w) - (times_constant(v, self._eta_t, shift) << p_v)
-            self._requantize(m, "prediction", acc, self.w_hat)
+            p_pre = product(v, self._eta_t, "p_pre")
         elif self._prediction is WeightPrediction.WEIGHT_DIFFERENCE:
             w_prev = as_signed(self.w_prev, "w_prev_s")
+            p_pre = product(w - w_prev, self._horizon, "p_pre", constant=False)
+
+        # The gradient and the predicted weight.
+        g = Signal(signed(len(self.g) + 1), name="g_s")
+        sat_g = self._requantize(m, "gradient", p_grad, g)
+        w_hat = Signal.like(self.w_hat, name="w_hat_s")
+        sat_p = Const(0)
+        w_p = at(w, s_p, "w")
+        if self._prediction is WeightPrediction.VELOCITY:
+            p_w, p_v = self._pre_shifts
+            sat_p = self._requantize(m, "prediction", (w_p << p_w) - (p_pre << p_v), w_hat)
+        elif self._prediction is WeightPrediction.WEIGHT_DIFFERENCE:
             # At the weight's own fractional bits: no bits are dropped, only overflow applies.
-            acc = w + (w - w_prev) * self._horizon
-            self._requantize(m, "prediction", acc, self.w_hat, rounding=Rounding.FLOOR)
+            sat_p = self._requantize(m, "prediction", w_p + p_pre, w_hat, rounding=Rounding.FLOOR)
         else:
-            m.d.comb += [self.w_hat.eq(self.w), self.saturated.prediction.eq(0)]
+            m.d.comb += w_hat.eq(w_p)
+        m.d.comb += [
+            self.w_hat.eq(at(w_hat, 1, "w_hat")),
+            self.saturated.prediction.eq(at(sat_p, 1, "sat_p")),
+        ]
+        g_v = at(g, s_v - s_g, "g")
+
+        # The velocity (from m*v and g); eta_b * g starts.
+        s_mv, s_gv = self._vel_shifts
+        v_new = Signal(signed(len(self.v_new) + 1), name="v_new_s")
+        sat_v = self._requantize(
+            m, "velocity", (at(p_mv, s_v - s_g, "p_mv") << s_mv) + (g_v << s_gv), v_new
+        )
+        p_gb = product(g_v, self._eta_b, "p_gb") if self._eta_b else None
+        # eta_a * v_new starts a cycle later; w - eta_b * g is summed while it runs.
+        v_n = at(v_new, 1, "v_new")
+        p_va = product(v_n, self._eta_a, "p_va")
+        sh_w, sh_v, sh_g = self._upd_shifts
+        part = at(w, s_w - 1, "w") << sh_w
+        if p_gb is not None:
+            part = part - (p_gb << sh_g)
+        acc = at(part, 1, "w_part") - (p_va << sh_v)
+
+        # The new weight; every output leaves at the same cycle.
+        w_new = Signal.like(self.w_new, name="w_new_s")
+        sat_w = self._requantize(m, "weight", acc, w_new)
+        done = s_w + 1 if self._pipelined else 0
+        m.d.comb += [
+            self.w_new.eq(at(w_new, 1, "w_new")),
+            self.saturated.weight.eq(at(sat_w, 1, "sat_w")),
+            self.v_new.eq(at(v_new, done - s_v, "v_new")),
+            self.saturated.velocity.eq(at(sat_v, done - s_v, "sat_v")),
+            self.g.eq(at(g, done - s_g, "g")),
+            self.saturated.gradient.eq(at(sat_g, done - s_g, "sat_g")),
+        ]
         return m

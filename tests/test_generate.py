@@ -93,7 +93,9 @@ def test_manifest_counts_follow_the_lanes(default_output):
     assert m["dsp_blocks"] <= m["dsp_available"]
     for layer in m["layers"]:
         assert layer["rows"] == -(-layer["weights"] // layer["lanes"])
-        assert layer["cycles_per_step"] == layer["rows"] + m["cycle_overhead"]["stage"]
+        drain = layer["pipeline"]["drain"]
+        assert layer["cycles_per_step"] == layer["rows"] + m["cycle_overhead"]["stage"] + drain
+    assert m["cycle_overhead"]["drain"] == [layer["pipeline"]["drain"] for layer in m["layers"]]
     slowest = max(layer["cycles_per_step"] for layer in m["layers"][:-1])
     last = m["layers"][-1]["cycles_per_step"] + m["cycle_overhead"]["loss_unit"]
     assert m["predicted_cycles_per_sample"] == max(slowest, last)

@@ -82,3 +82,36 @@ def test_converts_to_verilog():
     text = verilog.convert(Threefry2x32(), name="threefry2x32")
     assert "module threefry2x32" in text
     assert "*" not in text.replace("(*", "").replace("*)", "").replace("/*", "").replace("*/", "")
+
+
+@pytest.mark.parametrize("rounds", [0, 1, 4, 5, THREEFRY_ROUNDS])
+def test_pipelined_takes_a_counter_every_cycle(rounds):
+    dut = Threefry2x32(rounds=rounds, pipelined=True)
+    assert dut.latency == max(1, -(-rounds // 2))
+    rng = random.Random(rounds)
+    key = (rng.getrandbits(32), rng.getrandbits(32))
+    counters = [(rng.getrandbits(32), rng.getrandbits(32)) for _ in range(30)]
+    expected = [int(threefry2x32(*key, *c, rounds=rounds)[0]) for c in counters]
+    outputs = []
+
+    async def testbench(ctx):
+        ctx.set(dut.k0, key[0])
+        ctx.set(dut.k1, key[1])
+        for n in range(len(counters) + dut.latency):
+            if n < len(counters):
+                ctx.set(dut.c0, counters[n][0])
+                ctx.set(dut.c1, counters[n][1])
+            await ctx.tick()
+            if n + 1 >= dut.latency:
+                outputs.append(ctx.get(dut.x0))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(testbench)
+    sim.run()
+    assert outputs[: len(counters)] == expected
+
+
+def test_pipelined_wrong_type():
+    with raises_in_init(TypeError, match=r"Pipelined must be a bool, not 1"):
+        Threefry2x32(pipelined=1)

@@ -59,7 +59,7 @@ def make_plan(*, prediction="velocity", spike_compensation=True, **formats):
     )
 
 
-def make_unit(plan):
+def make_unit(plan, pipelined=False):
     stage = plan.stages[0]
     codes = {name: c.code for name, c in stage.coefficients.items()}
     return UpdateUnit(
@@ -71,6 +71,7 @@ def make_unit(plan):
         eta_t=codes.get("eta_T", 0),
         horizon=stage.horizon,
         x_format=stage.formats.activation.format,
+        pipelined=pipelined,
     )
 
 
@@ -126,8 +127,14 @@ def simulate(dut, dz, x, w, v, w_prev):
     outputs = {name: [] for name in ("g", "v_new", "w_new", "w_hat")}
     counts = {point: 0 for point in ("gradient", "velocity", "weight", "prediction")}
 
+    def latency_of(name):
+        return dut.prediction_latency if name in ("w_hat", "prediction") else dut.latency
+
     async def testbench(ctx):
-        for n in index:
+        # One element enters per cycle; each output and flag is read at its own latency, each
+        # random word at its rounding point's stage (all 0 when combinational).
+        for c in range(K * K + dut.latency):
+            n = min(c, K * K - 1)
             ctx.set(dut.dz, int(dz[n // K]))
             ctx.set(dut.x, int(x[n % K]))
             ctx.set(dut.w, int(w[n]))
@@ -135,13 +142,23 @@ def simulate(dut, dz, x, w, v, w_prev):
             if hasattr(dut, "w_prev"):
                 ctx.set(dut.w_prev, int(w_prev[n]))
             for point, word in words.items():
-                ctx.set(getattr(dut, f"random_{point}"), int(word[n]))
+                e = c - dut.random_stage[point]
+                if 0 <= e < K * K:
+                    ctx.set(getattr(dut, f"random_{point}"), int(word[e]))
             for name, values in outputs.items():
-                values.append(ctx.get(getattr(dut, name)))
+                if 0 <= c - latency_of(name) < K * K:
+                    values.append(ctx.get(getattr(dut, name)))
             for point in counts:
-                counts[point] += ctx.get(getattr(dut.saturated, point))
+                if 0 <= c - latency_of(point) < K * K:
+                    counts[point] += ctx.get(getattr(dut.saturated, point))
+            if dut.pipelined:
+                await ctx.tick()
+            elif c + 1 == K * K:
+                break
 
     sim = Simulator(dut)
+    if dut.pipelined:
+        sim.add_clock(1e-6)
     sim.add_testbench(testbench)
     sim.run()
     return {name: np.array(values) for name, values in outputs.items()}, counts
@@ -159,6 +176,13 @@ CASES = {
         "velocity": role(8, 6, "half_up", "wrap"),
         "activation": role(8, 4, signed=False),
     },
+    "shift_constants": {"coefficient": {**role(10, 8), "shift": True}},
+    # Velocity and constants wider than an 18x18 multiplier: the products are cut into pieces.
+    "wide_velocity_and_constants": {
+        "weight": role(8, 5),
+        "velocity": role(22, 14),
+        "coefficient": role(26, 22),
+    },
     "stochastic": {
         "gradient": role(8, 6, "stochastic"),
         "velocity": role(8, 6, "stochastic"),
@@ -167,8 +191,9 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("pipelined", [False, True], ids=["combinational", "pipelined"])
 @pytest.mark.parametrize("case", CASES)
-def test_matches_golden(case):
+def test_matches_golden(case, pipelined):
     plan = make_plan(**CASES[case])
     fm = plan.stages[0].formats
     rng = np.random.default_rng(sum(map(ord, case)))
@@ -177,13 +202,14 @@ def test_matches_golden(case):
     v = codes_of(fm.velocity.format, K * K, rng)
     w_prev = codes_of(fm.weight.format, K * K, rng)[::-1].copy()
     expected, expected_counts = golden(plan, dz, x, w, v, w_prev)
-    dut = make_unit(plan)
+    dut = make_unit(plan, pipelined)
     got, counts = simulate(dut, dz, x, w, v, w_prev)
     for name, values in expected.items():
         np.testing.assert_array_equal(got[name], values, err_msg=name)
     assert counts == expected_counts
-    # The extremes make every present rounding point saturate somewhere.
-    assert counts["weight"] > 0 and counts["velocity"] > 0
+    # The extremes make every present rounding point saturate somewhere (the wide velocity
+    # cannot).
+    assert counts["weight"] > 0 and (counts["velocity"] > 0 or case.startswith("wide"))
     if plan.stages[0].horizon and plan.config.optimizer.weight_prediction.value != "none":
         assert counts["prediction"] > 0
 

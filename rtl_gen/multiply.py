@@ -1,0 +1,153 @@
+"""Products cut into hard-multiplier-sized pieces, registered, then summed: two cycles each.
+
+A product wider than the device's hard multiplier is tiled by the synthesis tool into several
+blocks whose outputs are added in the same cycle: on the ECP5 that adds a second multiplier
+delay's worth of adders to the path. :func:`pipelined_product` tiles it itself instead: each
+operand wider than its port is cut into low slices of ``port - 1`` bits (unsigned, so each fits
+the port as a signed operand) and a signed top slice; every partial product is registered (one
+block each), and the shifted partials are summed and registered in the next cycle. A product by
+a constant is tiled the same way over the constant's slices, skipping zero slices and turning
+power-of-two slices into shifts. :func:`product_shapes` lists the blocks for the manifest and
+the lane cost, so the count there is what the tool sees. :class:`Delays` keeps the other
+operands of a pipeline in step with the products.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Signal, Value
+
+__all__ = ["LATENCY", "Delays", "as_signed", "pipelined_product", "product_shapes"]
+
+#: Cycles from the operands to a pipelined product.
+LATENCY = 2
+
+
+class Delays:
+    """Named delay lines in ``m``'s sync domain: ``delays(value, n, name)`` is ``value`` ``n``
+    cycles later. A name is one line: asking again for the same name (with the same value)
+    reuses its registers."""
+
+    def __init__(self, m: Module):
+        self._m = m
+        self._chains: dict[str, list] = {}
+
+    def __call__(self, value, n: int, name: str):
+        chain = self._chains.setdefault(name, [value])
+        while len(chain) <= n:
+            sig = Signal(Value.cast(value).shape(), name=f"{name}_d{len(chain)}")
+            self._m.d.sync += sig.eq(chain[-1])
+            chain.append(sig)
+        return chain[n]
+
+
+def as_signed(value: Value) -> Value:
+    """``value`` as a signed value (an unsigned one gains a zero top bit)."""
+    value = Value.cast(value)
+    if value.shape().signed:
+        return value
+    return Cat(value, Const(0, 1)).as_signed()
+
+
+def _slices(width: int, port: int) -> list[tuple[int, int]]:
+    """``(lo, hi)`` bit ranges of a signed ``width``-bit operand for a ``port``-bit input."""
+    if width <= port:
+        return [(0, width)]
+    step = port - 1
+    out = [(lo, lo + step) for lo in range(0, width - 1, step) if lo + step < width]
+    out.append((out[-1][1], width))
+    return out
+
+
+def _piece_widths(width: int, port: int) -> list[int]:
+    """Widths, as signed operands, of the slices of a signed ``width``-bit operand."""
+    return [hi - lo + (hi < width) for lo, hi in _slices(width, port)]
+
+
+def _signed_width(code: int) -> int:
+    return (code if code >= 0 else ~code).bit_length() + 1
+
+
+def _constant_slices(code: int, port: int) -> list[tuple[int, int]]:
+    """``(shift, chunk)`` with ``code == sum(chunk << shift)``, zero chunks left out."""
+    width = _signed_width(code)
+    out = []
+    for lo, hi in _slices(width, port):
+        chunk = (code >> lo) & ((1 << (hi - lo)) - 1)
+        if hi == width and chunk >> (hi - lo - 1):
+            chunk -= 1 << (hi - lo)  # the top slice is signed
+        if chunk:
+            out.append((lo, chunk))
+    return out
+
+
+def _is_shift(chunk: int) -> bool:
+    mag = abs(chunk)
+    return mag & (mag - 1) == 0
+
+
+def _ports_for_constant(a_bits: int, code: int, ports: tuple[int, int]) -> tuple[int, int]:
+    """(port of the operand, port of the constant): the wider operand takes the wider port."""
+    wide, narrow = max(ports), min(ports)
+    return (wide, narrow) if a_bits >= _signed_width(code) else (narrow, wide)
+
+
+def product_shapes(a_bits: int, b, ports: tuple[int, int]) -> list[tuple[int, int]]:
+    """Operand widths of the pieces of ``a x b`` that :func:`pipelined_product` multiplies.
+
+    ``a_bits`` is the width of a signed operand; ``b`` is ``("width", n)`` for another signed
+    operand or ``("constant", code)``; ``ports`` are the device's multiplier operand widths.
+    Power-of-two slices of a constant are shifts and have no piece."""
+    kind, value = b
+    wide, narrow = max(ports), min(ports)
+    if kind == "width":
+        a, b_bits = max(a_bits, value), min(a_bits, value)
+        return [(x, y) for x in _piece_widths(a, wide) for y in _piece_widths(b_bits, narrow)]
+    if kind != "constant":
+        raise ValueError(f"Operand must be ('width', n) or ('constant', code), not {b!r}")
+    port_a, port_c = _ports_for_constant(a_bits, value, ports)
+    return [
+        (x, _signed_width(chunk))
+        for _, chunk in _constant_slices(value, port_c)
+        if not _is_shift(chunk)
+        for x in _piece_widths(a_bits, port_a)
+    ]
+
+
+def pipelined_product(m: Module, a, b, ports: tuple[int, int], name: str) -> Signal:
+    """``a * b`` (``b`` a value or an integer constant), :data:`LATENCY` cycles later.
+
+    Every piece that needs a hard multiplier is at most ``ports`` wide; the result is exact
+    (as wide as the full product)."""
+    a = as_signed(a)
+    wide, narrow = max(ports), min(ports)
+    terms = []  # (value, shift): partial products of the first cycle
+    if isinstance(b, int):
+        port_a, port_c = _ports_for_constant(len(a), b, ports)
+        full = a * Const(b)
+        for shift, chunk in _constant_slices(b, port_c):
+            if _is_shift(chunk):
+                k = abs(chunk).bit_length() - 1
+                terms.append((a if chunk > 0 else -a, shift + k))
+                continue
+            for lo, hi in _slices(len(a), port_a):
+                piece = a[lo:hi] if hi < len(a) else a[lo:].as_signed()
+                terms.append((piece * Const(chunk), shift + lo))
+    else:
+        b = as_signed(b)
+        full = a * b
+        if len(b) > len(a):
+            a, b = b, a
+        for lo, hi in _slices(len(a), wide):
+            pa = a[lo:hi] if hi < len(a) else a[lo:].as_signed()
+            for lj, hj in _slices(len(b), narrow):
+                pb = b[lj:hj] if hj < len(b) else b[lj:].as_signed()
+                terms.append((pa * pb, lo + lj))
+    partials = []
+    for n, (value, shift) in enumerate(terms):
+        sig = Signal(value.shape(), name=f"{name}_part{n}")
+        m.d.sync += sig.eq(value)
+        partials.append(sig << shift if shift else sig)
+    out = Signal(full.shape(), name=name)
+    total = sum(partials[1:], partials[0]) if partials else Const(0)
+    m.d.sync += out.eq(total)
+    return out
