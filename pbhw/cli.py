@@ -377,7 +377,7 @@ def estimate(
 
     Results are cached by design hash in .pbhw-cache/estimate. A design that does not fit says
     which resource is short and by how much."""
-    from pbhw.estimate import ToolError
+    from pbhw.estimate import ToolError, critical_path_text
     from pbhw.estimate import estimate as run_estimate
 
     if device:
@@ -408,6 +408,8 @@ def estimate(
             f"Fmax {est.fmax_mhz:.1f} MHz (target {est.clock_mhz:g}); {cps} cycles/sample -> "
             f"{est.fmax_mhz * 1e6 / cps:,.0f} samples/s at Fmax"
         )
+    if est.critical_path is not None:
+        click.echo(f"critical path: {critical_path_text(est.critical_path)}")
     for line in est.notes:
         click.echo(f"note: {line}")
     if not est.fits:

@@ -40,6 +40,7 @@ __all__ = [
     "ToolError",
     "calibration_points",
     "design_features",
+    "critical_path_text",
     "dsp_count",
     "fast_estimate",
     "fit_calibration",
@@ -49,7 +50,7 @@ __all__ = [
 
 DEFAULT_CACHE_DIR = Path(".pbhw-cache/estimate")
 #: Bumped whenever the cached JSON or its interpretation changes.
-_CACHE_SCHEMA = 1
+_CACHE_SCHEMA = 2
 #: Lines of a tool's log quoted in a :class:`ToolError`.
 _LOG_TAIL = 25
 
@@ -85,6 +86,9 @@ class Estimate:
     notes: tuple[str, ...] = field(default=())
     #: the design's predicted cycles per sample, when the estimate is of a generated design
     cycles_per_sample: int | None = None
+    #: nextpnr's critical path of the main clock: ``from``, ``to`` (register names as the
+    #: netlist has them), ``delay_ns``, ``logic_ns``, ``routing_ns``; None without a route
+    critical_path: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A flat JSON-able dict (``lut_used``, ``lut_available``, ...), one row of a table."""
@@ -102,6 +106,8 @@ class Estimate:
             cached=self.cached,
             notes=list(self.notes),
         )
+        if self.critical_path is not None:
+            row["critical_path"] = dict(self.critical_path)
         if self.cycles_per_sample is not None:
             row["cycles_per_sample"] = self.cycles_per_sample
             if self.fmax_mhz is not None:
@@ -125,6 +131,7 @@ class Estimate:
             cached=row["cached"],
             notes=tuple(row["notes"]),
             cycles_per_sample=row.get("cycles_per_sample"),
+            critical_path=row.get("critical_path"),
         )
         fields.update(changes)
         return cls(**fields)
@@ -199,6 +206,46 @@ def _run(
         raise ToolError(
             f"{function.removeprefix('run_')} failed (exit {result.returncode}):\n{tail}"
         )
+
+
+def _cell_name(cell: str) -> str:
+    """A register's name from a packed cell's (``dut.`` of the I/O wrapper and the
+    technology suffix dropped)."""
+    name = re.sub(r"^dut\.", "", cell)
+    return re.split(r"_TRELLIS_|_SB_DFF|_FDRE|\$", name)[0] or cell
+
+
+def _critical_path(paths: list[Mapping[str, Any]], clock: str) -> dict[str, Any] | None:
+    """The main clock's critical path of a nextpnr report (register to register), summarized."""
+    own = [
+        p
+        for p in paths
+        if p.get("from") == p.get("to") and clock in re.split(r"\$", str(p.get("from", "")))
+    ]
+    candidates = own or [p for p in paths if p.get("path")]
+    if not candidates:
+        return None
+
+    def total(p):
+        return sum(float(seg["delay"]) for seg in p["path"])
+
+    worst = max(candidates, key=total)
+    segs = worst["path"]
+    return {
+        "from": _cell_name(segs[0]["from"]["cell"]),
+        "to": _cell_name(segs[-1]["to"]["cell"]),
+        "delay_ns": round(total(worst), 2),
+        "logic_ns": round(sum(float(x["delay"]) for x in segs if x["type"] != "routing"), 2),
+        "routing_ns": round(sum(float(x["delay"]) for x in segs if x["type"] == "routing"), 2),
+    }
+
+
+def critical_path_text(path: Mapping[str, Any]) -> str:
+    """One line: ``a -> b, 9.9 ns (logic 3.1 ns, routing 6.8 ns)``."""
+    return (
+        f"{path['from']} -> {path['to']}, {path['delay_ns']:.2f} ns (logic "
+        f"{path['logic_ns']:.2f} ns, routing {path['routing_ns']:.2f} ns)"
+    )
 
 
 def _main_clock_fmax(fmax: Mapping[str, Any], clock: str) -> float | None:
@@ -384,7 +431,7 @@ def synthesize(
         if wrapped:
             port_bits = sum(w for *_, w in ports)
         used["io"] = port_bits
-        fmax, short, notes = _place_and_route(
+        fmax, short, notes, path = _place_and_route(
             work, device, used, 4 if wrapped else port_bits, clock_mhz, clock, note, pnr_timeout
         )
         if wrapped:
@@ -404,6 +451,7 @@ def synthesize(
         clock_mhz=clock_mhz,
         seconds=time.perf_counter() - start,
         notes=tuple(notes),
+        critical_path=path,
     )
     if short is not None and short not in estimate.overflow:
         # nextpnr's packing needs more than yosys's count shows; by how much is unknown
@@ -429,10 +477,11 @@ def _place_and_route(
     """Run nextpnr on ``work/synth.json`` if it can succeed; update ``used`` from its report.
 
     Returns the main clock's Fmax (or None), the resource nextpnr ran out of although Yosys's
-    count fits (or None), and notes on what was done.
+    count fits (or None), notes on what was done, and the critical path (or None).
     """
     notes: list[str] = []
     fmax = None
+    path = None
     short = None
     pnr_args = None
     if device.pnr_tool is None:
@@ -501,7 +550,8 @@ def _place_and_route(
             }
             used.update(count_cells(utilization, device.pnr_cells))
             fmax = _main_clock_fmax(report.get("fmax", {}), clock)
-    return fmax, short, notes
+            path = _critical_path(report.get("critical_paths", []), clock)
+    return fmax, short, notes, path
 
 
 def _placement_fmax(log: Path, clock: str) -> float | None:
@@ -569,6 +619,7 @@ CALIBRATION: dict[str, dict[str, float]] = {
         "split_product_bits": 0.0,
         "vector_bits": 2.022,  # load/rotate multiplexers of the register rings and vectors
         "column_sum_bits": 3.054,  # adder, rotation and error requantizer per column-sum bit
+        "pipeline_bits": 0.0,
         "random_sources": 900.0,  # one Threefry-2x32-13 core (hand-set: not fitted)
     },
     "ff": {
@@ -581,7 +632,8 @@ CALIBRATION: dict[str, dict[str, float]] = {
         "split_product_bits": 0.0,
         "vector_bits": 1.671,
         "column_sum_bits": 1.519,
-        "random_sources": 0.0,
+        "pipeline_bits": 0.0,
+        "random_sources": 416.0,  # a pipelined Threefry core: 6 x 64 + 32 (hand-set)
     },
     # 6-input LUTs absorb part of the random logic; arithmetic still takes one LUT per bit.
     "lut_inputs_scale": {"4": 1.0, "6": 0.8},
@@ -689,6 +741,7 @@ def design_features(manifest: Mapping[str, Any], device: Device) -> dict[str, fl
             "split_product_bits",
             "vector_bits",
             "column_sum_bits",
+            "pipeline_bits",
             "random_sources",
         ),
         0.0,
@@ -708,6 +761,11 @@ def design_features(manifest: Mapping[str, Any], device: Device) -> dict[str, fl
         if layer.get("prediction", "none") != "none":
             stored += w["weight"]
         feats["requantizer_bits"] += p * stored
+        # The lane pipeline's delay lines: roughly a lane's operands and results per cycle
+        # of its depth (docs/hardware.md); 0 for a manifest of a combinational design.
+        drain = layer.get("pipeline", {}).get("drain", 0)
+        x_bits_in = previous_activation or w["activation"]
+        feats["pipeline_bits"] += p * drain * (2 * x_bits_in + w["error"] + w["weight"])
         for a, b, count in _multiplier_shapes(layer):
             feats["product_bits"] += count * (a + b)
             tiles = dsp_count(a, b, device)
@@ -806,7 +864,7 @@ def calibration_points() -> list[dict[str, Any]]:
 #: synthesised designs to pin them, each with a physical reading, none allowed to go negative.
 FIT_FEATURES = {
     "lut": ("constant", "requantizer_bits", "vector_bits", "column_sum_bits"),
-    "ff": ("constant", "accumulator_bits", "vector_bits", "column_sum_bits"),
+    "ff": ("constant", "product_bits", "vector_bits", "column_sum_bits", "pipeline_bits"),
 }
 
 

@@ -287,6 +287,11 @@ def render_flow_report(s: Mapping[str, Any]) -> str:
         "",
         f"Method: {e['method']} ({e['seconds']:.0f} s of tool time"
         f"{', cached' if e.get('cached') else ''}).",
+        *(
+            [f"Critical path: {_critical_path_text(e['critical_path'])}."]
+            if e.get("critical_path")
+            else []
+        ),
         *(f"Note: {n}." for n in e.get("notes", [])),
         "",
         "![resources](resources.png)",
@@ -356,6 +361,12 @@ def render_flow_report(s: Mapping[str, Any]) -> str:
     t = s["timings"]
     lines += ["## Flow", "", _fmt_timings(t), ""]
     return "\n".join(lines)
+
+
+def _critical_path_text(path: Mapping[str, Any]) -> str:
+    from pbhw.estimate import critical_path_text
+
+    return critical_path_text(path)
 
 
 def _fmt_timings(t: Mapping[str, float]) -> str:

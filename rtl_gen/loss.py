@@ -1,8 +1,10 @@
 """The loss unit: the last stage's outputs and the label to the first error vector.
 
 ``mse`` is one requantizer per output (``delta = RQ(y - onehot)``). ``softmax_ce`` is the small
-circuit of ``docs/numerics.md``: a maximum, then one output per cycle through a 256-entry
-``2**(j/256)`` table and a shifter (summing ``S``), then one output per cycle through a divider.
+circuit of ``docs/numerics.md``: a maximum, then one output per cycle through a pipeline of a
+product, a 256-entry ``2**(j/256)`` table and a shifter (summing ``S``), then one restoring
+divider per output, all side by side, one quotient bit per cycle; then one requantizer per
+output as for ``mse``.
 The unit also emits, per sample, the result token: label, prediction (the first maximum, as a
 registered comparator tree finds it), the output codes and the error codes. The loss value
 itself is a reporting quantity computed on the host from the output codes.
@@ -18,11 +20,16 @@ from amaranth.lib.wiring import In, Out
 from golden.fixed_arith import EXP2_TABLE, LOG2E_Q16, stream_id
 from pbhw.config import Loss, RoleFormat
 from pbhw.fixed import FixedFormat, Rounding
+from rtl_gen.multiply import LATENCY as PRODUCT_LATENCY
+from rtl_gen.multiply import Delays, pipelined_product
 from rtl_gen.requantizer import Requantizer, shape_of, span_width
 from rtl_gen.stage import COUNTER_BITS, error_token, forward_token, label_bits
 from rtl_gen.threefry import Threefry2x32, pipelined_latency
 
-__all__ = ["LossUnit", "result_token"]
+__all__ = ["EXP_DEPTH", "LossUnit", "result_token"]
+
+#: softmax_ce: cycles from a class's index to its 2**x term (difference, product, table, shift).
+EXP_DEPTH = 1 + PRODUCT_LATENCY + 1
 
 
 def result_token(classes: int, y_fmt: FixedFormat, e_fmt: FixedFormat) -> data.StructLayout:
@@ -52,6 +59,8 @@ class LossUnit(wiring.Component):
         ``L`` (the loss error's stochastic stream is ``16 * L + 7``).
     seed : int
         The config's seed.
+    multiplier_ports : tuple of int
+        The device's hard multiplier operand widths (``softmax_ce``'s one product is cut to fit).
 
     Attributes
     ----------
@@ -71,6 +80,7 @@ class LossUnit(wiring.Component):
         classes: int,
         stage: int,
         seed: int,
+        multiplier_ports: tuple[int, int] = (18, 18),
     ):
         if not isinstance(kind, Loss):
             raise TypeError(f"Kind must be a Loss, not {kind!r}")
@@ -80,6 +90,7 @@ class LossUnit(wiring.Component):
         self._classes = classes
         self._stage = stage
         self._seed = seed
+        self._multiplier_ports = tuple(multiplier_ports)
         yf, ef = y_role.format, error_role.format
         super().__init__(
             {
@@ -109,7 +120,10 @@ class LossUnit(wiring.Component):
         """Cycles from taking a sample's token to offering its error token."""
         if self._kind is Loss.MSE:
             return 2 + self.wait
-        return 2 * self._classes + 3 + self.wait
+        # the exponentials (classes + EXP_DEPTH + 1), loading the dividers (1), one cycle per
+        # quotient bit, and the cycle that sees them done
+        quotient_bits = self._error_role.format.frac + 2
+        return 2 + self.wait + self._classes + EXP_DEPTH + 1 + 1 + quotient_bits + 1
 
     def _rounder(self, m, name, src, index, step, pipelined=False):
         role = self._error_role
@@ -183,100 +197,135 @@ class LossUnit(wiring.Component):
                 ]
 
         free = ~self.err_o.valid & ~self.result.valid
+        compute = Signal()  # softmax_ce: its sequence runs
+        after_wait = "EMIT" if self._kind is Loss.MSE else "COMPUTE"
         if self._kind is Loss.MSE:
             lo, hi = yf.min_code - (1 << yf.frac), yf.max_code
             src = FixedFormat(span_width(lo, hi), yf.frac)
-            events = []
-            for o in range(n):
-                rq = self._rounder(m, f"rq{o}", src, o, step, pipelined=True)
-                one = Mux(label == o, 1 << yf.frac, 0)
-                m.d.comb += [rq.i.eq(y[o] - one), delta[o].eq(rq.o)]
-                events.append(rq.saturated & ~bubble)
-            # Saturation events are counted a cycle after the emit (the sum is registered).
-            emitted = Signal(range(n + 1))
-            m.d.sync += [
-                emitted.eq(Mux(emit, sum(events[1:], events[0]), 0)),
-                count.eq(count + emitted),
-            ]
-            with m.FSM(name="loss"):
-                with m.State("IDLE"):
-                    with m.If(self.fwd_i.valid):
-                        m.d.comb += self.fwd_i.ready.eq(1)
-                        self._take(m, y, label, bubble)
-                        m.d.sync += waited.eq(0)
-                        m.next = "WAIT" if self.wait else "EMIT"
-                with m.State("WAIT"):
-                    m.d.sync += waited.eq(waited + 1)
-                    with m.If(waited == self.wait - 1):
-                        m.next = "EMIT"
-                with m.State("EMIT"):
-                    with m.If(free):
-                        m.d.comb += emit.eq(1)
-                        m.next = "IDLE"
-            return m
-
-        # softmax_ce
-        table = Memory(shape=unsigned(16), depth=256, init=[int(v) for v in EXP2_TABLE])
-        m.submodules.exp2 = table
-        lookup = table.read_port(domain="comb")
-        idx = Signal(range(n + 1))
-        ymax = Signal(shape_of(yf))
-        exps = [Signal(16, name=f"e{o}") for o in range(n)]
-        total = Signal(16 + n.bit_length() + 1)
-        y_at = Signal(shape_of(yf))
-        e_at = Signal(16)
-        with m.Switch(idx):
-            for o in range(n):
-                with m.Case(o):
-                    m.d.comb += [y_at.eq(y[o]), e_at.eq(exps[o])]
-        d = Signal(signed(yf.width + 2))
-        m.d.comb += d.eq(y_at - ymax)
-        t = Signal(signed(len(d) + LOG2E_Q16.bit_length() + 1))
-        m.d.comb += t.eq((d * LOG2E_Q16) >> (yf.frac + 16 - 8))
-        neg_k = Signal(len(t) + 1)
-        m.d.comb += [neg_k.eq(-(t >> 8)), lookup.addr.eq(t[:8])]
-        e = Signal(16)
-        m.d.comb += e.eq(Mux(neg_k >= 16, 0, lookup.data >> neg_k[:5]))
-        p = Signal(ef.frac + 2)
-        m.d.comb += p.eq((Cat(Const(0, ef.frac), e_at)) // total)
-        rq = self._rounder(m, "rq", FixedFormat(ef.frac + 4, ef.frac), idx, step)
-        m.d.comb += rq.i.eq(p - Mux(label == idx, 1 << ef.frac, 0))
+            error_in = [y[o] for o in range(n)]
+        else:
+            src = FixedFormat(ef.frac + 4, ef.frac)
+            error_in, softmax_done = self._softmax(m, y, best_y, compute)
+        # One requantizer per output: delta = RQ(error_in - onehot).
+        events = []
+        for o in range(n):
+            rq = self._rounder(m, f"rq{o}", src, o, step, pipelined=True)
+            unit = 1 << src.frac
+            m.d.comb += [rq.i.eq(error_in[o] - Mux(label == o, unit, 0)), delta[o].eq(rq.o)]
+            events.append(rq.saturated & ~bubble)
+        # Saturation events are counted a cycle after the emit (the sum is registered).
+        emitted = Signal(range(n + 1))
+        m.d.sync += [
+            emitted.eq(Mux(emit, sum(events[1:], events[0]), 0)),
+            count.eq(count + emitted),
+        ]
         with m.FSM(name="loss"):
             with m.State("IDLE"):
                 with m.If(self.fwd_i.valid):
                     m.d.comb += self.fwd_i.ready.eq(1)
                     self._take(m, y, label, bubble)
                     m.d.sync += waited.eq(0)
-                    m.next = "WAIT" if self.wait else "MAX"
+                    m.next = "WAIT" if self.wait else after_wait
             with m.State("WAIT"):
                 m.d.sync += waited.eq(waited + 1)
                 with m.If(waited == self.wait - 1):
-                    m.next = "MAX"
-            with m.State("MAX"):
-                m.d.sync += [ymax.eq(best_y), idx.eq(0), total.eq(0)]
-                m.next = "EXP"
-            with m.State("EXP"):
-                m.d.sync += [total.eq(total + e), idx.eq(idx + 1)]
-                for o in range(n):
-                    with m.If(idx == o):
-                        m.d.sync += exps[o].eq(e)
-                with m.If(idx == n - 1):
-                    m.d.sync += idx.eq(0)
-                    m.next = "DIV"
-            with m.State("DIV"):
-                m.d.sync += idx.eq(idx + 1)
-                for o in range(n):
-                    with m.If(idx == o):
-                        m.d.sync += delta[o].eq(rq.o)
-                with m.If(~bubble & rq.saturated):
-                    m.d.sync += count.eq(count + 1)
-                with m.If(idx == n - 1):
-                    m.next = "EMIT"
+                    m.next = after_wait
+            if self._kind is not Loss.MSE:
+                with m.State("COMPUTE"):
+                    m.d.comb += compute.eq(1)
+                    with m.If(softmax_done):
+                        m.next = "EMIT"
             with m.State("EMIT"):
                 with m.If(free):
                     m.d.comb += emit.eq(1)
                     m.next = "IDLE"
         return m
+
+    def _softmax(self, m, y, best_y, start):
+        """The softmax probabilities ``p[o] = floor(2**f(E) * e[o] / S)`` (docs/numerics.md) as
+        codes, and a flag that they are ready: a sequence that runs while ``start`` is held.
+
+        ``e[o]`` streams through a pipeline (difference to the maximum; the product with
+        ``log2 e``; the table read; the shift), one output per cycle, summing ``S``; then ``n``
+        restoring dividers run side by side, one quotient bit per cycle."""
+        n = self._classes
+        yf, ef = self._y_role.format, self._error_role.format
+        later = Delays(m)
+        table = Memory(shape=unsigned(16), depth=256, init=[int(v) for v in EXP2_TABLE])
+        m.submodules.exp2 = table
+        lookup = table.read_port(transparent_for=())
+        running = Signal()  # the exponential sequence is issuing classes
+        idx = Signal(range(n + 1))
+        count = Signal(range(n + EXP_DEPTH + 2))
+        exps = [Signal(16, name=f"e{o}") for o in range(n)]
+        total = Signal(16 + n.bit_length() + 1)
+        # Cycle 0: the difference to the maximum (the maximum is ready when COMPUTE starts).
+        y_at = Signal(shape_of(yf))
+        with m.Switch(idx):
+            for o in range(n):
+                with m.Case(o):
+                    m.d.comb += y_at.eq(y[o])
+        d = Signal(signed(yf.width + 2))
+        m.d.sync += d.eq(y_at - best_y)
+        # Cycles 1-2: t = (d * log2 e) >> (f(Y) + 8), the table index and the shift.
+        product = pipelined_product(m, d, LOG2E_Q16, self._multiplier_ports, "log2e")
+        t = Signal(signed(len(d) + LOG2E_Q16.bit_length() + 1))
+        m.d.comb += t.eq(product >> (yf.frac + 16 - 8))
+        neg_k = Signal(len(t) + 1)
+        m.d.comb += [neg_k.eq(-(t >> 8)), lookup.addr.eq(t[:8])]
+        # Cycle 4: the table's word, shifted; summed into S.
+        neg_k_r = later(neg_k, 1, "neg_k")
+        e = Signal(16)
+        m.d.comb += e.eq(Mux(neg_k_r >= 16, 0, lookup.data >> neg_k_r[:5]))
+        arrive = later(running, EXP_DEPTH, "running")
+        at = later(idx, EXP_DEPTH, "idx")
+        with m.If(arrive):
+            m.d.sync += total.eq(total + e)
+            for o in range(n):
+                with m.If(at == o):
+                    m.d.sync += exps[o].eq(e)
+
+        # The dividers: D = e << f(E), quotient of f(E) + 2 bits (e <= S, so it fits); the
+        # remainder starts as D's bits above the quotient's (less than S).
+        q = ef.frac + 2
+        quotients, bit = [], Signal(range(q + 1))
+        dividing = Signal()
+        phase = Signal(2)  # 0 exponentials, 1 load dividers, 2 divide, 3 done
+        done = Signal()
+        m.d.comb += done.eq(phase == 3)
+        for o in range(n):
+            dividend = Cat(Const(0, ef.frac), exps[o])
+            rem = Signal(len(total) + 1, name=f"rem{o}")
+            low = Signal(q, name=f"low{o}")
+            quo = Signal(q, name=f"quo{o}")
+            trial = Cat(low[-1], rem)
+            fits = trial >= total
+            with m.If(start & (phase == 1)):
+                m.d.sync += [rem.eq(dividend[q:]), low.eq(dividend[:q]), quo.eq(0)]
+            with m.If(dividing):
+                m.d.sync += [
+                    rem.eq(Mux(fits, trial - total, trial)),
+                    low.eq(low << 1),
+                    quo.eq(Cat(fits, quo)),
+                ]
+            quotients.append(quo)
+        m.d.comb += dividing.eq(start & (phase == 2))
+        with m.If(~start):
+            m.d.sync += [phase.eq(0), idx.eq(0), count.eq(0), total.eq(0), bit.eq(0)]
+        with m.Elif(phase == 0):
+            m.d.sync += count.eq(count + 1)
+            m.d.comb += running.eq(count < n)
+            with m.If(count < n):
+                m.d.sync += idx.eq(idx + 1)
+            with m.If(count == n + EXP_DEPTH):
+                m.d.sync += phase.eq(1)
+        with m.Elif(phase == 1):
+            m.d.sync += phase.eq(2)
+        with m.Elif(phase == 2):
+            m.d.sync += bit.eq(bit + 1)
+            with m.If(bit == q - 1):
+                m.d.sync += phase.eq(3)
+        return quotients, done
 
     def _take(self, m, y, label, bubble):
         payload = self.fwd_i.payload

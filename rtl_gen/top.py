@@ -88,6 +88,7 @@ class Network(wiring.Component):
             classes=classes,
             stage=last.index,
             seed=cfg.seed,
+            multiplier_ports=tuple(multiplier_ports),
         )
         first = plan.stages[0]
         super().__init__(

@@ -16,6 +16,7 @@ from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+import pbhw.estimate as estimate_module
 from pbhw.devices import load_device
 from pbhw.estimate import (
     CALIBRATION,
@@ -102,6 +103,11 @@ def test_synthesize_mac_on_ecp5_places_and_caches(cache_dir):
     assert first.fmax_mhz is not None and first.fmax_mhz > 0
     assert first.fits and first.overflow == {}
     assert first.available["lut"] == 83640
+    path = first.critical_path
+    assert path["from"] and path["to"] and "TRELLIS" not in path["from"] + path["to"]
+    assert path["delay_ns"] == pytest.approx(path["logic_ns"] + path["routing_ns"], abs=0.02)
+    # nextpnr's Fmax is the inverse of this path's delay (no clock skew on a global net)
+    assert 1000 / path["delay_ns"] == pytest.approx(first.fmax_mhz, rel=0.01)
 
     start = time.perf_counter()
     second = synthesize(text, "mac8", device, clock_mhz=50, cache_dir=cache_dir)
@@ -298,9 +304,47 @@ def test_fit_calibration_reproduces_a_linear_truth():
         assert predicted == pytest.approx(est.used["lut"], abs=1.0)
 
 
+def test_critical_path_is_the_main_clock_s_worst_register_to_register_path():
+    def seg(kind, delay, src, dst):
+        return {"type": kind, "delay": delay, "from": {"cell": src}, "to": {"cell": dst}}
+
+    clk = "$glbnet$clk$TRELLIS_IO_IN"
+    paths = [
+        {"from": "<async>", "to": clk, "path": [seg("routing", 20.0, "pin", "r")]},
+        {
+            "from": clk,
+            "to": clk,
+            "path": [
+                seg(
+                    "clk-to-q",
+                    0.5,
+                    "dut.stage1.a_d1_TRELLIS_FF_Q_3",
+                    "dut.stage1.a_d1_TRELLIS_FF_Q_3",
+                ),
+                seg("routing", 1.5, "dut.stage1.a_d1_TRELLIS_FF_Q_3", "x$CCU2_COMB0"),
+                seg("logic", 2.0, "x$CCU2_COMB0", "dut.stage1.b_TRELLIS_FF_Q"),
+            ],
+        },
+    ]
+    path = estimate_module._critical_path(paths, "clk")
+    assert path == {
+        "from": "stage1.a_d1",
+        "to": "stage1.b",
+        "delay_ns": 4.0,
+        "logic_ns": 2.5,
+        "routing_ns": 1.5,
+    }
+    text = estimate_module.critical_path_text(path)
+    assert text == "stage1.a_d1 -> stage1.b, 4.00 ns (logic 2.50 ns, routing 1.50 ns)"
+    assert estimate_module._critical_path([], "clk") is None
+
+
 def test_estimate_json_round_trip():
     est = fast_estimate(manifest(layer(1, 16, 8, 2)), load_device("xc7a35t"))
     assert Estimate.from_json(est.to_json(), seconds=est.seconds) == est
+    path = {"from": "a", "to": "b", "delay_ns": 4.0, "logic_ns": 2.5, "routing_ns": 1.5}
+    routed = dataclasses.replace(est, fmax_mhz=250.0, critical_path=path)
+    assert Estimate.from_json(routed.to_json(), seconds=est.seconds) == routed
 
 
 # --- the shipped calibration against recorded synthesis -------------------------------------
