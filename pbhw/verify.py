@@ -160,7 +160,7 @@ def run_rtl(
         "idle": idle,
         "backpressure": backpressure,
         "seed": seed,
-        "quiet_cycles": net.loss_unit.latency + 8,
+        "quiet_cycles": net.quiet_cycles,
         "timeout_cycles": 20 * per_sample * (len(payloads) + 4) + 1000,
     }
     start = time.perf_counter()

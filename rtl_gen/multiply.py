@@ -16,7 +16,19 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Signal, Value
 
-__all__ = ["LATENCY", "Delays", "as_signed", "pipelined_product", "product_shapes"]
+__all__ = [
+    "LATENCY",
+    "SUM_FAN_IN",
+    "Delays",
+    "as_signed",
+    "pipelined_product",
+    "pipelined_sum",
+    "product_shapes",
+    "sum_levels",
+]
+
+#: Terms a pipelined sum adds per registered level (two levels of adders).
+SUM_FAN_IN = 4
 
 #: Cycles from the operands to a pipelined product.
 LATENCY = 2
@@ -38,6 +50,31 @@ class Delays:
             self._m.d.sync += sig.eq(chain[-1])
             chain.append(sig)
         return chain[n]
+
+
+def sum_levels(terms: int) -> int:
+    """Registered levels :func:`pipelined_sum` takes for ``terms`` terms (at least one)."""
+    levels, width = 1, SUM_FAN_IN
+    while width < terms:
+        levels, width = levels + 1, width * SUM_FAN_IN
+    return levels
+
+
+def pipelined_sum(m: Module, terms, shape, levels: int, name: str) -> Signal:
+    """The sum of ``terms`` (exact in ``shape``) after ``levels`` cycles: each level adds
+    groups of :data:`SUM_FAN_IN` and registers them; ``levels >= sum_levels(len(terms))``."""
+    if levels < sum_levels(len(terms)):
+        raise ValueError(f"{len(terms)} terms need {sum_levels(len(terms))} levels, not {levels}")
+    values = list(terms) or [Const(0)]
+    for level in range(levels):
+        out = []
+        for n in range(0, len(values), SUM_FAN_IN):
+            chunk = values[n : n + SUM_FAN_IN]
+            sig = Signal(shape, name=f"{name}_l{level}_{n // SUM_FAN_IN}")
+            m.d.sync += sig.eq(sum(chunk[1:], chunk[0]))
+            out.append(sig)
+        values = out
+    return values[0]
 
 
 def as_signed(value: Value) -> Value:

@@ -39,7 +39,7 @@ from pbhw.config import RoleFormat, WeightPrediction
 from pbhw.fixed import FixedFormat, Rounding
 from pbhw.plan import StagePlan
 from rtl_gen.multiply import LATENCY as PRODUCT_LATENCY
-from rtl_gen.multiply import Delays, pipelined_product
+from rtl_gen.multiply import Delays, pipelined_product, pipelined_sum, sum_levels
 from rtl_gen.requantizer import Requantizer, shape_of, span_width
 from rtl_gen.threefry import Threefry2x32, pipelined_latency
 from rtl_gen.update import UpdateUnit
@@ -252,6 +252,12 @@ class Stage(wiring.Component):
         return self._at["drain"]
 
     @property
+    def counter_lag(self) -> int:
+        """Cycles from a saturation event to its counter (a pipelined sum of the flags)."""
+        flags = max(self._lanes, self._plan.n_in, (self._cols - 1 + self._lanes) // self._cols)
+        return 1 + sum_levels(flags)
+
+    @property
     def pipeline(self) -> dict[str, int]:
         """Cycle, after a row is read, at which each part of the lane pipeline acts
         (``docs/hardware.md``): ``update`` (unit inputs), ``predicted`` (w_hat), ``forward``
@@ -267,21 +273,26 @@ class Stage(wiring.Component):
         err_stochastic = (
             self._error_out is not None and self._error_out.rounding is Rounding.STOCHASTIC
         )
-        # The unit's inputs wait until the earliest random word of a lane is ready; the
-        # activation rounding (3 cycles after w_hat) must not come before its word either.
-        # A row is registered once after the memory (cycle 1) before anything uses it.
+        # Group sums of the forward products: a pipelined sum over a group's lanes.
+        P, N = self._lanes, self._cols
+        groups = (N - 1 + P - 1) // N + 1
+        terms = max(sum(1 for p in range(P) if r in (p // N, p // N + 1)) for r in range(groups))
+        self._sum_levels = sum_levels(terms)
+        # A row is registered once after the memory (cycle 1) before anything uses it; the
+        # unit's inputs wait until the earliest random word of a lane is ready, and the
+        # activation rounding must not come before its word either.
         pre = max([words - s for s in self._probe.random_stage.values()] + [1])
-        tail = PRODUCT_LATENCY + 2  # forward product, group sums, row sum + rounding
+        # forward product, group sums, row sum: the activation rounds that long after w_hat
+        tail = PRODUCT_LATENCY + self._sum_levels + 1
         if act_stochastic:
             pre = max(pre, words - self._probe.prediction_latency - tail)
         at = {"update": pre, "predicted": pre + self._probe.prediction_latency}
         at["forward"] = at["predicted"] + PRODUCT_LATENCY
-        at["row_sum"] = at["forward"] + 1
+        at["row_sum"] = at["forward"] + self._sum_levels
         at["activation"] = at["row_sum"] + 1
         at["backward"] = 1 + PRODUCT_LATENCY
         at["write"] = pre + self._probe.latency
-        # Saturation events are counted a cycle late: the drain waits for them too.
-        at["drain"] = max(at["activation"], at["write"], at["backward"]) + 1
+        at["drain"] = max(at["activation"], at["write"], at["backward"])
         if err_stochastic:  # the error words (of the step counter) settle during the step
             at["drain"] = max(at["drain"], words)
         self._words = words
@@ -546,7 +557,7 @@ class Stage(wiring.Component):
         groups = (N - 1 + P - 1) // N + 1  # distinct offsets in one cycle
         fwd_at, sum_at = at["forward"], at["row_sum"]
         partial = []
-        for r in range(groups):
+        for r in range(groups):  # the group sums take self._sum_levels registered levels
             terms = [
                 Mux(
                     later(carry, fwd_at, f"carry{p}")
@@ -558,9 +569,8 @@ class Stage(wiring.Component):
                 for p, (d0, carry) in enumerate(off_carry)
                 if r in (d0, d0 + 1)
             ]
-            part = Signal(signed(self._fwd_acc.width), name=f"partial{r}")
-            m.d.sync += part.eq(sum(terms[1:], terms[0]) if terms else 0)
-            partial.append(part)
+            shape = signed(self._fwd_acc.width)
+            partial.append(pipelined_sum(m, terms, shape, self._sum_levels, f"partial{r}"))
         sums = []
         for r in range(groups):
             s = Signal(signed(self._fwd_acc.width), name=f"rowsum{r}")
@@ -740,12 +750,13 @@ class Stage(wiring.Component):
                     m.d.sync += self.err_o.payload.e[i].eq(rq.o)
                 events["error"].append(finish & ~err_bubble & rq.saturated)
 
-        # Events are counted one cycle after they happen (the sum is registered first).
+        # Events are counted a few cycles after they happen (a pipelined sum first).
         for role, flags in events.items():
             if flags:
                 c = counts[COUNTER_ROLES.index(role)]
-                new = Signal(range(len(flags) + 1), name=f"events_{role}")
-                m.d.sync += [new.eq(sum(flags[1:], flags[0])), c.eq(c + new)]
+                shape = range(len(flags) + 1)
+                levels = sum_levels(len(flags))
+                m.d.sync += c.eq(c + pipelined_sum(m, flags, shape, levels, f"events_{role}"))
 
         # ---- memory reads: the row pass, else the debug port
         rd_addr = Signal(range(max(2, self.rows)))

@@ -132,6 +132,12 @@ class Network(wiring.Component):
         return names + [f"stage {len(self._stages)} loss"]
 
     @property
+    def quiet_cycles(self) -> int:
+        """Idle cycles after which every counter holds every event: the loss unit's latency,
+        the slowest counter's lag, and a margin."""
+        return self._loss.latency + max(s.counter_lag for s in self._stages) + 8
+
+    @property
     def predicted_cycles_per_sample(self) -> int:
         """Steady-state cycles per step: the slowest stage (the last one's loop includes the
         loss unit)."""

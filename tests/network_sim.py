@@ -65,7 +65,7 @@ def simulate(
         ctx.set(net.samples.valid, 0)
         # Drained when the results are out and every stage stays idle for longer than any
         # wait between two of its steps (a stage is briefly idle between steps).
-        quiet, needed = 0, net.loss_unit.latency + 8
+        quiet, needed = 0, net.quiet_cycles
         for _ in range(max_cycles):
             await ctx.tick()
             quiet = quiet + 1 if ctx.get(net.idle) else 0

@@ -6,7 +6,7 @@ import pytest
 from amaranth.hdl import Module, Signal, signed, unsigned
 from amaranth.sim import Simulator
 
-from rtl_gen.multiply import LATENCY, pipelined_product, product_shapes
+from rtl_gen.multiply import LATENCY, pipelined_product, pipelined_sum, product_shapes, sum_levels
 
 PORTS = [(18, 18), (25, 18), (16, 16)]
 
@@ -81,3 +81,39 @@ def test_pieces_fit_the_ports():
 def test_bad_operand_kind():
     with pytest.raises(ValueError, match=r"Operand must be \('width', n\) or \('constant', code\)"):
         product_shapes(16, ("value", 3), (18, 18))
+
+
+def test_sum_levels():
+    assert [sum_levels(n) for n in (0, 1, 4, 5, 16, 17, 64, 65)] == [1, 1, 1, 2, 2, 3, 3, 4]
+
+
+@pytest.mark.parametrize("terms", [1, 3, 4, 5, 9, 17])
+def test_pipelined_sum_is_exact_after_its_levels(terms):
+    m = Module()
+    inputs = [Signal(signed(12), name=f"t{n}") for n in range(terms)]
+    levels = sum_levels(terms) + 1  # one more than needed still adds up
+    out = pipelined_sum(m, inputs, signed(16), levels, "s")
+    rng = random.Random(terms)
+    vectors = [[rng.randint(-2048, 2047) for _ in range(terms)] for _ in range(12)]
+    got = []
+
+    async def testbench(ctx):
+        for c in range(len(vectors) + levels):
+            for sig, value in zip(inputs, vectors[min(c, len(vectors) - 1)], strict=True):
+                ctx.set(sig, value)
+            await ctx.tick()
+            if c + 1 >= levels:
+                got.append(ctx.get(out))
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(testbench)
+    sim.run()
+    assert got[: len(vectors)] == [sum(v) for v in vectors]
+
+
+def test_pipelined_sum_refuses_too_few_levels():
+    m = Module()
+    m._MustUse__silence = True  # never elaborated
+    with pytest.raises(ValueError, match=r"5 terms need 2 levels, not 1"):
+        pipelined_sum(m, [Signal(4) for _ in range(5)], 8, 1, "s")
