@@ -150,7 +150,7 @@ class LossUnit(wiring.Component):
         step = Signal(32)
         count = Signal(COUNTER_BITS)
         m.d.comb += self.saturation.eq(count)
-        y = [Signal(shape_of(yf), name=f"y{o}") for o in range(n)]
+        y = [Signal(shape_of(yf), name=f"y{o}", reset_less=True) for o in range(n)]
         label = Signal(label_bits(n))
         bubble = Signal()
         delta = [Signal(shape_of(ef), name=f"delta{o}") for o in range(n)]
@@ -167,8 +167,8 @@ class LossUnit(wiring.Component):
             pairs = []
             for j in range(0, len(level), 2):
                 (ia, ya), (ib, yb) = level[j], level[j + 1] if j + 1 < len(level) else level[j]
-                sig_b = Signal(label_bits(n), name=f"best{depth}_{j // 2}")
-                sig_y = Signal(shape_of(yf), name=f"max{depth}_{j // 2}")
+                sig_b = Signal(label_bits(n), name=f"best{depth}_{j // 2}", reset_less=True)
+                sig_y = Signal(shape_of(yf), name=f"max{depth}_{j // 2}", reset_less=True)
                 if j + 1 < len(level):
                     better = yb > ya
                     m.d.sync += [sig_b.eq(Mux(better, ib, ia)), sig_y.eq(Mux(better, yb, ya))]
@@ -180,20 +180,27 @@ class LossUnit(wiring.Component):
         waited = Signal(range(self.wait + 1))
 
         emit = Signal()
+        # The payloads are reset-less registers (loaded before their valid is set).
+        err_payload = Signal(self.err_o.payload.shape(), reset_less=True)
+        result_payload = Signal(self.result.payload.shape(), reset_less=True)
+        m.d.comb += [
+            self.err_o.payload.eq(err_payload),
+            self.result.payload.eq(result_payload),
+        ]
         with m.If(emit):
             m.d.sync += [
                 self.err_o.valid.eq(1),
-                self.err_o.payload.bubble.eq(bubble),
+                err_payload.bubble.eq(bubble),
                 self.result.valid.eq(~bubble),
-                self.result.payload.label.eq(label),
-                self.result.payload.prediction.eq(best),
+                result_payload.label.eq(label),
+                result_payload.prediction.eq(best),
                 step.eq(step + 1),
             ]
             for o in range(n):
                 m.d.sync += [
-                    self.err_o.payload.e[o].eq(delta[o]),
-                    self.result.payload.y[o].eq(y[o]),
-                    self.result.payload.delta[o].eq(delta[o]),
+                    err_payload.e[o].eq(delta[o]),
+                    result_payload.y[o].eq(y[o]),
+                    result_payload.delta[o].eq(delta[o]),
                 ]
 
         free = ~self.err_o.valid & ~self.result.valid
@@ -251,13 +258,14 @@ class LossUnit(wiring.Component):
         n = self._classes
         yf, ef = self._y_role.format, self._error_role.format
         later = Delays(m)
+        control = Delays(m, reset_less=False)
         table = Memory(shape=unsigned(16), depth=256, init=[int(v) for v in EXP2_TABLE])
         m.submodules.exp2 = table
         lookup = table.read_port(transparent_for=())
         running = Signal()  # the exponential sequence is issuing classes
         idx = Signal(range(n + 1))
         count = Signal(range(n + EXP_DEPTH + 2))
-        exps = [Signal(16, name=f"e{o}") for o in range(n)]
+        exps = [Signal(16, name=f"e{o}", reset_less=True) for o in range(n)]
         total = Signal(16 + n.bit_length() + 1)
         # Cycle 0: the difference to the maximum (the maximum is ready when COMPUTE starts).
         y_at = Signal(shape_of(yf))
@@ -265,7 +273,7 @@ class LossUnit(wiring.Component):
             for o in range(n):
                 with m.Case(o):
                     m.d.comb += y_at.eq(y[o])
-        d = Signal(signed(yf.width + 2))
+        d = Signal(signed(yf.width + 2), reset_less=True)
         m.d.sync += d.eq(y_at - best_y)
         # Cycles 1-2: t = (d * log2 e) >> (f(Y) + 8), the table index and the shift.
         product = pipelined_product(m, d, LOG2E_Q16, self._multiplier_ports, "log2e")
@@ -277,7 +285,7 @@ class LossUnit(wiring.Component):
         neg_k_r = later(neg_k, 1, "neg_k")
         e = Signal(16)
         m.d.comb += e.eq(Mux(neg_k_r >= 16, 0, lookup.data >> neg_k_r[:5]))
-        arrive = later(running, EXP_DEPTH, "running")
+        arrive = control(running, EXP_DEPTH, "running")
         at = later(idx, EXP_DEPTH, "idx")
         with m.If(arrive):
             m.d.sync += total.eq(total + e)
@@ -295,9 +303,9 @@ class LossUnit(wiring.Component):
         m.d.comb += done.eq(phase == 3)
         for o in range(n):
             dividend = Cat(Const(0, ef.frac), exps[o])
-            rem = Signal(len(total) + 1, name=f"rem{o}")
-            low = Signal(q, name=f"low{o}")
-            quo = Signal(q, name=f"quo{o}")
+            rem = Signal(len(total) + 1, name=f"rem{o}", reset_less=True)
+            low = Signal(q, name=f"low{o}", reset_less=True)
+            quo = Signal(q, name=f"quo{o}", reset_less=True)
             trial = Cat(low[-1], rem)
             fits = trial >= total
             with m.If(start & (phase == 1)):

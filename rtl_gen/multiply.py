@@ -37,16 +37,23 @@ LATENCY = 2
 class Delays:
     """Named delay lines in ``m``'s sync domain: ``delays(value, n, name)`` is ``value`` ``n``
     cycles later. A name is one line: asking again for the same name (with the same value)
-    reuses its registers."""
+    reuses its registers. Datapath lines are ``reset_less`` (the default): their contents only
+    matter under a valid bit that is reset, and a reset net reaching every pipeline register
+    would be the slowest net of the design."""
 
-    def __init__(self, m: Module):
+    def __init__(self, m: Module, *, reset_less: bool = True):
         self._m = m
+        self._reset_less = reset_less
         self._chains: dict[str, list] = {}
 
     def __call__(self, value, n: int, name: str):
         chain = self._chains.setdefault(name, [value])
         while len(chain) <= n:
-            sig = Signal(Value.cast(value).shape(), name=f"{name}_d{len(chain)}")
+            sig = Signal(
+                Value.cast(value).shape(),
+                name=f"{name}_d{len(chain)}",
+                reset_less=self._reset_less,
+            )
             self._m.d.sync += sig.eq(chain[-1])
             chain.append(sig)
         return chain[n]
@@ -60,7 +67,9 @@ def sum_levels(terms: int) -> int:
     return levels
 
 
-def pipelined_sum(m: Module, terms, shape, levels: int, name: str) -> Signal:
+def pipelined_sum(
+    m: Module, terms, shape, levels: int, name: str, *, reset_less: bool = True
+) -> Signal:
     """The sum of ``terms`` (exact in ``shape``) after ``levels`` cycles: each level adds
     groups of :data:`SUM_FAN_IN` and registers them; ``levels >= sum_levels(len(terms))``."""
     if levels < sum_levels(len(terms)):
@@ -70,7 +79,7 @@ def pipelined_sum(m: Module, terms, shape, levels: int, name: str) -> Signal:
         out = []
         for n in range(0, len(values), SUM_FAN_IN):
             chunk = values[n : n + SUM_FAN_IN]
-            sig = Signal(shape, name=f"{name}_l{level}_{n // SUM_FAN_IN}")
+            sig = Signal(shape, name=f"{name}_l{level}_{n // SUM_FAN_IN}", reset_less=reset_less)
             m.d.sync += sig.eq(sum(chunk[1:], chunk[0]))
             out.append(sig)
         values = out
@@ -181,10 +190,10 @@ def pipelined_product(m: Module, a, b, ports: tuple[int, int], name: str) -> Sig
                 terms.append((pa * pb, lo + lj))
     partials = []
     for n, (value, shift) in enumerate(terms):
-        sig = Signal(value.shape(), name=f"{name}_part{n}")
+        sig = Signal(value.shape(), name=f"{name}_part{n}", reset_less=True)
         m.d.sync += sig.eq(value)
         partials.append(sig << shift if shift else sig)
-    out = Signal(full.shape(), name=name)
+    out = Signal(full.shape(), name=name, reset_less=True)
     total = sum(partials[1:], partials[0]) if partials else Const(0)
     m.d.sync += out.eq(total)
     return out

@@ -448,21 +448,32 @@ class Stage(wiring.Component):
         # ---- vectors: input rings (current and stashed x, bias column included), the error,
         # dz by row offset, output codes, column sums
         def ring(name, shape):
-            return [Signal(shape, name=f"{name}{j}") for j in range(N)]
+            return [Signal(shape, name=f"{name}{j}", reset_less=True) for j in range(N)]
 
         x_ring, xg_ring = ring("x", shape_of(xf)), ring("xg", shape_of(xf))
-        err_in = [Signal(shape_of(ef), name=f"delta{o}") for o in range(n_out)]
-        dz_sr = [Signal(shape_of(ef), name=f"dz{o}") for o in range(n_out)]
-        z_out = [Signal(shape_of(fm.activation.format), name=f"z{o}") for o in range(n_out)]
-        bacc = [Signal(signed(self._bwd_acc.width), name=f"bacc{j}") for j in range(N)]
-        cur = Signal(signed(self._fwd_acc.width))
+        # Datapath registers are reset-less: each is loaded before it is used (docs/hardware.md).
+        err_in = [Signal(shape_of(ef), name=f"delta{o}", reset_less=True) for o in range(n_out)]
+        dz_sr = [Signal(shape_of(ef), name=f"dz{o}", reset_less=True) for o in range(n_out)]
+        z_out = [
+            Signal(shape_of(fm.activation.format), name=f"z{o}", reset_less=True)
+            for o in range(n_out)
+        ]
+        bacc = [
+            Signal(signed(self._bwd_acc.width), name=f"bacc{j}", reset_less=True) for j in range(N)
+        ]
+        cur = Signal(signed(self._fwd_acc.width), reset_less=True)
         counts = [Signal(COUNTER_BITS, name=f"count_{r}") for r in COUNTER_ROLES]
         for n, c in enumerate(counts):
             m.d.comb += self.saturation[n].eq(c)
 
         events = {role: [] for role in COUNTER_ROLES}  # 1-bit overflow events per cycle
 
-        # ---- output registers (valid held until taken)
+        # ---- output registers (valid held until taken; the payloads are reset-less)
+        fwd_payload = Signal(self.fwd_o.payload.shape(), reset_less=True)
+        m.d.comb += self.fwd_o.payload.eq(fwd_payload)
+        if sends_error:
+            err_payload = Signal(self.err_o.payload.shape(), reset_less=True)
+            m.d.comb += self.err_o.payload.eq(err_payload)
         with m.If(self.fwd_o.ready):
             m.d.sync += self.fwd_o.valid.eq(0)
         if sends_error:
@@ -479,9 +490,10 @@ class Stage(wiring.Component):
         loading = Signal()  # the stash is read; row 0 is addressed
         at = self._at
         later = Delays(m)  # later(value as of the row's cycle 0, n, name): n cycles later
+        control = Delays(m, reset_less=False)  # the same for the valid bit, which is reset
 
         def valid(n):
-            return later(pass_on, n, "row_valid")
+            return control(pass_on, n, "row_valid")
 
         lane_w, lane_v, lane_wp, lane_k = [], [], [], []
         for p in range(P):
@@ -599,9 +611,9 @@ class Stage(wiring.Component):
         for r in range((N - 1 + P) // N):
             done = Signal(name=f"done{r}")
             m.d.sync += done.eq(valid(sum_at) & (r < adv) & (base_row_s + r < n_out))
-            out_row = Signal(range(n_out + P // N + 2), name=f"done_row{r}")
+            out_row = Signal(range(n_out + P // N + 2), name=f"done_row{r}", reset_less=True)
             m.d.sync += out_row.eq(base_row_s + r)
-            total = Signal(signed(self._fwd_acc.width), name=f"total{r}")
+            total = Signal(signed(self._fwd_acc.width), name=f"total{r}", reset_less=True)
             m.d.sync += total.eq(sums[r])
             index = later(base_row, act_at - self._words, "base_row") + r
             rq = self._rounder(m, f"act{r}", self._fwd_acc, act, "activation", step, index)
@@ -621,7 +633,7 @@ class Stage(wiring.Component):
 
         # ---- write-back, at["write"] cycles after the read (a row is not read again before
         # the next step, which starts after the drain)
-        update = later(pass_on, at["write"], "row_valid") & ~err_bubble
+        update = valid(at["write"]) & ~err_bubble
         row_u = later(row, at["write"], "row")
         m.d.comb += [
             wr_w.addr.eq(row_u),
@@ -718,11 +730,11 @@ class Stage(wiring.Component):
                 with m.If(outputs_free):
                     m.d.sync += [
                         self.fwd_o.valid.eq(1),
-                        self.fwd_o.payload.bubble.eq(fwd_bubble),
-                        self.fwd_o.payload.label.eq(label),
+                        fwd_payload.bubble.eq(fwd_bubble),
+                        fwd_payload.label.eq(label),
                     ]
                     for o in range(n_out):
-                        m.d.sync += self.fwd_o.payload.x[o].eq(z_out[o])
+                        m.d.sync += fwd_payload.x[o].eq(z_out[o])
                     if self._relu:
                         m.d.comb += [
                             sm_wr.addr.eq(slot_w),
@@ -742,12 +754,12 @@ class Stage(wiring.Component):
         if sends_error:
             shift = (self.rows * P) % N
             with m.If(finish):
-                m.d.sync += [self.err_o.valid.eq(1), self.err_o.payload.bubble.eq(err_bubble)]
+                m.d.sync += [self.err_o.valid.eq(1), err_payload.bubble.eq(err_bubble)]
             for i in range(n_in):
                 rq = self._rounder(m, f"err{i}", self._bwd_acc, self._error_out, "error", step, i)
                 m.d.comb += rq.i.eq(bacc[(i - shift) % N])
                 with m.If(finish):
-                    m.d.sync += self.err_o.payload.e[i].eq(rq.o)
+                    m.d.sync += err_payload.e[i].eq(rq.o)
                 events["error"].append(finish & ~err_bubble & rq.saturated)
 
         # Events are counted a few cycles after they happen (a pipelined sum first).
@@ -756,7 +768,10 @@ class Stage(wiring.Component):
                 c = counts[COUNTER_ROLES.index(role)]
                 shape = range(len(flags) + 1)
                 levels = sum_levels(len(flags))
-                m.d.sync += c.eq(c + pipelined_sum(m, flags, shape, levels, f"events_{role}"))
+                events_sum = pipelined_sum(
+                    m, flags, shape, levels, f"events_{role}", reset_less=False
+                )
+                m.d.sync += c.eq(c + events_sum)
 
         # ---- memory reads: the row pass, else the debug port
         rd_addr = Signal(range(max(2, self.rows)))

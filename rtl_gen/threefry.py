@@ -108,7 +108,7 @@ class Threefry2x32(wiring.Component):
         x1 = word(add(self.c1, ks[1]), "x1_init")
 
         def register(value, name):
-            signal = Signal(32, name=name)
+            signal = Signal(32, name=name, reset_less=True)
             m.d.sync += signal.eq(value)
             return signal
 
