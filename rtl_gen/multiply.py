@@ -24,8 +24,12 @@ __all__ = [
     "pipelined_product",
     "pipelined_sum",
     "product_shapes",
+    "replicated",
     "sum_levels",
 ]
+
+#: Loads one replicated enable register drives (see :func:`replicated`).
+FANOUT = 64
 
 #: Terms a pipelined sum adds per registered level (two levels of adders).
 SUM_FAN_IN = 4
@@ -57,6 +61,26 @@ class Delays:
             self._m.d.sync += sig.eq(chain[-1])
             chain.append(sig)
         return chain[n]
+
+
+def replicated(m: Module, next_value, loads: int, name: str, salt, *, init: int = 0):
+    """Copies of a 1-bit register whose next value is ``next_value``, one per :data:`FANOUT`
+    of ``loads``: ``copies[j * len(copies) // loads]`` is the copy for load ``j``.
+
+    An enable that reaches thousands of registers is the slowest net of a large design; each
+    copy reaches at most :data:`FANOUT`. Synthesis merges identical registers, so each copy's
+    next value also clears on a register of its own that is always 0 (it starts at 0 and is
+    only ever ANDed with a bit of ``salt``, an input) but not provably so without a SAT proof.
+    """
+    salt = Value.cast(salt)
+    copies = []
+    for k in range(max(1, -(-loads // FANOUT))):
+        never = Signal(name=f"{name}_never{k}", reset_less=True)
+        m.d.sync += never.eq(never & salt[k % len(salt)])
+        copy = Signal(name=f"{name}_copy{k}", init=init)
+        m.d.sync += copy.eq(next_value & ~never)
+        copies.append(copy)
+    return copies
 
 
 def sum_levels(terms: int) -> int:

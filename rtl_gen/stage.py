@@ -39,7 +39,13 @@ from pbhw.config import RoleFormat, WeightPrediction
 from pbhw.fixed import FixedFormat, Rounding
 from pbhw.plan import StagePlan
 from rtl_gen.multiply import LATENCY as PRODUCT_LATENCY
-from rtl_gen.multiply import Delays, pipelined_product, pipelined_sum, sum_levels
+from rtl_gen.multiply import (
+    Delays,
+    pipelined_product,
+    pipelined_sum,
+    replicated,
+    sum_levels,
+)
 from rtl_gen.requantizer import Requantizer, shape_of, span_width
 from rtl_gen.threefry import Threefry2x32, pipelined_latency
 from rtl_gen.update import UpdateUnit
@@ -452,7 +458,6 @@ class Stage(wiring.Component):
 
         x_ring, xg_ring = ring("x", shape_of(xf)), ring("xg", shape_of(xf))
         # Datapath registers are reset-less: each is loaded before it is used (docs/hardware.md).
-        err_in = [Signal(shape_of(ef), name=f"delta{o}", reset_less=True) for o in range(n_out)]
         dz_sr = [Signal(shape_of(ef), name=f"dz{o}", reset_less=True) for o in range(n_out)]
         z_out = [
             Signal(shape_of(fm.activation.format), name=f"z{o}", reset_less=True)
@@ -488,6 +493,8 @@ class Stage(wiring.Component):
         pass_on = Signal()  # a row arrives from memory this cycle
         finish = Signal()  # the step hands over its outputs this cycle
         loading = Signal()  # the stash is read; row 0 is addressed
+        take = Signal()  # both input tokens are taken this cycle (LOAD follows)
+        going_pass = Signal()  # the next cycle is a row-pass cycle
         at = self._at
         later = Delays(m)  # later(value as of the row's cycle 0, n, name): n cycles later
         control = Delays(m, reset_less=False)  # the same for the valid bit, which is reset
@@ -649,13 +656,65 @@ class Stage(wiring.Component):
                 wr_p.data.eq(rd_w.data),
                 wr_p.en.eq(Mux(pass_on & ~err_bubble, (1 << len(wr_p.en)) - 1, 0)),
             ]
-        # ---- column sums, one cycle after the read: the ring rotates with the rows
-        if sends_error:
-            with m.If(valid(at["backward"])):
-                for j in range(N):
-                    src = (j + P) % N
-                    adds = [bprod[q] for q in range(P) if q % N == src]
+        # ---- the rings, dz, column sums and output payload: their enables are replicated
+        # registers (rtl_gen.multiply.replicated), each reaching at most FANOUT registers.
+        # The input vectors and dz load in LOAD, from payloads their producers hold until then.
+        salt = self.dbg_addr
+        ring_bits = 2 * N * xf.width
+        load_en = replicated(m, take, ring_bits, "ring_load", salt)
+        rotate_en = replicated(m, going_pass, ring_bits, "ring_rotate", salt)
+        stashed = data.View(data.ArrayLayout(shape_of(xf), n_in), sx_rd.data)
+        for j in range(N):
+            c = j * len(load_en) // N
+            src = (j + P) % N
+            with m.If(load_en[c]):
+                m.d.sync += [
+                    x_ring[j].eq(self.fwd_i.payload.x[j] if j < n_in else one),
+                    xg_ring[j].eq(stashed[j] if j < n_in else one),
+                ]
+            with m.Elif(rotate_en[c]):
+                m.d.sync += [x_ring[j].eq(x_ring[src]), xg_ring[j].eq(xg_ring[src])]
+        # dz shifts by the rows that advanced; wrap_next is next cycle's wrap.
+        base_col_next = Signal.like(base_col)
+        m.d.comb += base_col_next.eq(base_col)
+        with m.If(loading):
+            m.d.comb += base_col_next.eq(0)
+        with m.Elif(pass_on):
+            m.d.comb += base_col_next.eq(Mux(wrap, base_col + P % N - N, base_col + P % N))
+        dz_bits = n_out * ef.width
+        dz_load = replicated(m, take, dz_bits, "dz_load", salt)
+        dz_shift = replicated(m, going_pass, dz_bits, "dz_shift", salt)
+        dz_wrap = replicated(m, base_col_next + P % N >= N, dz_bits, "dz_wrap", salt)
+        for o in range(n_out):
+            c = o * len(dz_load) // n_out
+            keep = sm_rd.data[o] if self._relu else 1
+            lo = dz_sr[o + adv_lo] if o + adv_lo < n_out else 0
+            hi = dz_sr[o + adv_lo + 1] if o + adv_lo + 1 < n_out else 0
+            with m.If(dz_load[c]):
+                m.d.sync += dz_sr[o].eq(Mux(keep, self.err_i.payload.e[o], 0))
+            with m.Elif(dz_shift[c]):
+                m.d.sync += dz_sr[o].eq(Mux(dz_wrap[c], hi, lo))
+        if sends_error:  # cleared in LOAD; a row's products arrive at["backward"] after its read
+            column_bits = N * self._bwd_acc.width
+            clear = replicated(m, take, column_bits, "columns_clear", salt)
+            add = replicated(m, valid(at["backward"] - 1), column_bits, "columns_add", salt)
+            for j in range(N):
+                c = j * len(clear) // N
+                src = (j + P) % N
+                adds = [bprod[q] for q in range(P) if q % N == src]
+                with m.If(clear[c]):
+                    m.d.sync += bacc[j].eq(0)
+                with m.Elif(add[c]):
                     m.d.sync += bacc[j].eq(sum(adds, bacc[src]))
+        # The forward payload follows z while no token waits (final at the finish).
+        valid_next = finish | (self.fwd_o.valid & ~self.fwd_o.ready)
+        fwd_bits = n_out * fm.activation.format.width + 1
+        fwd_free = replicated(m, ~valid_next, fwd_bits, "fwd_free", salt, init=1)
+        with m.If(fwd_free[0]):
+            m.d.sync += [fwd_payload.bubble.eq(fwd_bubble), fwd_payload.label.eq(label)]
+        for o in range(n_out):
+            with m.If(fwd_free[o * len(fwd_free) // n_out]):
+                m.d.sync += fwd_payload.x[o].eq(z_out[o])
 
         # ---- FSM
         with m.FSM(name="stage"):
@@ -665,6 +724,7 @@ class Stage(wiring.Component):
                 err_have = self.err_i.valid | first
                 with m.If(fwd_have & err_have):
                     m.d.comb += [
+                        take.eq(1),
                         self.fwd_i.ready.eq(~first | first_stage),
                         self.err_i.ready.eq(~first),
                     ]
@@ -674,11 +734,6 @@ class Stage(wiring.Component):
                         err_bubble.eq(self.err_i.payload.bubble | first),
                         label.eq(self.fwd_i.payload.label),
                     ]
-                    for j in range(N):
-                        value = self.fwd_i.payload.x[j] if j < n_in else one
-                        m.d.sync += x_ring[j].eq(value)
-                    for o in range(n_out):
-                        m.d.sync += err_in[o].eq(self.err_i.payload.e[o])
                     m.d.comb += [
                         sx_wr.addr.eq(slot_w),
                         sx_wr.data.eq(self.fwd_i.payload.x.as_value()),
@@ -686,13 +741,7 @@ class Stage(wiring.Component):
                     ]
                     m.next = "LOAD"
             with m.State("LOAD"):
-                m.d.comb += loading.eq(1)
-                stashed = data.View(data.ArrayLayout(shape_of(xf), n_in), sx_rd.data)
-                for j in range(N):
-                    m.d.sync += xg_ring[j].eq(stashed[j] if j < n_in else one)
-                for o in range(n_out):
-                    keep = sm_rd.data[o] if self._relu else 1
-                    m.d.sync += dz_sr[o].eq(Mux(keep, err_in[o], 0))
+                m.d.comb += [loading.eq(1), going_pass.eq(1)]
                 m.d.sync += [
                     row.eq(0),
                     base_col.eq(0),
@@ -700,18 +749,9 @@ class Stage(wiring.Component):
                     kbase.eq(0),
                     cur.eq(0),
                 ]
-                m.d.sync += [b.eq(0) for b in bacc]
                 m.next = "PASS"
             with m.State("PASS"):
-                m.d.comb += pass_on.eq(1)
-                # Rotate the rings by P places; dz shifts by the rows that advanced.
-                for j in range(N):
-                    src = (j + P) % N
-                    m.d.sync += [x_ring[j].eq(x_ring[src]), xg_ring[j].eq(xg_ring[src])]
-                for o in range(n_out):
-                    lo = dz_sr[o + adv_lo] if o + adv_lo < n_out else 0
-                    hi = dz_sr[o + adv_lo + 1] if o + adv_lo + 1 < n_out else 0
-                    m.d.sync += dz_sr[o].eq(Mux(wrap, hi, lo))
+                m.d.comb += [pass_on.eq(1), going_pass.eq(row != self.rows - 1)]
                 m.d.sync += [
                     base_col.eq(Mux(wrap, base_col + P % N - N, base_col + P % N)),
                     base_row.eq(base_row + adv_lo + wrap),
@@ -728,13 +768,7 @@ class Stage(wiring.Component):
             with m.State("FINISH"):
                 m.d.comb += [finish.eq(outputs_free), self.idle.eq(1)]
                 with m.If(outputs_free):
-                    m.d.sync += [
-                        self.fwd_o.valid.eq(1),
-                        fwd_payload.bubble.eq(fwd_bubble),
-                        fwd_payload.label.eq(label),
-                    ]
-                    for o in range(n_out):
-                        m.d.sync += fwd_payload.x[o].eq(z_out[o])
+                    m.d.sync += self.fwd_o.valid.eq(1)
                     if self._relu:
                         m.d.comb += [
                             sm_wr.addr.eq(slot_w),
@@ -754,11 +788,19 @@ class Stage(wiring.Component):
         if sends_error:
             shift = (self.rows * P) % N
             with m.If(finish):
-                m.d.sync += [self.err_o.valid.eq(1), err_payload.bubble.eq(err_bubble)]
+                m.d.sync += self.err_o.valid.eq(1)
+            # The payload follows the rounded column sums while no token waits (final at the
+            # finish, when valid is set), so its enable is a register, replicated.
+            valid_next = finish | (self.err_o.valid & ~self.err_o.ready)
+            err_free = replicated(
+                m, ~valid_next, n_in * len(err_payload.e[0]) + 1, "err_free", salt, init=1
+            )
+            with m.If(err_free[0]):
+                m.d.sync += err_payload.bubble.eq(err_bubble)
             for i in range(n_in):
                 rq = self._rounder(m, f"err{i}", self._bwd_acc, self._error_out, "error", step, i)
                 m.d.comb += rq.i.eq(bacc[(i - shift) % N])
-                with m.If(finish):
+                with m.If(err_free[i * len(err_free) // n_in]):
                     m.d.sync += err_payload.e[i].eq(rq.o)
                 events["error"].append(finish & ~err_bubble & rq.saturated)
 

@@ -11,12 +11,13 @@ pipeline, send ``2 * L - 1`` bubble samples (``bubble = 1``) after the last samp
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from pbhw.plan import Plan
 from rtl_gen.loss import LossUnit, result_token
+from rtl_gen.multiply import replicated
 from rtl_gen.stage import COUNTER_BITS, COUNTER_ROLES, Stage, forward_token
 
 __all__ = ["Network"]
@@ -151,7 +152,24 @@ class Network(wiring.Component):
             m.submodules[f"stage{i + 1}"] = stage
         m.submodules.loss = self._loss
         stages = self._stages
-        wiring.connect(m, wiring.flipped(self.samples), stages[0].fwd_i)
+        # The sample stream enters through a register, so stage 1 reads a payload that holds
+        # until the cycle after it is taken, like every other stage's input.
+        first = stages[0].fwd_i
+        full = Signal()
+        held = Signal(self.samples.payload.shape(), reset_less=True)
+        m.d.comb += [
+            self.samples.ready.eq(~full),
+            first.valid.eq(full),
+            first.payload.eq(held),
+        ]
+        full_next = Mux(full, ~first.ready, self.samples.valid)
+        m.d.sync += full.eq(full_next)
+        empty = replicated(
+            m, ~full_next, len(held.as_value()), "sample_empty", self.dbg_addr, init=1
+        )
+        for n, bit in enumerate(held.as_value()):
+            with m.If(empty[n * len(empty) // len(held.as_value())]):
+                m.d.sync += bit.eq(self.samples.payload.as_value()[n])
         for a, b in zip(stages, stages[1:], strict=False):
             wiring.connect(m, a.fwd_o, b.fwd_i)
             wiring.connect(m, b.err_o, a.err_i)
