@@ -21,7 +21,7 @@ from golden.fixed_arith import EXP2_TABLE, LOG2E_Q16, stream_id
 from pbhw.config import Loss, RoleFormat
 from pbhw.fixed import FixedFormat, Rounding
 from rtl_gen.multiply import LATENCY as PRODUCT_LATENCY
-from rtl_gen.multiply import Delays, pipelined_product
+from rtl_gen.multiply import Delays, pipelined_product, pipelined_sum, replicated, sum_levels
 from rtl_gen.requantizer import Requantizer, shape_of, span_width
 from rtl_gen.stage import COUNTER_BITS, error_token, forward_token, label_bits
 from rtl_gen.threefry import Threefry2x32, pipelined_latency
@@ -110,7 +110,7 @@ class LossUnit(wiring.Component):
     def wait(self) -> int:
         """Cycles between taking a token and using the maximum: the tree's levels, and with
         ``mse`` and stochastic rounding at least the pipelined random words' latency."""
-        wait = self.argmax_levels
+        wait = max(1, self.argmax_levels)  # the registered saturation flags need a cycle
         if self._kind is Loss.MSE and self._error_role.rounding is Rounding.STOCHASTIC:
             wait = max(wait, pipelined_latency())
         return wait
@@ -190,15 +190,27 @@ class LossUnit(wiring.Component):
         with m.If(emit):
             m.d.sync += [
                 self.err_o.valid.eq(1),
-                err_payload.bubble.eq(bubble),
                 self.result.valid.eq(~bubble),
-                result_payload.label.eq(label),
-                result_payload.prediction.eq(best),
                 step.eq(step + 1),
             ]
-            for o in range(n):
+        # The payloads follow their sources while no token waits (the sources are final at
+        # the emit, when valid is set), so their enables are registers, replicated.
+        salt = self.fwd_i.payload.as_value()
+        err_next = emit | (self.err_o.valid & ~self.err_o.ready)
+        result_next = (emit & ~bubble) | (self.result.valid & ~self.result.ready)
+        err_free = replicated(m, ~err_next, len(err_payload.as_value()), "err_free", salt, init=1)
+        result_free = replicated(
+            m, ~result_next, len(result_payload.as_value()), "result_free", salt, init=1
+        )
+        with m.If(err_free[0]):
+            m.d.sync += err_payload.bubble.eq(bubble)
+        with m.If(result_free[0]):
+            m.d.sync += [result_payload.label.eq(label), result_payload.prediction.eq(best)]
+        for o in range(n):
+            with m.If(err_free[o * len(err_free) // n]):
+                m.d.sync += err_payload.e[o].eq(delta[o])
+            with m.If(result_free[o * len(result_free) // n]):
                 m.d.sync += [
-                    err_payload.e[o].eq(delta[o]),
                     result_payload.y[o].eq(y[o]),
                     result_payload.delta[o].eq(delta[o]),
                 ]
@@ -220,12 +232,16 @@ class LossUnit(wiring.Component):
             unit = 1 << src.frac
             m.d.comb += [rq.i.eq(error_in[o] - Mux(label == o, unit, 0)), delta[o].eq(rq.o)]
             events.append(rq.saturated & ~bubble)
-        # Saturation events are counted a cycle after the emit (the sum is registered).
-        emitted = Signal(range(n + 1))
-        m.d.sync += [
-            emitted.eq(Mux(emit, sum(events[1:], events[0]), 0)),
-            count.eq(count + emitted),
-        ]
+        # Saturation events: the flags are registered (the outputs are stable from a cycle
+        # after the take until the emit, at least a cycle later) and counted at the emit by a
+        # pipelined sum.
+        flags = Signal(n, reset_less=True)
+        m.d.sync += flags.eq(Cat(*events))
+        at_emit = [flags[o] & emit for o in range(n)]
+        emitted = pipelined_sum(
+            m, at_emit, range(n + 1), sum_levels(n), "emitted", reset_less=False
+        )
+        m.d.sync += count.eq(count + emitted)
         with m.FSM(name="loss"):
             with m.State("IDLE"):
                 with m.If(self.fwd_i.valid):
