@@ -301,7 +301,8 @@ def test_fit_calibration_reproduces_a_linear_truth():
     for m, est in samples:
         feats = design_features(m, ecp5)
         predicted = sum(fitted["lut"][k] * feats[k] for k in fitted["lut"])
-        assert predicted == pytest.approx(est.used["lut"], abs=1.0)
+        # the fitted table is rounded to 3 decimals, so allow that much per feature
+        assert predicted == pytest.approx(est.used["lut"], rel=1e-4, abs=1.0)
 
 
 def test_critical_path_is_the_main_clock_s_worst_register_to_register_path():
