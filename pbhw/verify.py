@@ -138,6 +138,7 @@ def run_rtl(
     """Build (or reuse) the simulation model of ``design`` and run the trace's samples."""
     from pbhw.toolchain import sim_build, sim_test
     from rtl_gen.generate import top_name, verilog_text
+    from rtl_gen.top import DEBUG_LATENCY
 
     top = top or top_name(design.config)
     net = design.network
@@ -161,6 +162,7 @@ def run_rtl(
         "backpressure": backpressure,
         "seed": seed,
         "quiet_cycles": net.quiet_cycles,
+        "debug_latency": DEBUG_LATENCY,
         "timeout_cycles": 20 * per_sample * (len(payloads) + 4) + 1000,
     }
     start = time.perf_counter()

@@ -153,7 +153,7 @@ def manifest_of(design: Design, *, top: str, files: dict[str, str]) -> dict[str,
         "ports": {
             "samples": "stream in: {bubble, label, x[N_in]} (send 2L-1 bubbles to drain)",
             "results": "stream out: {label, prediction, y[classes], delta[classes]}",
-            "debug": "dbg_stage, dbg_mem (0 W, 1 V, 2 w_prev), dbg_addr -> dbg_data (1 cycle)",
+            "debug": "dbg_stage, dbg_mem (0 W, 1 V, 2 w_prev), dbg_addr -> dbg_data (3 cycles)",
             "saturation": f"{COUNTER_BITS}-bit counters in the order of 'counters'",
         },
         "counters": net.counter_names(),

@@ -17,6 +17,7 @@ from __future__ import annotations
 from amaranth.hdl import Cat, Const, Module, Signal, Value
 
 __all__ = [
+    "FANOUT",
     "LATENCY",
     "SUM_FAN_IN",
     "Delays",

@@ -19,9 +19,9 @@ at one of two offsets. Rows complete in order; each completed row is rounded to 
 format right away. The bit-level arithmetic is ``docs/numerics.md``; the golden model is
 :class:`golden.fixed_arith.FixedArithmetic`.
 
-A step takes ``ceil(N_out * N_cols / P) + OVERHEAD`` cycles when its tokens are ready: one to
-take the tokens and write the stash, one to read the stash, the row pass, one to round the
-column sums and hand over the outputs.
+A step takes ``ceil(N_out * N_cols / P) + OVERHEAD + drain`` cycles when its tokens are ready:
+one to take the tokens, one to load the vectors (and write the stash), the row pass, the drain
+of the lane pipeline (:attr:`Stage.pipeline`), one to hand over the outputs.
 """
 
 from __future__ import annotations
@@ -38,14 +38,15 @@ from golden.fixed_arith import stream_id
 from pbhw.config import RoleFormat, WeightPrediction
 from pbhw.fixed import FixedFormat, Rounding
 from pbhw.plan import StagePlan
-from rtl_gen.multiply import LATENCY as PRODUCT_LATENCY
 from rtl_gen.multiply import (
+    FANOUT,
     Delays,
     pipelined_product,
     pipelined_sum,
     replicated,
     sum_levels,
 )
+from rtl_gen.multiply import LATENCY as PRODUCT_LATENCY
 from rtl_gen.requantizer import Requantizer, shape_of, span_width
 from rtl_gen.threefry import Threefry2x32, pipelined_latency
 from rtl_gen.update import UpdateUnit
@@ -141,8 +142,8 @@ class Stage(wiring.Component):
     dbg_addr : In(range(rows)), dbg_mem : In(2)
         Debug read of row ``dbg_addr`` of memory ``dbg_mem`` (0 = W, 1 = V, 2 = w_prev).
     dbg_data : Out(row bits)
-        The row, valid one cycle after ``dbg_addr`` while ``idle``; lane ``p`` at bits
-        ``[p * width, (p + 1) * width)``.
+        The row, valid two cycles after ``dbg_addr`` (the memory read, then a register) while
+        ``idle``; lane ``p`` at bits ``[p * width, (p + 1) * width)``.
     saturation : Out(array of COUNTER_BITS)
         Overflow events per role of :data:`COUNTER_ROLES`.
     step : Out(32)
@@ -428,9 +429,15 @@ class Stage(wiring.Component):
             rd_p, wr_p = mem_p.read_port(transparent_for=()), mem_p.write_port()
 
         depth = plan.delay + 1
-        stash_x = Memory(shape=unsigned(n_in * xf.width), depth=depth, init=[])
-        m.submodules.stash_x = stash_x
-        sx_rd, sx_wr = stash_x.read_port(transparent_for=()), stash_x.write_port()
+        # The input stash, in slices of at most FANOUT bits: each slice's write enable is its
+        # own replicated register (a wide memory's one enable reaches every RAM cell).
+        per_slice = max(1, FANOUT // xf.width)
+        stash_slices = []
+        for lo in range(0, n_in, per_slice):
+            hi = min(n_in, lo + per_slice)
+            mem = Memory(shape=unsigned((hi - lo) * xf.width), depth=depth, init=[])
+            m.submodules[f"stash_x{lo}"] = mem
+            stash_slices.append((lo, hi, mem.read_port(transparent_for=()), mem.write_port()))
         sm_rd = sm_wr = None
         if self._relu:
             stash_m = Memory(shape=unsigned(n_out), depth=depth, init=[])
@@ -494,6 +501,8 @@ class Stage(wiring.Component):
         finish = Signal()  # the step hands over its outputs this cycle
         loading = Signal()  # the stash is read; row 0 is addressed
         take = Signal()  # both input tokens are taken this cycle (LOAD follows)
+        fwd_is_bubble = Signal()
+        m.d.comb += fwd_is_bubble.eq(self.fwd_i.payload.bubble | (first & (not first_stage)))
         going_pass = Signal()  # the next cycle is a row-pass cycle
         at = self._at
         later = Delays(m)  # later(value as of the row's cycle 0, n, name): n cycles later
@@ -663,7 +672,20 @@ class Stage(wiring.Component):
         ring_bits = 2 * N * xf.width
         load_en = replicated(m, take, ring_bits, "ring_load", salt)
         rotate_en = replicated(m, going_pass, ring_bits, "ring_rotate", salt)
-        stashed = data.View(data.ArrayLayout(shape_of(xf), n_in), sx_rd.data)
+        stashed = data.View(
+            data.ArrayLayout(shape_of(xf), n_in), Cat(*[rd.data for *_, rd, _ in stash_slices])
+        )
+        # The stash is written in LOAD (the payload is still held), slot by slot.
+        stash_we = replicated(
+            m, take & ~fwd_is_bubble, len(stash_slices) * FANOUT, "stash_we", salt
+        )
+        for n, (lo, hi, rd, wr) in enumerate(stash_slices):
+            m.d.comb += [
+                rd.addr.eq(slot_r),
+                wr.addr.eq(slot_w),
+                wr.data.eq(self.fwd_i.payload.x.as_value()[lo * xf.width : hi * xf.width]),
+                wr.en.eq(stash_we[n * len(stash_we) // len(stash_slices)]),
+            ]
         for j in range(N):
             c = j * len(load_en) // N
             src = (j + P) % N
@@ -728,16 +750,10 @@ class Stage(wiring.Component):
                         self.fwd_i.ready.eq(~first | first_stage),
                         self.err_i.ready.eq(~first),
                     ]
-                    fwd_is_bubble = self.fwd_i.payload.bubble | (first & (not first_stage))
                     m.d.sync += [
                         fwd_bubble.eq(fwd_is_bubble),
                         err_bubble.eq(self.err_i.payload.bubble | first),
                         label.eq(self.fwd_i.payload.label),
-                    ]
-                    m.d.comb += [
-                        sx_wr.addr.eq(slot_w),
-                        sx_wr.data.eq(self.fwd_i.payload.x.as_value()),
-                        sx_wr.en.eq(~fwd_is_bubble),
                     ]
                     m.next = "LOAD"
             with m.State("LOAD"):
@@ -824,11 +840,12 @@ class Stage(wiring.Component):
             m.d.comb += rd_addr.eq(row + 1)
         ports = [rd_w, rd_v] + ([rd_p] if rd_p is not None else [])
         m.d.comb += [port.addr.eq(rd_addr) for port in ports]
-        m.d.comb += sx_rd.addr.eq(slot_r)
         if sm_rd is not None:
             m.d.comb += sm_rd.addr.eq(slot_r)
+        dbg_row = Signal(self.row_bits, reset_less=True)  # registered: off the RAM's path
+        m.d.comb += self.dbg_data.eq(dbg_row)
         with m.Switch(self.dbg_mem):
             for n, port in enumerate(ports):
                 with m.Case(n):
-                    m.d.comb += self.dbg_data.eq(port.data)
+                    m.d.sync += dbg_row.eq(port.data)
         return m

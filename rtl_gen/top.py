@@ -23,6 +23,11 @@ from rtl_gen.stage import COUNTER_BITS, COUNTER_ROLES, Stage, forward_token
 __all__ = ["Network"]
 
 
+#: Cycles from a debug request (dbg_stage, dbg_mem, dbg_addr) to its row on dbg_data: the
+#: memory read, the stage's register and the network's register.
+DEBUG_LATENCY = 3
+
+
 class Network(wiring.Component):
     """The PB training pipeline of ``plan`` with ``lanes[l]`` lanes in stage ``l + 1``.
 
@@ -46,7 +51,7 @@ class Network(wiring.Component):
     dbg_stage, dbg_mem, dbg_addr : In
         Which stage (0-based), memory (0 = W, 1 = V, 2 = w_prev) and row to read.
     dbg_data : Out(max row bits)
-        The row, one cycle after the request.
+        The row, :data:`DEBUG_LATENCY` cycles after the request (hold the request until then).
     saturation : Out(array of COUNTER_BITS)
         Counters, in the order of :meth:`counter_names`.
     """
@@ -188,8 +193,10 @@ class Network(wiring.Component):
                 m.d.comb += self.saturation[n].eq(s.saturation[r])
                 n += 1
         m.d.comb += self.saturation[n].eq(self._loss.saturation)
+        dbg = Signal(len(self.dbg_data), reset_less=True)
+        m.d.comb += self.dbg_data.eq(dbg)
         with m.Switch(self.dbg_stage):
             for i, s in enumerate(stages):
                 with m.Case(i):
-                    m.d.comb += self.dbg_data.eq(s.dbg_data)
+                    m.d.sync += dbg.eq(s.dbg_data)
         return m

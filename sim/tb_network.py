@@ -91,7 +91,8 @@ async def network(dut):
                 dut.dbg_stage.value = i
                 dut.dbg_mem.value = mem
                 dut.dbg_addr.value = r
-                await RisingEdge(dut.clk)
+                for _ in range(spec["debug_latency"]):
+                    await RisingEdge(dut.clk)
                 await ReadOnly()
                 values.append(int(dut.dbg_data.value))
             per_stage.append(values)

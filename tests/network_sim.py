@@ -14,6 +14,7 @@ from golden.compare import Observed
 from golden.trace import Trace, run_trace
 from pbhw.verify import unpack_row
 from rtl_gen.design import Design
+from rtl_gen.top import DEBUG_LATENCY
 
 
 def random_samples(design: Design, samples: int, seed: int = 0):
@@ -83,7 +84,7 @@ def simulate(
                     ctx.set(net.dbg_stage, i)
                     ctx.set(net.dbg_mem, mem)
                     ctx.set(net.dbg_addr, r)
-                    await ctx.tick()
+                    await ctx.tick().repeat(DEBUG_LATENCY)
                     vals += unpack_row(
                         ctx.get(net.dbg_data), width, fmt_signed.format.signed, st.lanes
                     )
