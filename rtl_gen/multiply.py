@@ -1,4 +1,4 @@
-"""Products cut into hard-multiplier-sized pieces, registered, then summed: two cycles each.
+"""Products cut into hard-multiplier-sized pieces, registered, then summed: three cycles each.
 
 A product wider than the device's hard multiplier is tiled by the synthesis tool into several
 blocks whose outputs are added in the same cycle: on the ECP5 that adds a second multiplier
@@ -36,7 +36,7 @@ FANOUT = 64
 SUM_FAN_IN = 4
 
 #: Cycles from the operands to a pipelined product.
-LATENCY = 2
+LATENCY = 3
 
 
 class Delays:
@@ -189,9 +189,19 @@ def pipelined_product(m: Module, a, b, ports: tuple[int, int], name: str) -> Sig
 
     Every piece that needs a hard multiplier is at most ``ports`` wide; the result is exact
     (as wide as the full product)."""
+    # The operands are registered first: a hard multiplier sits wherever the device has one, and
+    # on a big design the wire to it from the operand's source was the longest path.
     a = as_signed(a)
+    a_reg = Signal(a.shape(), name=f"{name}_a", reset_less=True)
+    m.d.sync += a_reg.eq(a)
+    a = a_reg
+    if not isinstance(b, int):
+        b = as_signed(b)
+        b_reg = Signal(b.shape(), name=f"{name}_b", reset_less=True)
+        m.d.sync += b_reg.eq(b)
+        b = b_reg
     wide, narrow = max(ports), min(ports)
-    terms = []  # (value, shift): partial products of the first cycle
+    terms = []  # (value, shift): partial products of the second cycle
     if isinstance(b, int):
         port_a, port_c = _ports_for_constant(len(a), b, ports)
         full = a * Const(b)

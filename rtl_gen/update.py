@@ -30,11 +30,16 @@ __all__ = ["UpdateUnit"]
 #: The rounding points of the block, in the order of the computation.
 ROUNDING_POINTS = ("gradient", "velocity", "weight", "prediction")
 #: Pipelined: the cycle (after the inputs) at which each rounding point rounds.
-PIPELINE = {"gradient": 2, "prediction": 2, "velocity": 3, "weight": 6}
+PIPELINE = {
+    "gradient": LATENCY,
+    "prediction": LATENCY,
+    "velocity": LATENCY + 1,
+    "weight": 2 * LATENCY + 2,
+}
 #: Pipelined: cycles from the inputs to ``w_hat`` (and its saturation flag).
-PREDICTION_LATENCY = 3
+PREDICTION_LATENCY = LATENCY + 1
 #: Pipelined: cycles from the inputs to ``g``, ``v_new``, ``w_new`` and their saturation flags.
-UPDATE_LATENCY = 7
+UPDATE_LATENCY = 2 * LATENCY + 3
 
 
 def _range(fmt: FixedFormat) -> tuple[int, int]:
