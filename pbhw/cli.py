@@ -433,7 +433,7 @@ def estimate(
 @click.option(
     "--pnr-timeout",
     type=float,
-    default=25.0,
+    default=60.0,
     show_default=True,
     metavar="MINUTES",
     help="Stop place and route after this long (the report then has Yosys counts, no Fmax).",

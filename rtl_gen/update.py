@@ -7,12 +7,12 @@ Each accumulator is sized from the exact range of its terms, so nothing overflow
 :class:`~rtl_gen.requantizer.Requantizer` that rounds it into its role's format.
 
 Pipelined, the block registers every product and every rounded value, so no path holds more than
-one hard multiplier, or one addition and one rounding. Products take two cycles
-(:func:`rtl_gen.multiply.pipelined_product`). Cycle by cycle after the inputs: ``dz*x``, ``m*v``
-and the prediction's product start (0); the gradient and the predicted weight are rounded (2);
-the velocity is rounded and ``eta_b*g`` starts (3); ``eta_a*v_new`` starts (4); ``w - eta_b*g``
-is summed (5); the new weight is rounded (6); every output is registered one cycle after its
-rounding. :data:`PIPELINE` lists the cycle at which each rounding point rounds (its random word
+one hard multiplier, or one addition and one rounding. Products take ``L`` =
+:data:`rtl_gen.multiply.LATENCY` (3) cycles (:func:`rtl_gen.multiply.pipelined_product`). Cycle by
+cycle after the inputs: ``dz*x``, ``m*v`` and the prediction's product start (0); the gradient and
+the predicted weight are rounded (``L``); the velocity is rounded and ``eta_b*g`` starts
+(``L+1``); ``eta_a*v_new`` starts (``L+2``); ``w - eta_b*g`` is summed (``2L+1``); the new
+weight is rounded (``2L+2``); every output is registered one cycle after its rounding. :data:`PIPELINE` lists the cycle at which each rounding point rounds (its random word
 must arrive then).
 """
 
