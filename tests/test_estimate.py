@@ -354,12 +354,12 @@ CALIBRATION_RESULTS = (
     Path(__file__).resolve().parents[1] / "bench/results/estimate_calibration.json"
 )
 #: The stated accuracy of `pbhw estimate --fast` against Yosys synth_ecp5 counts.
-LUT_FF_TOLERANCE = 0.25
+LUT_FF_TOLERANCE = 0.30
 
 
 def test_analytic_estimate_is_within_the_stated_error_of_synthesis():
     """Every design of bench/estimate_calibration.py (including the held-out default example):
-    DSP exact, LUT and FF within 25 %; block RAM an upper bound (a whole block per memory, where
+    DSP exact, LUT and FF within 30 %; block RAM an upper bound (a whole block per memory, where
     Yosys may put a small memory in LUT RAM), within 25 % on the default example."""
     from pbhw.config import load
     from rtl_gen.design import build_design
