@@ -12,8 +12,9 @@ one hard multiplier, or one addition and one rounding. Products take ``L`` =
 cycle after the inputs: ``dz*x``, ``m*v`` and the prediction's product start (0); the gradient and
 the predicted weight are rounded (``L``); the velocity is rounded and ``eta_b*g`` starts
 (``L+1``); ``eta_a*v_new`` starts (``L+2``); ``w - eta_b*g`` is summed (``2L+1``); the new
-weight is rounded (``2L+2``); every output is registered one cycle after its rounding. :data:`PIPELINE` lists the cycle at which each rounding point rounds (its random word
-must arrive then).
+weight is rounded (``2L+2``); every output is registered one cycle after its rounding.
+:data:`PIPELINE` lists the cycle at which each rounding point rounds (its random word must arrive
+then).
 """
 
 from amaranth.hdl import Const, Module, Signal, signed
