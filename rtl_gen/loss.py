@@ -21,7 +21,7 @@ from golden.fixed_arith import EXP2_TABLE, LOG2E_Q16, stream_id
 from pbhw.config import Loss, RoleFormat
 from pbhw.fixed import FixedFormat, Rounding
 from rtl_gen.multiply import LATENCY as PRODUCT_LATENCY
-from rtl_gen.multiply import Delays, pipelined_product, pipelined_sum, replicated, sum_levels
+from rtl_gen.multiply import Delays, free_enables, pipelined_product, pipelined_sum, sum_levels
 from rtl_gen.requantizer import Requantizer, shape_of, span_width
 from rtl_gen.stage import COUNTER_BITS, error_token, forward_token, label_bits
 from rtl_gen.threefry import Threefry2x32, pipelined_latency
@@ -196,12 +196,9 @@ class LossUnit(wiring.Component):
         # The payloads follow their sources while no token waits (the sources are final at
         # the emit, when valid is set), so their enables are registers, replicated.
         salt = self.fwd_i.payload.as_value()
-        err_next = emit | (self.err_o.valid & ~self.err_o.ready)
-        result_next = (emit & ~bubble) | (self.result.valid & ~self.result.ready)
-        err_free = replicated(m, ~err_next, len(err_payload.as_value()), "err_free", salt, init=1)
-        result_free = replicated(
-            m, ~result_next, len(result_payload.as_value()), "result_free", salt, init=1
-        )
+        err_bits, result_bits = len(err_payload.as_value()), len(result_payload.as_value())
+        err_free = free_enables(m, self.err_o, emit, err_bits, "err_free", salt)
+        result_free = free_enables(m, self.result, emit & ~bubble, result_bits, "result_free", salt)
         with m.If(err_free[0]):
             m.d.sync += err_payload.bubble.eq(bubble)
         with m.If(result_free[0]):

@@ -25,6 +25,7 @@ __all__ = [
     "pipelined_product",
     "pipelined_sum",
     "product_shapes",
+    "free_enables",
     "replicated",
     "sum_levels",
 ]
@@ -82,6 +83,14 @@ def replicated(m: Module, next_value, loads: int, name: str, salt, *, init: int 
         m.d.sync += copy.eq(next_value & ~never)
         copies.append(copy)
     return copies
+
+
+def free_enables(m: Module, port, sets, loads: int, name: str, salt):
+    """:func:`replicated` copies of "no token waits on stream ``port`` next cycle" (``sets``
+    offers one, the consumer's ``ready`` takes it): the enables of a payload register that
+    follows its source until its token is offered, and holds it until the token is taken."""
+    waits_next = sets | (port.valid & ~port.ready)
+    return replicated(m, ~waits_next, loads, name, salt, init=1)
 
 
 def sum_levels(terms: int) -> int:

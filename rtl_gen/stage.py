@@ -41,6 +41,7 @@ from pbhw.plan import StagePlan
 from rtl_gen.multiply import (
     FANOUT,
     Delays,
+    free_enables,
     pipelined_product,
     pipelined_sum,
     replicated,
@@ -282,8 +283,10 @@ class Stage(wiring.Component):
         )
         # Group sums of the forward products: a pipelined sum over a group's lanes.
         P, N = self._lanes, self._cols
-        groups = (N - 1 + P - 1) // N + 1
-        terms = max(sum(1 for p in range(P) if r in (p // N, p // N + 1)) for r in range(groups))
+        self._groups = (N - 1 + P - 1) // N + 1  # distinct row offsets of the lanes in a cycle
+        terms = max(
+            sum(1 for p in range(P) if r in (p // N, p // N + 1)) for r in range(self._groups)
+        )
         self._sum_levels = sum_levels(terms)
         # A row is registered once after the memory (cycle 1) before anything uses it; the
         # unit's inputs wait until the earliest random word of a lane is ready, and the
@@ -582,21 +585,15 @@ class Stage(wiring.Component):
 
         # ---- row sums: lanes grouped by their row offset r = p // N + carry_p. The group sums
         # are registered (at["row_sum"]), then added to the running sum ``cur``.
-        groups = (N - 1 + P - 1) // N + 1  # distinct offsets in one cycle
+        groups = self._groups
         fwd_at, sum_at = at["forward"], at["row_sum"]
         partial = []
         for r in range(groups):  # the group sums take self._sum_levels registered levels
-            terms = [
-                Mux(
-                    later(carry, fwd_at, f"carry{p}")
-                    if d0 + 1 == r
-                    else ~later(carry, fwd_at, f"carry{p}"),
-                    fprod[p],
-                    0,
-                )
-                for p, (d0, carry) in enumerate(off_carry)
-                if r in (d0, d0 + 1)
-            ]
+            terms = []
+            for p, (d0, carry) in enumerate(off_carry):
+                if r in (d0, d0 + 1):
+                    carry_f = later(carry, fwd_at, f"carry{p}")
+                    terms.append(Mux(carry_f if d0 + 1 == r else ~carry_f, fprod[p], 0))
             shape = signed(self._fwd_acc.width)
             partial.append(pipelined_sum(m, terms, shape, self._sum_levels, f"partial{r}"))
         sums = []
@@ -729,9 +726,8 @@ class Stage(wiring.Component):
                 with m.Elif(add[c]):
                     m.d.sync += bacc[j].eq(sum(adds, bacc[src]))
         # The forward payload follows z while no token waits (final at the finish).
-        valid_next = finish | (self.fwd_o.valid & ~self.fwd_o.ready)
         fwd_bits = n_out * fm.activation.format.width + 1
-        fwd_free = replicated(m, ~valid_next, fwd_bits, "fwd_free", salt, init=1)
+        fwd_free = free_enables(m, self.fwd_o, finish, fwd_bits, "fwd_free", salt)
         with m.If(fwd_free[0]):
             m.d.sync += [fwd_payload.bubble.eq(fwd_bubble), fwd_payload.label.eq(label)]
         for o in range(n_out):
@@ -807,10 +803,8 @@ class Stage(wiring.Component):
                 m.d.sync += self.err_o.valid.eq(1)
             # The payload follows the rounded column sums while no token waits (final at the
             # finish, when valid is set), so its enable is a register, replicated.
-            valid_next = finish | (self.err_o.valid & ~self.err_o.ready)
-            err_free = replicated(
-                m, ~valid_next, n_in * len(err_payload.e[0]) + 1, "err_free", salt, init=1
-            )
+            err_bits = n_in * len(err_payload.e[0]) + 1
+            err_free = free_enables(m, self.err_o, finish, err_bits, "err_free", salt)
             with m.If(err_free[0]):
                 m.d.sync += err_payload.bubble.eq(err_bubble)
             for i in range(n_in):
