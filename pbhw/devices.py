@@ -65,6 +65,9 @@ class Device:
     multiplier_partial_width: int
     multiplier_min_width: int
     multiplier_min_product_width: int
+    #: the hard multiplier the generator instantiates itself, with its input and output
+    #: registers (one of ``rtl_gen.multiply.PRIMITIVES``), or None to leave products to synthesis
+    multiplier_primitive: str | None
     #: block RAM granularity in bits and its (depth, width) aspect ratios
     block_bits: int
     block_shapes: tuple[tuple[int, int], ...]
@@ -186,6 +189,13 @@ def _parse(data: Mapping[str, Any], path: Path) -> Device:
     widths = r.get("multiplier.widths", list)
     if len(widths) != 2 or not all(isinstance(w, int) and w > 1 for w in widths):
         raise r.fail("multiplier.widths", f"must be two integers > 1, not {widths!r}")
+    primitive = r.get("multiplier.primitive", str, None)
+    from rtl_gen.multiply import PRIMITIVES
+
+    if primitive is not None and primitive not in PRIMITIVES:
+        raise r.fail("multiplier.primitive", f"must be one of {PRIMITIVES}, not {primitive!r}")
+    if primitive is not None and max(widths) > 18:
+        raise r.fail("multiplier.widths", f"must be at most 18 bits for {primitive}")
     shapes = r.get("bram.shapes", list)
     if not shapes or not all(
         isinstance(s, list) and len(s) == 2 and all(isinstance(v, int) and v > 0 for v in s)
@@ -211,6 +221,7 @@ def _parse(data: Mapping[str, Any], path: Path) -> Device:
         multiplier_partial_width=r.get("multiplier.partial_width", int, widths[0]),
         multiplier_min_width=r.get("multiplier.min_width", int, 2),
         multiplier_min_product_width=r.get("multiplier.min_product_width", int, 0),
+        multiplier_primitive=primitive,
         block_bits=r.positive_int("bram.block_bits"),
         block_shapes=tuple((d, w) for d, w in shapes),
         yosys_cells=r.cell_table("yosys_cells"),

@@ -35,6 +35,8 @@ __all__ = [
     "ToolError",
     "Tool",
     "WAIVER",
+    "MODELS",
+    "models_for",
     "VERILATOR_MIN_VERSION",
     "verilator",
     "verilator_env",
@@ -53,6 +55,9 @@ _REPO = Path(__file__).resolve().parent.parent
 
 #: The Verilator waiver (configuration) file passed to every Verilator invocation.
 WAIVER = _REPO / "rtl_gen" / "verilator.vlt"
+
+#: Simulation models of the vendor primitives rtl_gen may instantiate, one file per module.
+MODELS = _REPO / "rtl_gen" / "models"
 
 #: Oldest Verilator that cocotb 2 supports (its ``Makefile.verilator`` checks the same number).
 VERILATOR_MIN_VERSION = (5, 36)
@@ -195,6 +200,17 @@ def iverilog() -> Tool:
     return Tool("iverilog", executable, version)
 
 
+def models_for(verilog: str) -> list[Path]:
+    """Simulation models (:data:`MODELS`) of the primitives ``verilog`` instantiates but does
+    not define: a simulation of the text needs them, synthesis reads the vendor's own."""
+    return [
+        path
+        for path in sorted(MODELS.glob("*.v"))
+        if re.search(rf"^\s*{path.stem}\s", verilog, re.MULTILINE)
+        and not re.search(rf"^\s*module\s+{path.stem}\b", verilog, re.MULTILINE)
+    ]
+
+
 def lint(verilog_path: str | os.PathLike[str], top: str) -> None:
     """Lint a Verilog file with ``verilator --lint-only -Wall`` and the waiver file.
 
@@ -218,6 +234,7 @@ def lint(verilog_path: str | os.PathLike[str], top: str) -> None:
         "--top-module",
         top,
         str(WAIVER),
+        *(str(p) for p in models_for(Path(verilog_path).read_text())),
         str(Path(verilog_path)),
     ]
     result = subprocess.run(
@@ -332,6 +349,7 @@ def _build_hash(
         "version": tool.version_string,
         "executable": str(tool.executable),
         "waiver": WAIVER.read_text() if simulator == "verilator" else "",
+        "models": [p.read_text() for p in models_for(verilog)],
         "build_args": list(build_args),
         "cocotb": importlib.metadata.version("cocotb"),
     }
@@ -389,7 +407,7 @@ def sim_build(
     directory.mkdir(parents=True, exist_ok=True)
     source = directory / f"{top}.v"
     source.write_text(verilog)
-    sources: list[Path] = [source]
+    sources: list[Path] = [*models_for(verilog), source]
     if simulator == "verilator":
         sources.insert(0, WAIVER)
     with _tool_environ(tool):

@@ -60,9 +60,15 @@ def initial_codes(plan: Plan) -> list[np.ndarray]:
     ]
 
 
-def build_design(config: Config, lanes: tuple[int, ...] | None = None) -> Design:
+def build_design(
+    config: Config, lanes: tuple[int, ...] | None = None, *, primitives: bool = True
+) -> Design:
     """Plan, lanes (``lanes`` or the config's; ``auto`` is resolved by :mod:`rtl_gen.lanes`),
-    init contents and the network component."""
+    init contents and the network component.
+
+    With ``primitives`` (the default), products use the device's ``[multiplier] primitive``
+    when it names one; ``primitives=False`` leaves every product to synthesis, with the same
+    cycles and results, for ``amaranth.sim``, which cannot simulate a vendor primitive."""
     plan = fixed_plan(config)
     if lanes is None:
         if config.hardware.lanes == "auto":
@@ -80,7 +86,13 @@ def build_design(config: Config, lanes: tuple[int, ...] | None = None) -> Design
             )
     from pbhw.devices import load_device
 
-    ports = load_device(config.hardware.device).multiplier_widths
+    device = load_device(config.hardware.device)
     init = initial_codes(plan)
-    network = Network(plan=plan, lanes=lanes, init=init, multiplier_ports=ports)
+    network = Network(
+        plan=plan,
+        lanes=lanes,
+        init=init,
+        multiplier_ports=device.multiplier_widths,
+        multiplier_primitive=device.multiplier_primitive if primitives else None,
+    )
     return Design(config, plan, tuple(lanes), init, network)

@@ -182,9 +182,11 @@ class Generated:
 
 
 def generate(config: Config, out_dir: Path, *, force: bool = False) -> Generated:
-    """Write ``<name>.v``, ``<name>.sdc``, one ``$readmemh`` init file per memory and
-    ``manifest.json`` to ``out_dir`` (replaced as a whole; refused if it exists and is not a
-    previous output, unless ``force``)."""
+    """Write ``<name>.v``, ``<name>.sdc``, one ``$readmemh`` init file per memory, a
+    simulation model ``sim_<primitive>.v`` per vendor primitive the Verilog instantiates (for
+    simulators only: synthesis uses the vendor's) and ``manifest.json`` to ``out_dir``
+    (replaced as a whole; refused if it exists and is not a previous output, unless
+    ``force``)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not force and not (out_dir / "manifest.json").exists():
         if not out_dir.is_dir() or any(out_dir.iterdir()):
@@ -195,11 +197,17 @@ def generate(config: Config, out_dir: Path, *, force: bool = False) -> Generated
     design = build_design(config)
     name = top_name(config)
     text = verilog_text(design, name)
-    files = {"verilog": f"{name}.v", "sdc": f"{name}.sdc", "init": {}}
+    files = {"verilog": f"{name}.v", "sdc": f"{name}.sdc", "init": {}, "simulation_models": []}
     contents: dict[str, str] = {
         files["verilog"]: text,
         files["sdc"]: _sdc(name, config.hardware.clock_mhz),
     }
+    from pbhw.toolchain import models_for
+
+    for model in models_for(text):  # instantiated primitives: a simulation needs their models
+        fname = f"sim_{model.name}"
+        contents[fname] = model.read_text()
+        files["simulation_models"].append(fname)
     for stage in design.network.stages:
         for memory, rows in stage.memory_init().items():
             bits = stage.lanes * (stage.velocity_bits if memory == "v" else stage.weight_bits)

@@ -61,6 +61,9 @@ class LossUnit(wiring.Component):
         The config's seed.
     multiplier_ports : tuple of int
         The device's hard multiplier operand widths (``softmax_ce``'s one product is cut to fit).
+    multiplier_primitive : str, optional
+        A hard multiplier to instantiate for each product piece, with its own input and output
+        registers (one of :data:`rtl_gen.multiply.PRIMITIVES`); by default synthesis maps them.
 
     Attributes
     ----------
@@ -81,6 +84,7 @@ class LossUnit(wiring.Component):
         stage: int,
         seed: int,
         multiplier_ports: tuple[int, int] = (18, 18),
+        multiplier_primitive: str | None = None,
     ):
         if not isinstance(kind, Loss):
             raise TypeError(f"Kind must be a Loss, not {kind!r}")
@@ -91,6 +95,7 @@ class LossUnit(wiring.Component):
         self._stage = stage
         self._seed = seed
         self._multiplier_ports = tuple(multiplier_ports)
+        self._multiplier_primitive = multiplier_primitive
         yf, ef = y_role.format, error_role.format
         super().__init__(
             {
@@ -289,7 +294,9 @@ class LossUnit(wiring.Component):
         d = Signal(signed(yf.width + 2), reset_less=True)
         m.d.sync += d.eq(y_at - best_y)
         # Cycles 1-2: t = (d * log2 e) >> (f(Y) + 8), the table index and the shift.
-        product = pipelined_product(m, d, LOG2E_Q16, self._multiplier_ports, "log2e")
+        product = pipelined_product(
+            m, d, LOG2E_Q16, self._multiplier_ports, "log2e", primitive=self._multiplier_primitive
+        )
         t = Signal(signed(len(d) + LOG2E_Q16.bit_length() + 1))
         m.d.comb += t.eq(product >> (yf.frac + 16 - 8))
         neg_k = Signal(len(t) + 1)

@@ -10,15 +10,27 @@ a constant is tiled the same way over the constant's slices, skipping zero slice
 power-of-two slices into shifts. :func:`product_shapes` lists the blocks for the manifest and
 the lane cost, so the count there is what the tool sees. :class:`Delays` keeps the other
 operands of a pipeline in step with the products.
+
+On a device whose file names a ``[multiplier] primitive`` (ECP5: ``MULT18X18D``), every piece
+is an instance of it (:func:`hard_product`) with its input and output registers enabled, in the
+places of the operand and piece registers: same cycles, same results, but the wires to and from
+the hard multiplier end in its own registers. Yosys packs no fabric registers into an ECP5
+multiplier, and nextpnr placed them far from it. Simulations add the model in :data:`MODELS`
+(``pbhw.toolchain.models_for``); ``amaranth.sim`` cannot simulate an instance, so the designs it
+runs leave products to synthesis (``build_design(primitives=False)``).
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Signal, Value
+from pathlib import Path
+
+from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Mux, Signal, Value, signed
 
 __all__ = [
     "FANOUT",
     "LATENCY",
+    "MODELS",
+    "PRIMITIVES",
     "SUM_FAN_IN",
     "Delays",
     "as_signed",
@@ -26,6 +38,7 @@ __all__ = [
     "pipelined_sum",
     "product_shapes",
     "free_enables",
+    "hard_product",
     "replicated",
     "sum_levels",
 ]
@@ -38,6 +51,13 @@ SUM_FAN_IN = 4
 
 #: Cycles from the operands to a pipelined product.
 LATENCY = 3
+
+#: Hard multipliers :func:`pipelined_product` can instantiate (a device file's
+#: ``[multiplier] primitive``), each with a simulation model ``MODELS / f"{name}.v"``.
+PRIMITIVES = ("MULT18X18D",)
+
+#: Directory of the primitives' simulation models.
+MODELS = Path(__file__).parent / "models"
 
 
 class Delays:
@@ -66,21 +86,23 @@ class Delays:
 
 
 def replicated(m: Module, next_value, loads: int, name: str, salt, *, init: int = 0):
-    """Copies of a 1-bit register whose next value is ``next_value``, one per :data:`FANOUT`
-    of ``loads``: ``copies[j * len(copies) // loads]`` is the copy for load ``j``.
+    """Copies of a register whose next value is ``next_value``, one per :data:`FANOUT` of
+    ``loads``: ``copies[j * len(copies) // loads]`` is the copy for load ``j``.
 
-    An enable that reaches thousands of registers is the slowest net of a large design; each
-    copy reaches at most :data:`FANOUT`. Synthesis merges identical registers, so each copy's
-    next value also clears on a register of its own that is always 0 (it starts at 0 and is
-    only ever ANDed with a bit of ``salt``, an input) but not provably so without a SAT proof.
+    An enable (or a memory address) that reaches thousands of registers is the slowest net of
+    a large design; each copy reaches at most :data:`FANOUT`. Synthesis merges identical
+    registers, so each copy's next value also clears on a register of its own that is always 0
+    (it starts at 0 and is only ever ANDed with a bit of ``salt``, an input) but not provably
+    so without a SAT proof.
     """
     salt = Value.cast(salt)
+    next_value = Value.cast(next_value)
     copies = []
     for k in range(max(1, -(-loads // FANOUT))):
         never = Signal(name=f"{name}_never{k}", reset_less=True)
         m.d.sync += never.eq(never & salt[k % len(salt)])
-        copy = Signal(name=f"{name}_copy{k}", init=init)
-        m.d.sync += copy.eq(next_value & ~never)
+        copy = Signal(next_value.shape(), name=f"{name}_copy{k}", init=init)
+        m.d.sync += copy.eq(Mux(never, 0, next_value))
         copies.append(copy)
     return copies
 
@@ -193,49 +215,103 @@ def product_shapes(a_bits: int, b, ports: tuple[int, int]) -> list[tuple[int, in
     ]
 
 
-def pipelined_product(m: Module, a, b, ports: tuple[int, int], name: str) -> Signal:
+def hard_product(m: Module, primitive: str, a: Value, b: Value, name: str) -> Signal:
+    """``a * b`` (signed operands that fit the primitive's ports) by one hard multiplier with its
+    input and output registers enabled: the registered product, two cycles later."""
+    if primitive != "MULT18X18D":
+        raise ValueError(f"Unknown multiplier primitive {primitive!r}; known: {PRIMITIVES}")
+    a18 = Signal(signed(18), name=f"{name}_a")
+    b18 = Signal(signed(18), name=f"{name}_b")
+    m.d.comb += [a18.eq(a), b18.eq(b)]
+    p36 = Signal(signed(36), name=f"{name}_p")
+    bits = {f"i_A{i}": a18[i] for i in range(18)}
+    bits.update({f"i_B{i}": b18[i] for i in range(18)})
+    bits.update({f"o_P{i}": p36[i] for i in range(36)})
+    m.submodules[name] = Instance(
+        "MULT18X18D",
+        p_REG_INPUTA_CLK="CLK0",
+        p_REG_INPUTB_CLK="CLK0",
+        p_REG_OUTPUT_CLK="CLK0",
+        p_GSR="DISABLED",
+        i_SIGNEDA=Const(1),
+        i_SIGNEDB=Const(1),
+        i_SOURCEA=Const(0),
+        i_SOURCEB=Const(0),
+        i_CLK0=ClockSignal(),
+        i_CE0=Const(1),
+        i_RST0=Const(0),
+        **bits,
+    )
+    out = Signal(signed(len(a) + len(b)), name=f"{name}_q")
+    m.d.comb += out.eq(p36)
+    return out
+
+
+def _piece(value: Value, lo: int, hi: int) -> Value:
+    """Bits ``lo:hi`` of signed ``value`` as a signed value (a low slice gains a zero top bit)."""
+    return as_signed(value[lo:hi]) if hi < len(value) else value[lo:].as_signed()
+
+
+def pipelined_product(
+    m: Module, a, b, ports: tuple[int, int], name: str, *, primitive: str | None = None
+) -> Signal:
     """``a * b`` (``b`` a value or an integer constant), :data:`LATENCY` cycles later.
 
     Every piece that needs a hard multiplier is at most ``ports`` wide; the result is exact
-    (as wide as the full product)."""
-    # The operands are registered first: a hard multiplier sits wherever the device has one, and
-    # on a big design the wire to it from the operand's source was the longest path.
+    (as wide as the full product). With ``primitive`` (one of :data:`PRIMITIVES`), each such
+    piece is an instance of that hard multiplier whose own input and output registers take the
+    places of the operand and piece registers, so that no fabric register sits between the
+    operand's source and the multiplier, or between the multiplier and its sum; a simulation
+    needs the model in :data:`MODELS`."""
+    if primitive is not None:
+        if primitive not in PRIMITIVES:
+            raise ValueError(f"Unknown multiplier primitive {primitive!r}; known: {PRIMITIVES}")
+        if max(ports) > 18:
+            raise ValueError(f"{primitive} has 18-bit ports, not {ports}")
     a = as_signed(a)
-    a_reg = Signal(a.shape(), name=f"{name}_a", reset_less=True)
-    m.d.sync += a_reg.eq(a)
-    a = a_reg
     if not isinstance(b, int):
         b = as_signed(b)
+        if len(b) > len(a):
+            a, b = b, a
+    # The operands are registered first: a hard multiplier sits wherever the device has one, and
+    # on a big design the wire to it from the operand's source was the longest path. With a
+    # primitive, its input registers do this; the fabric registers below then only feed the
+    # pieces that are shifts or too narrow for a hard multiplier (they are removed if unused).
+    a_reg = Signal(a.shape(), name=f"{name}_a", reset_less=True)
+    m.d.sync += a_reg.eq(a)
+    if isinstance(b, int):
+        full = a * Const(b)
+        b_reg = None
+    else:
+        full = a * b
         b_reg = Signal(b.shape(), name=f"{name}_b", reset_less=True)
         m.d.sync += b_reg.eq(b)
-        b = b_reg
     wide, narrow = max(ports), min(ports)
-    terms = []  # (value, shift): partial products of the second cycle
+    # (a piece, b piece or constant, shift, piece of the registered operands)
+    pieces = []
     if isinstance(b, int):
         port_a, port_c = _ports_for_constant(len(a), b, ports)
-        full = a * Const(b)
         for shift, chunk in _constant_slices(b, port_c):
             if _is_shift(chunk):
                 k = abs(chunk).bit_length() - 1
-                terms.append((a if chunk > 0 else -a, shift + k))
+                pieces.append((None, None, shift + k, a_reg if chunk > 0 else -a_reg))
                 continue
             for lo, hi in _slices(len(a), port_a):
-                piece = a[lo:hi] if hi < len(a) else a[lo:].as_signed()
-                terms.append((piece * Const(chunk), shift + lo))
+                pa = _piece(a_reg, lo, hi)
+                pieces.append((_piece(a, lo, hi), Const(chunk), shift + lo, pa * Const(chunk)))
     else:
-        b = as_signed(b)
-        full = a * b
-        if len(b) > len(a):
-            a, b = b, a
         for lo, hi in _slices(len(a), wide):
-            pa = a[lo:hi] if hi < len(a) else a[lo:].as_signed()
             for lj, hj in _slices(len(b), narrow):
-                pb = b[lj:hj] if hj < len(b) else b[lj:].as_signed()
-                terms.append((pa * pb, lo + lj))
+                registered = _piece(a_reg, lo, hi) * _piece(b_reg, lj, hj)
+                pieces.append((_piece(a, lo, hi), _piece(b, lj, hj), lo + lj, registered))
     partials = []
-    for n, (value, shift) in enumerate(terms):
-        sig = Signal(value.shape(), name=f"{name}_part{n}", reset_less=True)
-        m.d.sync += sig.eq(value)
+    for n, (pa, pb, shift, registered) in enumerate(pieces):
+        hard = pa is not None and min(len(as_signed(pa)), len(as_signed(pb))) >= 2
+        if primitive is not None and hard:
+            sig = hard_product(m, primitive, as_signed(pa), as_signed(pb), f"{name}_part{n}")
+        else:
+            sig = Signal(registered.shape(), name=f"{name}_part{n}", reset_less=True)
+            m.d.sync += sig.eq(registered)
         partials.append(sig << shift if shift else sig)
     out = Signal(full.shape(), name=name, reset_less=True)
     total = sum(partials[1:], partials[0]) if partials else Const(0)

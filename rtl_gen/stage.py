@@ -130,6 +130,9 @@ class Stage(wiring.Component):
     multiplier_ports : tuple of int
         Operand widths of the device's hard multiplier: every product is cut into pieces that
         fit (:mod:`rtl_gen.multiply`).
+    multiplier_primitive : str, optional
+        A hard multiplier to instantiate for each product piece, with its own input and output
+        registers (one of :data:`rtl_gen.multiply.PRIMITIVES`); by default synthesis maps them.
 
     Attributes
     ----------
@@ -164,6 +167,7 @@ class Stage(wiring.Component):
         lanes: int,
         init: np.ndarray,
         multiplier_ports: tuple[int, int] = (18, 18),
+        multiplier_primitive: str | None = None,
     ):
         if not isinstance(plan, StagePlan):
             raise TypeError(f"Plan must be a StagePlan, not {plan!r}")
@@ -191,6 +195,7 @@ class Stage(wiring.Component):
         self._cols = cols
         self._init = init
         self._multiplier_ports = tuple(multiplier_ports)
+        self._multiplier_primitive = multiplier_primitive
         fm = plan.formats
         self.update_args = dict(
             formats=fm,
@@ -203,6 +208,7 @@ class Stage(wiring.Component):
             x_format=x_role.format,
             pipelined=True,
             multiplier_ports=tuple(multiplier_ports),
+            multiplier_primitive=multiplier_primitive,
         )
         # Built once here so that a bad constant or width fails in the constructor.
         self._probe = UpdateUnit(**self.update_args)
@@ -299,7 +305,8 @@ class Stage(wiring.Component):
         at = {"update": pre, "predicted": pre + self._probe.prediction_latency}
         at["forward"] = at["predicted"] + PRODUCT_LATENCY
         at["row_sum"] = at["forward"] + self._sum_levels
-        at["activation"] = at["row_sum"] + 1
+        at["round"] = at["row_sum"] + 1
+        at["activation"] = at["round"] + 1
         at["backward"] = 1 + PRODUCT_LATENCY
         at["write"] = pre + self._probe.latency
         at["drain"] = max(at["activation"], at["write"], at["backward"])
@@ -563,14 +570,14 @@ class Stage(wiring.Component):
             f = Signal(signed(self._fwd_acc.width), name=f"fprod{p}")
             x_h = later(x_ring[p % N], h, f"x{p}")
             ports = self._multiplier_ports
-            product = pipelined_product(m, unit.w_hat, x_h, ports, f"forward{p}")
+            hard = self._multiplier_primitive
+            product = pipelined_product(m, unit.w_hat, x_h, ports, f"forward{p}", primitive=hard)
             m.d.comb += f.eq(Mux(later(k_valid, at["forward"], f"kv{p}"), product, 0))
             fprod.append(f)
             if sends_error:  # backward product on the current weight, from the row register
                 b = Signal(signed(self._bwd_acc.width), name=f"bprod{p}")
-                product = pipelined_product(
-                    m, later(lane_w[p], 1, f"w{p}"), later(dz, 1, f"dz{p}"), ports, f"backward{p}"
-                )
+                w_b, dz_b = later(lane_w[p], 1, f"w{p}"), later(dz, 1, f"dz{p}")
+                product = pipelined_product(m, w_b, dz_b, ports, f"backward{p}", primitive=hard)
                 m.d.comb += b.eq(Mux(later(k_valid, at["backward"], f"kv{p}"), product, 0))
                 bprod.append(b)
             u = at["write"]
@@ -619,8 +626,10 @@ class Stage(wiring.Component):
                 )
             )
 
+        # Rows finished are registered (at["round"]), rounded into a register, then written
+        # to their z (at["activation"]): the rounded value reaches every z register.
         act = fm.activation
-        act_at = at["activation"]
+        round_at = at["round"]
         for r in range((N - 1 + P) // N):
             done = Signal(name=f"done{r}")
             m.d.sync += done.eq(valid(sum_at) & (r < adv) & (base_row_s + r < n_out))
@@ -628,16 +637,22 @@ class Stage(wiring.Component):
             m.d.sync += out_row.eq(base_row_s + r)
             total = Signal(signed(self._fwd_acc.width), name=f"total{r}", reset_less=True)
             m.d.sync += total.eq(sums[r])
-            index = later(base_row, act_at - self._words, "base_row") + r
+            index = later(base_row, round_at - self._words, "base_row") + r
             rq = self._rounder(m, f"act{r}", self._fwd_acc, act, "activation", step, index)
             m.d.comb += rq.i.eq(total)
             y = rq.o
             if self._relu and act.format.signed:
                 y = Mux(rq.o > 0, rq.o, 0)
+            y_reg = Signal(shape_of(act.format), name=f"rounded{r}", reset_less=True)
+            sat_reg = Signal(name=f"rounded_sat{r}", reset_less=True)
+            m.d.sync += [y_reg.eq(y), sat_reg.eq(rq.saturated)]
+            written = Signal(name=f"written{r}")  # reset: a control bit
+            m.d.sync += written.eq(done)
+            written_row = later(out_row, 1, f"done_row{r}")
             for o in range(n_out):
-                with m.If(done & (out_row == o)):
-                    m.d.sync += z_out[o].eq(y)
-            events["activation"].append(done & ~fwd_bubble & rq.saturated)
+                with m.If(written & (written_row == o)):
+                    m.d.sync += z_out[o].eq(y_reg)
+            events["activation"].append(written & ~fwd_bubble & sat_reg)
         upd_on, pre_on = valid(at["write"]), valid(at["predicted"])
         for kv_u, kv_h, flags in sat:
             for point in ("gradient", "velocity", "weight"):
@@ -676,9 +691,14 @@ class Stage(wiring.Component):
         stash_we = replicated(
             m, take & ~fwd_is_bubble, len(stash_slices) * FANOUT, "stash_we", salt
         )
+        # The read slot, one copy per slice (a stash in LUT RAM: the address reaches every cell).
+        slot_r_next = Mux(finish, Mux(slot_r == depth - 1, 0, slot_r + 1), slot_r)
+        slot_r_copies = replicated(
+            m, slot_r_next, len(stash_slices) * FANOUT, "slot_r", salt, init=1 % depth
+        )
         for n, (lo, hi, rd, wr) in enumerate(stash_slices):
             m.d.comb += [
-                rd.addr.eq(slot_r),
+                rd.addr.eq(slot_r_copies[n]),
                 wr.addr.eq(slot_w),
                 wr.data.eq(self.fwd_i.payload.x.as_value()[lo * xf.width : hi * xf.width]),
                 wr.en.eq(stash_we[n * len(stash_we) // len(stash_slices)]),

@@ -41,6 +41,9 @@ class Network(wiring.Component):
         Initial weight codes per stage, ``[N_out, N_in (+1)]``.
     multiplier_ports : tuple of int
         Operand widths of the target's hard multiplier (products are cut to fit them).
+    multiplier_primitive : str, optional
+        A hard multiplier to instantiate for each product piece, with its own input and output
+        registers (one of :data:`rtl_gen.multiply.PRIMITIVES`); by default synthesis maps them.
 
     Attributes
     ----------
@@ -56,7 +59,9 @@ class Network(wiring.Component):
         Counters, in the order of :meth:`counter_names`.
     """
 
-    def __init__(self, *, plan: Plan, lanes, init, multiplier_ports=(18, 18)):
+    def __init__(
+        self, *, plan: Plan, lanes, init, multiplier_ports=(18, 18), multiplier_primitive=None
+    ):
         if not isinstance(plan, Plan):
             raise TypeError(f"Plan must be a Plan, not {plan!r}")
         lanes = tuple(lanes)
@@ -82,6 +87,7 @@ class Network(wiring.Component):
                     lanes=lanes[i],
                     init=np.asarray(init[i]),
                     multiplier_ports=tuple(multiplier_ports),
+                    multiplier_primitive=multiplier_primitive,
                 )
             )
         last = plan.stages[-1]
@@ -95,6 +101,7 @@ class Network(wiring.Component):
             stage=last.index,
             seed=cfg.seed,
             multiplier_ports=tuple(multiplier_ports),
+            multiplier_primitive=multiplier_primitive,
         )
         first = plan.stages[0]
         super().__init__(

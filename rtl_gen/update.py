@@ -133,6 +133,11 @@ class UpdateUnit(wiring.Component):
         Register products and rounded values (module docstring): ``w_hat`` follows the inputs
         after :attr:`prediction_latency` cycles, the other outputs after :attr:`latency`; a
         new element may enter every cycle. Default: combinational.
+    multiplier_ports : tuple of int
+        Operand widths of the device's hard multiplier (pipelined products are cut to fit).
+    multiplier_primitive : str, optional
+        A hard multiplier to instantiate for each product piece, with its own input and output
+        registers (one of :data:`rtl_gen.multiply.PRIMITIVES`); by default synthesis maps them.
 
     With ``formats.coefficient_shift`` the constants (powers of two, and ``1 - 2**-k`` for the
     momentum, as :mod:`pbhw.plan` quantizes them under the ``shift`` option) are applied with
@@ -188,6 +193,7 @@ class UpdateUnit(wiring.Component):
         x_format: FixedFormat,
         pipelined: bool = False,
         multiplier_ports: tuple[int, int] = (18, 18),
+        multiplier_primitive: str | None = None,
     ):
         if not isinstance(formats, Formats):
             raise TypeError(f"Formats must be a Formats, not {formats!r}")
@@ -227,6 +233,7 @@ class UpdateUnit(wiring.Component):
         self._horizon = horizon
         self._pipelined = pipelined
         self._multiplier_ports = tuple(multiplier_ports)
+        self._multiplier_primitive = multiplier_primitive
         if formats.coefficient_shift:
             for name, code in self._constants().items():
                 if shift_terms(code) is None:
@@ -432,7 +439,9 @@ class UpdateUnit(wiring.Component):
                 return times_constant(a, b, shift) if by_shift else a * b
             if by_shift:
                 return at(times_constant(a, b, shift), LATENCY, f"{name}_shifted")
-            return pipelined_product(m, a, b, self._multiplier_ports, name)
+            return pipelined_product(
+                m, a, b, self._multiplier_ports, name, primitive=self._multiplier_primitive
+            )
 
         dz, x = as_signed(self.dz, "dz_s"), as_signed(self.x, "x_s")
         w, v = as_signed(self.w, "w_s"), as_signed(self.v, "v_s")

@@ -30,6 +30,7 @@ def test_ecp5_85k_matches_the_datasheet():
         "io": 205,
     }
     assert d.multiplier_widths == (18, 18)
+    assert d.multiplier_primitive == "MULT18X18D"
     assert "--85k" in d.pnr_args
     assert d.clock_mhz == 100.0
 
@@ -39,6 +40,7 @@ def test_ice40_up5k_counts_ebr_and_spram():
     assert d.resources["dsp"] == 8
     assert d.resources["bram_bits"] == 30 * 4096 + 4 * 256 * 1024
     assert d.multiplier_widths == (16, 16)
+    assert d.multiplier_primitive is None
     assert d.synth_args == ("-dsp",)
 
 
@@ -73,6 +75,18 @@ def test_load_device_wrong_synth_command(tmp_path):
     text = load_device("ecp5-85k").path.read_text()
     (tmp_path / "ecp5-85k.toml").write_text(text.replace('"synth_ecp5"', '"synth_gowin"'))
     with pytest.raises(ConfigError, match=r"synth.command must be one of"):
+        load_device("ecp5-85k", tmp_path)
+
+
+def test_load_device_wrong_multiplier_primitive(tmp_path):
+    text = load_device("ecp5-85k").path.read_text()
+    (tmp_path / "ecp5-85k.toml").write_text(text.replace('"MULT18X18D"', '"DSP48E1"'))
+    with pytest.raises(
+        ConfigError, match=r"multiplier.primitive must be one of \('MULT18X18D',\), not 'DSP48E1'"
+    ):
+        load_device("ecp5-85k", tmp_path)
+    (tmp_path / "ecp5-85k.toml").write_text(text.replace("widths = [18, 18]", "widths = [25, 18]"))
+    with pytest.raises(ConfigError, match=r"multiplier.widths must be at most 18 bits"):
         load_device("ecp5-85k", tmp_path)
 
 

@@ -13,6 +13,7 @@ from pbhw.cli import main
 from pbhw.config import ConfigError, load
 from pbhw.toolchain import lint
 from rtl_gen import generate as gen
+from rtl_gen.multiply import MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "examples" / "mlp_digits.toml"
@@ -45,9 +46,20 @@ def test_generate_writes_verilog_sdc_init_files_and_manifest(default_output):
     out, m = default_output.directory, default_output.manifest
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(
-        ["manifest.json", "mlp_digits.v", "mlp_digits.sdc"]
+        ["manifest.json", "mlp_digits.v", "mlp_digits.sdc", "sim_MULT18X18D.v"]
         + [f"mlp_digits_stage{i}_{mem}.hex" for i in (1, 2, 3) for mem in ("w", "v")]
     )
+    # ecp5-85k names MULT18X18D: every hard multiplier is an instance with its input and
+    # output registers, and the output carries the primitive's simulation model.
+    assert m["files"]["simulation_models"] == ["sim_MULT18X18D.v"]
+    assert (out / "sim_MULT18X18D.v").read_text() == (MODELS / "MULT18X18D.v").read_text()
+    instances = re.findall(
+        r"^\s*MULT18X18D #\((.*?)\)\s*\S+\s*\(", (out / "mlp_digits.v").read_text(), re.M | re.S
+    )
+    assert len(instances) == m["dsp_blocks"] > 0
+    for params in instances:
+        for reg in ("REG_INPUTA_CLK", "REG_INPUTB_CLK", "REG_OUTPUT_CLK"):
+            assert f'.{reg}("CLK0")' in params
     assert json.loads((out / "manifest.json").read_text()) == m
     for key in (
         "top",

@@ -10,11 +10,13 @@ from amaranth.lib.wiring import In, Out
 
 from pbhw.fixed import FixedFormat
 from pbhw.toolchain import (
+    MODELS,
     VERILATOR_MIN_VERSION,
     WAIVER,
     ToolError,
     iverilog,
     lint,
+    models_for,
     sim_build,
     verilator,
     verilator_env,
@@ -81,6 +83,16 @@ def test_lint_rejects_broken_verilog(tmp_path):
     path.write_text(BROKEN)
     with pytest.raises(ToolError, match=r"(?s)lint of .*broken\.v.*missing_net"):
         lint(path, "broken")
+
+
+def test_models_for_finds_instantiated_primitives():
+    instance = (
+        'module top(input a);\n  MULT18X18D #(\n    .GSR("DISABLED")\n  ) m (.A0(a));\nendmodule\n'
+    )
+    assert models_for(instance) == [MODELS / "MULT18X18D.v"]
+    # a design that defines the module itself, or only mentions the name, needs no model
+    assert models_for(instance + "module MULT18X18D(input A0);\nendmodule\n") == []
+    assert models_for("module top;\n  wire MULT18X18D_used;\nendmodule\n") == []
 
 
 def test_verilog_of_names_the_top_module():
