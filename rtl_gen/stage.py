@@ -723,7 +723,23 @@ class Stage(wiring.Component):
         dz_bits = n_out * ef.width
         dz_load = replicated(m, take, dz_bits, "dz_load", salt)
         dz_shift = replicated(m, going_pass, dz_bits, "dz_shift", salt)
-        dz_wrap = replicated(m, base_col_next + P % N >= N, dz_bits, "dz_wrap", salt)
+
+        # The copies of next cycle's wrap come from two registers (the wrap of base_col and of
+        # its advance), so that the far-reaching copies sit one mux behind registers.
+        def wraps(col):
+            return col + P % N >= N
+
+        def advanced(col):
+            return Mux(wraps(col), col + P % N - N, col + P % N)
+
+        wrap_now = Signal(name="wrap_now", init=int(wraps(0)))
+        wrap_after = Signal(name="wrap_after", init=int(wraps(P % N)))
+        m.d.sync += [
+            wrap_now.eq(wraps(base_col_next)),
+            wrap_after.eq(wraps(advanced(base_col_next))),
+        ]
+        wrap_next = Mux(loading, 0, Mux(pass_on, wrap_after, wrap_now))
+        dz_wrap = replicated(m, wrap_next, dz_bits, "dz_wrap", salt)
         for o in range(n_out):
             c = o * len(dz_load) // n_out
             keep = sm_rd.data[o] if self._relu else 1

@@ -6,13 +6,15 @@ sections of ``docs/numerics.md`` (the golden model is :class:`golden.fixed_arith
 Each accumulator is sized from the exact range of its terms, so nothing overflows before the
 :class:`~rtl_gen.requantizer.Requantizer` that rounds it into its role's format.
 
-Pipelined, the block registers every product and every rounded value, so no path holds more than
-one hard multiplier, or one addition and one rounding. Products take ``L`` =
+Pipelined, the block registers every product, every sum and every rounded value, so no path
+holds more than one hard multiplier, one addition, or one rounding. Products take ``L`` =
 :data:`rtl_gen.multiply.LATENCY` (3) cycles (:func:`rtl_gen.multiply.pipelined_product`). Cycle by
-cycle after the inputs: ``dz*x``, ``m*v`` and the prediction's product start (0); the gradient and
-the predicted weight are rounded (``L``); the velocity is rounded and ``eta_b*g`` starts
-(``L+1``); ``eta_a*v_new`` starts (``L+2``); ``w - eta_b*g`` is summed (``2L+1``); the new
-weight is rounded (``2L+2``); every output is registered one cycle after its rounding.
+cycle after the inputs: ``dz*x``, ``m*v`` and the prediction's product start (0); the gradient is
+rounded and the prediction's sum registered (``L``); the predicted weight is rounded, the
+velocity's sum registered and ``eta_b*g`` starts (``L+1``); the velocity is rounded (``L+2``);
+``eta_a*v_new`` starts (``L+3``); ``w - eta_b*g`` is summed (``2L+2``); the new weight's sum is
+registered (``2L+3``) and rounded (``2L+4``); every output is registered one cycle after its
+rounding.
 :data:`PIPELINE` lists the cycle at which each rounding point rounds (its random word must arrive
 then).
 """
@@ -33,14 +35,14 @@ ROUNDING_POINTS = ("gradient", "velocity", "weight", "prediction")
 #: Pipelined: the cycle (after the inputs) at which each rounding point rounds.
 PIPELINE = {
     "gradient": LATENCY,
-    "prediction": LATENCY,
-    "velocity": LATENCY + 1,
-    "weight": 2 * LATENCY + 2,
+    "prediction": LATENCY + 1,
+    "velocity": LATENCY + 2,
+    "weight": 2 * LATENCY + 4,
 }
 #: Pipelined: cycles from the inputs to ``w_hat`` (and its saturation flag).
-PREDICTION_LATENCY = LATENCY + 1
+PREDICTION_LATENCY = LATENCY + 2
 #: Pipelined: cycles from the inputs to ``g``, ``v_new``, ``w_new`` and their saturation flags.
-UPDATE_LATENCY = 2 * LATENCY + 3
+UPDATE_LATENCY = 2 * LATENCY + 5
 
 
 def _range(fmt: FixedFormat) -> tuple[int, int]:
@@ -447,6 +449,9 @@ class UpdateUnit(wiring.Component):
         w, v = as_signed(self.w, "w_s"), as_signed(self.v, "v_s")
         stage = PIPELINE if self._pipelined else dict.fromkeys(PIPELINE, 0)
         s_g, s_p, s_v, s_w = (stage[p] for p in ("gradient", "prediction", "velocity", "weight"))
+        # Pipelined, a sum is registered before it is rounded (the rounding is another carry
+        # chain, then a range check and a saturating mux).
+        split = 1 if self._pipelined else 0
 
         # The products of the inputs (ready at the gradient/prediction stage).
         p_grad = product(dz, x, "p_grad")
@@ -463,36 +468,38 @@ class UpdateUnit(wiring.Component):
         sat_g = self._requantize(m, "gradient", p_grad, g)
         w_hat = Signal.like(self.w_hat, name="w_hat_s")
         sat_p = Const(0)
-        w_p = at(w, s_p, "w")
+        w_p = at(w, s_p - split, "w")
         if self._prediction is WeightPrediction.VELOCITY:
             p_w, p_v = self._pre_shifts
-            sat_p = self._requantize(m, "prediction", (w_p << p_w) - (p_pre << p_v), w_hat)
+            pre_sum = at((w_p << p_w) - (p_pre << p_v), split, "pre_sum")
+            sat_p = self._requantize(m, "prediction", pre_sum, w_hat)
         elif self._prediction is WeightPrediction.WEIGHT_DIFFERENCE:
             # At the weight's own fractional bits: no bits are dropped, only overflow applies.
-            sat_p = self._requantize(m, "prediction", w_p + p_pre, w_hat, rounding=Rounding.FLOOR)
+            pre_sum = at(w_p + p_pre, split, "pre_sum")
+            sat_p = self._requantize(m, "prediction", pre_sum, w_hat, rounding=Rounding.FLOOR)
         else:
-            m.d.comb += w_hat.eq(w_p)
+            m.d.comb += w_hat.eq(at(w, s_p, "w"))
         m.d.comb += [
             self.w_hat.eq(at(w_hat, 1, "w_hat")),
             self.saturated.prediction.eq(at(sat_p, 1, "sat_p")),
         ]
-        g_v = at(g, s_v - s_g, "g")
+        v_sum_at = s_v - split  # the velocity's sum, from m*v and g; eta_b * g starts
+        g_v = at(g, v_sum_at - s_g, "g")
 
-        # The velocity (from m*v and g); eta_b * g starts.
         s_mv, s_gv = self._vel_shifts
         v_new = Signal(signed(len(self.v_new) + 1), name="v_new_s")
-        sat_v = self._requantize(
-            m, "velocity", (at(p_mv, s_v - s_g, "p_mv") << s_mv) + (g_v << s_gv), v_new
-        )
+        v_sum = (at(p_mv, v_sum_at - s_g, "p_mv") << s_mv) + (g_v << s_gv)
+        sat_v = self._requantize(m, "velocity", at(v_sum, split, "v_sum"), v_new)
         p_gb = product(g_v, self._eta_b, "p_gb") if self._eta_b else None
         # eta_a * v_new starts a cycle later; w - eta_b * g is summed while it runs.
         v_n = at(v_new, 1, "v_new")
         p_va = product(v_n, self._eta_a, "p_va")
+        w_sum_at = s_w - split  # w - eta_b*g - eta_a*v_new, as eta_a*v_new arrives
         sh_w, sh_v, sh_g = self._upd_shifts
-        part = at(w, s_w - 1, "w") << sh_w
+        part = at(w, w_sum_at - 1, "w") << sh_w
         if p_gb is not None:
-            part = part - (p_gb << sh_g)
-        acc = at(part, 1, "w_part") - (p_va << sh_v)
+            part = part - (at(p_gb, w_sum_at - 1 - (v_sum_at + LATENCY), "p_gb") << sh_g)
+        acc = at(at(part, 1, "w_part") - (p_va << sh_v), split, "w_sum")
 
         # The new weight; every output leaves at the same cycle.
         w_new = Signal.like(self.w_new, name="w_new_s")
