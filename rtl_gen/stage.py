@@ -610,8 +610,33 @@ class Stage(wiring.Component):
             sums.append(s)
         # Rows finished by a row read: base_row .. base_row + adv - 1.
         adv_lo = P // N
-        wrap = Signal()
-        m.d.comb += wrap.eq(base_col + P % N >= N)
+
+        # wrap: a pass cycle moves base_col past the last column. It and the wrap after the next
+        # advance are registers, loaded from tables over base_col (LOAD sets base_col to 0,
+        # PASS advances it, other states keep it): no adder chain before their many loads.
+        def advanced(col: int) -> int:
+            return (col + P % N) % N
+
+        def wraps(col: int) -> bool:
+            return col + P % N >= N
+
+        def table(f):
+            return Const(sum(int(f(c)) << c for c in range(N)), N).bit_select(base_col, 1)
+
+        wrap = Signal(name="wrap", init=int(wraps(0)))
+        wrap_after = Signal(name="wrap_after", init=int(wraps(advanced(0))))
+        m.d.sync += [
+            wrap.eq(
+                Mux(loading, wraps(0), Mux(pass_on, table(lambda c: wraps(advanced(c))), wrap))
+            ),
+            wrap_after.eq(
+                Mux(
+                    loading,
+                    wraps(advanced(0)),
+                    Mux(pass_on, table(lambda c: wraps(advanced(advanced(c)))), wrap_after),
+                )
+            ),
+        ]
         wrap_s = later(wrap, sum_at, "wrap")
         base_row_s = later(base_row, sum_at, "base_row")
         adv = Signal(range(adv_lo + 2))
@@ -714,31 +739,12 @@ class Stage(wiring.Component):
             with m.Elif(rotate_en[c]):
                 m.d.sync += [x_ring[j].eq(x_ring[src]), xg_ring[j].eq(xg_ring[src])]
         # dz shifts by the rows that advanced; wrap_next is next cycle's wrap.
-        base_col_next = Signal.like(base_col)
-        m.d.comb += base_col_next.eq(base_col)
-        with m.If(loading):
-            m.d.comb += base_col_next.eq(0)
-        with m.Elif(pass_on):
-            m.d.comb += base_col_next.eq(Mux(wrap, base_col + P % N - N, base_col + P % N))
         dz_bits = n_out * ef.width
         dz_load = replicated(m, take, dz_bits, "dz_load", salt)
         dz_shift = replicated(m, going_pass, dz_bits, "dz_shift", salt)
 
-        # The copies of next cycle's wrap come from two registers (the wrap of base_col and of
-        # its advance), so that the far-reaching copies sit one mux behind registers.
-        def wraps(col):
-            return col + P % N >= N
-
-        def advanced(col):
-            return Mux(wraps(col), col + P % N - N, col + P % N)
-
-        wrap_now = Signal(name="wrap_now", init=int(wraps(0)))
-        wrap_after = Signal(name="wrap_after", init=int(wraps(P % N)))
-        m.d.sync += [
-            wrap_now.eq(wraps(base_col_next)),
-            wrap_after.eq(wraps(advanced(base_col_next))),
-        ]
-        wrap_next = Mux(loading, 0, Mux(pass_on, wrap_after, wrap_now))
+        # Next cycle's wrap, for the far-reaching copies: one mux behind registers.
+        wrap_next = Mux(loading, wraps(0), Mux(pass_on, wrap_after, wrap))
         dz_wrap = replicated(m, wrap_next, dz_bits, "dz_wrap", salt)
         for o in range(n_out):
             c = o * len(dz_load) // n_out
