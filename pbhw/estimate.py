@@ -609,30 +609,31 @@ def _write_json(path: Path, payload: Any) -> None:
 #: :func:`calibration_points`.
 CALIBRATION: dict[str, dict[str, float]] = {
     # Fitted by `bench/estimate_calibration.py --fit` (non-negative least squares on six
-    # designs' Yosys synth_ecp5 counts, bench/results/estimate_calibration.json), pipelined lanes.
+    # designs' Yosys synth_ecp5 counts, bench/results/estimate_calibration.json), pipelined lanes
+    # on MULT18X18D instances (their operand and product registers are in the DSP blocks).
     "lut": {
-        "constant": 0.0,
+        "constant": 46.996,
         "stages": 0.0,
         "lanes": 0.0,
         "accumulator_bits": 0.0,
-        "requantizer_bits": 8.668,  # a lane's update, prediction and product logic per bit
+        "requantizer_bits": 8.843,  # a lane's update, prediction and product logic per bit
         "split_product_bits": 0.0,
-        "vector_bits": 1.758,  # load/rotate multiplexers of the register rings and vectors
-        "column_sum_bits": 3.902,  # adder, rotation and error requantizer per column-sum bit
+        "vector_bits": 1.835,  # load/rotate multiplexers of the register rings and vectors
+        "column_sum_bits": 3.499,  # adder, rotation and error requantizer per column-sum bit
         "pipeline_bits": 0.0,
         "random_sources": 900.0,  # one Threefry-2x32-13 core (hand-set: not fitted)
     },
     "ff": {
-        "constant": 92.338,
+        "constant": 18.429,
         "stages": 0.0,
         "lanes": 0.0,
         "accumulator_bits": 0.0,
         "requantizer_bits": 0.0,
-        "product_bits": 3.768,  # product pieces and their sums, registered
+        "product_bits": 4.154,  # product pieces and their sums, registered
         "split_product_bits": 0.0,
-        "vector_bits": 2.148,  # rings, dz, outputs and their payload registers
+        "vector_bits": 2.188,  # rings, dz, outputs and their payload registers
         "column_sum_bits": 0.0,
-        "pipeline_bits": 0.455,  # the lane pipeline's delay lines
+        "pipeline_bits": 0.088,  # the lane pipeline's delay lines
         "random_sources": 416.0,  # a pipelined Threefry core: 6 x 64 + 32 (hand-set)
     },
     # 6-input LUTs absorb part of the random logic; arithmetic still takes one LUT per bit.
