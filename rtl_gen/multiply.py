@@ -22,6 +22,7 @@ runs leave products to synthesis (``build_design(primitives=False)``).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Mux, Signal, Value, signed
@@ -38,6 +39,7 @@ __all__ = [
     "pipelined_sum",
     "product_shapes",
     "free_enables",
+    "replicated_tree",
     "hard_product",
     "replicated",
     "sum_levels",
@@ -103,6 +105,26 @@ def replicated(m: Module, next_value, loads: int, name: str, salt, *, init: int 
         m.d.sync += never.eq(never & salt[k % len(salt)])
         copy = Signal(next_value.shape(), name=f"{name}_copy{k}", init=init)
         m.d.sync += copy.eq(Mux(never, 0, next_value))
+        copies.append(copy)
+    return copies
+
+
+def replicated_tree(m: Module, value_ahead, loads: int, name: str, salt, *, init: int = 0):
+    """Like :func:`replicated`, through two levels of registers: ``copies[k]`` is
+    ``value_ahead`` two cycles later (not one). About ``sqrt(copies)`` first-level registers
+    each feed a group of copies, so each register-to-register hop spans about half the distance
+    from the source to the farthest load: for an enable of a large stage, where one hop took the
+    whole cycle in routing (13 ns from the FSM to the farthest ring-rotate copy)."""
+    count = max(1, -(-loads // FANOUT))
+    firsts = max(1, math.isqrt(count - 1) + 1) if count > 1 else 1
+    level = replicated(m, value_ahead, firsts * FANOUT, f"{name}_l1", salt, init=init)
+    salt = Value.cast(salt)
+    copies = []
+    for k in range(count):
+        never = Signal(name=f"{name}_never{k}", reset_less=True)
+        m.d.sync += never.eq(never & salt[k % len(salt)])
+        copy = Signal(Value.cast(value_ahead).shape(), name=f"{name}_copy{k}", init=init)
+        m.d.sync += copy.eq(Mux(never, 0, level[k * firsts // count]))
         copies.append(copy)
     return copies
 

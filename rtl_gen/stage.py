@@ -45,6 +45,7 @@ from rtl_gen.multiply import (
     pipelined_product,
     pipelined_sum,
     replicated,
+    replicated_tree,
     sum_levels,
 )
 from rtl_gen.multiply import LATENCY as PRODUCT_LATENCY
@@ -460,6 +461,10 @@ class Stage(wiring.Component):
         slot_w = Signal(range(depth))
         slot_r = Signal(range(depth), init=1 % depth)
         row = Signal(range(self.rows + 1))
+        # The row after `row`, and whether it exists: registers kept in step with `row`, so the
+        # memories' read address is a mux of registers (an adder and a compare were before it).
+        next_row = Signal(range(self.rows + 2), init=1)
+        more_rows = Signal(init=int(1 < self.rows))
         fwd_bubble, err_bubble = Signal(), Signal()
         label = Signal(len(self.fwd_i.payload.label))
         base_col = Signal(range(N))
@@ -513,7 +518,6 @@ class Stage(wiring.Component):
         take = Signal()  # both input tokens are taken this cycle (LOAD follows)
         fwd_is_bubble = Signal()
         m.d.comb += fwd_is_bubble.eq(self.fwd_i.payload.bubble | (first & (not first_stage)))
-        going_pass = Signal()  # the next cycle is a row-pass cycle
         at = self._at
         later = Delays(m)  # later(value as of the row's cycle 0, n, name): n cycles later
         control = Delays(m, reset_less=False)  # the same for the valid bit, which is reset
@@ -708,7 +712,14 @@ class Stage(wiring.Component):
         salt = self.dbg_addr
         ring_bits = 2 * N * xf.width
         load_en = replicated(m, take, ring_bits, "ring_load", salt)
-        rotate_en = replicated(m, going_pass, ring_bits, "ring_rotate", salt)
+        # The cycle after next is a row-pass cycle: LOAD follows a take, PASS follows LOAD, and
+        # PASS goes on while rows remain. The rotate and dz-shift enables reach a whole stage,
+        # so they go through two levels of registers.
+        going_pass_ahead = Signal()
+        m.d.comb += going_pass_ahead.eq(
+            take | (loading & (self.rows > 1)) | (pass_on & (next_row < self.rows - 1))
+        )
+        rotate_en = replicated_tree(m, going_pass_ahead, ring_bits, "ring_rotate", salt)
         stashed = data.View(
             data.ArrayLayout(shape_of(xf), n_in), Cat(*[rd.data for *_, rd, _ in stash_slices])
         )
@@ -741,7 +752,7 @@ class Stage(wiring.Component):
         # dz shifts by the rows that advanced; wrap_next is next cycle's wrap.
         dz_bits = n_out * ef.width
         dz_load = replicated(m, take, dz_bits, "dz_load", salt)
-        dz_shift = replicated(m, going_pass, dz_bits, "dz_shift", salt)
+        dz_shift = replicated_tree(m, going_pass_ahead, dz_bits, "dz_shift", salt)
 
         # Next cycle's wrap, for the far-reaching copies: one mux behind registers.
         wrap_next = Mux(loading, wraps(0), Mux(pass_on, wrap_after, wrap))
@@ -795,9 +806,11 @@ class Stage(wiring.Component):
                     ]
                     m.next = "LOAD"
             with m.State("LOAD"):
-                m.d.comb += [loading.eq(1), going_pass.eq(1)]
+                m.d.comb += loading.eq(1)
                 m.d.sync += [
                     row.eq(0),
+                    next_row.eq(1),
+                    more_rows.eq(1 < self.rows),
                     base_col.eq(0),
                     base_row.eq(0),
                     kbase.eq(0),
@@ -805,12 +818,14 @@ class Stage(wiring.Component):
                 ]
                 m.next = "PASS"
             with m.State("PASS"):
-                m.d.comb += [pass_on.eq(1), going_pass.eq(row != self.rows - 1)]
+                m.d.comb += pass_on.eq(1)
                 m.d.sync += [
                     base_col.eq(Mux(wrap, base_col + P % N - N, base_col + P % N)),
                     base_row.eq(base_row + adv_lo + wrap),
                     kbase.eq(kbase + P),
                     row.eq(row + 1),
+                    next_row.eq(next_row + 1),
+                    more_rows.eq(next_row + 1 < self.rows),
                     drain.eq(0),
                 ]
                 with m.If(row == self.rows - 1):
@@ -872,8 +887,8 @@ class Stage(wiring.Component):
         m.d.comb += rd_addr.eq(self.dbg_addr)
         with m.If(loading):
             m.d.comb += rd_addr.eq(0)
-        with m.If(pass_on & (row + 1 < self.rows)):
-            m.d.comb += rd_addr.eq(row + 1)
+        with m.If(pass_on & more_rows):
+            m.d.comb += rd_addr.eq(next_row)
         ports = [rd_w, rd_v] + ([rd_p] if rd_p is not None else [])
         m.d.comb += [port.addr.eq(rd_addr) for port in ports]
         if sm_rd is not None:

