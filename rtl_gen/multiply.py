@@ -97,16 +97,8 @@ def replicated(m: Module, next_value, loads: int, name: str, salt, *, init: int 
     (it starts at 0 and is only ever ANDed with a bit of ``salt``, an input) but not provably
     so without a SAT proof.
     """
-    salt = Value.cast(salt)
     next_value = Value.cast(next_value)
-    copies = []
-    for k in range(max(1, -(-loads // FANOUT))):
-        never = Signal(name=f"{name}_never{k}", reset_less=True)
-        m.d.sync += never.eq(never & salt[k % len(salt)])
-        copy = Signal(next_value.shape(), name=f"{name}_copy{k}", init=init)
-        m.d.sync += copy.eq(Mux(never, 0, next_value))
-        copies.append(copy)
-    return copies
+    return _copies(m, [next_value], max(1, -(-loads // FANOUT)), name, salt, init)
 
 
 def replicated_tree(m: Module, value_ahead, loads: int, name: str, salt, *, init: int = 0):
@@ -116,15 +108,22 @@ def replicated_tree(m: Module, value_ahead, loads: int, name: str, salt, *, init
     from the source to the farthest load: for an enable of a large stage, where one hop took the
     whole cycle in routing (13 ns from the FSM to the farthest ring-rotate copy)."""
     count = max(1, -(-loads // FANOUT))
-    firsts = max(1, math.isqrt(count - 1) + 1) if count > 1 else 1
+    firsts = math.isqrt(count - 1) + 1  # ceil(sqrt(count))
     level = replicated(m, value_ahead, firsts * FANOUT, f"{name}_l1", salt, init=init)
+    return _copies(m, level, count, name, salt, init)
+
+
+def _copies(m: Module, sources, count: int, name: str, salt, init: int) -> list[Signal]:
+    """``count`` registers, copy ``k`` loading ``sources[k * len(sources) // count]``, each kept
+    distinct by its own always-zero register (:func:`replicated`)."""
     salt = Value.cast(salt)
     copies = []
     for k in range(count):
         never = Signal(name=f"{name}_never{k}", reset_less=True)
         m.d.sync += never.eq(never & salt[k % len(salt)])
-        copy = Signal(Value.cast(value_ahead).shape(), name=f"{name}_copy{k}", init=init)
-        m.d.sync += copy.eq(Mux(never, 0, level[k * firsts // count]))
+        source = sources[k * len(sources) // count]
+        copy = Signal(source.shape(), name=f"{name}_copy{k}", init=init)
+        m.d.sync += copy.eq(Mux(never, 0, source))
         copies.append(copy)
     return copies
 

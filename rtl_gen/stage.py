@@ -749,7 +749,7 @@ class Stage(wiring.Component):
                 ]
             with m.Elif(rotate_en[c]):
                 m.d.sync += [x_ring[j].eq(x_ring[src]), xg_ring[j].eq(xg_ring[src])]
-        # dz shifts by the rows that advanced; wrap_next is next cycle's wrap.
+        # dz shifts by the rows that advanced.
         dz_bits = n_out * ef.width
         dz_load = replicated(m, take, dz_bits, "dz_load", salt)
         dz_shift = replicated_tree(m, going_pass_ahead, dz_bits, "dz_shift", salt)

@@ -14,9 +14,8 @@ rounded and the prediction's sum registered (``L``); the predicted weight is rou
 velocity's sum registered and ``eta_b*g`` starts (``L+1``); the velocity is rounded (``L+2``);
 ``eta_a*v_new`` starts (``L+3``); ``w - eta_b*g`` is summed (``2L+2``); the new weight's sum is
 registered (``2L+3``) and rounded (``2L+4``); every output is registered one cycle after its
-rounding.
-:data:`PIPELINE` lists the cycle at which each rounding point rounds (its random word must arrive
-then).
+rounding. :data:`PIPELINE` lists the cycle at which each rounding point rounds (its random word
+must arrive then).
 """
 
 from amaranth.hdl import Const, Module, Signal, signed
