@@ -362,6 +362,13 @@ def verify(
     metavar="MINUTES",
     help="Stop place and route after this long (then: Yosys counts, no Fmax).",
 )
+@click.option(
+    "--pnr-seed",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="nextpnr placement seed (default: nextpnr's own); the routed Fmax of a large design "
+    "varies by several MHz between seeds.",
+)
 @set_option
 @click.option("--json", "json_out", metavar="OUT", help="Write the estimate as JSON.")
 @user_errors
@@ -370,6 +377,7 @@ def estimate(
     device: str | None,
     fast: bool,
     pnr_timeout: float | None,
+    pnr_seed: int | None,
     sets: tuple[str, ...],
     json_out: str | None,
 ) -> None:
@@ -380,6 +388,8 @@ def estimate(
     from pbhw.estimate import ToolError, critical_path_text
     from pbhw.estimate import estimate as run_estimate
 
+    if fast and (pnr_seed is not None or pnr_timeout is not None):
+        raise UserError("--pnr-seed and --pnr-timeout need place and route; --fast runs none")
     if device:
         sets = (*sets, f"hardware.device='{device}'")
     cfg = load_config(config, sets)
@@ -391,6 +401,7 @@ def estimate(
             fast=fast,
             progress=lambda m: click.echo(f"  {m}", err=True),
             pnr_timeout=None if pnr_timeout is None else 60 * pnr_timeout,
+            seed=pnr_seed,
         )
     except ToolError as e:
         raise UserError(str(e)) from None

@@ -347,11 +347,16 @@ def synthesize(
     cache_dir: Path | None = DEFAULT_CACHE_DIR,
     progress: Progress | None = None,
     pnr_timeout: float | None = None,
+    seed: int | None = None,
 ) -> Estimate:
     """Synthesize ``verilog`` (module ``top``) for ``device``, place and route it, report.
 
     ``pnr_timeout`` (seconds) stops place and route that runs longer: the estimate then has
     Yosys's counts, no Fmax, a note saying so, and is not cached.
+
+    ``seed`` is nextpnr's placement seed (``--seed``; None leaves nextpnr's default). On a large
+    design the routed Fmax moves by several MHz from one seed to another, so a single figure
+    is one sample of that spread; ``bench/fmax_ratio.py --seeds`` measures it.
 
     Parameters
     ----------
@@ -378,22 +383,22 @@ def synthesize(
     """
     start = time.perf_counter()
     clock_mhz = float(clock_mhz if clock_mhz is not None else device.clock_mhz)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 1):
+        raise ValueError(f"nextpnr seed must be a positive integer, not {seed!r}")
     note = progress or (lambda message: None)
     versions = _tool_versions(device)
-    key = hashlib.sha256(
-        json.dumps(
-            {
-                "schema": _CACHE_SCHEMA,
-                "verilog": verilog,
-                "top": top,
-                "clock": clock,
-                "clock_mhz": clock_mhz,
-                "device": device.path.read_text(),
-                "tools": versions,
-            },
-            sort_keys=True,
-        ).encode()
-    ).hexdigest()[:32]
+    inputs = {
+        "schema": _CACHE_SCHEMA,
+        "verilog": verilog,
+        "top": top,
+        "clock": clock,
+        "clock_mhz": clock_mhz,
+        "device": device.path.read_text(),
+        "tools": versions,
+    }
+    if seed is not None:  # (absent otherwise, so unseeded entries keep their keys)
+        inputs["seed"] = seed
+    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:32]
     cache_file = cache_dir / f"{device.name}-{top}-{key}.json" if cache_dir else None
     if cache_file is not None and cache_file.exists():
         try:
@@ -432,7 +437,15 @@ def synthesize(
             port_bits = sum(w for *_, w in ports)
         used["io"] = port_bits
         fmax, short, notes, path = _place_and_route(
-            work, device, used, 4 if wrapped else port_bits, clock_mhz, clock, note, pnr_timeout
+            work,
+            device,
+            used,
+            4 if wrapped else port_bits,
+            clock_mhz,
+            clock,
+            note,
+            pnr_timeout,
+            seed,
         )
         if wrapped:
             for key, units in (("ff", wrapper_ff), ("lut", wrapper_lut)):
@@ -473,6 +486,7 @@ def _place_and_route(
     clock: str,
     note: Progress,
     timeout: float | None = None,
+    seed: int | None = None,
 ) -> tuple[float | None, str | None, list[str]]:
     """Run nextpnr on ``work/synth.json`` if it can succeed; update ``used`` from its report.
 
@@ -501,6 +515,9 @@ def _place_and_route(
         pnr_args = []
     if pnr_args is not None:
         module = "yowasp_" + device.pnr_tool.replace("-", "_")
+        if seed is not None:
+            pnr_args += ["--seed", str(seed)]
+            notes.append(f"nextpnr seed {seed}")
         args = [
             *device.pnr_args,
             *pnr_args,
@@ -912,12 +929,13 @@ def estimate(
     cache_dir: Path | None = DEFAULT_CACHE_DIR,
     progress: Progress | None = None,
     pnr_timeout: float | None = None,
+    seed: int | None = None,
 ) -> Estimate:
     """Estimate the design generated from ``config`` on its ``hardware.device``.
 
     ``fast`` uses :func:`fast_estimate` on the design's manifest; otherwise the Verilog goes
     through :func:`synthesize` at ``hardware.clock_mhz``. Either way the result carries the
-    design's predicted cycles per sample."""
+    design's predicted cycles per sample. ``seed`` is nextpnr's placement seed."""
     import dataclasses
 
     from pbhw.devices import load_device
@@ -940,5 +958,6 @@ def estimate(
             cache_dir=cache_dir,
             progress=progress,
             pnr_timeout=pnr_timeout,
+            seed=seed,
         )
     return dataclasses.replace(result, cycles_per_sample=manifest["predicted_cycles_per_sample"])

@@ -1,11 +1,12 @@
-"""Products cut into hard-multiplier-sized pieces, registered, then summed: three cycles each.
+"""Products cut into hard-multiplier-sized pieces, registered twice, then summed: four cycles each.
 
 A product wider than the device's hard multiplier is tiled by the synthesis tool into several
 blocks whose outputs are added in the same cycle: on the ECP5 that adds a second multiplier
 delay's worth of adders to the path. :func:`pipelined_product` tiles it itself instead: each
 operand wider than its port is cut into low slices of ``port - 1`` bits (unsigned, so each fits
 the port as a signed operand) and a signed top slice; every partial product is registered (one
-block each), and the shifted partials are summed and registered in the next cycle. A product by
+block each), registered again in the fabric, and the shifted partials are summed and
+registered in the next cycle. A product by
 a constant is tiled the same way over the constant's slices, skipping zero slices and turning
 power-of-two slices into shifts. :func:`product_shapes` lists the blocks for the manifest and
 the lane cost, so the count there is what the tool sees. :class:`Delays` keeps the other
@@ -51,8 +52,9 @@ FANOUT = 64
 #: Terms a pipelined sum adds per registered level (two levels of adders).
 SUM_FAN_IN = 4
 
-#: Cycles from the operands to a pipelined product.
-LATENCY = 3
+#: Cycles from the operands to a pipelined product: operand, piece, piece again (in the fabric,
+#: between a hard multiplier and its sum), sum.
+LATENCY = 4
 
 #: Hard multipliers :func:`pipelined_product` can instantiate (a device file's
 #: ``[multiplier] primitive``), each with a simulation model ``MODELS / f"{name}.v"``.
@@ -274,9 +276,21 @@ def _piece(value: Value, lo: int, hi: int) -> Value:
 
 
 def pipelined_product(
-    m: Module, a, b, ports: tuple[int, int], name: str, *, primitive: str | None = None
+    m: Module,
+    a,
+    b,
+    ports: tuple[int, int],
+    name: str,
+    *,
+    primitive: str | None = None,
+    keep=None,
 ) -> Signal:
     """``a * b`` (``b`` a value or an integer constant), :data:`LATENCY` cycles later.
+
+    With ``keep`` (one bit, as it is in the cycle the pieces are summed, ``LATENCY - 1`` after
+    the operands), the product is 0 where ``keep`` is 0: the sum register's synchronous reset,
+    which Yosys maps to the flip-flops' own reset input, so no mask sits between the product
+    and the adders it feeds.
 
     Every piece that needs a hard multiplier is at most ``ports`` wide; the result is exact
     (as wide as the full product). With ``primitive`` (one of :data:`PRIMITIVES`), each such
@@ -325,6 +339,9 @@ def pipelined_product(
             for lj, hj in _slices(len(b), narrow):
                 registered = _piece(a_reg, lo, hi) * _piece(b_reg, lj, hj)
                 pieces.append((_piece(a, lo, hi), _piece(b, lj, hj), lo + lj, registered))
+    # Every piece is registered again before the sum: hard multipliers sit wherever the device
+    # has free ones, and on the routed default example the wire from one to the sum of its
+    # product was the longest path (7-8 ns of routing); the placer puts this register on the way.
     partials = []
     for n, (pa, pb, shift, registered) in enumerate(pieces):
         hard = pa is not None and min(len(as_signed(pa)), len(as_signed(pb))) >= 2
@@ -333,8 +350,13 @@ def pipelined_product(
         else:
             sig = Signal(registered.shape(), name=f"{name}_part{n}", reset_less=True)
             m.d.sync += sig.eq(registered)
-        partials.append(sig << shift if shift else sig)
+        again = Signal(sig.shape(), name=f"{name}_part{n}_r", reset_less=True)
+        m.d.sync += again.eq(sig)
+        partials.append(again << shift if shift else again)
     out = Signal(full.shape(), name=name, reset_less=True)
     total = sum(partials[1:], partials[0]) if partials else Const(0)
-    m.d.sync += out.eq(total)
+    if keep is None:
+        m.d.sync += out.eq(total)
+    else:
+        m.d.sync += out.eq(Mux(keep, total, 0))
     return out

@@ -465,6 +465,7 @@ class Stage(wiring.Component):
         # memories' read address is a mux of registers (an adder and a compare were before it).
         next_row = Signal(range(self.rows + 2), init=1)
         more_rows = Signal(init=int(1 < self.rows))
+        more_after = Signal(init=int(2 < self.rows))  # and the one after it
         fwd_bubble, err_bubble = Signal(), Signal()
         label = Signal(len(self.fwd_i.payload.label))
         base_col = Signal(range(N))
@@ -575,14 +576,21 @@ class Stage(wiring.Component):
             x_h = later(x_ring[p % N], h, f"x{p}")
             ports = self._multiplier_ports
             hard = self._multiplier_primitive
-            product = pipelined_product(m, unit.w_hat, x_h, ports, f"forward{p}", primitive=hard)
-            m.d.comb += f.eq(Mux(later(k_valid, at["forward"], f"kv{p}"), product, 0))
+            # Invalid lanes give 0: the product register's own reset (not a mask before the sum).
+            keep = later(k_valid, at["forward"] - 1, f"kv{p}")
+            product = pipelined_product(
+                m, unit.w_hat, x_h, ports, f"forward{p}", primitive=hard, keep=keep
+            )
+            m.d.comb += f.eq(product)
             fprod.append(f)
             if sends_error:  # backward product on the current weight, from the row register
                 b = Signal(signed(self._bwd_acc.width), name=f"bprod{p}")
                 w_b, dz_b = later(lane_w[p], 1, f"w{p}"), later(dz, 1, f"dz{p}")
-                product = pipelined_product(m, w_b, dz_b, ports, f"backward{p}", primitive=hard)
-                m.d.comb += b.eq(Mux(later(k_valid, at["backward"], f"kv{p}"), product, 0))
+                keep = later(k_valid, at["backward"] - 1, f"kv{p}")
+                product = pipelined_product(
+                    m, w_b, dz_b, ports, f"backward{p}", primitive=hard, keep=keep
+                )
+                m.d.comb += b.eq(product)
                 bprod.append(b)
             u = at["write"]
             if p < always_valid:
@@ -716,9 +724,7 @@ class Stage(wiring.Component):
         # PASS goes on while rows remain. The rotate and dz-shift enables reach a whole stage,
         # so they go through two levels of registers.
         going_pass_ahead = Signal()
-        m.d.comb += going_pass_ahead.eq(
-            take | (loading & (self.rows > 1)) | (pass_on & (next_row < self.rows - 1))
-        )
+        m.d.comb += going_pass_ahead.eq(take | (loading & (self.rows > 1)) | (pass_on & more_after))
         rotate_en = replicated_tree(m, going_pass_ahead, ring_bits, "ring_rotate", salt)
         stashed = data.View(
             data.ArrayLayout(shape_of(xf), n_in), Cat(*[rd.data for *_, rd, _ in stash_slices])
@@ -811,6 +817,7 @@ class Stage(wiring.Component):
                     row.eq(0),
                     next_row.eq(1),
                     more_rows.eq(1 < self.rows),
+                    more_after.eq(2 < self.rows),
                     base_col.eq(0),
                     base_row.eq(0),
                     kbase.eq(0),
@@ -826,6 +833,7 @@ class Stage(wiring.Component):
                     row.eq(row + 1),
                     next_row.eq(next_row + 1),
                     more_rows.eq(next_row + 1 < self.rows),
+                    more_after.eq(next_row + 2 < self.rows),
                     drain.eq(0),
                 ]
                 with m.If(row == self.rows - 1):

@@ -11,7 +11,7 @@ pipeline, send ``2 * L - 1`` bubble samples (``bubble = 1``) after the last samp
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import ClockDomain, ClockSignal, DomainRenamer, Module, Mux, ResetSignal, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -160,9 +160,26 @@ class Network(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        # The reset is registered once per part (each stage, the loss unit, the input register
+        # and debug port): one copy per part, kept distinct through synthesis like the
+        # replicated enables, each reaching only its part's control registers. Every part
+        # sees the same one-cycle-late reset, and the input is not ready meanwhile.
+        parts = [f"stage{i + 1}" for i in range(len(self._stages))] + ["loss", "io"]
+        resets = {}
+        for k, part in enumerate(parts):
+            never = Signal(name=f"{part}_rst_never", reset_less=True)
+            m.d.sync += never.eq(never & self.dbg_addr[k % len(self.dbg_addr)])
+            rst = Signal(name=f"{part}_rst", init=1, reset_less=True)
+            m.d.sync += rst.eq(ResetSignal("sync") & ~never)
+            domain = ClockDomain(f"{part}_sync", local=True)
+            m.domains += domain
+            m.d.comb += [domain.clk.eq(ClockSignal("sync")), domain.rst.eq(rst)]
+            resets[part] = rst
         for i, stage in enumerate(self._stages):
-            m.submodules[f"stage{i + 1}"] = stage
-        m.submodules.loss = self._loss
+            m.submodules[f"stage{i + 1}"] = DomainRenamer({"sync": f"stage{i + 1}_sync"})(stage)
+        m.submodules.loss = DomainRenamer({"sync": "loss_sync"})(self._loss)
+        io = Module()
+        m.submodules.io = DomainRenamer({"sync": "io_sync"})(io)
         stages = self._stages
         # The sample stream enters through a register, so stage 1 reads a payload that holds
         # until the cycle after it is taken, like every other stage's input.
@@ -170,18 +187,18 @@ class Network(wiring.Component):
         full = Signal()
         held = Signal(self.samples.payload.shape(), reset_less=True)
         m.d.comb += [
-            self.samples.ready.eq(~full),
+            self.samples.ready.eq(~full & ~resets["io"]),
             first.valid.eq(full),
             first.payload.eq(held),
         ]
-        full_next = Mux(full, ~first.ready, self.samples.valid)
-        m.d.sync += full.eq(full_next)
+        full_next = Mux(full, ~first.ready, self.samples.valid & ~resets["io"])
+        io.d.sync += full.eq(full_next)
         empty = replicated(
-            m, ~full_next, len(held.as_value()), "sample_empty", self.dbg_addr, init=1
+            io, ~full_next, len(held.as_value()), "sample_empty", self.dbg_addr, init=1
         )
         for n, bit in enumerate(held.as_value()):
-            with m.If(empty[n * len(empty) // len(held.as_value())]):
-                m.d.sync += bit.eq(self.samples.payload.as_value()[n])
+            with io.If(empty[n * len(empty) // len(held.as_value())]):
+                io.d.sync += bit.eq(self.samples.payload.as_value()[n])
         for a, b in zip(stages, stages[1:], strict=False):
             wiring.connect(m, a.fwd_o, b.fwd_i)
             wiring.connect(m, b.err_o, a.err_i)
@@ -202,8 +219,8 @@ class Network(wiring.Component):
         m.d.comb += self.saturation[n].eq(self._loss.saturation)
         dbg = Signal(len(self.dbg_data), reset_less=True)
         m.d.comb += self.dbg_data.eq(dbg)
-        with m.Switch(self.dbg_stage):
+        with io.Switch(self.dbg_stage):
             for i, s in enumerate(stages):
-                with m.Case(i):
-                    m.d.sync += dbg.eq(s.dbg_data)
+                with io.Case(i):
+                    io.d.sync += dbg.eq(s.dbg_data)
         return m

@@ -8,7 +8,7 @@ Each accumulator is sized from the exact range of its terms, so nothing overflow
 
 Pipelined, the block registers every product, every sum and every rounded value, so no path
 holds more than one hard multiplier, one addition, or one rounding. Products take ``L`` =
-:data:`rtl_gen.multiply.LATENCY` (3) cycles (:func:`rtl_gen.multiply.pipelined_product`). Cycle by
+:data:`rtl_gen.multiply.LATENCY` (4) cycles (:func:`rtl_gen.multiply.pipelined_product`). Cycle by
 cycle after the inputs: ``dz*x``, ``m*v`` and the prediction's product start (0); the gradient is
 rounded and the prediction's sum registered (``L``); the predicted weight is rounded, the
 velocity's sum registered and ``eta_b*g`` starts (``L+1``); the velocity is rounded (``L+2``);

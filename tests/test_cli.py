@@ -227,3 +227,17 @@ def test_help_mentions_set():
     result = run("check", "--help")
     assert result.exit_code == 0
     assert "--set KEY=VALUE" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--fast", "--pnr-seed", "3"], "--fast runs none"),
+        (["--fast", "--pnr-timeout", "1"], "--fast runs none"),
+        (["--pnr-seed", "0"], "0 is not in the range x>=1"),
+    ],
+)
+def test_estimate_refuses_place_and_route_options_it_cannot_use(args, fragment):
+    result = run("estimate", EXAMPLE, *args)
+    assert result.exit_code == 2
+    assert fragment in result.output

@@ -119,6 +119,40 @@ def test_synthesize_mac_on_ecp5_places_and_caches(cache_dir):
 
 @needs_yowasp
 @pytest.mark.slow
+def test_a_placement_seed_reaches_nextpnr_and_has_its_own_cache_entry(cache_dir, monkeypatch):
+    device = load_device("ecp5-85k")
+    text = verilog.convert(Mac(8, 20), name="mac8s")
+    calls = []
+    real_run = estimate_module._run
+
+    def run(module, function, args, *rest, **kw):
+        calls.append((module, list(args)))
+        return real_run(module, function, args, *rest, **kw)
+
+    monkeypatch.setattr(estimate_module, "_run", run)
+    plain = synthesize(text, "mac8s", device, clock_mhz=50, cache_dir=cache_dir)
+    seeded = synthesize(text, "mac8s", device, clock_mhz=50, cache_dir=cache_dir, seed=7)
+    pnr = [args for module, args in calls if "nextpnr" in module]
+    assert len(pnr) == 2 and "--seed" not in pnr[0]
+    assert pnr[1][pnr[1].index("--seed") + 1] == "7"
+    assert not seeded.cached and "nextpnr seed 7" in seeded.notes
+    assert "nextpnr seed" not in " ".join(plain.notes)
+    assert seeded.fmax_mhz is not None and seeded.used == plain.used
+    assert len(list(cache_dir.glob("ecp5-85k-mac8s-*.json"))) == 2
+    again = synthesize(text, "mac8s", device, clock_mhz=50, cache_dir=cache_dir, seed=7)
+    assert again.cached and again.fmax_mhz == seeded.fmax_mhz
+
+
+@pytest.mark.parametrize("seed", [0, -3, 2.5, True])
+def test_a_bad_placement_seed_is_refused_before_any_tool_runs(seed, tmp_path):
+    with pytest.raises(ValueError, match="seed must be a positive integer"):
+        synthesize(
+            "module m; endmodule\n", "m", load_device("ecp5-85k"), seed=seed, cache_dir=tmp_path
+        )
+
+
+@needs_yowasp
+@pytest.mark.slow
 def test_synthesize_wraps_an_io_bound_top_level(cache_dir):
     # 8 + 8 + 24 + clk + rst = 42 port bits > the 39 pins of SG48
     device = load_device("ice40-up5k")

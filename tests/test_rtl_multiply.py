@@ -26,6 +26,14 @@ from rtl_gen.multiply import (
 PORTS = [(18, 18), (25, 18), (16, 16)]
 
 
+def run(m, testbench):
+    """Simulate ``m`` with a 1 MHz clock until ``testbench`` returns."""
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(testbench)
+    sim.run()
+
+
 def simulate(width_a, b, ports, signed_a, n=30):
     """(expected, got) products of ``n`` operand pairs streamed one per cycle."""
     m = Module()
@@ -58,10 +66,7 @@ def simulate(width_a, b, ports, signed_a, n=30):
 
     if b_sig is not None:
         expected = [a_codes[c] * b_codes[(c + 1) % n] for c in range(n)]
-    sim = Simulator(m)
-    sim.add_clock(1e-6)
-    sim.add_testbench(testbench)
-    sim.run()
+    run(m, testbench)
     return expected, got[:n]
 
 
@@ -74,6 +79,38 @@ def test_products_are_exact(width_a, signed_a, ports):
     for b in operands + constants:
         expected, got = simulate(width_a, b, ports, signed_a)
         assert got == expected, (width_a, b, ports)
+
+
+@pytest.mark.parametrize("width", [16, 30])
+def test_keep_zeroes_the_products_it_is_low_for(width):
+    """``keep`` as it is LATENCY - 1 cycles after the operands decides that product alone."""
+    m = Module()
+    a, b, keep = Signal(signed(width)), Signal(signed(16)), Signal()
+    out = pipelined_product(m, a, b, (18, 18), "p", keep=keep)
+    rng = random.Random(width)
+    n = 40
+    a_codes = [rng.randint(-(1 << (width - 1)), (1 << (width - 1)) - 1) for _ in range(n)]
+    b_codes = [rng.randint(-(1 << 15), (1 << 15) - 1) for _ in range(n)]
+    keeps = [rng.random() < 0.5 for _ in range(n)]
+    got = []
+
+    async def testbench(ctx):
+        for c in range(n + LATENCY):
+            if c < n:
+                ctx.set(a, a_codes[c])
+                ctx.set(b, b_codes[c])
+            k = c - (LATENCY - 1)
+            ctx.set(keep, keeps[k] if 0 <= k < n else 0)
+            await ctx.tick()
+            if c + 1 >= LATENCY:
+                got.append(ctx.get(out))
+
+    run(m, testbench)
+    expected = [x * y if k else 0 for x, y, k in zip(a_codes, b_codes, keeps, strict=True)]
+    assert got[:n] == expected
+    assert (
+        any(keeps) and not all(keeps) and all(x * y for x, y in zip(a_codes, b_codes, strict=True))
+    )
 
 
 def test_pieces_fit_the_ports():
@@ -120,10 +157,7 @@ def test_pipelined_sum_is_exact_after_its_levels(terms):
             if c + 1 >= levels:
                 got.append(ctx.get(out))
 
-    sim = Simulator(m)
-    sim.add_clock(1e-6)
-    sim.add_testbench(testbench)
-    sim.run()
+    run(m, testbench)
     assert got[: len(vectors)] == [sum(v) for v in vectors]
 
 
