@@ -36,7 +36,7 @@ from amaranth.lib.wiring import In, Out
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from pbhw.devices import load_device  # noqa: E402
-from pbhw.estimate import synthesize  # noqa: E402
+from pbhw.estimate import ToolError, synthesize  # noqa: E402
 from rtl_gen.multiply import hard_product  # noqa: E402
 
 CONFIG = ROOT / "examples" / "mlp_digits.toml"
@@ -115,34 +115,41 @@ def _seeds(text: str) -> list[int | None]:
 
 
 def route(text: str, top: str, device, seeds, clock_mhz, jobs: int) -> dict:
-    """Place and route ``top`` once per seed; the first seed's estimate with every seed's Fmax
-    (``fmax_by_seed``), their median (``fmax_median``) and best (``fmax_best``)."""
+    """Place and route ``top`` once per seed; the first routed seed's estimate with every
+    seed's Fmax (``fmax_by_seed``, None where the tools failed, with the reason in
+    ``errors_by_seed``), their median (``fmax_median``) and best (``fmax_best``)."""
 
     def one(seed):
         label = "nextpnr's seed" if seed is None else f"seed {seed}"
-        return synthesize(
-            text,
-            top,
-            device,
-            clock_mhz=clock_mhz,
-            seed=seed,
-            progress=lambda message: print(f"{top} ({label}): {message}", flush=True),
-        )
+        try:
+            return synthesize(
+                text,
+                top,
+                device,
+                clock_mhz=clock_mhz,
+                seed=seed,
+                progress=lambda message: print(f"{top} ({label}): {message}", flush=True),
+            )
+        except ToolError as e:  # one seed's failure does not lose the others
+            print(f"{top} ({label}): failed: {str(e).splitlines()[0]}", flush=True)
+            return e
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        runs = list(pool.map(one, seeds))
-    by_seed = {
-        ("default" if seed is None else str(seed)): run.fmax_mhz
-        for seed, run in zip(seeds, runs, strict=True)
-    }
+        keys = ["default" if seed is None else str(seed) for seed in seeds]
+        runs = dict(zip(keys, pool.map(one, seeds), strict=True))
+    done = {key: run for key, run in runs.items() if not isinstance(run, ToolError)}
+    if not done:
+        raise ToolError(f"{top}: every seed failed; first: {next(iter(runs.values()))}")
+    by_seed = {key: (None if key not in done else done[key].fmax_mhz) for key in runs}
     fmaxes = [f for f in by_seed.values() if f is not None]
     return {
-        **runs[0].to_json(),
+        **next(iter(done.values())).to_json(),
         "fmax_by_seed": by_seed,
         "fmax_median": statistics.median(fmaxes) if fmaxes else None,
         "fmax_best": max(fmaxes) if fmaxes else None,
-        "critical_path_by_seed": {
-            key: run.critical_path for key, run in zip(by_seed, runs, strict=True)
+        "critical_path_by_seed": {key: run.critical_path for key, run in done.items()},
+        "errors_by_seed": {
+            key: str(run) for key, run in runs.items() if isinstance(run, ToolError)
         },
     }
 

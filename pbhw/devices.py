@@ -56,6 +56,8 @@ class Device:
     pnr_args: tuple[str, ...]
     #: extra arguments for an I/O-bound top level, or None if the tool cannot run out of context
     pnr_out_of_context_args: tuple[str, ...] | None
+    #: package pin for the clock input (ECP5: a PCLK pin, written to an LPF), or None
+    pnr_clock_pin: str | None
     #: available resources, keys :data:`RESOURCES`
     resources: Mapping[str, int]
     #: hard multiplier operand widths, e.g. (18, 18) for MULT18X18D, (25, 18) for DSP48E1
@@ -202,6 +204,11 @@ def _parse(data: Mapping[str, Any], path: Path) -> Device:
         for s in shapes
     ):
         raise r.fail("bram.shapes", f"must be a list of [depth, width] pairs, not {shapes!r}")
+    clock_pin = r.get("pnr.clock_pin", str, None) if pnr_tool else None
+    if clock_pin is not None and pnr_tool != "nextpnr-ecp5":
+        raise r.fail("pnr.clock_pin", f"is only supported for nextpnr-ecp5, not {pnr_tool}")
+    if clock_pin is not None and not clock_pin.replace("_", "").isalnum():
+        raise r.fail("pnr.clock_pin", f"must be a package pin name such as 'G2', not {clock_pin!r}")
     clock = r.get("clock_mhz", (int, float))
     if clock <= 0:
         raise r.fail("clock_mhz", f"must be positive, not {clock!r}")
@@ -216,6 +223,7 @@ def _parse(data: Mapping[str, Any], path: Path) -> Device:
         pnr_tool=pnr_tool,
         pnr_args=r.strings("pnr.args", []) if pnr_tool else (),
         pnr_out_of_context_args=r.strings("pnr.out_of_context_args", None) if pnr_tool else None,
+        pnr_clock_pin=clock_pin,
         resources=MappingProxyType(resources),
         multiplier_widths=(widths[0], widths[1]),
         multiplier_partial_width=r.get("multiplier.partial_width", int, widths[0]),

@@ -518,6 +518,13 @@ def _place_and_route(
         if seed is not None:
             pnr_args += ["--seed", str(seed)]
             notes.append(f"nextpnr seed {seed}")
+        if device.pnr_clock_pin is not None and "--out-of-context" not in pnr_args:
+            # Left to the placer, the clock input may land on a pin with no route to a global
+            # buffer (nextpnr-ecp5 then fails to route it, depending on the seed).
+            (work / "clock.lpf").write_text(
+                f'LOCATE COMP "{clock}" SITE "{device.pnr_clock_pin}";\n'
+            )
+            pnr_args += ["--lpf", "clock.lpf", "--lpf-allow-unconstrained"]
         args = [
             *device.pnr_args,
             *pnr_args,

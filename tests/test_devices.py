@@ -90,6 +90,19 @@ def test_load_device_wrong_multiplier_primitive(tmp_path):
         load_device("ecp5-85k", tmp_path)
 
 
+def test_load_device_clock_pin(tmp_path):
+    assert load_device("ecp5-85k").pnr_clock_pin == "G2"
+    assert load_device("ice40-up5k").pnr_clock_pin is None
+    text = load_device("ecp5-85k").path.read_text()
+    (tmp_path / "ecp5-85k.toml").write_text(text.replace('clock_pin = "G2"', 'clock_pin = "G2;"'))
+    with pytest.raises(ConfigError, match=r"pnr.clock_pin must be a package pin name"):
+        load_device("ecp5-85k", tmp_path)
+    ice = load_device("ice40-up5k").path.read_text()
+    (tmp_path / "ice40-up5k.toml").write_text(ice.replace("[pnr]", '[pnr]\nclock_pin = "35"'))
+    with pytest.raises(ConfigError, match=r"pnr.clock_pin is only supported for nextpnr-ecp5"):
+        load_device("ice40-up5k", tmp_path)
+
+
 def test_load_device_name_must_match_file(tmp_path):
     (tmp_path / "other.toml").write_text(load_device("ecp5-85k").path.read_text())
     with pytest.raises(ConfigError, match=r"name must match the file name 'other'"):
