@@ -512,13 +512,14 @@ def _place_and_route(
             pnr_args = list(device.pnr_out_of_context_args)
             notes.append(f"placed out of context ({port_bits} port bits > package pins)")
     else:
-        pnr_args = []
+        pnr_args = []  # in context: the package's pins are placed
+    in_context = pnr_args == []
     if pnr_args is not None:
         module = "yowasp_" + device.pnr_tool.replace("-", "_")
         if seed is not None:
             pnr_args += ["--seed", str(seed)]
             notes.append(f"nextpnr seed {seed}")
-        if device.pnr_clock_pin is not None and "--out-of-context" not in pnr_args:
+        if device.pnr_clock_pin is not None and in_context:
             # Left to the placer, the clock input may land on a pin with no route to a global
             # buffer (nextpnr-ecp5 then fails to route it, depending on the seed).
             (work / "clock.lpf").write_text(
