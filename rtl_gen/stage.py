@@ -20,8 +20,8 @@ format right away. The bit-level arithmetic is ``docs/numerics.md``; the golden 
 :class:`golden.fixed_arith.FixedArithmetic`.
 
 A step takes ``ceil(N_out * N_cols / P) + OVERHEAD + drain`` cycles when its tokens are ready:
-one to take the tokens, one to load the vectors (and write the stash), the row pass, the drain
-of the lane pipeline (:attr:`Stage.pipeline`), one to hand over the outputs.
+one to see both tokens, one to take them, one to load the vectors (and write the stash), the row
+pass, the drain of the lane pipeline (:attr:`Stage.pipeline`), one to hand over the outputs.
 """
 
 from __future__ import annotations
@@ -62,8 +62,9 @@ __all__ = [
     "label_bits",
 ]
 
-#: Cycles a step takes beyond its row pass (take tokens, read stash, round and hand over).
-OVERHEAD = 3
+#: Cycles a step takes beyond its row pass (see both tokens, take them, read the stash, hand
+#: over).
+OVERHEAD = 4
 #: The saturation counters of a stage, in the order of its ``saturation`` port.
 COUNTER_ROLES = ("activation", "error", "gradient", "velocity", "weight", "prediction")
 #: Width of every saturation counter (it wraps after 2**32 - 1 events).
@@ -147,8 +148,8 @@ class Stage(wiring.Component):
     dbg_addr : In(range(rows)), dbg_mem : In(2)
         Debug read of row ``dbg_addr`` of memory ``dbg_mem`` (0 = W, 1 = V, 2 = w_prev).
     dbg_data : Out(row bits)
-        The row, valid two cycles after ``dbg_addr`` (the memory read, then a register) while
-        ``idle``; lane ``p`` at bits ``[p * width, (p + 1) * width)``.
+        The row, valid three cycles after ``dbg_addr`` (the address register, the memory read,
+        then a register) while ``idle``; lane ``p`` at bits ``[p * width, (p + 1) * width)``.
     saturation : Out(array of COUNTER_BITS)
         Overflow events per role of :data:`COUNTER_ROLES`.
     step : Out(32)
@@ -299,12 +300,13 @@ class Stage(wiring.Component):
         # unit's inputs wait until the earliest random word of a lane is ready, and the
         # activation rounding must not come before its word either.
         pre = max([words - s for s in self._probe.random_stage.values()] + [1])
-        # forward product, group sums, row sum: the activation rounds that long after w_hat
-        tail = PRODUCT_LATENCY + self._sum_levels + 1
+        # operand register, forward product, group sums, row sum: the activation rounds that
+        # long after w_hat
+        tail = 1 + PRODUCT_LATENCY + self._sum_levels + 1
         if act_stochastic:
             pre = max(pre, words - self._probe.prediction_latency - tail)
         at = {"update": pre, "predicted": pre + self._probe.prediction_latency}
-        at["forward"] = at["predicted"] + PRODUCT_LATENCY
+        at["forward"] = at["predicted"] + 1 + PRODUCT_LATENCY
         at["row_sum"] = at["forward"] + self._sum_levels
         at["round"] = at["row_sum"] + 1
         at["activation"] = at["round"] + 1
@@ -461,11 +463,10 @@ class Stage(wiring.Component):
         slot_w = Signal(range(depth))
         slot_r = Signal(range(depth), init=1 % depth)
         row = Signal(range(self.rows + 1))
-        # The row after `row`, and whether it exists: registers kept in step with `row`, so the
-        # memories' read address is a mux of registers (an adder and a compare were before it).
+        # The row after `row`, and whether the one after that exists: registers kept in step
+        # with `row`, from which the next read address is loaded (no compare before it).
         next_row = Signal(range(self.rows + 2), init=1)
-        more_rows = Signal(init=int(1 < self.rows))
-        more_after = Signal(init=int(2 < self.rows))  # and the one after it
+        more_after = Signal(init=int(2 < self.rows))
         fwd_bubble, err_bubble = Signal(), Signal()
         label = Signal(len(self.fwd_i.payload.label))
         base_col = Signal(range(N))
@@ -516,7 +517,11 @@ class Stage(wiring.Component):
         pass_on = Signal()  # a row arrives from memory this cycle
         finish = Signal()  # the step hands over its outputs this cycle
         loading = Signal()  # the stash is read; row 0 is addressed
-        take = Signal()  # both input tokens are taken this cycle (LOAD follows)
+        # Both input tokens are taken this cycle (LOAD follows): a register, set the cycle after
+        # both are seen, so that the producers' valid bits reach one register here and the many
+        # loads of `take` (the replicated enables, ready) start at a register.
+        take = Signal()
+        seen = Signal()  # both tokens are seen: `take` next cycle
         fwd_is_bubble = Signal()
         m.d.comb += fwd_is_bubble.eq(self.fwd_i.payload.bubble | (first & (not first_stage)))
         at = self._at
@@ -570,16 +575,19 @@ class Stage(wiring.Component):
                 index = later(lane_k[p], pre + stage_at - self._words, f"k{p}")
                 word = self._random(m, f"{point}{p}", point, step, index)
                 m.d.comb += getattr(unit, f"random_{point}").eq(word)
-            # Forward product on the predicted weight, registered: at["forward"].
+            # Forward product on the predicted weight, registered: at["forward"]. The operands
+            # are registered once more on their way to the multiplier (the lane's hard
+            # multipliers need not sit beside its update unit: 10.7 ns of routing in one hop).
             h = at["predicted"]
             f = Signal(signed(self._fwd_acc.width), name=f"fprod{p}")
-            x_h = later(x_ring[p % N], h, f"x{p}")
+            w_h = later(unit.w_hat, 1, f"w_hat{p}")
+            x_h = later(x_ring[p % N], h + 1, f"x{p}")
             ports = self._multiplier_ports
             hard = self._multiplier_primitive
             # Invalid lanes give 0: the product register's own reset (not a mask before the sum).
             keep = later(k_valid, at["forward"] - 1, f"kv{p}")
             product = pipelined_product(
-                m, unit.w_hat, x_h, ports, f"forward{p}", primitive=hard, keep=keep
+                m, w_h, x_h, ports, f"forward{p}", primitive=hard, keep=keep
             )
             m.d.comb += f.eq(product)
             fprod.append(f)
@@ -716,10 +724,11 @@ class Stage(wiring.Component):
             ]
         # ---- the rings, dz, column sums and output payload: their enables are replicated
         # registers (rtl_gen.multiply.replicated), each reaching at most FANOUT registers.
-        # The input vectors and dz load in LOAD, from payloads their producers hold until then.
+        # The input vectors and dz load in LOAD, from payloads their producers hold until then;
+        # their enables are `seen` two cycles later, through two levels of copies.
         salt = self.dbg_addr
         ring_bits = 2 * N * xf.width
-        load_en = replicated(m, take, ring_bits, "ring_load", salt)
+        load_en = replicated_tree(m, seen, ring_bits, "ring_load", salt)
         # The cycle after next is a row-pass cycle: LOAD follows a take, PASS follows LOAD, and
         # PASS goes on while rows remain. The rotate and dz-shift enables reach a whole stage,
         # so they go through two levels of registers.
@@ -730,8 +739,8 @@ class Stage(wiring.Component):
             data.ArrayLayout(shape_of(xf), n_in), Cat(*[rd.data for *_, rd, _ in stash_slices])
         )
         # The stash is written in LOAD (the payload is still held), slot by slot.
-        stash_we = replicated(
-            m, take & ~fwd_is_bubble, len(stash_slices) * FANOUT, "stash_we", salt
+        stash_we = replicated_tree(
+            m, seen & ~fwd_is_bubble, len(stash_slices) * FANOUT, "stash_we", salt
         )
         # The read slot, one copy per slice (a stash in LUT RAM: the address reaches every cell).
         slot_r_next = Mux(finish, Mux(slot_r == depth - 1, 0, slot_r + 1), slot_r)
@@ -757,7 +766,7 @@ class Stage(wiring.Component):
                 m.d.sync += [x_ring[j].eq(x_ring[src]), xg_ring[j].eq(xg_ring[src])]
         # dz shifts by the rows that advanced.
         dz_bits = n_out * ef.width
-        dz_load = replicated(m, take, dz_bits, "dz_load", salt)
+        dz_load = replicated_tree(m, seen, dz_bits, "dz_load", salt)
         dz_shift = replicated_tree(m, going_pass_ahead, dz_bits, "dz_shift", salt)
 
         # Next cycle's wrap, for the far-reaching copies: one mux behind registers.
@@ -774,7 +783,7 @@ class Stage(wiring.Component):
                 m.d.sync += dz_sr[o].eq(Mux(dz_wrap[c], hi, lo))
         if sends_error:  # cleared in LOAD; a row's products arrive at["backward"] after its read
             column_bits = N * self._bwd_acc.width
-            clear = replicated(m, take, column_bits, "columns_clear", salt)
+            clear = replicated_tree(m, seen, column_bits, "columns_clear", salt)
             add = replicated(m, valid(at["backward"] - 1), column_bits, "columns_add", salt)
             for j in range(N):
                 c = j * len(clear) // N
@@ -796,12 +805,14 @@ class Stage(wiring.Component):
         # ---- FSM
         with m.FSM(name="stage"):
             with m.State("IDLE"):
-                m.d.comb += self.idle.eq(1)
+                m.d.comb += self.idle.eq(~take)
                 fwd_have = self.fwd_i.valid | (first & (not first_stage))
                 err_have = self.err_i.valid | first
-                with m.If(fwd_have & err_have):
+                # A token's valid holds until it is taken: seen in one cycle, taken in the next.
+                m.d.comb += seen.eq(fwd_have & err_have & ~take)
+                m.d.sync += take.eq(seen)
+                with m.If(take):
                     m.d.comb += [
-                        take.eq(1),
                         self.fwd_i.ready.eq(~first | first_stage),
                         self.err_i.ready.eq(~first),
                     ]
@@ -816,7 +827,6 @@ class Stage(wiring.Component):
                 m.d.sync += [
                     row.eq(0),
                     next_row.eq(1),
-                    more_rows.eq(1 < self.rows),
                     more_after.eq(2 < self.rows),
                     base_col.eq(0),
                     base_row.eq(0),
@@ -832,7 +842,6 @@ class Stage(wiring.Component):
                     kbase.eq(kbase + P),
                     row.eq(row + 1),
                     next_row.eq(next_row + 1),
-                    more_rows.eq(next_row + 1 < self.rows),
                     more_after.eq(next_row + 2 < self.rows),
                     drain.eq(0),
                 ]
@@ -890,15 +899,20 @@ class Stage(wiring.Component):
                 )
                 m.d.sync += c.eq(c + events_sum)
 
-        # ---- memory reads: the row pass, else the debug port
-        rd_addr = Signal(range(max(2, self.rows)))
-        m.d.comb += rd_addr.eq(self.dbg_addr)
-        with m.If(loading):
-            m.d.comb += rd_addr.eq(0)
-        with m.If(pass_on & more_rows):
-            m.d.comb += rd_addr.eq(next_row)
+        # ---- memory reads: the row pass, else the debug port. The address is a register (one
+        # copy per memory), loaded a cycle ahead: row 0 for LOAD after a take, then row 1, then
+        # each next row while rows remain; otherwise the debug address of the cycle before.
+        rd_next = Signal(range(max(2, self.rows)))
+        m.d.comb += rd_next.eq(self.dbg_addr)
+        with m.If(take):
+            m.d.comb += rd_next.eq(0)
+        with m.If(loading & (self.rows > 1)):
+            m.d.comb += rd_next.eq(1)
+        with m.If(pass_on & more_after):
+            m.d.comb += rd_next.eq(next_row + 1)
         ports = [rd_w, rd_v] + ([rd_p] if rd_p is not None else [])
-        m.d.comb += [port.addr.eq(rd_addr) for port in ports]
+        rd_addr = replicated(m, rd_next, len(ports) * FANOUT, "rd_addr", salt)
+        m.d.comb += [port.addr.eq(rd_addr[n]) for n, port in enumerate(ports)]
         if sm_rd is not None:
             m.d.comb += sm_rd.addr.eq(slot_r)
         dbg_row = Signal(self.row_bits, reset_less=True)  # registered: off the RAM's path

@@ -24,8 +24,8 @@ __all__ = ["Network"]
 
 
 #: Cycles from a debug request (dbg_stage, dbg_mem, dbg_addr) to its row on dbg_data: the
-#: memory read, the stage's register and the network's register.
-DEBUG_LATENCY = 3
+#: stage's address register, the memory read, the stage's register and the network's register.
+DEBUG_LATENCY = 4
 
 
 class Network(wiring.Component):
