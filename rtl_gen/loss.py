@@ -200,10 +200,9 @@ class LossUnit(wiring.Component):
             ]
         # The payloads follow their sources while no token waits (the sources are final at
         # the emit, when valid is set), so their enables are registers, replicated.
-        salt = self.fwd_i.payload.as_value()
         err_bits, result_bits = len(err_payload.as_value()), len(result_payload.as_value())
-        err_free = free_enables(m, self.err_o, emit, err_bits, "err_free", salt)
-        result_free = free_enables(m, self.result, emit & ~bubble, result_bits, "result_free", salt)
+        err_free = free_enables(m, self.err_o, emit, err_bits, "err_free")
+        result_free = free_enables(m, self.result, emit & ~bubble, result_bits, "result_free")
         with m.If(err_free[0]):
             m.d.sync += err_payload.bubble.eq(bubble)
         with m.If(result_free[0]):

@@ -269,9 +269,13 @@ class Stage(wiring.Component):
 
     @property
     def counter_lag(self) -> int:
-        """Cycles from a saturation event to its counter (a pipelined sum of the flags)."""
-        flags = max(self._lanes, self._plan.n_in, (self._cols - 1 + self._lanes) // self._cols)
-        return 1 + sum_levels(flags)
+        """Cycles from a saturation event to its counter (a pipelined sum of the flags; the
+        error flags are registered first)."""
+        flags = max(self._lanes, (self._cols - 1 + self._lanes) // self._cols)
+        lag = 1 + sum_levels(flags)
+        if self._error_out is not None:
+            lag = max(lag, 2 + sum_levels(self._plan.n_in))
+        return lag
 
     @property
     def pipeline(self) -> dict[str, int]:
@@ -726,31 +730,31 @@ class Stage(wiring.Component):
         # registers (rtl_gen.multiply.replicated), each reaching at most FANOUT registers.
         # The input vectors and dz load in LOAD, from payloads their producers hold until then;
         # their enables are `seen` two cycles later, through two levels of copies.
-        salt = self.dbg_addr
         ring_bits = 2 * N * xf.width
-        load_en = replicated_tree(m, seen, ring_bits, "ring_load", salt)
+        load_en = replicated_tree(m, seen, ring_bits, "ring_load")
         # The cycle after next is a row-pass cycle: LOAD follows a take, PASS follows LOAD, and
         # PASS goes on while rows remain. The rotate and dz-shift enables reach a whole stage,
         # so they go through two levels of registers.
         going_pass_ahead = Signal()
         m.d.comb += going_pass_ahead.eq(take | (loading & (self.rows > 1)) | (pass_on & more_after))
-        rotate_en = replicated_tree(m, going_pass_ahead, ring_bits, "ring_rotate", salt)
+        rotate_en = replicated_tree(m, going_pass_ahead, ring_bits, "ring_rotate")
         stashed = data.View(
             data.ArrayLayout(shape_of(xf), n_in), Cat(*[rd.data for *_, rd, _ in stash_slices])
         )
         # The stash is written in LOAD (the payload is still held), slot by slot.
-        stash_we = replicated_tree(
-            m, seen & ~fwd_is_bubble, len(stash_slices) * FANOUT, "stash_we", salt
-        )
-        # The read slot, one copy per slice (a stash in LUT RAM: the address reaches every cell).
+        stash_we = replicated_tree(m, seen & ~fwd_is_bubble, len(stash_slices) * FANOUT, "stash_we")
+        # The read and write slots, one copy per slice (a stash in LUT RAM: the address reaches
+        # every cell; the one write slot to all of stage 1's slices was a 13 ns net).
         slot_r_next = Mux(finish, Mux(slot_r == depth - 1, 0, slot_r + 1), slot_r)
         slot_r_copies = replicated(
-            m, slot_r_next, len(stash_slices) * FANOUT, "slot_r", salt, init=1 % depth
+            m, slot_r_next, len(stash_slices) * FANOUT, "slot_r", init=1 % depth
         )
+        slot_w_next = Mux(finish, Mux(slot_w == depth - 1, 0, slot_w + 1), slot_w)
+        slot_w_copies = replicated(m, slot_w_next, len(stash_slices) * FANOUT, "slot_w")
         for n, (lo, hi, rd, wr) in enumerate(stash_slices):
             m.d.comb += [
                 rd.addr.eq(slot_r_copies[n]),
-                wr.addr.eq(slot_w),
+                wr.addr.eq(slot_w_copies[n]),
                 wr.data.eq(self.fwd_i.payload.x.as_value()[lo * xf.width : hi * xf.width]),
                 wr.en.eq(stash_we[n * len(stash_we) // len(stash_slices)]),
             ]
@@ -766,12 +770,12 @@ class Stage(wiring.Component):
                 m.d.sync += [x_ring[j].eq(x_ring[src]), xg_ring[j].eq(xg_ring[src])]
         # dz shifts by the rows that advanced.
         dz_bits = n_out * ef.width
-        dz_load = replicated_tree(m, seen, dz_bits, "dz_load", salt)
-        dz_shift = replicated_tree(m, going_pass_ahead, dz_bits, "dz_shift", salt)
+        dz_load = replicated_tree(m, seen, dz_bits, "dz_load")
+        dz_shift = replicated_tree(m, going_pass_ahead, dz_bits, "dz_shift")
 
         # Next cycle's wrap, for the far-reaching copies: one mux behind registers.
         wrap_next = Mux(loading, wraps(0), Mux(pass_on, wrap_after, wrap))
-        dz_wrap = replicated(m, wrap_next, dz_bits, "dz_wrap", salt)
+        dz_wrap = replicated(m, wrap_next, dz_bits, "dz_wrap")
         for o in range(n_out):
             c = o * len(dz_load) // n_out
             keep = sm_rd.data[o] if self._relu else 1
@@ -783,8 +787,8 @@ class Stage(wiring.Component):
                 m.d.sync += dz_sr[o].eq(Mux(dz_wrap[c], hi, lo))
         if sends_error:  # cleared in LOAD; a row's products arrive at["backward"] after its read
             column_bits = N * self._bwd_acc.width
-            clear = replicated_tree(m, seen, column_bits, "columns_clear", salt)
-            add = replicated(m, valid(at["backward"] - 1), column_bits, "columns_add", salt)
+            clear = replicated_tree(m, seen, column_bits, "columns_clear")
+            add = replicated(m, valid(at["backward"] - 1), column_bits, "columns_add")
             for j in range(N):
                 c = j * len(clear) // N
                 src = (j + P) % N
@@ -795,7 +799,7 @@ class Stage(wiring.Component):
                     m.d.sync += bacc[j].eq(sum(adds, bacc[src]))
         # The forward payload follows z while no token waits (final at the finish).
         fwd_bits = n_out * fm.activation.format.width + 1
-        fwd_free = free_enables(m, self.fwd_o, finish, fwd_bits, "fwd_free", salt)
+        fwd_free = free_enables(m, self.fwd_o, finish, fwd_bits, "fwd_free")
         with m.If(fwd_free[0]):
             m.d.sync += [fwd_payload.bubble.eq(fwd_bubble), fwd_payload.label.eq(label)]
         for o in range(n_out):
@@ -878,15 +882,21 @@ class Stage(wiring.Component):
             # The payload follows the rounded column sums while no token waits (final at the
             # finish, when valid is set), so its enable is a register, replicated.
             err_bits = n_in * len(err_payload.e[0]) + 1
-            err_free = free_enables(m, self.err_o, finish, err_bits, "err_free", salt)
+            err_free = free_enables(m, self.err_o, finish, err_bits, "err_free")
             with m.If(err_free[0]):
                 m.d.sync += err_payload.bubble.eq(err_bubble)
+            # The saturation flags are registered beside their rounders before they are counted
+            # (the column sums sit all over the stage: 11 ns of routing to the events' sum).
+            err_counted = Signal(name="err_counted")
+            m.d.sync += err_counted.eq(finish & ~err_bubble)
             for i in range(n_in):
                 rq = self._rounder(m, f"err{i}", self._bwd_acc, self._error_out, "error", step, i)
                 m.d.comb += rq.i.eq(bacc[(i - shift) % N])
                 with m.If(err_free[i * len(err_free) // n_in]):
                     m.d.sync += err_payload.e[i].eq(rq.o)
-                events["error"].append(finish & ~err_bubble & rq.saturated)
+                sat_i = Signal(name=f"err_sat{i}", reset_less=True)
+                m.d.sync += sat_i.eq(rq.saturated)
+                events["error"].append(err_counted & sat_i)
 
         # Events are counted a few cycles after they happen (a pipelined sum first).
         for role, flags in events.items():
@@ -911,7 +921,7 @@ class Stage(wiring.Component):
         with m.If(pass_on & more_after):
             m.d.comb += rd_next.eq(next_row + 1)
         ports = [rd_w, rd_v] + ([rd_p] if rd_p is not None else [])
-        rd_addr = replicated(m, rd_next, len(ports) * FANOUT, "rd_addr", salt)
+        rd_addr = replicated(m, rd_next, len(ports) * FANOUT, "rd_addr")
         m.d.comb += [port.addr.eq(rd_addr[n]) for n, port in enumerate(ports)]
         if sm_rd is not None:
             m.d.comb += sm_rd.addr.eq(slot_r)

@@ -193,9 +193,7 @@ class Network(wiring.Component):
         ]
         full_next = Mux(full, ~first.ready, self.samples.valid & ~resets["io"])
         io.d.sync += full.eq(full_next)
-        empty = replicated(
-            io, ~full_next, len(held.as_value()), "sample_empty", self.dbg_addr, init=1
-        )
+        empty = replicated(io, ~full_next, len(held.as_value()), "sample_empty", init=1)
         for n, bit in enumerate(held.as_value()):
             with io.If(empty[n * len(empty) // len(held.as_value())]):
                 io.d.sync += bit.eq(self.samples.payload.as_value()[n])

@@ -172,13 +172,12 @@ class _Fanout(wiring.Component):
     """A 1-bit input whose registered copies each enable 16 of 128 registers."""
 
     a: In(1)
-    salt: In(3)
     d: In(8)
     y: Out(128)
 
     def elaborate(self, platform):
         m = Module()
-        copies = replicated(m, self.a, 128, "en", self.salt)
+        copies = replicated(m, self.a, 128, "en")
         regs = Signal(128)
         for k in range(128):
             with m.If(copies[k * len(copies) // 128]):
@@ -196,9 +195,8 @@ def test_replicated_copies_follow_the_value_a_cycle_later():
         return sum(((d >> (k % 8)) & 1) << k for k in range(128))
 
     async def testbench(ctx):
-        for n, (a, d) in enumerate(inputs):
+        for a, d in inputs:
             ctx.set(dut.a, a)
-            ctx.set(dut.salt, n % 8)
             ctx.set(dut.d, d)
             await ctx.tick()
             seen.append(ctx.get(dut.y))
@@ -238,12 +236,11 @@ class _Tree(wiring.Component):
     registers; ``y`` reads every copy."""
 
     a: In(1)
-    salt: In(3)
     y: Out(20)
 
     def elaborate(self, platform):
         m = Module()
-        copies = replicated_tree(m, self.a, 20 * FANOUT, "en", self.salt)
+        copies = replicated_tree(m, self.a, 20 * FANOUT, "en")
         m.d.comb += self.y.eq(Cat(*copies))
         return m
 
@@ -254,9 +251,8 @@ def test_replicated_tree_copies_follow_the_value_two_cycles_later():
     seen = []
 
     async def testbench(ctx):
-        for n, a in enumerate(inputs):
+        for a in inputs:
             ctx.set(dut.a, a)
-            ctx.set(dut.salt, n % 8)
             await ctx.tick()
             seen.append(ctx.get(dut.y))
 
