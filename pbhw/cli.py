@@ -59,6 +59,13 @@ simulator_option = click.option(
     show_default=True,
     help="RTL simulator for the bit-exact check.",
 )
+pnr_seed_option = click.option(
+    "--pnr-seed",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="nextpnr placement seed (default: nextpnr's own); the routed Fmax of a large design "
+    "varies by several MHz between seeds.",
+)
 
 
 class _Commands(click.Group):
@@ -362,13 +369,7 @@ def verify(
     metavar="MINUTES",
     help="Stop place and route after this long (then: Yosys counts, no Fmax).",
 )
-@click.option(
-    "--pnr-seed",
-    type=click.IntRange(min=1),
-    metavar="N",
-    help="nextpnr placement seed (default: nextpnr's own); the routed Fmax of a large design "
-    "varies by several MHz between seeds.",
-)
+@pnr_seed_option
 @set_option
 @click.option("--json", "json_out", metavar="OUT", help="Write the estimate as JSON.")
 @user_errors
@@ -449,6 +450,7 @@ def estimate(
     metavar="MINUTES",
     help="Stop place and route after this long (the report then has Yosys counts, no Fmax).",
 )
+@pnr_seed_option
 @set_option
 @user_errors
 def flow(
@@ -457,6 +459,7 @@ def flow(
     verify_samples: int,
     simulator: str,
     pnr_timeout: float,
+    pnr_seed: int | None,
     sets: tuple[str, ...],
 ) -> None:
     """The main job: train (fixed point vs float SGD), generate, verify, estimate, report.
@@ -477,6 +480,7 @@ def flow(
             simulator=simulator,
             progress=lambda m: click.echo(m, err=True),
             pnr_timeout=60 * pnr_timeout,
+            pnr_seed=pnr_seed,
         )
     except (ToolError, SimToolError) as e:
         raise UserError(str(e)) from None

@@ -97,8 +97,10 @@ def run_flow(
     simulator: str = "verilator",
     progress: Progress | None = None,
     pnr_timeout: float | None = None,
+    pnr_seed: int | None = None,
 ) -> dict[str, Any]:
-    """Run every step; returns the numbers the report shows."""
+    """Run every step; returns the numbers the report shows. ``pnr_seed`` is nextpnr's
+    placement seed (None: nextpnr's own), which the report names."""
     from pbhw.estimate import estimate
     from pbhw.report import render_flow_report
     from pbhw.train import train
@@ -138,7 +140,9 @@ def run_flow(
     say(f"4/5 synthesis and place-and-route for {config.hardware.device} ...")
     est = timed(
         "estimate",
-        lambda: estimate(config, progress=lambda m: say(f"    {m}"), pnr_timeout=pnr_timeout),
+        lambda: estimate(
+            config, progress=lambda m: say(f"    {m}"), pnr_timeout=pnr_timeout, seed=pnr_seed
+        ),
     )
     _write_json(out_dir / "estimate.json", est.to_json())
     fmax = "no Fmax" if est.fmax_mhz is None else f"Fmax {est.fmax_mhz:.1f} MHz"
@@ -154,6 +158,7 @@ def run_flow(
         "manifest": manifest,
         "verify": checked.to_json(),
         "estimate": est.to_json(),
+        "pnr_seed": pnr_seed,
         "timings": timings,
     }
     (out_dir / "report.md").write_text(render_flow_report(summary))

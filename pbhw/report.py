@@ -264,6 +264,12 @@ def render_flow_report(s: Mapping[str, Any]) -> str:
                 " (post-placement estimate: routing stopped, see Resources)"
                 if any("post-placement" in n for n in e.get("notes", []))
                 else ""
+            )
+            + (
+                " at nextpnr's own placement seed (it varies by several MHz between seeds: "
+                "`--pnr-seed`)"
+                if s.get("pnr_seed") is None
+                else f" at nextpnr placement seed {s['pnr_seed']}"
             ),
         ),
         (

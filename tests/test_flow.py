@@ -47,6 +47,8 @@ def test_flow_trains_generates_verifies_estimates_and_reports(tmp_path):
         str(out),
         "--verify-samples",
         "8",
+        "--pnr-seed",
+        "3",
     ]
     for s in tiny_sets(tmp_path):
         args += ["--set", s]
@@ -70,8 +72,18 @@ def test_flow_trains_generates_verifies_estimates_and_reports(tmp_path):
     assert estimate["dsp_used"] == json.loads((out / "rtl/manifest.json").read_text())["dsp_blocks"]
     report = (out / "report.md").read_text()
     assert "**bit-exact**" in report and "Fmax (place and route)" in report
+    assert " MHz at nextpnr placement seed 3 |" in report and "nextpnr seed 3" in estimate["notes"]
     assert "![training curves](training.png)" in report
     assert (
         f"{100 * json.loads((out / 'train_fixed.json').read_text())['test_accuracy']:.2f} %"
         in report
     )
+
+
+@pytest.mark.parametrize("seed", ["0", "-2", "two"])
+def test_flow_refuses_a_bad_placement_seed_before_any_work(tmp_path, seed):
+    out = tmp_path / "flow"
+    args = ["flow", str(ROOT / "examples" / "mlp_digits.toml"), "-o", str(out), "--pnr-seed", seed]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "--pnr-seed" in result.output, result.output
+    assert not out.exists()
