@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.pbhw-installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean clean-sim
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
@@ -26,3 +26,8 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+# Simulator builds are keyed by content hash, so every RTL change leaves its old builds
+# behind (several GB over a few weeks); the next test run rebuilds what it needs.
+clean-sim:
+	rm -rf sim_build
