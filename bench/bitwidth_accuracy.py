@@ -1,7 +1,7 @@
 """Test accuracy of PB+LWP+SC in fixed point against bit width, nearest vs stochastic rounding.
 
 For each dataset and seed, every fixed-point point (width x update rounding) trains in ONE
-vectorised run (`pbhw.train.train_many`), beside float SGD (batch 1) and float PB+LWP+SC.
+vectorised run (`pbhw.tools.train.train_many`), beside float SGD (batch 1) and float PB+LWP+SC.
 
 Formats at width B (weights, activations, errors share B; fractional splits fixed below):
   weight s{B}.{B-3} (range +-4), activation s{B}.{B-5} (+-16), error s{B}.{B-3} (+-4),
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from pbhw.config import from_dict
-from pbhw.datasets import load
-from pbhw.train import train, train_many
+from pbhw.core.config import from_dict
+from pbhw.core.datasets import load
+from pbhw.tools.train import train, train_many
 
 ROOT = Path(__file__).resolve().parents[1]
 NETWORKS = {"digits": [64, 32, 32, 10], "mnist1d": [40, 64, 64, 10]}

@@ -3,12 +3,12 @@
 Generates a set of designs that vary what the model is linear in (lanes, widths, depth,
 prediction form, stochastic rounding), synthesises each with ``synth_ecp5`` (Yosys counts only:
 place and route of the bigger ones takes tens of minutes and does not change LUT/FF/DSP much),
-fits :data:`pbhw.estimate.CALIBRATION` by least squares, and writes per design the synthesised
+fits :data:`pbhw.tools.estimate.CALIBRATION` by least squares, and writes per design the synthesised
 and analytic numbers and their relative error to ``bench/results/estimate_calibration.json``.
 ``tests/test_estimate.py`` checks the shipped calibration against that file.
 
 Usage: ``.venv/bin/python bench/estimate_calibration.py [--fit]`` (``--fit`` prints the fitted
-table to paste into ``pbhw/estimate.py``; without it the shipped table is evaluated).
+table to paste into ``pbhw/tools/estimate.py``; without it the shipped table is evaluated).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from pbhw.config import load
-from pbhw.devices import count_cells, load_device
-from pbhw.estimate import CALIBRATION, Estimate, _judge, fast_estimate, fit_calibration
+from pbhw.core.config import load
+from pbhw.core.devices import count_cells, load_device
+from pbhw.tools.estimate import CALIBRATION, Estimate, _judge, fast_estimate, fit_calibration
 from rtl_gen.design import build_design
 from rtl_gen.generate import manifest_of, top_name, verilog_text
 
@@ -124,7 +124,7 @@ def main() -> None:
         )
         print(json.dumps(fitted, indent=2))
         table = {**CALIBRATION, **fitted}
-    import pbhw.estimate as est
+    import pbhw.tools.estimate as est
 
     saved = est.CALIBRATION
     est.CALIBRATION = table

@@ -2,10 +2,10 @@
 
 Measures, in one run, on the default example (``examples/mlp_digits.toml``, digits):
 
-1. ``pbhw train --arith fixed`` samples/s (in-process :func:`pbhw.train.train`) against the naive
-   per-sample torch autograd float loop of ``bench/train_throughput.py``;
+1. ``pbhw train --arith fixed`` samples/s (in-process :func:`pbhw.tools.train.train`) against the
+   naive per-sample torch autograd float loop of ``bench/train_throughput.py``;
 2. a bit-width sweep of 16 configs (weight/activation/error widths 8..16 x nearest/stochastic
-   update rounding) trained in ONE vectorised run (:func:`pbhw.train.train_many`) against the
+   update rounding) trained in ONE vectorised run (:func:`pbhw.tools.train.train_many`) against the
    same 16 configs trained one after another: aggregate config-samples/s of each.
 
 Writes ``--out`` (JSON) and prints a summary.
@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bitwidth_accuracy import formats  # noqa: E402
 from train_throughput import torch_samples_per_second  # noqa: E402
 
-from pbhw.config import load  # noqa: E402
-from pbhw.datasets import load as load_dataset  # noqa: E402
-from pbhw.train import train, train_many  # noqa: E402
+from pbhw.core.config import load  # noqa: E402
+from pbhw.core.datasets import load as load_dataset  # noqa: E402
+from pbhw.tools.train import train, train_many  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "examples" / "mlp_digits.toml"

@@ -2,7 +2,7 @@
 
 A registered MAC (registered inputs ``a``, ``b``; ``acc <= acc + a*b``; registered output) is the
 fastest thing a DSP datapath can clock at; the ratio design Fmax / MAC Fmax says how much of that
-the generated training pipeline keeps. Both are placed and routed with :func:`pbhw.estimate.
+the generated training pipeline keeps. Both are placed and routed with :func:`pbhw.tools.estimate.
 synthesize` (Yosys + nextpnr) on ``--device`` (default ecp5-85k).
 
     .venv/bin/python bench/fmax_ratio.py                    # MAC 16x16 + 40-bit acc, and design
@@ -35,8 +35,8 @@ from amaranth.lib.wiring import In, Out
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from pbhw.devices import load_device  # noqa: E402
-from pbhw.estimate import ToolError, synthesize  # noqa: E402
+from pbhw.core.devices import load_device  # noqa: E402
+from pbhw.tools.estimate import ToolError, synthesize  # noqa: E402
 from rtl_gen.multiply import hard_product  # noqa: E402
 
 CONFIG = ROOT / "examples" / "mlp_digits.toml"
@@ -88,7 +88,7 @@ def design_verilog(config_path: Path) -> tuple[str, str]:
         from rtl_gen.generate import verilog_text
     except ImportError as e:
         raise RuntimeError(f"the generator is not available ({e}); run with --mac-only") from None
-    from pbhw.config import load
+    from pbhw.core.config import load
 
     config = load(config_path)
     from rtl_gen.generate import top_name

@@ -113,9 +113,9 @@ def run_point(point: Point) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)  # one core per worker: the pool supplies the parallelism
-    from pbhw.config import load
-    from pbhw.datasets import load as load_dataset
-    from pbhw.train import TrainingDiverged, train
+    from pbhw.core.config import load
+    from pbhw.core.datasets import load as load_dataset
+    from pbhw.tools.train import TrainingDiverged, train
 
     config = load(ROOT / BENCHES[point.dataset].config, point.sets)
     data = load_dataset(config.train.dataset)

@@ -21,8 +21,8 @@ import argparse
 import json
 from pathlib import Path
 
-from pbhw.config import load
-from pbhw.verify import verify
+from pbhw.core.config import load
+from pbhw.tools.verify import verify
 from rtl_gen.design import build_design
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ Both train the default example's network (``examples/mlp_digits.toml``) on ``dig
 same number of samples, in float64, at batch size 1 with the batch-1 learning rate and momentum
 pbhw derives from the config:
 
-* pbhw: :func:`pbhw.train.train` in-process (PB + LWP + SC, as configured); its
+* pbhw: :func:`pbhw.tools.train.train` in-process (PB + LWP + SC, as configured); its
   ``samples_per_second`` counts training steps only (no test evaluation, no data loading);
 * torch: ``nn.Sequential`` of ``Linear`` + ``ReLU``, MSE (``0.5 * ||y - onehot||^2``) on one-hot
   targets, ``torch.optim.SGD(lr, momentum)``, ``zero_grad``/``backward``/``step`` per sample,
@@ -28,11 +28,11 @@ from typing import Any
 
 import torch
 
-from pbhw.config import load
-from pbhw.datasets import Dataset
-from pbhw.datasets import load as load_dataset
-from pbhw.plan import derive_plan
-from pbhw.train import train
+from pbhw.core.config import load
+from pbhw.core.datasets import Dataset
+from pbhw.core.datasets import load as load_dataset
+from pbhw.core.plan import derive_plan
+from pbhw.tools.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "examples/mlp_digits.toml"

@@ -20,51 +20,22 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pbhw.config import ConfigError, Loss, RoleFormat, WeightPrediction
-from pbhw.fixed import (
+from pbhw.core.config import ConfigError, Loss, RoleFormat, WeightPrediction
+from pbhw.core.constants import EVAL_STEP, EXP2_TABLE, LOG2E_Q16, stream_id
+from pbhw.core.fixed import (
     THREEFRY_ROUNDS,
-    FixedFormat,
     Overflow,
     Rounding,
     StochasticKey,
     quantize,
 )
-from pbhw.plan import Plan, StagePlan
+from pbhw.core.plan import Plan, StagePlan
+from pbhw.core.weights import weight_codes
 
-__all__ = [
-    "EXP2_TABLE",
-    "FixedArithmetic",
-    "FixedState",
-    "LOG2E_Q16",
-    "ROLE_NUMBERS",
-    "EVAL_STEP",
-    "stream_id",
-]
+__all__ = ["FixedArithmetic", "FixedState"]
 
-#: Role numbers of the stochastic-rounding streams: ``stream = 16 * stage + role``.
-ROLE_NUMBERS = {
-    "input": 0,
-    "activation": 1,
-    "error": 2,
-    "gradient": 3,
-    "velocity": 4,
-    "weight": 5,
-    "prediction": 6,
-    "loss": 7,
-}
-#: Step number of the random words used outside the pipeline (evaluation).
-EVAL_STEP = 2**32 - 1
-#: softmax unit: log2(e) with 16 fractional bits, and the 2^(j/256) table with 15.
-LOG2E_Q16 = round(math.log2(math.e) * 2**16)
-EXP2_TABLE = quantize(
-    [2.0 ** (j / 256) * 2**15 for j in range(256)], FixedFormat(18, 0), Rounding.HALF_EVEN
-).numpy()
 _ACC_LIMIT = 62  # bits of a signed accumulator the model (and int64) can hold
 _FLOAT_EXACT = 53  # bits below which a float64 matrix product of integers is exact
-
-
-def stream_id(stage: int, role: str) -> int:
-    return 16 * stage + ROLE_NUMBERS[role]
 
 
 class _Rounder:
@@ -421,18 +392,7 @@ class FixedArithmetic:
     def init_state(self, stage: StagePlan, w: torch.Tensor, b: torch.Tensor | None) -> FixedState:
         """Initial codes for every config: the float weights (bias as the last column) quantized
         half-even with saturation to its weight format. These are the memory init contents."""
-        w_aug = w if b is None else torch.cat([w, b[:, None]], 1)
-        codes = np.stack(
-            [
-                quantize(
-                    w_aug,
-                    p.stages[stage.index - 1].formats.weight.format,
-                    Rounding.HALF_EVEN,
-                    Overflow.SATURATE,
-                ).numpy()
-                for p in self.plans
-            ]
-        )
+        codes = np.stack([weight_codes(p.stages[stage.index - 1], w, b) for p in self.plans])
         state = FixedState(codes, np.zeros_like(codes))
         if self.prediction is WeightPrediction.WEIGHT_DIFFERENCE:
             state.w_prev = codes
@@ -611,7 +571,7 @@ _PARITY = 0x1BD11BDA
 
 def threefry_words(seed: int, stream: int, step: int, index: np.ndarray) -> np.ndarray:
     """First Threefry-2x32-13 output word for key ``(seed, stream)`` and counter
-    ``(step, index)``, as int64: the numpy twin of :func:`pbhw.fixed.threefry2x32` in native
+    ``(step, index)``, as int64: the numpy twin of :func:`pbhw.core.fixed.threefry2x32` in native
     uint32 arithmetic (wrapping is the mod 2^32 the algorithm wants); tests check they agree."""
     u32 = np.uint32
     ks = (u32(seed), u32(stream), u32(seed ^ stream ^ _PARITY))

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from pbhw.config import Loss, WeightPrediction
-from pbhw.plan import StagePlan
+from pbhw.core.config import Loss, WeightPrediction
+from pbhw.core.plan import StagePlan
 
 __all__ = [
     "FloatArithmetic",

@@ -28,26 +28,11 @@ from typing import Any
 
 import torch
 
-from pbhw.config import Algorithm
-from pbhw.plan import Plan, StagePlan
+from pbhw.core.config import Algorithm
+from pbhw.core.plan import Plan, StagePlan
+from pbhw.core.weights import initial_weights
 
-__all__ = ["Pipeline", "Stage", "StageStep", "StepRecord", "Completion", "initial_weights"]
-
-
-def initial_weights(
-    plan: Plan, seed: int | None = None
-) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-    """Float64 initial weights from the seed: uniform He init (gain sqrt(2)) before a ReLU,
-    gain 1 for the last layer; biases zero."""
-    gen = torch.Generator().manual_seed(plan.config.seed if seed is None else seed)
-    out = []
-    for st in plan.stages:
-        gain = 2.0**0.5 if st.relu else 1.0
-        bound = gain * (3.0 / st.n_in) ** 0.5
-        w = (torch.rand(st.n_out, st.n_in, generator=gen, dtype=torch.float64) * 2 - 1) * bound
-        b = torch.zeros(st.n_out, dtype=torch.float64) if plan.config.network.bias else None
-        out.append((w, b))
-    return out
+__all__ = ["Pipeline", "Stage", "StageStep", "StepRecord", "Completion"]
 
 
 @dataclass

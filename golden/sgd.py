@@ -18,7 +18,7 @@ from golden.float_arith import (
     momentum_update,
     with_bias_input,
 )
-from pbhw.plan import Plan
+from pbhw.core.plan import Plan
 
 __all__ = ["SGDReference"]
 

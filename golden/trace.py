@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from golden.fixed_arith import FixedArithmetic
-from golden.pipeline import Pipeline, initial_weights
-from pbhw.plan import Plan
+from golden.pipeline import Pipeline
+from pbhw.core.plan import Plan
+from pbhw.core.weights import initial_weights
 
 __all__ = ["StageEvent", "Trace", "run_trace"]
 

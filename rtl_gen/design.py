@@ -6,10 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from golden.fixed_arith import FixedArithmetic
-from golden.pipeline import initial_weights
-from pbhw.config import Algorithm, Arith, Config, ConfigError, from_dict
-from pbhw.plan import Plan, derive_plan
+from pbhw.core.config import Algorithm, Arith, Config, ConfigError, from_dict
+from pbhw.core.plan import Plan, derive_plan
+from pbhw.core.weights import initial_codes
 from rtl_gen.top import Network
 
 __all__ = ["Design", "build_design", "fixed_plan"]
@@ -50,16 +49,6 @@ def fixed_plan(config: Config) -> Plan:
     return derive_plan(config)
 
 
-def initial_codes(plan: Plan) -> list[np.ndarray]:
-    """The weight memories' init contents: the seed's weights, quantized as the golden model
-    quantizes them (``[N_out, N_in (+1)]`` per stage)."""
-    arith = FixedArithmetic(plan)
-    return [
-        arith.init_state(st, w, b).w[0].copy()
-        for st, (w, b) in zip(plan.stages, initial_weights(plan), strict=True)
-    ]
-
-
 def build_design(
     config: Config, lanes: tuple[int, ...] | None = None, *, primitives: bool = True
 ) -> Design:
@@ -84,7 +73,7 @@ def build_design(
                 f"config key 'hardware.lanes' gives stage {st.index} {n} lanes, more than its "
                 f"{st.n_out * c} weights"
             )
-    from pbhw.devices import load_device
+    from pbhw.core.devices import load_device
 
     device = load_device(config.hardware.device)
     init = initial_codes(plan)

@@ -18,9 +18,10 @@ from typing import Any
 
 from amaranth.back import verilog
 
-from pbhw.config import Config, ConfigError
+from pbhw.core.config import Config, ConfigError
 from rtl_gen.design import Design, build_design
 from rtl_gen.lanes import lane_products
+from rtl_gen.resources import models_for
 from rtl_gen.stage import COUNTER_BITS, OVERHEAD, Stage
 
 __all__ = ["Generated", "config_hash", "generate", "manifest_of", "top_name", "verilog_text"]
@@ -66,8 +67,7 @@ def _multiplier_shapes(design: Design, stage: Stage) -> list[dict[str, int]]:
 
 def manifest_of(design: Design, *, top: str, files: dict[str, str]) -> dict[str, Any]:
     """The manifest: everything a tool needs to know about the generated design."""
-    from pbhw.devices import load_device
-    from pbhw.estimate import dsp_count
+    from pbhw.core.devices import dsp_count, load_device
 
     cfg, net = design.config, design.network
     device = load_device(cfg.hardware.device)
@@ -202,8 +202,6 @@ def generate(config: Config, out_dir: Path, *, force: bool = False) -> Generated
         files["verilog"]: text,
         files["sdc"]: _sdc(name, config.hardware.clock_mhz),
     }
-    from pbhw.toolchain import models_for
-
     for model in models_for(text):  # instantiated primitives: a simulation needs their models
         fname = f"sim_{model.name}"
         contents[fname] = model.read_text()

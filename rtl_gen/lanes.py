@@ -5,15 +5,15 @@ throughput. :func:`auto_lanes` finds the shortest step ``T`` for which the lanes
 ``P_l = ceil(weights_l / T)`` fit :data:`AUTO_DSP_SHARE` of the device's hard multipliers,
 counting for every lane the blocks its multipliers need (:func:`lane_products`: the pieces
 :mod:`rtl_gen.multiply` cuts the products into, each counted by
-:func:`pbhw.estimate.dsp_count`).
+:func:`pbhw.core.devices.dsp_count`).
 """
 
 from __future__ import annotations
 
 import math
 
-from pbhw.config import WeightPrediction
-from pbhw.plan import Plan, StagePlan
+from pbhw.core.config import WeightPrediction
+from pbhw.core.plan import Plan, StagePlan
 from rtl_gen.multiply import product_shapes
 
 __all__ = ["AUTO_DSP_SHARE", "auto_budget", "auto_lanes", "lane_dsp_cost", "lane_products"]
@@ -39,7 +39,7 @@ def lane_products(plan: Plan, stage: StagePlan, device=None) -> list[tuple[str, 
     as :func:`rtl_gen.multiply.pipelined_product` cuts it for the device's multiplier
     (``device``, by default the config's): operand widths are those of the signed operands the
     hardware multiplies, and a constant's power-of-two and zero slices need no piece."""
-    from pbhw.devices import load_device
+    from pbhw.core.devices import load_device
 
     if device is None:
         device = load_device(plan.config.hardware.device)
@@ -81,21 +81,21 @@ def lane_products(plan: Plan, stage: StagePlan, device=None) -> list[tuple[str, 
 
 def lane_dsp_cost(plan: Plan, stage: StagePlan, device) -> int:
     """Hard multiplier blocks of one lane of ``stage`` on ``device``."""
-    from pbhw.estimate import dsp_count
+    from pbhw.core.devices import dsp_count
 
     return sum(dsp_count(a, b, device) for _, a, b in lane_products(plan, stage, device))
 
 
 def auto_lanes(plan: Plan, device=None) -> tuple[int, ...]:
-    """Lanes per stage for the config's device (or ``device``, a :class:`pbhw.devices.Device`).
+    """Lanes per stage for the config's device (or ``device``, a :class:`pbhw.core.devices.Device`).
 
     Raises
     ------
     ConfigError
         If even one lane per stage needs more multiplier blocks than the device has.
     """
-    from pbhw.config import ConfigError
-    from pbhw.devices import load_device
+    from pbhw.core.config import ConfigError
+    from pbhw.core.devices import load_device
 
     if device is None:
         device = load_device(plan.config.hardware.device)

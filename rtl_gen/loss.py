@@ -17,9 +17,9 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from golden.fixed_arith import EXP2_TABLE, LOG2E_Q16, stream_id
-from pbhw.config import Loss, RoleFormat
-from pbhw.fixed import FixedFormat, Rounding
+from pbhw.core.config import Loss, RoleFormat
+from pbhw.core.constants import EXP2_TABLE, LOG2E_Q16, stream_id
+from pbhw.core.fixed import FixedFormat, Rounding
 from rtl_gen.multiply import LATENCY as PRODUCT_LATENCY
 from rtl_gen.multiply import Delays, free_enables, pipelined_product, pipelined_sum, sum_levels
 from rtl_gen.requantizer import Requantizer, shape_of, span_width

@@ -16,23 +16,23 @@ On a device whose file names a ``[multiplier] primitive`` (ECP5: ``MULT18X18D``)
 is an instance of it (:func:`hard_product`) with its input and output registers enabled, in the
 places of the operand and piece registers: same cycles, same results, but the wires to and from
 the hard multiplier end in its own registers. Yosys packs no fabric registers into an ECP5
-multiplier, and nextpnr placed them far from it. Simulations add the model in :data:`MODELS`
-(``pbhw.toolchain.models_for``); ``amaranth.sim`` cannot simulate an instance, so the designs it
-runs leave products to synthesis (``build_design(primitives=False)``).
+multiplier, and nextpnr placed them far from it. Simulations add the model in
+:data:`rtl_gen.resources.MODELS` (:func:`rtl_gen.resources.models_for`); ``amaranth.sim``
+cannot simulate an instance, so the designs it runs leave products to synthesis
+(``build_design(primitives=False)``).
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Mux, Signal, Value, signed
+
+from pbhw.core.devices import PRIMITIVES
 
 __all__ = [
     "FANOUT",
     "LATENCY",
-    "MODELS",
-    "PRIMITIVES",
     "SUM_FAN_IN",
     "Delays",
     "as_signed",
@@ -55,13 +55,6 @@ SUM_FAN_IN = 4
 #: Cycles from the operands to a pipelined product: operand, piece, piece again (in the fabric,
 #: between a hard multiplier and its sum), sum.
 LATENCY = 4
-
-#: Hard multipliers :func:`pipelined_product` can instantiate (a device file's
-#: ``[multiplier] primitive``), each with a simulation model ``MODELS / f"{name}.v"``.
-PRIMITIVES = ("MULT18X18D",)
-
-#: Directory of the primitives' simulation models.
-MODELS = Path(__file__).parent / "models"
 
 
 class Delays:
@@ -299,7 +292,7 @@ def pipelined_product(
     piece is an instance of that hard multiplier whose own input and output registers take the
     places of the operand and piece registers, so that no fabric register sits between the
     operand's source and the multiplier, or between the multiplier and its sum; a simulation
-    needs the model in :data:`MODELS`."""
+    needs the model in :data:`rtl_gen.resources.MODELS`."""
     if primitive is not None:
         if primitive not in PRIMITIVES:
             raise ValueError(f"Unknown multiplier primitive {primitive!r}; known: {PRIMITIVES}")

@@ -1,6 +1,6 @@
 """Combinational requantizer: shift, round and saturate or wrap one fixed-point code.
 
-The block computes, bit for bit, :func:`pbhw.fixed.requantize` of one code: the exact value
+The block computes, bit for bit, :func:`pbhw.core.fixed.requantize` of one code: the exact value
 ``i * 2**-src.frac`` becomes a code of ``dst`` with the given rounding and overflow modes.
 ``docs/numerics_random.md`` specifies the stochastic rounding rule that the comparator implements.
 """
@@ -9,7 +9,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed, unsigne
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from pbhw.fixed import FixedFormat, Overflow, Rounding, as_overflow, as_rounding
+from pbhw.core.fixed import FixedFormat, Overflow, Rounding, as_overflow, as_rounding
 
 __all__ = ["Requantizer", "shape_of", "span_width"]
 

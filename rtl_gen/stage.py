@@ -34,10 +34,10 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from golden.fixed_arith import stream_id
-from pbhw.config import RoleFormat, WeightPrediction
-from pbhw.fixed import FixedFormat, Rounding
-from pbhw.plan import StagePlan
+from pbhw.core.config import RoleFormat, WeightPrediction
+from pbhw.core.constants import stream_id
+from pbhw.core.fixed import FixedFormat, Rounding
+from pbhw.core.plan import StagePlan
 from rtl_gen.multiply import (
     FANOUT,
     Delays,

@@ -3,7 +3,7 @@
 The random word of an element for stochastic rounding is ``x0`` of
 ``threefry2x32(k0=seed, k1=stream, c0=step, c1=index)`` (``docs/numerics_random.md``); this block
 computes it with 32-bit additions, constant rotations and exclusive-ors, matching
-:func:`pbhw.fixed.threefry2x32` bit for bit. Pipelined, it registers the state after every
+:func:`pbhw.core.fixed.threefry2x32` bit for bit. Pipelined, it registers the state after every
 :data:`ROUNDS_PER_STAGE` rounds (one 32-bit addition chain per round) and takes a new counter
 every cycle.
 """
@@ -12,7 +12,7 @@ from amaranth.hdl import Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from pbhw.fixed import THREEFRY_ROUNDS
+from pbhw.core.fixed import THREEFRY_ROUNDS
 
 __all__ = ["ROUNDS_PER_STAGE", "Threefry2x32", "pipelined_latency"]
 
@@ -33,7 +33,7 @@ class Threefry2x32(wiring.Component):
     Parameters
     ----------
     rounds : int
-        Number of rounds, :data:`pbhw.fixed.THREEFRY_ROUNDS` by default.
+        Number of rounds, :data:`pbhw.core.fixed.THREEFRY_ROUNDS` by default.
     pipelined : bool
         Register the state after every :data:`ROUNDS_PER_STAGE` rounds: ``x0`` then follows
         ``c0, c1`` after :attr:`latency` cycles. The key words must then be held constant (the

@@ -22,8 +22,8 @@ from amaranth.hdl import Const, Module, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from pbhw.config import Formats, RoleFormat, WeightPrediction
-from pbhw.fixed import FixedFormat, Rounding
+from pbhw.core.config import Formats, RoleFormat, WeightPrediction
+from pbhw.core.fixed import FixedFormat, Rounding
 from rtl_gen.multiply import LATENCY, Delays, pipelined_product
 from rtl_gen.requantizer import Requantizer, shape_of, span_width
 
@@ -141,7 +141,7 @@ class UpdateUnit(wiring.Component):
         registers (one of :data:`rtl_gen.multiply.PRIMITIVES`); by default synthesis maps them.
 
     With ``formats.coefficient_shift`` the constants (powers of two, and ``1 - 2**-k`` for the
-    momentum, as :mod:`pbhw.plan` quantizes them under the ``shift`` option) are applied with
+    momentum, as :mod:`pbhw.core.plan` quantizes them under the ``shift`` option) are applied with
     shifts and at most one adder each: the block then has no multiplier by a constant.
 
     Attributes

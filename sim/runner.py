@@ -24,7 +24,14 @@ from pathlib import Path
 
 import pytest
 
-from pbhw.toolchain import SIMULATORS, SimBuild, ToolError, sim_build, sim_test, simulator_tool
+from pbhw.tools.toolchain import (
+    SIMULATORS,
+    SimBuild,
+    ToolError,
+    sim_build,
+    sim_test,
+    simulator_tool,
+)
 from sim.codes import Field
 
 __all__ = ["simulator", "build_or_skip", "run_stream"]
@@ -47,7 +54,7 @@ def simulator() -> str:
 def build_or_skip(
     verilog: str, top: str, *, sim: str | None = None, build_args: Sequence[str] = ()
 ) -> SimBuild:
-    """:func:`pbhw.toolchain.sim_build` for ``sim`` (default :func:`simulator`), skipping the
+    """:func:`pbhw.tools.toolchain.sim_build` for ``sim`` (default :func:`simulator`), skipping the
     calling test when that simulator is not installed."""
     sim = simulator() if sim is None else sim
     try:

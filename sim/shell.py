@@ -3,7 +3,8 @@
 The shell's input stream carries all the block's inputs as one struct payload and its output
 stream all the block's outputs; one register stage with back-pressure (the pipeline of Amaranth's
 ``docs/stdlib/stream.rst``) sits between them. A testbench then needs only
-:class:`sim.streams.StreamDriver` and :class:`sim.streams.StreamMonitor`, and every unit test runs
+:class:`pbhw.tools.testbench.streams.StreamDriver` and
+:class:`pbhw.tools.testbench.streams.StreamMonitor`, and every unit test runs
 with idle cycles and back-pressure.
 """
 

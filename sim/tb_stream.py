@@ -19,8 +19,8 @@ from pathlib import Path
 
 import cocotb
 
+from pbhw.tools.testbench.streams import StreamDriver, StreamMonitor, start_clock_and_reset
 from sim.codes import Field, unpack_fields
-from sim.streams import StreamDriver, StreamMonitor, start_clock_and_reset
 
 
 @cocotb.test()

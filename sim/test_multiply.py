@@ -14,8 +14,10 @@ from amaranth.hdl import Module, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from pbhw.toolchain import models_for, verilog_of
-from rtl_gen.multiply import LATENCY, PRIMITIVES, pipelined_product
+from pbhw.core.devices import PRIMITIVES
+from pbhw.tools.toolchain import verilog_of
+from rtl_gen.multiply import LATENCY, pipelined_product
+from rtl_gen.resources import models_for
 from sim.codes import fields_of, pack_fields, unpack_fields
 from sim.runner import build_or_skip, run_stream
 

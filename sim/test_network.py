@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pbhw.config import load
-from pbhw.toolchain import ToolError, simulator_tool
-from pbhw.verify import verify
+from pbhw.core.config import load
+from pbhw.tools.toolchain import ToolError, simulator_tool
+from pbhw.tools.verify import verify
 from sim.runner import simulator
 
 ROOT = Path(__file__).resolve().parents[1]

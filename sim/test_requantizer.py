@@ -1,4 +1,4 @@
-"""Requantizer in Verilog against pbhw.fixed.requantize: every rounding and overflow mode.
+"""Requantizer in Verilog against pbhw.core.fixed.requantize: every rounding and overflow mode.
 
 One design holds a requantizer per (format pair, rounding, overflow), so one build covers them
 all; each format pair sees every code of its source (random codes for the wide one) with random
@@ -14,8 +14,8 @@ from amaranth.hdl import Module, Shape, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from pbhw.fixed import FixedFormat, Overflow, Rounding, overflow_to, requantize, shift_round
-from pbhw.toolchain import SIMULATORS, verilog_of
+from pbhw.core.fixed import FixedFormat, Overflow, Rounding, overflow_to, requantize, shift_round
+from pbhw.tools.toolchain import SIMULATORS, verilog_of
 from rtl_gen.requantizer import Requantizer
 from sim.codes import fields_of, pack_fields
 from sim.runner import build_or_skip, run_stream
@@ -99,7 +99,7 @@ def stimulus(src: FixedFormat, dst: FixedFormat, rng: random.Random) -> list[tup
 
 
 def expected(src, dst, codes, words):
-    """(codes, saturated) of each mode, from pbhw.fixed."""
+    """(codes, saturated) of each mode, from pbhw.core.fixed."""
     result = {}
     for rounding, overflow in MODES:
         shift = src.frac - dst.frac

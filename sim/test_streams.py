@@ -9,7 +9,7 @@ from amaranth.hdl import Module, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from pbhw.toolchain import verilog_of
+from pbhw.tools.toolchain import verilog_of
 from sim.codes import fields_of, pack, pack_fields
 from sim.runner import build_or_skip, run_stream
 from sim.shell import StreamShell

@@ -15,8 +15,9 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from test_rtl_update import SEED, STEP, K, codes_of, golden, make_plan, make_unit, role
 
-from golden.fixed_arith import stream_id, threefry_words
-from pbhw.toolchain import SIMULATORS, verilog_of
+from golden.fixed_arith import threefry_words
+from pbhw.core.constants import stream_id
+from pbhw.tools.toolchain import SIMULATORS, verilog_of
 from rtl_gen.update import ROUNDING_POINTS
 from sim.codes import fields_of, pack_fields, unpack_fields
 from sim.runner import build_or_skip, run_stream

@@ -5,7 +5,7 @@ Every rounding decision is taken on the exact rational value ``acc * 2**-F`` sca
 destination's code unit, which is a different route from the shift-and-mask arithmetic of the
 golden model, so the two can only agree if both follow the documented rule.
 
-The test module converts a :class:`pbhw.plan.Plan` into the plain data structures here
+The test module converts a :class:`pbhw.core.plan.Plan` into the plain data structures here
 (:class:`Fmt`, :class:`RefStage`); this module never sees pbhw objects.
 """
 

@@ -12,7 +12,7 @@ from amaranth.sim import Simulator
 
 from golden.compare import Observed
 from golden.trace import Trace, run_trace
-from pbhw.verify import unpack_row
+from pbhw.tools.verify import unpack_row
 from rtl_gen.design import Design
 from rtl_gen.top import DEBUG_LATENCY
 

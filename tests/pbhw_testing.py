@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from amaranth.hdl import UnusedElaboratable
 
-from pbhw.config import Config, from_dict
-from pbhw.plan import Plan, derive_plan
+from pbhw.core.config import Config, from_dict
+from pbhw.core.plan import Plan, derive_plan
 
 
 def make_config(**sections: Any) -> Config:

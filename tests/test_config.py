@@ -1,4 +1,4 @@
-"""pbhw.config: loading, defaults, overrides, ``--set`` and every validation error."""
+"""pbhw.core.config: loading, defaults, overrides, ``--set`` and every validation error."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pbhw.config import (
+from pbhw.core.config import (
     DEFAULTS,
     ROLES,
     Algorithm,
@@ -22,7 +22,7 @@ from pbhw.config import (
     from_dict,
     load,
 )
-from pbhw.fixed import FixedFormat, Overflow, Rounding
+from pbhw.core.fixed import FixedFormat, Overflow, Rounding
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mlp_digits.toml"
 

@@ -10,8 +10,8 @@ import requests
 import torch
 from sklearn.datasets import load_digits
 
-from pbhw import datasets
-from pbhw.datasets import DATASET_NAMES, Dataset, DatasetError, load
+from pbhw.core import datasets
+from pbhw.core.datasets import DATASET_NAMES, Dataset, DatasetError, load
 
 
 def row_set(*xs: torch.Tensor) -> set[bytes]:

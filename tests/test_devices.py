@@ -1,9 +1,9 @@
-"""Tests for pbhw.devices: the shipped device files load, bad names and files are refused."""
+"""Tests for pbhw.core.devices: the shipped device files load, bad names and files are refused."""
 
 import pytest
 
-from pbhw.config import ConfigError
-from pbhw.devices import RESOURCES, clock_sdc, count_cells, known_devices, load_device
+from pbhw.core.config import ConfigError
+from pbhw.core.devices import RESOURCES, clock_sdc, count_cells, known_devices, load_device
 
 
 def test_known_devices_lists_shipped_files():

@@ -1,4 +1,4 @@
-"""Tests for pbhw.estimate: real Yosys/nextpnr runs on tiny designs, and the analytic model.
+"""Tests for pbhw.tools.estimate: real Yosys/nextpnr runs on tiny designs, and the analytic model.
 
 The synthesis tests cost about 10 s with YoWASP's compiled WebAssembly cached in
 ``~/.cache/yowasp``; the very first run in a fresh environment adds ~40 s of compilation.
@@ -16,17 +16,15 @@ from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-import pbhw.estimate as estimate_module
-from pbhw.devices import load_device
-from pbhw.estimate import (
+import pbhw.tools.estimate as estimate_module
+from pbhw.core.devices import dsp_count, load_device, memory_blocks
+from pbhw.core.errors import ToolError
+from pbhw.tools.estimate import (
     CALIBRATION,
     Estimate,
-    ToolError,
     design_features,
-    dsp_count,
     fast_estimate,
     fit_calibration,
-    memory_blocks,
     synthesize,
 )
 
@@ -397,7 +395,7 @@ def test_analytic_estimate_is_within_the_stated_error_of_synthesis():
     """Every design of bench/estimate_calibration.py (including the held-out default example):
     DSP exact, LUT and FF within 30 %; block RAM an upper bound (a whole block per memory, where
     Yosys may put a small memory in LUT RAM), within 25 % on the default example."""
-    from pbhw.config import load
+    from pbhw.core.config import load
     from rtl_gen.design import build_design
     from rtl_gen.generate import manifest_of, top_name
 
@@ -435,7 +433,7 @@ def test_a_place_and_route_time_limit_gives_yosys_counts_and_no_fmax(tmp_path):
 
 
 def test_a_routing_time_out_reports_the_post_placement_fmax(tmp_path):
-    from pbhw.estimate import _placement_fmax
+    from pbhw.tools.estimate import _placement_fmax
 
     log = tmp_path / "nextpnr.log"
     log.write_text(

@@ -1,4 +1,4 @@
-"""Tests for pbhw.fixed against an independent exact reference on Python ints and Fractions."""
+"""Tests for pbhw.core.fixed against an independent exact reference on Python ints and Fractions."""
 
 import dataclasses
 import math
@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pbhw.fixed import (
+from pbhw.core.fixed import (
     THREEFRY_ROUNDS,
     FixedFormat,
     Overflow,

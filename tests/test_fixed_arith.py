@@ -31,18 +31,13 @@ from int_reference import (
 )
 from pbhw_testing import run_records
 
-from golden.fixed_arith import (
-    EVAL_STEP,
-    EXP2_TABLE,
-    LOG2E_Q16,
-    ROLE_NUMBERS,
-    FixedArithmetic,
-    stream_id,
-)
+from golden.fixed_arith import FixedArithmetic
 from golden.float_arith import FloatArithmetic
-from golden.pipeline import Pipeline, initial_weights
-from pbhw.config import ConfigError, from_dict
-from pbhw.plan import derive_plan
+from golden.pipeline import Pipeline
+from pbhw.core.config import ConfigError, from_dict
+from pbhw.core.constants import EVAL_STEP, EXP2_TABLE, LOG2E_Q16, ROLE_NUMBERS, stream_id
+from pbhw.core.plan import derive_plan
+from pbhw.core.weights import initial_weights
 
 ROUNDINGS = ("floor", "toward_zero", "half_up", "half_even", "stochastic")
 OVERFLOWS = ("wrap", "saturate")
@@ -771,7 +766,7 @@ def test_configs_that_cannot_run_together_are_rejected():
 )
 def test_numpy_threefry_twin_equals_pbhw_fixed(seed, stream, step):
     from golden.fixed_arith import threefry_words
-    from pbhw.fixed import threefry2x32
+    from pbhw.core.fixed import threefry2x32
 
     index = (np.arange(5000, dtype=np.int64) * 7919) % 2**32
     expected = threefry2x32(seed, stream, step, torch.from_numpy(index))[0].numpy()

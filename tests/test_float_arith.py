@@ -7,8 +7,9 @@ import torch
 from pbhw_testing import make_plan
 
 from golden.float_arith import FloatArithmetic, momentum_update
-from golden.pipeline import Pipeline, initial_weights
-from pbhw.plan import spike_coefficients
+from golden.pipeline import Pipeline
+from pbhw.core.plan import spike_coefficients
+from pbhw.core.weights import initial_weights
 
 
 def _impulse_response(m, eta, eta_a, eta_b, arrival, steps):

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from pbhw.cli import main
-from pbhw.toolchain import ToolError, verilator
+from pbhw.tools.toolchain import ToolError, verilator
 
 ROOT = Path(__file__).resolve().parents[1]
 

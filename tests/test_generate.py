@@ -10,10 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 from pbhw.cli import main
-from pbhw.config import ConfigError, load
-from pbhw.toolchain import lint
+from pbhw.core.config import ConfigError, load
+from pbhw.tools.toolchain import lint
 from rtl_gen import generate as gen
-from rtl_gen.multiply import MODELS
+from rtl_gen.resources import MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "examples" / "mlp_digits.toml"

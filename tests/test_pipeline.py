@@ -7,8 +7,9 @@ import torch
 from pbhw_testing import make_plan, run_records
 
 from golden.float_arith import FloatArithmetic
-from golden.pipeline import Pipeline, initial_weights
+from golden.pipeline import Pipeline
 from golden.sgd import SGDReference
+from pbhw.core.weights import initial_weights
 
 
 def _arith(plan):

@@ -1,4 +1,4 @@
-"""pbhw.plan: delays, Spike Compensation, batch scaling and quantized update constants."""
+"""pbhw.core.plan: delays, Spike Compensation, batch scaling and quantized update constants."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from pbhw.config import ConfigError, RoleFormat, from_dict, load
-from pbhw.fixed import FixedFormat, Overflow, Rounding
-from pbhw.plan import (
+from pbhw.core.config import ConfigError, RoleFormat, from_dict, load
+from pbhw.core.fixed import FixedFormat, Overflow, Rounding
+from pbhw.core.plan import (
     Plan,
     delay_of,
     derive_plan,

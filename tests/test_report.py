@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from pbhw.report import (
+from pbhw.core.io import write_atomic
+from pbhw.flows.report import (
     cost_axis,
     pareto_front,
     pareto_keys,
     plot_pareto,
     point_label,
     render_markdown,
-    write_atomic,
 )
 
 
@@ -106,7 +106,7 @@ def test_write_atomic_leaves_the_old_file_when_writing_fails(tmp_path, monkeypat
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr("pbhw.report.os.replace", broken_replace)
+    monkeypatch.setattr("pbhw.core.io.os.replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         write_atomic(path, "new\n")
     assert path.read_text() == "old\n"

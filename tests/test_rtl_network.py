@@ -11,7 +11,7 @@ from network_sim import simulate, trace_for
 from pbhw_testing import make_config, raises_in_init
 
 from golden.compare import first_mismatch
-from pbhw.config import ConfigError
+from pbhw.core.config import ConfigError
 from rtl_gen.design import build_design, fixed_plan
 from rtl_gen.lanes import auto_budget, auto_lanes, lane_dsp_cost
 from rtl_gen.stage import OVERHEAD, Stage
@@ -159,7 +159,7 @@ def test_generating_hardware_needs_the_pipelined_algorithm_without_stashing():
 
 
 def test_auto_lanes_balance_the_stages_within_the_dsp_budget():
-    from pbhw.devices import load_device
+    from pbhw.core.devices import load_device
 
     device = load_device("ecp5-85k")
     plan = fixed_plan(make_config(network={"layers": [64, 32, 32, 10]}))

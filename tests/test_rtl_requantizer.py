@@ -1,4 +1,5 @@
-"""Tests for rtl_gen.requantizer: exhaustive over small formats against pbhw.fixed.requantize."""
+"""Tests for rtl_gen.requantizer: exhaustive over small formats against
+pbhw.core.fixed.requantize."""
 
 import itertools
 import random
@@ -10,7 +11,7 @@ from amaranth.hdl import Fragment
 from amaranth.sim import Simulator
 from pbhw_testing import raises_in_init
 
-from pbhw.fixed import FixedFormat, Overflow, Rounding, overflow_to, requantize, shift_round
+from pbhw.core.fixed import FixedFormat, Overflow, Rounding, overflow_to, requantize, shift_round
 from rtl_gen.requantizer import Requantizer
 
 DETERMINISTIC = [r for r in Rounding if r is not Rounding.STOCHASTIC]

@@ -1,4 +1,4 @@
-"""Tests for rtl_gen.threefry against pbhw.fixed.threefry2x32."""
+"""Tests for rtl_gen.threefry against pbhw.core.fixed.threefry2x32."""
 
 import random
 
@@ -8,7 +8,7 @@ from amaranth.hdl import Fragment
 from amaranth.sim import Simulator
 from pbhw_testing import raises_in_init
 
-from pbhw.fixed import THREEFRY_ROUNDS, threefry2x32
+from pbhw.core.fixed import THREEFRY_ROUNDS, threefry2x32
 from rtl_gen.threefry import Threefry2x32
 
 

@@ -10,10 +10,11 @@ from amaranth.hdl import Fragment
 from amaranth.sim import Simulator
 from pbhw_testing import raises_in_init
 
-from golden.fixed_arith import FixedArithmetic, FixedState, stream_id, threefry_words
-from pbhw.config import WeightPrediction, from_dict
-from pbhw.fixed import FixedFormat, StochasticKey, requantize
-from pbhw.plan import derive_plan
+from golden.fixed_arith import FixedArithmetic, FixedState, threefry_words
+from pbhw.core.config import WeightPrediction, from_dict
+from pbhw.core.constants import stream_id
+from pbhw.core.fixed import FixedFormat, StochasticKey, requantize
+from pbhw.core.plan import derive_plan
 from rtl_gen.update import UpdateUnit
 
 K = 18  # a K x K stage: K * K = 324 elements, every (dz, x) pair of K codes each

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import pbhw.sweep as engine
-from pbhw.config import ConfigError
-from pbhw.datasets import load as load_dataset
-from pbhw.sweep import GridAxis, expand, group_points, parse_grid, run_batch, run_points
-from pbhw.sweep_cli import sweep
-from pbhw.train import train
+import pbhw.flows.sweep as engine
+from pbhw.cli.sweep import sweep
+from pbhw.core.config import ConfigError
+from pbhw.core.datasets import load as load_dataset
+from pbhw.flows.sweep import GridAxis, expand, group_points, parse_grid, run_batch, run_points
+from pbhw.tools.train import train
 
 #: A small network on a slice of digits: a fixed-point epoch takes a fraction of a second.
 TINY = """\
@@ -72,7 +72,8 @@ def _run(args: list[str]):
 
 
 def fake_estimate(config) -> dict:
-    """A deterministic stand-in for pbhw.estimate (plumbing tests only): cost grows with width."""
+    """A deterministic stand-in for pbhw.tools.estimate (plumbing tests only): cost grows with
+    width."""
     width = config.formats.weight.format.width
     stochastic = config.formats.weight.rounding.value == "stochastic"
     return {
@@ -286,7 +287,7 @@ def test_rerun_resumes_and_computes_only_missing_points(tiny, tmp_path, monkeypa
 
 
 def test_estimate_columns_and_throughput_plumbing(tiny, tmp_path, monkeypatch):
-    """Plumbing only: pbhw.estimate is replaced by a deterministic fake (the real end-to-end
+    """Plumbing only: pbhw.tools.estimate is replaced by a deterministic fake (the real end-to-end
     test lives with the estimator)."""
     monkeypatch.setattr(engine, "estimate_point", fake_estimate)
     monkeypatch.setattr(engine, "require_estimate", lambda: None)
@@ -364,7 +365,7 @@ def test_a_diverged_point_is_reported_and_the_sweep_goes_on(tiny, tmp_path):
 @pytest.mark.parametrize("suffix", ["", "_used"])
 def test_estimate_point_reads_an_estimate_row(raw, monkeypatch, suffix):
     """Plumbing: the row's resource keys may be ``lut`` or ``lut_used``."""
-    import pbhw.estimate
+    import pbhw.tools.estimate
 
     class FakeEstimate:
         predicted_cycles_per_sample = 500
@@ -375,7 +376,7 @@ def test_estimate_point_reads_an_estimate_row(raw, monkeypatch, suffix):
 
     calls = []
     monkeypatch.setattr(
-        pbhw.estimate,
+        pbhw.tools.estimate,
         "estimate",
         lambda config, fast: calls.append(fast) or FakeEstimate(),
         raising=False,

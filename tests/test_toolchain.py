@@ -1,4 +1,5 @@
-"""Tests for pbhw.toolchain: tool discovery, lint with the waiver file, cached simulation builds."""
+"""Tests for pbhw.tools.toolchain: tool discovery, lint with the waiver file, cached simulation
+builds."""
 
 import importlib.metadata
 import os
@@ -8,21 +9,19 @@ from amaranth.hdl import Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from pbhw.fixed import FixedFormat
-from pbhw.toolchain import (
-    MODELS,
+from pbhw.core.fixed import FixedFormat
+from pbhw.tools.toolchain import (
     VERILATOR_MIN_VERSION,
-    WAIVER,
     ToolError,
     iverilog,
     lint,
-    models_for,
     sim_build,
     verilator,
     verilator_env,
     verilog_of,
 )
 from rtl_gen.requantizer import Requantizer
+from rtl_gen.resources import MODELS, WAIVER, models_for
 
 
 class Invert(wiring.Component):

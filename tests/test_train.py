@@ -12,9 +12,9 @@ import torch
 from click.testing import CliRunner
 
 from pbhw.cli import main
-from pbhw.config import ConfigError, from_dict
-from pbhw.datasets import Dataset
-from pbhw.train import TrainingDiverged, train, train_many
+from pbhw.core.config import ConfigError, from_dict
+from pbhw.core.datasets import Dataset
+from pbhw.tools.train import TrainingDiverged, train, train_many
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mlp_digits.toml"
 
@@ -165,9 +165,9 @@ def test_cli_train_bad_dataset_exits_2(tmp_path):
 
 
 def test_a_collapsed_network_is_flagged(monkeypatch):
-    import pbhw.train as train_module
-    from golden.pipeline import initial_weights
-    from pbhw.plan import derive_plan
+    import pbhw.tools.train as train_module
+    from pbhw.core.plan import derive_plan
+    from pbhw.core.weights import initial_weights
 
     assert train(_config(), dataset=_tiny_dataset()).extra["collapsed"] is False
     # Zero first-layer weights and a negative bias: every ReLU is dead, the output constant.

@@ -1,6 +1,6 @@
 """Sweep reports: the Pareto front of accuracy against hardware cost, its plot and a Markdown page.
 
-The rows are those of :func:`pbhw.sweep.result_rows`: a ``grid`` table of the point's values,
+The rows are those of :func:`pbhw.flows.sweep.result_rows`: a ``grid`` table of the point's values,
 ``test_accuracy`` (``None`` if training diverged), ``weight_bits`` and, when estimated, ``lut``,
 ``dsp``, ``fmax_mhz``, ``throughput`` and the rest. The cost axis is DSP use, or LUT use when every
 point uses the same number of DSPs, or the weight memory in bits when nothing was estimated.
@@ -9,11 +9,11 @@ point uses the same number of DSPs, or the weight memory in bits when nothing wa
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from pbhw.core.io import write_atomic
 
 __all__ = [
     "COST_LABELS",
@@ -23,7 +23,6 @@ __all__ = [
     "plot_pareto",
     "point_label",
     "render_markdown",
-    "write_atomic",
 ]
 
 Row = Mapping[str, Any]
@@ -33,19 +32,6 @@ COST_LABELS = {
     "lut": "LUTs",
     "weight_bits": "weight memory (bits)",
 }
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def pareto_front(points: Sequence[tuple[float | None, float | None]]) -> list[int]:
@@ -370,7 +356,7 @@ def render_flow_report(s: Mapping[str, Any]) -> str:
 
 
 def _critical_path_text(path: Mapping[str, Any]) -> str:
-    from pbhw.estimate import critical_path_text
+    from pbhw.tools.estimate import critical_path_text
 
     return critical_path_text(path)
 

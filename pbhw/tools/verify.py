@@ -3,7 +3,7 @@
 The samples are the first ``N`` training samples of the config's dataset. The golden trace
 (:func:`golden.trace.run_trace`) fixes every forward and error token of every stage and step, every
 loss error and prediction, and the final W, V and saturation counters; the cocotb testbench
-``sim/tb_network.py`` records the same from the RTL under Verilator or Icarus, and
+``pbhw/tools/testbench/network.py`` records the same from the RTL under Verilator or Icarus, and
 :func:`golden.compare.first_mismatch` names the first difference.
 """
 
@@ -21,7 +21,7 @@ from amaranth.lib import data
 
 from golden.compare import Observed, first_mismatch
 from golden.trace import Trace, run_trace
-from pbhw.config import Config, ConfigError
+from pbhw.core.config import Config, ConfigError
 
 __all__ = ["VerifyResult", "observe", "run_rtl", "unpack_row", "verify"]
 
@@ -58,8 +58,8 @@ class VerifyResult:
 
 def dataset_samples(config: Config, samples: int):
     """The first ``samples`` training samples of the config's dataset."""
-    from pbhw.datasets import load
-    from pbhw.train import check_fits
+    from pbhw.core.datasets import load
+    from pbhw.tools.train import check_fits
 
     ds = load(config.train.dataset)
     if samples < 1:
@@ -136,7 +136,7 @@ def run_rtl(
     top: str | None = None,
 ) -> tuple[Observed, list[int], dict[str, Any]]:
     """Build (or reuse) the simulation model of ``design`` and run the trace's samples."""
-    from pbhw.toolchain import sim_build, sim_test
+    from pbhw.tools.toolchain import sim_build, sim_test
     from rtl_gen.generate import top_name, verilog_text
     from rtl_gen.top import DEBUG_LATENCY
 
@@ -174,7 +174,7 @@ def run_rtl(
         start = time.perf_counter()
         sim_test(
             build,
-            "sim.tb_network",
+            "pbhw.tools.testbench.network",
             test_dir=Path(tmp) / "run",
             extra_env={"PBHW_STIMULUS": str(stim), "PBHW_OBSERVED": str(observed)},
         )

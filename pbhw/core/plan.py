@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from pbhw.config import (
+from pbhw.core.config import (
     Algorithm,
     Arith,
     Config,
@@ -24,7 +24,7 @@ from pbhw.config import (
     RoleFormat,
     WeightPrediction,
 )
-from pbhw.fixed import FixedFormat, quantize, to_float
+from pbhw.core.fixed import FixedFormat, quantize, to_float
 
 __all__ = [
     "Coefficient",

@@ -2,22 +2,32 @@
 
 A device is one TOML file in ``constraints/`` (see ``constraints/README.md`` for the schema);
 :func:`load_device` reads and validates it into a frozen :class:`Device`. Any problem raises
-:class:`pbhw.config.ConfigError` naming the file, the key and what is allowed.
+:class:`pbhw.core.config.ConfigError` naming the file, the key and what is allowed.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from pbhw.config import ConfigError
+from pbhw.core.config import ConfigError
+
+#: Hard multipliers the generator can instantiate itself (a device file's
+#: ``[multiplier] primitive``); each has a simulation model in ``rtl_gen/models``.
+PRIMITIVES = ("MULT18X18D",)
 
 __all__ = [
+    "PRIMITIVES",
+    "dsp_count",
+    "memory_blocks",
     "CONSTRAINTS_DIR",
     "RESOURCES",
     "Device",
@@ -27,8 +37,16 @@ __all__ = [
     "load_device",
 ]
 
-#: Where the shipped device files live.
-CONSTRAINTS_DIR = Path(__file__).resolve().parent.parent / "constraints"
+
+def _constraints_dir() -> Path:
+    try:  # an installed package carries constraints/ as its package data pbhw.constraints
+        return Path(str(resources.files("pbhw.constraints")))
+    except ModuleNotFoundError:  # a checkout: the folder itself
+        return Path(__file__).resolve().parents[2] / "constraints"
+
+
+#: Where the shipped device files live (``constraints/``).
+CONSTRAINTS_DIR = _constraints_dir()
 
 #: Resources every device states, in report order. ``bram_bits`` is block-RAM capacity in bits.
 RESOURCES = ("lut", "ff", "dsp", "bram_bits", "io")
@@ -90,13 +108,22 @@ def known_devices(directory: Path = CONSTRAINTS_DIR) -> list[str]:
 
 
 def load_device(name: str, directory: Path = CONSTRAINTS_DIR) -> Device:
-    """Load and validate the device called ``name`` (a file ``constraints/NAME.toml``)."""
+    """Load and validate the device called ``name`` (a file ``constraints/NAME.toml``).
+
+    A file is read and validated once per process (and again only when it changes): generate,
+    lanes, manifest and estimate all ask for the device of one build."""
     if not isinstance(name, str) or not name:
         raise ConfigError(f"device must be a non-empty string, not {name!r}")
     path = directory / f"{name}.toml"
     if "/" in name or "\\" in name or not path.is_file():
         known = ", ".join(known_devices(directory)) or "(none)"
         raise ConfigError(f"unknown device {name!r}; known: {known}")
+    stat = path.stat()
+    return _load(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _load(path: Path, mtime_ns: int, size: int) -> Device:
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
@@ -192,8 +219,6 @@ def _parse(data: Mapping[str, Any], path: Path) -> Device:
     if len(widths) != 2 or not all(isinstance(w, int) and w > 1 for w in widths):
         raise r.fail("multiplier.widths", f"must be two integers > 1, not {widths!r}")
     primitive = r.get("multiplier.primitive", str, None)
-    from rtl_gen.multiply import PRIMITIVES
-
     if primitive is not None and primitive not in PRIMITIVES:
         raise r.fail("multiplier.primitive", f"must be one of {PRIMITIVES}, not {primitive!r}")
     if primitive is not None and max(widths) > 18:
@@ -246,3 +271,35 @@ def clock_sdc(clock_mhz: float, clock: str = "clk") -> str:
     body = "\n".join(line for line in lines if not line.startswith("#"))
     period = f"{1000.0 / clock_mhz:.4g}"
     return f"# {clock_mhz:g} MHz\n" + body.format(clock=clock, period_ns=period) + "\n"
+
+
+def dsp_count(width_a: int, width_b: int, device: Device) -> int:
+    """Hard multipliers for one ``width_a`` x ``width_b`` product, as Yosys maps it.
+
+    Mirrors Yosys's ``mul2dsp``: the wider operand goes to port A; an operand wider than its port
+    is cut into a low slice (``multiplier_partial_width`` bits on A, the port width on B) and the
+    rest, recursively; a slice narrower than ``multiplier_min_width`` is left to logic, and so is a
+    product narrower than ``multiplier_min_product_width``. Checked against yosys 0.70 for
+    ECP5 (16x16, 20x16, 24x24, 35x18, 36x18 -> 1, 2, 4, 2, 2), iCE40 (17x16 -> 1, 24x16 -> 2) and
+    7-series (25x18, 26x18, 30x20 -> 1, 2, 4).
+    """
+    a, b = max(width_a, width_b), min(width_a, width_b)
+    if a + b < device.multiplier_min_product_width:
+        return 0
+    port_a, port_b = device.multiplier_widths
+
+    def slices(width: int, port: int, partial: int) -> int:
+        if width < device.multiplier_min_width:
+            return 0
+        if width <= port:
+            return 1
+        return 1 + slices(width - partial, port, partial)
+
+    return slices(a, port_a, device.multiplier_partial_width) * slices(b, port_b, port_b)
+
+
+def memory_blocks(width: int, depth: int, device: Device) -> int:
+    """Block RAMs for a ``width``-bit x ``depth``-word memory: best aspect ratio of the device."""
+    if width <= 0 or depth <= 0:
+        return 0
+    return min(math.ceil(width / w) * math.ceil(depth / d) for d, w in device.block_shapes)

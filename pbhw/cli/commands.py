@@ -1,14 +1,8 @@
-"""The ``pbhw`` command line.
-
-Every command takes a config file and ``--set KEY=VALUE`` overrides. A bad config, dataset or
-argument is reported as one ``error:`` line on stderr with exit status 2 and nothing written.
-"""
+"""The ``pbhw`` commands on one config: check, train, generate, verify, estimate, flow."""
 
 from __future__ import annotations
 
-import functools
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,89 +10,37 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from pbhw import __version__
-from pbhw.config import Config, ConfigError, load
-
-SET_HELP = "Override a config key, e.g. --set optimizer.lr=0.05 (repeatable)."
-
-
-class UserError(Exception):
-    """Bad user input detected outside config validation; reported like a ConfigError."""
-
-
-def _fail(message: str, status: int = 2) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(status)
-
-
-def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the library's input errors into one ``error:`` line and exit status 2."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from pbhw.datasets import DatasetError
-
-        try:
-            return func(*args, **kwargs)
-        except (ConfigError, DatasetError, UserError) as e:
-            _fail(str(e))
-
-    return wrapper
-
-
-def load_config(path: str, sets: tuple[str, ...]) -> Config:
-    return load(Path(path), sets)
-
-
-config_argument = click.argument("config")
-set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
-simulator_option = click.option(
-    "--simulator",
-    type=click.Choice(["verilator", "icarus"]),
-    default="verilator",
-    show_default=True,
-    help="RTL simulator for the bit-exact check.",
+from pbhw.cli.common import (
+    UserError,
+    config_argument,
+    lanes_text,
+    load_config,
+    pnr_seed_option,
+    set_option,
+    simulator_option,
+    train_sets,
+    user_errors,
 )
-pnr_seed_option = click.option(
-    "--pnr-seed",
-    type=click.IntRange(min=1),
-    metavar="N",
-    help="nextpnr placement seed (default: nextpnr's own); the routed Fmax of a large design "
-    "varies by several MHz between seeds.",
-)
+from pbhw.core.config import ROLES
+from pbhw.core.datasets import load as load_dataset
+from pbhw.core.io import write_json
+from pbhw.core.plan import derive_plan
+from pbhw.flows.flow import run_flow
+from pbhw.tools.estimate import critical_path_text
+from pbhw.tools.estimate import estimate as run_estimate
+from pbhw.tools.train import train as run_training
+from pbhw.tools.verify import verify as run_verify
+from rtl_gen.generate import generate as run_generate
+
+__all__ = ["check", "estimate", "flow", "generate", "train", "verify"]
 
 
-class _Commands(click.Group):
-    """The command group; commands defined in their own modules (which import this one) load
-    when first asked for, so that either module may be imported first."""
-
-    lazy = {"sweep": ("pbhw.sweep_cli", "sweep")}
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *self.lazy})
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name in self.lazy and name not in self.commands:
-            import importlib
-
-            module, attr = self.lazy[name]
-            self.add_command(getattr(importlib.import_module(module), attr), name)
-        return super().get_command(ctx, name)
-
-
-@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="pbhw")
-def main() -> None:
-    """Co-design FPGA hardware that trains neural networks with Pipelined Backpropagation."""
-
-
-@main.command()
+@click.command()
 @config_argument
 @set_option
 @user_errors
 def check(config: str, sets: tuple[str, ...]) -> None:
     """Validate CONFIG and print the derived plan: stages, delays, formats, coefficients."""
-    from pbhw.plan import derive_plan
 
     cfg = load_config(config, sets)
     plan = derive_plan(cfg)
@@ -123,7 +65,7 @@ def check(config: str, sets: tuple[str, ...]) -> None:
     console.print(
         f"train: {cfg.train.dataset}, {cfg.train.epochs} epochs, arithmetic "
         f"{cfg.train.arith.value}; hardware: {cfg.hardware.device} at "
-        f"{cfg.hardware.clock_mhz:g} MHz, lanes {_lanes(cfg)}"
+        f"{cfg.hardware.clock_mhz:g} MHz, lanes {lanes_text(cfg)}"
     )
 
     table = Table(title="stages", title_justify="left")
@@ -145,7 +87,6 @@ def check(config: str, sets: tuple[str, ...]) -> None:
     formats = Table(title="number formats", title_justify="left")
     for column in ("role", "stages", "format", "range", "resolution", "rounding", "overflow"):
         formats.add_column(column)
-    from pbhw.config import ROLES
 
     for role in ROLES:
         groups: dict[object, list[int]] = {}
@@ -183,7 +124,7 @@ def check(config: str, sets: tuple[str, ...]) -> None:
     console.print("config OK")
 
 
-@main.command()
+@click.command()
 @config_argument
 @click.option(
     "--dataset", help="Dataset: digits, mnist1d, cifar10:PATH or npz:PATH (sets train.dataset)."
@@ -213,20 +154,8 @@ def train(
     json_out: str | None,
 ) -> None:
     """Train CONFIG on its dataset and report train/test accuracy and loss."""
-    from pbhw.datasets import load as load_dataset
-    from pbhw.train import TrainingDiverged
-    from pbhw.train import train as run_training
 
-    extra = [
-        f"{key}={value}"
-        for key, value in (
-            ("train.dataset", None if dataset is None else f'"{dataset}"'),
-            ("train.epochs", epochs),
-            ("train.arith", None if arith is None else f'"{arith}"'),
-            ("seed", seed),
-        )
-        if value is not None
-    ]
+    extra = train_sets(dataset, epochs, arith, seed)
     cfg = load_config(config, (*sets, *extra))
     data = load_dataset(cfg.train.dataset)
     console = Console(highlight=False, stderr=True)
@@ -242,10 +171,7 @@ def train(
             f"test acc {100 * r.test_accuracy:5.1f}%  ({r.seconds:.1f} s)"
         )
 
-    try:
-        result = run_training(cfg, dataset=data, on_epoch=on_epoch)
-    except TrainingDiverged as e:
-        _fail(str(e), status=1)
+    result = run_training(cfg, dataset=data, on_epoch=on_epoch)
     click.echo(
         f"test accuracy {100 * result.test_accuracy:.2f}%, train accuracy "
         f"{100 * result.train_accuracy:.2f}%, final loss {result.final_loss:.4f}, "
@@ -261,7 +187,7 @@ def train(
         write_json(Path(json_out), result.to_json())
 
 
-@main.command()
+@click.command()
 @config_argument
 @click.option("-o", "--output", "out_dir", required=True, help="Output directory (replaced).")
 @set_option
@@ -271,7 +197,6 @@ def generate(config: str, out_dir: str, sets: tuple[str, ...]) -> None:
 
     Writes <name>.v, <name>.sdc, memory init files ($readmemh) and manifest.json; the directory
     appears only when everything is written."""
-    from rtl_gen.generate import generate as run_generate
 
     cfg = load_config(config, sets)
     click.echo(f"generating {cfg.name} ({' -> '.join(map(str, cfg.network.layers))}) ...")
@@ -295,7 +220,7 @@ def generate(config: str, out_dir: str, sets: tuple[str, ...]) -> None:
     )
 
 
-@main.command()
+@click.command()
 @config_argument
 @click.option(
     "--samples",
@@ -336,20 +261,15 @@ def verify(
     Exit 0 with a one-line summary when every forward and error token, loss error, prediction,
     final weight and velocity and saturation counter is equal; exit 1 naming the first
     mismatch (step, stage, role, element, both codes) otherwise."""
-    from pbhw.toolchain import ToolError
-    from pbhw.verify import verify as run_verify
 
     for name, p in (("--idle", idle), ("--backpressure", backpressure)):
         if not 0.0 <= p < 1.0:
             raise UserError(f"{name} must be a probability in [0, 1), not {p}")
     cfg = load_config(config, sets)
     click.echo(f"verifying {cfg.name} on {simulator} with {samples} samples ...", err=True)
-    try:
-        result = run_verify(
-            cfg, samples=samples, simulator=simulator, idle=idle, backpressure=backpressure
-        )
-    except ToolError as e:
-        raise UserError(str(e)) from None
+    result = run_verify(
+        cfg, samples=samples, simulator=simulator, idle=idle, backpressure=backpressure
+    )
     if json_out:
         write_json(Path(json_out), result.to_json())
     click.echo(result.summary())
@@ -357,7 +277,7 @@ def verify(
         sys.exit(1)
 
 
-@main.command()
+@click.command()
 @config_argument
 @click.option("--device", help="Device file name in constraints/ (sets hardware.device).")
 @click.option(
@@ -386,8 +306,6 @@ def estimate(
 
     Results are cached by design hash in .pbhw-cache/estimate. A design that does not fit says
     which resource is short and by how much."""
-    from pbhw.estimate import ToolError, critical_path_text
-    from pbhw.estimate import estimate as run_estimate
 
     if fast and (pnr_seed is not None or pnr_timeout is not None):
         raise UserError("--pnr-seed and --pnr-timeout need place and route; --fast runs none")
@@ -396,16 +314,13 @@ def estimate(
     cfg = load_config(config, sets)
     what = "analytic estimate" if fast else "synthesis and place-and-route"
     click.echo(f"{what} of {cfg.name} for {cfg.hardware.device} ...", err=True)
-    try:
-        est = run_estimate(
-            cfg,
-            fast=fast,
-            progress=lambda m: click.echo(f"  {m}", err=True),
-            pnr_timeout=None if pnr_timeout is None else 60 * pnr_timeout,
-            seed=pnr_seed,
-        )
-    except ToolError as e:
-        raise UserError(str(e)) from None
+    est = run_estimate(
+        cfg,
+        fast=fast,
+        progress=lambda m: click.echo(f"  {m}", err=True),
+        pnr_timeout=None if pnr_timeout is None else 60 * pnr_timeout,
+        seed=pnr_seed,
+    )
     table = Table(title=f"{cfg.name} on {est.device} ({est.method})", title_justify="left")
     for column in ("resource", "used", "available", "share"):
         table.add_column(column, justify="right")
@@ -431,7 +346,7 @@ def estimate(
         write_json(Path(json_out), est.to_json())
 
 
-@main.command()
+@click.command()
 @config_argument
 @click.option("-o", "--output", "out_dir", required=True, help="Output directory.")
 @click.option(
@@ -466,54 +381,18 @@ def flow(
 
     Writes DIR/report.md (with training.png and resources.png), the JSON of every step and the
     generated design in DIR/rtl."""
-    from pbhw.estimate import ToolError
-    from pbhw.flow import run_flow
-    from pbhw.toolchain import ToolError as SimToolError
-    from pbhw.train import TrainingDiverged
 
     cfg = load_config(config, sets)
-    try:
-        summary = run_flow(
-            cfg,
-            Path(out_dir),
-            verify_samples=verify_samples,
-            simulator=simulator,
-            progress=lambda m: click.echo(m, err=True),
-            pnr_timeout=60 * pnr_timeout,
-            pnr_seed=pnr_seed,
-        )
-    except (ToolError, SimToolError) as e:
-        raise UserError(str(e)) from None
-    except TrainingDiverged as e:
-        _fail(str(e), 1)
+    summary = run_flow(
+        cfg,
+        Path(out_dir),
+        verify_samples=verify_samples,
+        simulator=simulator,
+        progress=lambda m: click.echo(m, err=True),
+        pnr_timeout=60 * pnr_timeout,
+        pnr_seed=pnr_seed,
+    )
     click.echo(f"report: {Path(out_dir) / 'report.md'}")
     if not summary["verify"]["bit_exact"]:
         click.echo(f"error: RTL is not bit-exact: {summary['verify']['mismatch']}", err=True)
         sys.exit(1)
-
-
-def write_json(path: Path, payload: Any) -> None:
-    """Write JSON atomically: a temporary file renamed into place."""
-    import json
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def _lanes(cfg: Config) -> str:
-    lanes = cfg.hardware.lanes
-    return lanes if isinstance(lanes, str) else ", ".join(map(str, lanes))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

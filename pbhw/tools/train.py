@@ -18,12 +18,14 @@ import torch
 
 from golden.fixed_arith import FixedArithmetic
 from golden.float_arith import FloatArithmetic
-from golden.pipeline import Pipeline, initial_weights
+from golden.pipeline import Pipeline
 from golden.sgd import SGDReference
-from pbhw.config import ROLES, Algorithm, Arith, Config, ConfigError
-from pbhw.datasets import Dataset
-from pbhw.datasets import load as load_dataset
-from pbhw.plan import Plan, derive_plan
+from pbhw.core.config import ROLES, Algorithm, Arith, Config, ConfigError
+from pbhw.core.datasets import Dataset
+from pbhw.core.datasets import load as load_dataset
+from pbhw.core.errors import TrainingDiverged
+from pbhw.core.plan import Plan, derive_plan
+from pbhw.core.weights import initial_weights
 
 __all__ = [
     "EpochResult",
@@ -37,10 +39,6 @@ __all__ = [
 #: Divergence: a window mean of the loss this many times the first window's mean.
 BLOWUP_FACTOR = 100.0
 WINDOW = 200
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became non-finite or blew up; the message says where."""
 
 
 @dataclass

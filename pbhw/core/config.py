@@ -4,7 +4,7 @@ Every knob a user may turn is a key of :data:`DEFAULTS` (its default lives there
 :func:`load` reads a file, applies ``--set KEY=VALUE`` overrides, fills in defaults and validates;
 any problem raises :class:`ConfigError` with one message naming the key, the value and what is
 allowed. Derived values (delays, Spike Compensation coefficients, batch-scaled hyperparameters,
-quantized constants) are computed in :mod:`pbhw.plan`.
+quantized constants) are computed in :mod:`pbhw.core.plan`.
 
 The file format is documented in ``docs/config.md``.
 """
@@ -21,7 +21,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from pbhw.fixed import FixedFormat, Overflow, Rounding
+from pbhw.core.errors import ConfigError
+from pbhw.core.fixed import FixedFormat, Overflow, Rounding
 
 __all__ = [
     "ROLES",
@@ -42,10 +43,6 @@ __all__ = [
     "from_dict",
     "load",
 ]
-
-
-class ConfigError(ValueError):
-    """A configuration problem, reported to the user as one message (exit status 2)."""
 
 
 class Loss(enum.Enum):

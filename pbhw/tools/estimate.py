@@ -18,7 +18,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import re
 import subprocess
 import sys
@@ -30,7 +29,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pbhw.devices import RESOURCES, Device, count_cells
+from pbhw.core.devices import RESOURCES, Device, count_cells, dsp_count, memory_blocks
+from pbhw.core.errors import ToolError
+from pbhw.core.io import write_json
 
 __all__ = [
     "CALIBRATION",
@@ -41,10 +42,8 @@ __all__ = [
     "calibration_points",
     "design_features",
     "critical_path_text",
-    "dsp_count",
     "fast_estimate",
     "fit_calibration",
-    "memory_blocks",
     "synthesize",
 ]
 
@@ -55,10 +54,6 @@ _CACHE_SCHEMA = 2
 _LOG_TAIL = 25
 
 Progress = Callable[[str], None]
-
-
-class ToolError(RuntimeError):
-    """Yosys or nextpnr failed for a reason other than the design not fitting."""
 
 
 @dataclass(frozen=True)
@@ -473,7 +468,7 @@ def synthesize(
             estimate, fits=False, overflow={**estimate.overflow, short: lacking}
         )
     if cache_file is not None and not any(n.startswith(_TIMEOUT_NOTE) for n in notes):
-        _write_json(cache_file, estimate.to_json())
+        write_json(cache_file, estimate.to_json())
     return estimate
 
 
@@ -613,18 +608,6 @@ def _yosys_counts(stat: Mapping[str, Any], top: str, device: Device) -> tuple[di
     return used, int(module.get("num_port_bits", design.get("num_port_bits", 0)))
 
 
-def _write_json(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # --- analytic model ---------------------------------------------------------------------------
 
 #: Every fitting constant of :func:`fast_estimate`, in one place: resource -> feature -> units
@@ -664,38 +647,6 @@ CALIBRATION: dict[str, dict[str, float]] = {
     # 6-input LUTs absorb part of the random logic; arithmetic still takes one LUT per bit.
     "lut_inputs_scale": {"4": 1.0, "6": 0.8},
 }
-
-
-def dsp_count(width_a: int, width_b: int, device: Device) -> int:
-    """Hard multipliers for one ``width_a`` x ``width_b`` product, as Yosys maps it.
-
-    Mirrors Yosys's ``mul2dsp``: the wider operand goes to port A; an operand wider than its port
-    is cut into a low slice (``multiplier_partial_width`` bits on A, the port width on B) and the
-    rest, recursively; a slice narrower than ``multiplier_min_width`` is left to logic, and so is a
-    product narrower than ``multiplier_min_product_width``. Checked against yosys 0.70 for
-    ECP5 (16x16, 20x16, 24x24, 35x18, 36x18 -> 1, 2, 4, 2, 2), iCE40 (17x16 -> 1, 24x16 -> 2) and
-    7-series (25x18, 26x18, 30x20 -> 1, 2, 4).
-    """
-    a, b = max(width_a, width_b), min(width_a, width_b)
-    if a + b < device.multiplier_min_product_width:
-        return 0
-    port_a, port_b = device.multiplier_widths
-
-    def slices(width: int, port: int, partial: int) -> int:
-        if width < device.multiplier_min_width:
-            return 0
-        if width <= port:
-            return 1
-        return 1 + slices(width - partial, port, partial)
-
-    return slices(a, port_a, device.multiplier_partial_width) * slices(b, port_b, port_b)
-
-
-def memory_blocks(width: int, depth: int, device: Device) -> int:
-    """Block RAMs for a ``width``-bit x ``depth``-word memory: best aspect ratio of the device."""
-    if width <= 0 or depth <= 0:
-        return 0
-    return min(math.ceil(width / w) * math.ceil(depth / d) for d, w in device.block_shapes)
 
 
 def _log2(n: int) -> int:
@@ -946,7 +897,7 @@ def estimate(
     design's predicted cycles per sample. ``seed`` is nextpnr's placement seed."""
     import dataclasses
 
-    from pbhw.devices import load_device
+    from pbhw.core.devices import load_device
     from rtl_gen.design import build_design
     from rtl_gen.generate import manifest_of, top_name, verilog_text
 

@@ -31,12 +31,12 @@ from pathlib import Path
 from amaranth.back import verilog as _verilog
 from amaranth.lib import wiring
 
+from pbhw.core.errors import ToolError
+from rtl_gen.resources import WAIVER, models_for
+
 __all__ = [
     "ToolError",
     "Tool",
-    "WAIVER",
-    "MODELS",
-    "models_for",
     "VERILATOR_MIN_VERSION",
     "verilator",
     "verilator_env",
@@ -51,20 +51,13 @@ __all__ = [
     "sim_test",
 ]
 
-_REPO = Path(__file__).resolve().parent.parent
-
-#: The Verilator waiver (configuration) file passed to every Verilator invocation.
-WAIVER = _REPO / "rtl_gen" / "verilator.vlt"
-
-#: Simulation models of the vendor primitives rtl_gen may instantiate, one file per module.
-MODELS = _REPO / "rtl_gen" / "models"
+#: The checkout this module runs from, or None in an installed package.
+_CHECKOUT: Path | None = Path(__file__).resolve().parents[2]
+if not (_CHECKOUT / "pyproject.toml").is_file():
+    _CHECKOUT = None
 
 #: Oldest Verilator that cocotb 2 supports (its ``Makefile.verilator`` checks the same number).
 VERILATOR_MIN_VERSION = (5, 36)
-
-
-class ToolError(RuntimeError):
-    """An HDL tool is missing, too old, or rejected its input (the message holds its output)."""
 
 
 @dataclass(frozen=True)
@@ -200,17 +193,6 @@ def iverilog() -> Tool:
     return Tool("iverilog", executable, version)
 
 
-def models_for(verilog: str) -> list[Path]:
-    """Simulation models (:data:`MODELS`) of the primitives ``verilog`` instantiates but does
-    not define: a simulation of the text needs them, synthesis reads the vendor's own."""
-    return [
-        path
-        for path in sorted(MODELS.glob("*.v"))
-        if re.search(rf"^\s*{path.stem}\s", verilog, re.MULTILINE)
-        and not re.search(rf"^\s*module\s+{path.stem}\b", verilog, re.MULTILINE)
-    ]
-
-
 def lint(verilog_path: str | os.PathLike[str], top: str) -> None:
     """Lint a Verilog file with ``verilator --lint-only -Wall`` and the waiver file.
 
@@ -267,8 +249,19 @@ def verilog_of(component: wiring.Component, name: str) -> str:
 #: Simulators that :func:`sim_build` supports, the default first.
 SIMULATORS = ("verilator", "icarus")
 
-#: Where :func:`sim_build` puts its build directories (``<repo>/sim_build``).
-BUILD_ROOT = _REPO / "sim_build"
+
+def _build_root() -> Path:
+    if os.environ.get("PBHW_SIM_BUILD"):
+        return Path(os.environ["PBHW_SIM_BUILD"])
+    if _CHECKOUT is not None:
+        return _CHECKOUT / "sim_build"
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "pbhw" / "sim_build"
+
+
+#: Where :func:`sim_build` puts its build directories: ``$PBHW_SIM_BUILD`` if set, else
+#: ``sim_build/`` in a checkout, else ``$XDG_CACHE_HOME/pbhw/sim_build`` (``~/.cache``).
+BUILD_ROOT = _build_root()
 
 _STAMP = "pbhw-build.json"
 _ICARUS_TIMESCALE = ("1ns", "1ps")
@@ -329,8 +322,8 @@ def _tool_environ(tool: Tool) -> Iterator[None]:
     saved_env = dict(os.environ)
     saved_path = list(sys.path)
     os.environ.update(tool.env())
-    if str(_REPO) not in sys.path:  # the `sim` testbench package must import in the simulator
-        sys.path.append(str(_REPO))
+    if _CHECKOUT is not None and str(_CHECKOUT) not in sys.path:
+        sys.path.append(str(_CHECKOUT))  # the unit tests' `sim` package imports in the simulator
     try:
         yield
     finally:
@@ -458,7 +451,7 @@ def sim_test(
         From :func:`sim_build`.
     test_module : str
         Importable name of the module holding the ``@cocotb.test()`` functions, e.g.
-        ``"sim.tb_requantizer"`` (the repository root is put on the simulator's ``PYTHONPATH``).
+        ``"sim.tb_stream"`` (in a checkout, its root is put on the simulator's ``PYTHONPATH``).
     test_dir : path-like, optional
         Where the simulation runs and writes ``results.xml``; ``<build>/run`` by default. Give
         each concurrent or parametrized test its own.

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pbhw.core.errors import DatasetError
+
 __all__ = ["DATASET_NAMES", "SPLIT_SEED", "Dataset", "DatasetError", "load"]
 
 #: Accepted dataset specs, for help texts and error messages.
@@ -43,10 +45,6 @@ _MNIST1D_SEED = 42
 _CIFAR10_DATA_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 _CIFAR10_FEATURES = 3 * 32 * 32
 _CIFAR10_CLASSES = 10
-
-
-class DatasetError(ValueError):
-    """A dataset problem, reported to the user as one message (exit status 2)."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,6 +1,6 @@
 """``pbhw sweep``: train (and estimate) every point of a grid of config values.
 
-Registered on the ``pbhw`` group in :mod:`pbhw.cli`; the engine is :mod:`pbhw.sweep`.
+Registered on the ``pbhw`` group in :mod:`pbhw.cli`; the engine is :mod:`pbhw.flows.sweep`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,15 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pbhw import sweep as engine
-from pbhw.cli import UserError, config_argument, load_config, set_option, user_errors
+from pbhw.cli.common import (
+    UserError,
+    config_argument,
+    load_config,
+    set_option,
+    train_sets,
+    user_errors,
+)
+from pbhw.flows import sweep as engine
 
 __all__ = ["sweep"]
 
@@ -109,15 +116,7 @@ def sweep(
     except engine.SweepError as e:
         raise UserError(str(e)) from None
     axes = [engine.parse_grid(spec) for spec in grids]
-    extra = [
-        f"{key}={value}"
-        for key, value in (
-            ("train.dataset", None if dataset is None else f'"{dataset}"'),
-            ("train.epochs", epochs),
-            ("train.arith", None if arith is None else f'"{arith}"'),
-        )
-        if value is not None
-    ]
+    extra = train_sets(dataset, epochs, arith)
     base = load_config(config, ())
     points = engine.expand(base.to_dict(), axes, ['train.arith="fixed"', *sets, *extra])
 

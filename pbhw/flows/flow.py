@@ -18,7 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pbhw.config import Config, from_dict
+from pbhw.core.config import Config, from_dict
+from pbhw.core.io import write_json
 
 __all__ = ["run_flow"]
 
@@ -30,12 +31,6 @@ def _with(config: Config, **sections: dict[str, Any]) -> Config:
     for section, values in sections.items():
         raw[section] = {**raw.get(section, {}), **values}
     return from_dict(raw)
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    from pbhw.cli import write_json
-
-    write_json(path, payload)
 
 
 def _training_plot(path: Path, fixed, sgd, name: str) -> None:
@@ -101,10 +96,10 @@ def run_flow(
 ) -> dict[str, Any]:
     """Run every step; returns the numbers the report shows. ``pnr_seed`` is nextpnr's
     placement seed (None: nextpnr's own), which the report names."""
-    from pbhw.estimate import estimate
-    from pbhw.report import render_flow_report
-    from pbhw.train import train
-    from pbhw.verify import verify
+    from pbhw.flows.report import render_flow_report
+    from pbhw.tools.estimate import estimate
+    from pbhw.tools.train import train
+    from pbhw.tools.verify import verify
     from rtl_gen.generate import generate
 
     say = progress or (lambda message: None)
@@ -122,10 +117,10 @@ def run_flow(
     sgd_cfg = _with(config, train={"arith": "float"}, optimizer={"algorithm": "sgd"})
     say(f"1/5 training {config.name} in fixed point (bit-exact) on {config.train.dataset} ...")
     fixed = timed("train_fixed", lambda: train(fixed_cfg))
-    _write_json(out_dir / "train_fixed.json", fixed.to_json())
+    write_json(out_dir / "train_fixed.json", fixed.to_json())
     say(f"    test accuracy {100 * fixed.test_accuracy:.2f} %; float SGD baseline ...")
     sgd = timed("train_sgd", lambda: train(sgd_cfg))
-    _write_json(out_dir / "train_sgd.json", sgd.to_json())
+    write_json(out_dir / "train_sgd.json", sgd.to_json())
     say(f"    baseline {100 * sgd.test_accuracy:.2f} %")
 
     say("2/5 generating Verilog ...")
@@ -134,7 +129,7 @@ def run_flow(
 
     say(f"3/5 verifying {verify_samples} samples against the golden model on {simulator} ...")
     checked = timed("verify", lambda: verify(config, samples=verify_samples, simulator=simulator))
-    _write_json(out_dir / "verify.json", checked.to_json())
+    write_json(out_dir / "verify.json", checked.to_json())
     say(f"    {checked.summary()}")
 
     say(f"4/5 synthesis and place-and-route for {config.hardware.device} ...")
@@ -144,7 +139,7 @@ def run_flow(
             config, progress=lambda m: say(f"    {m}"), pnr_timeout=pnr_timeout, seed=pnr_seed
         ),
     )
-    _write_json(out_dir / "estimate.json", est.to_json())
+    write_json(out_dir / "estimate.json", est.to_json())
     fmax = "no Fmax" if est.fmax_mhz is None else f"Fmax {est.fmax_mhz:.1f} MHz"
     say(f"    {fmax}; fits: {est.fits}")
 

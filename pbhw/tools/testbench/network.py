@@ -1,7 +1,8 @@
-"""cocotb testbench of a whole generated network, driven by :mod:`pbhw.verify`.
+"""cocotb testbench of a whole generated network, driven by :mod:`pbhw.tools.verify`.
 
 It streams the samples of a stimulus file (``PBHW_STIMULUS``, JSON written by
-:func:`pbhw.verify.run_rtl`) into ``samples``, then ``2L - 1`` bubbles, with optional random idle
+:func:`pbhw.tools.verify.run_rtl`) into ``samples``, then ``2L - 1`` bubbles, with optional random
+idle
 cycles and back-pressure on ``results``; it records every token on every inter-stage stream (the
 stages' ``fwd_o`` / ``err_o`` ports inside the design), every result, the cycle of every accepted
 sample, and, once the pipeline is quiet, every W/V memory row through the debug port and the
@@ -18,7 +19,7 @@ from pathlib import Path
 import cocotb
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 
-from sim.streams import StreamDriver, StreamMonitor, start_clock_and_reset
+from pbhw.tools.testbench.streams import StreamDriver, StreamMonitor, start_clock_and_reset
 
 
 async def _watch(dut, streams, log, cycle_of_sample, stop):

@@ -2,10 +2,10 @@
 
 A grid is a list of axes ``KEY=V1,V2,...``; its points are the cartesian product, each a config
 with those ``--set`` values applied and validated up front (:func:`expand`), so a bad key or value
-is one :class:`~pbhw.config.ConfigError` before any work starts. Points that differ only in what
-:func:`pbhw.train.train_many` can vectorise (formats, rounding, update constants, in fixed-point
-arithmetic) are trained together in one batch (:func:`group_points`); the batches run in local
-processes or as Ray tasks (:func:`run_points`). Every finished point is recorded in
+is one :class:`~pbhw.core.config.ConfigError` before any work starts. Points that differ only in
+what :func:`pbhw.tools.train.train_many` can vectorise (formats, rounding, update constants, in
+fixed-point arithmetic) are trained together in one batch (:func:`group_points`); the batches
+run in local processes or as Ray tasks (:func:`run_points`). Every finished point is recorded in
 ``DIR/points/<key>.json`` (the key is a hash of the resolved config), so an interrupted sweep
 resumes from the finished points. The trainer is deterministic given the config, so the results
 do not depend on the backend, the number of workers or how points are batched.
@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pbhw.config import Arith, Config, ConfigError, apply_sets, from_dict
-from pbhw.report import write_atomic
+from pbhw.core.config import Arith, Config, ConfigError, apply_sets, from_dict
+from pbhw.core.errors import SweepError
+from pbhw.core.io import write_atomic
 
 __all__ = [
     "BACKENDS",
@@ -78,10 +79,6 @@ TRAIN_COLUMNS = (
 _CONSTANT_KEYS = frozenset(
     {"lr", "momentum", "reference_batch", "spike_compensation", "prediction_horizon"}
 )
-
-
-class SweepError(RuntimeError):
-    """A sweep cannot run as asked (e.g. its backend is not installed)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,9 +187,9 @@ def check_trainable(config: Config, datasets: dict[str, Any] | None = None) -> N
     wider than the bit-exact model supports, a network that does not fit its dataset.
 
     ``datasets`` caches the loaded datasets by spec across calls."""
-    from pbhw.datasets import load as load_dataset
-    from pbhw.plan import derive_plan
-    from pbhw.train import check_fits
+    from pbhw.core.datasets import load as load_dataset
+    from pbhw.core.plan import derive_plan
+    from pbhw.tools.train import check_fits
 
     plan = derive_plan(config)
     if config.train.arith is Arith.FIXED:
@@ -211,8 +208,8 @@ def check_trainable(config: Config, datasets: dict[str, Any] | None = None) -> N
 
 
 def _batch_key(config: Config) -> str | None:
-    """Configs with equal keys can be trained in one :func:`~pbhw.train.train_many` run; ``None``
-    means the config trains alone (float arithmetic)."""
+    """Configs with equal keys can be trained in one :func:`~pbhw.tools.train.train_many` run;
+    ``None`` means the config trains alone (float arithmetic)."""
     if config.train.arith is not Arith.FIXED:
         return None
     data = config.to_dict()
@@ -241,8 +238,8 @@ def group_points(points: Sequence[Point], max_batch: int | None = None) -> list[
 
 def estimate_point(config: Config, fast: bool = False) -> dict[str, Any]:
     """Resources, Fmax and cycles per sample of the hardware for ``config`` (synthesis and
-    place-and-route through :func:`pbhw.estimate.estimate`, or its analytic model)."""
-    from pbhw import estimate as estimate_module
+    place-and-route through :func:`pbhw.tools.estimate.estimate`, or its analytic model)."""
+    from pbhw.tools import estimate as estimate_module
 
     result = estimate_module.estimate(config, fast=fast)
     est = result.to_json()
@@ -270,13 +267,15 @@ def fast_estimate_point(config: Config) -> dict[str, Any]:
 
 
 def require_estimate() -> None:
-    """Raise :class:`SweepError` if :mod:`pbhw.estimate` cannot estimate a design."""
+    """Raise :class:`SweepError` if :mod:`pbhw.tools.estimate` cannot estimate a design."""
     try:
-        from pbhw import estimate as estimate_module
+        from pbhw.tools import estimate as estimate_module
     except ImportError as e:
-        raise SweepError(f"--estimate needs pbhw.estimate, which cannot be imported: {e}") from None
+        raise SweepError(
+            f"--estimate needs pbhw.tools.estimate, which cannot be imported: {e}"
+        ) from None
     if not callable(getattr(estimate_module, "estimate", None)):
-        raise SweepError("--estimate needs pbhw.estimate.estimate, which does not exist")
+        raise SweepError("--estimate needs pbhw.tools.estimate.estimate, which does not exist")
 
 
 def _train_record(result: Any, diverged: str | None) -> dict[str, Any]:
@@ -304,7 +303,7 @@ def run_batch(
     Takes dictionaries, not :class:`Config` objects, so it can be shipped to other processes."""
     import time
 
-    from pbhw.train import TrainingDiverged, train_many
+    from pbhw.tools.train import TrainingDiverged, train_many
 
     cfgs = [from_dict(c) for c in configs]
     start = time.perf_counter()
@@ -558,7 +557,7 @@ def write_results(
     rows: Sequence[Mapping[str, Any]],
 ) -> None:
     """Write ``results.csv``, ``results.json``, ``pareto.png`` and ``report.md`` (atomically)."""
-    from pbhw import report
+    from pbhw.flows import report
 
     grid_keys = [axis["key"] for axis in spec["grid"]]
     axis = report.cost_axis(rows)

@@ -1,0 +1,5 @@
+"""``python -m pbhw``: the ``pbhw`` command."""
+
+from pbhw.cli import main
+
+main()

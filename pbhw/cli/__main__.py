@@ -1,0 +1,5 @@
+"""``python -m pbhw.cli``: the ``pbhw`` command."""
+
+from pbhw.cli import main
+
+main()

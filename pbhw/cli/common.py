@@ -1,0 +1,96 @@
+"""What every ``pbhw`` command shares: the config argument and ``--set``, the common options,
+and the mapping of the library's errors to one ``error:`` line (exit status 2 for bad input,
+1 for a run that failed on its own terms)."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pbhw.core.config import Config, load
+from pbhw.core.errors import InputError, RunError, UserError
+
+__all__ = [
+    "UserError",
+    "config_argument",
+    "fail",
+    "lanes_text",
+    "load_config",
+    "pnr_seed_option",
+    "set_option",
+    "simulator_option",
+    "train_sets",
+    "user_errors",
+]
+
+SET_HELP = "Override a config key, e.g. --set optimizer.lr=0.05 (repeatable)."
+
+
+def fail(message: str, status: int = 2) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(status)
+
+
+def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the library's errors into one ``error:`` line: exit status 2 for bad input
+    (:class:`~pbhw.core.errors.InputError`), 1 for a run that failed
+    (:class:`~pbhw.core.errors.RunError`)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except InputError as e:
+            fail(str(e))
+        except RunError as e:
+            fail(str(e), status=1)
+
+    return wrapper
+
+
+def load_config(path: str, sets: tuple[str, ...]) -> Config:
+    return load(Path(path), sets)
+
+
+config_argument = click.argument("config")
+set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+simulator_option = click.option(
+    "--simulator",
+    type=click.Choice(["verilator", "icarus"]),
+    default="verilator",
+    show_default=True,
+    help="RTL simulator for the bit-exact check.",
+)
+pnr_seed_option = click.option(
+    "--pnr-seed",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="nextpnr placement seed (default: nextpnr's own); the routed Fmax of a large design "
+    "varies by several MHz between seeds.",
+)
+
+
+def lanes_text(cfg: Config) -> str:
+    lanes = cfg.hardware.lanes
+    return lanes if isinstance(lanes, str) else ", ".join(map(str, lanes))
+
+
+def train_sets(
+    dataset: str | None, epochs: int | None, arith: str | None, seed: int | None = None
+) -> list[str]:
+    """The ``--set`` overrides of the training options a command was given (``None``: not given)."""
+    return [
+        f"{key}={value}"
+        for key, value in (
+            ("train.dataset", None if dataset is None else f'"{dataset}"'),
+            ("train.epochs", epochs),
+            ("train.arith", None if arith is None else f'"{arith}"'),
+            ("seed", seed),
+        )
+        if value is not None
+    ]

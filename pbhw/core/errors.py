@@ -1,0 +1,58 @@
+"""The one error hierarchy of pbhw.
+
+Every error the library raises on purpose derives from :class:`PbhwError`. The command line maps
+:class:`InputError` (and its subclasses) to one ``error:`` line and exit status 2, and
+:class:`RunError` (a run that started and failed on its own terms) to exit status 1.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DatasetError",
+    "InputError",
+    "PbhwError",
+    "RunError",
+    "SweepError",
+    "ToolError",
+    "TrainingDiverged",
+    "UserError",
+]
+
+
+class PbhwError(Exception):
+    """Base of every error pbhw raises on purpose."""
+
+
+class InputError(PbhwError, ValueError):
+    """Bad input from the user: reported as one ``error:`` line, exit status 2, nothing written."""
+
+
+class ConfigError(InputError):
+    """A configuration problem; the message names the key, the value and what is allowed."""
+
+
+class DatasetError(InputError):
+    """A dataset that cannot be loaded or does not fit the network."""
+
+
+class UserError(InputError):
+    """A bad command-line argument, detected outside config validation."""
+
+
+class ToolError(InputError, RuntimeError):
+    """An HDL tool (Verilator, Icarus, Yosys, nextpnr) is missing, too old, or rejected its
+    input; the message holds its output. Reported like bad input: the fix is on the user's side
+    (install the tool, or change the design)."""
+
+
+class SweepError(InputError, RuntimeError):
+    """A sweep cannot run as asked (e.g. its backend is not installed)."""
+
+
+class RunError(PbhwError, RuntimeError):
+    """A run that started and failed on its own terms: exit status 1."""
+
+
+class TrainingDiverged(RunError):
+    """The loss became non-finite or blew up; the message says where."""

@@ -1,0 +1,50 @@
+"""Initial weights, defined once for the trainer, the golden model and the generated memories.
+
+:func:`initial_weights` draws the float64 weights from the config's seed; :func:`weight_codes`
+quantizes one stage's weights (bias as the last column) to its weight format, half-even with
+saturation; :func:`initial_codes` is both for every stage: the weight memories' init contents
+and the golden model's initial state.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pbhw.core.fixed import Overflow, Rounding, quantize
+from pbhw.core.plan import Plan, StagePlan
+
+__all__ = ["initial_codes", "initial_weights", "weight_codes"]
+
+
+def initial_weights(
+    plan: Plan, seed: int | None = None
+) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Float64 initial weights from the seed: uniform He init (gain sqrt(2)) before a ReLU,
+    gain 1 for the last layer; biases zero."""
+    gen = torch.Generator().manual_seed(plan.config.seed if seed is None else seed)
+    out = []
+    for st in plan.stages:
+        gain = 2.0**0.5 if st.relu else 1.0
+        bound = gain * (3.0 / st.n_in) ** 0.5
+        w = (torch.rand(st.n_out, st.n_in, generator=gen, dtype=torch.float64) * 2 - 1) * bound
+        b = torch.zeros(st.n_out, dtype=torch.float64) if plan.config.network.bias else None
+        out.append((w, b))
+    return out
+
+
+def weight_codes(stage: StagePlan, w: torch.Tensor, b: torch.Tensor | None) -> np.ndarray:
+    """``[N_out, N_in (+1)]`` codes of ``stage``'s weight format: the float weights (bias as the
+    last column) quantized half-even with saturation."""
+    w_aug = w if b is None else torch.cat([w, b[:, None]], 1)
+    return quantize(
+        w_aug, stage.formats.weight.format, Rounding.HALF_EVEN, Overflow.SATURATE
+    ).numpy()
+
+
+def initial_codes(plan: Plan) -> list[np.ndarray]:
+    """Every stage's initial weight codes (``[N_out, N_in (+1)]``)."""
+    return [
+        weight_codes(st, w, b)
+        for st, (w, b) in zip(plan.stages, initial_weights(plan), strict=True)
+    ]
