@@ -13,7 +13,6 @@ which is exact for integers that small.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +21,7 @@ import torch
 
 from pbhw.core.config import ConfigError, Loss, RoleFormat, WeightPrediction
 from pbhw.core.constants import EVAL_STEP, EXP2_TABLE, LOG2E_Q16, stream_id
+from pbhw.core.datapath import stage_datapath, x_format_of
 from pbhw.core.fixed import (
     THREEFRY_ROUNDS,
     Overflow,
@@ -34,7 +34,6 @@ from pbhw.core.weights import weight_codes
 
 __all__ = ["FixedArithmetic", "FixedState"]
 
-_ACC_LIMIT = 62  # bits of a signed accumulator the model (and int64) can hold
 _FLOAT_EXACT = 53  # bits below which a float64 matrix product of integers is exact
 
 
@@ -206,15 +205,7 @@ class FixedArithmetic:
         def frac(formats, role):
             return [f.role(role).format.frac for f in formats]
 
-        def width(formats, role):
-            return [f.role(role).format.width for f in formats]
-
         fa_in = [r.format.frac for r in a_in]
-        fw, fe, fg = frac(fm, "weight"), frac(fm, "error"), frac(fm, "gradient")
-        fv, fc = frac(fm, "velocity"), frac(fm, "coefficient")
-        ww, we, wg = width(fm, "weight"), width(fm, "error"), width(fm, "gradient")
-        wv, wc = width(fm, "velocity"), width(fm, "coefficient")
-        wa_in = [r.format.width for r in a_in]
         cols = st0.n_in + (1 if self.bias else 0)
         ctx: dict = {"index": index, "n_in": st0.n_in, "cols": cols}
         ctx["idx_w"] = np.arange(st0.n_out * cols, dtype=np.int64).reshape(1, st0.n_out, cols)
@@ -231,76 +222,54 @@ class FixedArithmetic:
             np.asarray(ctx["one"]).reshape(-1, 1), (len(self.plans), 1)
         ).copy()
 
-        zipped = list(zip(fw, fe, fg, fv, fc, fa_in, strict=True))
-        fwd_bits = max(w + a for w, a in zip(ww, wa_in, strict=True)) + _log2(cols)
-        bwd_bits = max(w + e for w, e in zip(ww, we, strict=True)) + _log2(st0.n_out)
-        ctx["fwd_float"] = fwd_bits <= _FLOAT_EXACT
-        ctx["bwd_float"] = bwd_bits <= _FLOAT_EXACT
-        f_vel = [max(c + v, g) for w, e, g, v, c, a in zipped]
-        f_upd = [max(w, c + v, c + g) for w, e, g, v, c, a in zipped]
-        f_pre = [max(w, c + v) for w, e, g, v, c, a in zipped]
-        widths = list(zip(ww, wg, wv, wc, strict=True))
-        vel_bits = 1 + max(
-            max(cw + vw + F - c - v, gw + F - g)
-            for (w_, gw, vw, cw), F, (w, e, g, v, c, a) in zip(widths, f_vel, zipped, strict=True)
-        )
-        upd_bits = 2 + max(
-            max(w_ + F - w, cw + vw + F - c - v, cw + gw + F - c - g)
-            for (w_, gw, vw, cw), F, (w, e, g, v, c, a) in zip(widths, f_upd, zipped, strict=True)
-        )
-        pre_bits = 1 + max(
-            max(w_ + F - w, cw + vw + F - c - v)
-            for (w_, gw, vw, cw), F, (w, e, g, v, c, a) in zip(widths, f_pre, zipped, strict=True)
-        )
-        for what, bits in (
-            ("forward accumulator", fwd_bits),
-            ("backward accumulator", bwd_bits),
-            ("velocity update", vel_bits),
-            ("weight update", upd_bits),
-            ("weight prediction", pre_bits),
-        ):
-            if bits > _ACC_LIMIT:
-                raise ConfigError(
-                    f"stage {index}: the {what} needs {bits} bits, more than the {_ACC_LIMIT} "
-                    "the bit-exact model supports; narrow the formats of that stage"
-                )
+        # Every accumulator's format and every term's shift: the stage's datapath, per config.
+        dps = [
+            stage_datapath(
+                p.stages[i],
+                x_format=x_format_of(p, p.stages[i]),
+                bias=self.bias,
+                prediction=self.prediction,
+                multiplier_ports=None,
+            )
+            for p in self.plans
+        ]
+        ups = [dp.update for dp in dps]
+        ctx["fwd_float"] = max(dp.forward.width for dp in dps) <= _FLOAT_EXACT
+        ctx["bwd_float"] = index > 1 and max(dp.backward.width for dp in dps) <= _FLOAT_EXACT
 
         ctx["fwd"] = _Rounder(
-            [w + a for w, e, g, v, c, a in zipped],
+            [dp.forward.frac for dp in dps],
             [f.activation for f in fm],
             stream_id(index, "activation"),
             2,
         )
         if index > 1:
             ctx["bwd"] = _Rounder(
-                [w + e for w, e, g, v, c, a in zipped],
+                [dp.backward.frac for dp in dps],
                 [f.error for f in prev],
                 stream_id(index, "error"),
                 2,
             )
         ctx["grad"] = _Rounder(
-            [e + a for w, e, g, v, c, a in zipped],
+            [u.gradient.frac for u in ups],
             [f.gradient for f in fm],
             stream_id(index, "gradient"),
             3,
         )
-        ctx["vel_mv"] = _column(
-            [F - c - v for F, (w, e, g, v, c, a) in zip(f_vel, zipped, strict=True)], 3
+        ctx["vel_mv"] = _column([u.velocity.shifts["mv"] for u in ups], 3)
+        ctx["vel_g"] = _column([u.velocity.shifts["g"] for u in ups], 3)
+        ctx["vel"] = _Rounder(
+            [u.velocity.frac for u in ups],
+            [f.velocity for f in fm],
+            stream_id(index, "velocity"),
+            3,
         )
-        ctx["vel_g"] = _column(
-            [F - g for F, (w, e, g, v, c, a) in zip(f_vel, zipped, strict=True)], 3
+        ctx["upd_w"] = _column([u.weight.shifts["w"] for u in ups], 3)
+        ctx["upd_v"] = _column([u.weight.shifts["v"] for u in ups], 3)
+        ctx["upd_g"] = _column([u.weight.shifts["g"] for u in ups], 3)
+        ctx["upd"] = _Rounder(
+            [u.weight.frac for u in ups], [f.weight for f in fm], stream_id(index, "weight"), 3
         )
-        ctx["vel"] = _Rounder(f_vel, [f.velocity for f in fm], stream_id(index, "velocity"), 3)
-        ctx["upd_w"] = _column(
-            [F - w for F, (w, e, g, v, c, a) in zip(f_upd, zipped, strict=True)], 3
-        )
-        ctx["upd_v"] = _column(
-            [F - c - v for F, (w, e, g, v, c, a) in zip(f_upd, zipped, strict=True)], 3
-        )
-        ctx["upd_g"] = _column(
-            [F - c - g for F, (w, e, g, v, c, a) in zip(f_upd, zipped, strict=True)], 3
-        )
-        ctx["upd"] = _Rounder(f_upd, [f.weight for f in fm], stream_id(index, "weight"), 3)
         codes = {
             name: [st.coefficients[name].code for st in stages]
             for name in ("momentum", "eta_a", "eta_b")
@@ -312,24 +281,30 @@ class FixedArithmetic:
         ctx["prediction"] = None
         if any(horizons) and self.prediction is WeightPrediction.VELOCITY:
             ctx["prediction"] = "velocity"
-            ctx["pre_w"] = _column(
-                [F - w for F, (w, e, g, v, c, a) in zip(f_pre, zipped, strict=True)], 3
-            )
-            ctx["pre_v"] = _column(
-                [F - c - v for F, (w, e, g, v, c, a) in zip(f_pre, zipped, strict=True)], 3
-            )
+            ctx["pre_w"] = _column([u.prediction.shifts["w"] for u in ups], 3)
+            ctx["pre_v"] = _column([u.prediction.shifts["v"] for u in ups], 3)
             ctx["eT"] = _column(
                 [st.coefficients["eta_T"].code if st.horizon else 0 for st in stages], 3
             )
-            ctx["pre"] = _Rounder(f_pre, [f.weight for f in fm], stream_id(index, "prediction"), 3)
+            ctx["pre"] = _Rounder(
+                [u.prediction.frac for u in ups],
+                [f.weight for f in fm],
+                stream_id(index, "prediction"),
+                3,
+            )
         elif any(horizons) and self.prediction is WeightPrediction.WEIGHT_DIFFERENCE:
             ctx["prediction"] = "weight_difference"
             ctx["T"] = _column(horizons, 3)
-            ctx["pre"] = _Rounder(fw, [f.weight for f in fm], stream_id(index, "prediction"), 3)
+            ctx["pre"] = _Rounder(
+                [u.prediction.frac for u in ups],
+                [f.weight for f in fm],
+                stream_id(index, "prediction"),
+                3,
+            )
         if index == 1:
             ctx["input_formats"] = a_in
         if not st0.relu:
-            fa = frac(fm, "activation")
+            fa, fe = frac(fm, "activation"), frac(fm, "error")
             one_frac = fa if self.loss_kind is Loss.MSE else fe
             role = "activation" if self.loss_kind is Loss.MSE else "error"
             if min(one_frac) < 0:
@@ -600,10 +575,6 @@ def _column(values: Sequence[int], ndim: int = 2) -> int | np.ndarray:
 def _shl(x: np.ndarray, k: int | np.ndarray) -> np.ndarray:
     """``x * 2^k`` (``k >= 0``), skipping the pass when every config's ``k`` is 0."""
     return x if isinstance(k, int) and k == 0 else x << k
-
-
-def _log2(n: int) -> int:
-    return max(1, math.ceil(math.log2(n + 1)))
 
 
 def _matmul(a: np.ndarray, b: np.ndarray, exact_in_float: bool) -> np.ndarray:

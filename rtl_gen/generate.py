@@ -20,7 +20,6 @@ from amaranth.back import verilog
 
 from pbhw.core.config import Config, ConfigError
 from rtl_gen.design import Design, build_design
-from rtl_gen.lanes import lane_products
 from rtl_gen.resources import models_for
 from rtl_gen.stage import COUNTER_BITS, OVERHEAD, Stage
 
@@ -60,8 +59,7 @@ def _format_json(role) -> dict[str, Any]:
 def _multiplier_shapes(design: Design, stage: Stage) -> list[dict[str, int]]:
     """Every product of one stage: operand widths and how many (one per lane each)."""
     return [
-        {"product": n, "a": a, "b": b, "count": stage.lanes}
-        for n, a, b in lane_products(design.plan, stage.plan)
+        {"product": n, "a": a, "b": b, "count": stage.lanes} for n, a, b in stage.datapath.pieces()
     ]
 
 

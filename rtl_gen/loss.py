@@ -19,10 +19,11 @@ from amaranth.lib.wiring import In, Out
 
 from pbhw.core.config import Loss, RoleFormat
 from pbhw.core.constants import EXP2_TABLE, LOG2E_Q16, stream_id
+from pbhw.core.datapath import span_width
 from pbhw.core.fixed import FixedFormat, Rounding
 from rtl_gen.multiply import LATENCY as PRODUCT_LATENCY
 from rtl_gen.multiply import Delays, free_enables, pipelined_product, pipelined_sum, sum_levels
-from rtl_gen.requantizer import Requantizer, shape_of, span_width
+from rtl_gen.requantizer import Requantizer, shape_of
 from rtl_gen.stage import COUNTER_BITS, error_token, forward_token, label_bits
 from rtl_gen.threefry import Threefry2x32, pipelined_latency
 

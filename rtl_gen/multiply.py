@@ -6,10 +6,11 @@ delay's worth of adders to the path. :func:`pipelined_product` tiles it itself i
 operand wider than its port is cut into low slices of ``port - 1`` bits (unsigned, so each fits
 the port as a signed operand) and a signed top slice; every partial product is registered (one
 block each), registered again in the fabric, and the shifted partials are summed and
-registered in the next cycle. A product by
-a constant is tiled the same way over the constant's slices, skipping zero slices and turning
-power-of-two slices into shifts. :func:`product_shapes` lists the blocks for the manifest and
-the lane cost, so the count there is what the tool sees. :class:`Delays` keeps the other
+registered in the next cycle. A product by a constant is tiled the same way over the
+constant's slices, skipping zero slices and turning power-of-two slices into shifts. The
+slicing rule itself is :mod:`pbhw.core.datapath` (:func:`~pbhw.core.datapath.product_pieces`
+lists the blocks for the manifest and the lane cost), so the count there is what the tool
+sees. :class:`Delays` keeps the other
 operands of a pipeline in step with the products.
 
 On a device whose file names a ``[multiplier] primitive`` (ECP5: ``MULT18X18D``), every piece
@@ -28,6 +29,13 @@ import math
 
 from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Mux, Signal, Value, signed
 
+from pbhw.core.datapath import (
+    PRODUCT_LATENCY,
+    constant_ports,
+    constant_slices,
+    is_shift,
+    operand_slices,
+)
 from pbhw.core.devices import PRIMITIVES
 
 __all__ = [
@@ -38,7 +46,6 @@ __all__ = [
     "as_signed",
     "pipelined_product",
     "pipelined_sum",
-    "product_shapes",
     "free_enables",
     "replicated_tree",
     "hard_product",
@@ -52,9 +59,8 @@ FANOUT = 64
 #: Terms a pipelined sum adds per registered level (two levels of adders).
 SUM_FAN_IN = 4
 
-#: Cycles from the operands to a pipelined product: operand, piece, piece again (in the fabric,
-#: between a hard multiplier and its sum), sum.
-LATENCY = 4
+#: Cycles from the operands to a pipelined product (:data:`pbhw.core.datapath.PRODUCT_LATENCY`).
+LATENCY = PRODUCT_LATENCY
 
 
 class Delays:
@@ -168,71 +174,6 @@ def as_signed(value: Value) -> Value:
     return Cat(value, Const(0, 1)).as_signed()
 
 
-def _slices(width: int, port: int) -> list[tuple[int, int]]:
-    """``(lo, hi)`` bit ranges of a signed ``width``-bit operand for a ``port``-bit input."""
-    if width <= port:
-        return [(0, width)]
-    step = port - 1
-    out = [(lo, lo + step) for lo in range(0, width - 1, step) if lo + step < width]
-    out.append((out[-1][1], width))
-    return out
-
-
-def _piece_widths(width: int, port: int) -> list[int]:
-    """Widths, as signed operands, of the slices of a signed ``width``-bit operand."""
-    return [hi - lo + (hi < width) for lo, hi in _slices(width, port)]
-
-
-def _signed_width(code: int) -> int:
-    return (code if code >= 0 else ~code).bit_length() + 1
-
-
-def _constant_slices(code: int, port: int) -> list[tuple[int, int]]:
-    """``(shift, chunk)`` with ``code == sum(chunk << shift)``, zero chunks left out."""
-    width = _signed_width(code)
-    out = []
-    for lo, hi in _slices(width, port):
-        chunk = (code >> lo) & ((1 << (hi - lo)) - 1)
-        if hi == width and chunk >> (hi - lo - 1):
-            chunk -= 1 << (hi - lo)  # the top slice is signed
-        if chunk:
-            out.append((lo, chunk))
-    return out
-
-
-def _is_shift(chunk: int) -> bool:
-    mag = abs(chunk)
-    return mag & (mag - 1) == 0
-
-
-def _ports_for_constant(a_bits: int, code: int, ports: tuple[int, int]) -> tuple[int, int]:
-    """(port of the operand, port of the constant): the wider operand takes the wider port."""
-    wide, narrow = max(ports), min(ports)
-    return (wide, narrow) if a_bits >= _signed_width(code) else (narrow, wide)
-
-
-def product_shapes(a_bits: int, b, ports: tuple[int, int]) -> list[tuple[int, int]]:
-    """Operand widths of the pieces of ``a x b`` that :func:`pipelined_product` multiplies.
-
-    ``a_bits`` is the width of a signed operand; ``b`` is ``("width", n)`` for another signed
-    operand or ``("constant", code)``; ``ports`` are the device's multiplier operand widths.
-    Power-of-two slices of a constant are shifts and have no piece."""
-    kind, value = b
-    wide, narrow = max(ports), min(ports)
-    if kind == "width":
-        a, b_bits = max(a_bits, value), min(a_bits, value)
-        return [(x, y) for x in _piece_widths(a, wide) for y in _piece_widths(b_bits, narrow)]
-    if kind != "constant":
-        raise ValueError(f"Operand must be ('width', n) or ('constant', code), not {b!r}")
-    port_a, port_c = _ports_for_constant(a_bits, value, ports)
-    return [
-        (x, _signed_width(chunk))
-        for _, chunk in _constant_slices(value, port_c)
-        if not _is_shift(chunk)
-        for x in _piece_widths(a_bits, port_a)
-    ]
-
-
 def hard_product(m: Module, primitive: str, a: Value, b: Value, name: str) -> Signal:
     """``a * b`` (signed operands that fit the primitive's ports) by one hard multiplier with its
     input and output registers enabled: the registered product, two cycles later."""
@@ -320,18 +261,18 @@ def pipelined_product(
     # (a piece, b piece or constant, shift, piece of the registered operands)
     pieces = []
     if isinstance(b, int):
-        port_a, port_c = _ports_for_constant(len(a), b, ports)
-        for shift, chunk in _constant_slices(b, port_c):
-            if _is_shift(chunk):
+        port_a, port_c = constant_ports(len(a), b, ports)
+        for shift, chunk in constant_slices(b, port_c):
+            if is_shift(chunk):
                 k = abs(chunk).bit_length() - 1
                 pieces.append((None, None, shift + k, a_reg if chunk > 0 else -a_reg))
                 continue
-            for lo, hi in _slices(len(a), port_a):
+            for lo, hi in operand_slices(len(a), port_a):
                 pa = _piece(a_reg, lo, hi)
                 pieces.append((_piece(a, lo, hi), Const(chunk), shift + lo, pa * Const(chunk)))
     else:
-        for lo, hi in _slices(len(a), wide):
-            for lj, hj in _slices(len(b), narrow):
+        for lo, hi in operand_slices(len(a), wide):
+            for lj, hj in operand_slices(len(b), narrow):
                 registered = _piece(a_reg, lo, hi) * _piece(b_reg, lj, hj)
                 pieces.append((_piece(a, lo, hi), _piece(b, lj, hj), lo + lj, registered))
     # Every piece is registered again before the sum: hard multipliers sit wherever the device

@@ -11,17 +11,12 @@ from amaranth.lib.wiring import In, Out
 
 from pbhw.core.fixed import FixedFormat, Overflow, Rounding, as_overflow, as_rounding
 
-__all__ = ["Requantizer", "shape_of", "span_width"]
+__all__ = ["Requantizer", "shape_of"]
 
 
 def shape_of(fmt: FixedFormat) -> Shape:
     """The Amaranth shape of a code of ``fmt``."""
     return signed(fmt.width) if fmt.signed else unsigned(fmt.width)
-
-
-def span_width(lo: int, hi: int) -> int:
-    """Bits of the narrowest two's complement code holding every integer of ``[lo, hi]``."""
-    return max(2, (-lo - 1).bit_length() + 1, hi.bit_length() + 1)
 
 
 class Requantizer(wiring.Component):

@@ -36,6 +36,13 @@ from amaranth.lib.wiring import In, Out
 
 from pbhw.core.config import RoleFormat, WeightPrediction
 from pbhw.core.constants import stream_id
+from pbhw.core.datapath import (
+    PREDICTION_LATENCY,
+    UPDATE_LATENCY,
+    UPDATE_PIPELINE,
+    StageDatapath,
+    stage_datapath,
+)
 from pbhw.core.fixed import FixedFormat, Rounding
 from pbhw.core.plan import StagePlan
 from rtl_gen.multiply import (
@@ -49,9 +56,9 @@ from rtl_gen.multiply import (
     sum_levels,
 )
 from rtl_gen.multiply import LATENCY as PRODUCT_LATENCY
-from rtl_gen.requantizer import Requantizer, shape_of, span_width
+from rtl_gen.requantizer import Requantizer, shape_of
 from rtl_gen.threefry import Threefry2x32, pipelined_latency
-from rtl_gen.update import UpdateUnit
+from rtl_gen.update import UpdateUnit, check_shift_constants
 
 __all__ = [
     "COUNTER_ROLES",
@@ -90,11 +97,6 @@ def forward_token(n: int, fmt: FixedFormat, classes: int) -> data.StructLayout:
 def error_token(n: int, fmt: FixedFormat) -> data.StructLayout:
     """An error token: ``n`` error codes of ``fmt`` and ``bubble``."""
     return data.StructLayout({"bubble": 1, "e": data.ArrayLayout(shape_of(fmt), n)})
-
-
-def _product_span(a: FixedFormat, b: FixedFormat, terms: int) -> tuple[int, int]:
-    corners = [x * y for x in (a.min_code, a.max_code) for y in (b.min_code, b.max_code)]
-    return terms * min(corners), terms * max(corners)
 
 
 def _pack(codes, width: int) -> int:
@@ -212,10 +214,15 @@ class Stage(wiring.Component):
             multiplier_ports=tuple(multiplier_ports),
             multiplier_primitive=multiplier_primitive,
         )
-        # Built once here so that a bad constant or width fails in the constructor.
-        self._probe = UpdateUnit(**self.update_args)
-        self._probe._MustUse__silence = True  # a probe of widths and costs, never elaborated
-        self._check_accumulators()
+        # Every width, shift and product of the stage; a bad width or constant fails here.
+        self._datapath = stage_datapath(
+            plan,
+            x_format=x_role.format,
+            bias=bias,
+            prediction=prediction,
+            multiplier_ports=tuple(multiplier_ports),
+        )
+        check_shift_constants(self._datapath.update)
         self._schedule()
 
         members = {
@@ -240,6 +247,11 @@ class Stage(wiring.Component):
     @property
     def plan(self) -> StagePlan:
         return self._plan
+
+    @property
+    def datapath(self) -> StageDatapath:
+        """Accumulators, products and constants (:func:`pbhw.core.datapath.stage_datapath`)."""
+        return self._datapath
 
     @property
     def lanes(self) -> int:
@@ -303,19 +315,20 @@ class Stage(wiring.Component):
         # A row is registered once after the memory (cycle 1) before anything uses it; the
         # unit's inputs wait until the earliest random word of a lane is ready, and the
         # activation rounding must not come before its word either.
-        pre = max([words - s for s in self._probe.random_stage.values()] + [1])
+        update = self._datapath.update
+        pre = max([words - UPDATE_PIPELINE[p] for p in update.stochastic_points] + [1])
         # operand register, forward product, group sums, row sum: the activation rounds that
         # long after w_hat
         tail = 1 + PRODUCT_LATENCY + self._sum_levels + 1
         if act_stochastic:
-            pre = max(pre, words - self._probe.prediction_latency - tail)
-        at = {"update": pre, "predicted": pre + self._probe.prediction_latency}
+            pre = max(pre, words - PREDICTION_LATENCY - tail)
+        at = {"update": pre, "predicted": pre + PREDICTION_LATENCY}
         at["forward"] = at["predicted"] + 1 + PRODUCT_LATENCY
         at["row_sum"] = at["forward"] + self._sum_levels
         at["round"] = at["row_sum"] + 1
         at["activation"] = at["round"] + 1
         at["backward"] = 1 + PRODUCT_LATENCY
-        at["write"] = pre + self._probe.latency
+        at["write"] = pre + UPDATE_LATENCY
         at["drain"] = max(at["activation"], at["write"], at["backward"])
         if err_stochastic:  # the error words (of the step counter) settle during the step
             at["drain"] = max(at["drain"], words)
@@ -358,7 +371,7 @@ class Stage(wiring.Component):
         data_per_lane = 3 if self._error_out is not None else 2
         return {
             "data": data_per_lane * self._lanes,
-            "coefficient": self._probe.coefficient_multipliers * self._lanes,
+            "coefficient": self._datapath.update.coefficient_multipliers * self._lanes,
         }
 
     @property
@@ -377,24 +390,6 @@ class Stage(wiring.Component):
         if self.has_w_prev:
             out["w_prev"] = list(w_rows)
         return out
-
-    # ------------------------------------------------------------------ widths
-
-    def _check_accumulators(self) -> None:
-        fm, p = self._plan.formats, self._plan
-        self._fwd_acc = FixedFormat(
-            span_width(*_product_span(fm.weight.format, self._x_role.format, self._cols)),
-            fm.weight.format.frac + self._x_role.format.frac,
-        )
-        self._bwd_acc = FixedFormat(
-            span_width(*_product_span(fm.weight.format, fm.error.format, p.n_out)),
-            fm.weight.format.frac + fm.error.format.frac,
-        )
-        for name, acc in (("forward", self._fwd_acc), ("backward", self._bwd_acc)):
-            if acc.width > 62:
-                raise ValueError(
-                    f"stage {p.index}: the {name} accumulator needs {acc.width} bits, more than 62"
-                )
 
     # ------------------------------------------------------------------ elaboration
 
@@ -491,10 +486,13 @@ class Stage(wiring.Component):
             Signal(shape_of(fm.activation.format), name=f"z{o}", reset_less=True)
             for o in range(n_out)
         ]
+        fwd_acc = self._datapath.forward.format
+        bwd_acc = self._datapath.backward.format if sends_error else None
         bacc = [
-            Signal(signed(self._bwd_acc.width), name=f"bacc{j}", reset_less=True) for j in range(N)
+            Signal(signed(bwd_acc.width), name=f"bacc{j}", reset_less=True)
+            for j in range(N if sends_error else 0)
         ]
-        cur = Signal(signed(self._fwd_acc.width), reset_less=True)
+        cur = Signal(signed(fwd_acc.width), reset_less=True)
         counts = [Signal(COUNTER_BITS, name=f"count_{r}") for r in COUNTER_ROLES]
         for n, c in enumerate(counts):
             m.d.comb += self.saturation[n].eq(c)
@@ -583,7 +581,7 @@ class Stage(wiring.Component):
             # are registered once more on their way to the multiplier (the lane's hard
             # multipliers need not sit beside its update unit: 10.7 ns of routing in one hop).
             h = at["predicted"]
-            f = Signal(signed(self._fwd_acc.width), name=f"fprod{p}")
+            f = Signal(signed(fwd_acc.width), name=f"fprod{p}")
             w_h = later(unit.w_hat, 1, f"w_hat{p}")
             x_h = later(x_ring[p % N], h + 1, f"x{p}")
             ports = self._multiplier_ports
@@ -596,7 +594,7 @@ class Stage(wiring.Component):
             m.d.comb += f.eq(product)
             fprod.append(f)
             if sends_error:  # backward product on the current weight, from the row register
-                b = Signal(signed(self._bwd_acc.width), name=f"bprod{p}")
+                b = Signal(signed(bwd_acc.width), name=f"bprod{p}")
                 w_b, dz_b = later(lane_w[p], 1, f"w{p}"), later(dz, 1, f"dz{p}")
                 keep = later(k_valid, at["backward"] - 1, f"kv{p}")
                 product = pipelined_product(
@@ -625,11 +623,11 @@ class Stage(wiring.Component):
                 if r in (d0, d0 + 1):
                     carry_f = later(carry, fwd_at, f"carry{p}")
                     terms.append(Mux(carry_f if d0 + 1 == r else ~carry_f, fprod[p], 0))
-            shape = signed(self._fwd_acc.width)
+            shape = signed(fwd_acc.width)
             partial.append(pipelined_sum(m, terms, shape, self._sum_levels, f"partial{r}"))
         sums = []
         for r in range(groups):
-            s = Signal(signed(self._fwd_acc.width), name=f"rowsum{r}")
+            s = Signal(signed(fwd_acc.width), name=f"rowsum{r}")
             m.d.comb += s.eq(partial[r] + cur if r == 0 else partial[r])
             sums.append(s)
         # Rows finished by a row read: base_row .. base_row + adv - 1.
@@ -684,10 +682,10 @@ class Stage(wiring.Component):
             m.d.sync += done.eq(valid(sum_at) & (r < adv) & (base_row_s + r < n_out))
             out_row = Signal(range(n_out + P // N + 2), name=f"done_row{r}", reset_less=True)
             m.d.sync += out_row.eq(base_row_s + r)
-            total = Signal(signed(self._fwd_acc.width), name=f"total{r}", reset_less=True)
+            total = Signal(signed(fwd_acc.width), name=f"total{r}", reset_less=True)
             m.d.sync += total.eq(sums[r])
             index = later(base_row, round_at - self._words, "base_row") + r
-            rq = self._rounder(m, f"act{r}", self._fwd_acc, act, "activation", step, index)
+            rq = self._rounder(m, f"act{r}", fwd_acc, act, "activation", step, index)
             m.d.comb += rq.i.eq(total)
             y = rq.o
             if self._relu and act.format.signed:
@@ -786,7 +784,7 @@ class Stage(wiring.Component):
             with m.Elif(dz_shift[c]):
                 m.d.sync += dz_sr[o].eq(Mux(dz_wrap[c], hi, lo))
         if sends_error:  # cleared in LOAD; a row's products arrive at["backward"] after its read
-            column_bits = N * self._bwd_acc.width
+            column_bits = N * bwd_acc.width
             clear = replicated_tree(m, seen, column_bits, "columns_clear")
             add = replicated(m, valid(at["backward"] - 1), column_bits, "columns_add")
             for j in range(N):
@@ -890,7 +888,7 @@ class Stage(wiring.Component):
             err_counted = Signal(name="err_counted")
             m.d.sync += err_counted.eq(finish & ~err_bubble)
             for i in range(n_in):
-                rq = self._rounder(m, f"err{i}", self._bwd_acc, self._error_out, "error", step, i)
+                rq = self._rounder(m, f"err{i}", bwd_acc, self._error_out, "error", step, i)
                 m.d.comb += rq.i.eq(bacc[(i - shift) % N])
                 with m.If(err_free[i * len(err_free) // n_in]):
                     m.d.sync += err_payload.e[i].eq(rq.o)

@@ -23,46 +23,14 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from pbhw.core.config import Formats, RoleFormat, WeightPrediction
+from pbhw.core.datapath import PREDICTION_LATENCY, UPDATE_LATENCY, UpdateDatapath, update_datapath
+from pbhw.core.datapath import UPDATE_PIPELINE as PIPELINE
+from pbhw.core.datapath import UPDATE_POINTS as ROUNDING_POINTS
 from pbhw.core.fixed import FixedFormat, Rounding
 from rtl_gen.multiply import LATENCY, Delays, pipelined_product
-from rtl_gen.requantizer import Requantizer, shape_of, span_width
+from rtl_gen.requantizer import Requantizer, shape_of
 
-__all__ = ["UpdateUnit"]
-
-#: The rounding points of the block, in the order of the computation.
-ROUNDING_POINTS = ("gradient", "velocity", "weight", "prediction")
-#: Pipelined: the cycle (after the inputs) at which each rounding point rounds.
-PIPELINE = {
-    "gradient": LATENCY,
-    "prediction": LATENCY + 1,
-    "velocity": LATENCY + 2,
-    "weight": 2 * LATENCY + 4,
-}
-#: Pipelined: cycles from the inputs to ``w_hat`` (and its saturation flag).
-PREDICTION_LATENCY = LATENCY + 2
-#: Pipelined: cycles from the inputs to ``g``, ``v_new``, ``w_new`` and their saturation flags.
-UPDATE_LATENCY = 2 * LATENCY + 5
-
-
-def _range(fmt: FixedFormat) -> tuple[int, int]:
-    return fmt.min_code, fmt.max_code
-
-
-def _times(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
-    corners = [x * y for x in a for y in b]
-    return min(corners), max(corners)
-
-
-def _plus(*terms: tuple[int, int]) -> tuple[int, int]:
-    return sum(t[0] for t in terms), sum(t[1] for t in terms)
-
-
-def _neg(a: tuple[int, int]) -> tuple[int, int]:
-    return -a[1], -a[0]
-
-
-def _scaled(a: tuple[int, int], shift: int) -> tuple[int, int]:
-    return a[0] << shift, a[1] << shift
+__all__ = ["ROUNDING_POINTS", "UpdateUnit"]
 
 
 def _is_int(value) -> bool:
@@ -106,6 +74,19 @@ def times_constant(value, code: int, shift: bool):
         else:
             out = out + term if sign > 0 else out - term
     return 0 if out is None else out
+
+
+def check_shift_constants(datapath: UpdateDatapath) -> None:
+    """With the ``shift`` option, raise ``ValueError`` unless every constant of ``datapath`` is
+    a power of two or a difference of two powers of two (:func:`shift_terms`)."""
+    if not datapath.shift:
+        return
+    for name, code in datapath.constants.items():
+        if shift_terms(code) is None:
+            raise ValueError(
+                f"With the shift option, {name} must be a power of two or a difference "
+                f"of two powers of two, not the code {code}"
+            )
 
 
 class UpdateUnit(wiring.Component):
@@ -235,14 +216,17 @@ class UpdateUnit(wiring.Component):
         self._pipelined = pipelined
         self._multiplier_ports = tuple(multiplier_ports)
         self._multiplier_primitive = multiplier_primitive
-        if formats.coefficient_shift:
-            for name, code in self._constants().items():
-                if shift_terms(code) is None:
-                    raise ValueError(
-                        f"With the shift option, {name} must be a power of two or a difference "
-                        f"of two powers of two, not the code {code}"
-                    )
-        self._plan_accumulators()
+        self._datapath = update_datapath(
+            formats,
+            x_format,
+            momentum=momentum,
+            eta_a=eta_a,
+            eta_b=eta_b,
+            prediction=prediction,
+            eta_t=eta_t,
+            horizon=horizon,
+        )
+        check_shift_constants(self._datapath)
 
         weight = shape_of(formats.weight.format)
         members = {
@@ -322,84 +306,27 @@ class UpdateUnit(wiring.Component):
     def horizon(self) -> int:
         return self._horizon
 
-    def _constants(self) -> dict[str, int]:
-        """The constants the block multiplies by (a zero eta_b removes its term)."""
-        out = {"momentum": self._momentum, "eta_a": self._eta_a}
-        if self._eta_b:
-            out["eta_b"] = self._eta_b
-        if self._prediction is WeightPrediction.VELOCITY:
-            out["eta_t"] = self._eta_t
-        return out
+    @property
+    def datapath(self) -> UpdateDatapath:
+        """The accumulators and constants (:func:`pbhw.core.datapath.update_datapath`)."""
+        return self._datapath
 
     @property
     def coefficient_multipliers(self) -> int:
         """Multipliers by a constant: 0 with the shift option (shifts and adders instead)."""
-        if self._formats.coefficient_shift:
-            return 0
-        return sum(1 for code in self._constants().values() if code not in (0, 1))
+        return self._datapath.coefficient_multipliers
 
     def _role_of(self, point: str) -> RoleFormat:
         return self._formats.role("weight" if point == "prediction" else point)
 
     def _rounds_stochastically(self, point: str) -> bool:
-        if point == "prediction" and self._prediction is not WeightPrediction.VELOCITY:
-            return False
-        return self._role_of(point).rounding is Rounding.STOCHASTIC
-
-    def _plan_accumulators(self) -> None:
-        """Fractional bits and exact width of each accumulator (``docs/numerics.md``)."""
-        fm = self._formats
-        fw, fe = fm.weight.format.frac, fm.error.format.frac
-        fg, fv, fc = fm.gradient.format.frac, fm.velocity.format.frac, fm.coefficient.format.frac
-        w, v, g = _range(fm.weight.format), _range(fm.velocity.format), _range(fm.gradient.format)
-
-        def const(code: int) -> tuple[int, int]:
-            return code, code
-
-        f_grad = fe + self._x_format.frac
-        grad = _times(_range(fm.error.format), _range(self._x_format))
-        f_vel = max(fc + fv, fg)
-        self._vel_shifts = (f_vel - fc - fv, f_vel - fg)
-        vel = _plus(
-            _scaled(_times(const(self._momentum), v), self._vel_shifts[0]),
-            _scaled(g, self._vel_shifts[1]),
-        )
-        f_upd = max(fw, fc + fv, fc + fg)
-        self._upd_shifts = (f_upd - fw, f_upd - fc - fv, f_upd - fc - fg)
-        upd = _plus(
-            _scaled(w, self._upd_shifts[0]),
-            _neg(_scaled(_times(const(self._eta_a), v), self._upd_shifts[1])),
-            _neg(_scaled(_times(const(self._eta_b), g), self._upd_shifts[2])),
-        )
-        self._acc = {
-            "gradient": FixedFormat(self._check_width("gradient", grad), f_grad),
-            "velocity": FixedFormat(self._check_width("velocity", vel), f_vel),
-            "weight": FixedFormat(self._check_width("weight", upd), f_upd),
-        }
-        if self._prediction is WeightPrediction.VELOCITY:
-            f_pre = max(fw, fc + fv)
-            self._pre_shifts = (f_pre - fw, f_pre - fc - fv)
-            pre = _plus(
-                _scaled(w, self._pre_shifts[0]),
-                _neg(_scaled(_times(const(self._eta_t), v), self._pre_shifts[1])),
-            )
-            self._acc["prediction"] = FixedFormat(self._check_width("prediction", pre), f_pre)
-        elif self._prediction is WeightPrediction.WEIGHT_DIFFERENCE:
-            pre = _plus(w, _times(const(self._horizon), _plus(w, _neg(w))))
-            self._acc["prediction"] = FixedFormat(self._check_width("prediction", pre), fw)
-
-    @staticmethod
-    def _check_width(point: str, span: tuple[int, int]) -> int:
-        bits = span_width(*span)
-        if bits > 62:
-            raise ValueError(f"The {point} accumulator needs {bits} bits, more than 62")
-        return bits
+        return point in self._datapath.stochastic_points
 
     def _requantize(self, m: Module, point: str, acc, output, rounding=None) -> Signal:
         """Round ``acc`` (an expression in the point's accumulator format) into ``output``;
         returns the saturation flag."""
         role = self._role_of(point)
-        src = self._acc[point]
+        src = self._datapath.accumulator(point).format
         rq = Requantizer(
             src=src,
             dst=role.format,
@@ -469,7 +396,7 @@ class UpdateUnit(wiring.Component):
         sat_p = Const(0)
         w_p = at(w, s_p - split, "w")
         if self._prediction is WeightPrediction.VELOCITY:
-            p_w, p_v = self._pre_shifts
+            p_w, p_v = (self._datapath.prediction.shifts[t] for t in ("w", "v"))
             pre_sum = at((w_p << p_w) - (p_pre << p_v), split, "pre_sum")
             sat_p = self._requantize(m, "prediction", pre_sum, w_hat)
         elif self._prediction is WeightPrediction.WEIGHT_DIFFERENCE:
@@ -485,7 +412,7 @@ class UpdateUnit(wiring.Component):
         v_sum_at = s_v - split  # the velocity's sum, from m*v and g; eta_b * g starts
         g_v = at(g, v_sum_at - s_g, "g")
 
-        s_mv, s_gv = self._vel_shifts
+        s_mv, s_gv = (self._datapath.velocity.shifts[t] for t in ("mv", "g"))
         v_new = Signal(signed(len(self.v_new) + 1), name="v_new_s")
         v_sum = (at(p_mv, v_sum_at - s_g, "p_mv") << s_mv) + (g_v << s_gv)
         sat_v = self._requantize(m, "velocity", at(v_sum, split, "v_sum"), v_new)
@@ -494,7 +421,7 @@ class UpdateUnit(wiring.Component):
         v_n = at(v_new, 1, "v_new")
         p_va = product(v_n, self._eta_a, "p_va")
         w_sum_at = s_w - split  # w - eta_b*g - eta_a*v_new, as eta_a*v_new arrives
-        sh_w, sh_v, sh_g = self._upd_shifts
+        sh_w, sh_v, sh_g = (self._datapath.weight.shifts[t] for t in ("w", "v", "g"))
         part = at(w, w_sum_at - 1, "w") << sh_w
         if p_gb is not None:
             part = part - (at(p_gb, w_sum_at - 1 - (v_sum_at + LATENCY), "p_gb") << sh_g)

@@ -14,6 +14,7 @@ from amaranth.hdl import Module, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from pbhw.core.datapath import product_pieces
 from pbhw.core.devices import PRIMITIVES
 from pbhw.tools.toolchain import verilog_of
 from rtl_gen.multiply import LATENCY, pipelined_product
@@ -120,12 +121,11 @@ def test_hard_multiplier_products_are_exact(primitive):
 
 
 def _hard_pieces() -> int:
-    """Pieces of :data:`CASES` that take a hard multiplier, as ``product_shapes`` lists them."""
-    from rtl_gen.multiply import product_shapes
+    """Pieces of :data:`CASES` that take a hard multiplier, as the datapath plan lists them."""
 
     count = 0
     for _, a, b in CASES:
         a_bits = a.width + (not a.signed)
         spec = ("constant", b) if isinstance(b, int) else ("width", b.width + (not b.signed))
-        count += sum(1 for x, y in product_shapes(a_bits, spec, PORTS) if min(x, y) >= 2)
+        count += sum(1 for x, y in product_pieces(a_bits, spec, PORTS) if min(x, y) >= 2)
     return count

@@ -36,6 +36,7 @@ from golden.float_arith import FloatArithmetic
 from golden.pipeline import Pipeline
 from pbhw.core.config import ConfigError, from_dict
 from pbhw.core.constants import EVAL_STEP, EXP2_TABLE, LOG2E_Q16, ROLE_NUMBERS, stream_id
+from pbhw.core.datapath import plan_datapaths
 from pbhw.core.plan import derive_plan
 from pbhw.core.weights import initial_weights
 
@@ -584,14 +585,17 @@ def wide_raw(arith: str, prediction: str, rounding: str = "half_even") -> dict:
     }
 
 
-def test_wide_velocity_and_coefficient_are_at_the_width_limit():
-    plan_of(wide_raw("fixed", "velocity"))
-    FixedArithmetic(plan_of(wide_raw("fixed", "velocity")))
-    for r in ("velocity", "coefficient"):
-        raw = wide_raw("fixed", "velocity")
-        raw["formats"][r]["width"] += 1  # the weight update would need 63 bits
-        with pytest.raises(ConfigError, match="stage 1: the weight update"):
-            FixedArithmetic(plan_of(raw))
+def test_accumulators_up_to_the_width_limit_and_not_beyond():
+    """The exact accumulator widths of the datapath plan decide: 5 more fractional velocity bits
+    make the velocity and weight update accumulators exactly 62 bits wide, 6 make 63."""
+    raw = wide_raw("fixed", "velocity")
+    raw["formats"]["velocity"]["frac"] += 5
+    plan = plan_of(raw)
+    assert {dp.update.velocity.width for dp in plan_datapaths(plan, None)} == {62}
+    FixedArithmetic(plan)
+    raw["formats"]["velocity"]["frac"] += 1
+    with pytest.raises(ConfigError, match="stage 1: the velocity accumulator needs 63 bits"):
+        FixedArithmetic(plan_of(raw))
 
 
 #: Bound on |fixed - float| in units of the weight resolution 2^-18 after 200 steps, for the

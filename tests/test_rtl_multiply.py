@@ -17,7 +17,6 @@ from rtl_gen.multiply import (
     LATENCY,
     pipelined_product,
     pipelined_sum,
-    product_shapes,
     replicated,
     replicated_tree,
     sum_levels,
@@ -111,28 +110,6 @@ def test_keep_zeroes_the_products_it_is_low_for(width):
     assert (
         any(keeps) and not all(keeps) and all(x * y for x, y in zip(a_codes, b_codes, strict=True))
     )
-
-
-def test_pieces_fit_the_ports():
-    assert product_shapes(16, ("width", 16), (18, 18)) == [(16, 16)]
-    assert product_shapes(21, ("width", 16), (18, 18)) == [(18, 16), (4, 16)]
-    assert product_shapes(21, ("width", 16), (25, 18)) == [(21, 16)]
-    # 0.9 in s24.22 times a 21-bit velocity: 2 x 2 pieces, a power-of-two slice would be a shift
-    assert product_shapes(21, ("constant", 3774874), (18, 18)) == [
-        (18, 18),
-        (4, 18),
-        (18, 6),
-        (4, 6),
-    ]
-    assert product_shapes(21, ("constant", 1 << 20), (18, 18)) == []
-    for a in (16, 21, 35):
-        for b in (("width", 16), ("width", 40), ("constant", 123456789)):
-            assert all(x <= 18 and y <= 18 for x, y in product_shapes(a, b, (18, 18)))
-
-
-def test_bad_operand_kind():
-    with pytest.raises(ValueError, match=r"Operand must be \('width', n\) or \('constant', code\)"):
-        product_shapes(16, ("value", 3), (18, 18))
 
 
 def test_sum_levels():

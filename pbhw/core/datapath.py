@@ -1,0 +1,536 @@
+"""The datapath plan of a stage: every accumulator, product and latency, derived once.
+
+A :class:`StageDatapath` is a pure, frozen description derived from the stage's formats, the
+optimizer's constants and the device's hard multiplier (:func:`stage_datapath`):
+
+* **accumulators** (``docs/numerics.md``): each exact sum has the fractional bits of its finest
+  term, every term a left shift onto them, and the width of the exact range of its terms, so
+  nothing overflows before the one rounding into a role's format;
+* **products**: everything one lane multiplies, with its operand widths and the hard-multiplier
+  pieces it is cut into (:func:`product_pieces`), hence its DSP cost on a device;
+* **latencies and pipeline positions** of a product and of the update (the cycle at which each
+  rounding point rounds, after the update's inputs).
+
+The golden model (:mod:`golden.fixed_arith`), the hardware (:mod:`rtl_gen.update`,
+:mod:`rtl_gen.stage`, :mod:`rtl_gen.lanes`), the manifest and the fast estimate read this
+module; none of them works a width, a shift or a product list out on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from pbhw.core.config import ConfigError, Formats, WeightPrediction
+from pbhw.core.devices import Device, dsp_count, load_device
+from pbhw.core.fixed import FixedFormat, Rounding
+from pbhw.core.plan import Plan, StagePlan
+
+__all__ = [
+    "ACC_LIMIT",
+    "PREDICTION_LATENCY",
+    "PRODUCT_LATENCY",
+    "UPDATE_LATENCY",
+    "UPDATE_PIPELINE",
+    "UPDATE_POINTS",
+    "Accumulator",
+    "Product",
+    "StageDatapath",
+    "UpdateDatapath",
+    "constant_ports",
+    "constant_slices",
+    "is_shift",
+    "operand_slices",
+    "plan_datapaths",
+    "piece_widths",
+    "product_pieces",
+    "signed_width",
+    "span_width",
+    "stage_datapath",
+    "update_datapath",
+    "x_format_of",
+]
+
+#: Widest signed accumulator the bit-exact model (numpy int64) and the hardware hold.
+ACC_LIMIT = 62
+
+#: Cycles from the operands to a pipelined product: operand, piece, piece again (in the fabric,
+#: between a hard multiplier and its sum), sum.
+PRODUCT_LATENCY = 4
+
+#: The update's rounding points, in the order of the computation.
+UPDATE_POINTS = ("gradient", "velocity", "weight", "prediction")
+#: Pipelined update: the cycle (after its inputs) at which each rounding point rounds.
+UPDATE_PIPELINE = MappingProxyType(
+    {
+        "gradient": PRODUCT_LATENCY,
+        "prediction": PRODUCT_LATENCY + 1,
+        "velocity": PRODUCT_LATENCY + 2,
+        "weight": 2 * PRODUCT_LATENCY + 4,
+    }
+)
+#: Pipelined update: cycles from the inputs to the predicted weight (and its saturation flag).
+PREDICTION_LATENCY = PRODUCT_LATENCY + 2
+#: Pipelined update: cycles from the inputs to ``g``, ``v_new``, ``w_new`` and their flags.
+UPDATE_LATENCY = 2 * PRODUCT_LATENCY + 5
+
+
+# ---------------------------------------------------------------------------------------------
+# Widths
+
+
+def span_width(lo: int, hi: int) -> int:
+    """Bits of the narrowest two's complement code holding every integer of ``[lo, hi]``."""
+    return max(2, (-lo - 1).bit_length() + 1, hi.bit_length() + 1)
+
+
+Span = tuple[int, int]
+
+
+def _range(fmt: FixedFormat) -> Span:
+    return fmt.min_code, fmt.max_code
+
+
+def _times(a: Span, b: Span) -> Span:
+    corners = [x * y for x in a for y in b]
+    return min(corners), max(corners)
+
+
+def _plus(*terms: Span) -> Span:
+    return sum(t[0] for t in terms), sum(t[1] for t in terms)
+
+
+def _neg(a: Span) -> Span:
+    return -a[1], -a[0]
+
+
+def _scaled(a: Span, shift: int) -> Span:
+    return a[0] << shift, a[1] << shift
+
+
+@dataclass(frozen=True)
+class Accumulator:
+    """An exact sum: its format and the left shift of each of its terms onto its frac.
+
+    Parameters
+    ----------
+    format : FixedFormat
+        Signed; ``width`` holds the exact range of the sum, ``frac`` is the finest term's.
+    shifts : mapping of str to int
+        Term name -> left shift (>= 0) that aligns the term to ``format.frac``.
+    """
+
+    format: FixedFormat
+    shifts: Mapping[str, int]
+
+    @property
+    def width(self) -> int:
+        return self.format.width
+
+    @property
+    def frac(self) -> int:
+        return self.format.frac
+
+
+def _accumulator(name: str, span: Span, frac: int, shifts: Mapping[str, int], where: str):
+    bits = span_width(*span)
+    if bits > ACC_LIMIT:
+        what = f"{where}the {name} accumulator" if where else f"The {name} accumulator"
+        raise ConfigError(
+            f"{what} needs {bits} bits, more than {ACC_LIMIT} (the widest the bit-exact model "
+            "and the hardware hold); narrow the formats of that stage"
+        )
+    return Accumulator(FixedFormat(bits, frac), MappingProxyType(dict(shifts)))
+
+
+def dot_accumulator(
+    name: str, a: FixedFormat, b: FixedFormat, terms: int, *, where: str = ""
+) -> Accumulator:
+    """The accumulator of a sum of ``terms`` products of an ``a`` code and a ``b`` code."""
+    lo, hi = _times(_range(a), _range(b))
+    return _accumulator(name, (terms * lo, terms * hi), a.frac + b.frac, {"product": 0}, where)
+
+
+# ---------------------------------------------------------------------------------------------
+# The update of one weight
+
+
+@dataclass(frozen=True)
+class UpdateDatapath:
+    """The accumulators and constants of the update of one weight (``docs/numerics.md``,
+    "Update of stage l" and "Predicted weights").
+
+    ``gradient`` sums ``dz * x``; ``velocity`` sums ``m*v`` and ``g`` (terms ``mv``, ``g``);
+    ``weight`` sums ``w``, ``-eta_a*v_new`` and ``-eta_b*g`` (terms ``w``, ``v``, ``g``);
+    ``prediction`` (None without prediction) sums ``w`` and ``-eta_T*v`` (terms ``w``, ``v``)
+    or, for the weight-difference form, ``w + T*(w - w_prev)`` at the weight's own frac.
+    ``constants`` are the codes multiplied by (``eta_b`` only when non-zero, ``eta_t`` only
+    with the velocity prediction). ``stochastic_points`` are the rounding points that round
+    stochastically (the prediction only in the velocity form; the weight-difference form never
+    rounds).
+    """
+
+    gradient: Accumulator
+    velocity: Accumulator
+    weight: Accumulator
+    prediction: Accumulator | None
+    prediction_form: WeightPrediction
+    constants: Mapping[str, int]
+    horizon: int
+    shift: bool
+    stochastic_points: tuple[str, ...]
+
+    def accumulator(self, point: str) -> Accumulator:
+        """The accumulator of a rounding point of :data:`UPDATE_POINTS`."""
+        acc = getattr(self, point) if point in UPDATE_POINTS else None
+        if acc is None:
+            raise ValueError(
+                f"Point must be one of {UPDATE_POINTS} with an accumulator, not {point!r}"
+            )
+        return acc
+
+    @property
+    def coefficient_multipliers(self) -> int:
+        """Multipliers by a constant: 0 with the shift option (shifts and adders instead)."""
+        if self.shift:
+            return 0
+        return sum(1 for code in self.constants.values() if code not in (0, 1))
+
+
+def update_datapath(
+    formats: Formats,
+    x_format: FixedFormat,
+    *,
+    momentum: int,
+    eta_a: int,
+    eta_b: int,
+    prediction: WeightPrediction = WeightPrediction.NONE,
+    eta_t: int = 0,
+    horizon: int = 0,
+    where: str = "",
+) -> UpdateDatapath:
+    """The update's accumulators from the stage's formats, the stashed input's format and the
+    constants' codes.
+
+    Raises
+    ------
+    ConfigError
+        If an accumulator would need more than :data:`ACC_LIMIT` bits (``where``, e.g.
+        ``"stage 2: "``, prefixes the message).
+    """
+    fw, fe = formats.weight.format.frac, formats.error.format.frac
+    fg, fv = formats.gradient.format.frac, formats.velocity.format.frac
+    fc = formats.coefficient.format.frac
+    w, v = _range(formats.weight.format), _range(formats.velocity.format)
+    g = _range(formats.gradient.format)
+
+    def const(code: int) -> Span:
+        return code, code
+
+    grad = _times(_range(formats.error.format), _range(x_format))
+    gradient = _accumulator("gradient", grad, fe + x_format.frac, {"product": 0}, where)
+    f_vel = max(fc + fv, fg)
+    s_mv, s_g = f_vel - fc - fv, f_vel - fg
+    vel = _plus(_scaled(_times(const(momentum), v), s_mv), _scaled(g, s_g))
+    velocity = _accumulator("velocity", vel, f_vel, {"mv": s_mv, "g": s_g}, where)
+    f_upd = max(fw, fc + fv, fc + fg)
+    u_w, u_v, u_g = f_upd - fw, f_upd - fc - fv, f_upd - fc - fg
+    upd = _plus(
+        _scaled(w, u_w),
+        _neg(_scaled(_times(const(eta_a), v), u_v)),
+        _neg(_scaled(_times(const(eta_b), g), u_g)),
+    )
+    weight = _accumulator("weight", upd, f_upd, {"w": u_w, "v": u_v, "g": u_g}, where)
+    pre = None
+    if prediction is WeightPrediction.VELOCITY:
+        f_pre = max(fw, fc + fv)
+        p_w, p_v = f_pre - fw, f_pre - fc - fv
+        span = _plus(_scaled(w, p_w), _neg(_scaled(_times(const(eta_t), v), p_v)))
+        pre = _accumulator("prediction", span, f_pre, {"w": p_w, "v": p_v}, where)
+    elif prediction is WeightPrediction.WEIGHT_DIFFERENCE:
+        span = _plus(w, _times(const(horizon), _plus(w, _neg(w))))
+        pre = _accumulator("prediction", span, fw, {"w": 0, "dw": 0}, where)
+    constants = {"momentum": momentum, "eta_a": eta_a}
+    if eta_b:
+        constants["eta_b"] = eta_b
+    if prediction is WeightPrediction.VELOCITY:
+        constants["eta_t"] = eta_t
+    stochastic = tuple(
+        point
+        for point in UPDATE_POINTS
+        if (point != "prediction" or prediction is WeightPrediction.VELOCITY)
+        and formats.role("weight" if point == "prediction" else point).rounding
+        is Rounding.STOCHASTIC
+    )
+    return UpdateDatapath(
+        gradient=gradient,
+        velocity=velocity,
+        weight=weight,
+        prediction=pre,
+        prediction_form=prediction,
+        constants=MappingProxyType(constants),
+        horizon=horizon,
+        shift=formats.coefficient_shift,
+        stochastic_points=stochastic,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Products cut to the hard multiplier
+
+
+def operand_slices(width: int, port: int) -> list[tuple[int, int]]:
+    """``(lo, hi)`` bit ranges of a signed ``width``-bit operand for a ``port``-bit input: every
+    slice but the top one is ``port - 1`` bits (a low slice is unsigned, so it gains a zero top
+    bit as a signed operand); the top slice keeps the sign."""
+    if width <= port:
+        return [(0, width)]
+    step = port - 1
+    out = [(lo, lo + step) for lo in range(0, width - 1, step) if lo + step < width]
+    out.append((out[-1][1], width))
+    return out
+
+
+def piece_widths(width: int, port: int) -> list[int]:
+    """Widths, as signed operands, of the slices of a signed ``width``-bit operand."""
+    return [hi - lo + (hi < width) for lo, hi in operand_slices(width, port)]
+
+
+def signed_width(code: int) -> int:
+    """Bits of ``code`` as a two's complement number."""
+    return (code if code >= 0 else ~code).bit_length() + 1
+
+
+def constant_slices(code: int, port: int) -> list[tuple[int, int]]:
+    """``(shift, chunk)`` with ``code == sum(chunk << shift)``, zero chunks left out."""
+    width = signed_width(code)
+    out = []
+    for lo, hi in operand_slices(width, port):
+        chunk = (code >> lo) & ((1 << (hi - lo)) - 1)
+        if hi == width and chunk >> (hi - lo - 1):
+            chunk -= 1 << (hi - lo)  # the top slice is signed
+        if chunk:
+            out.append((lo, chunk))
+    return out
+
+
+def is_shift(chunk: int) -> bool:
+    """Whether multiplying by ``chunk`` is a shift (and a negation): a power of two."""
+    mag = abs(chunk)
+    return mag & (mag - 1) == 0
+
+
+def constant_ports(a_bits: int, code: int, ports: tuple[int, int]) -> tuple[int, int]:
+    """(port of the operand, port of the constant): the wider operand takes the wider port."""
+    wide, narrow = max(ports), min(ports)
+    return (wide, narrow) if a_bits >= signed_width(code) else (narrow, wide)
+
+
+def product_pieces(
+    a_bits: int, b: tuple[str, int], ports: tuple[int, int]
+) -> list[tuple[int, int]]:
+    """Operand widths of the pieces of ``a x b`` that :func:`rtl_gen.multiply.pipelined_product`
+    multiplies.
+
+    ``a_bits`` is the width of a signed operand; ``b`` is ``("width", n)`` for another signed
+    operand or ``("constant", code)``; ``ports`` are the device's multiplier operand widths.
+    Power-of-two slices of a constant are shifts and have no piece."""
+    kind, value = b
+    wide, narrow = max(ports), min(ports)
+    if kind == "width":
+        a, b_bits = max(a_bits, value), min(a_bits, value)
+        return [(x, y) for x in piece_widths(a, wide) for y in piece_widths(b_bits, narrow)]
+    if kind != "constant":
+        raise ValueError(f"Operand must be ('width', n) or ('constant', code), not {b!r}")
+    port_a, port_c = constant_ports(a_bits, value, ports)
+    return [
+        (x, signed_width(chunk))
+        for _, chunk in constant_slices(value, port_c)
+        if not is_shift(chunk)
+        for x in piece_widths(a_bits, port_a)
+    ]
+
+
+@dataclass(frozen=True)
+class Product:
+    """One product a lane computes per cycle.
+
+    Parameters
+    ----------
+    name : str
+        ``forward`` (W x A), ``gradient`` (E x A), ``backward`` (W x E), ``horizon``
+        (T x (w - w_prev)), or an update constant: ``momentum``, ``eta_a``, ``eta_b``,
+        ``eta_T``.
+    a_bits : int
+        Width of the signed operand.
+    operand : tuple
+        ``("width", bits)`` of the other signed operand, or ``("constant", code)``.
+    pieces : tuple of (int, int)
+        Operand widths of the pieces cut for the device's hard multiplier.
+    """
+
+    name: str
+    a_bits: int
+    operand: tuple[str, int]
+    pieces: tuple[tuple[int, int], ...]
+
+    @property
+    def data(self) -> bool:
+        """A product of two data operands (not of an update constant)."""
+        return self.operand[0] == "width"
+
+    def dsp(self, device: Device) -> int:
+        """Hard multiplier blocks of this product on ``device``."""
+        return sum(dsp_count(a, b, device) for a, b in self.pieces)
+
+
+# ---------------------------------------------------------------------------------------------
+# A stage
+
+
+@dataclass(frozen=True)
+class StageDatapath:
+    """Everything one stage computes, as widths: see the module docstring.
+
+    ``backward`` is None in stage 1, which sends no error back. ``products`` are one lane's
+    (the hardware has ``lanes`` copies of each); with ``formats.coefficient.shift`` the update
+    constants are shifts and adders, not products.
+    """
+
+    index: int
+    x_format: FixedFormat
+    forward: Accumulator
+    backward: Accumulator | None
+    update: UpdateDatapath
+    products: tuple[Product, ...]
+    multiplier_ports: tuple[int, int] | None
+
+    def lane_dsp(self, device: Device) -> int:
+        """Hard multiplier blocks of one lane on ``device``."""
+        return sum(p.dsp(device) for p in self.products)
+
+    def pieces(self) -> list[tuple[str, int, int]]:
+        """Every hard-multiplier piece of one lane as ``(product name, a, b)``."""
+        return [(p.name, a, b) for p in self.products for a, b in p.pieces]
+
+
+def x_format_of(plan: Plan, stage: StagePlan) -> FixedFormat:
+    """The format of a stage's input: the previous stage's activation (stage 1: its own)."""
+    return plan.stages[max(stage.index - 2, 0)].formats.activation.format
+
+
+def _signed_bits(fmt: FixedFormat) -> int:
+    return fmt.width + (0 if fmt.signed else 1)
+
+
+def stage_datapath(
+    stage: StagePlan,
+    *,
+    x_format: FixedFormat,
+    bias: bool,
+    prediction: WeightPrediction,
+    multiplier_ports: tuple[int, int] | None,
+) -> StageDatapath:
+    """The datapath of one stage.
+
+    Parameters
+    ----------
+    stage : StagePlan
+        The stage's formats, sizes, horizon and quantized constants.
+    x_format : FixedFormat
+        Format of the stage's input (:func:`x_format_of`).
+    bias : bool
+        Whether the weights have a bias column (the constant input 1).
+    prediction : WeightPrediction
+        The config's weight prediction (no prediction where the stage's horizon is 0).
+    multiplier_ports : tuple of int, or None
+        Operand widths of the device's hard multiplier; ``None`` for the arithmetic alone
+        (the golden model, which needs no device): then ``products`` is empty.
+
+    Raises
+    ------
+    ConfigError
+        If an accumulator would need more than :data:`ACC_LIMIT` bits.
+    """
+    fm = stage.formats
+    where = f"stage {stage.index}: "
+    cols = stage.n_in + int(bias)
+    forward = dot_accumulator("forward", fm.weight.format, x_format, cols, where=where)
+    backward = None
+    if stage.index > 1:
+        backward = dot_accumulator(
+            "backward", fm.weight.format, fm.error.format, stage.n_out, where=where
+        )
+    if not stage.horizon:
+        prediction = WeightPrediction.NONE
+    codes = {name: c.code for name, c in stage.coefficients.items()}
+    update = update_datapath(
+        fm,
+        x_format,
+        momentum=codes["momentum"],
+        eta_a=codes["eta_a"],
+        eta_b=codes["eta_b"],
+        prediction=prediction,
+        eta_t=codes.get("eta_T", 0),
+        horizon=stage.horizon,
+        where=where,
+    )
+
+    x_bits = _signed_bits(x_format)
+    w_bits, e_bits = _signed_bits(fm.weight.format), _signed_bits(fm.error.format)
+    v_bits = _signed_bits(fm.velocity.format)
+    operands: list[tuple[str, int, tuple[str, int]]] = [
+        ("forward", w_bits, ("width", x_bits)),
+        ("gradient", e_bits, ("width", x_bits)),
+    ]
+    if stage.index > 1:
+        operands.append(("backward", w_bits, ("width", e_bits)))
+    if prediction is WeightPrediction.WEIGHT_DIFFERENCE:
+        operands.append(("horizon", w_bits + 1, ("constant", stage.horizon)))
+    if not fm.coefficient_shift:
+        # The update's rounded velocity and gradient carry one extra bit.
+        constants = [
+            ("momentum", v_bits),
+            ("eta_a", fm.velocity.format.width + 1),
+            ("eta_b", fm.gradient.format.width + 1),
+        ]
+        if prediction is WeightPrediction.VELOCITY:
+            constants.append(("eta_T", v_bits))
+        for name, bits in constants:
+            code = codes.get(name, 0)
+            if code:  # eta_b is 0 without Spike Compensation: no term
+                operands.append((name, bits, ("constant", code)))
+    ports = None if multiplier_ports is None else tuple(multiplier_ports)
+    products = tuple(
+        Product(name, a_bits, operand, tuple(product_pieces(a_bits, operand, ports)))
+        for name, a_bits, operand in operands
+        if ports is not None
+    )
+    return StageDatapath(
+        index=stage.index,
+        x_format=x_format,
+        forward=forward,
+        backward=backward,
+        update=update,
+        products=products,
+        multiplier_ports=ports,
+    )
+
+
+def plan_datapaths(
+    plan: Plan, multiplier_ports: tuple[int, int] | None = None
+) -> tuple[StageDatapath, ...]:
+    """Every stage's datapath; ``multiplier_ports`` default to those of the config's device."""
+    if multiplier_ports is None:
+        multiplier_ports = load_device(plan.config.hardware.device).multiplier_widths
+    return tuple(
+        stage_datapath(
+            st,
+            x_format=x_format_of(plan, st),
+            bias=plan.config.network.bias,
+            prediction=plan.config.optimizer.weight_prediction,
+            multiplier_ports=multiplier_ports,
+        )
+        for st in plan.stages
+    )
