@@ -1,6 +1,6 @@
 """PB against SGD at batch size 1 on real data: does PB + LWP + SC match SGD?
 
-The paper's claim (DESIGN.md section 1): at batch size 1, PB with Linear Weight Prediction and
+The target of docs/design.md section 1: at batch size 1, PB with Linear Weight Prediction and
 Spike Compensation matches SGD accuracy, while plain PB falls behind as the delay and the learning
 rate grow. This benchmark trains 5-stage MLPs (stage 1's delay is 9) on ``digits`` and ``mnist1d``
 with every method of :data:`METHODS`, several seeds and learning rates (given for the configs'

@@ -87,7 +87,7 @@ class FloatState:
 
 
 class FloatArithmetic:
-    """Exact-constant float64 arithmetic (the algorithm as written in DESIGN.md section 1)."""
+    """Exact-constant float64 arithmetic (the algorithm of docs/design.md section 1)."""
 
     name = "float"
 

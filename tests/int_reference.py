@@ -360,7 +360,7 @@ class RefNet:
 
 
 # ------------------------------------------------------------------------------------------
-# The step-synchronous schedule (DESIGN.md section 1), written independently of golden/pipeline
+# The step-synchronous schedule (docs/design.md section 1), written independently of golden/pipeline
 
 
 class RefPipeline:

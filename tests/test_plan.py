@@ -106,7 +106,7 @@ def test_spike_coefficients_at_delay_zero_are_plain_momentum(momentum):
 
 
 def test_spike_of_design_example_is_about_six():
-    # DESIGN.md: m = 0.9 used directly at batch 1 gives b of about 6 at D = 9
+    # docs/design.md: m = 0.9 used directly at batch 1 gives b of about 6 at D = 9
     _, b = spike_coefficients(0.9, 9)
     assert b == pytest.approx((1 - 0.9**9) / 0.1, rel=1e-14)
     assert round(b) == 6

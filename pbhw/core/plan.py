@@ -59,7 +59,7 @@ def spike_coefficients(momentum: float, delay: int) -> tuple[float, float]:
 def scaled_hyperparameters(
     lr: float, momentum: float, reference_batch: int, batch: int
 ) -> tuple[float, float]:
-    """Carry ``(lr, momentum)`` given for ``reference_batch`` to ``batch`` (DESIGN.md section 1)."""
+    """Carry ``(lr, momentum)`` from ``reference_batch`` to ``batch`` (docs/design.md section 1)."""
     ratio = batch / reference_batch
     m_b = momentum**ratio
     lr_b = ratio * lr * (1.0 - m_b) / (1.0 - momentum)

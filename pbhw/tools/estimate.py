@@ -657,7 +657,7 @@ def _multiplier_shapes(layer: Mapping[str, Any]) -> list[tuple[int, int, int]]:
     """(width_a, width_b, count) of a stage's multipliers.
 
     Uses the manifest's ``multiplier_shapes`` ([{"a", "b", "count"}]) when present; otherwise
-    spreads the ``multipliers`` counts over the products of DESIGN.md section 3: data (w.x, w.d,
+    spreads the ``multipliers`` counts over the products in docs/design.md: data (w.x, w.d,
     d.x) and coefficient (m.v, eta.a.v, [eta.b.g with SC], [eta.T.v or T.dw with LWP]).
     """
     if "multiplier_shapes" in layer:
