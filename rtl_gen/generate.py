@@ -19,6 +19,7 @@ from typing import Any
 from amaranth.back import verilog
 
 from pbhw.core.config import Config, ConfigError
+from pbhw.core.devices import clock_sdc
 from rtl_gen.design import Design, build_design
 from rtl_gen.resources import models_for
 from rtl_gen.stage import COUNTER_BITS, OVERHEAD, Stage
@@ -159,14 +160,6 @@ def manifest_of(design: Design, *, top: str, files: dict[str, str]) -> dict[str,
     }
 
 
-def _sdc(top: str, clock_mhz: float) -> str:
-    period = 1000.0 / clock_mhz
-    return (
-        f"# Clock constraint for {top} ({clock_mhz:g} MHz), from hardware.clock_mhz\n"
-        f"create_clock -name clk -period {period:.3f} [get_ports clk]\n"
-    )
-
-
 def _hex_lines(rows: list[int], bits: int) -> str:
     digits = max(1, math.ceil(bits / 4))
     return "".join(f"{r:0{digits}x}\n" for r in rows)
@@ -198,7 +191,7 @@ def generate(config: Config, out_dir: Path, *, force: bool = False) -> Generated
     files = {"verilog": f"{name}.v", "sdc": f"{name}.sdc", "init": {}, "simulation_models": []}
     contents: dict[str, str] = {
         files["verilog"]: text,
-        files["sdc"]: _sdc(name, config.hardware.clock_mhz),
+        files["sdc"]: clock_sdc(config.hardware.clock_mhz, name),
     }
     for model in models_for(text):  # instantiated primitives: a simulation needs their models
         fname = f"sim_{model.name}"

@@ -64,7 +64,7 @@ class LossUnit(wiring.Component):
         The device's hard multiplier operand widths (``softmax_ce``'s one product is cut to fit).
     multiplier_primitive : str, optional
         A hard multiplier to instantiate for each product piece, with its own input and output
-        registers (one of :data:`rtl_gen.multiply.PRIMITIVES`); by default synthesis maps them.
+        registers (one of :data:`pbhw.core.devices.PRIMITIVES`); by default synthesis maps them.
 
     Attributes
     ----------

@@ -136,7 +136,7 @@ class Stage(wiring.Component):
         fit (:mod:`rtl_gen.multiply`).
     multiplier_primitive : str, optional
         A hard multiplier to instantiate for each product piece, with its own input and output
-        registers (one of :data:`rtl_gen.multiply.PRIMITIVES`); by default synthesis maps them.
+        registers (one of :data:`pbhw.core.devices.PRIMITIVES`); by default synthesis maps them.
 
     Attributes
     ----------

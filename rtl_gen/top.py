@@ -43,7 +43,7 @@ class Network(wiring.Component):
         Operand widths of the target's hard multiplier (products are cut to fit them).
     multiplier_primitive : str, optional
         A hard multiplier to instantiate for each product piece, with its own input and output
-        registers (one of :data:`rtl_gen.multiply.PRIMITIVES`); by default synthesis maps them.
+        registers (one of :data:`pbhw.core.devices.PRIMITIVES`); by default synthesis maps them.
 
     Attributes
     ----------

@@ -119,7 +119,7 @@ class UpdateUnit(wiring.Component):
         Operand widths of the device's hard multiplier (pipelined products are cut to fit).
     multiplier_primitive : str, optional
         A hard multiplier to instantiate for each product piece, with its own input and output
-        registers (one of :data:`rtl_gen.multiply.PRIMITIVES`); by default synthesis maps them.
+        registers (one of :data:`pbhw.core.devices.PRIMITIVES`); by default synthesis maps them.
 
     With ``formats.coefficient_shift`` the constants (powers of two, and ``1 - 2**-k`` for the
     momentum, as :mod:`pbhw.core.plan` quantizes them under the ``shift`` option) are applied with

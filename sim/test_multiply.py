@@ -1,4 +1,4 @@
-"""Pipelined products built on instantiated hard multipliers (``rtl_gen.multiply.PRIMITIVES``),
+"""Pipelined products built on instantiated hard multipliers (``pbhw.core.devices.PRIMITIVES``),
 simulated with their models (``rtl_gen/models``), against exact Python products.
 
 One design holds a bank of products, each computed twice from the same operands: with the

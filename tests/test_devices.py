@@ -116,10 +116,13 @@ def test_count_cells_uses_first_matching_pattern():
 
 
 def test_clock_sdc_states_the_period():
-    assert "create_clock -name clk -period 10 [get_ports {clk}]" in clock_sdc(100.0)
-    assert "-period 40 " in clock_sdc(25.0, "sys_clk")
+    assert clock_sdc(100.0, "top") == (
+        "# Clock constraint for top (100 MHz), from hardware.clock_mhz\n"
+        "create_clock -name clk -period 10.000 [get_ports clk]\n"
+    )
+    assert "-name sys_clk -period 13.333 [get_ports sys_clk]" in clock_sdc(75.0, "t", "sys_clk")
 
 
 def test_clock_sdc_wrong_frequency():
     with pytest.raises(ConfigError, match="clock_mhz must be positive"):
-        clock_sdc(0)
+        clock_sdc(0, "top")

@@ -1,7 +1,7 @@
 """Numeric constants that the golden model and the hardware share, defined once.
 
 * The stochastic-rounding streams: every rounding point draws its random words from the stream
-  ``16 * stage + role`` (``docs/numerics_random.md``); :data:`ROLE_NUMBERS` numbers the roles.
+  ``16 * stage + role`` (``docs/numerics.md``); :data:`ROLE_NUMBERS` numbers the roles.
 * :data:`EVAL_STEP`: the step number of random words drawn outside the pipeline (evaluation).
 * The softmax unit's constants (``docs/numerics.md``, softmax cross-entropy): ``log2(e)`` with 16
   fractional bits, and the table of ``2^(j/256)`` with 15.
@@ -36,6 +36,6 @@ EXP2_TABLE = quantize(
 
 
 def stream_id(stage: int, role: str) -> int:
-    """The stochastic-rounding stream of ``role`` in ``stage`` (1-based; the loss unit is
-    stage ``L + 1``)."""
+    """The stochastic-rounding stream of ``role`` in ``stage`` (1-based; the loss unit's
+    rounding is the ``loss`` role of the last stage, ``L``)."""
     return 16 * stage + ROLE_NUMBERS[role]

@@ -86,7 +86,7 @@ class Device:
     multiplier_min_width: int
     multiplier_min_product_width: int
     #: the hard multiplier the generator instantiates itself, with its input and output
-    #: registers (one of ``rtl_gen.multiply.PRIMITIVES``), or None to leave products to synthesis
+    #: registers (one of ``pbhw.core.devices.PRIMITIVES``), or None to leave products to synthesis
     multiplier_primitive: str | None
     #: block RAM granularity in bits and its (depth, width) aspect ratios
     block_bits: int
@@ -263,14 +263,15 @@ def _parse(data: Mapping[str, Any], path: Path) -> Device:
     )
 
 
-def clock_sdc(clock_mhz: float, clock: str = "clk") -> str:
-    """The SDC clock constraint for ``clock_mhz`` on port ``clock`` (``constraints/clock.sdc``)."""
+def clock_sdc(clock_mhz: float, top: str, clock: str = "clk") -> str:
+    """The SDC clock constraint of ``top`` at ``clock_mhz`` on its port ``clock``: the template
+    ``constraints/clock.sdc`` filled in (the period in ns with three decimals)."""
     if not clock_mhz > 0:
         raise ConfigError(f"clock_mhz must be positive, not {clock_mhz!r}")
     lines = (CONSTRAINTS_DIR / "clock.sdc").read_text().splitlines()
-    body = "\n".join(line for line in lines if not line.startswith("#"))
-    period = f"{1000.0 / clock_mhz:.4g}"
-    return f"# {clock_mhz:g} MHz\n" + body.format(clock=clock, period_ns=period) + "\n"
+    body = "\n".join(line for line in lines if not line.startswith("##"))
+    period = f"{1000.0 / clock_mhz:.3f}"
+    return body.format(top=top, clock=clock, clock_mhz=f"{clock_mhz:g}", period_ns=period) + "\n"
 
 
 def dsp_count(width_a: int, width_b: int, device: Device) -> int:
