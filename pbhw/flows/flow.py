@@ -150,7 +150,7 @@ def run_flow(
         "config": config.to_dict(),
         "train_fixed": fixed.to_json(),
         "train_sgd": sgd.to_json(),
-        "manifest": manifest,
+        "manifest": manifest.to_json(),
         "verify": checked.to_json(),
         "estimate": est.to_json(),
         "pnr_seed": pnr_seed,
