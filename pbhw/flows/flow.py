@@ -18,19 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pbhw.core.config import Config, from_dict
+from pbhw.core.config import Config
 from pbhw.core.io import write_json
 
 __all__ = ["run_flow"]
 
 Progress = Callable[[str], None]
-
-
-def _with(config: Config, **sections: dict[str, Any]) -> Config:
-    raw = config.to_dict()
-    for section, values in sections.items():
-        raw[section] = {**raw.get(section, {}), **values}
-    return from_dict(raw)
 
 
 def _training_plot(path: Path, fixed, sgd, name: str) -> None:
@@ -113,8 +106,8 @@ def run_flow(
         timings[name] = time.perf_counter() - start
         return value
 
-    fixed_cfg = _with(config, train={"arith": "fixed"})
-    sgd_cfg = _with(config, train={"arith": "float"}, optimizer={"algorithm": "sgd"})
+    fixed_cfg = config.replace({"train.arith": "fixed"})
+    sgd_cfg = config.replace({"train.arith": "float", "optimizer.algorithm": "sgd"})
     say(f"1/5 training {config.name} in fixed point (bit-exact) on {config.train.dataset} ...")
     fixed = timed("train_fixed", lambda: train(fixed_cfg))
     write_json(out_dir / "train_fixed.json", fixed.to_json())
