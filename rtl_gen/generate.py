@@ -212,6 +212,26 @@ class Generated:
     manifest: Manifest
     verilog: str
 
+    def check_config(self, config: Config) -> None:
+        """Refuse to stand in for another config's design.
+
+        Parameters
+        ----------
+        config
+            The config a tool was given together with this design.
+
+        Raises
+        ------
+        ValueError
+            If the design was generated from a different config (another config hash).
+        """
+        if config_hash(config) != self.manifest.config_hash:
+            raise ValueError(
+                f"generated must be the design of config '{config.name}' (config hash "
+                f"{config_hash(config)[:12]}), not of '{self.manifest.name}' "
+                f"({self.manifest.config_hash[:12]})"
+            )
+
 
 def generate(config: Config, out_dir: Path, *, force: bool = False) -> Generated:
     """Write ``<name>.v``, ``<name>.sdc``, one ``$readmemh`` init file per memory, a

@@ -4,7 +4,8 @@ Steps, each writing its own file into the output directory:
 
 1. train in the hardware's fixed-point arithmetic (the bit-exact model) on the config's dataset,
    and a float SGD baseline at the reference batch (``train_fixed.json``, ``train_sgd.json``);
-2. generate the Verilog (``rtl/``, as ``pbhw generate``);
+2. generate the Verilog (``rtl/``, as ``pbhw generate``): the one elaboration of the design,
+   whose Verilog the next two steps take as it is;
 3. verify a short run of the RTL bit for bit against the golden model (``verify.json``);
 4. synthesise, place and route for the config's device (``estimate.json``);
 5. write ``report.md`` with ``training.png`` and ``resources.png``.
@@ -121,7 +122,10 @@ def run_flow(
     manifest = generated.manifest
 
     say(f"3/5 verifying {verify_samples} samples against the golden model on {simulator} ...")
-    checked = timed("verify", lambda: verify(config, samples=verify_samples, simulator=simulator))
+    checked = timed(
+        "verify",
+        lambda: verify(config, samples=verify_samples, simulator=simulator, generated=generated),
+    )
     write_json(out_dir / "verify.json", checked.to_json())
     say(f"    {checked.summary()}")
 
@@ -129,7 +133,11 @@ def run_flow(
     est = timed(
         "estimate",
         lambda: estimate(
-            config, progress=lambda m: say(f"    {m}"), pnr_timeout=pnr_timeout, seed=pnr_seed
+            config,
+            progress=lambda m: say(f"    {m}"),
+            pnr_timeout=pnr_timeout,
+            seed=pnr_seed,
+            generated=generated,
         ),
     )
     write_json(out_dir / "estimate.json", est.to_json())

@@ -27,14 +27,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pbhw.core.config import WeightPrediction
+from pbhw.core.config import Config, WeightPrediction
 from pbhw.core.devices import RESOURCES, Device, count_cells, dsp_count, memory_blocks
 from pbhw.core.errors import ToolError
 from pbhw.core.fixed import Rounding
 from pbhw.core.io import write_json
 from pbhw.core.manifest import Layer, Manifest
+
+if TYPE_CHECKING:
+    from rtl_gen.generate import Generated
 
 __all__ = [
     "CALIBRATION",
@@ -883,36 +886,50 @@ def fit_calibration(
 
 
 def estimate(
-    config: Any,
+    config: Config,
     *,
     fast: bool = False,
     cache_dir: Path | None = DEFAULT_CACHE_DIR,
     progress: Progress | None = None,
     pnr_timeout: float | None = None,
     seed: int | None = None,
+    generated: Generated | None = None,
 ) -> Estimate:
     """Estimate the design generated from ``config`` on its ``hardware.device``.
 
     ``fast`` uses :func:`fast_estimate` on the design's manifest; otherwise the Verilog goes
     through :func:`synthesize` at ``hardware.clock_mhz``. Either way the result carries the
-    design's predicted cycles per sample. ``seed`` is nextpnr's placement seed."""
+    design's predicted cycles per sample. ``seed`` is nextpnr's placement seed.
+
+    ``generated`` is ``config``'s design as :func:`rtl_gen.generate.generate` returned it: its
+    manifest and Verilog are used as they are, instead of building and converting the design
+    again (``pbhw flow`` generates once); a design of another config is refused (ValueError)."""
     import dataclasses
 
     from pbhw.core.devices import load_device
-    from rtl_gen.design import build_design
-    from rtl_gen.generate import manifest_of, top_name, verilog_text
 
     device = load_device(config.hardware.device)
-    design = build_design(config)
-    top = top_name(config)
-    manifest = manifest_of(design, top=top)
+    verilog: str | None = None
+    if generated is not None:
+        generated.check_config(config)
+        manifest, verilog = generated.manifest, generated.verilog
+    else:
+        from rtl_gen.design import build_design
+        from rtl_gen.generate import manifest_of, top_name, verilog_text
+
+        design = build_design(config)
+        manifest = manifest_of(design, top=top_name(config))
+        if fast:
+            design.discard()
+        else:
+            verilog = verilog_text(design, manifest.top)
     if fast:
-        design.discard()
         result = fast_estimate(manifest, device)
     else:
+        assert verilog is not None
         result = synthesize(
-            verilog_text(design, top),
-            top,
+            verilog,
+            manifest.top,
             device,
             clock_mhz=config.hardware.clock_mhz,
             cache_dir=cache_dir,
