@@ -99,7 +99,7 @@ def main() -> None:
         config = load(BASE, (f"name='{name}'", f"hardware.device='{args.device}'", *sets))
         design = build_design(config)
         top = top_name(config)
-        manifest = manifest_of(design, top=top, files={})
+        manifest = manifest_of(design, top=top)
         start = time.perf_counter()
         used = yosys_counts(verilog_text(design, top), top, device)
         seconds = time.perf_counter() - start

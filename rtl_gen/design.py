@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pbhw.core.config import Algorithm, Arith, Config, ConfigError, from_dict
+from pbhw.core.config import Algorithm, Arith, Config, ConfigError
 from pbhw.core.plan import Plan, derive_plan
 from pbhw.core.weights import initial_codes
 from rtl_gen.top import Network
@@ -43,9 +43,7 @@ def fixed_plan(config: Config) -> Plan:
             "generator keeps no copies of the weights (use weight_prediction instead)"
         )
     if config.train.arith is not Arith.FIXED:
-        raw = config.to_dict()
-        raw["train"]["arith"] = "fixed"
-        config = from_dict(raw)
+        config = config.replace({"train.arith": "fixed"})
     return derive_plan(config)
 
 

@@ -14,20 +14,37 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from amaranth.back import verilog
 
-from pbhw.core.config import Config, ConfigError
+from pbhw.core.config import ROLES, Config, ConfigError, WeightPrediction
 from pbhw.core.devices import clock_sdc
+from pbhw.core.manifest import (
+    MANIFEST_VERSION,
+    CycleOverhead,
+    FormatSpec,
+    GeneratedFiles,
+    Layer,
+    Manifest,
+    MultiplierCounts,
+    MultiplierShape,
+    Ports,
+    RowBits,
+    StageFormats,
+)
 from rtl_gen.design import Design, build_design
 from rtl_gen.resources import models_for
 from rtl_gen.stage import COUNTER_BITS, OVERHEAD, Stage
 
-__all__ = ["Generated", "config_hash", "generate", "manifest_of", "top_name", "verilog_text"]
-
-#: Version of the manifest's layout.
-MANIFEST_VERSION = 2
+__all__ = [
+    "MANIFEST_VERSION",
+    "Generated",
+    "config_hash",
+    "generate",
+    "manifest_of",
+    "top_name",
+    "verilog_text",
+]
 
 
 def config_hash(config: Config) -> str:
@@ -46,15 +63,15 @@ def verilog_text(design: Design, name: str | None = None) -> str:
     return verilog.convert(design.network, name=name or top_name(design.config), emit_src=False)
 
 
-def _format_json(role) -> dict[str, Any]:
+def _format_spec(role) -> FormatSpec:
     f = role.format
-    return {
-        "width": f.width,
-        "frac": f.frac,
-        "signed": f.signed,
-        "rounding": role.rounding.value,
-        "overflow": role.overflow.value,
-    }
+    return FormatSpec(
+        width=f.width,
+        frac=f.frac,
+        signed=f.signed,
+        rounding=role.rounding,
+        overflow=role.overflow,
+    )
 
 
 def _multiplier_shapes(design: Design, stage: Stage) -> list[dict[str, int]]:
@@ -64,8 +81,22 @@ def _multiplier_shapes(design: Design, stage: Stage) -> list[dict[str, int]]:
     ]
 
 
-def manifest_of(design: Design, *, top: str, files: dict[str, str]) -> dict[str, Any]:
-    """The manifest: everything a tool needs to know about the generated design."""
+def manifest_of(design: Design, *, top: str, files: GeneratedFiles | None = None) -> Manifest:
+    """The manifest: everything a tool needs to know about the generated design.
+
+    Parameters
+    ----------
+    design
+        The built design (:func:`rtl_gen.design.build_design`).
+    top
+        The Verilog module name of the design.
+    files
+        The files written beside the manifest; None for a design kept in memory.
+
+    Returns
+    -------
+    Manifest
+    """
     from pbhw.core.devices import dsp_count, load_device
 
     cfg, net = design.config, design.network
@@ -73,91 +104,87 @@ def manifest_of(design: Design, *, top: str, files: dict[str, str]) -> dict[str,
     layers = []
     for stage in net.stages:
         st = stage.plan
-        shapes = _multiplier_shapes(design, stage)
+        shapes = [MultiplierShape(**s) for s in _multiplier_shapes(design, stage)]
+        multipliers = stage.multipliers
         layers.append(
-            {
-                "stage": st.index,
-                "n_in": st.n_in,
-                "n_out": st.n_out,
-                "bias": cfg.network.bias,
-                "relu": st.relu,
-                "weights": stage.weights,
-                "lanes": stage.lanes,
-                "rows": stage.rows,
-                "cycles_per_step": stage.cycles_per_step,
-                "pipeline": stage.pipeline,
-                "delay": st.delay,
-                "horizon": st.horizon,
-                "prediction": cfg.optimizer.weight_prediction.value if st.horizon else "none",
-                "spike_compensation": cfg.optimizer.spike_compensation,
-                "coefficient_shift": st.formats.coefficient_shift,
-                "coefficients": {n: c.code for n, c in st.coefficients.items()},
-                "formats": {
-                    role: _format_json(st.formats.role(role))
-                    for role in (
-                        "activation",
-                        "weight",
-                        "error",
-                        "gradient",
-                        "velocity",
-                        "coefficient",
-                    )
-                },
-                "multipliers": stage.multipliers,
-                "multiplier_shapes": shapes,
-                "dsp_blocks": sum(s["count"] * dsp_count(s["a"], s["b"], device) for s in shapes),
-                "memory_bits": stage.memory_bits,
-                "memory_rows": stage.rows,
-                "row_bits": {
-                    "weight": stage.lanes * stage.weight_bits,
-                    "velocity": stage.lanes * stage.velocity_bits,
-                },
-            }
+            Layer(
+                stage=st.index,
+                n_in=st.n_in,
+                n_out=st.n_out,
+                bias=cfg.network.bias,
+                relu=st.relu,
+                weights=stage.weights,
+                lanes=stage.lanes,
+                rows=stage.rows,
+                cycles_per_step=stage.cycles_per_step,
+                pipeline=stage.pipeline,
+                delay=st.delay,
+                horizon=st.horizon,
+                prediction=(
+                    cfg.optimizer.weight_prediction if st.horizon else WeightPrediction.NONE
+                ),
+                spike_compensation=cfg.optimizer.spike_compensation,
+                coefficient_shift=st.formats.coefficient_shift,
+                coefficients={n: c.code for n, c in st.coefficients.items()},
+                formats=StageFormats(
+                    **{role: _format_spec(st.formats.role(role)) for role in ROLES}
+                ),
+                multipliers=MultiplierCounts(
+                    data=multipliers["data"], coefficient=multipliers["coefficient"]
+                ),
+                multiplier_shapes=tuple(shapes),
+                dsp_blocks=sum(s.count * dsp_count(s.a, s.b, device) for s in shapes),
+                memory_bits=stage.memory_bits,
+                memory_rows=stage.rows,
+                row_bits=RowBits(
+                    weight=stage.lanes * stage.weight_bits,
+                    velocity=stage.lanes * stage.velocity_bits,
+                ),
+            )
         )
-    data_mults = sum(layer["multipliers"]["data"] for layer in layers)
+    data_mults = sum(layer.multipliers.data for layer in layers)
     cycles = net.predicted_cycles_per_sample
     useful = sum((3 if st.index > 1 else 2) * st.n_in * st.n_out for st in design.plan.stages)
-    return {
-        "manifest_version": MANIFEST_VERSION,
-        "name": cfg.name,
-        "top": top,
-        "config_hash": config_hash(cfg),
-        "config": cfg.to_dict(),
-        "device": cfg.hardware.device,
-        "clock_mhz": cfg.hardware.clock_mhz,
-        "layers": layers,
-        "delays": [st.delay for st in design.plan.stages],
-        "lanes": list(design.lanes),
-        "formats": [layer["formats"] for layer in layers],
-        "multipliers": {
-            "data": data_mults,
-            "coefficient": sum(layer["multipliers"]["coefficient"] for layer in layers),
-        },
-        "dsp_blocks": sum(layer["dsp_blocks"] for layer in layers),
-        "dsp_available": device.resources["dsp"],
-        "memory_bits": sum(sum(layer["memory_bits"].values()) for layer in layers),
-        "predicted_cycles_per_sample": cycles,
-        "cycle_overhead": {
-            "stage": OVERHEAD,
-            "drain": [stage.drain for stage in net.stages],
-            "loss_unit": net.loss_unit.latency,
-            "rule": (
+    return Manifest(
+        name=cfg.name,
+        top=top,
+        config_hash=config_hash(cfg),
+        config=cfg,
+        device=cfg.hardware.device,
+        clock_mhz=cfg.hardware.clock_mhz,
+        layers=tuple(layers),
+        delays=tuple(st.delay for st in design.plan.stages),
+        lanes=tuple(design.lanes),
+        formats=tuple(layer.formats for layer in layers),
+        multipliers=MultiplierCounts(
+            data=data_mults,
+            coefficient=sum(layer.multipliers.coefficient for layer in layers),
+        ),
+        dsp_blocks=sum(layer.dsp_blocks for layer in layers),
+        dsp_available=device.resources["dsp"],
+        memory_bits=sum(sum(layer.memory_bits.values()) for layer in layers),
+        predicted_cycles_per_sample=cycles,
+        cycle_overhead=CycleOverhead(
+            stage=OVERHEAD,
+            drain=tuple(stage.drain for stage in net.stages),
+            loss_unit=net.loss_unit.latency,
+            rule=(
                 "a stage's step takes rows + stage overhead + its drain (the lane pipeline's "
                 "depth, layers[].pipeline) cycles, rows = ceil(N_out * (N_in + bias) / lanes); "
                 "the last stage's step also waits for the loss unit; the slowest stage sets "
                 "cycles per sample"
             ),
-        },
-        "predicted_multiplier_utilization": useful / (data_mults * cycles),
-        "ports": {
-            "samples": "stream in: {bubble, label, x[N_in]} (send 2L-1 bubbles to drain)",
-            "results": "stream out: {label, prediction, y[classes], delta[classes]}",
-            "debug": "dbg_stage, dbg_mem (0 W, 1 V, 2 w_prev), dbg_addr -> dbg_data (3 cycles)",
-            "saturation": f"{COUNTER_BITS}-bit counters in the order of 'counters'",
-        },
-        "counters": net.counter_names(),
-        "files": files,
-    }
+        ),
+        predicted_multiplier_utilization=useful / (data_mults * cycles),
+        ports=Ports(
+            samples="stream in: {bubble, label, x[N_in]} (send 2L-1 bubbles to drain)",
+            results="stream out: {label, prediction, y[classes], delta[classes]}",
+            debug="dbg_stage, dbg_mem (0 W, 1 V, 2 w_prev), dbg_addr -> dbg_data (3 cycles)",
+            saturation=f"{COUNTER_BITS}-bit counters in the order of 'counters'",
+        ),
+        counters=tuple(net.counter_names()),
+        files=files,
+    )
 
 
 def _hex_lines(rows: list[int], bits: int) -> str:
@@ -167,9 +194,34 @@ def _hex_lines(rows: list[int], bits: int) -> str:
 
 @dataclass(frozen=True)
 class Generated:
+    """A design written by :func:`generate`: where, the built design, its manifest and the
+    Verilog text (also in ``directory / manifest.files.verilog``), for tools that take the
+    design without elaborating it again."""
+
     directory: Path
     design: Design
-    manifest: dict[str, Any]
+    manifest: Manifest
+    verilog: str
+
+    def check_config(self, config: Config) -> None:
+        """Refuse to stand in for another config's design.
+
+        Parameters
+        ----------
+        config
+            The config a tool was given together with this design.
+
+        Raises
+        ------
+        ValueError
+            If the design was generated from a different config (another config hash).
+        """
+        if config_hash(config) != self.manifest.config_hash:
+            raise ValueError(
+                f"generated must be the design of config '{config.name}' (config hash "
+                f"{config_hash(config)[:12]}), not of '{self.manifest.name}' "
+                f"({self.manifest.config_hash[:12]})"
+            )
 
 
 def generate(config: Config, out_dir: Path, *, force: bool = False) -> Generated:
@@ -188,30 +240,35 @@ def generate(config: Config, out_dir: Path, *, force: bool = False) -> Generated
     design = build_design(config)
     name = top_name(config)
     text = verilog_text(design, name)
-    files = {"verilog": f"{name}.v", "sdc": f"{name}.sdc", "init": {}, "simulation_models": []}
+    verilog_file, sdc_file = f"{name}.v", f"{name}.sdc"
     contents: dict[str, str] = {
-        files["verilog"]: text,
-        files["sdc"]: clock_sdc(config.hardware.clock_mhz, name),
+        verilog_file: text,
+        sdc_file: clock_sdc(config.hardware.clock_mhz, name),
     }
+    models, init = [], {}
     for model in models_for(text):  # instantiated primitives: a simulation needs their models
         fname = f"sim_{model.name}"
         contents[fname] = model.read_text()
-        files["simulation_models"].append(fname)
+        models.append(fname)
     for stage in design.network.stages:
         for memory, rows in stage.memory_init().items():
             bits = stage.lanes * (stage.velocity_bits if memory == "v" else stage.weight_bits)
             fname = f"{name}_stage{stage.plan.index}_{memory}.hex"
             contents[fname] = _hex_lines(rows, bits)
-            files["init"][f"stage{stage.plan.index}.{memory}"] = fname
+            init[f"stage{stage.plan.index}.{memory}"] = fname
+    files = GeneratedFiles(
+        verilog=verilog_file, sdc=sdc_file, init=init, simulation_models=tuple(models)
+    )
     manifest = manifest_of(design, top=name, files=files)
-    contents["manifest.json"] = json.dumps(manifest, indent=2) + "\n"
+    # as Manifest.write writes it, but with the other files' permissions
+    contents["manifest.json"] = json.dumps(manifest.to_json(), indent=2, allow_nan=False) + "\n"
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     tmp.chmod(0o755)
     try:
-        for fname, text in contents.items():
-            (tmp / fname).write_text(text)
+        for fname, data in contents.items():
+            (tmp / fname).write_text(data)
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -223,4 +280,4 @@ def generate(config: Config, out_dir: Path, *, force: bool = False) -> Generated
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return Generated(out_dir, design, manifest)
+    return Generated(out_dir, design, manifest, text)

@@ -705,3 +705,62 @@ def test_docs_list_every_key_with_its_default():
         default = DEFAULTS["formats"][role]
         assert (int(width), int(frac)) == (default["width"], default["frac"])
         assert fmt == str(FixedFormat(default["width"], default["frac"], default["signed"]))
+
+
+# Config.replace
+
+
+def test_replace_returns_a_validated_copy_with_dotted_keys_changed():
+    cfg = load(EXAMPLE)
+    new = cfg.replace({"train.arith": "fixed", "optimizer.lr": 0.05, "network.layers.1": 16})
+    assert new.train.arith is Arith.FIXED and new.optimizer.lr == 0.05
+    assert new.network.layers == (cfg.network.layers[0], 16, *cfg.network.layers[2:])
+    assert new.to_dict()["train"]["epochs"] == cfg.to_dict()["train"]["epochs"]
+    raw = cfg.to_dict()
+    raw["train"]["arith"], raw["optimizer"]["lr"], raw["network"]["layers"][1] = "fixed", 0.05, 16
+    assert new == from_dict(raw) and new.to_dict() == raw
+    assert cfg.train.arith is not Arith.FIXED and cfg.optimizer.lr != 0.05  # unchanged
+    assert cfg.replace({}) == cfg
+
+
+def test_replace_takes_enum_members_tuples_and_list_entries():
+    cfg = from_dict({"network": {"layers": [8, 4, 2]}, "overrides": [{"layer": 1}]})
+    new = cfg.replace(
+        {
+            "optimizer.weight_prediction": WeightPrediction.NONE,
+            "hardware.lanes": (2, 1),
+            "overrides.0.formats.weight.width": 10,
+        }
+    )
+    assert new.optimizer.weight_prediction is WeightPrediction.NONE
+    assert new.hardware.lanes == (2, 1) and new.to_dict()["hardware"]["lanes"] == [2, 1]
+    assert new.layer_formats[0].weight.format.width == 10
+    assert new.layer_formats[1].weight.format.width == 16
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"train.arit": "fixed"}, "unknown config key 'train.arit'; did you mean 'train.arith'?"),
+        ({"trian.arith": "fixed"}, "unknown config key 'trian'; did you mean 'train'?"),
+        ({"seed.x": 1}, "config key 'seed.x': 'seed' is a value, not a table"),
+        ({"formats.weight": {"width": 8}}, "config key 'formats.weight' must name one value"),
+        ({"overrides.0.layer": 1}, "config key 'overrides.0.layer': 'overrides.0' must index"),
+        ({"train..arith": "fixed"}, "config key must be a dotted name such as 'train.arith', not"),
+        ({3: "fixed"}, "config key must be a dotted name such as 'train.arith', not 3"),
+    ],
+)
+def test_replace_refuses_a_bad_key_naming_it(changes, message):
+    with pytest.raises(ConfigError) as info:
+        from_dict({}).replace(changes)
+    assert message in str(info.value)
+
+
+def test_replace_refuses_a_bad_value_naming_the_key():
+    cfg = from_dict({})
+    with pytest.raises(ConfigError, match=r"config key 'train.arith' must be one of 'float', "):
+        cfg.replace({"train.arith": "fixd"})
+    with pytest.raises(ConfigError, match="config key 'optimizer.lr' must be a positive number"):
+        cfg.replace({"optimizer.lr": -1})
+    with pytest.raises(ConfigError, match="Config.replace takes a mapping"):
+        cfg.replace("train.arith=fixed")  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ from amaranth.lib.wiring import In, Out
 import pbhw.tools.estimate as estimate_module
 from pbhw.core.devices import dsp_count, load_device, memory_blocks
 from pbhw.core.errors import ToolError
+from pbhw.core.manifest import Manifest
 from pbhw.tools.estimate import (
     CALIBRATION,
     Estimate,
@@ -226,32 +227,69 @@ FORMATS = {
 
 
 def layer(stage, n_in, n_out, lanes, **changes):
+    """A manifest layer's JSON, without ``multiplier_shapes`` unless given (the estimate then
+    spreads the multiplier counts over the products) and with no lane pipeline."""
+    rows = -(-(n_in + 1) * n_out // lanes)
     base = {
         "stage": stage,
         "n_in": n_in,
         "n_out": n_out,
         "bias": True,
+        "relu": True,
         "weights": (n_in + 1) * n_out,
         "lanes": lanes,
-        "cycles_per_step": -(-(n_in + 1) * n_out // lanes),
+        "rows": rows,
+        "cycles_per_step": rows,
+        "pipeline": {},
         "delay": 3,
-        "formats": copy.deepcopy(FORMATS),
+        "horizon": 3,
         "prediction": "velocity",
         "spike_compensation": True,
+        "coefficient_shift": False,
+        "coefficients": {},
+        "formats": copy.deepcopy(FORMATS),
         "multipliers": {"data": 3 * lanes, "coefficient": 4 * lanes},
+        "dsp_blocks": 0,
         "memory_bits": {
             "weight": (n_in + 1) * n_out * 16,
             "velocity": (n_in + 1) * n_out * 20,
             "w_prev": 0,
             "stash": 4 * (n_in + 1) * 16,
         },
+        "memory_rows": rows,
+        "row_bits": {"weight": 16 * lanes, "velocity": 20 * lanes},
     }
     base.update(changes)
     return base
 
 
 def manifest(*layers):
-    return {"top": "pbhw_top", "layers": list(layers)}
+    """A :class:`Manifest` of the layers (JSON, as :func:`layer` gives), other fields filler."""
+    return Manifest.from_json(
+        {
+            "manifest_version": 2,
+            "name": "t",
+            "top": "pbhw_top",
+            "config_hash": "",
+            "config": {},
+            "device": "ecp5-85k",
+            "clock_mhz": 100.0,
+            "layers": list(layers),
+            "delays": [la["delay"] for la in layers],
+            "lanes": [la["lanes"] for la in layers],
+            "formats": [la["formats"] for la in layers],
+            "multipliers": {"data": 0, "coefficient": 0},
+            "dsp_blocks": 0,
+            "dsp_available": 0,
+            "memory_bits": 0,
+            "predicted_cycles_per_sample": max(la["cycles_per_step"] for la in layers),
+            "cycle_overhead": {"stage": 0, "drain": [], "loss_unit": 0, "rule": ""},
+            "predicted_multiplier_utilization": 0.0,
+            "ports": {"samples": "", "results": "", "debug": "", "saturation": ""},
+            "counters": [],
+            "files": {},
+        }
+    )
 
 
 def test_dsp_count_tiles_operands_like_yosys():
@@ -284,7 +322,10 @@ def test_fast_estimate_counts_dsp_exactly_from_widths():
 
 def test_fast_estimate_uses_explicit_multiplier_shapes():
     ecp5 = load_device("ecp5-85k")
-    shapes = [{"a": 16, "b": 16, "count": 12}, {"a": 36, "b": 18, "count": 1}]
+    shapes = [
+        {"product": "forward", "a": 16, "b": 16, "count": 12},
+        {"product": "eta_a", "a": 36, "b": 18, "count": 1},
+    ]
     est = fast_estimate(manifest(layer(1, 64, 32, 4, multiplier_shapes=shapes)), ecp5)
     assert est.used["dsp"] == 12 + 2
 
@@ -407,7 +448,7 @@ def test_analytic_estimate_is_within_the_stated_error_of_synthesis():
         config = load(base, (f"name='{point['name']}'", *point["sets"]))
         design = build_design(config)
         design.discard()
-        manifest = manifest_of(design, top=top_name(config), files={})
+        manifest = manifest_of(design, top=top_name(config))
         fast = fast_estimate(manifest, device)
         synthesized = point["synthesized"]
         for key in ("lut", "ff"):

@@ -1,5 +1,6 @@
 """``pbhw flow`` end to end on a tiny design: every step runs for real and the report says so."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -7,7 +8,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import pbhw.tools.estimate as estimate_module
+import pbhw.tools.toolchain as toolchain
+import pbhw.tools.verify as verify_module
+from golden.compare import Observed
 from pbhw.cli import main
+from pbhw.core.config import load
+from pbhw.flows.flow import run_flow
 from pbhw.tools.toolchain import ToolError, verilator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,3 +94,74 @@ def test_flow_refuses_a_bad_placement_seed_before_any_work(tmp_path, seed):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and "--pnr-seed" in result.output, result.output
     assert not out.exists()
+
+
+def test_flow_elaborates_the_design_once(tmp_path, monkeypatch):
+    """generate builds and converts the design; verify simulates and estimate synthesises that
+    same Verilog (the simulator and the synthesis tools are stubbed: they would take their
+    input as it comes)."""
+    import amaranth.back.verilog
+
+    import rtl_gen.design
+
+    counts = {"built": 0, "converted": 0}
+    network, convert = rtl_gen.design.Network, amaranth.back.verilog.convert
+
+    def counted_network(*args, **kwargs):
+        counts["built"] += 1
+        return network(*args, **kwargs)
+
+    def counted_convert(*args, **kwargs):
+        counts["converted"] += 1
+        return convert(*args, **kwargs)
+
+    monkeypatch.setattr(rtl_gen.design, "Network", counted_network)
+    monkeypatch.setattr(amaranth.back.verilog, "convert", counted_convert)
+
+    handed = {}
+
+    def sim_build(verilog, top, *, simulator):
+        handed["simulated"] = (verilog, top)
+        return toolchain.SimBuild(simulator, top, tmp_path, rebuilt=False)
+
+    def sim_test(build, test_module, *, test_dir, extra_env):
+        Path(extra_env["PBHW_OBSERVED"]).write_text("{}")
+
+    def observe(design, trace, raw):
+        stages = len(design.network.stages)
+        return Observed([[] for _ in range(stages)], [[] for _ in range(stages)]), []
+
+    def synthesize(verilog, top, device, *, clock_mhz=None, **options):
+        handed["synthesized"] = (verilog, top)
+        used = {"lut": 1, "ff": 1, "dsp": 0, "bram_bits": 0}
+        return estimate_module._judge(
+            device, used, method="synthesis", fmax_mhz=None, clock_mhz=clock_mhz, seconds=0.0
+        )
+
+    monkeypatch.setattr(toolchain, "sim_build", sim_build)
+    monkeypatch.setattr(toolchain, "sim_test", sim_test)
+    monkeypatch.setattr(verify_module, "observe", observe)
+    monkeypatch.setattr(estimate_module, "synthesize", synthesize)
+
+    config = load(ROOT / "examples" / "mlp_digits.toml", tiny_sets(tmp_path))
+    out = tmp_path / "flow"
+    summary = run_flow(config, out, verify_samples=8)
+    assert counts == {"built": 1, "converted": 1}
+    generated = ((out / "rtl" / "tiny.v").read_text(), "tiny")
+    assert handed == {"simulated": generated, "synthesized": generated}
+    assert summary["manifest"]["top"] == "tiny" and (out / "report.md").is_file()
+
+
+def test_verify_and_estimate_refuse_another_config_s_design(tmp_path):
+    from rtl_gen.generate import generate
+
+    config = load(ROOT / "examples" / "mlp_digits.toml", tiny_sets(tmp_path))
+    generated = generate(config, tmp_path / "rtl")
+    other = config.replace({"seed": 1})
+    with pytest.raises(ValueError, match="generated must be the design of config 'tiny'"):
+        verify_module.verify(other, samples=8, generated=generated)
+    with pytest.raises(ValueError, match="generated must be the design of config 'tiny'"):
+        estimate_module.estimate(other, fast=True, generated=generated)
+    handed = estimate_module.estimate(config, fast=True, generated=generated)
+    standalone = estimate_module.estimate(config, fast=True)
+    assert dataclasses.replace(handed, seconds=0.0) == dataclasses.replace(standalone, seconds=0.0)

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from pbhw.cli import main
 from pbhw.core.config import ConfigError, load
+from pbhw.core.manifest import MANIFEST_VERSION, Manifest
 from pbhw.tools.toolchain import lint
 from rtl_gen import generate as gen
 from rtl_gen.resources import MODELS
@@ -51,30 +52,21 @@ def test_generate_writes_verilog_sdc_init_files_and_manifest(default_output):
     )
     # ecp5-85k names MULT18X18D: every hard multiplier is an instance with its input and
     # output registers, and the output carries the primitive's simulation model.
-    assert m["files"]["simulation_models"] == ["sim_MULT18X18D.v"]
+    assert m.files.simulation_models == ("sim_MULT18X18D.v",)
     assert (out / "sim_MULT18X18D.v").read_text() == (MODELS / "MULT18X18D.v").read_text()
     instances = re.findall(
         r"^\s*MULT18X18D #\((.*?)\)\s*\S+\s*\(", (out / "mlp_digits.v").read_text(), re.M | re.S
     )
-    assert len(instances) == m["dsp_blocks"] > 0
+    assert len(instances) == m.dsp_blocks > 0
     for params in instances:
         for reg in ("REG_INPUTA_CLK", "REG_INPUTB_CLK", "REG_OUTPUT_CLK"):
             assert f'.{reg}("CLK0")' in params
-    assert json.loads((out / "manifest.json").read_text()) == m
-    for key in (
-        "top",
-        "config_hash",
-        "layers",
-        "delays",
-        "lanes",
-        "formats",
-        "multipliers",
-        "memory_bits",
-        "predicted_cycles_per_sample",
-        "cycle_overhead",
-    ):
-        assert key in m
-    assert m["top"] == "mlp_digits" and m["delays"] == [5, 3, 1]
+    assert json.loads((out / "manifest.json").read_text()) == m.to_json()
+    assert Manifest.read(out / "manifest.json") == m
+    assert m.manifest_version == MANIFEST_VERSION == 2
+    assert m.top == "mlp_digits" and m.delays == (5, 3, 1)
+    assert m.config_hash == gen.config_hash(m.config)
+    assert default_output.verilog == (out / m.files.verilog).read_text()
     assert re.search(r"^module mlp_digits\(", (out / "mlp_digits.v").read_text(), re.M)
     assert (
         "create_clock -name clk -period 10.000 [get_ports clk]"
@@ -85,7 +77,7 @@ def test_generate_writes_verilog_sdc_init_files_and_manifest(default_output):
 def test_init_files_hold_the_golden_models_initial_codes(default_output):
     design, m = default_output.design, default_output.manifest
     stage = design.network.stages[0]
-    lines = (default_output.directory / m["files"]["init"]["stage1.w"]).read_text().split()
+    lines = (default_output.directory / m.files.init["stage1.w"]).read_text().split()
     assert len(lines) == stage.rows
     width = stage.weight_bits
     codes = []
@@ -99,18 +91,18 @@ def test_init_files_hold_the_golden_models_initial_codes(default_output):
 
 def test_manifest_counts_follow_the_lanes(default_output):
     m = default_output.manifest
-    lanes = m["lanes"]
+    lanes = m.lanes
     # forward + gradient in stage 1, plus backward in the others
-    assert m["multipliers"]["data"] == 2 * lanes[0] + 3 * sum(lanes[1:])
-    assert m["dsp_blocks"] <= m["dsp_available"]
-    for layer in m["layers"]:
-        assert layer["rows"] == -(-layer["weights"] // layer["lanes"])
-        drain = layer["pipeline"]["drain"]
-        assert layer["cycles_per_step"] == layer["rows"] + m["cycle_overhead"]["stage"] + drain
-    assert m["cycle_overhead"]["drain"] == [layer["pipeline"]["drain"] for layer in m["layers"]]
-    slowest = max(layer["cycles_per_step"] for layer in m["layers"][:-1])
-    last = m["layers"][-1]["cycles_per_step"] + m["cycle_overhead"]["loss_unit"]
-    assert m["predicted_cycles_per_sample"] == max(slowest, last)
+    assert m.multipliers.data == 2 * lanes[0] + 3 * sum(lanes[1:])
+    assert m.dsp_blocks <= m.dsp_available
+    for layer in m.layers:
+        assert layer.rows == -(-layer.weights // layer.lanes)
+        drain = layer.pipeline["drain"]
+        assert layer.cycles_per_step == layer.rows + m.cycle_overhead.stage + drain
+    assert m.cycle_overhead.drain == tuple(layer.pipeline["drain"] for layer in m.layers)
+    slowest = max(layer.cycles_per_step for layer in m.layers[:-1])
+    last = m.layers[-1].cycles_per_step + m.cycle_overhead.loss_unit
+    assert m.predicted_cycles_per_sample == max(slowest, last)
 
 
 def test_config_hash_is_stable_and_sensitive():
@@ -163,15 +155,15 @@ def shape_output(request, tmp_path_factory):
 
 
 def _verilog(out):
-    return out.directory / out.manifest["files"]["verilog"]
+    return out.directory / out.manifest.files.verilog
 
 
 def test_verilator_lints_the_default_example(default_output):
-    lint(_verilog(default_output), default_output.manifest["top"])
+    lint(_verilog(default_output), default_output.manifest.top)
 
 
 def test_verilator_lints_other_shapes(shape_output):
-    lint(_verilog(shape_output), shape_output.manifest["top"])
+    lint(_verilog(shape_output), shape_output.manifest.top)
 
 
 def yosys_synth_ecp5(verilog: Path, top: str, workdir: Path) -> str:
@@ -196,6 +188,6 @@ def yosys_synth_ecp5(verilog: Path, top: str, workdir: Path) -> str:
 
 
 def test_yosys_synthesises_other_shapes(shape_output, tmp_path):
-    stat = yosys_synth_ecp5(_verilog(shape_output), shape_output.manifest["top"], tmp_path)
+    stat = yosys_synth_ecp5(_verilog(shape_output), shape_output.manifest.top, tmp_path)
     assert re.search(r"MULT18X18D", stat)
     assert re.search(r"TRELLIS_FF", stat)

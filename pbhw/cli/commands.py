@@ -202,22 +202,20 @@ def generate(config: str, out_dir: str, sets: tuple[str, ...]) -> None:
     click.echo(f"generating {cfg.name} ({' -> '.join(map(str, cfg.network.layers))}) ...")
     out = run_generate(cfg, Path(out_dir))
     m = out.manifest
+    assert m.files is not None  # generate wrote them
     click.echo(
-        f"lanes {', '.join(map(str, m['lanes']))}; {m['multipliers']['data']} data + "
-        f"{m['multipliers']['coefficient']} coefficient multipliers "
-        f"({m['dsp_blocks']} of {m['dsp_available']} DSP blocks on {m['device']}); "
-        f"{m['memory_bits']} memory bits"
+        f"lanes {', '.join(map(str, m.lanes))}; {m.multipliers.data} data + "
+        f"{m.multipliers.coefficient} coefficient multipliers "
+        f"({m.dsp_blocks} of {m.dsp_available} DSP blocks on {m.device}); "
+        f"{m.memory_bits} memory bits"
     )
     click.echo(
-        f"predicted {m['predicted_cycles_per_sample']} cycles/sample "
-        f"({cfg.hardware.clock_mhz * 1e6 / m['predicted_cycles_per_sample']:.0f} samples/s at "
+        f"predicted {m.predicted_cycles_per_sample} cycles/sample "
+        f"({cfg.hardware.clock_mhz * 1e6 / m.predicted_cycles_per_sample:.0f} samples/s at "
         f"{cfg.hardware.clock_mhz:g} MHz), multiplier utilization "
-        f"{m['predicted_multiplier_utilization']:.2f}"
+        f"{m.predicted_multiplier_utilization:.2f}"
     )
-    click.echo(
-        f"wrote {out.directory}/{m['files']['verilog']} and {len(m['files']['init']) + 2} "
-        "more files"
-    )
+    click.echo(f"wrote {out.directory}/{m.files.verilog} and {len(m.files.init) + 2} more files")
 
 
 @click.command()

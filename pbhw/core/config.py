@@ -200,6 +200,45 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return _thaw(self.data)
 
+    def replace(self, changes: Mapping[str, Any]) -> Config:
+        """A validated copy of the config with the values at some dotted keys changed.
+
+        Parameters
+        ----------
+        changes
+            Dotted key to new value, e.g. ``{"train.arith": "fixed", "optimizer.lr": 0.05}``.
+            A key names one value of the config file's layout (list entries by index, as
+            ``overrides.0.layer``), not a whole table; a value is what the file would hold
+            there (an enum member counts as its value, a tuple as an array).
+
+        Returns
+        -------
+        Config
+            The new config, validated as :func:`from_dict` validates a file; ``self`` is
+            unchanged.
+
+        Raises
+        ------
+        ConfigError
+            Naming the key, when it is unknown, goes through a value or names a whole table, or
+            when the new value is not allowed there.
+
+        Examples
+        --------
+        >>> fixed = from_dict({}).replace({"train.arith": "fixed"})
+        >>> fixed.train.arith
+        <Arith.FIXED: 'fixed'>
+        """
+        if not isinstance(changes, Mapping):
+            raise ConfigError(
+                "Config.replace takes a mapping of dotted keys to values (e.g. "
+                f"{{'train.arith': 'fixed'}}), not {changes!r}"
+            )
+        raw = self.to_dict()
+        for key, value in changes.items():
+            _assign(raw, key, _plain(value))
+        return from_dict(raw)
+
 
 def _freeze(value: Any) -> Any:
     if isinstance(value, Mapping):
@@ -274,13 +313,57 @@ def apply_sets(raw: Mapping[str, Any], sets: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _list_index(node: list, part: str, where: str) -> int:
+def _list_index(node: list, part: str, where: str, label: str = "--set") -> int:
     if not part.isdigit() or int(part) >= len(node):
         raise ConfigError(
-            f"--set: '{where}' must index one of {len(node)} list entries "
+            f"{label}: '{where}' must index one of {len(node)} list entries "
             f"(0..{len(node) - 1}), not {part!r}"
         )
     return int(part)
+
+
+def _plain(value: Any) -> Any:
+    """A value as the config file would hold it: enum members as their values, tuples as lists."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _assign(raw: dict[str, Any], key: Any, value: Any) -> None:
+    """Set the value at dotted ``key`` of a resolved config dictionary (for :meth:`Config.replace`).
+
+    Unknown keys are left for :func:`from_dict` to report (with a suggestion); a key through a
+    value, past the end of a list, or naming a whole table is refused here."""
+    if not isinstance(key, str) or not key or "" in key.split("."):
+        raise ConfigError(f"config key must be a dotted name such as 'train.arith', not {key!r}")
+    label = f"config key '{key}'"
+    parts = key.split(".")
+    node: Any = raw
+    for depth, part in enumerate(parts[:-1]):
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            child = node[_list_index(node, part, where, label)]
+        else:
+            child = node.get(part)
+            if child is None:  # unknown, or absent from a partial [[overrides]] table
+                child = node[part] = {}
+        if not isinstance(child, (dict, list)):
+            raise ConfigError(f"{label}: '{where}' is a value, not a table")
+        node = child
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, key, label)] = value
+        return
+    if isinstance(node.get(last), dict):
+        inner = ", ".join(f"'{key}.{k}'" for k in node[last])
+        raise ConfigError(
+            f"{label} must name one value, not a whole table: name its keys ({inner})"
+        )
+    node[last] = value
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ __all__ = [
     "ConfigError",
     "DatasetError",
     "InputError",
+    "ManifestError",
     "PbhwError",
     "RunError",
     "SweepError",
@@ -34,6 +35,11 @@ class ConfigError(InputError):
 
 class DatasetError(InputError):
     """A dataset that cannot be loaded or does not fit the network."""
+
+
+class ManifestError(InputError):
+    """A ``manifest.json`` that is malformed or of another layout version; the message names the
+    field."""
 
 
 class UserError(InputError):

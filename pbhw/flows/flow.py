@@ -4,7 +4,8 @@ Steps, each writing its own file into the output directory:
 
 1. train in the hardware's fixed-point arithmetic (the bit-exact model) on the config's dataset,
    and a float SGD baseline at the reference batch (``train_fixed.json``, ``train_sgd.json``);
-2. generate the Verilog (``rtl/``, as ``pbhw generate``);
+2. generate the Verilog (``rtl/``, as ``pbhw generate``): the one elaboration of the design,
+   whose Verilog the next two steps take as it is;
 3. verify a short run of the RTL bit for bit against the golden model (``verify.json``);
 4. synthesise, place and route for the config's device (``estimate.json``);
 5. write ``report.md`` with ``training.png`` and ``resources.png``.
@@ -18,19 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pbhw.core.config import Config, from_dict
+from pbhw.core.config import Config
 from pbhw.core.io import write_json
 
 __all__ = ["run_flow"]
 
 Progress = Callable[[str], None]
-
-
-def _with(config: Config, **sections: dict[str, Any]) -> Config:
-    raw = config.to_dict()
-    for section, values in sections.items():
-        raw[section] = {**raw.get(section, {}), **values}
-    return from_dict(raw)
 
 
 def _training_plot(path: Path, fixed, sgd, name: str) -> None:
@@ -113,8 +107,8 @@ def run_flow(
         timings[name] = time.perf_counter() - start
         return value
 
-    fixed_cfg = _with(config, train={"arith": "fixed"})
-    sgd_cfg = _with(config, train={"arith": "float"}, optimizer={"algorithm": "sgd"})
+    fixed_cfg = config.replace({"train.arith": "fixed"})
+    sgd_cfg = config.replace({"train.arith": "float", "optimizer.algorithm": "sgd"})
     say(f"1/5 training {config.name} in fixed point (bit-exact) on {config.train.dataset} ...")
     fixed = timed("train_fixed", lambda: train(fixed_cfg))
     write_json(out_dir / "train_fixed.json", fixed.to_json())
@@ -128,7 +122,10 @@ def run_flow(
     manifest = generated.manifest
 
     say(f"3/5 verifying {verify_samples} samples against the golden model on {simulator} ...")
-    checked = timed("verify", lambda: verify(config, samples=verify_samples, simulator=simulator))
+    checked = timed(
+        "verify",
+        lambda: verify(config, samples=verify_samples, simulator=simulator, generated=generated),
+    )
     write_json(out_dir / "verify.json", checked.to_json())
     say(f"    {checked.summary()}")
 
@@ -136,7 +133,11 @@ def run_flow(
     est = timed(
         "estimate",
         lambda: estimate(
-            config, progress=lambda m: say(f"    {m}"), pnr_timeout=pnr_timeout, seed=pnr_seed
+            config,
+            progress=lambda m: say(f"    {m}"),
+            pnr_timeout=pnr_timeout,
+            seed=pnr_seed,
+            generated=generated,
         ),
     )
     write_json(out_dir / "estimate.json", est.to_json())
@@ -150,7 +151,7 @@ def run_flow(
         "config": config.to_dict(),
         "train_fixed": fixed.to_json(),
         "train_sgd": sgd.to_json(),
-        "manifest": manifest,
+        "manifest": manifest.to_json(),
         "verify": checked.to_json(),
         "estimate": est.to_json(),
         "pnr_seed": pnr_seed,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pbhw.core.io import write_atomic
+from pbhw.core.manifest import Manifest
 
 __all__ = [
     "COST_LABELS",
@@ -204,12 +205,15 @@ def render_markdown(
 
 
 def render_flow_report(s: Mapping[str, Any]) -> str:
-    """``report.md`` of ``pbhw flow``: an HLS-style report of the training accelerator."""
-    cfg, m, v, e = s["config"], s["manifest"], s["verify"], s["estimate"]
+    """``report.md`` of ``pbhw flow``: an HLS-style report of the training accelerator.
+
+    ``s`` is the flow's summary (as ``summary.json`` holds it; the manifest as its JSON)."""
+    cfg, v, e = s["config"], s["verify"], s["estimate"]
+    m = Manifest.from_json(s["manifest"])
     fixed, sgd = s["train_fixed"], s["train_sgd"]
     opt, layers = cfg["optimizer"], cfg["network"]["layers"]
-    clock = m["clock_mhz"]
-    cycles = m["predicted_cycles_per_sample"]
+    clock = m.clock_mhz
+    cycles = m.predicted_cycles_per_sample
     fmax = e.get("fmax_mhz")
     lines = [
         f"# {cfg['name']}: PB training accelerator report",
@@ -217,7 +221,7 @@ def render_flow_report(s: Mapping[str, Any]) -> str:
         f"Network {' -> '.join(map(str, layers))} ({len(layers) - 1} pipeline stages), loss "
         f"`{cfg['network']['loss']}`, PB with spike compensation "
         f"{'on' if opt['spike_compensation'] else 'off'} and weight prediction "
-        f"`{opt['weight_prediction']}`; device `{m['device']}` at {clock:g} MHz.",
+        f"`{opt['weight_prediction']}`; device `{m.device}` at {clock:g} MHz.",
         "",
         "## Summary",
         "",
@@ -263,7 +267,7 @@ def render_flow_report(s: Mapping[str, Any]) -> str:
             "n/a" if fmax is None else f"{fmax * 1e6 / cycles:,.0f} samples/s",
         ),
         (f"training throughput at {clock:g} MHz", f"{clock * 1e6 / cycles:,.0f} samples/s"),
-        ("multiplier utilization (predicted)", f"{m['predicted_multiplier_utilization']:.3f}"),
+        ("multiplier utilization (predicted)", f"{m.predicted_multiplier_utilization:.3f}"),
         ("fits the device", "yes" if e["fits"] else f"**no**: short of {e['overflow']}"),
     ]
     lines += _table(("", "value"), rows) + ["", "![training curves](training.png)", ""]
@@ -292,18 +296,18 @@ def render_flow_report(s: Mapping[str, Any]) -> str:
 
     lines += ["## Pipeline stages", ""]
     stage_rows = []
-    for layer in m["layers"]:
+    for layer in m.layers:
         stage_rows.append(
             (
-                str(layer["stage"]),
-                f"{layer['n_in']}x{layer['n_out']}",
-                str(layer["delay"]),
-                str(layer["lanes"]),
-                str(layer["rows"]),
-                str(layer["cycles_per_step"]),
-                f"{layer['multipliers']['data']} + {layer['multipliers']['coefficient']}",
-                str(layer["dsp_blocks"]),
-                f"{sum(layer['memory_bits'].values()):,}",
+                str(layer.stage),
+                f"{layer.n_in}x{layer.n_out}",
+                str(layer.delay),
+                str(layer.lanes),
+                str(layer.rows),
+                str(layer.cycles_per_step),
+                f"{layer.multipliers.data} + {layer.multipliers.coefficient}",
+                str(layer.dsp_blocks),
+                f"{sum(layer.memory_bits.values()):,}",
             )
         )
     lines += _table(
@@ -320,12 +324,12 @@ def render_flow_report(s: Mapping[str, Any]) -> str:
         ),
         stage_rows,
     )
-    over = m["cycle_overhead"]
+    over = m.cycle_overhead
     lines += [
         "",
-        f"A step takes rows + {over['stage']} cycles plus the drain of the stage's lane "
-        f"pipeline ({', '.join(str(d) for d in over.get('drain', []))} cycles); the last stage "
-        f"also waits {over['loss_unit']} cycles for the loss unit. The slowest stage sets "
+        f"A step takes rows + {over.stage} cycles plus the drain of the stage's lane "
+        f"pipeline ({', '.join(str(d) for d in over.drain)} cycles); the last stage "
+        f"also waits {over.loss_unit} cycles for the loss unit. The slowest stage sets "
         f"{cycles} cycles per sample.",
         "",
     ]
@@ -334,11 +338,11 @@ def render_flow_report(s: Mapping[str, Any]) -> str:
     fmt_rows = [
         (
             role,
-            f"{'s' if f['signed'] else 'u'}{f['width']}.{f['frac']}",
-            f["rounding"],
-            f["overflow"],
+            f"{'s' if f.signed else 'u'}{f.width}.{f.frac}",
+            f.rounding.value,
+            f.overflow.value,
         )
-        for role, f in m["formats"][0].items()
+        for role, f in m.formats[0].roles().items()
     ]
     lines += _table(("role", "format", "rounding", "overflow"), fmt_rows)
     sat = {k: n for k, n in fixed.get("saturation", {}).items() if n}

@@ -27,11 +27,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from pbhw.core.config import Config, WeightPrediction
 from pbhw.core.devices import RESOURCES, Device, count_cells, dsp_count, memory_blocks
 from pbhw.core.errors import ToolError
+from pbhw.core.fixed import Rounding
 from pbhw.core.io import write_json
+from pbhw.core.manifest import Layer, Manifest
+
+if TYPE_CHECKING:
+    from rtl_gen.generate import Generated
 
 __all__ = [
     "CALIBRATION",
@@ -653,33 +659,33 @@ def _log2(n: int) -> int:
     return max(1, math.ceil(math.log2(max(n, 2))))
 
 
-def _multiplier_shapes(layer: Mapping[str, Any]) -> list[tuple[int, int, int]]:
+def _multiplier_shapes(layer: Layer) -> list[tuple[int, int, int]]:
     """(width_a, width_b, count) of a stage's multipliers.
 
-    Uses the manifest's ``multiplier_shapes`` ([{"a", "b", "count"}]) when present; otherwise
-    spreads the ``multipliers`` counts over the products in docs/design.md: data (w.x, w.d,
-    d.x) and coefficient (m.v, eta.a.v, [eta.b.g with SC], [eta.T.v or T.dw with LWP]).
+    Uses the layer's ``multiplier_shapes`` when listed (not None); otherwise spreads the
+    ``multipliers`` counts over the products in docs/design.md: data (w.x, w.d, d.x) and
+    coefficient (m.v, eta.a.v, [eta.b.g with SC], [eta.T.v or T.dw with LWP]).
     """
-    if "multiplier_shapes" in layer:
-        return [(s["a"], s["b"], s["count"]) for s in layer["multiplier_shapes"]]
-    f = {role: spec["width"] for role, spec in layer["formats"].items()}
+    if layer.multiplier_shapes is not None:
+        return [(s.a, s.b, s.count) for s in layer.multiplier_shapes]
+    f = {role: spec.width for role, spec in layer.formats.roles().items()}
     data = [
         (f["weight"], f["activation"]),
         (f["weight"], f["error"]),
         (f["error"], f["activation"]),
     ]
     coefficient = [(f["coefficient"], f["velocity"])] * 2
-    if layer.get("spike_compensation"):
+    if layer.spike_compensation:
         coefficient.append((f["coefficient"], f["gradient"]))
-    prediction = layer.get("prediction", "none")
-    if prediction == "velocity":
+    prediction = layer.prediction
+    if prediction is WeightPrediction.VELOCITY:
         coefficient.append((f["coefficient"], f["velocity"]))
-    elif prediction == "weight_difference":
+    elif prediction is WeightPrediction.WEIGHT_DIFFERENCE:
         coefficient.append((f["coefficient"], f["weight"] + 1))
     shapes = []
     for kinds, count in (
-        (data, layer["multipliers"]["data"]),
-        (coefficient, layer["multipliers"]["coefficient"]),
+        (data, layer.multipliers.data),
+        (coefficient, layer.multipliers.coefficient),
     ):
         for i, (a, b) in enumerate(kinds):
             share = count // len(kinds) + (1 if i < count % len(kinds) else 0)
@@ -688,13 +694,13 @@ def _multiplier_shapes(layer: Mapping[str, Any]) -> list[tuple[int, int, int]]:
     return shapes
 
 
-def _layer_blocks(layer: Mapping[str, Any], device: Device) -> int:
-    lanes = layer["lanes"]
-    widths = {role: spec["width"] for role, spec in layer["formats"].items()}
+def _layer_blocks(layer: Layer, device: Device) -> int:
+    lanes = layer.lanes
+    widths = {role: spec.width for role, spec in layer.formats.roles().items()}
     # memories read one word of `lanes` elements per cycle; others are rounded to whole blocks
     word = {"weight": widths["weight"], "w_prev": widths["weight"], "velocity": widths["velocity"]}
     blocks = 0
-    for memory, bits in layer["memory_bits"].items():
+    for memory, bits in layer.memory_bits.items():
         if bits <= 0:
             continue
         if memory in word:
@@ -705,7 +711,7 @@ def _layer_blocks(layer: Mapping[str, Any], device: Device) -> int:
     return blocks
 
 
-def design_features(manifest: Mapping[str, Any], device: Device) -> dict[str, float]:
+def design_features(manifest: Manifest, device: Device) -> dict[str, float]:
     """The quantities the analytic model is linear in (the rows of :data:`CALIBRATION`)."""
     feats = dict.fromkeys(
         (
@@ -725,22 +731,22 @@ def design_features(manifest: Mapping[str, Any], device: Device) -> dict[str, fl
     )
     feats["constant"] = 1.0
     previous_activation = None
-    for layer in manifest["layers"]:
-        p = layer["lanes"]
-        w = {role: spec["width"] for role, spec in layer["formats"].items()}
-        n_in = layer["n_in"] + (1 if layer.get("bias") else 0)
+    for layer in manifest.layers:
+        p = layer.lanes
+        w = {role: spec.width for role, spec in layer.formats.roles().items()}
+        n_in = layer.n_in + (1 if layer.bias else 0)
         feats["stages"] += 1
         feats["lanes"] += p
         forward = w["weight"] + w["activation"] + _log2(n_in)
-        backward = w["weight"] + w["error"] + _log2(layer["n_out"])
+        backward = w["weight"] + w["error"] + _log2(layer.n_out)
         feats["accumulator_bits"] += p * (forward + backward)
         stored = w["gradient"] + w["velocity"] + w["weight"] + w["activation"] + w["error"]
-        if layer.get("prediction", "none") != "none":
+        if layer.prediction is not WeightPrediction.NONE:
             stored += w["weight"]
         feats["requantizer_bits"] += p * stored
         # The lane pipeline's delay lines: roughly a lane's operands and results per cycle
         # of its depth (docs/hardware.md); 0 for a manifest of a combinational design.
-        drain = layer.get("pipeline", {}).get("drain", 0)
+        drain = layer.pipeline.get("drain", 0)
         x_bits_in = previous_activation or w["activation"]
         feats["pipeline_bits"] += p * drain * (2 * x_bits_in + w["error"] + w["weight"])
         for a, b, count in _multiplier_shapes(layer):
@@ -751,28 +757,26 @@ def design_features(manifest: Mapping[str, Any], device: Device) -> dict[str, fl
         # and output vectors; and, after stage 1, the ring of column sums with one error
         # requantizer per input.
         x_bits = previous_activation or w["activation"]
-        feats["vector_bits"] += 2 * n_in * x_bits + layer["n_out"] * (
-            2 * w["error"] + w["activation"]
-        )
-        if layer["stage"] > 1:
+        feats["vector_bits"] += 2 * n_in * x_bits + layer.n_out * (2 * w["error"] + w["activation"])
+        if layer.stage > 1:
             feats["column_sum_bits"] += n_in * backward
         previous_activation = w["activation"]
         # Threefry cores: one per lane and stochastic update point, per completing row and per
         # error column when those round stochastically.
-        fm = layer["formats"]
-        stochastic = [r for r in fm if fm[r]["rounding"] == "stochastic"]
+        fm = layer.formats.roles()
+        stochastic = [r for r in fm if fm[r].rounding is Rounding.STOCHASTIC]
         points = sum(r in stochastic for r in ("gradient", "velocity", "weight"))
-        if "weight" in stochastic and layer.get("prediction") == "velocity":
+        if "weight" in stochastic and layer.prediction is WeightPrediction.VELOCITY:
             points += 1
         feats["random_sources"] += p * points
         if "activation" in stochastic:
             feats["random_sources"] += max(1, (n_in - 1 + p) // n_in)
-        if "error" in stochastic and layer["stage"] > 1:
-            feats["random_sources"] += layer["n_in"]
+        if "error" in stochastic and layer.stage > 1:
+            feats["random_sources"] += layer.n_in
     return feats
 
 
-def fast_estimate(manifest: Mapping[str, Any], device: Device) -> Estimate:
+def fast_estimate(manifest: Manifest, device: Device) -> Estimate:
     """Predict resources from a generator manifest, without running any tool.
 
     Intended accuracy, once :data:`CALIBRATION` is fitted: DSP exact whenever every multiplier
@@ -788,10 +792,10 @@ def fast_estimate(manifest: Mapping[str, Any], device: Device) -> Estimate:
     ff = sum(CALIBRATION["ff"].get(k, 0.0) * v for k, v in feats.items())
     dsp = sum(
         count * dsp_count(a, b, device)
-        for layer in manifest["layers"]
+        for layer in manifest.layers
         for a, b, count in _multiplier_shapes(layer)
     )
-    blocks = sum(_layer_blocks(layer, device) for layer in manifest["layers"])
+    blocks = sum(_layer_blocks(layer, device) for layer in manifest.layers)
     used = {
         "lut": round(lut),
         "ff": round(ff),
@@ -846,7 +850,7 @@ FIT_FEATURES = {
 
 
 def fit_calibration(
-    samples: Sequence[tuple[Mapping[str, Any], Estimate]], device: Device
+    samples: Sequence[tuple[Manifest, Estimate]], device: Device
 ) -> dict[str, dict[str, float]]:
     """Non-negative least-squares LUT and FF coefficients from (manifest, synthesized estimate)
     pairs, over the features of :data:`FIT_FEATURES`.
@@ -882,36 +886,50 @@ def fit_calibration(
 
 
 def estimate(
-    config: Any,
+    config: Config,
     *,
     fast: bool = False,
     cache_dir: Path | None = DEFAULT_CACHE_DIR,
     progress: Progress | None = None,
     pnr_timeout: float | None = None,
     seed: int | None = None,
+    generated: Generated | None = None,
 ) -> Estimate:
     """Estimate the design generated from ``config`` on its ``hardware.device``.
 
     ``fast`` uses :func:`fast_estimate` on the design's manifest; otherwise the Verilog goes
     through :func:`synthesize` at ``hardware.clock_mhz``. Either way the result carries the
-    design's predicted cycles per sample. ``seed`` is nextpnr's placement seed."""
+    design's predicted cycles per sample. ``seed`` is nextpnr's placement seed.
+
+    ``generated`` is ``config``'s design as :func:`rtl_gen.generate.generate` returned it: its
+    manifest and Verilog are used as they are, instead of building and converting the design
+    again (``pbhw flow`` generates once); a design of another config is refused (ValueError)."""
     import dataclasses
 
     from pbhw.core.devices import load_device
-    from rtl_gen.design import build_design
-    from rtl_gen.generate import manifest_of, top_name, verilog_text
 
     device = load_device(config.hardware.device)
-    design = build_design(config)
-    top = top_name(config)
-    manifest = manifest_of(design, top=top, files={})
+    verilog: str | None = None
+    if generated is not None:
+        generated.check_config(config)
+        manifest, verilog = generated.manifest, generated.verilog
+    else:
+        from rtl_gen.design import build_design
+        from rtl_gen.generate import manifest_of, top_name, verilog_text
+
+        design = build_design(config)
+        manifest = manifest_of(design, top=top_name(config))
+        if fast:
+            design.discard()
+        else:
+            verilog = verilog_text(design, manifest.top)
     if fast:
-        design.discard()
         result = fast_estimate(manifest, device)
     else:
+        assert verilog is not None
         result = synthesize(
-            verilog_text(design, top),
-            top,
+            verilog,
+            manifest.top,
             device,
             clock_mhz=config.hardware.clock_mhz,
             cache_dir=cache_dir,
@@ -919,4 +937,4 @@ def estimate(
             pnr_timeout=pnr_timeout,
             seed=seed,
         )
-    return dataclasses.replace(result, cycles_per_sample=manifest["predicted_cycles_per_sample"])
+    return dataclasses.replace(result, cycles_per_sample=manifest.predicted_cycles_per_sample)

@@ -14,7 +14,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from amaranth.lib import data
@@ -22,6 +22,9 @@ from amaranth.lib import data
 from golden.compare import Observed, first_mismatch
 from golden.trace import Trace, run_trace
 from pbhw.core.config import Config, ConfigError
+
+if TYPE_CHECKING:
+    from rtl_gen.generate import Generated
 
 __all__ = ["VerifyResult", "observe", "run_rtl", "unpack_row", "verify"]
 
@@ -134,8 +137,12 @@ def run_rtl(
     backpressure: float = 0.0,
     seed: int = 0,
     top: str | None = None,
+    verilog: str | None = None,
 ) -> tuple[Observed, list[int], dict[str, Any]]:
-    """Build (or reuse) the simulation model of ``design`` and run the trace's samples."""
+    """Build (or reuse) the simulation model of ``design`` and run the trace's samples.
+
+    ``verilog`` is the design's Verilog with module ``top`` when the caller has it already (as
+    :func:`rtl_gen.generate.generate` wrote it); by default the design is converted here."""
     from pbhw.tools.toolchain import sim_build, sim_test
     from rtl_gen.generate import top_name, verilog_text
     from rtl_gen.top import DEBUG_LATENCY
@@ -166,7 +173,9 @@ def run_rtl(
         "timeout_cycles": 20 * per_sample * (len(payloads) + 4) + 1000,
     }
     start = time.perf_counter()
-    build = sim_build(verilog_text(design, top), top, simulator=simulator)
+    if verilog is None:
+        verilog = verilog_text(design, top)
+    build = sim_build(verilog, top, simulator=simulator)
     build_seconds = time.perf_counter() - start
     with tempfile.TemporaryDirectory(prefix="pbhw-verify-") as tmp:
         stim, observed = Path(tmp) / "stimulus.json", Path(tmp) / "observed.json"
@@ -208,16 +217,32 @@ def verify(
     seed: int = 0,
     x=None,
     labels=None,
+    generated: Generated | None = None,
 ) -> VerifyResult:
-    """Generate, simulate and compare ``samples`` samples (the dataset's, or ``x``/``labels``)."""
-    from rtl_gen.design import build_design
+    """Generate, simulate and compare ``samples`` samples (the dataset's, or ``x``/``labels``).
 
-    design = build_design(config)
+    ``generated`` is ``config``'s design as :func:`rtl_gen.generate.generate` returned it: its
+    design and Verilog are simulated as they are, instead of building and converting the design
+    again (``pbhw flow`` generates once); a design of another config is refused (ValueError)."""
+    if generated is None:
+        from rtl_gen.design import build_design
+
+        design, verilog, top = build_design(config), None, None
+    else:
+        generated.check_config(config)
+        design, verilog, top = generated.design, generated.verilog, generated.manifest.top
     if x is None:
         x, labels = dataset_samples(config, samples)
     trace = run_trace(design.plan, x, labels)
     seen, taken, info = run_rtl(
-        design, trace, simulator=simulator, idle=idle, backpressure=backpressure, seed=seed
+        design,
+        trace,
+        simulator=simulator,
+        idle=idle,
+        backpressure=backpressure,
+        seed=seed,
+        top=top,
+        verilog=verilog,
     )
     found = first_mismatch(trace, seen)
     n = len(trace.labels)
