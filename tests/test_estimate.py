@@ -226,9 +226,16 @@ FORMATS = {
 }
 
 
+def shapes_of(lanes):
+    """One lane's multipliers of the default formats, unsplit: three 16 x 16 data products, the
+    m.v, eta.a.v and eta.T.v constants 24 x 20 and eta.b.g 24 x 16."""
+    products = [("forward", 16, 16), ("backward", 16, 16), ("gradient", 16, 16)]
+    products += [("momentum", 24, 20), ("eta_a", 24, 20), ("eta_T", 24, 20), ("eta_b", 24, 16)]
+    return [{"product": n, "a": a, "b": b, "count": lanes} for n, a, b in products]
+
+
 def layer(stage, n_in, n_out, lanes, **changes):
-    """A manifest layer's JSON, without ``multiplier_shapes`` unless given (the estimate then
-    spreads the multiplier counts over the products) and with no lane pipeline."""
+    """A manifest layer's JSON with :func:`shapes_of` unless given, and no lane pipeline."""
     rows = -(-(n_in + 1) * n_out // lanes)
     base = {
         "stage": stage,
@@ -249,6 +256,7 @@ def layer(stage, n_in, n_out, lanes, **changes):
         "coefficients": {},
         "formats": copy.deepcopy(FORMATS),
         "multipliers": {"data": 3 * lanes, "coefficient": 4 * lanes},
+        "multiplier_shapes": shapes_of(lanes),
         "dsp_blocks": 0,
         "memory_bits": {
             "weight": (n_in + 1) * n_out * 16,

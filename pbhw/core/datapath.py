@@ -40,6 +40,7 @@ __all__ = [
     "UpdateDatapath",
     "constant_ports",
     "constant_slices",
+    "dot_accumulator",
     "is_shift",
     "operand_slices",
     "plan_datapaths",

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from pbhw.core.config import ROLES, Config, WeightPrediction, from_dict
 from pbhw.core.errors import ConfigError, ManifestError
-from pbhw.core.fixed import Overflow, Rounding
+from pbhw.core.fixed import FixedFormat, Overflow, Rounding
 from pbhw.core.io import write_json
 
 __all__ = [
@@ -179,6 +179,11 @@ class FormatSpec:
     rounding: Rounding
     overflow: Overflow
 
+    @property
+    def format(self) -> FixedFormat:
+        """The code format (width, fractional bits, signedness)."""
+        return FixedFormat(self.width, self.frac, self.signed)
+
     def to_json(self) -> dict[str, Any]:
         """The JSON object of the manifest: ``{width, frac, signed, rounding, overflow}``."""
         return {
@@ -314,8 +319,8 @@ class Layer:
     ``pipeline`` maps each part of the lane pipeline to the cycle, after a row is read, at which
     it acts (its keys belong to :attr:`rtl_gen.stage.Stage.pipeline`; ``drain`` is the depth);
     ``coefficients`` the update constants' codes by name; ``memory_bits`` each memory's size.
-    ``multiplier_shapes`` is None only in a hand-written manifest that does not list them:
-    :func:`pbhw.tools.estimate.fast_estimate` then spreads ``multipliers`` over the products.
+    ``multiplier_shapes`` lists every hard-multiplier piece of the stage's products (operand
+    widths and how many), from the datapath plan (:mod:`pbhw.core.datapath`).
     """
 
     stage: int
@@ -336,7 +341,7 @@ class Layer:
     coefficients: Mapping[str, int]
     formats: StageFormats
     multipliers: MultiplierCounts
-    multiplier_shapes: tuple[MultiplierShape, ...] | None = None
+    multiplier_shapes: tuple[MultiplierShape, ...]
     dsp_blocks: int
     memory_bits: Mapping[str, int]
     memory_rows: int
@@ -366,9 +371,8 @@ class Layer:
             "coefficients": dict(self.coefficients),
             "formats": self.formats.to_json(),
             "multipliers": self.multipliers.to_json(),
+            "multiplier_shapes": [s.to_json() for s in self.multiplier_shapes],
         }
-        if self.multiplier_shapes is not None:
-            out["multiplier_shapes"] = [s.to_json() for s in self.multiplier_shapes]
         out.update(
             {
                 "dsp_blocks": self.dsp_blocks,
@@ -383,11 +387,7 @@ class Layer:
     def from_json(cls, raw: Any, where: str = "layers.0") -> Layer:
         """Check and read one object of ``layers``; ``where`` is its path."""
         t = _Table(raw, where)
-        shapes = (
-            t.items("multiplier_shapes", MultiplierShape.from_json)
-            if t.has("multiplier_shapes")
-            else None
-        )
+        shapes = t.items("multiplier_shapes", MultiplierShape.from_json)
         layer = cls(
             stage=t.integer("stage"),
             n_in=t.integer("n_in"),

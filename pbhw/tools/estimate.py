@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pbhw.core.config import Config, WeightPrediction
+from pbhw.core.datapath import dot_accumulator
 from pbhw.core.devices import RESOURCES, Device, count_cells, dsp_count, memory_blocks
 from pbhw.core.errors import ToolError
 from pbhw.core.fixed import Rounding
@@ -655,43 +656,10 @@ CALIBRATION: dict[str, dict[str, float]] = {
 }
 
 
-def _log2(n: int) -> int:
-    return max(1, math.ceil(math.log2(max(n, 2))))
-
-
 def _multiplier_shapes(layer: Layer) -> list[tuple[int, int, int]]:
-    """(width_a, width_b, count) of a stage's multipliers.
-
-    Uses the layer's ``multiplier_shapes`` when listed (not None); otherwise spreads the
-    ``multipliers`` counts over the products in docs/design.md: data (w.x, w.d, d.x) and
-    coefficient (m.v, eta.a.v, [eta.b.g with SC], [eta.T.v or T.dw with LWP]).
-    """
-    if layer.multiplier_shapes is not None:
-        return [(s.a, s.b, s.count) for s in layer.multiplier_shapes]
-    f = {role: spec.width for role, spec in layer.formats.roles().items()}
-    data = [
-        (f["weight"], f["activation"]),
-        (f["weight"], f["error"]),
-        (f["error"], f["activation"]),
-    ]
-    coefficient = [(f["coefficient"], f["velocity"])] * 2
-    if layer.spike_compensation:
-        coefficient.append((f["coefficient"], f["gradient"]))
-    prediction = layer.prediction
-    if prediction is WeightPrediction.VELOCITY:
-        coefficient.append((f["coefficient"], f["velocity"]))
-    elif prediction is WeightPrediction.WEIGHT_DIFFERENCE:
-        coefficient.append((f["coefficient"], f["weight"] + 1))
-    shapes = []
-    for kinds, count in (
-        (data, layer.multipliers.data),
-        (coefficient, layer.multipliers.coefficient),
-    ):
-        for i, (a, b) in enumerate(kinds):
-            share = count // len(kinds) + (1 if i < count % len(kinds) else 0)
-            if share:
-                shapes.append((a, b, share))
-    return shapes
+    """(width_a, width_b, count) of every hard-multiplier piece of a stage (the manifest lists
+    the pieces of the datapath plan's products)."""
+    return [(s.a, s.b, s.count) for s in layer.multiplier_shapes]
 
 
 def _layer_blocks(layer: Layer, device: Device) -> int:
@@ -731,14 +699,18 @@ def design_features(manifest: Manifest, device: Device) -> dict[str, float]:
     )
     feats["constant"] = 1.0
     previous_activation = None
+    previous_format = None
     for layer in manifest.layers:
         p = layer.lanes
         w = {role: spec.width for role, spec in layer.formats.roles().items()}
         n_in = layer.n_in + (1 if layer.bias else 0)
         feats["stages"] += 1
         feats["lanes"] += p
-        forward = w["weight"] + w["activation"] + _log2(n_in)
-        backward = w["weight"] + w["error"] + _log2(layer.n_out)
+        # The exact accumulator widths of the datapath plan (pbhw.core.datapath).
+        fm = layer.formats
+        x_format = previous_format or fm.activation.format
+        forward = dot_accumulator("forward", fm.weight.format, x_format, n_in).width
+        backward = dot_accumulator("backward", fm.weight.format, fm.error.format, layer.n_out).width
         feats["accumulator_bits"] += p * (forward + backward)
         stored = w["gradient"] + w["velocity"] + w["weight"] + w["activation"] + w["error"]
         if layer.prediction is not WeightPrediction.NONE:
@@ -761,6 +733,7 @@ def design_features(manifest: Manifest, device: Device) -> dict[str, float]:
         if layer.stage > 1:
             feats["column_sum_bits"] += n_in * backward
         previous_activation = w["activation"]
+        previous_format = fm.activation.format
         # Threefry cores: one per lane and stochastic update point, per completing row and per
         # error column when those round stochastically.
         fm = layer.formats.roles()
