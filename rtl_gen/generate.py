@@ -18,7 +18,7 @@ from pathlib import Path
 from amaranth.back import verilog
 
 from pbhw.core.config import ROLES, Config, ConfigError, WeightPrediction
-from pbhw.core.devices import clock_sdc
+from pbhw.core.devices import clock_sdc, dsp_count, load_device
 from pbhw.core.manifest import (
     MANIFEST_VERSION,
     CycleOverhead,
@@ -97,7 +97,6 @@ def manifest_of(design: Design, *, top: str, files: GeneratedFiles | None = None
     -------
     Manifest
     """
-    from pbhw.core.devices import dsp_count, load_device
 
     cfg, net = design.config, design.network
     device = load_device(cfg.hardware.device)

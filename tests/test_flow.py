@@ -138,8 +138,8 @@ def test_flow_elaborates_the_design_once(tmp_path, monkeypatch):
             device, used, method="synthesis", fmax_mhz=None, clock_mhz=clock_mhz, seconds=0.0
         )
 
-    monkeypatch.setattr(toolchain, "sim_build", sim_build)
-    monkeypatch.setattr(toolchain, "sim_test", sim_test)
+    monkeypatch.setattr(verify_module, "sim_build", sim_build)
+    monkeypatch.setattr(verify_module, "sim_test", sim_test)
     monkeypatch.setattr(verify_module, "observe", observe)
     monkeypatch.setattr(estimate_module, "synthesize", synthesize)
 

@@ -290,7 +290,6 @@ def test_estimate_columns_and_throughput_plumbing(tiny, tmp_path, monkeypatch):
     """Plumbing only: pbhw.tools.estimate is replaced by a deterministic fake (the real end-to-end
     test lives with the estimator)."""
     monkeypatch.setattr(engine, "estimate_point", fake_estimate)
-    monkeypatch.setattr(engine, "require_estimate", lambda: None)
     out = tmp_path / "out"
     result = _run([str(tiny), *GRID, "--estimate", "--workers", "1", "-o", str(out)])
     assert result.exit_code == 0, result.output

@@ -111,8 +111,6 @@ def sweep(
             engine.require_ray()
         if fast_estimate and not estimate:
             raise engine.SweepError("--fast-estimate needs --estimate")
-        if estimate:
-            engine.require_estimate()
     except engine.SweepError as e:
         raise UserError(str(e)) from None
     axes = [engine.parse_grid(spec) for spec in grids]

@@ -15,6 +15,7 @@ from typing import Any
 
 from pbhw.core.io import write_atomic
 from pbhw.core.manifest import Manifest
+from pbhw.tools.estimate import critical_path_text
 
 __all__ = [
     "COST_LABELS",
@@ -81,6 +82,7 @@ def plot_pareto(
     path: Path, rows: Sequence[Row], axis: str, front: Sequence[str], grid_keys: Sequence[str]
 ) -> None:
     """Write a PNG of test accuracy against ``axis``, the Pareto front marked and connected."""
+    # matplotlib takes 0.3 s to import: only the plots need it
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -360,7 +362,6 @@ def render_flow_report(s: Mapping[str, Any]) -> str:
 
 
 def _critical_path_text(path: Mapping[str, Any]) -> str:
-    from pbhw.tools.estimate import critical_path_text
 
     return critical_path_text(path)
 

@@ -19,15 +19,27 @@ import io
 import itertools
 import json
 import math
+import multiprocessing
 import os
+import signal
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from threadpoolctl import threadpool_limits
+
+from golden.fixed_arith import FixedArithmetic
 from pbhw.core.config import Arith, Config, ConfigError, apply_sets, from_dict
+from pbhw.core.datasets import load as load_dataset
 from pbhw.core.errors import SweepError
 from pbhw.core.io import write_atomic
+from pbhw.core.plan import derive_plan
+from pbhw.flows import report
+from pbhw.tools import estimate as estimate_module
+from pbhw.tools.train import TrainingDiverged, check_fits, train_many
 
 __all__ = [
     "BACKENDS",
@@ -42,7 +54,6 @@ __all__ = [
     "expand",
     "group_points",
     "parse_grid",
-    "require_estimate",
     "require_ray",
     "result_rows",
     "run_batch",
@@ -187,14 +198,9 @@ def check_trainable(config: Config, datasets: dict[str, Any] | None = None) -> N
     wider than the bit-exact model supports, a network that does not fit its dataset.
 
     ``datasets`` caches the loaded datasets by spec across calls."""
-    from pbhw.core.datasets import load as load_dataset
-    from pbhw.core.plan import derive_plan
-    from pbhw.tools.train import check_fits
 
     plan = derive_plan(config)
     if config.train.arith is Arith.FIXED:
-        from golden.fixed_arith import FixedArithmetic
-
         FixedArithmetic(plan)
     datasets = {} if datasets is None else datasets
     spec = config.train.dataset
@@ -239,8 +245,6 @@ def group_points(points: Sequence[Point], max_batch: int | None = None) -> list[
 def estimate_point(config: Config, fast: bool = False) -> dict[str, Any]:
     """Resources, Fmax and cycles per sample of the hardware for ``config`` (synthesis and
     place-and-route through :func:`pbhw.tools.estimate.estimate`, or its analytic model)."""
-    from pbhw.tools import estimate as estimate_module
-
     result = estimate_module.estimate(config, fast=fast)
     est = result.to_json()
 
@@ -266,18 +270,6 @@ def fast_estimate_point(config: Config) -> dict[str, Any]:
     return estimate_point(config, fast=True)
 
 
-def require_estimate() -> None:
-    """Raise :class:`SweepError` if :mod:`pbhw.tools.estimate` cannot estimate a design."""
-    try:
-        from pbhw.tools import estimate as estimate_module
-    except ImportError as e:
-        raise SweepError(
-            f"--estimate needs pbhw.tools.estimate, which cannot be imported: {e}"
-        ) from None
-    if not callable(getattr(estimate_module, "estimate", None)):
-        raise SweepError("--estimate needs pbhw.tools.estimate.estimate, which does not exist")
-
-
 def _train_record(result: Any, diverged: str | None) -> dict[str, Any]:
     if diverged is not None:
         return {**dict.fromkeys(TRAIN_COLUMNS), "diverged": diverged}
@@ -301,9 +293,6 @@ def run_batch(
     with ``estimate``, estimate each; one record per config, as stored in ``points/``.
 
     Takes dictionaries, not :class:`Config` objects, so it can be shipped to other processes."""
-    import time
-
-    from pbhw.tools.train import TrainingDiverged, train_many
 
     cfgs = [from_dict(c) for c in configs]
     start = time.perf_counter()
@@ -332,10 +321,6 @@ def run_batch(
 def _init_worker(threads: int) -> None:
     """Worker initializer: keep workers x threads within the machine's cores, and leave
     Ctrl-C to the parent, which stops the pool."""
-    import signal
-
-    import torch
-    from threadpoolctl import threadpool_limits
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
@@ -345,7 +330,7 @@ def _init_worker(threads: int) -> None:
 def require_ray() -> Any:
     """The ``ray`` module, or :class:`SweepError` saying how to install it."""
     try:
-        import ray
+        import ray  # optional (pbhw[ray]), and 0.6 s to import
     except ImportError:
         raise SweepError(
             "--backend ray needs Ray, which is not installed: pip install 'pbhw[ray]'"
@@ -364,7 +349,6 @@ def _run_in_process(batches: Sequence[Batch], estimate: bool, estimator: Any) ->
 def _run_local(
     batches: Sequence[Batch], estimate: bool, estimator: Any, workers: int
 ) -> Iterator[Batch]:
-    import multiprocessing
 
     # spawn, not fork: forking a process that has used torch's thread pool can deadlock.
     # A multiprocessing pool rather than concurrent.futures: on an interrupt or an error it
@@ -557,7 +541,6 @@ def write_results(
     rows: Sequence[Mapping[str, Any]],
 ) -> None:
     """Write ``results.csv``, ``results.json``, ``pareto.png`` and ``report.md`` (atomically)."""
-    from pbhw.flows import report
 
     grid_keys = [axis["key"] for axis in spec["grid"]]
     axis = report.cost_axis(rows)

