@@ -22,9 +22,10 @@ from pbhw.core.constants import EXP2_TABLE, LOG2E_Q16, stream_id
 from pbhw.core.datapath import span_width
 from pbhw.core.fixed import FixedFormat, Rounding
 from rtl_gen.multiply import LATENCY as PRODUCT_LATENCY
-from rtl_gen.multiply import Delays, free_enables, pipelined_product, pipelined_sum, sum_levels
+from rtl_gen.multiply import Delays, free_enables, pipelined_sum, sum_levels
 from rtl_gen.requantizer import Requantizer, shape_of
 from rtl_gen.stage import COUNTER_BITS, error_token, forward_token, label_bits
+from rtl_gen.target import GENERIC, Multiplier
 from rtl_gen.threefry import Threefry2x32, pipelined_latency
 
 __all__ = ["EXP_DEPTH", "LossUnit", "result_token"]
@@ -60,11 +61,9 @@ class LossUnit(wiring.Component):
         ``L`` (the loss error's stochastic stream is ``16 * L + 7``).
     seed : int
         The config's seed.
-    multiplier_ports : tuple of int
-        The device's hard multiplier operand widths (``softmax_ce``'s one product is cut to fit).
-    multiplier_primitive : str, optional
-        A hard multiplier to instantiate for each product piece, with its own input and output
-        registers (one of :data:`pbhw.core.devices.PRIMITIVES`); by default synthesis maps them.
+    multiplier : Multiplier
+        The device's hard multiplier (:class:`rtl_gen.target.Multiplier`; ``softmax_ce``'s one
+        product is cut to fit). Default: a generic 18 x 18 multiplier left to synthesis.
 
     Attributes
     ----------
@@ -84,19 +83,19 @@ class LossUnit(wiring.Component):
         classes: int,
         stage: int,
         seed: int,
-        multiplier_ports: tuple[int, int] = (18, 18),
-        multiplier_primitive: str | None = None,
+        multiplier: Multiplier = GENERIC,
     ):
         if not isinstance(kind, Loss):
             raise TypeError(f"Kind must be a Loss, not {kind!r}")
+        if not isinstance(multiplier, Multiplier):
+            raise TypeError(f"Multiplier must be a Multiplier, not {multiplier!r}")
         self._kind = kind
         self._y_role = y_role
         self._error_role = error_role
         self._classes = classes
         self._stage = stage
         self._seed = seed
-        self._multiplier_ports = tuple(multiplier_ports)
-        self._multiplier_primitive = multiplier_primitive
+        self._multiplier = multiplier
         yf, ef = y_role.format, error_role.format
         super().__init__(
             {
@@ -294,9 +293,7 @@ class LossUnit(wiring.Component):
         d = Signal(signed(yf.width + 2), reset_less=True)
         m.d.sync += d.eq(y_at - best_y)
         # Cycles 1-2: t = (d * log2 e) >> (f(Y) + 8), the table index and the shift.
-        product = pipelined_product(
-            m, d, LOG2E_Q16, self._multiplier_ports, "log2e", primitive=self._multiplier_primitive
-        )
+        product = self._multiplier.product(m, d, LOG2E_Q16, "log2e")
         t = Signal(signed(len(d) + LOG2E_Q16.bit_length() + 1))
         m.d.comb += t.eq(product >> (yf.frac + 16 - 8))
         neg_k = Signal(len(t) + 1)

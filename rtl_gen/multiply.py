@@ -13,8 +13,8 @@ lists the blocks for the manifest and the lane cost), so the count there is what
 sees. :class:`Delays` keeps the other
 operands of a pipeline in step with the products.
 
-On a device whose file names a ``[multiplier] primitive`` (ECP5: ``MULT18X18D``), every piece
-is an instance of it (:func:`hard_product`) with its input and output registers enabled, in the
+On a device whose file names a ``[multiplier] primitive`` (ECP5: ``MULT18X18D``),
+:class:`rtl_gen.target.Multiplier` makes every piece an instance of it (:func:`hard_product`) with its input and output registers enabled, in the
 places of the operand and piece registers: same cycles, same results, but the wires to and from
 the hard multiplier end in its own registers. Yosys packs no fabric registers into an ECP5
 multiplier, and nextpnr placed them far from it. Simulations add the model in
@@ -36,7 +36,6 @@ from pbhw.core.datapath import (
     is_shift,
     operand_slices,
 )
-from pbhw.core.devices import PRIMITIVES
 
 __all__ = [
     "FANOUT",
@@ -174,11 +173,9 @@ def as_signed(value: Value) -> Value:
     return Cat(value, Const(0, 1)).as_signed()
 
 
-def hard_product(m: Module, primitive: str, a: Value, b: Value, name: str) -> Signal:
-    """``a * b`` (signed operands that fit the primitive's ports) by one hard multiplier with its
-    input and output registers enabled: the registered product, two cycles later."""
-    if primitive != "MULT18X18D":
-        raise ValueError(f"Unknown multiplier primitive {primitive!r}; known: {PRIMITIVES}")
+def hard_product(m: Module, a: Value, b: Value, name: str) -> Signal:
+    """``a * b`` (signed operands of at most 18 bits) by one ECP5 ``MULT18X18D`` with its input
+    and output registers enabled: the registered product, two cycles later."""
     a18 = Signal(signed(18), name=f"{name}_a")
     b18 = Signal(signed(18), name=f"{name}_b")
     m.d.comb += [a18.eq(a), b18.eq(b)]
@@ -218,7 +215,7 @@ def pipelined_product(
     ports: tuple[int, int],
     name: str,
     *,
-    primitive: str | None = None,
+    hard=None,
     keep=None,
 ) -> Signal:
     """``a * b`` (``b`` a value or an integer constant), :data:`LATENCY` cycles later.
@@ -229,16 +226,11 @@ def pipelined_product(
     and the adders it feeds.
 
     Every piece that needs a hard multiplier is at most ``ports`` wide; the result is exact
-    (as wide as the full product). With ``primitive`` (one of :data:`PRIMITIVES`), each such
-    piece is an instance of that hard multiplier whose own input and output registers take the
-    places of the operand and piece registers, so that no fabric register sits between the
-    operand's source and the multiplier, or between the multiplier and its sum; a simulation
-    needs the model in :data:`rtl_gen.resources.MODELS`."""
-    if primitive is not None:
-        if primitive not in PRIMITIVES:
-            raise ValueError(f"Unknown multiplier primitive {primitive!r}; known: {PRIMITIVES}")
-        if max(ports) > 18:
-            raise ValueError(f"{primitive} has 18-bit ports, not {ports}")
+    (as wide as the full product). With ``hard`` (a builder ``hard(m, a, b, name)`` of one
+    vendor multiplier such as :func:`hard_product`, chosen by :class:`rtl_gen.target.Multiplier`),
+    each such piece is an instance whose own input and output registers take the places of the
+    operand and piece registers, so that no fabric register sits between the operand's source
+    and the multiplier, or between the multiplier and its sum."""
     a = as_signed(a)
     if not isinstance(b, int):
         b = as_signed(b)
@@ -280,9 +272,9 @@ def pipelined_product(
     # product was the longest path (7-8 ns of routing); the placer puts this register on the way.
     partials = []
     for n, (pa, pb, shift, registered) in enumerate(pieces):
-        hard = pa is not None and min(len(as_signed(pa)), len(as_signed(pb))) >= 2
-        if primitive is not None and hard:
-            sig = hard_product(m, primitive, as_signed(pa), as_signed(pb), f"{name}_part{n}")
+        needs_block = pa is not None and min(len(as_signed(pa)), len(as_signed(pb))) >= 2
+        if hard is not None and needs_block:
+            sig = hard(m, as_signed(pa), as_signed(pb), f"{name}_part{n}")
         else:
             sig = Signal(registered.shape(), name=f"{name}_part{n}", reset_less=True)
             m.d.sync += sig.eq(registered)

@@ -49,7 +49,6 @@ from rtl_gen.multiply import (
     FANOUT,
     Delays,
     free_enables,
-    pipelined_product,
     pipelined_sum,
     replicated,
     replicated_tree,
@@ -57,6 +56,7 @@ from rtl_gen.multiply import (
 )
 from rtl_gen.multiply import LATENCY as PRODUCT_LATENCY
 from rtl_gen.requantizer import Requantizer, shape_of
+from rtl_gen.target import GENERIC, Multiplier
 from rtl_gen.threefry import Threefry2x32, pipelined_latency
 from rtl_gen.update import UpdateUnit, check_shift_constants
 
@@ -131,12 +131,9 @@ class Stage(wiring.Component):
         Number of lanes ``P`` (any value from 1 to the number of weights).
     init : numpy.ndarray
         Initial weight codes, ``[N_out, N_cols]`` (the memory init contents).
-    multiplier_ports : tuple of int
-        Operand widths of the device's hard multiplier: every product is cut into pieces that
-        fit (:mod:`rtl_gen.multiply`).
-    multiplier_primitive : str, optional
-        A hard multiplier to instantiate for each product piece, with its own input and output
-        registers (one of :data:`pbhw.core.devices.PRIMITIVES`); by default synthesis maps them.
+    multiplier : Multiplier
+        The device's hard multiplier (:class:`rtl_gen.target.Multiplier`): every product is cut
+        into pieces that fit its ports. Default: a generic 18 x 18 multiplier left to synthesis.
 
     Attributes
     ----------
@@ -170,13 +167,14 @@ class Stage(wiring.Component):
         seed: int,
         lanes: int,
         init: np.ndarray,
-        multiplier_ports: tuple[int, int] = (18, 18),
-        multiplier_primitive: str | None = None,
+        multiplier: Multiplier = GENERIC,
     ):
         if not isinstance(plan, StagePlan):
             raise TypeError(f"Plan must be a StagePlan, not {plan!r}")
         if not isinstance(lanes, int) or isinstance(lanes, bool):
             raise TypeError(f"Lanes must be a positive integer, not {lanes!r}")
+        if not isinstance(multiplier, Multiplier):
+            raise TypeError(f"Multiplier must be a Multiplier, not {multiplier!r}")
         cols = plan.n_in + int(bias)
         if not 1 <= lanes <= plan.n_out * cols:
             raise ValueError(
@@ -198,8 +196,7 @@ class Stage(wiring.Component):
         self._lanes = lanes
         self._cols = cols
         self._init = init
-        self._multiplier_ports = tuple(multiplier_ports)
-        self._multiplier_primitive = multiplier_primitive
+        self._multiplier = multiplier
         fm = plan.formats
         self.update_args = dict(
             formats=fm,
@@ -211,8 +208,7 @@ class Stage(wiring.Component):
             horizon=plan.horizon,
             x_format=x_role.format,
             pipelined=True,
-            multiplier_ports=tuple(multiplier_ports),
-            multiplier_primitive=multiplier_primitive,
+            multiplier=multiplier,
         )
         # Every width, shift and product of the stage; a bad width or constant fails here.
         self._datapath = stage_datapath(
@@ -220,7 +216,7 @@ class Stage(wiring.Component):
             x_format=x_role.format,
             bias=bias,
             prediction=prediction,
-            multiplier_ports=tuple(multiplier_ports),
+            multiplier_ports=multiplier.ports,
         )
         check_shift_constants(self._datapath.update)
         self._schedule()
@@ -252,6 +248,10 @@ class Stage(wiring.Component):
     def datapath(self) -> StageDatapath:
         """Accumulators, products and constants (:func:`pbhw.core.datapath.stage_datapath`)."""
         return self._datapath
+
+    @property
+    def multiplier(self) -> Multiplier:
+        return self._multiplier
 
     @property
     def lanes(self) -> int:
@@ -584,22 +584,17 @@ class Stage(wiring.Component):
             f = Signal(signed(fwd_acc.width), name=f"fprod{p}")
             w_h = later(unit.w_hat, 1, f"w_hat{p}")
             x_h = later(x_ring[p % N], h + 1, f"x{p}")
-            ports = self._multiplier_ports
-            hard = self._multiplier_primitive
+            mul = self._multiplier
             # Invalid lanes give 0: the product register's own reset (not a mask before the sum).
             keep = later(k_valid, at["forward"] - 1, f"kv{p}")
-            product = pipelined_product(
-                m, w_h, x_h, ports, f"forward{p}", primitive=hard, keep=keep
-            )
+            product = mul.product(m, w_h, x_h, f"forward{p}", keep=keep)
             m.d.comb += f.eq(product)
             fprod.append(f)
             if sends_error:  # backward product on the current weight, from the row register
                 b = Signal(signed(bwd_acc.width), name=f"bprod{p}")
                 w_b, dz_b = later(lane_w[p], 1, f"w{p}"), later(dz, 1, f"dz{p}")
                 keep = later(k_valid, at["backward"] - 1, f"kv{p}")
-                product = pipelined_product(
-                    m, w_b, dz_b, ports, f"backward{p}", primitive=hard, keep=keep
-                )
+                product = mul.product(m, w_b, dz_b, f"backward{p}", keep=keep)
                 m.d.comb += b.eq(product)
                 bprod.append(b)
             u = at["write"]
