@@ -21,8 +21,9 @@ from pbhw.core.config import Loss, RoleFormat
 from pbhw.core.constants import EXP2_TABLE, LOG2E_Q16, stream_id
 from pbhw.core.datapath import span_width
 from pbhw.core.fixed import FixedFormat, Rounding
-from rtl_gen.multiply import LATENCY as PRODUCT_LATENCY
-from rtl_gen.multiply import Delays, free_enables, pipelined_sum, sum_levels
+from rtl_gen.fanout import free_enables
+from rtl_gen.pipeline import Delays, pipelined_sum, sum_levels
+from rtl_gen.products import LATENCY as PRODUCT_LATENCY
 from rtl_gen.requantizer import Requantizer, shape_of
 from rtl_gen.stage import COUNTER_BITS, error_token, forward_token, label_bits
 from rtl_gen.target import GENERIC, Multiplier

@@ -45,16 +45,9 @@ from pbhw.core.datapath import (
 )
 from pbhw.core.fixed import FixedFormat, Rounding
 from pbhw.core.plan import StagePlan
-from rtl_gen.multiply import (
-    FANOUT,
-    Delays,
-    free_enables,
-    pipelined_sum,
-    replicated,
-    replicated_tree,
-    sum_levels,
-)
-from rtl_gen.multiply import LATENCY as PRODUCT_LATENCY
+from rtl_gen.fanout import FANOUT, free_enables, replicated, replicated_tree
+from rtl_gen.pipeline import Delays, pipelined_sum, sum_levels
+from rtl_gen.products import LATENCY as PRODUCT_LATENCY
 from rtl_gen.requantizer import Requantizer, shape_of
 from rtl_gen.target import GENERIC, Multiplier
 from rtl_gen.threefry import Threefry2x32, pipelined_latency
@@ -578,8 +571,7 @@ class Stage(wiring.Component):
                 word = self._random(m, f"{point}{p}", point, step, index)
                 m.d.comb += getattr(unit, f"random_{point}").eq(word)
             # Forward product on the predicted weight, registered: at["forward"]. The operands
-            # are registered once more on their way to the multiplier (the lane's hard
-            # multipliers need not sit beside its update unit: 10.7 ns of routing in one hop).
+            # are registered once more: the lane's hard multipliers may sit far from its unit.
             h = at["predicted"]
             f = Signal(signed(fwd_acc.width), name=f"fprod{p}")
             w_h = later(unit.w_hat, 1, f"w_hat{p}")
@@ -720,7 +712,7 @@ class Stage(wiring.Component):
                 wr_p.en.eq(Mux(pass_on & ~err_bubble, (1 << len(wr_p.en)) - 1, 0)),
             ]
         # ---- the rings, dz, column sums and output payload: their enables are replicated
-        # registers (rtl_gen.multiply.replicated), each reaching at most FANOUT registers.
+        # registers (rtl_gen.fanout.replicated), each reaching at most FANOUT registers.
         # The input vectors and dz load in LOAD, from payloads their producers hold until then;
         # their enables are `seen` two cycles later, through two levels of copies.
         ring_bits = 2 * N * xf.width
@@ -737,7 +729,7 @@ class Stage(wiring.Component):
         # The stash is written in LOAD (the payload is still held), slot by slot.
         stash_we = replicated_tree(m, seen & ~fwd_is_bubble, len(stash_slices) * FANOUT, "stash_we")
         # The read and write slots, one copy per slice (a stash in LUT RAM: the address reaches
-        # every cell; the one write slot to all of stage 1's slices was a 13 ns net).
+        # every cell).
         slot_r_next = Mux(finish, Mux(slot_r == depth - 1, 0, slot_r + 1), slot_r)
         slot_r_copies = replicated(
             m, slot_r_next, len(stash_slices) * FANOUT, "slot_r", init=1 % depth
@@ -879,7 +871,7 @@ class Stage(wiring.Component):
             with m.If(err_free[0]):
                 m.d.sync += err_payload.bubble.eq(err_bubble)
             # The saturation flags are registered beside their rounders before they are counted
-            # (the column sums sit all over the stage: 11 ns of routing to the events' sum).
+            # (the column sums sit all over the stage, far from the events' sum).
             err_counted = Signal(name="err_counted")
             m.d.sync += err_counted.eq(finish & ~err_bubble)
             for i in range(n_in):

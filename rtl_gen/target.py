@@ -14,7 +14,7 @@ from pathlib import Path
 from amaranth.hdl import Module, Signal, Value
 
 from pbhw.core.devices import PRIMITIVES, Device
-from rtl_gen.multiply import LATENCY, hard_product, pipelined_product
+from rtl_gen.products import LATENCY, hard_product, pipelined_product
 from rtl_gen.resources import MODELS
 
 __all__ = ["GENERIC", "Multiplier"]
@@ -86,7 +86,7 @@ class Multiplier:
 
     @property
     def latency(self) -> int:
-        """Cycles from the operands to a product (:data:`rtl_gen.multiply.LATENCY`)."""
+        """Cycles from the operands to a product (:data:`rtl_gen.products.LATENCY`)."""
         return LATENCY
 
     @property
@@ -98,7 +98,7 @@ class Multiplier:
     def product(self, m: Module, a, b, name: str, *, keep=None) -> Signal:
         """``a * b`` (``b`` a value or an integer constant), exact, :attr:`latency` cycles
         later; with ``keep`` (one bit, ``latency - 1`` cycles after the operands), 0 where
-        ``keep`` is 0 (:func:`rtl_gen.multiply.pipelined_product`)."""
+        ``keep`` is 0 (:func:`rtl_gen.products.pipelined_product`)."""
         hard = None if self._primitive is None else _BUILDERS[self._primitive][0]
         return pipelined_product(m, a, b, self._ports, name, hard=hard, keep=keep)
 

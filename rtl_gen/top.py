@@ -16,8 +16,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from pbhw.core.plan import Plan
+from rtl_gen.fanout import replicated
 from rtl_gen.loss import LossUnit, result_token
-from rtl_gen.multiply import replicated
 from rtl_gen.stage import COUNTER_BITS, COUNTER_ROLES, Stage, forward_token
 from rtl_gen.target import GENERIC, Multiplier
 

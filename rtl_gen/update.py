@@ -8,7 +8,7 @@ Each accumulator is sized from the exact range of its terms, so nothing overflow
 
 Pipelined, the block registers every product, every sum and every rounded value, so no path
 holds more than one hard multiplier, one addition, or one rounding. Products take ``L`` =
-:data:`rtl_gen.multiply.LATENCY` (4) cycles (:func:`rtl_gen.multiply.pipelined_product`). Cycle by
+:data:`rtl_gen.products.LATENCY` (4) cycles (:func:`rtl_gen.products.pipelined_product`). Cycle by
 cycle after the inputs: ``dz*x``, ``m*v`` and the prediction's product start (0); the gradient is
 rounded and the prediction's sum registered (``L``); the predicted weight is rounded, the
 velocity's sum registered and ``eta_b*g`` starts (``L+1``); the velocity is rounded (``L+2``);
@@ -27,7 +27,8 @@ from pbhw.core.datapath import PREDICTION_LATENCY, UPDATE_LATENCY, UpdateDatapat
 from pbhw.core.datapath import UPDATE_PIPELINE as PIPELINE
 from pbhw.core.datapath import UPDATE_POINTS as ROUNDING_POINTS
 from pbhw.core.fixed import FixedFormat, Rounding
-from rtl_gen.multiply import LATENCY, Delays
+from rtl_gen.pipeline import Delays
+from rtl_gen.products import LATENCY
 from rtl_gen.requantizer import Requantizer, shape_of
 from rtl_gen.target import GENERIC, Multiplier
 
@@ -363,7 +364,7 @@ class UpdateUnit(wiring.Component):
 
         def product(a, b, name, constant=True):
             """``a * b`` (``b`` an update constant's code, or a value; ``constant=False`` for
-            the horizon, never a shift): :data:`~rtl_gen.multiply.LATENCY` cycles later when
+            the horizon, never a shift): :data:`~rtl_gen.products.LATENCY` cycles later when
             pipelined, in hard-multiplier-sized pieces."""
             by_shift = isinstance(b, int) and shift and constant
             if not self._pipelined:

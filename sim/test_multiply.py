@@ -4,7 +4,7 @@ simulated with their models (``rtl_gen/models``), against exact Python products.
 One design holds a bank of products, each computed twice from the same operands: with the
 primitive (``h_*``, the form synthesised for ECP5) and left to synthesis (``g_*``, the form the
 amaranth.sim tests check). Operands enter as a stream; the pipeline never stalls, so the output
-stream is the input delayed by :data:`rtl_gen.multiply.LATENCY` cycles, with idle cycles kept.
+stream is the input delayed by :data:`rtl_gen.products.LATENCY` cycles, with idle cycles kept.
 """
 
 import random
@@ -17,7 +17,7 @@ from amaranth.lib.wiring import In, Out
 from pbhw.core.datapath import product_pieces
 from pbhw.core.devices import PRIMITIVES
 from pbhw.tools.toolchain import verilog_of
-from rtl_gen.multiply import LATENCY
+from rtl_gen.products import LATENCY
 from rtl_gen.resources import models_for
 from rtl_gen.target import Multiplier
 from sim.codes import fields_of, pack_fields, unpack_fields

@@ -5,7 +5,7 @@ from amaranth.back import verilog
 from amaranth.hdl import Module, Signal, signed
 
 from pbhw.core.devices import PRIMITIVES, load_device
-from rtl_gen.multiply import LATENCY
+from rtl_gen.products import LATENCY
 from rtl_gen.resources import MODELS, models_for
 from rtl_gen.target import GENERIC, Multiplier
 
