@@ -21,13 +21,14 @@ from pbhw.core.config import Loss, RoleFormat
 from pbhw.core.constants import EXP2_TABLE, LOG2E_Q16, stream_id
 from pbhw.core.datapath import span_width
 from pbhw.core.fixed import FixedFormat, Rounding
+from rtl_gen.counters import COUNTER_BITS
 from rtl_gen.fanout import free_enables
 from rtl_gen.pipeline import Delays, pipelined_sum, sum_levels
 from rtl_gen.products import LATENCY as PRODUCT_LATENCY
 from rtl_gen.requantizer import Requantizer, shape_of
-from rtl_gen.stage import COUNTER_BITS, error_token, forward_token, label_bits
 from rtl_gen.target import GENERIC, Multiplier
 from rtl_gen.threefry import Threefry2x32, pipelined_latency
+from rtl_gen.tokens import error_token, forward_token, label_bits
 
 __all__ = ["EXP_DEPTH", "LossUnit", "result_token"]
 

@@ -16,10 +16,13 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from pbhw.core.plan import Plan
+from rtl_gen.counters import COUNTER_BITS, COUNTER_ROLES
 from rtl_gen.fanout import replicated
 from rtl_gen.loss import LossUnit, result_token
-from rtl_gen.stage import COUNTER_BITS, COUNTER_ROLES, Stage, forward_token
+from rtl_gen.memories import DebugMemory
+from rtl_gen.stage import Stage
 from rtl_gen.target import GENERIC, Multiplier
+from rtl_gen.tokens import forward_token
 
 __all__ = ["Network"]
 
@@ -51,7 +54,8 @@ class Network(wiring.Component):
     idle : Out(1)
         Every stage is between steps (the debug port reads only then).
     dbg_stage, dbg_mem, dbg_addr : In
-        Which stage (0-based), memory (0 = W, 1 = V, 2 = w_prev) and row to read.
+        Which stage (0-based), memory (:class:`~rtl_gen.memories.DebugMemory`: 0 = W, 1 = V,
+        2 = w_prev) and row to read.
     dbg_data : Out(max row bits)
         The row, :data:`DEBUG_LATENCY` cycles after the request (hold the request until then).
     saturation : Out(array of COUNTER_BITS)
@@ -118,7 +122,7 @@ class Network(wiring.Component):
                 ),
                 "idle": Out(1),
                 "dbg_stage": In(range(max(2, len(stages)))),
-                "dbg_mem": In(2),
+                "dbg_mem": In(DebugMemory),
                 "dbg_addr": In(max(1, max(s.rows for s in stages) - 1).bit_length()),
                 "dbg_data": Out(max(s.row_bits for s in stages)),
                 "saturation": Out(data.ArrayLayout(COUNTER_BITS, len(self.counter_names()))),
