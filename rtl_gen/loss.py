@@ -167,23 +167,7 @@ class LossUnit(wiring.Component):
         with m.If(self.result.ready):
             m.d.sync += self.result.valid.eq(0)
 
-        # Prediction: the first maximum, by a tree of comparators with a register per level
-        # (the left operand always has the lower indices, so ties keep the first).
-        level = [(Const(o, label_bits(n)), y[o]) for o in range(n)]
-        for depth in range(self.argmax_levels):
-            pairs = []
-            for j in range(0, len(level), 2):
-                (ia, ya), (ib, yb) = level[j], level[j + 1] if j + 1 < len(level) else level[j]
-                sig_b = Signal(label_bits(n), name=f"best{depth}_{j // 2}", reset_less=True)
-                sig_y = Signal(shape_of(yf), name=f"max{depth}_{j // 2}", reset_less=True)
-                if j + 1 < len(level):
-                    better = yb > ya
-                    m.d.sync += [sig_b.eq(Mux(better, ib, ia)), sig_y.eq(Mux(better, yb, ya))]
-                else:
-                    m.d.sync += [sig_b.eq(ia), sig_y.eq(ya)]
-                pairs.append((sig_b, sig_y))
-            level = pairs
-        best, best_y = level[0]
+        best, best_y = self._argmax(m, y)
         waited = Signal(range(self.wait + 1))
 
         emit = Signal()
@@ -266,6 +250,27 @@ class LossUnit(wiring.Component):
                     m.d.comb += emit.eq(1)
                     m.next = "IDLE"
         return m
+
+    def _argmax(self, m: Module, y):
+        """The first maximum of ``y`` and its index, :attr:`argmax_levels` cycles later: a tree
+        of comparators with a register per level (the left operand always has the lower
+        indices, so ties keep the first)."""
+        n, yf = self._classes, self._y_role.format
+        level = [(Const(o, label_bits(n)), y[o]) for o in range(n)]
+        for depth in range(self.argmax_levels):
+            pairs = []
+            for j in range(0, len(level), 2):
+                (ia, ya), (ib, yb) = level[j], level[j + 1] if j + 1 < len(level) else level[j]
+                sig_b = Signal(label_bits(n), name=f"best{depth}_{j // 2}", reset_less=True)
+                sig_y = Signal(shape_of(yf), name=f"max{depth}_{j // 2}", reset_less=True)
+                if j + 1 < len(level):
+                    better = yb > ya
+                    m.d.sync += [sig_b.eq(Mux(better, ib, ia)), sig_y.eq(Mux(better, yb, ya))]
+                else:
+                    m.d.sync += [sig_b.eq(ia), sig_y.eq(ya)]
+                pairs.append((sig_b, sig_y))
+            level = pairs
+        return level[0]
 
     def _softmax(self, m, y, best_y, start):
         """The softmax probabilities ``p[o] = floor(2**f(E) * e[o] / S)`` (docs/numerics.md) as
