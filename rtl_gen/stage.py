@@ -22,6 +22,25 @@ format right away. The bit-level arithmetic is ``docs/numerics.md``; the golden 
 A step takes ``ceil(N_out * N_cols / P) + OVERHEAD + drain`` cycles when its tokens are ready:
 one to see both tokens, one to take them, one to load the vectors (and write the stash), the row
 pass, the drain of the lane pipeline (:attr:`Stage.pipeline`), one to hand over the outputs.
+
+:class:`Stage` composes these components, each with its own signature and latency:
+
+* :class:`~rtl_gen.sequencer.Sequencer`: the FSM of a step, the position of the row pass, the
+  next read address;
+* :class:`~rtl_gen.memories.RowMemories`: W, V (and w_prev), read a row per cycle, written
+  back, read by the debug port (:class:`~rtl_gen.memories.DebugMemory`);
+* :class:`~rtl_gen.memories.InputStash`: the inputs (and ReLU masks) of the last ``D + 1``
+  steps;
+* :class:`~rtl_gen.operands.OperandRings`: the input rings and the ``dz`` shift register;
+* :class:`~rtl_gen.lane.Lane` (``P`` of them): update, forward and backward products, the
+  values written back;
+* :class:`~rtl_gen.sums.RowSums` and :class:`~rtl_gen.sums.ColumnSums`: the products summed
+  by row and by column, rounded, and offered as the forward and the error token;
+* :class:`~rtl_gen.counters.SaturationCounters`.
+
+Every part of the lane pipeline takes what it needs as of cycle 0, the cycle a row arrives from
+memory, and delays it itself (:class:`~rtl_gen.pipeline.Delays`); :attr:`Stage.pipeline` gives
+the cycle at which each acts.
 """
 
 from __future__ import annotations
@@ -166,6 +185,7 @@ class Stage(wiring.Component):
         self._bias = bias
         self._prediction = prediction if plan.horizon else WeightPrediction.NONE
         self._seed = seed
+        self._key = RandomKey(seed=seed, stage=plan.index)
         self._lanes = lanes
         self._cols = cols
         self._init = init
@@ -384,7 +404,7 @@ class Stage(wiring.Component):
     def _parts(self, m: Module):
         """The stage's components (``cols`` is None in stage 1, which sends no error)."""
         plan, fm, at = self._plan, self._plan.formats, self._at
-        P, N, key = self._lanes, self._cols, RandomKey(seed=self._seed, stage=plan.index)
+        P, N, key = self._lanes, self._cols, self._key
         xf = self._x_role.format
         m.submodules.control = seq = Sequencer(
             rows=self.rows,
@@ -404,7 +424,10 @@ class Stage(wiring.Component):
             init=self.memory_init(),
         )
         m.submodules.stash = stash = InputStash(
-            n_in=plan.n_in, x_format=xf, depth=plan.delay + 1, mask=plan.n_out * self._relu
+            n_in=plan.n_in,
+            x_format=xf,
+            depth=plan.delay + 1,
+            mask=plan.n_out if self._relu else 0,
         )
         m.submodules.operands = ops = OperandRings(
             n_in=plan.n_in,
@@ -515,7 +538,7 @@ class Stage(wiring.Component):
                 weights=self.weights,
                 padded=p >= always_valid,
                 wait=self._at["update"],
-                key=RandomKey(seed=self._seed, stage=self._plan.index),
+                key=self._key,
                 k_max=self.rows * P + P,
             )
             m.submodules[f"lane{p}"] = lane
