@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from pbhw.core.devices import load_device  # noqa: E402
 from pbhw.tools.estimate import ToolError, synthesize  # noqa: E402
-from rtl_gen.multiply import hard_product  # noqa: E402
+from rtl_gen.target import Multiplier  # noqa: E402
 
 CONFIG = ROOT / "examples" / "mlp_digits.toml"
 
@@ -64,7 +64,7 @@ class RegisteredMac(wiring.Component):
             b = Signal.like(self.b)
             m.d.sync += [a.eq(self.a), b.eq(self.b), acc.eq(acc + a * b)]
         else:
-            product = hard_product(m, self._primitive, self.a, self.b, "product")
+            product = Multiplier(primitive=self._primitive).piece(m, self.a, self.b, "product")
             m.d.sync += acc.eq(acc + product)
         m.d.sync += self.acc.eq(acc)
         return m

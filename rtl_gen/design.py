@@ -9,6 +9,7 @@ import numpy as np
 from pbhw.core.config import Algorithm, Arith, Config, ConfigError
 from pbhw.core.plan import Plan, derive_plan
 from pbhw.core.weights import initial_codes
+from rtl_gen.target import Multiplier
 from rtl_gen.top import Network
 
 __all__ = ["Design", "build_design", "fixed_plan"]
@@ -75,11 +76,6 @@ def build_design(
 
     device = load_device(config.hardware.device)
     init = initial_codes(plan)
-    network = Network(
-        plan=plan,
-        lanes=lanes,
-        init=init,
-        multiplier_ports=device.multiplier_widths,
-        multiplier_primitive=device.multiplier_primitive if primitives else None,
-    )
+    multiplier = Multiplier.from_device(device, primitives=primitives)
+    network = Network(plan=plan, lanes=lanes, init=init, multiplier=multiplier)
     return Design(config, plan, tuple(lanes), init, network)

@@ -19,10 +19,8 @@ from pbhw.core.plan import Plan, StagePlan
 
 __all__ = ["AUTO_DSP_SHARE", "auto_budget", "auto_lanes", "lane_dsp_cost"]
 
-#: Share of the device's hard multipliers ``lanes = "auto"`` may fill. The rest is routing
-#: headroom: with the default example at 149 of the ECP5-85k's 156 blocks (95 %), nextpnr's
-#: router2 did not converge (overuse down to 836 wires, then back up to 1,400 by iteration 44);
-#: at 114 blocks (73 %) it routes.
+#: Share of the device's hard multipliers ``lanes = "auto"`` may fill; the rest is routing
+#: headroom (``docs/hardware.md``, "Timing history").
 AUTO_DSP_SHARE = 0.8
 
 

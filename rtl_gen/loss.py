@@ -21,11 +21,14 @@ from pbhw.core.config import Loss, RoleFormat
 from pbhw.core.constants import EXP2_TABLE, LOG2E_Q16, stream_id
 from pbhw.core.datapath import span_width
 from pbhw.core.fixed import FixedFormat, Rounding
-from rtl_gen.multiply import LATENCY as PRODUCT_LATENCY
-from rtl_gen.multiply import Delays, free_enables, pipelined_product, pipelined_sum, sum_levels
+from rtl_gen.counters import COUNTER_BITS
+from rtl_gen.fanout import free_enables
+from rtl_gen.pipeline import Delays, pipelined_sum, sum_levels
+from rtl_gen.products import LATENCY as PRODUCT_LATENCY
 from rtl_gen.requantizer import Requantizer, shape_of
-from rtl_gen.stage import COUNTER_BITS, error_token, forward_token, label_bits
+from rtl_gen.target import GENERIC, Multiplier
 from rtl_gen.threefry import Threefry2x32, pipelined_latency
+from rtl_gen.tokens import error_token, forward_token, label_bits
 
 __all__ = ["EXP_DEPTH", "LossUnit", "result_token"]
 
@@ -60,11 +63,9 @@ class LossUnit(wiring.Component):
         ``L`` (the loss error's stochastic stream is ``16 * L + 7``).
     seed : int
         The config's seed.
-    multiplier_ports : tuple of int
-        The device's hard multiplier operand widths (``softmax_ce``'s one product is cut to fit).
-    multiplier_primitive : str, optional
-        A hard multiplier to instantiate for each product piece, with its own input and output
-        registers (one of :data:`pbhw.core.devices.PRIMITIVES`); by default synthesis maps them.
+    multiplier : Multiplier
+        The device's hard multiplier (:class:`rtl_gen.target.Multiplier`; ``softmax_ce``'s one
+        product is cut to fit). Default: a generic 18 x 18 multiplier left to synthesis.
 
     Attributes
     ----------
@@ -84,19 +85,19 @@ class LossUnit(wiring.Component):
         classes: int,
         stage: int,
         seed: int,
-        multiplier_ports: tuple[int, int] = (18, 18),
-        multiplier_primitive: str | None = None,
+        multiplier: Multiplier = GENERIC,
     ):
         if not isinstance(kind, Loss):
             raise TypeError(f"Kind must be a Loss, not {kind!r}")
+        if not isinstance(multiplier, Multiplier):
+            raise TypeError(f"Multiplier must be a Multiplier, not {multiplier!r}")
         self._kind = kind
         self._y_role = y_role
         self._error_role = error_role
         self._classes = classes
         self._stage = stage
         self._seed = seed
-        self._multiplier_ports = tuple(multiplier_ports)
-        self._multiplier_primitive = multiplier_primitive
+        self._multiplier = multiplier
         yf, ef = y_role.format, error_role.format
         super().__init__(
             {
@@ -166,23 +167,7 @@ class LossUnit(wiring.Component):
         with m.If(self.result.ready):
             m.d.sync += self.result.valid.eq(0)
 
-        # Prediction: the first maximum, by a tree of comparators with a register per level
-        # (the left operand always has the lower indices, so ties keep the first).
-        level = [(Const(o, label_bits(n)), y[o]) for o in range(n)]
-        for depth in range(self.argmax_levels):
-            pairs = []
-            for j in range(0, len(level), 2):
-                (ia, ya), (ib, yb) = level[j], level[j + 1] if j + 1 < len(level) else level[j]
-                sig_b = Signal(label_bits(n), name=f"best{depth}_{j // 2}", reset_less=True)
-                sig_y = Signal(shape_of(yf), name=f"max{depth}_{j // 2}", reset_less=True)
-                if j + 1 < len(level):
-                    better = yb > ya
-                    m.d.sync += [sig_b.eq(Mux(better, ib, ia)), sig_y.eq(Mux(better, yb, ya))]
-                else:
-                    m.d.sync += [sig_b.eq(ia), sig_y.eq(ya)]
-                pairs.append((sig_b, sig_y))
-            level = pairs
-        best, best_y = level[0]
+        best, best_y = self._argmax(m, y)
         waited = Signal(range(self.wait + 1))
 
         emit = Signal()
@@ -266,6 +251,27 @@ class LossUnit(wiring.Component):
                     m.next = "IDLE"
         return m
 
+    def _argmax(self, m: Module, y):
+        """The first maximum of ``y`` and its index, :attr:`argmax_levels` cycles later: a tree
+        of comparators with a register per level (the left operand always has the lower
+        indices, so ties keep the first)."""
+        n, yf = self._classes, self._y_role.format
+        level = [(Const(o, label_bits(n)), y[o]) for o in range(n)]
+        for depth in range(self.argmax_levels):
+            pairs = []
+            for j in range(0, len(level), 2):
+                (ia, ya), (ib, yb) = level[j], level[j + 1] if j + 1 < len(level) else level[j]
+                sig_b = Signal(label_bits(n), name=f"best{depth}_{j // 2}", reset_less=True)
+                sig_y = Signal(shape_of(yf), name=f"max{depth}_{j // 2}", reset_less=True)
+                if j + 1 < len(level):
+                    better = yb > ya
+                    m.d.sync += [sig_b.eq(Mux(better, ib, ia)), sig_y.eq(Mux(better, yb, ya))]
+                else:
+                    m.d.sync += [sig_b.eq(ia), sig_y.eq(ya)]
+                pairs.append((sig_b, sig_y))
+            level = pairs
+        return level[0]
+
     def _softmax(self, m, y, best_y, start):
         """The softmax probabilities ``p[o] = floor(2**f(E) * e[o] / S)`` (docs/numerics.md) as
         codes, and a flag that they are ready: a sequence that runs while ``start`` is held.
@@ -294,9 +300,7 @@ class LossUnit(wiring.Component):
         d = Signal(signed(yf.width + 2), reset_less=True)
         m.d.sync += d.eq(y_at - best_y)
         # Cycles 1-2: t = (d * log2 e) >> (f(Y) + 8), the table index and the shift.
-        product = pipelined_product(
-            m, d, LOG2E_Q16, self._multiplier_ports, "log2e", primitive=self._multiplier_primitive
-        )
+        product = self._multiplier.product(m, d, LOG2E_Q16, "log2e")
         t = Signal(signed(len(d) + LOG2E_Q16.bit_length() + 1))
         m.d.comb += t.eq(product >> (yf.frac + 16 - 8))
         neg_k = Signal(len(t) + 1)

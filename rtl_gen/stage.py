@@ -22,6 +22,25 @@ format right away. The bit-level arithmetic is ``docs/numerics.md``; the golden 
 A step takes ``ceil(N_out * N_cols / P) + OVERHEAD + drain`` cycles when its tokens are ready:
 one to see both tokens, one to take them, one to load the vectors (and write the stash), the row
 pass, the drain of the lane pipeline (:attr:`Stage.pipeline`), one to hand over the outputs.
+
+:class:`Stage` composes these components, each with its own signature and latency:
+
+* :class:`~rtl_gen.sequencer.Sequencer`: the FSM of a step, the position of the row pass, the
+  next read address;
+* :class:`~rtl_gen.memories.RowMemories`: W, V (and w_prev), read a row per cycle, written
+  back, read by the debug port (:class:`~rtl_gen.memories.DebugMemory`);
+* :class:`~rtl_gen.memories.InputStash`: the inputs (and ReLU masks) of the last ``D + 1``
+  steps;
+* :class:`~rtl_gen.operands.OperandRings`: the input rings and the ``dz`` shift register;
+* :class:`~rtl_gen.lane.Lane` (``P`` of them): update, forward and backward products, the
+  values written back;
+* :class:`~rtl_gen.sums.RowSums` and :class:`~rtl_gen.sums.ColumnSums`: the products summed
+  by row and by column, rounded, and offered as the forward and the error token;
+* :class:`~rtl_gen.counters.SaturationCounters`.
+
+Every part of the lane pipeline takes what it needs as of cycle 0, the cycle a row arrives from
+memory, and delays it itself (:class:`~rtl_gen.pipeline.Delays`); :attr:`Stage.pipeline` gives
+the cycle at which each acts.
 """
 
 from __future__ import annotations
@@ -29,40 +48,38 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from pbhw.core.config import RoleFormat, WeightPrediction
-from pbhw.core.constants import stream_id
 from pbhw.core.datapath import (
     PREDICTION_LATENCY,
-    UPDATE_LATENCY,
     UPDATE_PIPELINE,
     StageDatapath,
     stage_datapath,
 )
-from pbhw.core.fixed import FixedFormat, Rounding
+from pbhw.core.fixed import Rounding
 from pbhw.core.plan import StagePlan
-from rtl_gen.multiply import (
-    FANOUT,
-    Delays,
-    free_enables,
-    pipelined_product,
-    pipelined_sum,
-    replicated,
-    replicated_tree,
-    sum_levels,
-)
-from rtl_gen.multiply import LATENCY as PRODUCT_LATENCY
-from rtl_gen.requantizer import Requantizer, shape_of
-from rtl_gen.threefry import Threefry2x32, pipelined_latency
-from rtl_gen.update import UpdateUnit, check_shift_constants
+from rtl_gen.counters import COUNTER_BITS, COUNTER_ROLES, SaturationCounters
+from rtl_gen.lane import Lane, lane_cycles
+from rtl_gen.memories import DebugMemory, InputStash, RowMemories
+from rtl_gen.operands import OperandRings
+from rtl_gen.pipeline import Delays, sum_levels
+from rtl_gen.products import LATENCY as PRODUCT_LATENCY
+from rtl_gen.rounding import RandomKey
+from rtl_gen.sequencer import Sequencer
+from rtl_gen.sums import ColumnSums, RowSums
+from rtl_gen.target import GENERIC, Multiplier
+from rtl_gen.threefry import pipelined_latency
+from rtl_gen.tokens import error_token, forward_token, label_bits
+from rtl_gen.update import check_shift_constants
 
 __all__ = [
+    "COUNTER_BITS",
     "COUNTER_ROLES",
     "OVERHEAD",
+    "DebugMemory",
     "Stage",
     "error_token",
     "forward_token",
@@ -72,31 +89,6 @@ __all__ = [
 #: Cycles a step takes beyond its row pass (see both tokens, take them, read the stash, hand
 #: over).
 OVERHEAD = 4
-#: The saturation counters of a stage, in the order of its ``saturation`` port.
-COUNTER_ROLES = ("activation", "error", "gradient", "velocity", "weight", "prediction")
-#: Width of every saturation counter (it wraps after 2**32 - 1 events).
-COUNTER_BITS = 32
-
-
-def label_bits(classes: int) -> int:
-    return max(1, (classes - 1).bit_length())
-
-
-def forward_token(n: int, fmt: FixedFormat, classes: int) -> data.StructLayout:
-    """A forward token: a vector of ``n`` codes of ``fmt``, the sample's label, and ``bubble``
-    (set during fill and drain, when the step carries no sample)."""
-    return data.StructLayout(
-        {
-            "bubble": 1,
-            "label": label_bits(classes),
-            "x": data.ArrayLayout(shape_of(fmt), n),
-        }
-    )
-
-
-def error_token(n: int, fmt: FixedFormat) -> data.StructLayout:
-    """An error token: ``n`` error codes of ``fmt`` and ``bubble``."""
-    return data.StructLayout({"bubble": 1, "e": data.ArrayLayout(shape_of(fmt), n)})
 
 
 def _pack(codes, width: int) -> int:
@@ -131,12 +123,9 @@ class Stage(wiring.Component):
         Number of lanes ``P`` (any value from 1 to the number of weights).
     init : numpy.ndarray
         Initial weight codes, ``[N_out, N_cols]`` (the memory init contents).
-    multiplier_ports : tuple of int
-        Operand widths of the device's hard multiplier: every product is cut into pieces that
-        fit (:mod:`rtl_gen.multiply`).
-    multiplier_primitive : str, optional
-        A hard multiplier to instantiate for each product piece, with its own input and output
-        registers (one of :data:`pbhw.core.devices.PRIMITIVES`); by default synthesis maps them.
+    multiplier : Multiplier
+        The device's hard multiplier (:class:`rtl_gen.target.Multiplier`): every product is cut
+        into pieces that fit its ports. Default: a generic 18 x 18 multiplier left to synthesis.
 
     Attributes
     ----------
@@ -147,8 +136,8 @@ class Stage(wiring.Component):
     idle : Out(1)
         Not in a row pass (waiting for tokens, or for its outputs to be taken); the debug
         port reads only then.
-    dbg_addr : In(range(rows)), dbg_mem : In(2)
-        Debug read of row ``dbg_addr`` of memory ``dbg_mem`` (0 = W, 1 = V, 2 = w_prev).
+    dbg_addr : In(range(rows)), dbg_mem : In(DebugMemory)
+        Debug read of row ``dbg_addr`` of memory ``dbg_mem``.
     dbg_data : Out(row bits)
         The row, valid three cycles after ``dbg_addr`` (the address register, the memory read,
         then a register) while ``idle``; lane ``p`` at bits ``[p * width, (p + 1) * width)``.
@@ -170,13 +159,14 @@ class Stage(wiring.Component):
         seed: int,
         lanes: int,
         init: np.ndarray,
-        multiplier_ports: tuple[int, int] = (18, 18),
-        multiplier_primitive: str | None = None,
+        multiplier: Multiplier = GENERIC,
     ):
         if not isinstance(plan, StagePlan):
             raise TypeError(f"Plan must be a StagePlan, not {plan!r}")
         if not isinstance(lanes, int) or isinstance(lanes, bool):
             raise TypeError(f"Lanes must be a positive integer, not {lanes!r}")
+        if not isinstance(multiplier, Multiplier):
+            raise TypeError(f"Multiplier must be a Multiplier, not {multiplier!r}")
         cols = plan.n_in + int(bias)
         if not 1 <= lanes <= plan.n_out * cols:
             raise ValueError(
@@ -195,11 +185,11 @@ class Stage(wiring.Component):
         self._bias = bias
         self._prediction = prediction if plan.horizon else WeightPrediction.NONE
         self._seed = seed
+        self._key = RandomKey(seed=seed, stage=plan.index)
         self._lanes = lanes
         self._cols = cols
         self._init = init
-        self._multiplier_ports = tuple(multiplier_ports)
-        self._multiplier_primitive = multiplier_primitive
+        self._multiplier = multiplier
         fm = plan.formats
         self.update_args = dict(
             formats=fm,
@@ -211,8 +201,7 @@ class Stage(wiring.Component):
             horizon=plan.horizon,
             x_format=x_role.format,
             pipelined=True,
-            multiplier_ports=tuple(multiplier_ports),
-            multiplier_primitive=multiplier_primitive,
+            multiplier=multiplier,
         )
         # Every width, shift and product of the stage; a bad width or constant fails here.
         self._datapath = stage_datapath(
@@ -220,7 +209,7 @@ class Stage(wiring.Component):
             x_format=x_role.format,
             bias=bias,
             prediction=prediction,
-            multiplier_ports=tuple(multiplier_ports),
+            multiplier_ports=multiplier.ports,
         )
         check_shift_constants(self._datapath.update)
         self._schedule()
@@ -233,7 +222,7 @@ class Stage(wiring.Component):
             "err_i": In(stream.Signature(error_token(plan.n_out, fm.error.format))),
             "idle": Out(1),
             "dbg_addr": In(range(max(2, self.rows))),
-            "dbg_mem": In(2),
+            "dbg_mem": In(DebugMemory),
             "dbg_data": Out(self.row_bits),
             "saturation": Out(data.ArrayLayout(COUNTER_BITS, len(COUNTER_ROLES))),
             "step": Out(32),
@@ -252,6 +241,10 @@ class Stage(wiring.Component):
     def datapath(self) -> StageDatapath:
         """Accumulators, products and constants (:func:`pbhw.core.datapath.stage_datapath`)."""
         return self._datapath
+
+    @property
+    def multiplier(self) -> Multiplier:
+        return self._multiplier
 
     @property
     def lanes(self) -> int:
@@ -322,13 +315,13 @@ class Stage(wiring.Component):
         tail = 1 + PRODUCT_LATENCY + self._sum_levels + 1
         if act_stochastic:
             pre = max(pre, words - PREDICTION_LATENCY - tail)
-        at = {"update": pre, "predicted": pre + PREDICTION_LATENCY}
-        at["forward"] = at["predicted"] + 1 + PRODUCT_LATENCY
-        at["row_sum"] = at["forward"] + self._sum_levels
+        lane = lane_cycles(pre)
+        at = {key: lane[key] for key in ("update", "predicted", "forward")}
+        at["row_sum"] = at["forward"] + self._sum_levels  # RowSums
         at["round"] = at["row_sum"] + 1
         at["activation"] = at["round"] + 1
-        at["backward"] = 1 + PRODUCT_LATENCY
-        at["write"] = pre + UPDATE_LATENCY
+        at["backward"] = lane["backward"]
+        at["write"] = lane["write"]
         at["drain"] = max(at["activation"], at["write"], at["backward"])
         if err_stochastic:  # the error words (of the step counter) settle during the step
             at["drain"] = max(at["drain"], words)
@@ -393,540 +386,212 @@ class Stage(wiring.Component):
 
     # ------------------------------------------------------------------ elaboration
 
-    def _random(self, m: Module, name: str, role: str, step, index) -> Signal:
-        """The element's 32-bit word of stream ``16 * stage + role``, :attr:`_words` cycles
-        after ``index`` (a pipelined Threefry; ``step`` is constant during a step)."""
-        tf = Threefry2x32(pipelined=True)
-        m.submodules[f"rng_{name}"] = tf
-        m.d.comb += [
-            tf.k0.eq(self._seed & 0xFFFFFFFF),
-            tf.k1.eq(stream_id(self._plan.index, role)),
-            tf.c0.eq(step),
-            tf.c1.eq(index),
-        ]
-        return tf.x0
-
-    def _rounder(
-        self, m: Module, name: str, src: FixedFormat, role: RoleFormat, rng_role: str, step, index
-    ):
-        """A requantizer into ``role``; a stochastic one rounds with the word of ``index``
-        given :attr:`_words` cycles earlier."""
-        rq = Requantizer(src=src, dst=role.format, rounding=role.rounding, overflow=role.overflow)
-        m.submodules[f"rq_{name}"] = rq
-        if role.rounding is Rounding.STOCHASTIC:
-            m.d.comb += rq.random.eq(self._random(m, name, rng_role, step, index))
-        return rq
-
-    def elaborate(self, platform):  # noqa: C901 - one datapath, read top to bottom
+    def elaborate(self, platform):
         m = Module()
-        plan, fm = self._plan, self._plan.formats
-        P, N, n_in, n_out = self._lanes, self._cols, plan.n_in, plan.n_out
-        first_stage = plan.index == 1
-        sends_error = self._error_out is not None
-        xf, wf, vf, ef = self._x_role.format, fm.weight.format, fm.velocity.format, fm.error.format
-        one = 1 << xf.frac  # the bias column's input, the code of 1 (the config checks it fits)
-        wb, vb = wf.width, vf.width
-
-        # ---- memories: one row of P lanes per address
-        init = self.memory_init()
-        mem_w = Memory(shape=unsigned(P * wb), depth=self.rows, init=init["w"])
-        mem_v = Memory(shape=unsigned(P * vb), depth=self.rows, init=init["v"])
-        m.submodules.mem_w, m.submodules.mem_v = mem_w, mem_v
-        rd_w, wr_w = mem_w.read_port(transparent_for=()), mem_w.write_port()
-        rd_v, wr_v = mem_v.read_port(transparent_for=()), mem_v.write_port()
-        rd_p = wr_p = None
-        if self.has_w_prev:
-            mem_p = Memory(shape=unsigned(P * wb), depth=self.rows, init=init["w_prev"])
-            m.submodules.mem_p = mem_p
-            rd_p, wr_p = mem_p.read_port(transparent_for=()), mem_p.write_port()
-
-        depth = plan.delay + 1
-        # The input stash, in slices of at most FANOUT bits: each slice's write enable is its
-        # own replicated register (a wide memory's one enable reaches every RAM cell).
-        per_slice = max(1, FANOUT // xf.width)
-        stash_slices = []
-        for lo in range(0, n_in, per_slice):
-            hi = min(n_in, lo + per_slice)
-            mem = Memory(shape=unsigned((hi - lo) * xf.width), depth=depth, init=[])
-            m.submodules[f"stash_x{lo}"] = mem
-            stash_slices.append((lo, hi, mem.read_port(transparent_for=()), mem.write_port()))
-        sm_rd = sm_wr = None
-        if self._relu:
-            stash_m = Memory(shape=unsigned(n_out), depth=depth, init=[])
-            m.submodules.stash_m = stash_m
-            sm_rd, sm_wr = stash_m.read_port(transparent_for=()), stash_m.write_port()
-
-        # ---- control state
-        step = Signal(32)
-        first = Signal(init=1)
-        slot_w = Signal(range(depth))
-        slot_r = Signal(range(depth), init=1 % depth)
-        row = Signal(range(self.rows + 1))
-        # The row after `row`, and whether the one after that exists: registers kept in step
-        # with `row`, from which the next read address is loaded (no compare before it).
-        next_row = Signal(range(self.rows + 2), init=1)
-        more_after = Signal(init=int(2 < self.rows))
-        fwd_bubble, err_bubble = Signal(), Signal()
-        label = Signal(len(self.fwd_i.payload.label))
-        base_col = Signal(range(N))
-        base_row = Signal(range(n_out + P // N + 2))
-        kbase = Signal(range(self.rows * P + 1))
-        drain = Signal(range(max(2, self._at["drain"])))
-        m.d.comb += self.step.eq(step)
-
-        # ---- vectors: input rings (current and stashed x, bias column included), the error,
-        # dz by row offset, output codes, column sums
-        def ring(name, shape):
-            return [Signal(shape, name=f"{name}{j}", reset_less=True) for j in range(N)]
-
-        x_ring, xg_ring = ring("x", shape_of(xf)), ring("xg", shape_of(xf))
-        # Datapath registers are reset-less: each is loaded before it is used (docs/hardware.md).
-        dz_sr = [Signal(shape_of(ef), name=f"dz{o}", reset_less=True) for o in range(n_out)]
-        z_out = [
-            Signal(shape_of(fm.activation.format), name=f"z{o}", reset_less=True)
-            for o in range(n_out)
-        ]
-        fwd_acc = self._datapath.forward.format
-        bwd_acc = self._datapath.backward.format if sends_error else None
-        bacc = [
-            Signal(signed(bwd_acc.width), name=f"bacc{j}", reset_less=True)
-            for j in range(N if sends_error else 0)
-        ]
-        cur = Signal(signed(fwd_acc.width), reset_less=True)
-        counts = [Signal(COUNTER_BITS, name=f"count_{r}") for r in COUNTER_ROLES]
-        for n, c in enumerate(counts):
-            m.d.comb += self.saturation[n].eq(c)
-
-        events = {role: [] for role in COUNTER_ROLES}  # 1-bit overflow events per cycle
-
-        # ---- output registers (valid held until taken; the payloads are reset-less)
-        fwd_payload = Signal(self.fwd_o.payload.shape(), reset_less=True)
-        m.d.comb += self.fwd_o.payload.eq(fwd_payload)
-        if sends_error:
-            err_payload = Signal(self.err_o.payload.shape(), reset_less=True)
-            m.d.comb += self.err_o.payload.eq(err_payload)
-        with m.If(self.fwd_o.ready):
-            m.d.sync += self.fwd_o.valid.eq(0)
-        if sends_error:
-            with m.If(self.err_o.ready):
-                m.d.sync += self.err_o.valid.eq(0)
-        outputs_free = ~self.fwd_o.valid
-        if sends_error:
-            outputs_free &= ~self.err_o.valid
-
-        # ---- lanes: a row read at cycle 0 flows through the lane pipeline (self.pipeline);
-        # everything it carries is delayed along with it.
-        pass_on = Signal()  # a row arrives from memory this cycle
-        finish = Signal()  # the step hands over its outputs this cycle
-        loading = Signal()  # the stash is read; row 0 is addressed
-        # Both input tokens are taken this cycle (LOAD follows): a register, set the cycle after
-        # both are seen, so that the producers' valid bits reach one register here and the many
-        # loads of `take` (the replicated enables, ready) start at a register.
-        take = Signal()
-        seen = Signal()  # both tokens are seen: `take` next cycle
-        fwd_is_bubble = Signal()
-        m.d.comb += fwd_is_bubble.eq(self.fwd_i.payload.bubble | (first & (not first_stage)))
-        at = self._at
-        later = Delays(m)  # later(value as of the row's cycle 0, n, name): n cycles later
-        control = Delays(m, reset_less=False)  # the same for the valid bit, which is reset
+        seq, mem, stash, ops, rows, cols = self._parts(m)
+        self._connect(m, seq, mem, stash, ops, rows, cols)
+        lanes = self._lanes_of(m, seq, mem, ops, rows, cols)
+        # The valid bit of the row read at cycle 0, as it rides along the lane pipeline.
+        control = Delays(m, reset_less=False)
 
         def valid(n):
-            return control(pass_on, n, "row_valid")
+            return control(seq.pass_on, n, "row_valid")
 
-        lane_w, lane_v, lane_wp, lane_k = [], [], [], []
-        for p in range(P):
+        self._write_back(m, seq, mem, lanes, valid)
+        self._count(m, seq, rows, cols, lanes, valid)
+        return m
 
-            def field(port, bits, fmt, p=p):
-                raw = port.data[p * bits : (p + 1) * bits]
-                return raw.as_signed() if fmt.signed else raw
+    def _parts(self, m: Module):
+        """The stage's components (``cols`` is None in stage 1, which sends no error)."""
+        plan, fm, at = self._plan, self._plan.formats, self._at
+        P, N, key = self._lanes, self._cols, self._key
+        xf = self._x_role.format
+        m.submodules.control = seq = Sequencer(
+            rows=self.rows,
+            lanes=P,
+            cols=N,
+            n_out=plan.n_out,
+            drain=self.drain,
+            first_stage=plan.index == 1,
+            label_bits=label_bits(self._classes),
+        )
+        m.submodules.memories = mem = RowMemories(
+            lanes=P,
+            rows=self.rows,
+            weight=fm.weight.format,
+            velocity=fm.velocity.format,
+            w_prev=self.has_w_prev,
+            init=self.memory_init(),
+        )
+        m.submodules.stash = stash = InputStash(
+            n_in=plan.n_in,
+            x_format=xf,
+            depth=plan.delay + 1,
+            mask=plan.n_out if self._relu else 0,
+        )
+        m.submodules.operands = ops = OperandRings(
+            n_in=plan.n_in,
+            n_out=plan.n_out,
+            cols=N,
+            lanes=P,
+            x_format=xf,
+            error_format=fm.error.format,
+            mask=self._relu,
+        )
+        m.submodules.rows = rows = RowSums(
+            lanes=P,
+            cols=N,
+            n_out=plan.n_out,
+            accumulator=self._datapath.forward,
+            activation=fm.activation,
+            relu=self._relu,
+            classes=self._classes,
+            forward=at["forward"],
+            levels=self._sum_levels,
+            key=key,
+        )
+        cols = None
+        if self._error_out is not None:
+            m.submodules.columns = cols = ColumnSums(
+                lanes=P,
+                cols=N,
+                n_in=plan.n_in,
+                rows=self.rows,
+                accumulator=self._datapath.backward,
+                error=self._error_out,
+                backward=at["backward"],
+                key=key,
+            )
+        return seq, mem, stash, ops, rows, cols
 
-            lane_w.append(field(rd_w, wb, wf))
-            lane_v.append(field(rd_v, vb, vf))
-            lane_wp.append(field(rd_p, wb, wf) if rd_p is not None else None)
-            k = Signal(range(self.rows * P + P), name=f"k{p}")
-            m.d.comb += k.eq(kbase + p)
-            lane_k.append(k)
+    def _connect(self, m: Module, seq, mem, stash, ops, rows, cols) -> None:
+        """The stage's ports, and the parts to the control and to each other."""
+        fwd_i, err_i = self.fwd_i, self.err_i
+        outputs_free = ~self.fwd_o.valid
+        wiring.connect(m, rows.fwd_o, wiring.flipped(self.fwd_o))
+        if cols is not None:
+            wiring.connect(m, cols.err_o, wiring.flipped(self.err_o))
+            outputs_free &= ~self.err_o.valid
+            m.d.comb += [
+                cols.valid.eq(seq.pass_on),
+                cols.clear_ahead.eq(seq.seen),
+                cols.step.eq(seq.step),
+                cols.bubble.eq(seq.err_bubble),
+                cols.finish.eq(seq.finish),
+            ]
+        m.d.comb += [
+            seq.fwd_i_valid.eq(fwd_i.valid),
+            seq.fwd_i_bubble.eq(fwd_i.payload.bubble),
+            seq.fwd_i_label.eq(fwd_i.payload.label),
+            fwd_i.ready.eq(seq.fwd_i_ready),
+            seq.err_i_valid.eq(err_i.valid),
+            seq.err_i_bubble.eq(err_i.payload.bubble),
+            err_i.ready.eq(seq.err_i_ready),
+            seq.outputs_free.eq(outputs_free),
+            seq.dbg_addr.eq(self.dbg_addr),
+            self.idle.eq(seq.idle),
+            self.step.eq(seq.step),
+            mem.addr.eq(seq.read_addr),
+            mem.dbg_mem.eq(self.dbg_mem),
+            self.dbg_data.eq(mem.dbg_data),
+            # The stash is written in LOAD (the payload is still held), unless a bubble.
+            stash.x.eq(fwd_i.payload.x),
+            stash.write_ahead.eq(seq.seen & ~seq.fwd_i_is_bubble),
+            stash.advance.eq(seq.finish),
+            # The vectors load in LOAD, from payloads their producers hold until then.
+            ops.x.eq(fwd_i.payload.x),
+            ops.x_stashed.eq(stash.x_stashed),
+            ops.e.eq(err_i.payload.e),
+            ops.load_ahead.eq(seq.seen),
+            ops.move_ahead.eq(seq.moving_ahead),
+            ops.wrap_next.eq(seq.wrap_next),
+            ops.carry.eq(seq.carry),
+            rows.carry.eq(seq.carry),
+            rows.valid.eq(seq.pass_on),
+            rows.wrap.eq(seq.wrap),
+            rows.base_row.eq(seq.base_row),
+            rows.start.eq(seq.loading),
+            rows.step.eq(seq.step),
+            rows.bubble.eq(seq.fwd_bubble),
+            rows.label.eq(seq.label),
+            rows.finish.eq(seq.finish),
+        ]
+        if self._relu:  # the mask of the outputs, stashed at the finish
+            m.d.comb += [
+                ops.mask.eq(stash.mask_stashed),
+                stash.mask.eq(Cat(*[rows.z[o] != 0 for o in range(self._plan.n_out)])),
+                stash.mask_write.eq(seq.finish & ~seq.fwd_bubble),
+            ]
 
+    def _lanes_of(self, m: Module, seq, mem, ops, rows, cols) -> list[Lane]:
+        """The lanes, fed from the row read and the rings; their products to the sums."""
+        P = self._lanes
         # Lanes p >= always_valid hold padding in the last row.
         always_valid = self.weights - (self.rows - 1) * P
-        pre = at["update"]
-        fprod, bprod, new_w, new_v, sat = [], [], [], [], []
-        off_carry = []  # lane p's row is base_row + p // N + carry (as of cycle 0)
+        lanes = []
         for p in range(P):
-            k_valid = Signal(name=f"valid{p}")
-            m.d.comb += k_valid.eq(lane_k[p] < self.weights)
-            carry = Signal(name=f"carry{p}")
-            m.d.comb += carry.eq(base_col >= N - p % N)
-            off_carry.append((p // N, carry))
-            unit = UpdateUnit(**self.update_args)
-            m.submodules[f"lane{p}"] = unit
-            d0 = p // N
-            dz = Signal(shape_of(ef), name=f"lane_dz{p}")
-            hi = dz_sr[d0 + 1] if d0 + 1 < n_out else Const(0, shape_of(ef))
-            lo = dz_sr[d0] if d0 < n_out else Const(0, shape_of(ef))
-            m.d.comb += dz.eq(Mux(carry, hi, lo))
+            lane = Lane(
+                update=self.update_args,
+                multiplier=self._multiplier,
+                forward=self._datapath.forward,
+                backward=self._datapath.backward if cols is not None else None,
+                weights=self.weights,
+                padded=p >= always_valid,
+                wait=self._at["update"],
+                key=self._key,
+                k_max=self.rows * P + P,
+            )
+            m.submodules[f"lane{p}"] = lane
             m.d.comb += [
-                unit.dz.eq(later(dz, pre, f"dz{p}")),
-                unit.x.eq(later(xg_ring[p % N], pre, f"xg{p}")),
-                unit.w.eq(later(lane_w[p], pre, f"w{p}")),
-                unit.v.eq(later(lane_v[p], pre, f"v{p}")),
+                lane.w.eq(mem.w[p]),
+                lane.v.eq(mem.v[p]),
+                lane.x.eq(ops.lane_x[p]),
+                lane.x_stashed.eq(ops.lane_x_stashed[p]),
+                lane.dz.eq(ops.lane_dz[p]),
+                lane.k.eq(seq.kbase + p),
+                lane.step.eq(seq.step),
+                rows.products[p].eq(lane.forward),
             ]
             if self.has_w_prev:
-                m.d.comb += unit.w_prev.eq(later(lane_wp[p], pre, f"wp{p}"))
-            for point, stage_at in unit.random_stage.items():
-                index = later(lane_k[p], pre + stage_at - self._words, f"k{p}")
-                word = self._random(m, f"{point}{p}", point, step, index)
-                m.d.comb += getattr(unit, f"random_{point}").eq(word)
-            # Forward product on the predicted weight, registered: at["forward"]. The operands
-            # are registered once more on their way to the multiplier (the lane's hard
-            # multipliers need not sit beside its update unit: 10.7 ns of routing in one hop).
-            h = at["predicted"]
-            f = Signal(signed(fwd_acc.width), name=f"fprod{p}")
-            w_h = later(unit.w_hat, 1, f"w_hat{p}")
-            x_h = later(x_ring[p % N], h + 1, f"x{p}")
-            ports = self._multiplier_ports
-            hard = self._multiplier_primitive
-            # Invalid lanes give 0: the product register's own reset (not a mask before the sum).
-            keep = later(k_valid, at["forward"] - 1, f"kv{p}")
-            product = pipelined_product(
-                m, w_h, x_h, ports, f"forward{p}", primitive=hard, keep=keep
-            )
-            m.d.comb += f.eq(product)
-            fprod.append(f)
-            if sends_error:  # backward product on the current weight, from the row register
-                b = Signal(signed(bwd_acc.width), name=f"bprod{p}")
-                w_b, dz_b = later(lane_w[p], 1, f"w{p}"), later(dz, 1, f"dz{p}")
-                keep = later(k_valid, at["backward"] - 1, f"kv{p}")
-                product = pipelined_product(
-                    m, w_b, dz_b, ports, f"backward{p}", primitive=hard, keep=keep
-                )
-                m.d.comb += b.eq(product)
-                bprod.append(b)
-            u = at["write"]
-            if p < always_valid:
-                new_w.append(unit.w_new)
-                new_v.append(unit.v_new)
-            else:
-                kv = later(k_valid, u, f"kv{p}")
-                new_w.append(Mux(kv, unit.w_new, later(lane_w[p], u, f"w{p}")))
-                new_v.append(Mux(kv, unit.v_new, later(lane_v[p], u, f"v{p}")))
-            sat.append((later(k_valid, u, f"kv{p}"), later(k_valid, h, f"kv{p}"), unit.saturated))
+                m.d.comb += lane.w_prev.eq(mem.w_prev[p])
+            if cols is not None:
+                m.d.comb += cols.products[p].eq(lane.backward)
+            lanes.append(lane)
+        return lanes
 
-        # ---- row sums: lanes grouped by their row offset r = p // N + carry_p. The group sums
-        # are registered (at["row_sum"]), then added to the running sum ``cur``.
-        groups = self._groups
-        fwd_at, sum_at = at["forward"], at["row_sum"]
-        partial = []
-        for r in range(groups):  # the group sums take self._sum_levels registered levels
-            terms = []
-            for p, (d0, carry) in enumerate(off_carry):
-                if r in (d0, d0 + 1):
-                    carry_f = later(carry, fwd_at, f"carry{p}")
-                    terms.append(Mux(carry_f if d0 + 1 == r else ~carry_f, fprod[p], 0))
-            shape = signed(fwd_acc.width)
-            partial.append(pipelined_sum(m, terms, shape, self._sum_levels, f"partial{r}"))
-        sums = []
-        for r in range(groups):
-            s = Signal(signed(fwd_acc.width), name=f"rowsum{r}")
-            m.d.comb += s.eq(partial[r] + cur if r == 0 else partial[r])
-            sums.append(s)
-        # Rows finished by a row read: base_row .. base_row + adv - 1.
-        adv_lo = P // N
-
-        # wrap: a pass cycle moves base_col past the last column. It and the wrap after the next
-        # advance are registers, loaded from tables over base_col (LOAD sets base_col to 0,
-        # PASS advances it, other states keep it): no adder chain before their many loads.
-        def advanced(col: int) -> int:
-            return (col + P % N) % N
-
-        def wraps(col: int) -> bool:
-            return col + P % N >= N
-
-        def table(f):
-            return Const(sum(int(f(c)) << c for c in range(N)), N).bit_select(base_col, 1)
-
-        wrap = Signal(name="wrap", init=int(wraps(0)))
-        wrap_after = Signal(name="wrap_after", init=int(wraps(advanced(0))))
-        m.d.sync += [
-            wrap.eq(
-                Mux(loading, wraps(0), Mux(pass_on, table(lambda c: wraps(advanced(c))), wrap))
-            ),
-            wrap_after.eq(
-                Mux(
-                    loading,
-                    wraps(advanced(0)),
-                    Mux(pass_on, table(lambda c: wraps(advanced(advanced(c)))), wrap_after),
-                )
-            ),
-        ]
-        wrap_s = later(wrap, sum_at, "wrap")
-        base_row_s = later(base_row, sum_at, "base_row")
-        adv = Signal(range(adv_lo + 2))
-        m.d.comb += adv.eq(adv_lo + wrap_s)
-        with m.If(valid(sum_at)):
-            # The running sum of the row in progress: rows base_row + adv onwards.
-            m.d.sync += cur.eq(
-                Mux(
-                    wrap_s,
-                    sums[adv_lo + 1] if adv_lo + 1 < groups else 0,
-                    sums[adv_lo] if adv_lo < groups else 0,
-                )
-            )
-
-        # Rows finished are registered (at["round"]), rounded into a register, then written
-        # to their z (at["activation"]): the rounded value reaches every z register.
-        act = fm.activation
-        round_at = at["round"]
-        for r in range((N - 1 + P) // N):
-            done = Signal(name=f"done{r}")
-            m.d.sync += done.eq(valid(sum_at) & (r < adv) & (base_row_s + r < n_out))
-            out_row = Signal(range(n_out + P // N + 2), name=f"done_row{r}", reset_less=True)
-            m.d.sync += out_row.eq(base_row_s + r)
-            total = Signal(signed(fwd_acc.width), name=f"total{r}", reset_less=True)
-            m.d.sync += total.eq(sums[r])
-            index = later(base_row, round_at - self._words, "base_row") + r
-            rq = self._rounder(m, f"act{r}", fwd_acc, act, "activation", step, index)
-            m.d.comb += rq.i.eq(total)
-            y = rq.o
-            if self._relu and act.format.signed:
-                y = Mux(rq.o > 0, rq.o, 0)
-            y_reg = Signal(shape_of(act.format), name=f"rounded{r}", reset_less=True)
-            sat_reg = Signal(name=f"rounded_sat{r}", reset_less=True)
-            m.d.sync += [y_reg.eq(y), sat_reg.eq(rq.saturated)]
-            written = Signal(name=f"written{r}")  # reset: a control bit
-            m.d.sync += written.eq(done)
-            written_row = later(out_row, 1, f"done_row{r}")
-            for o in range(n_out):
-                with m.If(written & (written_row == o)):
-                    m.d.sync += z_out[o].eq(y_reg)
-            events["activation"].append(written & ~fwd_bubble & sat_reg)
-        upd_on, pre_on = valid(at["write"]), valid(at["predicted"])
-        for kv_u, kv_h, flags in sat:
-            for point in ("gradient", "velocity", "weight"):
-                events[point].append(upd_on & kv_u & ~err_bubble & getattr(flags, point))
-            events["prediction"].append(pre_on & kv_h & ~fwd_bubble & flags.prediction)
-
-        # ---- write-back, at["write"] cycles after the read (a row is not read again before
-        # the next step, which starts after the drain)
-        update = valid(at["write"]) & ~err_bubble
-        row_u = later(row, at["write"], "row")
+    def _write_back(self, m: Module, seq, mem, lanes, valid) -> None:
+        """W and V written back at ``write`` cycles after the read (a row is not read again
+        before the next step, which starts after the drain); w_prev copied at the read."""
+        write = self._at["write"]
         m.d.comb += [
-            wr_w.addr.eq(row_u),
-            wr_w.data.eq(Cat(*[w.as_unsigned()[:wb] for w in new_w])),
-            wr_w.en.eq(Mux(update, (1 << len(wr_w.en)) - 1, 0)),
-            wr_v.addr.eq(row_u),
-            wr_v.data.eq(Cat(*[v.as_unsigned()[:vb] for v in new_v])),
-            wr_v.en.eq(Mux(update, (1 << len(wr_v.en)) - 1, 0)),
+            mem.write_addr.eq(Delays(m)(seq.row, write, "row")),
+            mem.write_en.eq(valid(write) & ~seq.err_bubble),
         ]
-        if wr_p is not None:  # the weight before this update, at the read
+        for p, lane in enumerate(lanes):
+            m.d.comb += [mem.w_new[p].eq(lane.w_new), mem.v_new[p].eq(lane.v_new)]
+        if self.has_w_prev:
             m.d.comb += [
-                wr_p.addr.eq(row),
-                wr_p.data.eq(rd_w.data),
-                wr_p.en.eq(Mux(pass_on & ~err_bubble, (1 << len(wr_p.en)) - 1, 0)),
+                mem.copy_addr.eq(seq.row),
+                mem.copy_en.eq(seq.pass_on & ~seq.err_bubble),
             ]
-        # ---- the rings, dz, column sums and output payload: their enables are replicated
-        # registers (rtl_gen.multiply.replicated), each reaching at most FANOUT registers.
-        # The input vectors and dz load in LOAD, from payloads their producers hold until then;
-        # their enables are `seen` two cycles later, through two levels of copies.
-        ring_bits = 2 * N * xf.width
-        load_en = replicated_tree(m, seen, ring_bits, "ring_load")
-        # The cycle after next is a row-pass cycle: LOAD follows a take, PASS follows LOAD, and
-        # PASS goes on while rows remain. The rotate and dz-shift enables reach a whole stage,
-        # so they go through two levels of registers.
-        going_pass_ahead = Signal()
-        m.d.comb += going_pass_ahead.eq(take | (loading & (self.rows > 1)) | (pass_on & more_after))
-        rotate_en = replicated_tree(m, going_pass_ahead, ring_bits, "ring_rotate")
-        stashed = data.View(
-            data.ArrayLayout(shape_of(xf), n_in), Cat(*[rd.data for *_, rd, _ in stash_slices])
-        )
-        # The stash is written in LOAD (the payload is still held), slot by slot.
-        stash_we = replicated_tree(m, seen & ~fwd_is_bubble, len(stash_slices) * FANOUT, "stash_we")
-        # The read and write slots, one copy per slice (a stash in LUT RAM: the address reaches
-        # every cell; the one write slot to all of stage 1's slices was a 13 ns net).
-        slot_r_next = Mux(finish, Mux(slot_r == depth - 1, 0, slot_r + 1), slot_r)
-        slot_r_copies = replicated(
-            m, slot_r_next, len(stash_slices) * FANOUT, "slot_r", init=1 % depth
-        )
-        slot_w_next = Mux(finish, Mux(slot_w == depth - 1, 0, slot_w + 1), slot_w)
-        slot_w_copies = replicated(m, slot_w_next, len(stash_slices) * FANOUT, "slot_w")
-        for n, (lo, hi, rd, wr) in enumerate(stash_slices):
-            m.d.comb += [
-                rd.addr.eq(slot_r_copies[n]),
-                wr.addr.eq(slot_w_copies[n]),
-                wr.data.eq(self.fwd_i.payload.x.as_value()[lo * xf.width : hi * xf.width]),
-                wr.en.eq(stash_we[n * len(stash_we) // len(stash_slices)]),
-            ]
-        for j in range(N):
-            c = j * len(load_en) // N
-            src = (j + P) % N
-            with m.If(load_en[c]):
-                m.d.sync += [
-                    x_ring[j].eq(self.fwd_i.payload.x[j] if j < n_in else one),
-                    xg_ring[j].eq(stashed[j] if j < n_in else one),
-                ]
-            with m.Elif(rotate_en[c]):
-                m.d.sync += [x_ring[j].eq(x_ring[src]), xg_ring[j].eq(xg_ring[src])]
-        # dz shifts by the rows that advanced.
-        dz_bits = n_out * ef.width
-        dz_load = replicated_tree(m, seen, dz_bits, "dz_load")
-        dz_shift = replicated_tree(m, going_pass_ahead, dz_bits, "dz_shift")
 
-        # Next cycle's wrap, for the far-reaching copies: one mux behind registers.
-        wrap_next = Mux(loading, wraps(0), Mux(pass_on, wrap_after, wrap))
-        dz_wrap = replicated(m, wrap_next, dz_bits, "dz_wrap")
-        for o in range(n_out):
-            c = o * len(dz_load) // n_out
-            keep = sm_rd.data[o] if self._relu else 1
-            lo = dz_sr[o + adv_lo] if o + adv_lo < n_out else 0
-            hi = dz_sr[o + adv_lo + 1] if o + adv_lo + 1 < n_out else 0
-            with m.If(dz_load[c]):
-                m.d.sync += dz_sr[o].eq(Mux(keep, self.err_i.payload.e[o], 0))
-            with m.Elif(dz_shift[c]):
-                m.d.sync += dz_sr[o].eq(Mux(dz_wrap[c], hi, lo))
-        if sends_error:  # cleared in LOAD; a row's products arrive at["backward"] after its read
-            column_bits = N * bwd_acc.width
-            clear = replicated_tree(m, seen, column_bits, "columns_clear")
-            add = replicated(m, valid(at["backward"] - 1), column_bits, "columns_add")
-            for j in range(N):
-                c = j * len(clear) // N
-                src = (j + P) % N
-                adds = [bprod[q] for q in range(P) if q % N == src]
-                with m.If(clear[c]):
-                    m.d.sync += bacc[j].eq(0)
-                with m.Elif(add[c]):
-                    m.d.sync += bacc[j].eq(sum(adds, bacc[src]))
-        # The forward payload follows z while no token waits (final at the finish).
-        fwd_bits = n_out * fm.activation.format.width + 1
-        fwd_free = free_enables(m, self.fwd_o, finish, fwd_bits, "fwd_free")
-        with m.If(fwd_free[0]):
-            m.d.sync += [fwd_payload.bubble.eq(fwd_bubble), fwd_payload.label.eq(label)]
-        for o in range(n_out):
-            with m.If(fwd_free[o * len(fwd_free) // n_out]):
-                m.d.sync += fwd_payload.x[o].eq(z_out[o])
-
-        # ---- FSM
-        with m.FSM(name="stage"):
-            with m.State("IDLE"):
-                m.d.comb += self.idle.eq(~take)
-                fwd_have = self.fwd_i.valid | (first & (not first_stage))
-                err_have = self.err_i.valid | first
-                # A token's valid holds until it is taken: seen in one cycle, taken in the next.
-                m.d.comb += seen.eq(fwd_have & err_have & ~take)
-                m.d.sync += take.eq(seen)
-                with m.If(take):
-                    m.d.comb += [
-                        self.fwd_i.ready.eq(~first | first_stage),
-                        self.err_i.ready.eq(~first),
-                    ]
-                    m.d.sync += [
-                        fwd_bubble.eq(fwd_is_bubble),
-                        err_bubble.eq(self.err_i.payload.bubble | first),
-                        label.eq(self.fwd_i.payload.label),
-                    ]
-                    m.next = "LOAD"
-            with m.State("LOAD"):
-                m.d.comb += loading.eq(1)
-                m.d.sync += [
-                    row.eq(0),
-                    next_row.eq(1),
-                    more_after.eq(2 < self.rows),
-                    base_col.eq(0),
-                    base_row.eq(0),
-                    kbase.eq(0),
-                    cur.eq(0),
-                ]
-                m.next = "PASS"
-            with m.State("PASS"):
-                m.d.comb += pass_on.eq(1)
-                m.d.sync += [
-                    base_col.eq(Mux(wrap, base_col + P % N - N, base_col + P % N)),
-                    base_row.eq(base_row + adv_lo + wrap),
-                    kbase.eq(kbase + P),
-                    row.eq(row + 1),
-                    next_row.eq(next_row + 1),
-                    more_after.eq(next_row + 2 < self.rows),
-                    drain.eq(0),
-                ]
-                with m.If(row == self.rows - 1):
-                    m.next = "DRAIN"
-            with m.State("DRAIN"):
-                m.d.sync += drain.eq(drain + 1)
-                with m.If(drain == self.drain - 1):
-                    m.next = "FINISH"
-            with m.State("FINISH"):
-                m.d.comb += [finish.eq(outputs_free), self.idle.eq(1)]
-                with m.If(outputs_free):
-                    m.d.sync += self.fwd_o.valid.eq(1)
-                    if self._relu:
-                        m.d.comb += [
-                            sm_wr.addr.eq(slot_w),
-                            sm_wr.data.eq(Cat(*[z != 0 for z in z_out])),
-                            sm_wr.en.eq(~fwd_bubble),
-                        ]
-                    m.d.sync += [
-                        step.eq(step + 1),
-                        first.eq(0),
-                        slot_w.eq(Mux(slot_w == depth - 1, 0, slot_w + 1)),
-                        slot_r.eq(Mux(slot_r == depth - 1, 0, slot_r + 1)),
-                    ]
-                    m.next = "IDLE"
-
-        # ---- backward error: round the column sums; after the pass column i sits at ring
-        # position (i - rows * P) mod N
-        if sends_error:
-            shift = (self.rows * P) % N
-            with m.If(finish):
-                m.d.sync += self.err_o.valid.eq(1)
-            # The payload follows the rounded column sums while no token waits (final at the
-            # finish, when valid is set), so its enable is a register, replicated.
-            err_bits = n_in * len(err_payload.e[0]) + 1
-            err_free = free_enables(m, self.err_o, finish, err_bits, "err_free")
-            with m.If(err_free[0]):
-                m.d.sync += err_payload.bubble.eq(err_bubble)
-            # The saturation flags are registered beside their rounders before they are counted
-            # (the column sums sit all over the stage: 11 ns of routing to the events' sum).
-            err_counted = Signal(name="err_counted")
-            m.d.sync += err_counted.eq(finish & ~err_bubble)
-            for i in range(n_in):
-                rq = self._rounder(m, f"err{i}", bwd_acc, self._error_out, "error", step, i)
-                m.d.comb += rq.i.eq(bacc[(i - shift) % N])
-                with m.If(err_free[i * len(err_free) // n_in]):
-                    m.d.sync += err_payload.e[i].eq(rq.o)
-                sat_i = Signal(name=f"err_sat{i}", reset_less=True)
-                m.d.sync += sat_i.eq(rq.saturated)
-                events["error"].append(err_counted & sat_i)
-
-        # Events are counted a few cycles after they happen (a pipelined sum first).
-        for role, flags in events.items():
-            if flags:
-                c = counts[COUNTER_ROLES.index(role)]
-                shape = range(len(flags) + 1)
-                levels = sum_levels(len(flags))
-                events_sum = pipelined_sum(
-                    m, flags, shape, levels, f"events_{role}", reset_less=False
-                )
-                m.d.sync += c.eq(c + events_sum)
-
-        # ---- memory reads: the row pass, else the debug port. The address is a register (one
-        # copy per memory), loaded a cycle ahead: row 0 for LOAD after a take, then row 1, then
-        # each next row while rows remain; otherwise the debug address of the cycle before.
-        rd_next = Signal(range(max(2, self.rows)))
-        m.d.comb += rd_next.eq(self.dbg_addr)
-        with m.If(take):
-            m.d.comb += rd_next.eq(0)
-        with m.If(loading & (self.rows > 1)):
-            m.d.comb += rd_next.eq(1)
-        with m.If(pass_on & more_after):
-            m.d.comb += rd_next.eq(next_row + 1)
-        ports = [rd_w, rd_v] + ([rd_p] if rd_p is not None else [])
-        rd_addr = replicated(m, rd_next, len(ports) * FANOUT, "rd_addr")
-        m.d.comb += [port.addr.eq(rd_addr[n]) for n, port in enumerate(ports)]
-        if sm_rd is not None:
-            m.d.comb += sm_rd.addr.eq(slot_r)
-        dbg_row = Signal(self.row_bits, reset_less=True)  # registered: off the RAM's path
-        m.d.comb += self.dbg_data.eq(dbg_row)
-        with m.Switch(self.dbg_mem):
-            for n, port in enumerate(ports):
-                with m.Case(n):
-                    m.d.sync += dbg_row.eq(port.data)
-        return m
+    def _count(self, m: Module, seq, rows, cols, lanes, valid) -> None:
+        """The saturation counters: the events of the rows, the columns and the lanes (not
+        of bubbles, nor of padding)."""
+        P = self._lanes
+        events = {role: P for role in ("gradient", "velocity", "weight", "prediction")}
+        events["activation"] = len(rows.saturated)
+        events["error"] = len(cols.saturated) if cols is not None else 0
+        m.submodules.counters = counters = SaturationCounters(events=events)
+        m.d.comb += [
+            counters.activation.eq(rows.saturated),
+            self.saturation.eq(counters.counts),
+        ]
+        if cols is not None:
+            m.d.comb += counters.error.eq(cols.saturated)
+        update_on = valid(self._at["write"]) & ~seq.err_bubble
+        predict_on = valid(self._at["predicted"]) & ~seq.fwd_bubble
+        for p, lane in enumerate(lanes):
+            for point in ("gradient", "velocity", "weight"):
+                m.d.comb += getattr(counters, point)[p].eq(update_on & lane.saturated[point])
+            m.d.comb += counters.prediction[p].eq(predict_on & lane.saturated.prediction)

@@ -16,9 +16,13 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from pbhw.core.plan import Plan
+from rtl_gen.counters import COUNTER_BITS, COUNTER_ROLES
+from rtl_gen.fanout import replicated
 from rtl_gen.loss import LossUnit, result_token
-from rtl_gen.multiply import replicated
-from rtl_gen.stage import COUNTER_BITS, COUNTER_ROLES, Stage, forward_token
+from rtl_gen.memories import DebugMemory
+from rtl_gen.stage import Stage
+from rtl_gen.target import GENERIC, Multiplier
+from rtl_gen.tokens import forward_token
 
 __all__ = ["Network"]
 
@@ -39,11 +43,9 @@ class Network(wiring.Component):
         Lanes per stage.
     init : sequence of numpy.ndarray
         Initial weight codes per stage, ``[N_out, N_in (+1)]``.
-    multiplier_ports : tuple of int
-        Operand widths of the target's hard multiplier (products are cut to fit them).
-    multiplier_primitive : str, optional
-        A hard multiplier to instantiate for each product piece, with its own input and output
-        registers (one of :data:`pbhw.core.devices.PRIMITIVES`); by default synthesis maps them.
+    multiplier : Multiplier
+        The device's hard multiplier (:class:`rtl_gen.target.Multiplier`), for every stage and
+        the loss unit. Default: a generic 18 x 18 multiplier left to synthesis.
 
     Attributes
     ----------
@@ -52,18 +54,19 @@ class Network(wiring.Component):
     idle : Out(1)
         Every stage is between steps (the debug port reads only then).
     dbg_stage, dbg_mem, dbg_addr : In
-        Which stage (0-based), memory (0 = W, 1 = V, 2 = w_prev) and row to read.
+        Which stage (0-based), memory (:class:`~rtl_gen.memories.DebugMemory`: 0 = W, 1 = V,
+        2 = w_prev) and row to read.
     dbg_data : Out(max row bits)
         The row, :data:`DEBUG_LATENCY` cycles after the request (hold the request until then).
     saturation : Out(array of COUNTER_BITS)
         Counters, in the order of :meth:`counter_names`.
     """
 
-    def __init__(
-        self, *, plan: Plan, lanes, init, multiplier_ports=(18, 18), multiplier_primitive=None
-    ):
+    def __init__(self, *, plan: Plan, lanes, init, multiplier: Multiplier = GENERIC):
         if not isinstance(plan, Plan):
             raise TypeError(f"Plan must be a Plan, not {plan!r}")
+        if not isinstance(multiplier, Multiplier):
+            raise TypeError(f"Multiplier must be a Multiplier, not {multiplier!r}")
         lanes = tuple(lanes)
         if len(lanes) != len(plan.stages):
             raise ValueError(
@@ -86,12 +89,12 @@ class Network(wiring.Component):
                     seed=cfg.seed,
                     lanes=lanes[i],
                     init=np.asarray(init[i]),
-                    multiplier_ports=tuple(multiplier_ports),
-                    multiplier_primitive=multiplier_primitive,
+                    multiplier=multiplier,
                 )
             )
         last = plan.stages[-1]
         self._plan = plan
+        self._multiplier = multiplier
         self._stages = stages
         self._loss = LossUnit(
             kind=cfg.network.loss,
@@ -100,8 +103,7 @@ class Network(wiring.Component):
             classes=classes,
             stage=last.index,
             seed=cfg.seed,
-            multiplier_ports=tuple(multiplier_ports),
-            multiplier_primitive=multiplier_primitive,
+            multiplier=multiplier,
         )
         first = plan.stages[0]
         super().__init__(
@@ -120,7 +122,7 @@ class Network(wiring.Component):
                 ),
                 "idle": Out(1),
                 "dbg_stage": In(range(max(2, len(stages)))),
-                "dbg_mem": In(2),
+                "dbg_mem": In(DebugMemory),
                 "dbg_addr": In(max(1, max(s.rows for s in stages) - 1).bit_length()),
                 "dbg_data": Out(max(s.row_bits for s in stages)),
                 "saturation": Out(data.ArrayLayout(COUNTER_BITS, len(self.counter_names()))),
@@ -130,6 +132,10 @@ class Network(wiring.Component):
     @property
     def plan(self) -> Plan:
         return self._plan
+
+    @property
+    def multiplier(self) -> Multiplier:
+        return self._multiplier
 
     @property
     def stages(self) -> list[Stage]:

@@ -8,7 +8,7 @@ Each accumulator is sized from the exact range of its terms, so nothing overflow
 
 Pipelined, the block registers every product, every sum and every rounded value, so no path
 holds more than one hard multiplier, one addition, or one rounding. Products take ``L`` =
-:data:`rtl_gen.multiply.LATENCY` (4) cycles (:func:`rtl_gen.multiply.pipelined_product`). Cycle by
+:data:`rtl_gen.products.LATENCY` (4) cycles (:func:`rtl_gen.products.pipelined_product`). Cycle by
 cycle after the inputs: ``dz*x``, ``m*v`` and the prediction's product start (0); the gradient is
 rounded and the prediction's sum registered (``L``); the predicted weight is rounded, the
 velocity's sum registered and ``eta_b*g`` starts (``L+1``); the velocity is rounded (``L+2``);
@@ -27,8 +27,10 @@ from pbhw.core.datapath import PREDICTION_LATENCY, UPDATE_LATENCY, UpdateDatapat
 from pbhw.core.datapath import UPDATE_PIPELINE as PIPELINE
 from pbhw.core.datapath import UPDATE_POINTS as ROUNDING_POINTS
 from pbhw.core.fixed import FixedFormat, Rounding
-from rtl_gen.multiply import LATENCY, Delays, pipelined_product
+from rtl_gen.pipeline import Delays
+from rtl_gen.products import LATENCY
 from rtl_gen.requantizer import Requantizer, shape_of
+from rtl_gen.target import GENERIC, Multiplier
 
 __all__ = ["ROUNDING_POINTS", "UpdateUnit"]
 
@@ -115,11 +117,9 @@ class UpdateUnit(wiring.Component):
         Register products and rounded values (module docstring): ``w_hat`` follows the inputs
         after :attr:`prediction_latency` cycles, the other outputs after :attr:`latency`; a
         new element may enter every cycle. Default: combinational.
-    multiplier_ports : tuple of int
-        Operand widths of the device's hard multiplier (pipelined products are cut to fit).
-    multiplier_primitive : str, optional
-        A hard multiplier to instantiate for each product piece, with its own input and output
-        registers (one of :data:`pbhw.core.devices.PRIMITIVES`); by default synthesis maps them.
+    multiplier : Multiplier
+        The device's hard multiplier (:class:`rtl_gen.target.Multiplier`): pipelined products
+        are cut to fit its ports. Default: a generic 18 x 18 multiplier left to synthesis.
 
     With ``formats.coefficient_shift`` the constants (powers of two, and ``1 - 2**-k`` for the
     momentum, as :mod:`pbhw.core.plan` quantizes them under the ``shift`` option) are applied with
@@ -174,8 +174,7 @@ class UpdateUnit(wiring.Component):
         horizon: int = 0,
         x_format: FixedFormat,
         pipelined: bool = False,
-        multiplier_ports: tuple[int, int] = (18, 18),
-        multiplier_primitive: str | None = None,
+        multiplier: Multiplier = GENERIC,
     ):
         if not isinstance(formats, Formats):
             raise TypeError(f"Formats must be a Formats, not {formats!r}")
@@ -191,6 +190,8 @@ class UpdateUnit(wiring.Component):
                 raise TypeError(f"{name} must be an integer code, not {value!r}")
         if not isinstance(pipelined, bool):
             raise TypeError(f"Pipelined must be a bool, not {pipelined!r}")
+        if not isinstance(multiplier, Multiplier):
+            raise TypeError(f"Multiplier must be a Multiplier, not {multiplier!r}")
         if not _is_int(horizon):
             raise TypeError(f"Horizon must be a non-negative integer, not {horizon!r}")
         if horizon < 0:
@@ -214,8 +215,7 @@ class UpdateUnit(wiring.Component):
         self._eta_t = eta_t
         self._horizon = horizon
         self._pipelined = pipelined
-        self._multiplier_ports = tuple(multiplier_ports)
-        self._multiplier_primitive = multiplier_primitive
+        self._multiplier = multiplier
         self._datapath = update_datapath(
             formats,
             x_format,
@@ -273,6 +273,10 @@ class UpdateUnit(wiring.Component):
             for p in ROUNDING_POINTS
             if self._rounds_stochastically(p)
         }
+
+    @property
+    def multiplier(self) -> Multiplier:
+        return self._multiplier
 
     @property
     def formats(self) -> Formats:
@@ -360,16 +364,14 @@ class UpdateUnit(wiring.Component):
 
         def product(a, b, name, constant=True):
             """``a * b`` (``b`` an update constant's code, or a value; ``constant=False`` for
-            the horizon, never a shift): :data:`~rtl_gen.multiply.LATENCY` cycles later when
+            the horizon, never a shift): :data:`~rtl_gen.products.LATENCY` cycles later when
             pipelined, in hard-multiplier-sized pieces."""
             by_shift = isinstance(b, int) and shift and constant
             if not self._pipelined:
                 return times_constant(a, b, shift) if by_shift else a * b
             if by_shift:
                 return at(times_constant(a, b, shift), LATENCY, f"{name}_shifted")
-            return pipelined_product(
-                m, a, b, self._multiplier_ports, name, primitive=self._multiplier_primitive
-            )
+            return self._multiplier.product(m, a, b, name)
 
         dz, x = as_signed(self.dz, "dz_s"), as_signed(self.x, "x_s")
         w, v = as_signed(self.w, "w_s"), as_signed(self.v, "v_s")

@@ -4,7 +4,7 @@ simulated with their models (``rtl_gen/models``), against exact Python products.
 One design holds a bank of products, each computed twice from the same operands: with the
 primitive (``h_*``, the form synthesised for ECP5) and left to synthesis (``g_*``, the form the
 amaranth.sim tests check). Operands enter as a stream; the pipeline never stalls, so the output
-stream is the input delayed by :data:`rtl_gen.multiply.LATENCY` cycles, with idle cycles kept.
+stream is the input delayed by :data:`rtl_gen.products.LATENCY` cycles, with idle cycles kept.
 """
 
 import random
@@ -17,8 +17,9 @@ from amaranth.lib.wiring import In, Out
 from pbhw.core.datapath import product_pieces
 from pbhw.core.devices import PRIMITIVES
 from pbhw.tools.toolchain import verilog_of
-from rtl_gen.multiply import LATENCY, pipelined_product
+from rtl_gen.products import LATENCY
 from rtl_gen.resources import models_for
+from rtl_gen.target import Multiplier
 from sim.codes import fields_of, pack_fields, unpack_fields
 from sim.runner import build_or_skip, run_stream
 
@@ -63,7 +64,8 @@ class ProductBank(wiring.Component):
         for name, _, b in CASES:
             b = b if isinstance(b, int) else x[f"b_{name}"]
             for kind, prim in (("g", None), ("h", self._primitive)):
-                p = pipelined_product(m, x[f"a_{name}"], b, PORTS, f"{kind}_{name}", primitive=prim)
+                mul = Multiplier(ports=PORTS, primitive=prim)
+                p = mul.product(m, x[f"a_{name}"], b, f"{kind}_{name}")
                 m.d.comb += self.o.payload[f"{kind}_{name}"].eq(p)
         valid = self.i.valid
         for n in range(LATENCY):
@@ -87,6 +89,7 @@ def _code(rng, shape):
 def test_hard_multiplier_products_are_exact(primitive):
     bank = ProductBank(primitive)
     text = verilog_of(bank, "product_bank")
+    assert models_for(text) == list(Multiplier(primitive=primitive).models)
     assert [p.stem for p in models_for(text)] == [primitive]
     build = build_or_skip(text, "product_bank")
     in_fields = fields_of(bank.i.payload.shape())

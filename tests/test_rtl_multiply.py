@@ -1,4 +1,5 @@
-"""Tests for rtl_gen.multiply: pipelined products cut into hard-multiplier-sized pieces."""
+"""Tests for rtl_gen.products, rtl_gen.fanout and rtl_gen.pipeline: pipelined products cut into
+hard-multiplier-sized pieces, replicated registers, pipelined sums."""
 
 import random
 import re
@@ -12,15 +13,9 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-from rtl_gen.multiply import (
-    FANOUT,
-    LATENCY,
-    pipelined_product,
-    pipelined_sum,
-    replicated,
-    replicated_tree,
-    sum_levels,
-)
+from rtl_gen.fanout import FANOUT, replicated, replicated_tree
+from rtl_gen.pipeline import pipelined_sum, sum_levels
+from rtl_gen.products import LATENCY, pipelined_product
 
 PORTS = [(18, 18), (25, 18), (16, 16)]
 

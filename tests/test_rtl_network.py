@@ -149,6 +149,8 @@ def test_stage_rejects_bad_lanes_and_init():
         Stage(**{**args, "init": np.zeros((5, 7))}, lanes=2)
     with raises_in_init(ValueError, "Only stage 1 sends no error back"):
         Stage(**{**args, "error_out": st.formats.error}, lanes=2)
+    with raises_in_init(TypeError, r"Multiplier must be a Multiplier, not \(18, 18\)"):
+        Stage(**args, lanes=2, multiplier=(18, 18))
 
 
 def test_generating_hardware_needs_the_pipelined_algorithm_without_stashing():

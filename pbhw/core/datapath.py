@@ -331,7 +331,7 @@ def constant_ports(a_bits: int, code: int, ports: tuple[int, int]) -> tuple[int,
 def product_pieces(
     a_bits: int, b: tuple[str, int], ports: tuple[int, int]
 ) -> list[tuple[int, int]]:
-    """Operand widths of the pieces of ``a x b`` that :func:`rtl_gen.multiply.pipelined_product`
+    """Operand widths of the pieces of ``a x b`` that :func:`rtl_gen.products.pipelined_product`
     multiplies.
 
     ``a_bits`` is the width of a signed operand; ``b`` is ``("width", n)`` for another signed

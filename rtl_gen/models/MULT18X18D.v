@@ -1,5 +1,5 @@
 // Simulation model of the Lattice ECP5 MULT18X18D hard multiplier, for the configurations
-// rtl_gen instantiates (rtl_gen/multiply.py): the 18 x 18 product P = A * B, each operand signed
+// rtl_gen instantiates (rtl_gen/products.py): the 18 x 18 product P = A * B, each operand signed
 // or unsigned (SIGNEDA, SIGNEDB), with the A and B input registers and the output register
 // each either bypassed ("NONE") or clocked by CLK0 with clock enable CE0 and synchronous reset
 // RST0. The cascade ports (C, SRI*, SRO*, RO*), the pipeline register, the shift inputs (SOURCEA,

@@ -1,0 +1,125 @@
+"""The device's hard multiplier as the generator builds products for it, resolved once.
+
+A :class:`Multiplier` holds what the datapath needs to know of the device: the operand widths of
+its hard multiplier (every product is cut into pieces that fit) and the vendor primitive the
+generator instantiates for each piece, if any. It is made once per design from the device
+(:meth:`Multiplier.from_device`) and handed to every block that multiplies; the blocks never see
+a vendor name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from amaranth.hdl import Module, Signal, Value
+
+from pbhw.core.devices import PRIMITIVES, Device
+from rtl_gen.products import LATENCY, hard_product, pipelined_product
+from rtl_gen.resources import MODELS
+
+__all__ = ["GENERIC", "Multiplier"]
+
+#: Per primitive: the builder of one registered piece, and the widest operand its ports take.
+_BUILDERS = {"MULT18X18D": (hard_product, 18)}
+
+
+def _is_port(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 1
+
+
+class Multiplier:
+    """The hard multiplier every product of a design is cut for.
+
+    Parameters
+    ----------
+    ports : tuple of int
+        Operand widths of the hard multiplier (the wider operand of a product takes the wider
+        port); a product's operands wider than these are cut into pieces that fit. Default: a
+        generic 18 x 18 multiplier.
+    primitive : str or None
+        The vendor primitive instantiated for every piece, with its own input and output
+        registers (one of :data:`pbhw.core.devices.PRIMITIVES`), or ``None`` (the default) to
+        leave the pieces to synthesis. The cycles and results are the same either way.
+
+    Raises
+    ------
+    TypeError
+        If ``ports`` is not two integers greater than 1, or ``primitive`` not a string.
+    ValueError
+        If ``primitive`` is not a known primitive, or ``ports`` are wider than its ports.
+    """
+
+    __slots__ = ("_ports", "_primitive")
+
+    def __init__(self, *, ports: tuple[int, int] = (18, 18), primitive: str | None = None):
+        if not (isinstance(ports, tuple) and len(ports) == 2 and all(map(_is_port, ports))):
+            raise TypeError(f"Ports must be a tuple of two integers greater than 1, not {ports!r}")
+        if primitive is not None and not isinstance(primitive, str):
+            raise TypeError(f"Primitive must be a string or None, not {primitive!r}")
+        if primitive is not None and primitive not in _BUILDERS:
+            raise ValueError(f"Primitive must be one of {PRIMITIVES} or None, not {primitive!r}")
+        if primitive is not None and max(ports) > _BUILDERS[primitive][1]:
+            raise ValueError(
+                f"Ports must be at most {_BUILDERS[primitive][1]} bits wide for {primitive}, "
+                f"not {ports!r}"
+            )
+        self._ports = ports
+        self._primitive = primitive
+
+    @classmethod
+    def from_device(cls, device: Device, *, primitives: bool = True) -> Multiplier:
+        """The multiplier of ``device``: its ports, and its ``[multiplier] primitive`` unless
+        ``primitives`` is false (``amaranth.sim`` cannot simulate a vendor primitive; products
+        left to synthesis take the same cycles and give the same results)."""
+        if not isinstance(device, Device):
+            raise TypeError(f"Device must be a Device, not {device!r}")
+        primitive = device.multiplier_primitive if primitives else None
+        return cls(ports=tuple(device.multiplier_widths), primitive=primitive)
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        return self._ports
+
+    @property
+    def primitive(self) -> str | None:
+        return self._primitive
+
+    @property
+    def latency(self) -> int:
+        """Cycles from the operands to a product (:data:`rtl_gen.products.LATENCY`)."""
+        return LATENCY
+
+    @property
+    def models(self) -> tuple[Path, ...]:
+        """Simulation models the products need (:data:`rtl_gen.resources.MODELS`): the
+        primitive's, or none."""
+        return () if self._primitive is None else (MODELS / f"{self._primitive}.v",)
+
+    def product(self, m: Module, a, b, name: str, *, keep=None) -> Signal:
+        """``a * b`` (``b`` a value or an integer constant), exact, :attr:`latency` cycles
+        later; with ``keep`` (one bit, ``latency - 1`` cycles after the operands), 0 where
+        ``keep`` is 0 (:func:`rtl_gen.products.pipelined_product`)."""
+        hard = None if self._primitive is None else _BUILDERS[self._primitive][0]
+        return pipelined_product(m, a, b, self._ports, name, hard=hard, keep=keep)
+
+    def piece(self, m: Module, a: Value, b: Value, name: str) -> Signal:
+        """``a * b`` (signed operands that fit the ports) by one instance of the primitive with
+        its input and output registers: the product two cycles later."""
+        if self._primitive is None:
+            raise ValueError("Multiplier must have a primitive to build a piece, not None")
+        return _BUILDERS[self._primitive][0](m, a, b, name)
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Multiplier):
+            return NotImplemented
+        return (self._ports, self._primitive) == (other._ports, other._primitive)
+
+    def __hash__(self) -> int:
+        return hash((Multiplier, self._ports, self._primitive))
+
+    def __repr__(self) -> str:
+        return f"Multiplier(ports={self._ports!r}, primitive={self._primitive!r})"
+
+
+#: A generic 18 x 18 multiplier left to synthesis: the default of every block that multiplies.
+GENERIC = Multiplier()

@@ -1,0 +1,145 @@
+"""The components a stage is built from, each on its own (the whole stage is checked bit for bit
+in tests/test_rtl_network.py)."""
+
+import pytest
+from amaranth.sim import Simulator
+from pbhw_testing import raises_in_init
+
+from pbhw.core.fixed import FixedFormat
+from rtl_gen.counters import COUNTER_ROLES, SaturationCounters
+from rtl_gen.memories import DebugMemory, InputStash, RowMemories
+from rtl_gen.pipeline import sum_levels
+from rtl_gen.sequencer import Sequencer
+
+X = FixedFormat(8, 4)
+
+
+def run(dut, testbench):
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(testbench)
+    sim.run()
+
+
+def test_debug_memory_codes_are_those_of_the_manifest():
+    assert [(m.name, m.value) for m in DebugMemory] == [("W", 0), ("V", 1), ("W_PREV", 2)]
+
+
+def test_row_memories_read_two_cycles_after_the_address_and_debug_one_more():
+    w, v = FixedFormat(8, 6), FixedFormat(10, 6)
+    init = {"w": [0x0102, 0x0304, 0x0506], "v": [0x0007, 0x0008, 0x0009]}
+    dut = RowMemories(lanes=2, rows=3, weight=w, velocity=v, w_prev=False, init=init)
+    seen = []
+
+    async def testbench(ctx):
+        ctx.set(dut.dbg_mem, DebugMemory.V)
+        for addr in (2, 0, 1, 1, 1):
+            ctx.set(dut.addr, addr)
+            await ctx.tick()
+            seen.append((ctx.get(dut.w.as_value()), ctx.get(dut.dbg_data)))
+
+    run(dut, testbench)
+    # after tick n: the row addressed at n - 1 on w, the V row addressed at n - 2 on dbg_data
+    assert [row for row, _ in seen[1:]] == [0x0506, 0x0102, 0x0304, 0x0304]
+    assert [dbg for _, dbg in seen[2:]] == [0x0009, 0x0007, 0x0008]
+
+
+def test_input_stash_gives_back_the_input_of_depth_minus_one_steps_before():
+    depth, n_in = 3, 20  # 20 codes of 8 bits: three slices of at most 64 bits
+    dut = InputStash(n_in=n_in, x_format=X, depth=depth, mask=5)
+    got = []
+
+    def vector(t):
+        return [(t * 7 + i) % 128 for i in range(n_in)]
+
+    async def testbench(ctx):
+        for t in range(6):
+            ctx.set(dut.x, vector(t))
+            ctx.set(dut.mask, t + 1)
+            ctx.set(dut.write_ahead, 1)
+            await ctx.tick()
+            ctx.set(dut.write_ahead, 0)
+            await ctx.tick().repeat(2)  # written now, two cycles after write_ahead
+            ctx.set(dut.mask_write, 1)
+            ctx.set(dut.advance, 1)  # the finish
+            await ctx.tick()
+            ctx.set(dut.mask_write, 0)
+            ctx.set(dut.advance, 0)
+            await ctx.tick().repeat(2)  # the slot copies, then the read
+            got.append(([int(c) for c in ctx.get(dut.x_stashed)], ctx.get(dut.mask_stashed)))
+
+    run(dut, testbench)
+    for t in range(depth - 1, 6):
+        assert got[t] == (vector(t - depth + 2), t - depth + 3), t
+
+
+def test_saturation_counters_count_after_their_lag():
+    dut = SaturationCounters(events={"activation": 3, "gradient": 17})
+    assert dut.lag("activation") == 1 + sum_levels(3) and dut.lag("gradient") == 4
+    assert "error" not in dut.signature.members
+    pulses = [(0b101, 1 << 16), (0b111, (1 << 17) - 1), (0, 0)]
+    seen = []
+
+    async def testbench(ctx):
+        for act, grad in pulses + [(0, 0)] * 5:
+            ctx.set(dut.activation, act)
+            ctx.set(dut.gradient, grad)
+            await ctx.tick()
+            seen.append([ctx.get(dut.counts[n]) for n in range(len(COUNTER_ROLES))])
+
+    run(dut, testbench)
+    assert seen[-1] == [5, 0, 18, 0, 0, 0]
+
+
+def test_sequencer_takes_a_cycle_after_seeing_and_passes_every_row():
+    dut = Sequencer(rows=3, lanes=2, cols=3, n_out=2, drain=2, first_stage=True, label_bits=2)
+    trace = []
+
+    async def testbench(ctx):
+        ctx.set(dut.fwd_i_valid, 1)
+        ctx.set(dut.err_i_valid, 1)
+        ctx.set(dut.outputs_free, 1)
+        for _ in range(12):
+            await ctx.delay(1e-7)  # after the comb outputs settle
+            names = ("seen", "take", "loading", "pass_on", "finish")
+            trace.append("".join(n[0] if ctx.get(getattr(dut, n)) else "." for n in names))
+            await ctx.tick()
+
+    run(dut, testbench)
+    # see, take, load, pass x3, drain x2, finish, then the next step's see
+    assert trace[:10] == [
+        "s....",
+        ".t...",
+        "..l..",
+        "...p.",
+        "...p.",
+        "...p.",
+        ".....",
+        ".....",
+        "....f",
+        "s....",
+    ]
+
+
+def test_parts_refuse_bad_parameters():
+    with raises_in_init(TypeError, r"Rows must be a positive integer, not 0"):
+        Sequencer(rows=0, lanes=1, cols=1, n_out=1, drain=1, first_stage=True, label_bits=1)
+    with raises_in_init(TypeError, r"First_stage must be a bool, not 1"):
+        Sequencer(rows=1, lanes=1, cols=1, n_out=1, drain=1, first_stage=1, label_bits=1)
+    with raises_in_init(TypeError, r"Depth must be an integer of at least 1, not 0"):
+        InputStash(n_in=2, x_format=X, depth=0)
+    with raises_in_init(TypeError, r"X_format must be a FixedFormat, not 8"):
+        InputStash(n_in=2, x_format=8, depth=2)
+    with raises_in_init(ValueError, r"Init must give the rows of \['v', 'w'\]"):
+        RowMemories(lanes=1, rows=1, weight=X, velocity=X, w_prev=False, init={"w": [0]})
+    with raises_in_init(ValueError, r"Event role must be one of .*, not 'loss'"):
+        SaturationCounters(events={"loss": 1})
+
+
+@pytest.mark.parametrize("w_prev", [False, True])
+def test_row_memories_ports_follow_w_prev(w_prev):
+    init = {"w": [0], "v": [0], "w_prev": [0]}
+    dut = RowMemories(lanes=1, rows=1, weight=X, velocity=X, w_prev=w_prev, init=init)
+    dut._MustUse__silence = True
+    assert ("w_prev" in dut.signature.members) == w_prev
+    assert ("copy_en" in dut.signature.members) == w_prev
