@@ -7,8 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from pbhw.core.config import Algorithm, Arith, Config, ConfigError
+from pbhw.core.devices import load_device
 from pbhw.core.plan import Plan, derive_plan
 from pbhw.core.weights import initial_codes
+from rtl_gen.lanes import auto_lanes
 from rtl_gen.target import Multiplier
 from rtl_gen.top import Network
 
@@ -60,8 +62,6 @@ def build_design(
     plan = fixed_plan(config)
     if lanes is None:
         if config.hardware.lanes == "auto":
-            from rtl_gen.lanes import auto_lanes
-
             lanes = auto_lanes(plan)
         else:
             lanes = tuple(config.hardware.lanes)
@@ -72,8 +72,6 @@ def build_design(
                 f"config key 'hardware.lanes' gives stage {st.index} {n} lanes, more than its "
                 f"{st.n_out * c} weights"
             )
-    from pbhw.core.devices import load_device
-
     device = load_device(config.hardware.device)
     init = initial_codes(plan)
     multiplier = Multiplier.from_device(device, primitives=primitives)

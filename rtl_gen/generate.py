@@ -33,8 +33,10 @@ from pbhw.core.manifest import (
     StageFormats,
 )
 from rtl_gen.design import Design, build_design
+from rtl_gen.memories import DebugMemory
 from rtl_gen.resources import models_for
 from rtl_gen.stage import COUNTER_BITS, OVERHEAD, Stage
+from rtl_gen.top import DEBUG_LATENCY
 
 __all__ = [
     "MANIFEST_VERSION",
@@ -178,7 +180,10 @@ def manifest_of(design: Design, *, top: str, files: GeneratedFiles | None = None
         ports=Ports(
             samples="stream in: {bubble, label, x[N_in]} (send 2L-1 bubbles to drain)",
             results="stream out: {label, prediction, y[classes], delta[classes]}",
-            debug="dbg_stage, dbg_mem (0 W, 1 V, 2 w_prev), dbg_addr -> dbg_data (3 cycles)",
+            debug=(
+                f"dbg_stage, dbg_mem ({', '.join(f'{m.value} {m.name}' for m in DebugMemory)}), "
+                f"dbg_addr -> dbg_data ({DEBUG_LATENCY} cycles)"
+            ),
             saturation=f"{COUNTER_BITS}-bit counters in the order of 'counters'",
         ),
         counters=tuple(net.counter_names()),
