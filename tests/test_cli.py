@@ -143,7 +143,7 @@ def test_check_with_fixed_arithmetic_rejects_a_constant_that_does_not_fit():
         "--set",
         "optimizer.algorithm=sgd",
         "--set",
-        "optimizer.batch_size=32",
+        "optimizer.reference_batch=1",
         "--set",
         "optimizer.lr=3",
         "--set",
@@ -221,6 +221,26 @@ def test_missing_config_file_exits_2_with_a_clear_message(tmp_path):
     result = run("check", path)
     assert_config_error(result)
     assert result.stderr == f"error: config file '{path}' does not exist\n"
+
+
+def test_train_refuses_fixed_point_sgd_with_a_batch(tmp_path):
+    out = tmp_path / "result.json"
+    result = run(
+        "train",
+        EXAMPLE,
+        "--arith",
+        "fixed",
+        "--epochs",
+        "1",
+        "--set",
+        "optimizer.algorithm=sgd",
+        "--set",
+        "optimizer.batch_size=32",
+        "--json",
+        out,
+    )
+    assert_config_error(result, "'optimizer.batch_size' must be 1 when train.arith is 'fixed'")
+    assert not out.exists()
 
 
 def test_help_mentions_set():

@@ -158,6 +158,20 @@ def test_cli_bad_grid_exits_2_and_writes_nothing(tiny, tmp_path):
     assert not out.exists()
 
 
+def test_fixed_point_sgd_batches_are_refused_before_any_work(tiny, tmp_path, monkeypatch):
+    """The sweep default is fixed point, which trains sgd one sample per update: a batch
+    point is refused up front, naming it, not trained as another algorithm."""
+    monkeypatch.setattr(engine, "run_batch", lambda *a: pytest.fail("work started"))
+    out = tmp_path / "out"
+    grid = ["--grid", "optimizer.batch_size=1,32", "--set", "optimizer.algorithm=sgd"]
+    result = CliRunner().invoke(sweep, [str(tiny), *grid, "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: grid point optimizer.batch_size=32: ")
+    assert "must be 1 when train.arith is 'fixed'" in line
+    assert not out.exists()
+
+
 def test_cli_grid_key_twice_and_address_without_ray_are_errors(tiny, tmp_path):
     out = tmp_path / "out"
     twice = ["--grid", "seed=1,2", "--grid", "seed=3"]
