@@ -352,3 +352,18 @@ def test_dataset_rejects_inconsistent_tensors():
         Dataset("bad", x, y, x, y[:2], 3)
     with pytest.raises(DatasetError, match=r"y_train labels must lie in 0 .. 1, found 0 .. 2"):
         Dataset("bad", x, y, x, y, 2)
+
+
+def test_content_hash_follows_the_data_not_the_path(tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = rng.random((20, 3)), rng.integers(0, 3, 20)
+    path = tmp_path / "d.npz"
+    np.savez(path, X=x, y=y)
+    first = load(f"npz:{path}").content_hash
+    assert len(first) == 64 and first == load(f"npz:{path}").content_hash
+    copy = tmp_path / "copy.npz"
+    np.savez(copy, X=x, y=y)
+    assert load(f"npz:{copy}").content_hash == first  # same data elsewhere: same hash
+    y[0] = (y[0] + 1) % 3
+    np.savez(path, X=x, y=y)
+    assert load(f"npz:{path}").content_hash != first  # one label changed

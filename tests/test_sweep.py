@@ -300,6 +300,71 @@ def test_rerun_resumes_and_computes_only_missing_points(tiny, tmp_path, monkeypa
     assert len(_rows(out)) == 2
 
 
+@pytest.fixture
+def own_data(tmp_path: Path, digits_slice: Path) -> Path:
+    """A private copy of the digits slice that a test may change."""
+    path = tmp_path / "data.npz"
+    path.write_bytes(digits_slice.read_bytes())
+    return path
+
+
+def test_a_changed_dataset_behind_the_same_path_is_not_resumed(tmp_path, own_data, monkeypatch):
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY.format(data=own_data))
+    out = tmp_path / "out"
+    args = [str(config), "--grid", "formats.weight.width=10,12", "--workers", "1", "-o", str(out)]
+    assert _run(args).exit_code == 0
+    before = (out / "results.csv").read_text()
+    result = _run(args)
+    assert "2 points: 2 resumed" in result.stderr
+    assert "same config, dataset content and pbhw code" in result.stderr
+
+    # The same path now holds other data: every point is trained again, and stderr says why.
+    with np.load(own_data) as archive:
+        arrays = dict(archive)
+    arrays["y"] = (arrays["y"] + 1) % 10
+    np.savez(own_data, **arrays)
+    computed: list[int] = []
+    real_run_batch = engine.run_batch
+
+    def counting_run_batch(configs, *rest):
+        computed.extend(c["formats"]["weight"]["width"] for c in configs)
+        return real_run_batch(configs, *rest)
+
+    monkeypatch.setattr(engine, "run_batch", counting_run_batch)
+    result = _run(args)
+    assert result.exit_code == 0, result.output
+    assert "2 points: 0 resumed" in result.stderr
+    assert sorted(computed) == [10, 12]
+    assert "2 finished point(s) are stale and run again" in result.stderr
+    assert f"the content of dataset npz:{own_data} changed" in result.stderr
+    assert (out / "results.csv").read_text() != before
+    result = _run(args)
+    assert "2 points: 2 resumed" in result.stderr and sorted(computed) == [10, 12]
+
+
+def test_points_trained_by_other_code_or_without_provenance_are_not_resumed(
+    tiny, tmp_path, monkeypatch
+):
+    out = tmp_path / "out"
+    args = [str(tiny), "--grid", "formats.weight.width=10,12", "--workers", "1", "-o", str(out)]
+    assert _run(args).exit_code == 0
+    monkeypatch.setattr(engine, "code_fingerprint", lambda: "0" * 64)
+    result = _run(args)
+    assert "2 points: 0 resumed" in result.stderr
+    assert "pbhw's code changed since they were trained" in result.stderr
+    assert "2 points: 2 resumed" in _run(args).stderr
+
+    # A record written before records carried their provenance is not trusted either.
+    victim = sorted((out / "points").glob("*.json"))[0]
+    record = json.loads(victim.read_text())
+    del record["provenance"]
+    victim.write_text(json.dumps(record))
+    result = _run(args)
+    assert "2 points: 1 resumed" in result.stderr
+    assert "1 finished point(s) are stale and run again: no record of the dataset" in result.stderr
+
+
 def test_estimate_columns_and_throughput_plumbing(tiny, tmp_path, monkeypatch):
     """Plumbing only: pbhw.tools.estimate is replaced by a deterministic fake (the real end-to-end
     test lives with the estimator)."""

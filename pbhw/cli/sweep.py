@@ -142,6 +142,11 @@ def sweep(
         console=console,
     )
     task = progress.add_task("points", total=len(points))
+    stale: dict[str, int] = {}
+
+    def on_stale(point: engine.Point, reasons: list[str]) -> None:
+        why = "; ".join(reasons)
+        stale[why] = stale.get(why, 0) + 1
 
     def on_start(total: int, resumed: int, batches: int) -> None:
         if total < len(points):
@@ -152,9 +157,15 @@ def sweep(
             if backend == "ray"
             else f"{min(workers or os.cpu_count() or 1, max(batches, 1))} local process(es)"
         )
+        for why, count in stale.items():
+            console.print(
+                f"{count} finished point(s) are stale and run again: {why}", soft_wrap=True
+            )
+        because = " (same config, dataset content and pbhw code)" if resumed else ""
         console.print(
-            f"{total} points: {resumed} resumed from {out_dir / 'points'}, "
-            f"{total - resumed} to run in {batches} batch(es) on {runs_on}"
+            f"{total} points: {resumed} resumed from {out_dir / 'points'}{because}, "
+            f"{total - resumed} to run in {batches} batch(es) on {runs_on}",
+            soft_wrap=True,
         )
         progress.update(task, total=total, completed=resumed)
         progress.start()
@@ -170,6 +181,7 @@ def sweep(
             address=address,
             on_start=on_start,
             on_batch=lambda n: progress.advance(task, n),
+            on_stale=on_stale,
         )
     except KeyboardInterrupt:
         progress.stop()  # before the message, so that the bar does not overwrite it

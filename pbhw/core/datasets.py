@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import hashlib
 import pickle
 import random
 import zipfile
@@ -95,6 +96,17 @@ class Dataset:
     @property
     def num_features(self) -> int:
         return self.x_train.shape[1]
+
+    @functools.cached_property
+    def content_hash(self) -> str:
+        """SHA-256 (hex) of the data itself: every array's shape, type and values and the
+        number of classes, not the name or path (computed once per instance)."""
+        digest = hashlib.sha256(f"classes {self.num_classes}\n".encode())
+        for part in (self.x_train, self.y_train, self.x_test, self.y_test):
+            array = np.ascontiguousarray(part.numpy())
+            digest.update(f"{array.dtype.str} {array.shape}\n".encode())
+            digest.update(array.tobytes())
+        return digest.hexdigest()
 
     def describe(self) -> str:
         """One line such as ``digits: 1437 train / 360 test, 64 features, 10 classes``."""

@@ -6,15 +6,20 @@ is one :class:`~pbhw.core.config.ConfigError` before any work starts. Points tha
 what :func:`pbhw.tools.train.train_many` can vectorise (formats, rounding, update constants, in
 fixed-point arithmetic) are trained together in one batch (:func:`group_points`); the batches
 run in local processes or as Ray tasks (:func:`run_points`). Every finished point is recorded in
-``DIR/points/<key>.json`` (the key is a hash of the resolved config), so an interrupted sweep
-resumes from the finished points. The trainer is deterministic given the config, so the results
-do not depend on the backend, the number of workers or how points are batched.
+``DIR/points/<key>.json`` (the key is a hash of the resolved config) with its provenance: the
+content hash of the dataset it trained on, pbhw's version and a fingerprint of the code that
+computes results (:func:`provenance`). An interrupted sweep resumes from the finished points
+whose config and provenance equal the run's; a point whose dataset or code changed is trained
+again. The trainer is deterministic given the config, so the results do not depend on the
+backend, the number of workers or how points are batched.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
+import importlib.util
 import io
 import itertools
 import json
@@ -31,9 +36,11 @@ from typing import Any
 import torch
 from threadpoolctl import threadpool_limits
 
+import pbhw
 from golden.fixed_arith import FixedArithmetic
 from pbhw.core.config import Arith, Config, ConfigError, apply_sets, from_dict
 from pbhw.core.datasets import load as load_dataset
+from pbhw.core.devices import CONSTRAINTS_DIR
 from pbhw.core.errors import SweepError
 from pbhw.core.io import write_atomic
 from pbhw.core.plan import derive_plan
@@ -49,11 +56,13 @@ __all__ = [
     "Point",
     "SweepError",
     "check_trainable",
+    "code_fingerprint",
     "config_key",
     "estimate_point",
     "expand",
     "group_points",
     "parse_grid",
+    "provenance",
     "require_ray",
     "result_rows",
     "run_batch",
@@ -148,12 +157,14 @@ def parse_grid(spec: str) -> GridAxis:
 
 @dataclass(frozen=True)
 class Point:
-    """One grid point: the grid's values there and the validated config."""
+    """One grid point: the grid's values there, the validated config, its key and the content
+    hash of its dataset (as loaded when the grid was expanded)."""
 
     values: dict[str, Any]
     sets: tuple[str, ...]
     config: Config
     key: str
+    dataset_sha256: str | None = None
 
     def describe(self) -> str:
         return " ".join(self.sets) or "(base config)"
@@ -189,8 +200,70 @@ def expand(
             where = " ".join(point_sets) or "the base config"
             raise ConfigError(f"grid point {where}: {e}") from None
         values = {axis.key: axis.values[i] for axis, i in zip(axes, combo, strict=True)}
-        points.append(Point(values, point_sets, config, config_key(config)))
+        data_hash = datasets[config.train.dataset].content_hash
+        points.append(Point(values, point_sets, config, config_key(config), data_hash))
     return points
+
+
+#: What decides a point's results besides its config: the packages and data files that train
+#: and estimate it (the command line and the reports aside).
+_RESULT_PACKAGES = ("golden", "rtl_gen", "pbhw.core", "pbhw.tools")
+_RESULT_SUFFIXES = frozenset({".py", ".v", ".vlt", ".toml", ".sdc"})
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """SHA-256 (hex) over the source and data files of the code that computes a point's
+    results (the golden model, the trainer, the generator, the estimator, the device files and
+    this module), so that a finished point is not resumed by changed code whose version number
+    stayed the same."""
+    folders = [CONSTRAINTS_DIR]
+    for name in _RESULT_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.submodule_search_locations is not None, name
+        folders += [Path(p) for p in spec.submodule_search_locations]
+    files = [Path(__file__)]
+    for folder in folders:
+        files += sorted(
+            p
+            for p in folder.rglob("*")
+            if p.suffix in _RESULT_SUFFIXES and "__pycache__" not in p.parts and p.is_file()
+        )
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{path.parent.name}/{path.name}\n".encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def provenance(dataset: str, dataset_sha256: str | None) -> dict[str, Any]:
+    """What a point's results depend on besides its config: the dataset's content, pbhw's
+    version and :func:`code_fingerprint`."""
+    return {
+        "dataset": dataset,
+        "dataset_sha256": dataset_sha256,
+        "pbhw_version": pbhw.__version__,
+        "code_sha256": code_fingerprint(),
+    }
+
+
+def stale_reasons(recorded: Any, expected: Mapping[str, Any]) -> list[str]:
+    """Why a finished point's recorded provenance does not match the run's (empty: it does)."""
+    if not isinstance(recorded, Mapping) or not recorded.get("dataset_sha256"):
+        return ["no record of the dataset and code it was trained with (an older pbhw wrote it)"]
+    reasons = []
+    if recorded.get("dataset_sha256") != expected["dataset_sha256"]:
+        reasons.append(
+            f"the content of dataset {expected['dataset']} changed since they were trained"
+        )
+    if recorded.get("pbhw_version") != expected["pbhw_version"]:
+        reasons.append(
+            f"they were trained by pbhw {recorded.get('pbhw_version')}, this is "
+            f"{expected['pbhw_version']}"
+        )
+    elif recorded.get("code_sha256") != expected["code_sha256"]:
+        reasons.append("pbhw's code changed since they were trained")
+    return reasons
 
 
 def check_trainable(config: Config, datasets: dict[str, Any] | None = None) -> None:
@@ -296,8 +369,11 @@ def run_batch(
 
     cfgs = [from_dict(c) for c in configs]
     start = time.perf_counter()
+    # One dataset for the batch (a batch shares train.dataset): its hash is what was trained on.
+    data = load_dataset(cfgs[0].train.dataset)
+    origin = provenance(cfgs[0].train.dataset, data.content_hash)
     try:
-        results = train_many(cfgs)
+        results = train_many(cfgs, dataset=data)
         diverged = [r.extra.get("diverged") for r in results]
     except TrainingDiverged as e:  # a config trained alone stops at divergence
         results, diverged = [None], [str(e)]
@@ -307,6 +383,7 @@ def run_batch(
         record: dict[str, Any] = {
             "key": config_key(cfg),
             "config": cfg.to_dict(),
+            "provenance": origin,
             "train": _train_record(result, div),
             "train_seconds": seconds,
         }
@@ -409,13 +486,17 @@ def run_points(
     estimator: Callable[[Config], dict[str, Any]] | None = None,
     on_start: Callable[[int, int, int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    on_stale: Callable[[Point, list[str]], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run the unfinished points and return every point's record by key.
 
-    Finished points are read from ``out_dir/points``; each newly finished point is written
-    there at once. ``on_start(total, resumed, batches)`` is called before the work starts and
-    ``on_batch(points)`` as each batch finishes. ``estimator`` replaces :func:`estimate_point`
-    (it must be picklable by reference for process and Ray backends)."""
+    Finished points are read from ``out_dir/points``: one is resumed only if its config and its
+    provenance (the dataset's content hash, pbhw's version and code, :func:`provenance`) equal
+    the run's; a stale one is run again and reported to ``on_stale(point, reasons)``. Each newly
+    finished point is written there at once. ``on_start(total, resumed, batches)`` is called
+    before the work starts and ``on_batch(points)`` as each batch finishes. ``estimator``
+    replaces :func:`estimate_point` (it must be picklable by reference for process and Ray
+    backends)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
     workers = workers or os.cpu_count() or 1
@@ -427,6 +508,13 @@ def run_points(
     for point in {p.key: p for p in points}.values():
         method = "analytic" if estimator is fast_estimate_point else "synthesis"
         record = _read_record(store / f"{point.key}.json", point.key, method if estimate else False)
+        if record is not None:
+            expected = provenance(point.config.train.dataset, point.dataset_sha256)
+            reasons = stale_reasons(record.get("provenance"), expected)
+            if reasons:
+                record = None
+                if on_stale is not None:
+                    on_stale(point, reasons)
         if record is None:
             todo.append(point)
         else:
