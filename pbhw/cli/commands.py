@@ -302,8 +302,9 @@ def estimate(
 ) -> None:
     """Resources and Fmax of CONFIG's design: Yosys synthesis and nextpnr place and route.
 
-    Results are cached by design hash in .pbhw-cache/estimate. A design that does not fit says
-    which resource is short and by how much."""
+    Results are cached by design hash in the user's cache folder: $PBHW_CACHE_DIR/estimate,
+    else $XDG_CACHE_HOME/pbhw/estimate, else ~/.cache/pbhw/estimate (a damaged entry is
+    recomputed). A design that does not fit says which resource is short and by how much."""
 
     if fast and (pnr_seed is not None or pnr_timeout is not None):
         raise UserError("--pnr-seed and --pnr-timeout need place and route; --fast runs none")

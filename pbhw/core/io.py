@@ -1,4 +1,5 @@
-"""Atomic file output: the one writer every command uses for a single file.
+"""Atomic file output: the one writer every command uses for a single file; and where pbhw
+keeps its per-user cache.
 
 A reader never sees a half-written file: the data goes to a temporary file in the same directory,
 which is renamed over the target. Whole output directories are staged the same way by their
@@ -13,7 +14,19 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_atomic", "write_json"]
+__all__ = ["user_cache_dir", "write_atomic", "write_json"]
+
+
+def user_cache_dir() -> Path:
+    """pbhw's per-user cache folder: ``$PBHW_CACHE_DIR``, else ``$XDG_CACHE_HOME/pbhw``, else
+    ``~/.cache/pbhw`` (read at each call, so the environment may change in between)."""
+    own = os.environ.get("PBHW_CACHE_DIR")
+    if own:
+        return Path(own).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and Path(xdg).is_absolute():  # the XDG spec: a relative path is to be ignored
+        return Path(xdg) / "pbhw"
+    return Path.home() / ".cache" / "pbhw"
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
