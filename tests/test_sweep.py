@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -493,3 +497,78 @@ def test_estimated_sweep_is_identical_locally_and_on_ray(tiny, tmp_path):
     assert all(n > 0 for n in dsp.values())
     luts = [int(row["lut"]) for row in rows]
     assert len(set(luts)) > 1  # the width reaches the estimate
+
+
+# --------------------------------------------------------------------------------------------
+# interruption
+
+
+def _children(pid: int) -> set[int]:
+    """Process ids whose parent is ``pid`` (from /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupted_sweep_stops_its_workers_and_keeps_finished_points(
+    tmp_path, digits_slice, signum
+):
+    """A real ``pbhw sweep`` in a subprocess with two worker processes: one point finishes at
+    once, two would train for minutes; the signal arrives while they run."""
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY.format(data=digits_slice))
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "pbhw", "sweep", str(config), "--workers", "2", "-o", str(out)]
+    args += ["--grid", "train.epochs=1,500,501"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    # Files, not pipes: workers that outlive the sweep would hold pipes open.
+    stderr_file = tmp_path / "stderr.txt"
+    with stderr_file.open("wb") as err:
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while not list((out / "points").glob("*.json")):
+            assert proc.poll() is None, stderr_file.read_text()
+            assert time.monotonic() < deadline, "the quick point never finished"
+            time.sleep(0.2)
+        time.sleep(1.0)  # the pool hands the next point to the free worker
+        workers = _children(proc.pid)
+        assert len(workers) >= 2, workers  # two workers (and multiprocessing's tracker)
+        proc.send_signal(signum)
+        proc.wait(timeout=60)
+        text = stderr_file.read_text()
+        assert proc.returncode == 128 + signum, text
+        assert "Traceback" not in text
+        lines = [line for line in text.splitlines() if line.startswith("interrupted")]
+        assert len(lines) == 1, text
+        assert f"finished points are kept in {out / 'points'}" in lines[0]
+        deadline = time.monotonic() + 20
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [pid for pid in workers if _alive(pid)], "workers outlived the sweep"
+        (point,) = (out / "points").glob("*.json")
+        assert json.loads(point.read_text())["config"]["train"]["epochs"] == 1
+        assert not (out / "results.csv").exists()
+        assert not list(out.rglob(".*"))  # no temporary files
+    finally:
+        for pid in {proc.pid, *workers}:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
