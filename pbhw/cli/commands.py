@@ -16,6 +16,7 @@ from pbhw.cli.common import (
     lanes_text,
     load_config,
     pnr_seed_option,
+    pnr_timeout_seconds,
     set_option,
     simulator_option,
     train_sets,
@@ -308,6 +309,7 @@ def estimate(
 
     if fast and (pnr_seed is not None or pnr_timeout is not None):
         raise UserError("--pnr-seed and --pnr-timeout need place and route; --fast runs none")
+    timeout = pnr_timeout_seconds(pnr_timeout)
     if device:
         sets = (*sets, f"hardware.device='{device}'")
     cfg = load_config(config, sets)
@@ -317,7 +319,7 @@ def estimate(
         cfg,
         fast=fast,
         progress=lambda m: click.echo(f"  {m}", err=True),
-        pnr_timeout=None if pnr_timeout is None else 60 * pnr_timeout,
+        pnr_timeout=timeout,
         seed=pnr_seed,
     )
     table = Table(title=f"{cfg.name} on {est.device} ({est.method})", title_justify="left")
@@ -347,7 +349,14 @@ def estimate(
 
 @click.command()
 @config_argument
-@click.option("-o", "--output", "out_dir", required=True, help="Output directory.")
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    required=True,
+    help="Output directory: new, empty, or an earlier output of pbhw flow (replaced as a "
+    "whole once the run is done; a failed run leaves it as it was).",
+)
 @click.option(
     "--verify-samples",
     type=int,
@@ -381,6 +390,7 @@ def flow(
     Writes DIR/report.md (with training.png and resources.png), the JSON of every step and the
     generated design in DIR/rtl."""
 
+    timeout = pnr_timeout_seconds(pnr_timeout)
     cfg = load_config(config, sets)
     summary = run_flow(
         cfg,
@@ -388,7 +398,7 @@ def flow(
         verify_samples=verify_samples,
         simulator=simulator,
         progress=lambda m: click.echo(m, err=True),
-        pnr_timeout=60 * pnr_timeout,
+        pnr_timeout=timeout,
         pnr_seed=pnr_seed,
     )
     click.echo(f"report: {Path(out_dir) / 'report.md'}")

@@ -26,6 +26,7 @@ from pbhw.cli.common import (
     train_sets,
     user_errors,
 )
+from pbhw.core.io import check_output_dir
 from pbhw.flows import sweep as engine
 
 __all__ = ["sweep"]
@@ -115,7 +116,8 @@ def _interruptible() -> Iterator[None]:
     "--output",
     required=True,
     type=click.Path(file_okay=False),
-    help="Output folder: results.csv, results.json, pareto.png, report.md, points/.",
+    help="Output folder: results.csv, results.json, pareto.png, report.md, points/. New, empty, "
+    "or an earlier output of pbhw sweep (whose finished points are resumed).",
 )
 @user_errors
 def sweep(
@@ -153,6 +155,7 @@ def sweep(
     points = engine.expand(base.to_dict(), axes, ['train.arith="fixed"', *sets, *extra])
 
     out_dir = Path(output)
+    check_output_dir(out_dir, "-o", "pbhw sweep", engine.is_sweep_output, replaced=False)
     first = points[0].config
     spec: dict[str, Any] = {
         "command": _command(

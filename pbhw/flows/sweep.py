@@ -26,6 +26,7 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -37,16 +38,14 @@ import torch
 from threadpoolctl import threadpool_limits
 
 import pbhw
-from golden.fixed_arith import FixedArithmetic
 from pbhw.core.config import Arith, Config, ConfigError, apply_sets, from_dict
 from pbhw.core.datasets import load as load_dataset
 from pbhw.core.devices import CONSTRAINTS_DIR
 from pbhw.core.errors import SweepError
 from pbhw.core.io import write_atomic
-from pbhw.core.plan import derive_plan
 from pbhw.flows import report
 from pbhw.tools import estimate as estimate_module
-from pbhw.tools.train import TrainingDiverged, check_fits, train_many
+from pbhw.tools.train import TrainingDiverged, check_trainable, train_many
 
 __all__ = [
     "BACKENDS",
@@ -61,6 +60,7 @@ __all__ = [
     "estimate_point",
     "expand",
     "group_points",
+    "is_sweep_output",
     "parse_grid",
     "provenance",
     "require_ray",
@@ -264,22 +264,6 @@ def stale_reasons(recorded: Any, expected: Mapping[str, Any]) -> list[str]:
     elif recorded.get("code_sha256") != expected["code_sha256"]:
         reasons.append("pbhw's code changed since they were trained")
     return reasons
-
-
-def check_trainable(config: Config, datasets: dict[str, Any] | None = None) -> None:
-    """What the trainer would reject only once running: unrepresentable constants, accumulators
-    wider than the bit-exact model supports, a network that does not fit its dataset.
-
-    ``datasets`` caches the loaded datasets by spec across calls."""
-
-    plan = derive_plan(config)
-    if config.train.arith is Arith.FIXED:
-        FixedArithmetic(plan)
-    datasets = {} if datasets is None else datasets
-    spec = config.train.dataset
-    if spec not in datasets:
-        datasets[spec] = load_dataset(spec)
-    check_fits(config, datasets[spec])
 
 
 # --------------------------------------------------------------------------------------------
@@ -562,6 +546,25 @@ def _read_record(path: Path, key: str, estimate: bool | str) -> dict[str, Any] |
 
 # --------------------------------------------------------------------------------------------
 # Results
+
+
+_POINT_FILE = re.compile(r"[0-9a-f]{16}\.json")
+
+
+def is_sweep_output(path: Path) -> bool:
+    """Whether ``path`` holds an earlier (perhaps interrupted) output of ``pbhw sweep``: its
+    ``results.json``, or a ``points/`` folder of nothing but point records."""
+    try:
+        results = json.loads((Path(path) / "results.json").read_text(encoding="utf-8"))
+        if isinstance(results, dict) and isinstance(results.get("spec"), dict):
+            return str(results["spec"].get("command", "")).startswith("pbhw sweep")
+    except (OSError, ValueError):
+        pass
+    points = Path(path) / "points"
+    if not points.is_dir():
+        return False
+    names = [p.name for p in points.iterdir()]
+    return bool(names) and all(_POINT_FILE.fullmatch(n) or n.startswith(".") for n in names)
 
 
 def weight_bits(config: Config) -> int:

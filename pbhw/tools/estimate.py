@@ -57,6 +57,7 @@ __all__ = [
     "default_cache_dir",
     "fast_estimate",
     "fit_calibration",
+    "require_tools",
     "synthesize",
 ]
 
@@ -180,6 +181,12 @@ def _judge(device: Device, used: Mapping[str, int], **fields: Any) -> Estimate:
 
 
 # --- synthesis + place-and-route --------------------------------------------------------------
+
+
+def require_tools(device: Device) -> None:
+    """Raise :class:`ToolError` saying how to install it if a tool :func:`synthesize` needs for
+    ``device`` is missing (checked in a moment, before any long work)."""
+    _tool_versions(device)
 
 
 def _tool_versions(device: Device) -> dict[str, str]:
