@@ -24,7 +24,7 @@ from pbhw.cli.common import (
 )
 from pbhw.core.config import ROLES
 from pbhw.core.datasets import load as load_dataset
-from pbhw.core.io import write_json
+from pbhw.core.io import check_output_dir, check_output_file, write_json
 from pbhw.core.plan import derive_plan
 from pbhw.flows.flow import run_flow
 from pbhw.tools.estimate import critical_path_text
@@ -138,12 +138,7 @@ def check(config: str, sets: tuple[str, ...]) -> None:
 )
 @click.option("--seed", type=int, help="Seed for initial weights and sample order (sets seed).")
 @set_option
-@click.option(
-    "--json",
-    "json_out",
-    type=click.Path(dir_okay=False),
-    help="Write the results as JSON to this file.",
-)
+@click.option("--json", "json_out", metavar="OUT", help="Write the results as JSON to this file.")
 @user_errors
 def train(
     config: str,
@@ -158,6 +153,8 @@ def train(
 
     extra = train_sets(dataset, epochs, arith, seed)
     cfg = load_config(config, (*sets, *extra))
+    if json_out:
+        check_output_file(Path(json_out), "--json")
     data = load_dataset(cfg.train.dataset)
     console = Console(highlight=False, stderr=True)
     console.print(
@@ -200,6 +197,13 @@ def generate(config: str, out_dir: str, sets: tuple[str, ...]) -> None:
     appears only when everything is written."""
 
     cfg = load_config(config, sets)
+    check_output_dir(
+        Path(out_dir),
+        "-o",
+        "pbhw generate",
+        lambda path: (path / "manifest.json").exists(),  # as rtl_gen.generate recognises it
+        replaced=True,
+    )
     click.echo(f"generating {cfg.name} ({' -> '.join(map(str, cfg.network.layers))}) ...")
     out = run_generate(cfg, Path(out_dir))
     m = out.manifest
@@ -265,6 +269,8 @@ def verify(
         if not 0.0 <= p < 1.0:
             raise UserError(f"{name} must be a probability in [0, 1), not {p}")
     cfg = load_config(config, sets)
+    if json_out:
+        check_output_file(Path(json_out), "--json")
     click.echo(f"verifying {cfg.name} on {simulator} with {samples} samples ...", err=True)
     result = run_verify(
         cfg, samples=samples, simulator=simulator, idle=idle, backpressure=backpressure
@@ -313,6 +319,8 @@ def estimate(
     if device:
         sets = (*sets, f"hardware.device='{device}'")
     cfg = load_config(config, sets)
+    if json_out:
+        check_output_file(Path(json_out), "--json")
     what = "analytic estimate" if fast else "synthesis and place-and-route"
     click.echo(f"{what} of {cfg.name} for {cfg.hardware.device} ...", err=True)
     est = run_estimate(

@@ -115,7 +115,7 @@ def _interruptible() -> Iterator[None]:
     "-o",
     "--output",
     required=True,
-    type=click.Path(file_okay=False),
+    metavar="DIR",
     help="Output folder: results.csv, results.json, pareto.png, report.md, points/. New, empty, "
     "or an earlier output of pbhw sweep (whose finished points are resumed).",
 )
