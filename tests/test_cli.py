@@ -325,3 +325,9 @@ def test_an_output_folder_that_is_a_file_is_refused(tmp_path, no_work):
         result = run(command, EXAMPLE, "-o", a_file, *extra)
         assert_config_error(result, f"-o '{a_file}' is a file")
     assert a_file.read_text() == "not a folder\n"
+
+
+@pytest.mark.parametrize("minutes", ["0", "-1", "nan", "-inf"])
+def test_estimate_refuses_a_pnr_timeout_that_is_not_positive(minutes, no_work):
+    result = run("estimate", EXAMPLE, "--pnr-timeout", minutes)
+    assert_config_error(result, "--pnr-timeout must be a positive number of minutes", minutes)

@@ -126,6 +126,7 @@ def discard_staging_dir(staging: Path, created: Path | None) -> None:
 
 
 def _umask() -> int:
+    """The process's umask (read by setting it, and setting it back at once)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -144,11 +145,14 @@ def user_cache_dir() -> Path:
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file renamed into place."""
+    """Write ``data`` to ``path`` through a temporary file renamed into place, with the mode
+    a plain ``open(path, "w")`` gives (``0o666`` less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        # mkstemp creates the file 0o600; give it the mode open() would have given it.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)
