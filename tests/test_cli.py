@@ -143,7 +143,7 @@ def test_check_with_fixed_arithmetic_rejects_a_constant_that_does_not_fit():
         "--set",
         "optimizer.algorithm=sgd",
         "--set",
-        "optimizer.batch_size=32",
+        "optimizer.reference_batch=1",
         "--set",
         "optimizer.lr=3",
         "--set",
@@ -223,6 +223,26 @@ def test_missing_config_file_exits_2_with_a_clear_message(tmp_path):
     assert result.stderr == f"error: config file '{path}' does not exist\n"
 
 
+def test_train_refuses_fixed_point_sgd_with_a_batch(tmp_path):
+    out = tmp_path / "result.json"
+    result = run(
+        "train",
+        EXAMPLE,
+        "--arith",
+        "fixed",
+        "--epochs",
+        "1",
+        "--set",
+        "optimizer.algorithm=sgd",
+        "--set",
+        "optimizer.batch_size=32",
+        "--json",
+        out,
+    )
+    assert_config_error(result, "'optimizer.batch_size' must be 1 when train.arith is 'fixed'")
+    assert not out.exists()
+
+
 def test_help_mentions_set():
     result = run("check", "--help")
     assert result.exit_code == 0
@@ -241,3 +261,73 @@ def test_estimate_refuses_place_and_route_options_it_cannot_use(args, fragment):
     result = run("estimate", EXAMPLE, *args)
     assert result.exit_code == 2
     assert fragment in result.output
+
+
+# unwritable output paths: refused before any work
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Training, estimating, verifying and generating fail the test if they start."""
+    import pbhw.cli.commands as commands
+    import pbhw.flows.sweep as engine
+
+    def started(*args, **kwargs):
+        raise AssertionError("work started")
+
+    for name in ("run_training", "run_estimate", "run_verify", "run_generate"):
+        monkeypatch.setattr(commands, name, started)
+    monkeypatch.setattr(engine, "run_points", started)
+
+
+def _bad_outputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder\n")
+    a_dir = tmp_path / "a_dir"
+    a_dir.mkdir()
+    return {
+        "under a file": (a_file / "out" / "x.json", "is a file, not a folder"),
+        "in /proc": (Path("/proc/pbhw-test/x.json"), "cannot be written"),
+        "a folder": (a_dir, "is a folder"),
+    }
+
+
+@pytest.mark.parametrize("case", ["under a file", "in /proc", "a folder"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train", "--epochs", "1", "--json"],
+        ["estimate", "--fast", "--json"],
+        ["verify", "--samples", "4", "--json"],
+    ],
+    ids=["train", "estimate", "verify"],
+)
+def test_an_unwritable_json_path_is_refused_before_any_work(tmp_path, no_work, case, command):
+    path, fragment = _bad_outputs(tmp_path)[case]
+    result = run(command[0], EXAMPLE, *command[1:], path)
+    assert_config_error(result, f"--json '{path}'", fragment)
+
+
+@pytest.mark.parametrize("case", ["under a file", "in /proc"])
+@pytest.mark.parametrize("command", ["generate", "flow", "sweep"])
+def test_an_unwritable_output_folder_is_refused_before_any_work(tmp_path, no_work, case, command):
+    path, fragment = _bad_outputs(tmp_path)[case]
+    extra = ["--grid", "seed=1,2"] if command == "sweep" else []
+    result = run(command, EXAMPLE, "-o", path.parent, *extra)
+    assert_config_error(result, f"-o '{path.parent}'", fragment)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_dir", "a_file"]
+
+
+def test_an_output_folder_that_is_a_file_is_refused(tmp_path, no_work):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder\n")
+    for command, extra in (("generate", []), ("flow", []), ("sweep", ["--grid", "seed=1,2"])):
+        result = run(command, EXAMPLE, "-o", a_file, *extra)
+        assert_config_error(result, f"-o '{a_file}' is a file")
+    assert a_file.read_text() == "not a folder\n"
+
+
+@pytest.mark.parametrize("minutes", ["0", "-1", "nan", "-inf"])
+def test_estimate_refuses_a_pnr_timeout_that_is_not_positive(minutes, no_work):
+    result = run("estimate", EXAMPLE, "--pnr-timeout", minutes)
+    assert_config_error(result, "--pnr-timeout must be a positive number of minutes", minutes)

@@ -391,6 +391,19 @@ def test_sgd_accepts_a_batch_size_above_one():
     assert (cfg.optimizer.algorithm, cfg.optimizer.batch_size) == (Algorithm.SGD, 8)
 
 
+def test_fixed_point_sgd_with_a_batch_above_one_is_rejected():
+    """The fixed-point model trains the sgd reference one sample per update; with a batch it
+    would silently run another algorithm (per-sample updates at the batch-scaled lr)."""
+    message = error_of(
+        {"optimizer": {"algorithm": "sgd", "batch_size": 32}, "train": {"arith": "fixed"}}
+    )
+    assert "config key 'optimizer.batch_size' must be 1 when train.arith is 'fixed'" in message
+    assert "train.arith = 'float'" in message
+    assert "not 32" in message
+    cfg = from_dict({"optimizer": {"algorithm": "sgd"}, "train": {"arith": "fixed"}})
+    assert (cfg.optimizer.batch_size, cfg.train.arith) == (1, Arith.FIXED)
+
+
 @pytest.mark.parametrize(("given", "stored"), [("auto", None), (0, 0), (7, 7)])
 def test_prediction_horizon_auto_or_integer(given, stored):
     cfg = from_dict({"optimizer": {"prediction_horizon": given}})

@@ -289,7 +289,7 @@ def test_npz_not_an_archive(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"junk")
     with pytest.raises(DatasetError, match="single .npy array, not an .npz archive"):
         load(f"npz:{tmp_path / 'one.npy'}")
-    with pytest.raises(DatasetError, match="junk.npz' cannot be read"):
+    with pytest.raises(DatasetError, match="junk.npz' is not an .npz archive"):
         load(f"npz:{tmp_path / 'junk.npz'}")
 
 
@@ -352,3 +352,63 @@ def test_dataset_rejects_inconsistent_tensors():
         Dataset("bad", x, y, x, y[:2], 3)
     with pytest.raises(DatasetError, match=r"y_train labels must lie in 0 .. 1, found 0 .. 2"):
         Dataset("bad", x, y, x, y, 2)
+
+
+def test_content_hash_follows_the_data_not_the_path(tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = rng.random((20, 3)), rng.integers(0, 3, 20)
+    path = tmp_path / "d.npz"
+    np.savez(path, X=x, y=y)
+    first = load(f"npz:{path}").content_hash
+    assert len(first) == 64 and first == load(f"npz:{path}").content_hash
+    copy = tmp_path / "copy.npz"
+    np.savez(copy, X=x, y=y)
+    assert load(f"npz:{copy}").content_hash == first  # same data elsewhere: same hash
+    y[0] = (y[0] + 1) % 3
+    np.savez(path, X=x, y=y)
+    assert load(f"npz:{path}").content_hash != first  # one label changed
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (lambda good: b"hello, not numpy\n" * 20, "is not an .npz archive"),
+        (lambda good: b"", "is empty"),
+        (lambda good: good[: len(good) // 2], "is damaged (File is not a zip file)"),
+        (
+            lambda good: good[:200] + bytes([good[200] ^ 0xFF]) + good[201:],
+            "is damaged (Bad CRC-32",
+        ),
+    ],
+    ids=["garbage", "empty", "truncated", "flipped byte"],
+)
+def test_a_corrupt_npz_is_named_as_such_without_pickle_advice(tmp_path, damage, expected):
+    good = tmp_path / "good.npz"
+    np.savez(good, X=np.arange(60.0).reshape(20, 3), y=np.arange(20) % 3)
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(damage(good.read_bytes()))
+    with pytest.raises(DatasetError) as info:
+        load(f"npz:{bad}")
+    message = str(info.value)
+    assert message.startswith(f"npz file '{bad}' ")
+    assert expected in message
+    assert "pickle" not in message
+
+
+@pytest.mark.parametrize(
+    ("arrays", "expected"),
+    [
+        ({"y": np.zeros(20, int)}, "y holds one class (0) only; training needs at least two"),
+        (
+            {"y": np.full(20, 4), "X_test": np.ones((4, 3)), "y_test": np.array([0, 1, 2, 4])},
+            "y holds one class (4) only; training needs at least two",
+        ),
+    ],
+    ids=["one class", "one training class"],
+)
+def test_one_class_data_is_refused(tmp_path, arrays, expected):
+    path = tmp_path / "one.npz"
+    np.savez(path, **{"X": np.arange(60.0).reshape(20, 3), **arrays})
+    with pytest.raises(DatasetError) as info:
+        load(f"npz:{path}")
+    assert str(info.value) == f"npz file '{path}': {expected}"

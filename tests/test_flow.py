@@ -96,29 +96,11 @@ def test_flow_refuses_a_bad_placement_seed_before_any_work(tmp_path, seed):
     assert not out.exists()
 
 
-def test_flow_elaborates_the_design_once(tmp_path, monkeypatch):
-    """generate builds and converts the design; verify simulates and estimate synthesises that
-    same Verilog (the simulator and the synthesis tools are stubbed: they would take their
-    input as it comes)."""
-    import amaranth.back.verilog
-
-    import rtl_gen.design
-
-    counts = {"built": 0, "converted": 0}
-    network, convert = rtl_gen.design.Network, amaranth.back.verilog.convert
-
-    def counted_network(*args, **kwargs):
-        counts["built"] += 1
-        return network(*args, **kwargs)
-
-    def counted_convert(*args, **kwargs):
-        counts["converted"] += 1
-        return convert(*args, **kwargs)
-
-    monkeypatch.setattr(rtl_gen.design, "Network", counted_network)
-    monkeypatch.setattr(amaranth.back.verilog, "convert", counted_convert)
-
-    handed = {}
+@pytest.fixture
+def stub_tools(tmp_path, monkeypatch) -> dict:
+    """The simulator and the synthesis tools stubbed (they take their input as it comes);
+    returns what was handed to them."""
+    handed: dict = {}
 
     def sim_build(verilog, top, *, simulator):
         handed["simulated"] = (verilog, top)
@@ -142,13 +124,37 @@ def test_flow_elaborates_the_design_once(tmp_path, monkeypatch):
     monkeypatch.setattr(verify_module, "sim_test", sim_test)
     monkeypatch.setattr(verify_module, "observe", observe)
     monkeypatch.setattr(estimate_module, "synthesize", synthesize)
+    return handed
+
+
+def test_flow_elaborates_the_design_once(tmp_path, monkeypatch, stub_tools):
+    """generate builds and converts the design; verify simulates and estimate synthesises that
+    same Verilog (the simulator and the synthesis tools are stubbed: they would take their
+    input as it comes)."""
+    import amaranth.back.verilog
+
+    import rtl_gen.design
+
+    counts = {"built": 0, "converted": 0}
+    network, convert = rtl_gen.design.Network, amaranth.back.verilog.convert
+
+    def counted_network(*args, **kwargs):
+        counts["built"] += 1
+        return network(*args, **kwargs)
+
+    def counted_convert(*args, **kwargs):
+        counts["converted"] += 1
+        return convert(*args, **kwargs)
+
+    monkeypatch.setattr(rtl_gen.design, "Network", counted_network)
+    monkeypatch.setattr(amaranth.back.verilog, "convert", counted_convert)
 
     config = load(ROOT / "examples" / "mlp_digits.toml", tiny_sets(tmp_path))
     out = tmp_path / "flow"
     summary = run_flow(config, out, verify_samples=8)
     assert counts == {"built": 1, "converted": 1}
     generated = ((out / "rtl" / "tiny.v").read_text(), "tiny")
-    assert handed == {"simulated": generated, "synthesized": generated}
+    assert stub_tools == {"simulated": generated, "synthesized": generated}
     assert summary["manifest"]["top"] == "tiny" and (out / "report.md").is_file()
 
 
@@ -165,3 +171,121 @@ def test_verify_and_estimate_refuse_another_config_s_design(tmp_path):
     handed = estimate_module.estimate(config, fast=True, generated=generated)
     standalone = estimate_module.estimate(config, fast=True)
     assert dataclasses.replace(handed, seconds=0.0) == dataclasses.replace(standalone, seconds=0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# bad input: refused before any work, nothing written
+
+
+def _flow_args(tmp_path: Path, out: Path, *extra: str) -> list[str]:
+    args = ["flow", str(ROOT / "examples" / "mlp_digits.toml"), "-o", str(out)]
+    for s in tiny_sets(tmp_path):
+        args += ["--set", s]
+    return [*args, *extra]  # (a later --set wins)
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Training (the first minutes of a real flow) fails the test if it starts."""
+    import pbhw.flows.flow as flow_module
+
+    def train(config, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(flow_module, "train", train)
+
+
+def _assert_refused(result, *fragments: str) -> None:
+    """Exit status 2 and one ``error:`` line, the last on stderr. (A design the generator
+    refuses is found by generating it, the first step, after its progress line.)"""
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert lines[-1].startswith("error: "), result.stderr
+    assert lines[:-1] in ([], ["1/5 generating Verilog ..."]), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[-1], lines[-1]
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragments"),
+    [
+        (["--verify-samples", "0"], ["--verify-samples", "not 0"]),
+        (["--verify-samples", "100000"], ["--verify-samples", "at most the 192", "not 100000"]),
+        (["--pnr-timeout", "0"], ["--pnr-timeout", "a positive number of minutes", "not 0"]),
+        (["--pnr-timeout", "-5"], ["--pnr-timeout", "not -5"]),
+        (["--pnr-timeout", "nan"], ["--pnr-timeout", "not nan"]),
+        (["--set", "optimizer.algorithm='sgd'"], ["'optimizer.algorithm' must be 'pb'"]),
+        (["--set", "optimizer.weight_stashing=true"], ["'optimizer.weight_stashing'"]),
+        (["--set", "hardware.lanes=[99]"], ["'hardware.lanes'", "99 lanes"]),
+        (["--set", "hardware.device='ecp6'"], ["unknown device 'ecp6'"]),
+    ],
+)
+def test_flow_refuses_bad_input_before_training_and_writes_nothing(
+    tmp_path, no_training, extra, fragments
+):
+    out = tmp_path / "deep" / "flow"
+    result = CliRunner().invoke(main, _flow_args(tmp_path, out, *extra))
+    _assert_refused(result, *fragments)
+    assert not (tmp_path / "deep").exists()
+
+
+def test_flow_refuses_a_missing_simulator_before_training(tmp_path, no_training, monkeypatch):
+    def missing():
+        raise ToolError("Icarus Verilog is not installed: no 'iverilog' and 'vvp' on PATH")
+
+    monkeypatch.setattr(toolchain, "iverilog", missing)
+    out = tmp_path / "flow"
+    result = CliRunner().invoke(main, _flow_args(tmp_path, out, "--simulator", "icarus"))
+    _assert_refused(result, "Icarus Verilog is not installed")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["flow", "sweep"])
+def test_flow_and_sweep_refuse_a_folder_that_is_not_their_output(tmp_path, no_training, command):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my own notes\n")
+    if command == "flow":
+        args = _flow_args(tmp_path, out)
+    else:
+        args = ["sweep", str(ROOT / "examples" / "mlp_digits.toml"), "-o", str(out)]
+        args += ["--grid", "seed=1,2", *[x for s in tiny_sets(tmp_path) for x in ("--set", s)]]
+    result = CliRunner().invoke(main, args)
+    _assert_refused(result, f"'{out}'", f"not a pbhw {command} output", "choose another")
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blobs.npz", "mine"]
+
+
+def test_a_failing_flow_leaves_nothing_behind_and_keeps_an_earlier_output(
+    tmp_path, stub_tools, monkeypatch
+):
+    import pbhw.flows.flow as flow_module
+
+    config = load(ROOT / "examples" / "mlp_digits.toml", tiny_sets(tmp_path))
+    out = tmp_path / "runs" / "flow"
+
+    def broken(*args, **kwargs):
+        raise ToolError("yosys: out of cheese")
+
+    real_estimate = flow_module.estimate
+    monkeypatch.setattr(flow_module, "estimate", broken)
+    with pytest.raises(ToolError, match="out of cheese"):
+        run_flow(config, out, verify_samples=8)
+    assert not (tmp_path / "runs").exists()
+
+    monkeypatch.setattr(flow_module, "estimate", real_estimate)
+    first = run_flow(config, out, verify_samples=8)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert (out / "summary.json").is_file() and first["verify"]["samples"] == 8
+    monkeypatch.setattr(flow_module, "estimate", broken)
+    with pytest.raises(ToolError):
+        run_flow(config.replace({"seed": 5}), out, verify_samples=8)
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["flow"]
+
+    # A finished run replaces an earlier output of pbhw flow as a whole.
+    monkeypatch.setattr(flow_module, "estimate", real_estimate)
+    run_flow(config.replace({"seed": 5}), out, verify_samples=8)
+    assert json.loads((out / "summary.json").read_text())["config"]["seed"] == 5
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["flow"]

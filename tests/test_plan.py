@@ -366,7 +366,7 @@ def test_constant_too_large_for_the_coefficient_format_is_flagged_saturated(over
 
 def test_too_large_constant_is_a_config_error_for_fixed_arithmetic():
     with pytest.raises(ConfigError, match="stage 1: update constant eta_a = 3 does not fit"):
-        plan_of(optimizer=sgd(batch=32, lr=3.0), train={"arith": "fixed"})
+        plan_of(optimizer=sgd(batch=1, reference_batch=1, lr=3.0), train={"arith": "fixed"})
 
 
 def test_too_large_constant_is_a_warning_for_float_arithmetic():

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +162,20 @@ def test_cli_bad_grid_exits_2_and_writes_nothing(tiny, tmp_path):
     assert not out.exists()
 
 
+def test_fixed_point_sgd_batches_are_refused_before_any_work(tiny, tmp_path, monkeypatch):
+    """The sweep default is fixed point, which trains sgd one sample per update: a batch
+    point is refused up front, naming it, not trained as another algorithm."""
+    monkeypatch.setattr(engine, "run_batch", lambda *a: pytest.fail("work started"))
+    out = tmp_path / "out"
+    grid = ["--grid", "optimizer.batch_size=1,32", "--set", "optimizer.algorithm=sgd"]
+    result = CliRunner().invoke(sweep, [str(tiny), *grid, "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: grid point optimizer.batch_size=32: ")
+    assert "must be 1 when train.arith is 'fixed'" in line
+    assert not out.exists()
+
+
 def test_cli_grid_key_twice_and_address_without_ray_are_errors(tiny, tmp_path):
     out = tmp_path / "out"
     twice = ["--grid", "seed=1,2", "--grid", "seed=3"]
@@ -284,6 +302,71 @@ def test_rerun_resumes_and_computes_only_missing_points(tiny, tmp_path, monkeypa
     result = _run([str(tiny), *grid, "--workers", "1", "-o", str(out)])
     assert "2 points: 1 resumed" in result.stderr and computed == [16]
     assert len(_rows(out)) == 2
+
+
+@pytest.fixture
+def own_data(tmp_path: Path, digits_slice: Path) -> Path:
+    """A private copy of the digits slice that a test may change."""
+    path = tmp_path / "data.npz"
+    path.write_bytes(digits_slice.read_bytes())
+    return path
+
+
+def test_a_changed_dataset_behind_the_same_path_is_not_resumed(tmp_path, own_data, monkeypatch):
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY.format(data=own_data))
+    out = tmp_path / "out"
+    args = [str(config), "--grid", "formats.weight.width=10,12", "--workers", "1", "-o", str(out)]
+    assert _run(args).exit_code == 0
+    before = (out / "results.csv").read_text()
+    result = _run(args)
+    assert "2 points: 2 resumed" in result.stderr
+    assert "same config, dataset content and pbhw code" in result.stderr
+
+    # The same path now holds other data: every point is trained again, and stderr says why.
+    with np.load(own_data) as archive:
+        arrays = dict(archive)
+    arrays["y"] = (arrays["y"] + 1) % 10
+    np.savez(own_data, **arrays)
+    computed: list[int] = []
+    real_run_batch = engine.run_batch
+
+    def counting_run_batch(configs, *rest):
+        computed.extend(c["formats"]["weight"]["width"] for c in configs)
+        return real_run_batch(configs, *rest)
+
+    monkeypatch.setattr(engine, "run_batch", counting_run_batch)
+    result = _run(args)
+    assert result.exit_code == 0, result.output
+    assert "2 points: 0 resumed" in result.stderr
+    assert sorted(computed) == [10, 12]
+    assert "2 finished point(s) are stale and run again" in result.stderr
+    assert f"the content of dataset npz:{own_data} changed" in result.stderr
+    assert (out / "results.csv").read_text() != before
+    result = _run(args)
+    assert "2 points: 2 resumed" in result.stderr and sorted(computed) == [10, 12]
+
+
+def test_points_trained_by_other_code_or_without_provenance_are_not_resumed(
+    tiny, tmp_path, monkeypatch
+):
+    out = tmp_path / "out"
+    args = [str(tiny), "--grid", "formats.weight.width=10,12", "--workers", "1", "-o", str(out)]
+    assert _run(args).exit_code == 0
+    monkeypatch.setattr(engine, "code_fingerprint", lambda: "0" * 64)
+    result = _run(args)
+    assert "2 points: 0 resumed" in result.stderr
+    assert "pbhw's code changed since they were trained" in result.stderr
+    assert "2 points: 2 resumed" in _run(args).stderr
+
+    # A record written before records carried their provenance is not trusted either.
+    victim = sorted((out / "points").glob("*.json"))[0]
+    record = json.loads(victim.read_text())
+    del record["provenance"]
+    victim.write_text(json.dumps(record))
+    result = _run(args)
+    assert "2 points: 1 resumed" in result.stderr
+    assert "1 finished point(s) are stale and run again: no record of the dataset" in result.stderr
 
 
 def test_estimate_columns_and_throughput_plumbing(tiny, tmp_path, monkeypatch):
@@ -414,3 +497,78 @@ def test_estimated_sweep_is_identical_locally_and_on_ray(tiny, tmp_path):
     assert all(n > 0 for n in dsp.values())
     luts = [int(row["lut"]) for row in rows]
     assert len(set(luts)) > 1  # the width reaches the estimate
+
+
+# --------------------------------------------------------------------------------------------
+# interruption
+
+
+def _children(pid: int) -> set[int]:
+    """Process ids whose parent is ``pid`` (from /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupted_sweep_stops_its_workers_and_keeps_finished_points(
+    tmp_path, digits_slice, signum
+):
+    """A real ``pbhw sweep`` in a subprocess with two worker processes: one point finishes at
+    once, two would train for minutes; the signal arrives while they run."""
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY.format(data=digits_slice))
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "pbhw", "sweep", str(config), "--workers", "2", "-o", str(out)]
+    args += ["--grid", "train.epochs=1,500,501"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    # Files, not pipes: workers that outlive the sweep would hold pipes open.
+    stderr_file = tmp_path / "stderr.txt"
+    with stderr_file.open("wb") as err:
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while not list((out / "points").glob("*.json")):
+            assert proc.poll() is None, stderr_file.read_text()
+            assert time.monotonic() < deadline, "the quick point never finished"
+            time.sleep(0.2)
+        time.sleep(1.0)  # the pool hands the next point to the free worker
+        workers = _children(proc.pid)
+        assert len(workers) >= 2, workers  # two workers (and multiprocessing's tracker)
+        proc.send_signal(signum)
+        proc.wait(timeout=60)
+        text = stderr_file.read_text()
+        assert proc.returncode == 128 + signum, text
+        assert "Traceback" not in text
+        lines = [line for line in text.splitlines() if line.startswith("interrupted")]
+        assert len(lines) == 1, text
+        assert f"finished points are kept in {out / 'points'}" in lines[0]
+        deadline = time.monotonic() + 20
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [pid for pid in workers if _alive(pid)], "workers outlived the sweep"
+        (point,) = (out / "points").glob("*.json")
+        assert json.loads(point.read_text())["config"]["train"]["epochs"] == 1
+        assert not (out / "results.csv").exists()
+        assert not list(out.rglob(".*"))  # no temporary files
+    finally:
+        for pid in {proc.pid, *workers}:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()

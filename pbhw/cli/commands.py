@@ -16,6 +16,7 @@ from pbhw.cli.common import (
     lanes_text,
     load_config,
     pnr_seed_option,
+    pnr_timeout_seconds,
     set_option,
     simulator_option,
     train_sets,
@@ -23,7 +24,7 @@ from pbhw.cli.common import (
 )
 from pbhw.core.config import ROLES
 from pbhw.core.datasets import load as load_dataset
-from pbhw.core.io import write_json
+from pbhw.core.io import check_output_dir, check_output_file, write_json
 from pbhw.core.plan import derive_plan
 from pbhw.flows.flow import run_flow
 from pbhw.tools.estimate import critical_path_text
@@ -137,12 +138,7 @@ def check(config: str, sets: tuple[str, ...]) -> None:
 )
 @click.option("--seed", type=int, help="Seed for initial weights and sample order (sets seed).")
 @set_option
-@click.option(
-    "--json",
-    "json_out",
-    type=click.Path(dir_okay=False),
-    help="Write the results as JSON to this file.",
-)
+@click.option("--json", "json_out", metavar="OUT", help="Write the results as JSON to this file.")
 @user_errors
 def train(
     config: str,
@@ -157,6 +153,8 @@ def train(
 
     extra = train_sets(dataset, epochs, arith, seed)
     cfg = load_config(config, (*sets, *extra))
+    if json_out:
+        check_output_file(Path(json_out), "--json")
     data = load_dataset(cfg.train.dataset)
     console = Console(highlight=False, stderr=True)
     console.print(
@@ -199,6 +197,13 @@ def generate(config: str, out_dir: str, sets: tuple[str, ...]) -> None:
     appears only when everything is written."""
 
     cfg = load_config(config, sets)
+    check_output_dir(
+        Path(out_dir),
+        "-o",
+        "pbhw generate",
+        lambda path: (path / "manifest.json").exists(),  # as rtl_gen.generate recognises it
+        replaced=True,
+    )
     click.echo(f"generating {cfg.name} ({' -> '.join(map(str, cfg.network.layers))}) ...")
     out = run_generate(cfg, Path(out_dir))
     m = out.manifest
@@ -264,6 +269,8 @@ def verify(
         if not 0.0 <= p < 1.0:
             raise UserError(f"{name} must be a probability in [0, 1), not {p}")
     cfg = load_config(config, sets)
+    if json_out:
+        check_output_file(Path(json_out), "--json")
     click.echo(f"verifying {cfg.name} on {simulator} with {samples} samples ...", err=True)
     result = run_verify(
         cfg, samples=samples, simulator=simulator, idle=idle, backpressure=backpressure
@@ -302,21 +309,25 @@ def estimate(
 ) -> None:
     """Resources and Fmax of CONFIG's design: Yosys synthesis and nextpnr place and route.
 
-    Results are cached by design hash in .pbhw-cache/estimate. A design that does not fit says
-    which resource is short and by how much."""
+    Results are cached by design hash in the user's cache folder: $PBHW_CACHE_DIR/estimate,
+    else $XDG_CACHE_HOME/pbhw/estimate, else ~/.cache/pbhw/estimate (a damaged entry is
+    recomputed). A design that does not fit says which resource is short and by how much."""
 
     if fast and (pnr_seed is not None or pnr_timeout is not None):
         raise UserError("--pnr-seed and --pnr-timeout need place and route; --fast runs none")
+    timeout = pnr_timeout_seconds(pnr_timeout)
     if device:
         sets = (*sets, f"hardware.device='{device}'")
     cfg = load_config(config, sets)
+    if json_out:
+        check_output_file(Path(json_out), "--json")
     what = "analytic estimate" if fast else "synthesis and place-and-route"
     click.echo(f"{what} of {cfg.name} for {cfg.hardware.device} ...", err=True)
     est = run_estimate(
         cfg,
         fast=fast,
         progress=lambda m: click.echo(f"  {m}", err=True),
-        pnr_timeout=None if pnr_timeout is None else 60 * pnr_timeout,
+        pnr_timeout=timeout,
         seed=pnr_seed,
     )
     table = Table(title=f"{cfg.name} on {est.device} ({est.method})", title_justify="left")
@@ -346,7 +357,14 @@ def estimate(
 
 @click.command()
 @config_argument
-@click.option("-o", "--output", "out_dir", required=True, help="Output directory.")
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    required=True,
+    help="Output directory: new, empty, or an earlier output of pbhw flow (replaced as a "
+    "whole once the run is done; a failed run leaves it as it was).",
+)
 @click.option(
     "--verify-samples",
     type=int,
@@ -380,6 +398,7 @@ def flow(
     Writes DIR/report.md (with training.png and resources.png), the JSON of every step and the
     generated design in DIR/rtl."""
 
+    timeout = pnr_timeout_seconds(pnr_timeout)
     cfg = load_config(config, sets)
     summary = run_flow(
         cfg,
@@ -387,7 +406,7 @@ def flow(
         verify_samples=verify_samples,
         simulator=simulator,
         progress=lambda m: click.echo(m, err=True),
-        pnr_timeout=60 * pnr_timeout,
+        pnr_timeout=timeout,
         pnr_seed=pnr_seed,
     )
     click.echo(f"report: {Path(out_dir) / 'report.md'}")

@@ -5,6 +5,7 @@ and the mapping of the library's errors to one ``error:`` line (exit status 2 fo
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ __all__ = [
     "lanes_text",
     "load_config",
     "pnr_seed_option",
+    "pnr_timeout_seconds",
     "set_option",
     "simulator_option",
     "train_sets",
@@ -73,6 +75,15 @@ pnr_seed_option = click.option(
     help="nextpnr placement seed (default: nextpnr's own); the routed Fmax of a large design "
     "varies by several MHz between seeds.",
 )
+
+
+def pnr_timeout_seconds(minutes: float | None) -> float | None:
+    """``--pnr-timeout`` in seconds; :class:`UserError` unless it is a positive number."""
+    if minutes is None:
+        return None
+    if not (math.isfinite(minutes) and minutes > 0):
+        raise UserError(f"--pnr-timeout must be a positive number of minutes, not {minutes:g}")
+    return 60 * minutes
 
 
 def lanes_text(cfg: Config) -> str:

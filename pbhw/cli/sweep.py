@@ -5,9 +5,12 @@ Registered on the ``pbhw`` group in :mod:`pbhw.cli`; the engine is :mod:`pbhw.fl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +26,41 @@ from pbhw.cli.common import (
     train_sets,
     user_errors,
 )
+from pbhw.core.io import check_output_dir
 from pbhw.flows import sweep as engine
 
 __all__ = ["sweep"]
+
+
+class _Interrupted(BaseException):
+    """A signal that ends the sweep (SIGINT, SIGTERM, SIGHUP), raised in the main thread so that
+    the engine stops its workers on the way out. A BaseException, as KeyboardInterrupt is, so
+    that no ``except Exception`` on the way swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    for other in _SIGNALS:  # a second signal must not cut short the stopping of the workers
+        signal.signal(other, signal.SIG_IGN)
+    raise _Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """Turn SIGINT, SIGTERM and SIGHUP into :class:`_Interrupted` while the block runs (by
+    default SIGTERM and SIGHUP end the process at once, leaving its worker processes running)."""
+    previous = {signum: signal.signal(signum, _raise_interrupted) for signum in _SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @click.command("sweep")
@@ -80,8 +115,9 @@ __all__ = ["sweep"]
     "-o",
     "--output",
     required=True,
-    type=click.Path(file_okay=False),
-    help="Output folder: results.csv, results.json, pareto.png, report.md, points/.",
+    metavar="DIR",
+    help="Output folder: results.csv, results.json, pareto.png, report.md, points/. New, empty, "
+    "or an earlier output of pbhw sweep (whose finished points are resumed).",
 )
 @user_errors
 def sweep(
@@ -119,6 +155,7 @@ def sweep(
     points = engine.expand(base.to_dict(), axes, ['train.arith="fixed"', *sets, *extra])
 
     out_dir = Path(output)
+    check_output_dir(out_dir, "-o", "pbhw sweep", engine.is_sweep_output, replaced=False)
     first = points[0].config
     spec: dict[str, Any] = {
         "command": _command(
@@ -142,6 +179,11 @@ def sweep(
         console=console,
     )
     task = progress.add_task("points", total=len(points))
+    stale: dict[str, int] = {}
+
+    def on_stale(point: engine.Point, reasons: list[str]) -> None:
+        why = "; ".join(reasons)
+        stale[why] = stale.get(why, 0) + 1
 
     def on_start(total: int, resumed: int, batches: int) -> None:
         if total < len(points):
@@ -152,36 +194,48 @@ def sweep(
             if backend == "ray"
             else f"{min(workers or os.cpu_count() or 1, max(batches, 1))} local process(es)"
         )
+        for why, count in stale.items():
+            console.print(
+                f"{count} finished point(s) are stale and run again: {why}", soft_wrap=True
+            )
+        because = " (same config, dataset content and pbhw code)" if resumed else ""
         console.print(
-            f"{total} points: {resumed} resumed from {out_dir / 'points'}, "
-            f"{total - resumed} to run in {batches} batch(es) on {runs_on}"
+            f"{total} points: {resumed} resumed from {out_dir / 'points'}{because}, "
+            f"{total - resumed} to run in {batches} batch(es) on {runs_on}",
+            soft_wrap=True,
         )
         progress.update(task, total=total, completed=resumed)
         progress.start()
 
     try:
-        records = engine.run_points(
-            points,
-            out_dir,
-            estimate=estimate,
-            estimator=engine.fast_estimate_point if fast_estimate else None,
-            backend=backend,
-            workers=workers,
-            address=address,
-            on_start=on_start,
-            on_batch=lambda n: progress.advance(task, n),
-        )
-    except KeyboardInterrupt:
+        with _interruptible():
+            records = engine.run_points(
+                points,
+                out_dir,
+                estimate=estimate,
+                estimator=engine.fast_estimate_point if fast_estimate else None,
+                backend=backend,
+                workers=workers,
+                address=address,
+                on_start=on_start,
+                on_batch=lambda n: progress.advance(task, n),
+                on_stale=on_stale,
+            )
+            progress.stop()
+            rows = engine.result_rows(points, records, estimate)
+            engine.write_results(out_dir, spec, rows)
+    except (KeyboardInterrupt, _Interrupted) as e:
+        # The engine has stopped the workers on its way out; every finished point is on disk.
+        signum = e.signum if isinstance(e, _Interrupted) else signal.SIGINT
         progress.stop()  # before the message, so that the bar does not overwrite it
         console.print(
-            f"interrupted: finished points are kept in {out_dir / 'points'}; "
-            "rerun the same command to resume"
+            f"interrupted by {signal.Signals(signum).name}: finished points are kept in "
+            f"{out_dir / 'points'}; rerun the same command to resume",
+            soft_wrap=True,
         )
-        sys.exit(130)
+        sys.exit(128 + signum)
     finally:
         progress.stop()
-    rows = engine.result_rows(points, records, estimate)
-    engine.write_results(out_dir, spec, rows)
     best = max(
         (r for r in rows if r["test_accuracy"] is not None),
         key=lambda r: r["test_accuracy"],

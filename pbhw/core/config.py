@@ -624,6 +624,14 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
     train = TrainConfig(
         tr.string("dataset"), tr.integer("epochs", minimum=1), tr.choice("arith", Arith)
     )
+    if train.arith is Arith.FIXED and batch_size != 1:
+        # The bit-exact model has no batch: its sgd is the pipeline with every delay 0, one
+        # update per sample. Training a batch there would silently be another algorithm.
+        raise ConfigError(
+            "config key 'optimizer.batch_size' must be 1 when train.arith is 'fixed' (the "
+            "fixed-point model updates after every sample; batches of the sgd reference train "
+            f"with train.arith = 'float'), not {batch_size}"
+        )
     return Config(
         name, seed, network, optimizer, formats, layer_formats, hardware, train, _freeze(data)
     )

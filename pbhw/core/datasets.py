@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import difflib
 import functools
+import hashlib
 import pickle
 import random
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -96,6 +98,17 @@ class Dataset:
     def num_features(self) -> int:
         return self.x_train.shape[1]
 
+    @functools.cached_property
+    def content_hash(self) -> str:
+        """SHA-256 (hex) of the data itself: every array's shape, type and values and the
+        number of classes, not the name or path (computed once per instance)."""
+        digest = hashlib.sha256(f"classes {self.num_classes}\n".encode())
+        for part in (self.x_train, self.y_train, self.x_test, self.y_test):
+            array = np.ascontiguousarray(part.numpy())
+            digest.update(f"{array.dtype.str} {array.shape}\n".encode())
+            digest.update(array.tobytes())
+        return digest.hexdigest()
+
     def describe(self) -> str:
         """One line such as ``digits: 1437 train / 360 test, 64 features, 10 classes``."""
         return (
@@ -117,7 +130,8 @@ def load(spec: str, *, seed: int = 0) -> Dataset:
       so PATH must be trusted. Note that the full set takes 1.5 GB as float64.
     * ``npz:PATH``: arrays ``X`` (N rows, flattened to N x F) and ``y`` (N labels >= 0), and
       optionally ``X_test`` and ``y_test``. Inputs are used as given, only cast to float64.
-      ``num_classes`` is one more than the largest label in either set.
+      ``num_classes`` is one more than the largest label in either set; the training labels
+      must hold at least two classes.
 
     Where a dataset has no test set of its own, 20% of its rows (rounded up) are held out by a
     permutation with the fixed :data:`SPLIT_SEED`. ``seed`` is reserved for callers that shuffle
@@ -273,21 +287,23 @@ def _cifar10_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data, labels
 
 
+#: The first bytes of a zip archive (an .npz) and of a single .npy array.
+_ZIP_MAGIC = b"PK\x03\x04"
+_NPY_MAGIC = b"\x93NUMPY"
+
+
 def _npz(spec: str, path: Path) -> Dataset:
-    unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile)
     try:
-        archive = np.load(path, allow_pickle=False)
+        # Opened here and handed to numpy, which would leave its own handle open when the zip
+        # turns out damaged.
+        with path.open("rb") as f:
+            arrays = _npz_arrays(path, f)
     except FileNotFoundError:
         raise DatasetError(f"npz file '{path}' does not exist") from None
-    except unreadable as e:
-        raise DatasetError(f"npz file '{path}' cannot be read: {e}") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DatasetError(f"npz file '{path}' holds a single .npy array, not an .npz archive")
-    with archive:
-        try:
-            arrays = {key: archive[key] for key in archive.files}
-        except unreadable as e:  # e.g. an object array, which would need unpickling
-            raise DatasetError(f"npz file '{path}' cannot be read: {e}") from None
+    except IsADirectoryError:
+        raise DatasetError(f"npz file '{path}' is a folder, not a file") from None
+    except OSError as e:
+        raise DatasetError(f"npz file '{path}' cannot be read: {e.strerror or e}") from None
     for key in ("X", "y"):
         if key not in arrays:
             found = ", ".join(arrays) or "none"
@@ -311,8 +327,40 @@ def _npz(spec: str, path: Path) -> Dataset:
             )
         train, test = _split(len(y))
         x, y, x_test, y_test = x[train], y[train], x[test], y[test]
+    classes = np.unique(y)
+    if len(classes) < 2:
+        raise DatasetError(
+            f"npz file '{path}': y holds one class ({classes[0]}) only; training needs at least two"
+        )
     num_classes = int(max(y.max(), y_test.max())) + 1
     return _dataset(spec, x, y, x_test, y_test, num_classes)
+
+
+def _npz_arrays(path: Path, f: BinaryIO) -> dict[str, np.ndarray]:
+    """Every array of the open .npz file ``f``; :class:`DatasetError` for anything else (numpy
+    takes any file that is neither a zip nor a .npy for a pickle, and advises allow_pickle:
+    never the right advice here)."""
+    magic = f.read(len(_NPY_MAGIC))
+    if not magic:
+        raise DatasetError(f"npz file '{path}' is empty")
+    if magic.startswith(_NPY_MAGIC):
+        raise DatasetError(f"npz file '{path}' holds a single .npy array, not an .npz archive")
+    if not magic.startswith(_ZIP_MAGIC):
+        raise DatasetError(
+            f"npz file '{path}' is not an .npz archive (a zip of .npy arrays, as numpy.savez "
+            "writes)"
+        )
+    f.seek(0)
+    unreadable = (ValueError, EOFError, zipfile.BadZipFile)
+    try:
+        with np.load(f, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except unreadable as e:
+        if "Object arrays" in str(e):  # an object array would need unpickling
+            raise DatasetError(f"npz file '{path}' cannot be read: {e}") from None
+        # (numpy takes a member that is not a .npy array for a pickle)
+        why = "a member is not a .npy array" if "pickle" in str(e) else str(e)
+        raise DatasetError(f"npz file '{path}' is damaged ({why})") from None
 
 
 def _npz_pair(

@@ -1,11 +1,17 @@
 """``pbhw flow``: the main job, from a config to an HLS-style report of a training accelerator.
 
-Steps, each writing its own file into the output directory:
+First every argument is checked (:func:`check_flow`): the options, the output folder, the
+dataset, the simulator and the synthesis tools, the config's fitness for training and for
+hardware; a problem is one :class:`~pbhw.core.errors.InputError` before any work. Then the steps,
+each writing its own file into a staging folder beside the output folder, which is renamed into
+place (replacing an earlier output of ``pbhw flow`` as a whole) only when every step is done; a
+run that fails leaves nothing behind:
 
-1. train in the hardware's fixed-point arithmetic (the bit-exact model) on the config's dataset,
+1. generate the Verilog (``rtl/``, as ``pbhw generate``): the one elaboration of the design,
+   whose Verilog steps 3 and 4 take as it is; first, so that a design the generator refuses
+   costs seconds, not the minutes of training;
+2. train in the hardware's fixed-point arithmetic (the bit-exact model) on the config's dataset,
    and a float SGD baseline at the reference batch (``train_fixed.json``, ``train_sgd.json``);
-2. generate the Verilog (``rtl/``, as ``pbhw generate``): the one elaboration of the design,
-   whose Verilog the next two steps take as it is;
 3. verify a short run of the RTL bit for bit against the golden model (``verify.json``);
 4. synthesise, place and route for the config's device (``estimate.json``);
 5. write ``report.md`` with ``training.png`` and ``resources.png``.
@@ -14,20 +20,34 @@ Steps, each writing its own file into the output directory:
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pbhw.core.config import Config
-from pbhw.core.io import write_json
+from pbhw.core.devices import load_device
+from pbhw.core.errors import UserError
+from pbhw.core.io import (
+    check_output_dir,
+    discard_staging_dir,
+    make_staging_dir,
+    replace_dir,
+    write_json,
+)
 from pbhw.flows.report import render_flow_report
-from pbhw.tools.estimate import estimate
-from pbhw.tools.train import train
+from pbhw.tools.estimate import estimate, require_tools
+from pbhw.tools.toolchain import SIMULATORS, simulator_tool
+from pbhw.tools.train import check_trainable, train
 from pbhw.tools.verify import verify
+from rtl_gen.design import fixed_plan
 from rtl_gen.generate import generate
 
-__all__ = ["run_flow"]
+__all__ = ["check_flow", "is_flow_output", "run_flow"]
+
+#: Keys of ``summary.json`` by which an earlier output of ``pbhw flow`` is recognised.
+_SUMMARY_KEYS = frozenset({"config", "train_fixed", "train_sgd", "verify", "estimate"})
 
 Progress = Callable[[str], None]
 
@@ -83,6 +103,55 @@ def _resources_plot(path: Path, estimate, name: str) -> None:
     fig.savefig(path)
 
 
+def is_flow_output(path: Path) -> bool:
+    """Whether ``path`` holds an earlier output of ``pbhw flow`` (its ``summary.json``)."""
+    try:
+        summary = json.loads((Path(path) / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and _SUMMARY_KEYS <= set(summary)
+
+
+def check_flow(
+    config: Config,
+    out_dir: Path,
+    *,
+    verify_samples: int = 100,
+    simulator: str = "verilator",
+    pnr_timeout: float | None = None,
+    pnr_seed: int | None = None,
+) -> None:
+    """Everything :func:`run_flow` can check before its work starts (in seconds); raises an
+    :class:`~pbhw.core.errors.InputError` naming the option or key. ``pnr_timeout`` is in
+    seconds; the messages name the command's options."""
+    if (
+        isinstance(verify_samples, bool)
+        or not isinstance(verify_samples, int)
+        or verify_samples < 1
+    ):
+        raise UserError(f"--verify-samples must be a positive integer, not {verify_samples!r}")
+    if pnr_timeout is not None and not (math.isfinite(pnr_timeout) and pnr_timeout > 0):
+        raise UserError(f"pnr_timeout must be a positive number of seconds, not {pnr_timeout}")
+    if pnr_seed is not None and (
+        isinstance(pnr_seed, bool) or not isinstance(pnr_seed, int) or pnr_seed < 1
+    ):
+        raise UserError(f"--pnr-seed must be a positive integer, not {pnr_seed!r}")
+    if simulator not in SIMULATORS:
+        raise UserError(f"--simulator must be one of {', '.join(SIMULATORS)}, not {simulator!r}")
+    check_output_dir(out_dir, "-o", "pbhw flow", is_flow_output, replaced=True)
+    fixed_plan(config)  # what the generator refuses outright: sgd, weight stashing, constants
+    device = load_device(config.hardware.device)
+    data = check_trainable(config.replace({"train.arith": "fixed"}))
+    check_trainable(config.replace({"train.arith": "float", "optimizer.algorithm": "sgd"}))
+    if verify_samples > len(data.y_train):
+        raise UserError(
+            f"--verify-samples must be at most the {len(data.y_train)} training samples of "
+            f"{config.train.dataset}, not {verify_samples}"
+        )
+    simulator_tool(simulator)  # ToolError if it is not installed
+    require_tools(device)
+
+
 def run_flow(
     config: Config,
     out_dir: Path,
@@ -93,12 +162,36 @@ def run_flow(
     pnr_timeout: float | None = None,
     pnr_seed: int | None = None,
 ) -> dict[str, Any]:
-    """Run every step; returns the numbers the report shows. ``pnr_seed`` is nextpnr's
-    placement seed (None: nextpnr's own), which the report names."""
+    """Check every argument (:func:`check_flow`), run every step into a staging folder and
+    rename it to ``out_dir`` (replacing an earlier flow output); returns the numbers the report
+    shows. ``pnr_timeout`` is in seconds; ``pnr_seed`` is nextpnr's placement seed (None:
+    nextpnr's own), which the report names. On any failure nothing is left behind (an earlier
+    output in ``out_dir`` stays as it was)."""
 
-    say = progress or (lambda message: None)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    options = dict(verify_samples=verify_samples, simulator=simulator, pnr_seed=pnr_seed)
+    check_flow(config, out_dir, pnr_timeout=pnr_timeout, **options)
+    staging, created = make_staging_dir(out_dir)
+    try:
+        summary = _run_steps(config, staging, progress=progress, pnr_timeout=pnr_timeout, **options)
+        replace_dir(staging, out_dir)
+    except BaseException:
+        discard_staging_dir(staging, created)
+        raise
+    return summary
+
+
+def _run_steps(
+    config: Config,
+    out_dir: Path,
+    *,
+    verify_samples: int,
+    simulator: str,
+    progress: Progress | None,
+    pnr_timeout: float | None,
+    pnr_seed: int | None,
+) -> dict[str, Any]:
+    say = progress or (lambda message: None)
     timings: dict[str, float] = {}
 
     def timed(name: str, fn: Callable[[], Any]) -> Any:
@@ -109,17 +202,17 @@ def run_flow(
 
     fixed_cfg = config.replace({"train.arith": "fixed"})
     sgd_cfg = config.replace({"train.arith": "float", "optimizer.algorithm": "sgd"})
-    say(f"1/5 training {config.name} in fixed point (bit-exact) on {config.train.dataset} ...")
+    say("1/5 generating Verilog ...")
+    generated = timed("generate", lambda: generate(config, out_dir / "rtl"))
+    manifest = generated.manifest
+
+    say(f"2/5 training {config.name} in fixed point (bit-exact) on {config.train.dataset} ...")
     fixed = timed("train_fixed", lambda: train(fixed_cfg))
     write_json(out_dir / "train_fixed.json", fixed.to_json())
     say(f"    test accuracy {100 * fixed.test_accuracy:.2f} %; float SGD baseline ...")
     sgd = timed("train_sgd", lambda: train(sgd_cfg))
     write_json(out_dir / "train_sgd.json", sgd.to_json())
     say(f"    baseline {100 * sgd.test_accuracy:.2f} %")
-
-    say("2/5 generating Verilog ...")
-    generated = timed("generate", lambda: generate(config, out_dir / "rtl", force=True))
-    manifest = generated.manifest
 
     say(f"3/5 verifying {verify_samples} samples against the golden model on {simulator} ...")
     checked = timed(

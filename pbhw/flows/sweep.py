@@ -6,21 +6,27 @@ is one :class:`~pbhw.core.config.ConfigError` before any work starts. Points tha
 what :func:`pbhw.tools.train.train_many` can vectorise (formats, rounding, update constants, in
 fixed-point arithmetic) are trained together in one batch (:func:`group_points`); the batches
 run in local processes or as Ray tasks (:func:`run_points`). Every finished point is recorded in
-``DIR/points/<key>.json`` (the key is a hash of the resolved config), so an interrupted sweep
-resumes from the finished points. The trainer is deterministic given the config, so the results
-do not depend on the backend, the number of workers or how points are batched.
+``DIR/points/<key>.json`` (the key is a hash of the resolved config) with its provenance: the
+content hash of the dataset it trained on, pbhw's version and a fingerprint of the code that
+computes results (:func:`provenance`). An interrupted sweep resumes from the finished points
+whose config and provenance equal the run's; a point whose dataset or code changed is trained
+again. The trainer is deterministic given the config, so the results do not depend on the
+backend, the number of workers or how points are batched.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
+import importlib.util
 import io
 import itertools
 import json
 import math
 import multiprocessing
 import os
+import re
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,15 +37,15 @@ from typing import Any
 import torch
 from threadpoolctl import threadpool_limits
 
-from golden.fixed_arith import FixedArithmetic
+import pbhw
 from pbhw.core.config import Arith, Config, ConfigError, apply_sets, from_dict
 from pbhw.core.datasets import load as load_dataset
+from pbhw.core.devices import CONSTRAINTS_DIR
 from pbhw.core.errors import SweepError
 from pbhw.core.io import write_atomic
-from pbhw.core.plan import derive_plan
 from pbhw.flows import report
 from pbhw.tools import estimate as estimate_module
-from pbhw.tools.train import TrainingDiverged, check_fits, train_many
+from pbhw.tools.train import TrainingDiverged, check_trainable, train_many
 
 __all__ = [
     "BACKENDS",
@@ -49,11 +55,14 @@ __all__ = [
     "Point",
     "SweepError",
     "check_trainable",
+    "code_fingerprint",
     "config_key",
     "estimate_point",
     "expand",
     "group_points",
+    "is_sweep_output",
     "parse_grid",
+    "provenance",
     "require_ray",
     "result_rows",
     "run_batch",
@@ -148,12 +157,14 @@ def parse_grid(spec: str) -> GridAxis:
 
 @dataclass(frozen=True)
 class Point:
-    """One grid point: the grid's values there and the validated config."""
+    """One grid point: the grid's values there, the validated config, its key and the content
+    hash of its dataset (as loaded when the grid was expanded)."""
 
     values: dict[str, Any]
     sets: tuple[str, ...]
     config: Config
     key: str
+    dataset_sha256: str | None = None
 
     def describe(self) -> str:
         return " ".join(self.sets) or "(base config)"
@@ -189,24 +200,70 @@ def expand(
             where = " ".join(point_sets) or "the base config"
             raise ConfigError(f"grid point {where}: {e}") from None
         values = {axis.key: axis.values[i] for axis, i in zip(axes, combo, strict=True)}
-        points.append(Point(values, point_sets, config, config_key(config)))
+        data_hash = datasets[config.train.dataset].content_hash
+        points.append(Point(values, point_sets, config, config_key(config), data_hash))
     return points
 
 
-def check_trainable(config: Config, datasets: dict[str, Any] | None = None) -> None:
-    """What the trainer would reject only once running: unrepresentable constants, accumulators
-    wider than the bit-exact model supports, a network that does not fit its dataset.
+#: What decides a point's results besides its config: the packages and data files that train
+#: and estimate it (the command line and the reports aside).
+_RESULT_PACKAGES = ("golden", "rtl_gen", "pbhw.core", "pbhw.tools")
+_RESULT_SUFFIXES = frozenset({".py", ".v", ".vlt", ".toml", ".sdc"})
 
-    ``datasets`` caches the loaded datasets by spec across calls."""
 
-    plan = derive_plan(config)
-    if config.train.arith is Arith.FIXED:
-        FixedArithmetic(plan)
-    datasets = {} if datasets is None else datasets
-    spec = config.train.dataset
-    if spec not in datasets:
-        datasets[spec] = load_dataset(spec)
-    check_fits(config, datasets[spec])
+@functools.cache
+def code_fingerprint() -> str:
+    """SHA-256 (hex) over the source and data files of the code that computes a point's
+    results (the golden model, the trainer, the generator, the estimator, the device files and
+    this module), so that a finished point is not resumed by changed code whose version number
+    stayed the same."""
+    folders = [CONSTRAINTS_DIR]
+    for name in _RESULT_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.submodule_search_locations is not None, name
+        folders += [Path(p) for p in spec.submodule_search_locations]
+    files = [Path(__file__)]
+    for folder in folders:
+        files += sorted(
+            p
+            for p in folder.rglob("*")
+            if p.suffix in _RESULT_SUFFIXES and "__pycache__" not in p.parts and p.is_file()
+        )
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{path.parent.name}/{path.name}\n".encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def provenance(dataset: str, dataset_sha256: str | None) -> dict[str, Any]:
+    """What a point's results depend on besides its config: the dataset's content, pbhw's
+    version and :func:`code_fingerprint`."""
+    return {
+        "dataset": dataset,
+        "dataset_sha256": dataset_sha256,
+        "pbhw_version": pbhw.__version__,
+        "code_sha256": code_fingerprint(),
+    }
+
+
+def stale_reasons(recorded: Any, expected: Mapping[str, Any]) -> list[str]:
+    """Why a finished point's recorded provenance does not match the run's (empty: it does)."""
+    if not isinstance(recorded, Mapping) or not recorded.get("dataset_sha256"):
+        return ["no record of the dataset and code it was trained with (an older pbhw wrote it)"]
+    reasons = []
+    if recorded.get("dataset_sha256") != expected["dataset_sha256"]:
+        reasons.append(
+            f"the content of dataset {expected['dataset']} changed since they were trained"
+        )
+    if recorded.get("pbhw_version") != expected["pbhw_version"]:
+        reasons.append(
+            f"they were trained by pbhw {recorded.get('pbhw_version')}, this is "
+            f"{expected['pbhw_version']}"
+        )
+    elif recorded.get("code_sha256") != expected["code_sha256"]:
+        reasons.append("pbhw's code changed since they were trained")
+    return reasons
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,8 +353,11 @@ def run_batch(
 
     cfgs = [from_dict(c) for c in configs]
     start = time.perf_counter()
+    # One dataset for the batch (a batch shares train.dataset): its hash is what was trained on.
+    data = load_dataset(cfgs[0].train.dataset)
+    origin = provenance(cfgs[0].train.dataset, data.content_hash)
     try:
-        results = train_many(cfgs)
+        results = train_many(cfgs, dataset=data)
         diverged = [r.extra.get("diverged") for r in results]
     except TrainingDiverged as e:  # a config trained alone stops at divergence
         results, diverged = [None], [str(e)]
@@ -307,6 +367,7 @@ def run_batch(
         record: dict[str, Any] = {
             "key": config_key(cfg),
             "config": cfg.to_dict(),
+            "provenance": origin,
             "train": _train_record(result, div),
             "train_seconds": seconds,
         }
@@ -409,13 +470,17 @@ def run_points(
     estimator: Callable[[Config], dict[str, Any]] | None = None,
     on_start: Callable[[int, int, int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    on_stale: Callable[[Point, list[str]], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run the unfinished points and return every point's record by key.
 
-    Finished points are read from ``out_dir/points``; each newly finished point is written
-    there at once. ``on_start(total, resumed, batches)`` is called before the work starts and
-    ``on_batch(points)`` as each batch finishes. ``estimator`` replaces :func:`estimate_point`
-    (it must be picklable by reference for process and Ray backends)."""
+    Finished points are read from ``out_dir/points``: one is resumed only if its config and its
+    provenance (the dataset's content hash, pbhw's version and code, :func:`provenance`) equal
+    the run's; a stale one is run again and reported to ``on_stale(point, reasons)``. Each newly
+    finished point is written there at once. ``on_start(total, resumed, batches)`` is called
+    before the work starts and ``on_batch(points)`` as each batch finishes. ``estimator``
+    replaces :func:`estimate_point` (it must be picklable by reference for process and Ray
+    backends)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
     workers = workers or os.cpu_count() or 1
@@ -427,6 +492,13 @@ def run_points(
     for point in {p.key: p for p in points}.values():
         method = "analytic" if estimator is fast_estimate_point else "synthesis"
         record = _read_record(store / f"{point.key}.json", point.key, method if estimate else False)
+        if record is not None:
+            expected = provenance(point.config.train.dataset, point.dataset_sha256)
+            reasons = stale_reasons(record.get("provenance"), expected)
+            if reasons:
+                record = None
+                if on_stale is not None:
+                    on_stale(point, reasons)
         if record is None:
             todo.append(point)
         else:
@@ -474,6 +546,25 @@ def _read_record(path: Path, key: str, estimate: bool | str) -> dict[str, Any] |
 
 # --------------------------------------------------------------------------------------------
 # Results
+
+
+_POINT_FILE = re.compile(r"[0-9a-f]{16}\.json")
+
+
+def is_sweep_output(path: Path) -> bool:
+    """Whether ``path`` holds an earlier (perhaps interrupted) output of ``pbhw sweep``: its
+    ``results.json``, or a ``points/`` folder of nothing but point records."""
+    try:
+        results = json.loads((Path(path) / "results.json").read_text(encoding="utf-8"))
+        if isinstance(results, dict) and isinstance(results.get("spec"), dict):
+            return str(results["spec"].get("command", "")).startswith("pbhw sweep")
+    except (OSError, ValueError):
+        pass
+    points = Path(path) / "points"
+    if not points.is_dir():
+        return False
+    names = [p.name for p in points.iterdir()]
+    return bool(names) and all(_POINT_FILE.fullmatch(n) or n.startswith(".") for n in names)
 
 
 def weight_bits(config: Config) -> int:

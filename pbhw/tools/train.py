@@ -31,6 +31,8 @@ __all__ = [
     "EpochResult",
     "TrainResult",
     "TrainingDiverged",
+    "check_fits",
+    "check_trainable",
     "make_arithmetic",
     "train",
     "train_many",
@@ -124,6 +126,24 @@ def check_fits(config: Config, data: Dataset) -> None:
             f"network.layers {list(layers)} does not fit dataset {data.name}: it needs "
             f"{data.num_features} inputs and at least {data.num_classes} outputs"
         )
+
+
+def check_trainable(config: Config, datasets: dict[str, Dataset] | None = None) -> Dataset:
+    """What the trainer would reject only once running: unrepresentable constants, accumulators
+    wider than the bit-exact model supports, a dataset that cannot be loaded or that the network
+    does not fit. Returns the dataset.
+
+    ``datasets`` caches the loaded datasets by spec across calls."""
+
+    plan = derive_plan(config)
+    if config.train.arith is Arith.FIXED:
+        FixedArithmetic(plan)
+    datasets = {} if datasets is None else datasets
+    spec = config.train.dataset
+    if spec not in datasets:
+        datasets[spec] = load_dataset(spec)
+    check_fits(config, datasets[spec])
+    return datasets[spec]
 
 
 def train(
