@@ -7,14 +7,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from pbhw.core.config import Algorithm, Arith, Config, ConfigError
-from pbhw.core.devices import load_device
+from pbhw.core.devices import Device, config_device
 from pbhw.core.plan import Plan, derive_plan
 from pbhw.core.weights import initial_codes
 from rtl_gen.lanes import auto_lanes
 from rtl_gen.target import Multiplier
 from rtl_gen.top import Network
 
-__all__ = ["Design", "build_design", "fixed_plan"]
+__all__ = ["Design", "build_design", "check_lanes", "fixed_plan", "resolve_lanes"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,30 @@ def fixed_plan(config: Config) -> Plan:
     return derive_plan(config)
 
 
+def resolve_lanes(config: Config, plan: Plan, device: Device) -> tuple[int, ...]:
+    """The lanes per stage: the config's, or for ``"auto"`` :func:`rtl_gen.lanes.auto_lanes`
+    on ``device``; raises ConfigError (naming ``hardware.lanes``) if a stage gets more lanes than
+    it has weights."""
+    if config.hardware.lanes == "auto":
+        lanes = auto_lanes(plan, device)
+    else:
+        lanes = tuple(config.hardware.lanes)
+    check_lanes(plan, lanes)
+    return lanes
+
+
+def check_lanes(plan: Plan, lanes: tuple[int, ...]) -> None:
+    """ConfigError (naming ``hardware.lanes``) if a stage gets more lanes than weights."""
+    bias = int(plan.config.network.bias)
+    for st, n in zip(plan.stages, lanes, strict=True):
+        weights = st.n_out * (st.n_in + bias)
+        if n > weights:
+            raise ConfigError(
+                f"config key 'hardware.lanes' gives stage {st.index} {n} lanes, more than its "
+                f"{weights} weights"
+            )
+
+
 def build_design(
     config: Config, lanes: tuple[int, ...] | None = None, *, primitives: bool = True
 ) -> Design:
@@ -60,19 +84,9 @@ def build_design(
     when it names one; ``primitives=False`` leaves every product to synthesis, with the same
     cycles and results, for ``amaranth.sim``, which cannot simulate a vendor primitive."""
     plan = fixed_plan(config)
-    if lanes is None:
-        if config.hardware.lanes == "auto":
-            lanes = auto_lanes(plan)
-        else:
-            lanes = tuple(config.hardware.lanes)
-    cols = [st.n_in + int(config.network.bias) for st in plan.stages]
-    for st, n, c in zip(plan.stages, lanes, cols, strict=True):
-        if n > st.n_out * c:
-            raise ConfigError(
-                f"config key 'hardware.lanes' gives stage {st.index} {n} lanes, more than its "
-                f"{st.n_out * c} weights"
-            )
-    device = load_device(config.hardware.device)
+    device = config_device(config)
+    lanes = resolve_lanes(config, plan, device) if lanes is None else tuple(lanes)
+    check_lanes(plan, lanes)
     init = initial_codes(plan)
     multiplier = Multiplier.from_device(device, primitives=primitives)
     network = Network(plan=plan, lanes=lanes, init=init, multiplier=multiplier)

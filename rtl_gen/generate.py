@@ -18,7 +18,7 @@ from pathlib import Path
 from amaranth.back import verilog
 
 from pbhw.core.config import ROLES, Config, ConfigError, WeightPrediction
-from pbhw.core.devices import clock_sdc, dsp_count, load_device
+from pbhw.core.devices import clock_sdc, config_device, dsp_count
 from pbhw.core.manifest import (
     MANIFEST_VERSION,
     CycleOverhead,
@@ -101,7 +101,7 @@ def manifest_of(design: Design, *, top: str, files: GeneratedFiles | None = None
     """
 
     cfg, net = design.config, design.network
-    device = load_device(cfg.hardware.device)
+    device = config_device(cfg)
     layers = []
     for stage in net.stages:
         st = stage.plan

@@ -84,6 +84,32 @@ def test_check_prints_delays_and_coefficients_of_the_example():
     assert out.splitlines()[-1] == "config OK"
 
 
+def test_check_shows_the_hardware_the_generator_would_build():
+    result = run("check", EXAMPLE)
+    assert result.exit_code == 0, result.output
+    assert "hardware: lanes 6, 3, 1, 114 of 156 DSP blocks on ecp5-85k" in result.output
+    assert "data: digits: 1437 train / 360 test" in result.output
+
+
+@pytest.mark.parametrize(
+    "item, fragments",
+    [
+        ("hardware.device='nope'", ["config key 'hardware.device'", "unknown device 'nope'"]),
+        ("hardware.lanes=[9999, 1, 1]", ["config key 'hardware.lanes'", "2080 weights"]),
+        ("formats.weight.frac=1000", ["weight accumulator needs", "config keys formats.*"]),
+        ("network.layers=[50, 10]", ["network.layers [50, 10] does not fit dataset digits"]),
+    ],
+)
+def test_check_refuses_what_a_later_command_would_refuse(item, fragments):
+    """``pbhw check`` used to say "config OK" for each of these, which generate, train or
+    estimate then refused."""
+    result = run("check", EXAMPLE, "--set", item)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert all(f in lines[0] for f in fragments), lines[0]
+
+
 def test_check_runs_as_a_console_script():
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "FORCE_COLOR", "NO_COLOR")}
     env["PYTHONIOENCODING"] = "utf-8"
@@ -105,7 +131,7 @@ def test_check_runs_as_a_console_script():
 def test_check_shows_formats_grouped_by_stage_with_overrides(tmp_path):
     path = write(
         tmp_path,
-        "[network]\nlayers = [8, 6, 4, 2]\n"
+        "[network]\nlayers = [64, 6, 4, 10]\n"
         "[[overrides]]\nlayer = 2\nformats.weight = {width = 12, rounding = 'floor'}\n",
     )
     result = run("check", path)

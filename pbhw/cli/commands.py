@@ -27,6 +27,7 @@ from pbhw.core.datasets import load as load_dataset
 from pbhw.core.io import check_output_dir, check_output_file, write_json
 from pbhw.core.plan import derive_plan
 from pbhw.flows.flow import run_flow
+from pbhw.tools.check import check_config
 from pbhw.tools.estimate import critical_path_text
 from pbhw.tools.estimate import estimate as run_estimate
 from pbhw.tools.train import train as run_training
@@ -45,6 +46,7 @@ def check(config: str, sets: tuple[str, ...]) -> None:
 
     cfg = load_config(config, sets)
     plan = derive_plan(cfg)
+    checked = check_config(cfg)
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
     opt = cfg.optimizer
     console.print(
@@ -68,6 +70,17 @@ def check(config: str, sets: tuple[str, ...]) -> None:
         f"{cfg.train.arith.value}; hardware: {cfg.hardware.device} at "
         f"{cfg.hardware.clock_mhz:g} MHz, lanes {lanes_text(cfg)}"
     )
+    console.print(f"data: {checked.dataset.describe()}")
+    if checked.lanes is None:
+        console.print(
+            "hardware: not generated for this config (it needs optimizer.algorithm "
+            "'pb' without weight stashing)"
+        )
+    else:
+        console.print(
+            f"hardware: lanes {', '.join(map(str, checked.lanes))}, {checked.dsp_blocks} of "
+            f"{checked.device.resources['dsp']} DSP blocks on {checked.device.name}"
+        )
 
     table = Table(title="stages", title_justify="left")
     for column in ("stage", "shape", "relu", "delay D", "horizon T", "SC a", "SC b", "lanes"):

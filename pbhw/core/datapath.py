@@ -140,7 +140,8 @@ def _accumulator(name: str, span: Span, frac: int, shifts: Mapping[str, int], wh
         what = f"{where}the {name} accumulator" if where else f"The {name} accumulator"
         raise ConfigError(
             f"{what} needs {bits} bits, more than {ACC_LIMIT} (the widest the bit-exact model "
-            "and the hardware hold); narrow the formats of that stage"
+            "and the hardware hold); narrow the formats of that stage (config keys formats.* "
+            "or its [[overrides]])"
         )
     return Accumulator(FixedFormat(bits, frac), MappingProxyType(dict(shifts)))
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from pbhw.core.config import ConfigError
+from pbhw.core.config import Config, ConfigError
 
 #: Hard multipliers the generator can instantiate itself (a device file's
 #: ``[multiplier] primitive``); each has a simulation model in ``rtl_gen/models``.
@@ -32,6 +32,7 @@ __all__ = [
     "RESOURCES",
     "Device",
     "clock_sdc",
+    "config_device",
     "count_cells",
     "known_devices",
     "load_device",
@@ -129,6 +130,15 @@ def _load(path: Path, mtime_ns: int, size: int) -> Device:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     return _parse(data, path)
+
+
+def config_device(config: Config) -> Device:
+    """The device a config names (``hardware.device``); an unknown or broken device file is a
+    ConfigError that names the config key."""
+    try:
+        return load_device(config.hardware.device)
+    except ConfigError as e:
+        raise ConfigError(f"config key 'hardware.device': {e}") from None
 
 
 def count_cells(cells: Mapping[str, int], table: Mapping[str, Mapping[str, int]]) -> dict[str, int]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from pbhw.core.config import Config
-from pbhw.core.devices import load_device
+from pbhw.core.devices import config_device
 from pbhw.core.errors import UserError
 from pbhw.core.io import (
     check_output_dir,
@@ -140,7 +140,7 @@ def check_flow(
         raise UserError(f"--simulator must be one of {', '.join(SIMULATORS)}, not {simulator!r}")
     check_output_dir(out_dir, "-o", "pbhw flow", is_flow_output, replaced=True)
     fixed_plan(config)  # what the generator refuses outright: sgd, weight stashing, constants
-    device = load_device(config.hardware.device)
+    device = config_device(config)
     data = check_trainable(config.replace({"train.arith": "fixed"}))
     check_trainable(config.replace({"train.arith": "float", "optimizer.algorithm": "sgd"}))
     if verify_samples > len(data.y_train):

@@ -37,7 +37,14 @@ import numpy as np
 
 from pbhw.core.config import Config, WeightPrediction
 from pbhw.core.datapath import dot_accumulator
-from pbhw.core.devices import RESOURCES, Device, count_cells, dsp_count, load_device, memory_blocks
+from pbhw.core.devices import (
+    RESOURCES,
+    Device,
+    config_device,
+    count_cells,
+    dsp_count,
+    memory_blocks,
+)
 from pbhw.core.errors import ToolError
 from pbhw.core.fixed import Rounding
 from pbhw.core.io import user_cache_dir, write_json
@@ -990,7 +997,7 @@ def estimate(
     manifest and Verilog are used as they are, instead of building and converting the design
     again (``pbhw flow`` generates once); a design of another config is refused (ValueError)."""
 
-    device = load_device(config.hardware.device)
+    device = config_device(config)
     verilog: str | None = None
     if generated is not None:
         generated.check_config(config)
