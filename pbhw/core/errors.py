@@ -8,6 +8,7 @@ Every error the library raises on purpose derives from :class:`PbhwError`. The c
 from __future__ import annotations
 
 __all__ = [
+    "CheckpointError",
     "ConfigError",
     "DatasetError",
     "InputError",
@@ -62,3 +63,9 @@ class RunError(PbhwError, RuntimeError):
 
 class TrainingDiverged(RunError):
     """The loss became non-finite or blew up; the message says where."""
+
+
+class CheckpointError(InputError):
+    """A PyTorch checkpoint (``train.init_from``) that cannot be read or does not fit the
+    network, or a PyTorch model that pbhw cannot represent; the message names the file (or
+    module) and what is expected."""
