@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import math
+import pickle
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -188,6 +189,11 @@ def read_checkpoint(config: Config, path: str | Path | None = None) -> Checkpoin
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises pickle, zip, EOF and runtime errors alike
+        if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
+            raise CheckpointError(
+                f"{where} holds Python objects besides tensors (a whole model saved with "
+                "torch.save(model)?), which pbhw does not unpickle: save model.state_dict()"
+            ) from None
         text = str(e).strip().splitlines()
         raise CheckpointError(
             f"{where} cannot be read by torch.load(weights_only=True) (save the model's "
