@@ -15,11 +15,12 @@ from torch import nn
 
 import pbhw
 from pbhw.cli import main
-from pbhw.core.config import from_dict, load
+from pbhw.core.config import ConfigError, from_dict, load
 from pbhw.core.datasets import load as load_dataset
 from pbhw.core.errors import InputError
 from pbhw.core.plan import derive_plan
 from pbhw.core.weights import initial_codes, initial_weights, weight_codes
+from pbhw.flows.sweep import config_key, expand, parse_grid
 
 SMALL = """\
 name = "tiny"
@@ -286,3 +287,18 @@ def test_bad_checkpoint(tmp_path: Path, small: Path, kind: str, command: str) ->
     result = run(command, small, "--init-from", path, *extra)
     assert_input_error(result, str(path), *BAD[kind])
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+# Sweeps: a grid over checkpoints; a point's identity holds the checkpoint's content
+
+
+def test_sweep_points_know_their_checkpoint(tmp_path: Path, ckpt: Path) -> None:
+    bad = bad_checkpoint(tmp_path, "wrong_shape")
+    raw = {"network": {"layers": [64, 8, 10]}}
+    with pytest.raises(ConfigError, match=r"grid point train.init_from=.*'2.weight'"):
+        expand(raw, [parse_grid(f"train.init_from={ckpt},{bad}")])
+    (point,) = expand(raw, [parse_grid(f"train.init_from={ckpt}")])
+    assert point.config.train.init_from == str(ckpt)
+    before = config_key(point.config)
+    torch.save(mlp(64, 8, 10, flatten=False).double().state_dict(), ckpt)
+    assert config_key(point.config) != before  # other weights at the same path: another point

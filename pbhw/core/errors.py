@@ -16,6 +16,7 @@ __all__ = [
     "PbhwError",
     "RunError",
     "SweepError",
+    "TorchModelError",
     "ToolError",
     "TrainingDiverged",
     "UserError",
@@ -65,7 +66,11 @@ class TrainingDiverged(RunError):
     """The loss became non-finite or blew up; the message says where."""
 
 
-class CheckpointError(InputError):
-    """A PyTorch checkpoint (``train.init_from``) that cannot be read or does not fit the
-    network, or a PyTorch model that pbhw cannot represent; the message names the file (or
-    module) and what is expected."""
+class CheckpointError(ConfigError):
+    """A PyTorch checkpoint (config key ``train.init_from``) that cannot be read or does not fit
+    the network; the message names the file and the first key or shape that does not fit."""
+
+
+class TorchModelError(InputError):
+    """A PyTorch model that :func:`pbhw.from_torch` cannot represent; the message names the
+    first unsupported module (index and type) or the first shape mismatch."""

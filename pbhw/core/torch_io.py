@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from pbhw.core.config import Config, from_dict
-from pbhw.core.errors import CheckpointError
+from pbhw.core.errors import CheckpointError, TorchModelError
 from pbhw.core.io import write_atomic
 
 __all__ = ["Checkpoint", "from_torch", "read_checkpoint", "state_dict_keys", "write_state_dict"]
@@ -45,7 +45,7 @@ def _shape_of(input_shape: Any) -> tuple[int, ...]:
         or not shape
         or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in shape)
     ):
-        raise CheckpointError(
+        raise TorchModelError(
             "input_shape must be the shape of one sample without the batch dimension, a "
             f"positive integer or a tuple of them (e.g. (64,) or (1, 8, 8)), not {input_shape!r}"
         )
@@ -70,7 +70,7 @@ def from_torch(model: nn.Module, input_shape: int | Sequence[int], **settings: A
 
     Raises
     ------
-    CheckpointError
+    TorchModelError
         Naming the first unsupported module (its index and type) or the first shape mismatch.
     ConfigError
         A setting that is not allowed.
@@ -82,13 +82,13 @@ def from_torch(model: nn.Module, input_shape: int | Sequence[int], **settings: A
     (64, 32, 10)
     """
     if not isinstance(model, nn.Sequential):
-        raise CheckpointError(f"{SUPPORTED}, not a {type(model).__name__}")
+        raise TorchModelError(f"{SUPPORTED}, not a {type(model).__name__}")
     shape = _shape_of(input_shape)
     modules = list(model)
     start = 0
     if modules and isinstance(modules[0], nn.Flatten):
         if (modules[0].start_dim, modules[0].end_dim) != (1, -1):
-            raise CheckpointError(
+            raise TorchModelError(
                 f"module 0 (Flatten) has start_dim={modules[0].start_dim}, "
                 f"end_dim={modules[0].end_dim}: only nn.Flatten() (every dimension but the "
                 "batch's) is supported"
@@ -102,12 +102,12 @@ def from_torch(model: nn.Module, input_shape: int | Sequence[int], **settings: A
         kind = type(m).__name__
         if isinstance(m, nn.Linear):
             if previous == "linear":
-                raise CheckpointError(
+                raise TorchModelError(
                     f"module {i} ({kind}) follows the Linear at module {last} without an "
                     f"nn.ReLU between them: {SUPPORTED}"
                 )
             if last is None and start == 0 and len(shape) != 1:
-                raise CheckpointError(
+                raise TorchModelError(
                     f"input_shape {shape} has {len(shape)} dimensions, but module {i} ({kind}) "
                     "takes one: put an nn.Flatten() first"
                 )
@@ -117,12 +117,12 @@ def from_torch(model: nn.Module, input_shape: int | Sequence[int], **settings: A
                     if last is None
                     else f"module {last} (Linear) gives {layers[-1]} outputs"
                 )
-                raise CheckpointError(
+                raise TorchModelError(
                     f"module {i} ({kind}) takes {m.in_features} inputs but {source}"
                 )
             has_bias = m.bias is not None
             if bias is not None and has_bias != bias:
-                raise CheckpointError(
+                raise TorchModelError(
                     f"module {i} ({kind}) {'has a' if has_bias else 'has no'} bias but module "
                     f"{first} {'has one' if bias else 'has none'}: pbhw's network.bias is one "
                     "switch for every layer"
@@ -131,16 +131,16 @@ def from_torch(model: nn.Module, input_shape: int | Sequence[int], **settings: A
             layers.append(m.out_features)
         elif isinstance(m, nn.ReLU):
             if previous != "linear":
-                raise CheckpointError(
+                raise TorchModelError(
                     f"module {i} ({kind}) does not follow an nn.Linear: {SUPPORTED}"
                 )
             previous = "relu"
         else:
-            raise CheckpointError(f"module {i} ({kind}) is not supported: {SUPPORTED}")
+            raise TorchModelError(f"module {i} ({kind}) is not supported: {SUPPORTED}")
     if last is None:
-        raise CheckpointError(f"the model has no nn.Linear: {SUPPORTED}")
+        raise TorchModelError(f"the model has no nn.Linear: {SUPPORTED}")
     if previous == "relu":
-        raise CheckpointError(
+        raise TorchModelError(
             f"module {len(modules) - 1} (ReLU) follows the last Linear: pbhw's networks end in "
             f"a Linear, whose outputs the loss reads; {SUPPORTED}"
         )
@@ -148,7 +148,7 @@ def from_torch(model: nn.Module, input_shape: int | Sequence[int], **settings: A
     network = dict(raw.get("network", {}))
     for key, value in (("layers", layers), ("bias", bias)):
         if key in network and network[key] != value:
-            raise CheckpointError(
+            raise TorchModelError(
                 f"network.{key} = {network[key]!r} was given, but the model has {value!r}"
             )
         network[key] = value
