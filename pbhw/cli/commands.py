@@ -70,6 +70,8 @@ def check(config: str, sets: tuple[str, ...]) -> None:
         f"{cfg.train.arith.value}; hardware: {cfg.hardware.device} at "
         f"{cfg.hardware.clock_mhz:g} MHz, lanes {lanes_text(cfg)}"
     )
+    if cfg.train.init_from:
+        console.print(f"initial weights: checkpoint {cfg.train.init_from} (fits the network)")
 
     table = Table(title="stages", title_justify="left")
     for column in ("stage", "shape", "relu", "delay D", "horizon T", "SC a", "SC b", "lanes"):
