@@ -14,6 +14,8 @@ from click.testing import CliRunner, Result
 from torch import nn
 
 import pbhw
+from golden.float_arith import FloatState
+from golden.float_arith import evaluate as float_evaluate
 from pbhw.cli import main
 from pbhw.core.config import ConfigError, from_dict, load
 from pbhw.core.datasets import load as load_dataset
@@ -21,6 +23,7 @@ from pbhw.core.errors import InputError
 from pbhw.core.plan import derive_plan
 from pbhw.core.weights import initial_codes, initial_weights, weight_codes
 from pbhw.flows.sweep import config_key, expand, parse_grid
+from pbhw.tools.train import train as train_config
 
 SMALL = """\
 name = "tiny"
@@ -177,6 +180,22 @@ def test_train_from_checkpoint_and_export_round_trip(
         train = (model64(data.x_train.double()).argmax(1) == data.y_train).double().mean()
     assert float(test) == summary["test_accuracy"]
     assert float(train) == summary["train_accuracy"]
+    # prediction for prediction: pbhw's own evaluation of its trained weights
+    cfg = load(small).replace({"train.init_from": str(ckpt)})
+    trained = train_config(cfg, dataset=data)
+    exported = torch.load(out, weights_only=True)
+    for (w, b), key in zip(trained.weights, ("0", "2"), strict=True):
+        assert torch.equal(exported[f"{key}.weight"], w)
+        assert torch.equal(exported[f"{key}.bias"], b)
+    plan = derive_plan(cfg)
+    states = [FloatState(w, b, False) for w, b in trained.weights]
+    model32 = mlp(64, 8, 10)
+    model32.load_state_dict(exported)  # float32 parameters
+    for x in (data.x_test, data.x_train):
+        ours = float_evaluate(plan.stages, states, x).argmax(1)
+        with torch.no_grad():
+            assert torch.equal(model64(x.double()).argmax(1), ours)
+            assert torch.equal(model32(x.float()).argmax(1), ours)  # float32 too
     # started from the checkpoint: the same run from the seed's weights ends elsewhere
     seeded = run("train", small, "--export", tmp_path / "seeded.pt")
     assert seeded.exit_code == 0, seeded.output
