@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -252,7 +251,6 @@ def test_generate_writes_the_checkpoint_codes(tmp_path: Path, small: Path, ckpt:
 
 @pytest.mark.slow
 def test_verify_from_checkpoint_is_bit_exact(small: Path, ckpt: Path) -> None:
-    os.environ.setdefault("PBHW_SIM_BUILD", "/work/main/sim_build")
     result = run("verify", small, "--init-from", ckpt, "--samples", "20")
     assert result.exit_code == 0, result.output
     assert "bit-exact" in result.stdout
