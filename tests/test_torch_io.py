@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +147,18 @@ def test_from_torch_refuses(model: nn.Module, shape: tuple[int, ...], fragments:
         pbhw.from_torch(model, shape)
     for fragment in fragments:
         assert fragment in str(info.value), str(info.value)
+
+
+def test_importing_pbhw_does_not_import_torch() -> None:
+    code = "import sys, pbhw; assert 'torch' not in sys.modules; assert callable(pbhw.from_torch)"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_from_torch_settings_cannot_contradict_the_model() -> None:
+    with pytest.raises(InputError, match=r"network.bias = False was given"):
+        pbhw.from_torch(mlp(64, 10), (64,), network={"bias": False})
+    cfg = pbhw.from_torch(mlp(64, 10), 64, network={"loss": "softmax_ce"})
+    assert cfg.network.layers == (64, 10) and cfg.network.loss.value == "softmax_ce"
 
 
 # train.init_from in pbhw.core.weights

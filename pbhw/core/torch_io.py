@@ -145,6 +145,8 @@ def from_torch(model: nn.Module, input_shape: int | Sequence[int], **settings: A
             f"a Linear, whose outputs the loss reads; {SUPPORTED}"
         )
     raw = dict(settings)
+    if not isinstance(raw.get("network", {}), Mapping):
+        raise TorchModelError(f"network must be a table (a dict), not {raw['network']!r}")
     network = dict(raw.get("network", {}))
     for key, value in (("layers", layers), ("bias", bias)):
         if key in network and network[key] != value:
