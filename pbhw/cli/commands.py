@@ -13,6 +13,7 @@ from rich.table import Table
 from pbhw.cli.common import (
     UserError,
     config_argument,
+    init_from_option,
     lanes_text,
     load_config,
     pnr_seed_option,
@@ -26,6 +27,7 @@ from pbhw.core.config import ROLES
 from pbhw.core.datasets import load as load_dataset
 from pbhw.core.io import check_output_dir, check_output_file, write_json
 from pbhw.core.plan import derive_plan
+from pbhw.core.torch_io import read_checkpoint, write_state_dict
 from pbhw.flows.flow import run_flow
 from pbhw.tools.check import check_config
 from pbhw.tools.estimate import critical_path_text
@@ -70,6 +72,8 @@ def check(config: str, sets: tuple[str, ...]) -> None:
         f"{cfg.train.arith.value}; hardware: {cfg.hardware.device} at "
         f"{cfg.hardware.clock_mhz:g} MHz, lanes {lanes_text(cfg)}"
     )
+    if cfg.train.init_from:
+        console.print(f"initial weights: checkpoint {cfg.train.init_from} (fits the network)")
     console.print(f"data: {checked.dataset.describe()}")
     if checked.lanes is None:
         console.print(
@@ -150,8 +154,17 @@ def check(config: str, sets: tuple[str, ...]) -> None:
     help="Arithmetic: float, or fixed (the bit-exact hardware model).",
 )
 @click.option("--seed", type=int, help="Seed for initial weights and sample order (sets seed).")
+@init_from_option
 @set_option
 @click.option("--json", "json_out", metavar="OUT", help="Write the results as JSON to this file.")
+@click.option(
+    "--export",
+    metavar="PATH",
+    help="Write the trained weights as a state_dict of the network's nn.Sequential (float64 "
+    "tensors; keys as in the --init-from checkpoint, else 0, 2, 4, ...), for "
+    "model.load_state_dict(torch.load(PATH)). Fixed-point training writes the dequantized "
+    "weights (code x 2^-frac).",
+)
 @user_errors
 def train(
     config: str,
@@ -159,15 +172,19 @@ def train(
     epochs: int | None,
     arith: str | None,
     seed: int | None,
+    init_from: str | None,
     sets: tuple[str, ...],
     json_out: str | None,
+    export: str | None,
 ) -> None:
     """Train CONFIG on its dataset and report train/test accuracy and loss."""
 
     extra = train_sets(dataset, epochs, arith, seed)
-    cfg = load_config(config, (*sets, *extra))
+    cfg = load_config(config, (*sets, *extra), init_from)
     if json_out:
         check_output_file(Path(json_out), "--json")
+    if export:
+        check_output_file(Path(export), "--export")
     data = load_dataset(cfg.train.dataset)
     console = Console(highlight=False, stderr=True)
     console.print(
@@ -196,20 +213,24 @@ def train(
         )
     if json_out:
         write_json(Path(json_out), result.to_json())
+    if export:
+        indices = read_checkpoint(cfg).indices if cfg.train.init_from else None
+        write_state_dict(Path(export), result.weights, indices)
 
 
 @click.command()
 @config_argument
 @click.option("-o", "--output", "out_dir", required=True, help="Output directory (replaced).")
+@init_from_option
 @set_option
 @user_errors
-def generate(config: str, out_dir: str, sets: tuple[str, ...]) -> None:
+def generate(config: str, out_dir: str, init_from: str | None, sets: tuple[str, ...]) -> None:
     """Generate the Verilog of CONFIG's training pipeline into a directory.
 
     Writes <name>.v, <name>.sdc, memory init files ($readmemh) and manifest.json; the directory
     appears only when everything is written."""
 
-    cfg = load_config(config, sets)
+    cfg = load_config(config, sets, init_from)
     check_output_dir(
         Path(out_dir),
         "-o",
@@ -260,6 +281,7 @@ def generate(config: str, out_dir: str, sets: tuple[str, ...]) -> None:
     show_default=True,
     help="Probability that the result stream is not ready in a cycle.",
 )
+@init_from_option
 @set_option
 @click.option("--json", "json_out", metavar="OUT", help="Write the result as JSON.")
 @user_errors
@@ -269,6 +291,7 @@ def verify(
     simulator: str,
     idle: float,
     backpressure: float,
+    init_from: str | None,
     sets: tuple[str, ...],
     json_out: str | None,
 ) -> None:
@@ -281,7 +304,7 @@ def verify(
     for name, p in (("--idle", idle), ("--backpressure", backpressure)):
         if not 0.0 <= p < 1.0:
             raise UserError(f"{name} must be a probability in [0, 1), not {p}")
-    cfg = load_config(config, sets)
+    cfg = load_config(config, sets, init_from)
     if json_out:
         check_output_file(Path(json_out), "--json")
     click.echo(f"verifying {cfg.name} on {simulator} with {samples} samples ...", err=True)
@@ -395,6 +418,7 @@ def estimate(
     help="Stop place and route after this long (the report then has Yosys counts, no Fmax).",
 )
 @pnr_seed_option
+@init_from_option
 @set_option
 @user_errors
 def flow(
@@ -404,6 +428,7 @@ def flow(
     simulator: str,
     pnr_timeout: float,
     pnr_seed: int | None,
+    init_from: str | None,
     sets: tuple[str, ...],
 ) -> None:
     """The main job: train (fixed point vs float SGD), generate, verify, estimate, report.
@@ -412,7 +437,7 @@ def flow(
     generated design in DIR/rtl."""
 
     timeout = pnr_timeout_seconds(pnr_timeout)
-    cfg = load_config(config, sets)
+    cfg = load_config(config, sets, init_from)
     summary = run_flow(
         cfg,
         Path(out_dir),

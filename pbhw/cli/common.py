@@ -15,11 +15,13 @@ import click
 
 from pbhw.core.config import Config, load
 from pbhw.core.errors import InputError, RunError, UserError
+from pbhw.core.torch_io import read_checkpoint
 
 __all__ = [
     "UserError",
     "config_argument",
     "fail",
+    "init_from_option",
     "lanes_text",
     "load_config",
     "pnr_seed_option",
@@ -55,12 +57,27 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def load_config(path: str, sets: tuple[str, ...]) -> Config:
-    return load(Path(path), sets)
+def load_config(path: str, sets: tuple[str, ...], init_from: str | None = None) -> Config:
+    """The config at ``path`` with ``--set`` overrides and ``--init-from`` (``train.init_from``)
+    applied; a checkpoint it names is read and checked against the network here, before any
+    work."""
+    cfg = load(Path(path), sets)
+    if init_from is not None:
+        cfg = cfg.replace({"train.init_from": init_from})
+    if cfg.train.init_from:
+        read_checkpoint(cfg)
+    return cfg
 
 
 config_argument = click.argument("config")
 set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+init_from_option = click.option(
+    "--init-from",
+    "init_from",
+    metavar="PATH",
+    help="Start from the weights of a PyTorch checkpoint: the state_dict of the network's "
+    "nn.Sequential of nn.Linear and nn.ReLU, saved with torch.save (sets train.init_from).",
+)
 simulator_option = click.option(
     "--simulator",
     type=click.Choice(["verilator", "icarus"]),

@@ -107,7 +107,7 @@ DEFAULTS: dict[str, Any] = {
     # [[overrides]] entries: {"layer": N, "formats": {role: {partial role table}}}
     "overrides": [],
     "hardware": {"lanes": "auto", "device": "ecp5-85k", "clock_mhz": 100.0},
-    "train": {"dataset": "digits", "epochs": 10, "arith": "float"},
+    "train": {"dataset": "digits", "epochs": 10, "arith": "float", "init_from": ""},
 }
 
 _OVERRIDE_KEYS = {"layer": 1, "formats": {}}
@@ -180,6 +180,8 @@ class TrainConfig:
     dataset: str
     epochs: int
     arith: Arith
+    #: a PyTorch ``state_dict`` file to start from instead of the seed's weights ("": none)
+    init_from: str = ""
 
 
 @dataclass(frozen=True)
@@ -621,8 +623,13 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
     )
 
     tr = _Reader(data["train"], "train")
+    if not isinstance(data["train"]["init_from"], str):
+        raise tr.fail("init_from", 'a path to a PyTorch state_dict file, or "" for none')
     train = TrainConfig(
-        tr.string("dataset"), tr.integer("epochs", minimum=1), tr.choice("arith", Arith)
+        tr.string("dataset"),
+        tr.integer("epochs", minimum=1),
+        tr.choice("arith", Arith),
+        data["train"]["init_from"],
     )
     if train.arith is Arith.FIXED and batch_size != 1:
         # The bit-exact model has no batch: its sgd is the pipeline with every delay 0, one

@@ -8,6 +8,7 @@ Every error the library raises on purpose derives from :class:`PbhwError`. The c
 from __future__ import annotations
 
 __all__ = [
+    "CheckpointError",
     "ConfigError",
     "DatasetError",
     "InputError",
@@ -15,6 +16,7 @@ __all__ = [
     "PbhwError",
     "RunError",
     "SweepError",
+    "TorchModelError",
     "ToolError",
     "TrainingDiverged",
     "UserError",
@@ -62,3 +64,13 @@ class RunError(PbhwError, RuntimeError):
 
 class TrainingDiverged(RunError):
     """The loss became non-finite or blew up; the message says where."""
+
+
+class CheckpointError(ConfigError):
+    """A PyTorch checkpoint (config key ``train.init_from``) that cannot be read or does not fit
+    the network; the message names the file and the first key or shape that does not fit."""
+
+
+class TorchModelError(InputError):
+    """A PyTorch model that :func:`pbhw.from_torch` cannot represent; the message names the
+    first unsupported module (index and type) or the first shape mismatch."""

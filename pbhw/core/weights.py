@@ -1,6 +1,8 @@
 """Initial weights, defined once for the trainer, the golden model and the generated memories.
 
-:func:`initial_weights` draws the float64 weights from the config's seed; :func:`weight_codes`
+:func:`initial_weights` draws the float64 weights from the config's seed, or reads them from the
+PyTorch checkpoint ``train.init_from`` (:func:`pbhw.core.torch_io.read_checkpoint`, which checks
+every key and shape against the config); :func:`weight_codes`
 quantizes one stage's weights (bias as the last column) to its weight format, half-even with
 saturation; :func:`initial_codes` is both for every stage: the weight memories' init contents
 and the golden model's initial state.
@@ -13,6 +15,7 @@ import torch
 
 from pbhw.core.fixed import Overflow, Rounding, quantize
 from pbhw.core.plan import Plan, StagePlan
+from pbhw.core.torch_io import read_checkpoint
 
 __all__ = ["initial_codes", "initial_weights", "weight_codes"]
 
@@ -20,8 +23,11 @@ __all__ = ["initial_codes", "initial_weights", "weight_codes"]
 def initial_weights(
     plan: Plan, seed: int | None = None
 ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-    """Float64 initial weights from the seed: uniform He init (gain sqrt(2)) before a ReLU,
-    gain 1 for the last layer; biases zero."""
+    """Float64 initial weights: those of the checkpoint ``train.init_from`` when the config
+    names one (and no ``seed`` is given), else from the seed: uniform He init (gain sqrt(2))
+    before a ReLU, gain 1 for the last layer; biases zero."""
+    if plan.config.train.init_from and seed is None:
+        return read_checkpoint(plan.config).weights
     gen = torch.Generator().manual_seed(plan.config.seed if seed is None else seed)
     out = []
     for st in plan.stages:

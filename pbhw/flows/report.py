@@ -223,7 +223,12 @@ def render_flow_report(s: Mapping[str, Any]) -> str:
         f"Network {' -> '.join(map(str, layers))} ({len(layers) - 1} pipeline stages), loss "
         f"`{cfg['network']['loss']}`, PB with spike compensation "
         f"{'on' if opt['spike_compensation'] else 'off'} and weight prediction "
-        f"`{opt['weight_prediction']}`; device `{m.device}` at {clock:g} MHz.",
+        f"`{opt['weight_prediction']}`; device `{m.device}` at {clock:g} MHz."
+        + (
+            f" Initial weights from the PyTorch checkpoint `{cfg['train']['init_from']}`."
+            if cfg.get("train", {}).get("init_from")
+            else ""
+        ),
         "",
         "## Summary",
         "",

@@ -171,9 +171,13 @@ class Point:
 
 
 def config_key(config: Config) -> str:
-    """A short hash of the resolved config (its ``name`` aside): the point's identity on disk."""
+    """A short hash of the resolved config (its ``name`` aside) and of the content of the
+    checkpoint ``train.init_from`` names: the point's identity on disk."""
     data = config.to_dict()
     data.pop("name", None)
+    if config.train.init_from:  # the same path with other weights is another point
+        content = Path(config.train.init_from).read_bytes()
+        data["train"]["init_from_sha256"] = hashlib.sha256(content).hexdigest()
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -24,7 +24,9 @@ from pbhw.core.config import ROLES, Algorithm, Arith, Config, ConfigError
 from pbhw.core.datasets import Dataset
 from pbhw.core.datasets import load as load_dataset
 from pbhw.core.errors import TrainingDiverged
+from pbhw.core.fixed import to_float
 from pbhw.core.plan import Plan, derive_plan
+from pbhw.core.torch_io import read_checkpoint
 from pbhw.core.weights import initial_weights
 
 __all__ = [
@@ -65,9 +67,19 @@ class TrainResult:
     history: list[EpochResult] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the trained float64 weights per stage ``(w [n_out, n_in], b [n_out] or None)``; in
+    #: fixed point the codes' values (code x 2^-frac); not part of the JSON
+    weights: list[tuple[torch.Tensor, torch.Tensor | None]] = field(
+        default_factory=list, repr=False, compare=False
+    )
 
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
+        weights, self.weights = self.weights, []
+        try:
+            out = asdict(self)
+        finally:
+            self.weights = weights
+        out.pop("weights")
         extra = out.pop("extra")
         out.update(extra)
         return out
@@ -129,13 +141,16 @@ def check_fits(config: Config, data: Dataset) -> None:
 
 
 def check_trainable(config: Config, datasets: dict[str, Dataset] | None = None) -> Dataset:
-    """What the trainer would reject only once running: unrepresentable constants, accumulators
+    """What the trainer would reject only once running: a checkpoint (``train.init_from``) that
+    cannot be read or does not fit the network, unrepresentable constants, accumulators
     wider than the bit-exact model supports, a dataset that cannot be loaded or that the network
     does not fit. Returns the dataset.
 
     ``datasets`` caches the loaded datasets by spec across calls."""
 
     plan = derive_plan(config)
+    if config.train.init_from:
+        read_checkpoint(config)
     if config.train.arith is Arith.FIXED:
         FixedArithmetic(plan)
     datasets = {} if datasets is None else datasets
@@ -290,9 +305,29 @@ def train_many(
                 history=histories[c],
                 config=cfg.to_dict(),
                 extra=extra,
+                weights=_trained_weights(model, p, c),
             )
         )
     return results
+
+
+def _trained_weights(
+    model: Any, plan: Plan, c: int
+) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Config ``c``'s weights now, float64 per stage ``(w, b)``: fixed-point codes as their
+    values (code x 2^-frac of the stage's weight format)."""
+    states = model.states if isinstance(model, SGDReference) else [s.state for s in model.stages]
+    out = []
+    for st, state in zip(plan.stages, states, strict=True):
+        if isinstance(state.w, np.ndarray):  # the bit-exact model: codes [C, N_out, N_in (+1)]
+            wa = to_float(torch.from_numpy(state.w[c].copy()), st.formats.weight.format)
+        else:
+            wa = state.wa.detach().to(torch.float64).clone()
+        if plan.config.network.bias:
+            out.append((wa[:, : st.n_in].clone(), wa[:, st.n_in].clone()))
+        else:
+            out.append((wa, None))
+    return out
 
 
 def _formats_json(plan: Plan) -> list[dict[str, Any]]:
