@@ -28,6 +28,7 @@ __all__ = [
     "ROLES",
     "DEFAULTS",
     "Algorithm",
+    "ConstantProducts",
     "Arith",
     "Config",
     "ConfigError",
@@ -59,6 +60,15 @@ class WeightPrediction(enum.Enum):
     NONE = "none"
     VELOCITY = "velocity"
     WEIGHT_DIFFERENCE = "weight_difference"
+
+
+class ConstantProducts(enum.Enum):
+    """How a lane multiplies by an update constant (``hardware.constants``)."""
+
+    #: shift-and-add in the fabric (canonical signed digits): no hard multiplier
+    FABRIC = "fabric"
+    #: the device's hard multipliers, as any other product
+    DSP = "dsp"
 
 
 class Arith(enum.Enum):
@@ -106,7 +116,7 @@ DEFAULTS: dict[str, Any] = {
     },
     # [[overrides]] entries: {"layer": N, "formats": {role: {partial role table}}}
     "overrides": [],
-    "hardware": {"lanes": "auto", "device": "ecp5-85k", "clock_mhz": 100.0},
+    "hardware": {"lanes": "auto", "device": "ecp5-85k", "clock_mhz": 100.0, "constants": "fabric"},
     "train": {"dataset": "digits", "epochs": 10, "arith": "float", "init_from": ""},
 }
 
@@ -173,6 +183,8 @@ class HardwareConfig:
     lanes: str | tuple[int, ...]
     device: str
     clock_mhz: float
+    #: how the update constants' products are built (``"fabric"`` or ``"dsp"``)
+    constants: ConstantProducts = ConstantProducts.FABRIC
 
 
 @dataclass(frozen=True)
@@ -620,6 +632,7 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
         lanes_value,
         hw.string("device"),
         hw.number("clock_mhz", lo=0.0, lo_open=True, allowed="a positive number (MHz)"),
+        hw.choice("constants", ConstantProducts),
     )
 
     tr = _Reader(data["train"], "train")
