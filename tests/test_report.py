@@ -111,3 +111,77 @@ def test_write_atomic_leaves_the_old_file_when_writing_fails(tmp_path, monkeypat
         write_atomic(path, "new\n")
     assert path.read_text() == "old\n"
     assert sorted(p.name for p in Path(tmp_path).iterdir()) == ["report.md"]
+
+
+@pytest.fixture(scope="module")
+def flow_summary():
+    """A flow summary of the default example's manifest, with made-up measurements."""
+    from pbhw.core.config import load
+    from rtl_gen.design import build_design
+    from rtl_gen.generate import manifest_of, top_name
+
+    config = load(Path(__file__).resolve().parents[1] / "examples" / "mlp_digits.toml")
+    design = build_design(config)
+    design.discard()
+    manifest = manifest_of(design, top=top_name(config))
+    return {
+        "config": config.to_dict(),
+        "manifest": manifest.to_json(),
+        "train_fixed": {"test_accuracy": 0.9, "saturation": {}},
+        "train_sgd": {"test_accuracy": 0.91},
+        "verify": {
+            "bit_exact": True,
+            "mismatch": None,
+            "samples": 8,
+            "steps": 13,
+            "simulator": "verilator",
+            "measured_cycles_per_sample": 400,
+        },
+        "estimate": {
+            "fmax_mhz": 88.0,
+            "fits": True,
+            "overflow": {},
+            "method": "synthesis",
+            "seconds": 1.0,
+            "notes": [],
+        },
+        "reference_mac": {"fmax_mhz": 224.0},
+        "pnr_seed": 1,
+        "timings": {"generate": 1.0},
+    }
+
+
+def test_flow_report_shows_the_figures_of_merit(flow_summary):
+    from pbhw.flows.report import render_flow_report
+
+    m = flow_summary["manifest"]
+    assert m["useful_multiplies"] == 8128
+    cycles = m["predicted_cycles_per_sample"]
+    samples = 88e6 / cycles
+    bound = m["dsp_available"] * 224e6 / 8128
+    report = render_flow_report(flow_summary)
+    assert "## Figures of merit" in report
+    assert f"| samples/s at the routed Fmax | {samples:,.0f} | {88e6 / 400:,.0f} |" in report
+    assert f"| DSP-bound limit (samples/s) | {bound:,.0f} | {bound:,.0f} |" in report
+    efficiency = f"{samples / bound:.3f} | {88e6 / 400 / bound:.3f} |"
+    assert f"| device efficiency | {efficiency}" in report
+    assert "224.0 MHz placed and routed in the same run" in report
+    # without a routed MAC (an older summary): the limit and the efficiency are n/a
+    report = render_flow_report({**flow_summary, "reference_mac": None})
+    assert "| DSP-bound limit (samples/s) | n/a | n/a |" in report
+    assert "| device efficiency | n/a | n/a |" in report
+
+
+def test_flow_report_shows_the_memory_model(flow_summary):
+    from pbhw.flows.report import render_flow_report
+
+    model = flow_summary["manifest"]["memory_model"]
+    report = render_flow_report(flow_summary)
+    assert "## Memory (bits): pipelined against batch-parallel at batch 32" in report
+    one = model["stages"][0]
+    # stage 1 of 64-32-32-10: (64 + 1) x 32 weights of 16 bits, velocities of 20 bits; delay 5
+    assert (one["weight"], one["velocity"], one["w_prev"]) == (65 * 32 * 16, 65 * 32 * 20, 0)
+    assert one["stash"] == 6 * (64 * 16 + 32) and one["batch_activation"] == 32 * 64 * 16
+    row = f"| 1 | {one['weight']:,} | {one['velocity']:,} | 0 | {one['stash']:,} |"
+    assert row in report
+    assert f"| total |  |  |  |  | {model['pipelined']:,} |  | {model['batch']:,} |" in report

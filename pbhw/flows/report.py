@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pbhw.core.figures import figures_of_merit
 from pbhw.core.io import write_atomic
 from pbhw.core.manifest import Manifest
 from pbhw.tools.estimate import critical_path_text
@@ -23,7 +24,10 @@ __all__ = [
     "pareto_front",
     "pareto_keys",
     "plot_pareto",
+    "figures_rows",
+    "memory_table",
     "point_label",
+    "render_flow_report",
     "render_markdown",
 ]
 
@@ -361,9 +365,117 @@ def render_flow_report(s: Mapping[str, Any]) -> str:
         "",
     ]
 
+    lines += ["## Figures of merit", ""]
+    mac = s.get("reference_mac") or {}
+    lines += _table(
+        ("", "predicted cycles", "measured cycles"),
+        figures_rows(m, fmax, mac.get("fmax_mhz"), v.get("measured_cycles_per_sample")),
+    )
+    lines += [
+        "",
+        f"Useful multiplies per sample: {m.useful_multiplies:,} (2 per weight in stage 1, "
+        "forward and gradient; 3 elsewhere, with the backward product; bias columns not "
+        f"counted). The DSP-bound limit is the device's {m.dsp_available} DSP blocks each doing "
+        "one useful multiply per cycle at the Fmax of a lone registered 16x16 + 40-bit MAC on "
+        "the device's hard multiplier"
+        + (
+            f", {mac['fmax_mhz']:.1f} MHz placed and routed in the same run"
+            if mac.get("fmax_mhz")
+            else " (not placed and routed in this run: n/a)"
+        )
+        + "; the efficiency is samples/s over that limit.",
+        "",
+    ]
+
+    lines += [f"## Memory (bits): pipelined against batch-parallel at batch {_batch(m)}", ""]
+    lines += memory_table(m)
+    lines += [
+        "",
+        "Pipelined: weights, velocities, w_prev (weight-difference prediction) and the stash of "
+        "the last D + 1 inputs with their ReLU masks. Batch-parallel (no pipeline, batch size "
+        f"{_batch(m)} = `optimizer.reference_batch`): the same weights and velocities and every "
+        "stage's input for the whole batch. Words only; memory rows padded to the lanes are in "
+        "the Pipeline stages table.",
+        "",
+    ]
+
     t = s["timings"]
     lines += ["## Flow", "", _fmt_timings(t), ""]
     return "\n".join(lines)
+
+
+def _batch(m: Manifest) -> int:
+    return m.memory_model.batch_size
+
+
+def figures_rows(
+    m: Manifest, fmax: float | None, mac_fmax: float | None, measured: float | None
+) -> list[tuple[str, str, str]]:
+    """The rows of the figures-of-merit table (:func:`pbhw.core.figures.figures_of_merit`):
+    samples/s, the DSP-bound limit and the efficiency, at the predicted and at the measured
+    cycles per sample; "n/a" where a number is missing (no routed Fmax, no MAC Fmax)."""
+    cells = []
+    for cycles in (m.predicted_cycles_per_sample, measured):
+        if not fmax or not cycles:
+            cells.append(None)
+            continue
+        cells.append(
+            figures_of_merit(
+                fmax_mhz=fmax,
+                cycles_per_sample=cycles,
+                useful=m.useful_multiplies,
+                dsp_blocks=m.dsp_available,
+                mac_fmax_mhz=mac_fmax,
+            )
+        )
+
+    def row(label: str, value) -> tuple[str, str, str]:
+        texts = ["n/a" if f is None or value(f) is None else _text(value(f)) for f in cells]
+        return (label, *texts)
+
+    def _text(x: float) -> str:
+        return f"{x:.3f}" if x < 1 else f"{x:,.0f}"
+
+    return [
+        row("samples/s at the routed Fmax", lambda f: f.samples_per_second),
+        row("DSP-bound limit (samples/s)", lambda f: f.dsp_bound),
+        row("device efficiency", lambda f: f.efficiency),
+    ]
+
+
+def memory_table(m: Manifest) -> list[str]:
+    """The memory model of the manifest as Markdown table lines, a row per stage and a total."""
+    model = m.memory_model
+    body = [
+        (
+            str(st.stage),
+            *(
+                f"{n:,}"
+                for n in (
+                    st.weight,
+                    st.velocity,
+                    st.w_prev,
+                    st.stash,
+                    st.pipelined,
+                    st.batch_activation,
+                    st.batch,
+                )
+            ),
+        )
+        for st in model.stages
+    ]
+    body.append(("total", *[""] * 4, f"{model.pipelined:,}", "", f"{model.batch:,}"))
+    header = (
+        "stage",
+        "weights",
+        "velocities",
+        "w_prev",
+        "stash",
+        "pipelined",
+        "batch activations",
+        "batch-parallel",
+    )
+    return _table(header, body)
 
 
 def _critical_path_text(path: Mapping[str, Any]) -> str:
