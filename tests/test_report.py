@@ -8,7 +8,7 @@ import pytest
 
 from pbhw.core.io import write_atomic
 from pbhw.flows.report import (
-    cost_axis,
+    front_axes,
     pareto_front,
     pareto_keys,
     plot_pareto,
@@ -43,12 +43,48 @@ def _row(key, acc, **extra):
     return {"key": key, "grid": {"formats.weight.width": key}, "test_accuracy": acc, **extra}
 
 
-def test_cost_axis_is_dsp_then_lut_then_weight_bits():
-    assert cost_axis([_row(1, 0.5, dsp=2, lut=9), _row(2, 0.6, dsp=4, lut=9)]) == "dsp"
-    assert cost_axis([_row(1, 0.5, dsp=2, lut=9), _row(2, 0.6, dsp=2, lut=7)]) == "lut"
-    assert cost_axis([_row(1, 0.5, weight_bits=8), _row(2, 0.6, weight_bits=12)]) == ("weight_bits")
-    rows = [_row(8, 0.5, dsp=1), _row(12, 0.7, dsp=3), _row(16, 0.6, dsp=5)]
-    assert pareto_keys(rows, "dsp") == [8, 12]
+def test_front_axes_are_throughput_per_resource_else_weight_bits():
+    timed = [_row(1, 0.5, dsp=2, lut=9, throughput=10.0), _row(2, 0.6, dsp=4, lut=9, throughput=5)]
+    assert front_axes(timed) == ["throughput_per_dsp", "throughput_per_lut"]
+    no_dsp = [_row(1, 0.5, dsp=0, lut=9, throughput=10.0), _row(2, 0.6, dsp=4, lut=9)]
+    assert front_axes(no_dsp) == ["throughput_per_lut"]
+    assert front_axes([_row(1, 0.5, weight_bits=8), _row(2, 0.6, weight_bits=12)]) == [
+        "weight_bits"
+    ]
+    rows = [_row(8, 0.5, weight_bits=1), _row(12, 0.7, weight_bits=3), _row(16, 0.6, weight_bits=5)]
+    assert pareto_keys(rows, ["weight_bits"]) == [8, 12]
+
+
+def test_front_is_throughput_per_resource_not_dsp_count():
+    """A slow design with few DSP blocks does not dominate a fast one with more: per LUT the
+    fast one does more, so both are on the front (on today's main the front was accuracy
+    against DSP count, and the 2,099-cycle design alone was on it)."""
+    slow = _row("slow", 0.9, dsp=20, lut=9000, fits=True)
+    fast = _row("fast", 0.9, dsp=114, lut=28000, fits=True)
+    for row, cycles in ((slow, 2099), (fast, 371)):
+        row["throughput"] = 88e6 / cycles
+        row["throughput_per_dsp"] = row["throughput"] / row["dsp"]
+        row["throughput_per_lut"] = row["throughput"] / row["lut"]
+    axes = front_axes([slow, fast])
+    assert pareto_keys([slow, fast], axes) == ["slow", "fast"]  # sorted by samples/s per DSP
+    slow["test_accuracy"] = 0.89  # no longer better on any axis but samples/s per DSP
+    assert pareto_keys([slow, fast], axes) == ["slow", "fast"]
+    slow["dsp"], slow["throughput_per_dsp"] = 40, slow["throughput"] / 40
+    assert pareto_keys([slow, fast], axes) == ["fast"]  # beaten on every axis
+
+
+def test_a_design_that_does_not_fit_is_never_on_the_front():
+    big = _row("big", 0.95, dsp=400, lut=90000, throughput=1e6, fits=False, weight_bits=8)
+    small = _row("small", 0.80, dsp=10, lut=9000, throughput=1e4, fits=True, weight_bits=8)
+    for row in (big, small):
+        row["throughput_per_dsp"] = row["throughput"] / row["dsp"]
+        row["throughput_per_lut"] = row["throughput"] / row["lut"]
+    assert pareto_keys([big, small], front_axes([big, small])) == ["small"]
+    text = render_markdown(
+        {**_spec(), "estimate": True}, [big, small], front_axes([big, small]), ["small"]
+    )
+    assert "## Points that do not fit the device (never on the front)" in text
+    assert "* width=big" in text and "| **no** |" in text
 
 
 def _spec():
@@ -79,7 +115,7 @@ def test_point_labels_shorten_keys_but_keep_them_apart():
 
 def test_markdown_lists_points_by_accuracy_then_the_front(tmp_path):
     rows = _rows()
-    text = render_markdown(_spec(), rows, "weight_bits", pareto_keys(rows, "weight_bits"))
+    text = render_markdown(_spec(), rows, ["weight_bits"], pareto_keys(rows, ["weight_bits"]))
     assert _spec()["command"] in text
     table = text.split("## Points by test accuracy")[1].split("## Pareto front")[0]
     order = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")]
@@ -93,7 +129,7 @@ def test_plot_is_a_png_written_atomically(tmp_path):
     rows = _rows()
     path = tmp_path / "pareto.png"
     plot_pareto(
-        path, rows, "weight_bits", pareto_keys(rows, "weight_bits"), ["formats.weight.width"]
+        path, rows, "weight_bits", pareto_keys(rows, ["weight_bits"]), ["formats.weight.width"]
     )
     assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert [p.name for p in tmp_path.iterdir()] == ["pareto.png"]

@@ -116,8 +116,9 @@ def _interruptible() -> Iterator[None]:
     "--output",
     required=True,
     metavar="DIR",
-    help="Output folder: results.csv, results.json, pareto.png, report.md, points/. New, empty, "
-    "or an earlier output of pbhw sweep (whose finished points are resumed).",
+    help="Output folder: results.csv, results.json, pareto.png, report.md, points/, sweep.json. "
+    "New, empty, or an earlier output of pbhw sweep over the same grid (whose finished points "
+    "are resumed).",
 )
 @user_errors
 def sweep(
@@ -170,6 +171,11 @@ def sweep(
         "arith": _common(p.config.train.arith.value for p in points),
         "estimate": estimate,
     }
+    try:
+        engine.check_same_grid(out_dir, spec)
+    except engine.SweepError as e:
+        raise UserError(str(e)) from None
+    engine.record_spec(out_dir, spec)
     console = Console(stderr=True, highlight=False)
     progress = Progress(
         TextColumn("sweep"),
