@@ -10,16 +10,20 @@ any design); it is small and routes in well under a minute.
 
 from __future__ import annotations
 
+from typing import Any
+
 from amaranth.back import verilog
 from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from pbhw.core.devices import Device
+from pbhw.core.config import Config
+from pbhw.core.devices import Device, config_device
+from pbhw.core.errors import ToolError
 from pbhw.tools.estimate import Estimate, Progress, synthesize
 from rtl_gen.target import Multiplier
 
-__all__ = ["MAC_WIDTHS", "RegisteredMac", "mac_verilog", "route_mac"]
+__all__ = ["MAC_WIDTHS", "RegisteredMac", "mac_verilog", "reference_mac", "route_mac"]
 
 #: Operand and accumulator widths of the reference MAC: 16 x 16 + a 40-bit accumulator.
 MAC_WIDTHS = (16, 16, 40)
@@ -90,3 +94,39 @@ def route_mac(
     """
     text, top = mac_verilog(*widths, device.multiplier_primitive if primitive else None)
     return synthesize(text, top, device, clock_mhz=clock_mhz, seed=seed, progress=progress)
+
+
+def reference_mac(
+    config: Config, *, seed: int | None = None, progress: Progress | None = None
+) -> dict[str, Any] | None:
+    """The reference MAC on the config's device, as the flow's summary holds it
+    (``summary["reference_mac"]``, read by :func:`pbhw.flows.report.render_flow_report`).
+
+    Parameters
+    ----------
+    config
+        The config; its ``hardware.device`` and ``hardware.clock_mhz`` (the target) are used.
+    seed
+        The nextpnr placement seed the design was routed with (None: nextpnr's own).
+    progress
+        Called with a message before each tool runs, and if the tools fail.
+
+    Returns
+    -------
+    dict or None
+        The MAC's estimate as JSON (``fmax_mhz`` is its Fmax), or None if the tools failed:
+        the report then shows the DSP-bound limit and the efficiency as n/a, and the flow goes
+        on.
+    """
+    try:
+        mac = route_mac(
+            config_device(config),
+            clock_mhz=config.hardware.clock_mhz,
+            seed=seed,
+            progress=progress,
+        )
+    except ToolError as e:
+        if progress is not None:
+            progress(f"reference MAC not routed: {str(e).splitlines()[0]}")
+        return None
+    return mac.to_json()
