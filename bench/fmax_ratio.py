@@ -15,6 +15,13 @@ one run is one sample. With ``--seeds`` every design is placed and routed once p
 ``ratio_best`` the best over the best (what a seed sweep before shipping a bitstream keeps),
 and each entry lists its Fmax per seed.
 
+It also reports the figures of merit (:func:`pbhw.core.figures.figures_of_merit`) per seed and at
+the median (``figures``): the design's Fmax, its predicted cycles per sample, samples/s, the Fmax
+of the MAC on the device's hard-multiplier primitive (the reference,
+:mod:`pbhw.tools.reference`; the Yosys-mapped MAC on a device without one), the DSP-bound limit
+(device DSP blocks x MAC Fmax / useful multiplies per sample) and the efficiency, samples/s over
+that limit. ``--mac-only`` prints the DSP-bound limit alone.
+
 Writes ``--out`` (default ``bench/results/fmax_ratio.json``) and prints a summary.
 """
 
@@ -28,72 +35,36 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from amaranth.back import verilog
-from amaranth.hdl import Module, Signal, signed
-from amaranth.lib import wiring
-from amaranth.lib.wiring import In, Out
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from pbhw.core.config import load  # noqa: E402
 from pbhw.core.devices import load_device  # noqa: E402
+from pbhw.core.figures import figures_of_merit, useful_multiplies  # noqa: E402
+from pbhw.core.plan import derive_plan  # noqa: E402
 from pbhw.tools.estimate import ToolError, synthesize  # noqa: E402
-from rtl_gen.target import Multiplier  # noqa: E402
+from pbhw.tools.reference import mac_verilog  # noqa: E402
 
 CONFIG = ROOT / "examples" / "mlp_digits.toml"
 
 
-class RegisteredMac(wiring.Component):
-    """``acc <= acc + a*b`` with registered inputs and a registered output.
-
-    With ``primitive`` (a device's ``[multiplier] primitive``), the product is that hard
-    multiplier with its input and output registers, as the generator instantiates it: then
-    ``acc <= acc + p`` with ``p`` the product registered in the multiplier (one cycle more)."""
-
-    def __init__(self, width_a: int, width_b: int, width_acc: int, primitive=None) -> None:
-        self._widths = (width_a, width_b, width_acc)
-        self._primitive = primitive
-        super().__init__(
-            {"a": In(signed(width_a)), "b": In(signed(width_b)), "acc": Out(signed(width_acc))}
-        )
-
-    def elaborate(self, platform):
-        m = Module()
-        acc = Signal(signed(self._widths[2]))
-        if self._primitive is None:
-            a = Signal.like(self.a)
-            b = Signal.like(self.b)
-            m.d.sync += [a.eq(self.a), b.eq(self.b), acc.eq(acc + a * b)]
-        else:
-            product = Multiplier(primitive=self._primitive).piece(m, self.a, self.b, "product")
-            m.d.sync += acc.eq(acc + product)
-        m.d.sync += self.acc.eq(acc)
-        return m
-
-
-def mac_verilog(width_a: int, width_b: int, width_acc: int, primitive=None) -> tuple[str, str]:
-    top = f"mac_{width_a}x{width_b}_{width_acc}" + (f"_{primitive}" if primitive else "")
-    mac = RegisteredMac(width_a, width_b, width_acc, primitive)
-    return verilog.convert(mac, name=top), top
-
-
 # ---- HOOK: the full design -------------------------------------------------------------------
-def design_verilog(config_path: Path) -> tuple[str, str]:
-    """Verilog and top-module name of the design generated from ``config_path``.
+def design_verilog(config_path: Path) -> tuple[str, str, int]:
+    """Verilog, top-module name and predicted cycles per sample of the design generated from
+    ``config_path``.
 
     LEAD: this is the one place that knows how to get the generator's Verilog; it uses
     ``rtl_gen.design.build_design`` + ``rtl_gen.generate.verilog_text`` as they stand today.
     """
     try:
         from rtl_gen.design import build_design
-        from rtl_gen.generate import verilog_text
+        from rtl_gen.generate import top_name, verilog_text
     except ImportError as e:
         raise RuntimeError(f"the generator is not available ({e}); run with --mac-only") from None
-    from pbhw.core.config import load
 
     config = load(config_path)
-    from rtl_gen.generate import top_name
-
-    return verilog_text(build_design(config), top_name(config)), top_name(config)
+    design = build_design(config)
+    cycles = design.network.predicted_cycles_per_sample
+    return verilog_text(design, top_name(config)), top_name(config), cycles
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,16 +165,34 @@ def main(argv: list[str] | None = None) -> dict:
         "ratio": None,
         "ratio_best": None,
         "ratio_primitive": None,
+        "useful_multiplies": useful_multiplies(derive_plan(load(args.config))),
+        "dsp_available": device.resources["dsp"],
+        "figures": None,
     }
+    reference = result["mac_primitive"] or result["mac"]
+    useful, dsp = result["useful_multiplies"], result["dsp_available"]
+    if reference["fmax_median"]:
+        bound = dsp * reference["fmax_median"] * 1e6 / useful
+        print(
+            f"DSP-bound limit {bound:,.0f} samples/s ({dsp} DSP blocks x MAC median "
+            f"{reference['fmax_median']:.1f} MHz / {useful:,} useful multiplies per sample)"
+        )
     if not args.mac_only:
         try:
-            text, top = design_verilog(args.config)
+            text, top, cycles = design_verilog(args.config)
         except (RuntimeError, NotImplementedError) as e:
             _write(args.out, result)
             sys.exit(f"design: {e}")
         design = route(text, top, device, args.seeds, args.clock_mhz, args.jobs)
-        result["design"] = {"config": str(args.config.relative_to(ROOT)), **design}
+        result["design"] = {
+            "config": str(args.config.relative_to(ROOT)),
+            "cycles_per_sample": cycles,
+            **design,
+        }
         print(f"design Fmax {_fmaxes(design)}")
+        result["figures"] = figures(design, reference, cycles, useful, dsp)
+        for seed, f in result["figures"].items():
+            print(_figures_line(seed, f))
         for key, ref, stat in (
             ("ratio", result["mac"], "fmax_median"),
             ("ratio_best", result["mac"], "fmax_best"),
@@ -214,6 +203,38 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"{key} {result[key]:.3f} ({stat[5:]} over {stat[5:]})")
     _write(args.out, result)
     return result
+
+
+def figures(design: dict, mac: dict, cycles: int, useful: int, dsp: int) -> dict:
+    """The figures of merit (:func:`pbhw.core.figures.figures_of_merit`) per seed, the design
+    against the MAC routed with the same seed, and at the medians (key ``median``)."""
+    pairs = {seed: (f, mac["fmax_by_seed"].get(seed)) for seed, f in design["fmax_by_seed"].items()}
+    pairs["median"] = (design["fmax_median"], mac["fmax_median"])
+    return {
+        seed: figures_of_merit(
+            fmax_mhz=fmax,
+            cycles_per_sample=cycles,
+            useful=useful,
+            dsp_blocks=dsp,
+            mac_fmax_mhz=mac_fmax,
+        ).to_json()
+        for seed, (fmax, mac_fmax) in pairs.items()
+        if fmax
+    }
+
+
+def _figures_line(seed: str, f: dict) -> str:
+    where = "median" if seed == "median" else f"seed {seed}"
+    line = (
+        f"{where}: Fmax {f['fmax_mhz']:.1f} MHz, {f['cycles_per_sample']} cycles/sample, "
+        f"{f['samples_per_second']:,.0f} samples/s"
+    )
+    if f["efficiency"] is None:
+        return line + " (no MAC Fmax for this seed)"
+    return line + (
+        f"; MAC {f['mac_fmax_mhz']:.1f} MHz, DSP-bound limit {f['dsp_bound']:,.0f} samples/s, "
+        f"efficiency {f['efficiency']:.3f}"
+    )
 
 
 def _fmaxes(entry: dict) -> str:

@@ -16,24 +16,33 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from amaranth.back import verilog
+from amaranth.hdl import Shape
+from amaranth.lib import data
 
 from pbhw.core.config import ROLES, Config, ConfigError, WeightPrediction
 from pbhw.core.devices import clock_sdc, config_device, dsp_count
+from pbhw.core.figures import memory_model, useful_multiplies
 from pbhw.core.manifest import (
     MANIFEST_VERSION,
     CycleOverhead,
+    DebugPort,
     FormatSpec,
     GeneratedFiles,
     Layer,
     Manifest,
     MultiplierCounts,
     MultiplierShape,
+    Payload,
+    PayloadField,
     Ports,
     RowBits,
     StageFormats,
+    StageStreams,
+    Streams,
 )
 from rtl_gen.design import Design, build_design
 from rtl_gen.memories import DebugMemory
+from rtl_gen.requantizer import shape_of
 from rtl_gen.resources import models_for
 from rtl_gen.stage import COUNTER_BITS, OVERHEAD, Stage
 from rtl_gen.top import DEBUG_LATENCY
@@ -44,6 +53,8 @@ __all__ = [
     "config_hash",
     "generate",
     "manifest_of",
+    "payload_of",
+    "streams_of",
     "top_name",
     "verilog_text",
 ]
@@ -81,6 +92,76 @@ def _multiplier_shapes(design: Design, stage: Stage) -> list[dict[str, int]]:
     return [
         {"product": n, "a": a, "b": b, "count": stage.lanes} for n, a, b in stage.datapath.pieces()
     ]
+
+
+def payload_of(layout: data.Layout) -> Payload:
+    """The manifest's description of an Amaranth payload layout: a :class:`StructLayout`'s
+    fields in bit order (an :class:`ArrayLayout` member as an array field), or one array field
+    ``row`` for an :class:`ArrayLayout`."""
+    members = [("row", 0, layout)] if isinstance(layout, data.ArrayLayout) else []
+    if isinstance(layout, data.StructLayout):
+        members = [(name, field.offset, field.shape) for name, field in layout]
+    fields = []
+    for name, lsb, shape in sorted(members, key=lambda member: member[1]):
+        if isinstance(shape, data.ArrayLayout):
+            element = Shape.cast(shape.elem_shape)
+            fields.append(
+                PayloadField(
+                    name=name,
+                    lsb=lsb,
+                    width=Shape.cast(shape).width,
+                    signed=element.signed,
+                    count=shape.length,
+                    element_width=element.width,
+                )
+            )
+        elif isinstance(shape, data.Layout):
+            raise TypeError(f"payload field {name!r}: nested layout {shape!r} is not described")
+        else:
+            cast = Shape.cast(shape)
+            fields.append(PayloadField(name=name, lsb=lsb, width=cast.width, signed=cast.signed))
+    return Payload(width=Shape.cast(layout).width, fields=tuple(fields))
+
+
+def streams_of(design: Design) -> Streams:
+    """The bit layouts of the design's stream payloads and debug rows (see :class:`Streams`),
+    read from the layouts of the built network's and stages' ports."""
+    net = design.network
+    rows = []
+    for stage in net.stages:
+        formats = stage.plan.formats
+        # packed as RowMemories packs them: lane p's code at bits p * width (rtl_gen.memories)
+        memories = {
+            DebugMemory.W: formats.weight.format,
+            DebugMemory.V: formats.velocity.format,
+        }
+        if stage.has_w_prev:
+            memories[DebugMemory.W_PREV] = formats.weight.format
+        rows.append(
+            {
+                memory.name.lower(): payload_of(data.ArrayLayout(shape_of(fmt), stage.lanes))
+                for memory, fmt in memories.items()
+            }
+        )
+    debug_ports = ("dbg_stage", "dbg_mem", "dbg_addr", "dbg_data")
+    return Streams(
+        samples=payload_of(net.samples.payload.shape()),
+        results=payload_of(net.results.payload.shape()),
+        stages=tuple(
+            StageStreams(
+                stage=stage.plan.index,
+                forward_out=payload_of(stage.fwd_o.payload.shape()),
+                error_in=payload_of(stage.err_i.payload.shape()),
+            )
+            for stage in net.stages
+        ),
+        debug=DebugPort(
+            widths={name: Shape.cast(getattr(net, name).shape()).width for name in debug_ports},
+            memories={m.name.lower(): m.value for m in DebugMemory},
+            latency=DEBUG_LATENCY,
+            rows=tuple(rows),
+        ),
+    )
 
 
 def manifest_of(design: Design, *, top: str, files: GeneratedFiles | None = None) -> Manifest:
@@ -145,7 +226,7 @@ def manifest_of(design: Design, *, top: str, files: GeneratedFiles | None = None
         )
     data_mults = sum(layer.multipliers.data for layer in layers)
     cycles = net.predicted_cycles_per_sample
-    useful = sum((3 if st.index > 1 else 2) * st.n_in * st.n_out for st in design.plan.stages)
+    useful = useful_multiplies(design.plan)
     return Manifest(
         name=cfg.name,
         top=top,
@@ -177,6 +258,8 @@ def manifest_of(design: Design, *, top: str, files: GeneratedFiles | None = None
             ),
         ),
         predicted_multiplier_utilization=useful / (data_mults * cycles),
+        useful_multiplies=useful,
+        memory_model=memory_model(design.plan),
         ports=Ports(
             samples="stream in: {bubble, label, x[N_in]} (send 2L-1 bubbles to drain)",
             results="stream out: {label, prediction, y[classes], delta[classes]}",
@@ -186,6 +269,7 @@ def manifest_of(design: Design, *, top: str, files: GeneratedFiles | None = None
             ),
             saturation=f"{COUNTER_BITS}-bit counters in the order of 'counters'",
         ),
+        streams=streams_of(design),
         counters=tuple(net.counter_names()),
         files=files,
     )

@@ -156,7 +156,7 @@ def test_check_of_the_sgd_reference_has_no_delays():
 def test_check_warns_about_a_constant_that_quantizes_to_zero():
     result = run("check", EXAMPLE, "--set", "formats.coefficient.frac=8")
     assert result.exit_code == 0, result.output
-    warnings = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert warnings
     assert "stage 1: eta_a = 0.000101 quantizes to 0 in s24.8" in warnings[0]
     assert result.stdout.splitlines()[-1] == "config OK"

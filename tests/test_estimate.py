@@ -275,7 +275,7 @@ def manifest(*layers):
     """A :class:`Manifest` of the layers (JSON, as :func:`layer` gives), other fields filler."""
     return Manifest.from_json(
         {
-            "manifest_version": 2,
+            "manifest_version": 3,
             "name": "t",
             "top": "pbhw_top",
             "config_hash": "",
@@ -293,7 +293,15 @@ def manifest(*layers):
             "predicted_cycles_per_sample": max(la["cycles_per_step"] for la in layers),
             "cycle_overhead": {"stage": 0, "drain": [], "loss_unit": 0, "rule": ""},
             "predicted_multiplier_utilization": 0.0,
+            "useful_multiplies": 0,
+            "memory_model": {"batch_size": 1, "pipelined": 0, "batch": 0, "stages": []},
             "ports": {"samples": "", "results": "", "debug": "", "saturation": ""},
+            "streams": {
+                "samples": {"width": 0, "fields": []},
+                "results": {"width": 0, "fields": []},
+                "stages": [],
+                "debug": {"widths": {}, "memories": {}, "latency": 0, "rows": []},
+            },
             "counters": [],
             "files": {},
         }

@@ -63,7 +63,7 @@ def test_generate_writes_verilog_sdc_init_files_and_manifest(default_output):
             assert f'.{reg}("CLK0")' in params
     assert json.loads((out / "manifest.json").read_text()) == m.to_json()
     assert Manifest.read(out / "manifest.json") == m
-    assert m.manifest_version == MANIFEST_VERSION == 2
+    assert m.manifest_version == MANIFEST_VERSION == 3
     assert m.top == "mlp_digits" and m.delays == (5, 3, 1)
     assert m.config_hash == gen.config_hash(m.config)
     assert default_output.verilog == (out / m.files.verilog).read_text()

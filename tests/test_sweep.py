@@ -262,7 +262,7 @@ def test_sweep_writes_csv_json_png_and_report(tiny, tmp_path):
     data = json.loads((out / "results.json").read_text())
     assert data["spec"]["grid"][0] == {"key": "formats.weight.width", "values": [10, 12, 14]}
     assert data["spec"]["command"].startswith("pbhw sweep ")
-    assert data["cost_axis"] == "weight_bits"
+    assert data["front_axes"] == ["weight_bits"]
     assert set(data["pareto"]) <= {p["key"] for p in data["points"]}
     assert all("saturation" in p for p in data["points"])
     assert (out / "pareto.png").read_bytes().startswith(b"\x89PNG")
@@ -296,12 +296,12 @@ def test_rerun_resumes_and_computes_only_missing_points(tiny, tmp_path, monkeypa
     assert computed == [victim["config"]["formats"]["weight"]["width"]]
     assert (out / "results.csv").read_text() == before
 
-    # Another grid in the same folder: the shared points are resumed, the new one computed.
+    # Another grid in the same folder is refused (test_an_output_folder_of_another_grid_...).
     computed.clear()
     grid = ["--grid", "formats.weight.width=12,16", "--grid", "formats.weight.rounding=half_even"]
     result = _run([str(tiny), *grid, "--workers", "1", "-o", str(out)])
-    assert "2 points: 1 resumed" in result.stderr and computed == [16]
-    assert len(_rows(out)) == 2
+    assert result.exit_code == 2 and computed == []
+    assert (out / "results.csv").read_text() == before
 
 
 @pytest.fixture
@@ -382,7 +382,8 @@ def test_estimate_columns_and_throughput_plumbing(tiny, tmp_path, monkeypatch):
         assert int(row["dsp"]) == 2 * width and row["fits"] == "true"
         assert float(row["throughput"]) == pytest.approx((150.0 - width) * 1e6 / 400)
     data = json.loads((out / "results.json").read_text())
-    assert data["cost_axis"] == "dsp"
+    assert data["front_axes"] == ["throughput_per_dsp", "throughput_per_lut"]
+    assert all(row["throughput_estimated"] == "false" for row in rows)
     assert "Fmax MHz" in (out / "report.md").read_text()
 
     # An earlier run without --estimate does not count as finished for an --estimate run.
@@ -442,6 +443,64 @@ def test_a_diverged_point_is_reported_and_the_sweep_goes_on(tiny, tmp_path):
     assert good["diverged"] is None and good["test_accuracy"] is not None
     assert bad["test_accuracy"] is None and "diverged" in bad["diverged"]
     assert "## Diverged points" in (out / "report.md").read_text()
+    # the CSV's booleans are true/false in every column, diverged too
+    rows = _rows(out)
+    assert [r["diverged"] for r in rows] == ["false", "true"]
+    assert rows[1]["diverged_reason"] == bad["diverged"] and rows[0]["diverged_reason"] == ""
+    assert rows[0]["collapsed"] in ("true", "false") and rows[1]["collapsed"] == ""
+
+
+def unrouted_estimate(config) -> dict:
+    """:func:`fake_estimate` without a routed Fmax (the analytic model's answer), the widest
+    point too big for the device."""
+    width = config.formats.weight.format.width
+    return {**fake_estimate(config), "fmax_mhz": None, "fits": width < 14}
+
+
+def test_throughput_without_a_routed_fmax_is_estimated_and_labelled(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(engine, "estimate_point", unrouted_estimate)
+    out = tmp_path / "out"
+    result = _run([str(tiny), *GRID, "--estimate", "--workers", "1", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = _rows(out)
+    for row in rows:  # at the target clock, hardware.clock_mhz = 100, over the cycles
+        assert float(row["throughput"]) == 100e6 / 400 and row["throughput_estimated"] == "true"
+        assert float(row["throughput_per_dsp"]) == 100e6 / 400 / int(row["dsp"])
+        assert row["fits"] == ("true" if int(row["formats.weight.width"]) < 14 else "false")
+    data = json.loads((out / "results.json").read_text())
+    front = {p["key"]: p for p in data["points"] if p["key"] in data["pareto"]}
+    assert front and all(p["fits"] for p in front.values())
+    report = (out / "report.md").read_text()
+    assert " (est.) |" in report and "(est.): no routed Fmax" in report
+    assert "## Points that do not fit the device (never on the front)" in report
+
+
+def test_an_output_folder_of_another_grid_is_refused(tiny, tmp_path):
+    out = tmp_path / "out"
+    assert _run([str(tiny), "--grid", "formats.weight.width=10,12", "-o", str(out)]).exit_code == 0
+    before = sorted(p.name for p in (out / "points").iterdir())
+    result = _run([str(tiny), "--grid", "formats.weight.width=10,14", "-o", str(out)])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: -o {out} holds a sweep over another grid (--grid formats.weight.width=10,12), "
+        "not --grid formats.weight.width=10,14; choose another output folder, or rerun with "
+        "that grid to resume it"
+    ]
+    assert sorted(p.name for p in (out / "points").iterdir()) == before
+    # the same grid resumes
+    result = _run([str(tiny), "--grid", "formats.weight.width=10,12", "-o", str(out)])
+    assert result.exit_code == 0 and "2 resumed" in result.stderr
+
+
+def test_an_interrupted_folder_of_another_grid_is_refused(tiny, tmp_path):
+    """sweep.json is written before any point runs: a folder without results.json is checked."""
+    out = tmp_path / "out"
+    spec = {"command": "pbhw sweep x", "grid": [{"key": "seed", "values": [1, 2]}]}
+    engine.record_spec(out, spec)
+    result = _run([str(tiny), "--grid", "formats.weight.width=10,12", "-o", str(out)])
+    assert result.exit_code == 2 and "holds a sweep over another grid (--grid seed=1,2)" in (
+        result.stderr
+    )
 
 
 @pytest.mark.parametrize("suffix", ["", "_used"])

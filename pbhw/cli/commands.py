@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from pbhw.cli.common import (
@@ -18,10 +17,14 @@ from pbhw.cli.common import (
     load_config,
     pnr_seed_option,
     pnr_timeout_seconds,
+    progress_console,
+    result_console,
+    say,
     set_option,
     simulator_option,
     train_sets,
     user_errors,
+    warn,
 )
 from pbhw.core.config import ROLES
 from pbhw.core.datasets import load as load_dataset
@@ -49,7 +52,7 @@ def check(config: str, sets: tuple[str, ...]) -> None:
     cfg = load_config(config, sets)
     plan = derive_plan(cfg)
     checked = check_config(cfg)
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+    console = result_console()
     opt = cfg.optimizer
     console.print(
         f"[bold]{cfg.name}[/bold]: {' -> '.join(map(str, cfg.network.layers))}, "
@@ -138,7 +141,7 @@ def check(config: str, sets: tuple[str, ...]) -> None:
             )
     console.print(coeffs)
     for warning in plan.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}")
+        warn(warning)
     console.print("config OK")
 
 
@@ -186,7 +189,7 @@ def train(
     if export:
         check_output_file(Path(export), "--export")
     data = load_dataset(cfg.train.dataset)
-    console = Console(highlight=False, stderr=True)
+    console = progress_console()
     console.print(
         f"training {cfg.name}: {cfg.optimizer.algorithm.value}, "
         f"{cfg.train.arith.value} arithmetic, {data.describe()}"
@@ -238,7 +241,7 @@ def generate(config: str, out_dir: str, init_from: str | None, sets: tuple[str, 
         lambda path: (path / "manifest.json").exists(),  # as rtl_gen.generate recognises it
         replaced=True,
     )
-    click.echo(f"generating {cfg.name} ({' -> '.join(map(str, cfg.network.layers))}) ...")
+    say(f"generating {cfg.name} ({' -> '.join(map(str, cfg.network.layers))}) ...")
     out = run_generate(cfg, Path(out_dir))
     m = out.manifest
     assert m.files is not None  # generate wrote them
@@ -358,11 +361,11 @@ def estimate(
     if json_out:
         check_output_file(Path(json_out), "--json")
     what = "analytic estimate" if fast else "synthesis and place-and-route"
-    click.echo(f"{what} of {cfg.name} for {cfg.hardware.device} ...", err=True)
+    say(f"{what} of {cfg.name} for {cfg.hardware.device} ...")
     est = run_estimate(
         cfg,
         fast=fast,
-        progress=lambda m: click.echo(f"  {m}", err=True),
+        progress=lambda m: say(f"  {m}"),
         pnr_timeout=timeout,
         seed=pnr_seed,
     )
@@ -373,7 +376,7 @@ def estimate(
         if key in est.used:
             used, avail = est.used[key], est.available[key]
             table.add_row(key, f"{used:,}", f"{avail:,}", f"{100 * used / max(1, avail):.1f} %")
-    Console(highlight=False).print(table)
+    result_console().print(table)
     if est.fmax_mhz is not None:
         cps = est.cycles_per_sample
         click.echo(
@@ -443,7 +446,7 @@ def flow(
         Path(out_dir),
         verify_samples=verify_samples,
         simulator=simulator,
-        progress=lambda m: click.echo(m, err=True),
+        progress=say,
         pnr_timeout=timeout,
         pnr_seed=pnr_seed,
     )

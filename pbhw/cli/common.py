@@ -1,6 +1,12 @@
 """What every ``pbhw`` command shares: the config argument and ``--set``, the common options,
-and the mapping of the library's errors to one ``error:`` line (exit status 2 for bad input,
-1 for a run that failed on its own terms)."""
+the mapping of the library's errors to one ``error:`` line (exit status 2 for bad input,
+1 for a run that failed on its own terms), and where output goes.
+
+Output discipline: a command's results go to stdout (:func:`result_console`, ``click.echo``);
+progress goes to stderr through :func:`say` or :func:`progress_console`, silenced by the
+global ``pbhw --quiet``; warnings (:func:`warn`) and errors go to stderr always. Neither console
+wraps lines when its stream is not a terminal, so piped output keeps one record per line.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.console import Console
 
 from pbhw.core.config import Config, load
 from pbhw.core.errors import InputError, RunError, UserError
@@ -21,6 +28,11 @@ __all__ = [
     "UserError",
     "config_argument",
     "fail",
+    "is_quiet",
+    "progress_console",
+    "result_console",
+    "say",
+    "warn",
     "init_from_option",
     "lanes_text",
     "load_config",
@@ -33,6 +45,45 @@ __all__ = [
 ]
 
 SET_HELP = "Override a config key, e.g. --set optimizer.lr=0.05 (repeatable)."
+
+
+def is_quiet() -> bool:
+    """Whether the command runs under ``pbhw --quiet`` (progress silenced)."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.find_root().params.get("quiet"))
+
+
+def say(message: str) -> None:
+    """A progress message: to stderr, unless ``--quiet``."""
+    if not is_quiet():
+        click.echo(message, err=True)
+
+
+def warn(message: str) -> None:
+    """A warning: ``warning: MESSAGE`` on stderr, also under ``--quiet``."""
+    click.echo(f"warning: {message}", err=True)
+
+
+def _console(stream: Any, *, quiet: bool = False) -> Console:
+    """A rich console on ``stream`` that wraps nothing unless the stream is a terminal."""
+    tty = stream.isatty()
+    return Console(
+        file=stream,
+        highlight=False,
+        soft_wrap=not tty,
+        width=None if tty else 10_000,
+        quiet=quiet,
+    )
+
+
+def result_console() -> Console:
+    """A rich console for results (tables and lines on stdout)."""
+    return _console(click.get_text_stream("stdout"))
+
+
+def progress_console() -> Console:
+    """A rich console for progress on stderr (silent under ``--quiet``)."""
+    return _console(click.get_text_stream("stderr"), quiet=is_quiet())
 
 
 def fail(message: str, status: int = 2) -> None:

@@ -15,16 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pbhw.cli.common import (
     UserError,
     config_argument,
     load_config,
+    progress_console,
     set_option,
     train_sets,
     user_errors,
+    warn,
 )
 from pbhw.core.io import check_output_dir
 from pbhw.flows import sweep as engine
@@ -116,8 +117,9 @@ def _interruptible() -> Iterator[None]:
     "--output",
     required=True,
     metavar="DIR",
-    help="Output folder: results.csv, results.json, pareto.png, report.md, points/. New, empty, "
-    "or an earlier output of pbhw sweep (whose finished points are resumed).",
+    help="Output folder: results.csv, results.json, pareto.png, report.md, points/, sweep.json. "
+    "New, empty, or an earlier output of pbhw sweep over the same grid (whose finished points "
+    "are resumed).",
 )
 @user_errors
 def sweep(
@@ -170,7 +172,12 @@ def sweep(
         "arith": _common(p.config.train.arith.value for p in points),
         "estimate": estimate,
     }
-    console = Console(stderr=True, highlight=False)
+    try:
+        engine.check_same_grid(out_dir, spec)
+    except engine.SweepError as e:
+        raise UserError(str(e)) from None
+    engine.record_spec(out_dir, spec)
+    console = progress_console()
     progress = Progress(
         TextColumn("sweep"),
         BarColumn(),
@@ -228,10 +235,10 @@ def sweep(
         # The engine has stopped the workers on its way out; every finished point is on disk.
         signum = e.signum if isinstance(e, _Interrupted) else signal.SIGINT
         progress.stop()  # before the message, so that the bar does not overwrite it
-        console.print(
+        click.echo(
             f"interrupted by {signal.Signals(signum).name}: finished points are kept in "
             f"{out_dir / 'points'}; rerun the same command to resume",
-            soft_wrap=True,
+            err=True,
         )
         sys.exit(128 + signum)
     finally:
@@ -246,7 +253,7 @@ def sweep(
         click.echo(f"best test accuracy {100 * best['test_accuracy']:.2f}% at {values}")
     diverged = sum(1 for r in rows if r["diverged"])
     if diverged:
-        click.echo(f"warning: {diverged} point(s) diverged (see report.md)", err=True)
+        warn(f"{diverged} point(s) diverged (see report.md)")
     click.echo(f"wrote {out_dir / 'results.csv'}, results.json, pareto.png, report.md")
 
 

@@ -14,8 +14,10 @@ The layout (``docs/hardware.md`` describes what the numbers mean)::
               formats, multipliers, multiplier_shapes, dsp_blocks, memory_bits, memory_rows,
               row_bits}],
     delays, lanes, formats, multipliers, dsp_blocks, dsp_available, memory_bits,
-    predicted_cycles_per_sample, cycle_overhead, predicted_multiplier_utilization, ports,
-    counters, files
+    predicted_cycles_per_sample, cycle_overhead, predicted_multiplier_utilization,
+    useful_multiplies, memory_model, ports, streams, counters, files
+
+``docs/manifest.md`` describes every field.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any, TypeVar
 
 from pbhw.core.config import ROLES, Config, WeightPrediction, from_dict
 from pbhw.core.errors import ConfigError, ManifestError
+from pbhw.core.figures import MemoryModel, StageMemory
 from pbhw.core.fixed import FixedFormat, Overflow, Rounding
 from pbhw.core.io import write_json
 
@@ -38,18 +41,23 @@ __all__ = [
     "CycleOverhead",
     "FormatSpec",
     "GeneratedFiles",
+    "DebugPort",
     "Layer",
     "Manifest",
     "ManifestError",
     "MultiplierCounts",
     "MultiplierShape",
+    "Payload",
+    "PayloadField",
     "Ports",
     "RowBits",
     "StageFormats",
+    "StageStreams",
+    "Streams",
 ]
 
 #: Version of the manifest's JSON layout; :meth:`Manifest.from_json` accepts only this one.
-MANIFEST_VERSION = 2
+MANIFEST_VERSION = 3
 
 E = TypeVar("E", bound=enum.Enum)
 T = TypeVar("T")
@@ -481,6 +489,221 @@ class Ports:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PayloadField:
+    """One bit field of a stream payload or a packed row: ``width`` bits from bit ``lsb`` (bit 0
+    is the least significant bit of the payload). An array field holds ``count`` elements of
+    ``element_width`` bits each, element ``i`` at bits ``lsb + i * element_width`` upwards;
+    ``signed`` says whether a scalar, or each element, is two's complement. ``count`` and
+    ``element_width`` are None for a scalar."""
+
+    name: str
+    lsb: int
+    width: int
+    signed: bool
+    count: int | None = None
+    element_width: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """``{name, lsb, width, signed, count, element_width}``."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, raw: Any, where: str = "field") -> PayloadField:
+        """Check and read one field object; ``where`` is its path."""
+        t = _Table(raw, where)
+        count = None if t.value("count") is None else t.integer("count")
+        element = None if t.value("element_width") is None else t.integer("element_width")
+        field = cls(
+            name=t.string("name"),
+            lsb=t.integer("lsb"),
+            width=t.integer("width"),
+            signed=t.boolean("signed"),
+            count=count,
+            element_width=element,
+        )
+        t.close()
+        if (count is None) != (element is None) or (
+            count is not None and count * element != field.width
+        ):
+            raise ManifestError(
+                f"manifest field '{where}' must have both count and element_width (with "
+                f"count * element_width = width) or neither, not {_shown(raw)}"
+            )
+        return field
+
+
+@dataclass(frozen=True, kw_only=True)
+class Payload:
+    """The bit layout of one stream's payload (or of one packed memory row): its ``width`` and
+    its ``fields`` in bit order."""
+
+    width: int
+    fields: tuple[PayloadField, ...]
+
+    def __post_init__(self) -> None:
+        _freeze(self, seqs=("fields",))
+
+    def field(self, name: str) -> PayloadField:
+        """The field called ``name``."""
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(f"payload has no field {name!r} (it has {[f.name for f in self.fields]})")
+
+    def to_json(self) -> dict[str, Any]:
+        """``{width, fields: [...]}``."""
+        return {"width": self.width, "fields": [f.to_json() for f in self.fields]}
+
+    @classmethod
+    def from_json(cls, raw: Any, where: str = "payload") -> Payload:
+        """Check and read a ``{width, fields}`` object; ``where`` is its path."""
+        t = _Table(raw, where)
+        payload = cls(width=t.integer("width"), fields=t.items("fields", PayloadField.from_json))
+        t.close()
+        return payload
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageStreams:
+    """The streams a stage drives and receives besides its input: the forward token it sends on
+    (to the next stage, or from the last stage to the loss unit) and the error token it receives
+    (from the next stage, or the last stage's from the loss unit)."""
+
+    stage: int
+    forward_out: Payload
+    error_in: Payload
+
+    def to_json(self) -> dict[str, Any]:
+        """``{stage, forward_out, error_in}``."""
+        return {
+            "stage": self.stage,
+            "forward_out": self.forward_out.to_json(),
+            "error_in": self.error_in.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, raw: Any, where: str = "streams.stages.0") -> StageStreams:
+        """Check and read one object of ``streams.stages``; ``where`` is its path."""
+        t = _Table(raw, where)
+        out = cls(
+            stage=t.integer("stage"),
+            forward_out=Payload.from_json(t.value("forward_out"), t.path("forward_out")),
+            error_in=Payload.from_json(t.value("error_in"), t.path("error_in")),
+        )
+        t.close()
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class DebugPort:
+    """The debug port: ``dbg_stage`` (1-based stage minus 1), ``dbg_mem`` (a code of
+    ``memories``) and ``dbg_addr`` (the row) select a row, which is on ``dbg_data`` ``latency``
+    cycles later, in the layout ``rows[stage - 1][memory]`` (the upper bits of ``dbg_data``
+    beyond the row's width are 0). ``widths`` gives each port's bits."""
+
+    widths: Mapping[str, int]
+    memories: Mapping[str, int]
+    latency: int
+    rows: tuple[Mapping[str, Payload], ...]
+
+    def __post_init__(self) -> None:
+        _freeze(self, maps=("widths", "memories"))
+        object.__setattr__(self, "rows", tuple(_frozen(r) for r in self.rows))
+
+    def to_json(self) -> dict[str, Any]:
+        """``{widths, memories, latency, rows}``."""
+        return {
+            "widths": dict(self.widths),
+            "memories": dict(self.memories),
+            "latency": self.latency,
+            "rows": [{k: p.to_json() for k, p in r.items()} for r in self.rows],
+        }
+
+    @classmethod
+    def from_json(cls, raw: Any, where: str = "streams.debug") -> DebugPort:
+        """Check and read the ``streams.debug`` object; ``where`` is its path."""
+        t = _Table(raw, where)
+        port = cls(
+            widths=t.mapping("widths", _integer),
+            memories=t.mapping("memories", _integer),
+            latency=t.integer("latency"),
+            rows=t.items(
+                "rows",
+                lambda r, w: {
+                    k: Payload.from_json(v, f"{w}.{k}") for k, v in _Table(r, w).raw.items()
+                },
+            ),
+        )
+        t.close()
+        return port
+
+
+@dataclass(frozen=True, kw_only=True)
+class Streams:
+    """The bit layouts of the design's streams, taken from the Amaranth layouts the design
+    uses: ``samples`` (into stage 1), ``results`` (out of the loss unit), each stage's
+    :class:`StageStreams` and the :class:`DebugPort`."""
+
+    samples: Payload
+    results: Payload
+    stages: tuple[StageStreams, ...]
+    debug: DebugPort
+
+    def __post_init__(self) -> None:
+        _freeze(self, seqs=("stages",))
+
+    def to_json(self) -> dict[str, Any]:
+        """``{samples, results, stages, debug}``."""
+        return {
+            "samples": self.samples.to_json(),
+            "results": self.results.to_json(),
+            "stages": [s.to_json() for s in self.stages],
+            "debug": self.debug.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, raw: Any, where: str = "streams") -> Streams:
+        """Check and read the ``streams`` object; ``where`` is its path."""
+        t = _Table(raw, where)
+        streams = cls(
+            samples=Payload.from_json(t.value("samples"), t.path("samples")),
+            results=Payload.from_json(t.value("results"), t.path("results")),
+            stages=t.items("stages", StageStreams.from_json),
+            debug=DebugPort.from_json(t.value("debug"), t.path("debug")),
+        )
+        t.close()
+        return streams
+
+
+def _memory_model_from_json(raw: Any, where: str = "memory_model") -> MemoryModel:
+    """Check and read the ``memory_model`` object (its totals must add up)."""
+    t = _Table(raw, where)
+    names = [f for f in StageMemory.__dataclass_fields__]
+
+    def stage(item: Any, path: str) -> StageMemory:
+        s = _Table(item, path)
+        out = StageMemory(**{n: s.integer(n) for n in names})
+        for total in ("pipelined", "batch"):
+            if s.integer(total) != getattr(out, total):
+                raise ManifestError(
+                    f"manifest field '{s.path(total)}' must be the sum of its parts, "
+                    f"{getattr(out, total)}, not {_shown(s.raw[total])}"
+                )
+        s.close()
+        return out
+
+    model = MemoryModel(batch_size=t.integer("batch_size"), stages=t.items("stages", stage))
+    for total in ("pipelined", "batch"):
+        if t.integer(total) != getattr(model, total):
+            raise ManifestError(
+                f"manifest field '{t.path(total)}' must be the sum of the stages', "
+                f"{getattr(model, total)}, not {_shown(t.raw[total])}"
+            )
+    t.close()
+    return model
+
+
+@dataclass(frozen=True, kw_only=True)
 class GeneratedFiles:
     """The files ``pbhw generate`` wrote beside the manifest: the Verilog, the SDC, one
     ``$readmemh`` file per memory (by ``stage<i>.<memory>``) and the simulation models."""
@@ -527,6 +750,9 @@ class Manifest:
     Built by :func:`rtl_gen.generate.manifest_of`; ``files`` is None for a design that was not
     written to disk (its JSON then has ``"files": {}``). ``formats``, ``delays``, ``lanes``,
     ``multipliers``, ``dsp_blocks`` and ``memory_bits`` summarise ``layers``;
+    ``useful_multiplies`` is :func:`pbhw.core.figures.useful_multiplies` of the plan and
+    ``memory_model`` :func:`pbhw.core.figures.memory_model` (at ``optimizer.reference_batch``);
+    ``streams`` gives the bit layout of every stream payload and of the debug port's rows;
     ``counters`` names the saturation counters in port order.
     """
 
@@ -547,7 +773,10 @@ class Manifest:
     predicted_cycles_per_sample: int
     cycle_overhead: CycleOverhead
     predicted_multiplier_utilization: float
+    useful_multiplies: int
+    memory_model: MemoryModel
     ports: Ports
+    streams: Streams
     counters: tuple[str, ...]
     files: GeneratedFiles | None = None
     manifest_version: int = MANIFEST_VERSION
@@ -587,7 +816,10 @@ class Manifest:
             "predicted_cycles_per_sample": self.predicted_cycles_per_sample,
             "cycle_overhead": self.cycle_overhead.to_json(),
             "predicted_multiplier_utilization": self.predicted_multiplier_utilization,
+            "useful_multiplies": self.useful_multiplies,
+            "memory_model": self.memory_model.to_json(),
             "ports": self.ports.to_json(),
+            "streams": self.streams.to_json(),
             "counters": list(self.counters),
             "files": {} if self.files is None else self.files.to_json(),
         }
@@ -648,7 +880,10 @@ class Manifest:
             predicted_cycles_per_sample=t.integer("predicted_cycles_per_sample"),
             cycle_overhead=CycleOverhead.from_json(t.value("cycle_overhead")),
             predicted_multiplier_utilization=t.number("predicted_multiplier_utilization"),
+            useful_multiplies=t.integer("useful_multiplies"),
+            memory_model=_memory_model_from_json(t.value("memory_model")),
             ports=Ports.from_json(t.value("ports")),
+            streams=Streams.from_json(t.value("streams")),
             counters=t.items("counters", _string),
             files=GeneratedFiles.from_json(files.raw) if files.raw else None,
         )

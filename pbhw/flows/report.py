@@ -1,9 +1,14 @@
-"""Sweep reports: the Pareto front of accuracy against hardware cost, its plot and a Markdown page.
+"""Sweep reports: the Pareto front of accuracy against throughput per resource, its plot and a
+Markdown page; and the flow's report.
 
 The rows are those of :func:`pbhw.flows.sweep.result_rows`: a ``grid`` table of the point's values,
 ``test_accuracy`` (``None`` if training diverged), ``weight_bits`` and, when estimated, ``lut``,
-``dsp``, ``fmax_mhz``, ``throughput`` and the rest. The cost axis is DSP use, or LUT use when every
-point uses the same number of DSPs, or the weight memory in bits when nothing was estimated.
+``dsp``, ``fmax_mhz``, ``fits``, ``throughput`` (samples/s; ``throughput_estimated`` when it is at
+the target clock because no routed Fmax exists), ``throughput_per_lut``, ``throughput_per_dsp``
+and the rest. With throughput, the front keeps the points no other point beats in accuracy,
+samples/s per DSP block and samples/s per LUT (a design with no DSP blocks: per LUT only); a
+point that does not fit the device is never on it. Without an estimate the front is accuracy
+against the weight memory in bits.
 """
 
 from __future__ import annotations
@@ -13,54 +18,80 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pbhw.core.figures import figures_of_merit
 from pbhw.core.io import write_atomic
 from pbhw.core.manifest import Manifest
 from pbhw.tools.estimate import critical_path_text
 
 __all__ = [
-    "COST_LABELS",
-    "cost_axis",
+    "AXES",
+    "figures_rows",
+    "front_axes",
+    "memory_table",
     "pareto_front",
     "pareto_keys",
     "plot_pareto",
     "point_label",
+    "render_flow_report",
     "render_markdown",
 ]
 
 Row = Mapping[str, Any]
 
-COST_LABELS = {
-    "dsp": "DSP blocks",
-    "lut": "LUTs",
-    "weight_bits": "weight memory (bits)",
+#: The axes a front can be drawn on: their label and whether more is better.
+AXES = {
+    "throughput_per_dsp": ("samples/s per DSP block", True),
+    "throughput_per_lut": ("samples/s per LUT", True),
+    "weight_bits": ("weight memory (bits)", False),
 }
 
 
-def pareto_front(points: Sequence[tuple[float | None, float | None]]) -> list[int]:
-    """Indices of the points ``(cost, accuracy)`` no other point dominates (cost no higher and
-    accuracy no lower, one of them strictly), sorted by cost. Points with a ``None`` are out."""
-    valid = [(c, a, i) for i, (c, a) in enumerate(points) if c is not None and a is not None]
+def pareto_front(points: Sequence[tuple[float | None, ...]]) -> list[int]:
+    """Indices of the points ``(cost, ..., accuracy)`` no other point dominates (every cost no
+    higher and accuracy no lower, one of them strictly), sorted by the first cost. Points with
+    a ``None`` are out."""
+    valid = [(p, i) for i, p in enumerate(points) if p and all(v is not None for v in p)]
+
+    def better_or_equal(q, p) -> bool:
+        return all(a <= b for a, b in zip(q[:-1], p[:-1], strict=True)) and q[-1] >= p[-1]
+
     front = []
-    for c, a, i in valid:
-        dominated = any(c2 <= c and a2 >= a and (c2 < c or a2 > a) for c2, a2, j in valid if j != i)
-        if not dominated:
-            front.append((c, -a, i))
+    for p, i in valid:
+        if not any(better_or_equal(q, p) and q != p for q, j in valid if j != i):
+            front.append((p[0], -p[-1], i))
     return [i for _, _, i in sorted(front)]
 
 
-def cost_axis(rows: Sequence[Row]) -> str:
-    """The row column to plot accuracy against: ``dsp``, ``lut`` or ``weight_bits``."""
-    if rows and all(row.get("dsp") is not None for row in rows):
-        if len({row["dsp"] for row in rows}) > 1:
-            return "dsp"
-    if rows and all(row.get("lut") is not None for row in rows):
-        return "lut"
-    return "weight_bits"
+def front_axes(rows: Sequence[Row]) -> list[str]:
+    """The axes (keys of :data:`AXES`) of the Pareto front, the plotted one first: samples/s per
+    DSP block and per LUT when throughput is known (per DSP only if every such point uses DSP
+    blocks), else the weight memory."""
+    timed = [row for row in rows if row.get("throughput")]
+    if not timed:
+        return ["weight_bits"]
+    axes = [
+        axis
+        for axis, resource in (("throughput_per_dsp", "dsp"), ("throughput_per_lut", "lut"))
+        if all(row.get(resource) for row in timed)
+    ]
+    return axes or ["weight_bits"]
 
 
-def pareto_keys(rows: Sequence[Row], axis: str) -> list[str]:
-    """The keys of the rows on the Pareto front of test accuracy against ``axis``."""
-    front = pareto_front([(row.get(axis), row.get("test_accuracy")) for row in rows])
+def pareto_keys(rows: Sequence[Row], axes: Sequence[str]) -> list[str]:
+    """The keys of the rows on the Pareto front of test accuracy against ``axes`` (a row that
+    does not fit the device is never on it)."""
+
+    def cost(row: Row, axis: str) -> float | None:
+        value = row.get(axis)
+        return None if value is None else (-value if AXES[axis][1] else value)
+
+    points = [
+        None
+        if row.get("fits") is False
+        else (*(cost(row, axis) for axis in axes), row.get("test_accuracy"))
+        for row in rows
+    ]
+    front = pareto_front([p or () for p in points])
     return [rows[i]["key"] for i in front]
 
 
@@ -81,7 +112,8 @@ def point_label(row: Row, grid_keys: Sequence[str]) -> str:
 def plot_pareto(
     path: Path, rows: Sequence[Row], axis: str, front: Sequence[str], grid_keys: Sequence[str]
 ) -> None:
-    """Write a PNG of test accuracy against ``axis``, the Pareto front marked and connected."""
+    """Write a PNG of test accuracy against ``axis``, the Pareto front marked and connected
+    (points that do not fit the device as crosses)."""
     # matplotlib takes 0.3 s to import: only the plots need it
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -91,7 +123,8 @@ def plot_pareto(
     ax = fig.add_subplot()
     plotted = [r for r in rows if r.get(axis) is not None and r.get("test_accuracy") is not None]
     on_front = {key: i for i, key in enumerate(front)}
-    others = [r for r in plotted if r["key"] not in on_front]
+    others = [r for r in plotted if r["key"] not in on_front and r.get("fits") is not False]
+    unfit = [r for r in plotted if r.get("fits") is False]
     best = sorted((r for r in plotted if r["key"] in on_front), key=lambda r: on_front[r["key"]])
     ax.scatter(
         [r[axis] for r in others],
@@ -100,6 +133,15 @@ def plot_pareto(
         label="grid point",
         zorder=2,
     )
+    if unfit:
+        ax.scatter(
+            [r[axis] for r in unfit],
+            [100 * r["test_accuracy"] for r in unfit],
+            marker="x",
+            color="tab:gray",
+            label="does not fit the device",
+            zorder=2,
+        )
     ax.plot(
         [r[axis] for r in best],
         [100 * r["test_accuracy"] for r in best],
@@ -117,11 +159,12 @@ def plot_pareto(
             fontsize=7,
         )
     missing = len(rows) - len(plotted)
-    title = f"test accuracy against {COST_LABELS[axis]}"
+    label = AXES[axis][0]
+    title = f"test accuracy against {label}"
     if missing:
         title += f" ({missing} diverged point{'s' if missing > 1 else ''} not shown)"
     ax.set_title(title, fontsize=10)
-    ax.set_xlabel(COST_LABELS[axis])
+    ax.set_xlabel(label + (" (more is better)" if AXES[axis][1] else ""))
     ax.set_ylabel("test accuracy (%)")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
@@ -148,14 +191,25 @@ def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
 
 
 def render_markdown(
-    spec: Mapping[str, Any], rows: Sequence[Row], axis: str, front: Sequence[str]
+    spec: Mapping[str, Any], rows: Sequence[Row], axes: Sequence[str], front: Sequence[str]
 ) -> str:
-    """The sweep report: command, every point sorted by accuracy, the Pareto front, the plot."""
+    """The sweep report: command, every point sorted by accuracy, the Pareto front on ``axes``,
+    the plot."""
     grid_keys = [a["key"] for a in spec["grid"]]
     estimated = bool(spec.get("estimate"))
     metric_columns = ["test acc %", "saturation", "weight bits"]
     if estimated:
-        metric_columns += ["LUT", "FF", "DSP", "BRAM bits", "Fmax MHz", "samples/s", "fits"]
+        metric_columns += [
+            "LUT",
+            "FF",
+            "DSP",
+            "BRAM bits",
+            "Fmax MHz",
+            "samples/s",
+            "samples/s per DSP",
+            "samples/s per LUT",
+            "fits",
+        ]
 
     def cells(row: Row) -> list[str]:
         acc = row.get("test_accuracy")
@@ -163,8 +217,13 @@ def render_markdown(
         out += ["–" if acc is None else f"{100 * acc:.2f}"]
         out += [_fmt(row.get("saturation_total")), _fmt(row["weight_bits"])]
         if estimated:
-            keys = ("lut", "ff", "dsp", "bram_bits", "fmax_mhz", "throughput", "fits")
-            out += [_fmt(row.get(k)) for k in keys]
+            out += [_fmt(row.get(k)) for k in ("lut", "ff", "dsp", "bram_bits", "fmax_mhz")]
+            mark = " (est.)" if row.get("throughput_estimated") else ""
+            out += [
+                _fmt(row.get(k)) + (mark if row.get(k) is not None else "")
+                for k in ("throughput", "throughput_per_dsp", "throughput_per_lut")
+            ]
+            out.append("**no**" if row.get("fits") is False else _fmt(row.get("fits")))
         return out
 
     on_front = set(front)
@@ -191,15 +250,26 @@ def render_markdown(
             [[*cells(r), "★" if r["key"] in on_front else ""] for r in by_accuracy],
         ),
         "",
-        f"## Pareto front: test accuracy against {COST_LABELS[axis]}",
+        f"## Pareto front: test accuracy against {' and '.join(AXES[a][0] for a in axes)}",
         "",
         *_table([*grid_keys, *metric_columns], [cells(r) for r in front_rows]),
         "",
         "![Pareto front](pareto.png)",
         "",
     ]
+    if any(r.get("throughput_estimated") for r in rows):
+        lines += [
+            "(est.): no routed Fmax; samples/s at the target clock `hardware.clock_mhz` over the "
+            "predicted cycles per sample (the analytic estimate).",
+            "",
+        ]
+    unfit = [r for r in rows if r.get("fits") is False]
+    if unfit:
+        lines += ["## Points that do not fit the device (never on the front)", ""]
+        lines += [f"* {point_label(r, grid_keys)}" for r in unfit]
+        lines.append("")
     diverged = [r for r in rows if r.get("diverged")]
-    if diverged:
+    if diverged:  # the reason is kept in the rows (the CSV has only true/false)
         lines += ["## Diverged points", ""]
         lines += [f"* {point_label(r, grid_keys)}: {r['diverged']}" for r in diverged]
         lines.append("")
@@ -361,9 +431,117 @@ def render_flow_report(s: Mapping[str, Any]) -> str:
         "",
     ]
 
+    lines += ["## Figures of merit", ""]
+    mac = s.get("reference_mac") or {}
+    lines += _table(
+        ("", "predicted cycles", "measured cycles"),
+        figures_rows(m, fmax, mac.get("fmax_mhz"), v.get("measured_cycles_per_sample")),
+    )
+    lines += [
+        "",
+        f"Useful multiplies per sample: {m.useful_multiplies:,} (2 per weight in stage 1, "
+        "forward and gradient; 3 elsewhere, with the backward product; bias columns not "
+        f"counted). The DSP-bound limit is the device's {m.dsp_available} DSP blocks each doing "
+        "one useful multiply per cycle at the Fmax of a lone registered 16x16 + 40-bit MAC on "
+        "the device's hard multiplier"
+        + (
+            f", {mac['fmax_mhz']:.1f} MHz placed and routed in the same run"
+            if mac.get("fmax_mhz")
+            else " (not placed and routed in this run: n/a)"
+        )
+        + "; the efficiency is samples/s over that limit.",
+        "",
+    ]
+
+    lines += [f"## Memory (bits): pipelined against batch-parallel at batch {_batch(m)}", ""]
+    lines += memory_table(m)
+    lines += [
+        "",
+        "Pipelined: weights, velocities, w_prev (weight-difference prediction) and the stash of "
+        "the last D + 1 inputs with their ReLU masks. Batch-parallel (no pipeline, batch size "
+        f"{_batch(m)} = `optimizer.reference_batch`): the same weights and velocities and every "
+        "stage's input for the whole batch. Words only; memory rows padded to the lanes are in "
+        "the Pipeline stages table.",
+        "",
+    ]
+
     t = s["timings"]
     lines += ["## Flow", "", _fmt_timings(t), ""]
     return "\n".join(lines)
+
+
+def _batch(m: Manifest) -> int:
+    return m.memory_model.batch_size
+
+
+def figures_rows(
+    m: Manifest, fmax: float | None, mac_fmax: float | None, measured: float | None
+) -> list[tuple[str, str, str]]:
+    """The rows of the figures-of-merit table (:func:`pbhw.core.figures.figures_of_merit`):
+    samples/s, the DSP-bound limit and the efficiency, at the predicted and at the measured
+    cycles per sample; "n/a" where a number is missing (no routed Fmax, no MAC Fmax)."""
+    cells = []
+    for cycles in (m.predicted_cycles_per_sample, measured):
+        if not fmax or not cycles:
+            cells.append(None)
+            continue
+        cells.append(
+            figures_of_merit(
+                fmax_mhz=fmax,
+                cycles_per_sample=cycles,
+                useful=m.useful_multiplies,
+                dsp_blocks=m.dsp_available,
+                mac_fmax_mhz=mac_fmax,
+            )
+        )
+
+    def row(label: str, value) -> tuple[str, str, str]:
+        texts = ["n/a" if f is None or value(f) is None else _text(value(f)) for f in cells]
+        return (label, *texts)
+
+    def _text(x: float) -> str:
+        return f"{x:.3f}" if x < 1 else f"{x:,.0f}"
+
+    return [
+        row("samples/s at the routed Fmax", lambda f: f.samples_per_second),
+        row("DSP-bound limit (samples/s)", lambda f: f.dsp_bound),
+        row("device efficiency", lambda f: f.efficiency),
+    ]
+
+
+def memory_table(m: Manifest) -> list[str]:
+    """The memory model of the manifest as Markdown table lines, a row per stage and a total."""
+    model = m.memory_model
+    body = [
+        (
+            str(st.stage),
+            *(
+                f"{n:,}"
+                for n in (
+                    st.weight,
+                    st.velocity,
+                    st.w_prev,
+                    st.stash,
+                    st.pipelined,
+                    st.batch_activation,
+                    st.batch,
+                )
+            ),
+        )
+        for st in model.stages
+    ]
+    body.append(("total", *[""] * 4, f"{model.pipelined:,}", "", f"{model.batch:,}"))
+    header = (
+        "stage",
+        "weights",
+        "velocities",
+        "w_prev",
+        "stash",
+        "pipelined",
+        "batch activations",
+        "batch-parallel",
+    )
+    return _table(header, body)
 
 
 def _critical_path_text(path: Mapping[str, Any]) -> str:

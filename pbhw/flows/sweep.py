@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
@@ -54,6 +55,7 @@ __all__ = [
     "GridAxis",
     "Point",
     "SweepError",
+    "check_same_grid",
     "check_trainable",
     "code_fingerprint",
     "config_key",
@@ -63,6 +65,7 @@ __all__ = [
     "is_sweep_output",
     "parse_grid",
     "provenance",
+    "record_spec",
     "require_ray",
     "result_rows",
     "run_batch",
@@ -83,6 +86,9 @@ ESTIMATE_COLUMNS = (
     "fits",
     "cycles_per_sample",
     "throughput",
+    "throughput_estimated",
+    "throughput_per_dsp",
+    "throughput_per_lut",
 )
 
 #: Columns every point gets from training, in table order.
@@ -555,15 +561,58 @@ def _read_record(path: Path, key: str, estimate: bool | str) -> dict[str, Any] |
 _POINT_FILE = re.compile(r"[0-9a-f]{16}\.json")
 
 
+def _recorded_spec(path: Path) -> dict[str, Any] | None:
+    """The spec an earlier ``pbhw sweep`` recorded in ``path`` (``sweep.json``, written when it
+    started, or ``results.json``), or None."""
+    for name in ("sweep.json", "results.json"):
+        try:
+            data = json.loads((Path(path) / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        spec = data.get("spec") if isinstance(data, dict) else None
+        if isinstance(spec, dict) and str(spec.get("command", "")).startswith("pbhw sweep"):
+            return spec
+    return None
+
+
+def check_same_grid(out_dir: Path, spec: Mapping[str, Any], option: str = "-o") -> None:
+    """Refuse to add a sweep's points to an output folder made for another grid.
+
+    Raises
+    ------
+    SweepError
+        If ``out_dir`` holds a ``pbhw sweep`` output whose grid (keys and values, in order)
+        is not ``spec["grid"]``: its report would mix the two.
+    """
+    old = _recorded_spec(out_dir)
+    if old is None or json.dumps(old.get("grid")) == json.dumps(list(spec["grid"])):
+        return
+
+    def text(grid: Any) -> str:
+        try:
+            return " ".join(
+                f"--grid {a['key']}={','.join(_cell(v) for v in a['values'])}" for a in grid
+            )
+        except (TypeError, KeyError):
+            return repr(grid)
+
+    raise SweepError(
+        f"{option} {out_dir} holds a sweep over another grid ({text(old.get('grid'))}), not "
+        f"{text(spec['grid'])}; choose another output folder, or rerun with that grid to resume it"
+    )
+
+
+def record_spec(out_dir: Path, spec: Mapping[str, Any]) -> None:
+    """Write ``sweep.json`` (the spec) before any point runs, so that even an interrupted sweep's
+    folder says which grid it belongs to (:func:`check_same_grid`)."""
+    write_atomic(Path(out_dir) / "sweep.json", _dumps({"spec": dict(spec)}))
+
+
 def is_sweep_output(path: Path) -> bool:
     """Whether ``path`` holds an earlier (perhaps interrupted) output of ``pbhw sweep``: its
-    ``results.json``, or a ``points/`` folder of nothing but point records."""
-    try:
-        results = json.loads((Path(path) / "results.json").read_text(encoding="utf-8"))
-        if isinstance(results, dict) and isinstance(results.get("spec"), dict):
-            return str(results["spec"].get("command", "")).startswith("pbhw sweep")
-    except (OSError, ValueError):
-        pass
+    ``sweep.json`` or ``results.json``, or a ``points/`` folder of nothing but point records."""
+    if _recorded_spec(path) is not None:
+        return True
     points = Path(path) / "points"
     if not points.is_dir():
         return False
@@ -581,12 +630,28 @@ def weight_bits(config: Config) -> int:
     )
 
 
+def _throughput(est: Mapping[str, Any], clock_mhz: float) -> dict[str, Any]:
+    """Samples/s at the routed Fmax or, without one, at the target clock (the analytic estimate,
+    ``throughput_estimated``), and per DSP block and per LUT of the design."""
+    fmax, cycles = est.get("fmax_mhz"), est.get("cycles_per_sample")
+    estimated = not fmax
+    throughput = (clock_mhz if estimated else fmax) * 1e6 / cycles if cycles else None
+    dsp, lut = est.get("dsp"), est.get("lut")
+    return {
+        "throughput": throughput,
+        "throughput_estimated": estimated if throughput is not None else None,
+        "throughput_per_dsp": throughput / dsp if throughput and dsp else None,
+        "throughput_per_lut": throughput / lut if throughput and lut else None,
+    }
+
+
 def result_rows(
     points: Sequence[Point], records: Mapping[str, Mapping[str, Any]], estimate: bool
 ) -> list[dict[str, Any]]:
     """One row per point, in grid order: the grid's values, training results, and with
-    ``estimate`` resources, Fmax and throughput (samples/s). No timings, so rows are the same
-    whatever ran them."""
+    ``estimate`` resources, Fmax and throughput (samples/s at the routed Fmax, else at the target
+    clock ``hardware.clock_mhz`` with ``throughput_estimated`` true; and per DSP block and per
+    LUT). No timings, so rows are the same whatever ran them."""
     rows = []
     for point in points:
         record = records[point.key]
@@ -599,27 +664,36 @@ def result_rows(
         }
         if estimate:
             est = record["estimate"]
-            row.update({column: est.get(column) for column in ESTIMATE_COLUMNS[:-1]})
-            fmax, cycles = est.get("fmax_mhz"), est.get("cycles_per_sample")
-            row["throughput"] = fmax * 1e6 / cycles if fmax and cycles else None
+            row.update({column: est.get(column) for column in ESTIMATE_COLUMNS[:7]})
+            row.update(_throughput(est, point.config.hardware.clock_mhz))
         row["key"] = point.key
         rows.append(row)
     return rows
 
 
 def _csv_text(rows: Sequence[Mapping[str, Any]], grid_keys: Sequence[str]) -> str:
-    columns = [*grid_keys] + [k for k in rows[0] if k not in ("grid", "saturation")]
+    """The rows as CSV. Booleans are ``true``/``false`` in every column, ``diverged`` too (its
+    reason is in ``diverged_reason``); an empty cell is a value that does not exist (the
+    accuracy or ``collapsed`` of a diverged point, the Fmax of an unrouted design)."""
+    names = [k for k in rows[0] if k not in ("grid", "saturation")]
+    at = names.index("diverged") + 1 if "diverged" in names else len(names)
+    columns = [*grid_keys, *names[:at], "diverged_reason", *names[at:]]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        cells = [row["grid"][k] for k in grid_keys] + [row[k] for k in columns[len(grid_keys) :]]
+        values = {
+            **row,
+            "diverged": bool(row.get("diverged")),
+            "diverged_reason": row.get("diverged"),
+        }
+        cells = [row["grid"][k] for k in grid_keys] + [values[k] for k in columns[len(grid_keys) :]]
         writer.writerow(["" if v is None else _cell(v) for v in cells])
     return out.getvalue()
 
 
 def _cell(value: Any) -> str:
-    if isinstance(value, bool):
+    if isinstance(value, bool | np.bool_):
         return "true" if value else "false"
     if isinstance(value, list | dict):
         return json.dumps(value)
@@ -638,10 +712,10 @@ def write_results(
     """Write ``results.csv``, ``results.json``, ``pareto.png`` and ``report.md`` (atomically)."""
 
     grid_keys = [axis["key"] for axis in spec["grid"]]
-    axis = report.cost_axis(rows)
-    front = report.pareto_keys(rows, axis)
-    payload = {"spec": dict(spec), "cost_axis": axis, "pareto": front, "points": list(rows)}
+    axes = report.front_axes(rows)
+    front = report.pareto_keys(rows, axes)
+    payload = {"spec": dict(spec), "front_axes": axes, "pareto": front, "points": list(rows)}
     write_atomic(out_dir / "results.csv", _csv_text(rows, grid_keys))
     write_atomic(out_dir / "results.json", _dumps(payload))
-    report.plot_pareto(out_dir / "pareto.png", rows, axis, front, grid_keys)
-    write_atomic(out_dir / "report.md", report.render_markdown(spec, rows, axis, front))
+    report.plot_pareto(out_dir / "pareto.png", rows, axes[0], front, grid_keys)
+    write_atomic(out_dir / "report.md", report.render_markdown(spec, rows, axes, front))
