@@ -59,6 +59,7 @@ from pbhw.core.datapath import (
     StageDatapath,
     stage_datapath,
 )
+from pbhw.core.figures import stash_bits
 from pbhw.core.fixed import Rounding
 from pbhw.core.plan import StagePlan
 from rtl_gen.counters import COUNTER_BITS, COUNTER_ROLES, SaturationCounters
@@ -347,9 +348,7 @@ class Stage(wiring.Component):
     @property
     def memory_bits(self) -> dict[str, int]:
         lanes_rows = self._lanes * self.rows
-        stash = (self._plan.delay + 1) * (
-            self._plan.n_in * self._x_role.format.width + (self._plan.n_out if self._relu else 0)
-        )
+        stash = stash_bits(self._plan, self._x_role.format.width)
         return {
             "weight": lanes_rows * self.weight_bits,
             "velocity": lanes_rows * self.velocity_bits,

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from pbhw.core.config import WeightPrediction
+from pbhw.core.datapath import x_format_of
 from pbhw.core.plan import Plan, StagePlan
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "figures_of_merit",
     "forward_multiplies",
     "memory_model",
+    "stash_bits",
     "useful_multiplies",
 ]
 
@@ -173,6 +175,13 @@ class MemoryModel:
         }
 
 
+def stash_bits(stage: StagePlan, x_width: int) -> int:
+    """Bits of one stage's stash: the inputs of the last ``D_l + 1`` steps, ``x_width`` bits each
+    (the format of the activations the stage receives, :func:`pbhw.core.datapath.x_format_of`)
+    and, with a ReLU, one mask bit per output for each of them (``docs/hardware.md``)."""
+    return (stage.delay + 1) * (stage.n_in * x_width + (stage.n_out if stage.relu else 0))
+
+
 def memory_model(plan: Plan, batch_size: int | None = None) -> MemoryModel:
     """The memory of PB hardware beside that of a batch-parallel design, per stage, in bits.
 
@@ -203,11 +212,11 @@ def memory_model(plan: Plan, batch_size: int | None = None) -> MemoryModel:
     bias = 1 if config.network.bias else 0
     w_prev = config.optimizer.weight_prediction is WeightPrediction.WEIGHT_DIFFERENCE
     stages = []
-    for i, st in enumerate(plan.stages):
+    for st in plan.stages:
         words = (st.n_in + bias) * st.n_out
         weight = words * st.formats.weight.format.width
-        x_width = plan.stages[max(i - 1, 0)].formats.activation.format.width
-        stash = (st.delay + 1) * (st.n_in * x_width + (st.n_out if st.relu else 0))
+        x_width = x_format_of(plan, st).width
+        stash = stash_bits(st, x_width)
         stages.append(
             StageMemory(
                 stage=st.index,
