@@ -27,6 +27,7 @@ from golden.pipeline import Pipeline
 from golden.trace import Trace, run_trace
 from pbhw.core.config import Config, ConfigError
 from pbhw.core.datasets import load
+from pbhw.core.plan import derive_plan
 from pbhw.core.weights import initial_weights
 from pbhw.tools.harness import Pause, build_harness, run_harness
 from pbhw.tools.toolchain import sim_build, sim_test
@@ -507,27 +508,28 @@ def verify_epochs(
     if epochs < 1:
         raise ConfigError(f"--epochs must be a positive integer, not {epochs}")
     say = progress or (lambda message: None)
-    if generated is None:
-        design, verilog, top = build_design(config), None, top_name(config)
-    else:
-        generated.check_config(config)
-        design, verilog, top = generated.design, generated.verilog, generated.manifest.top
     data = load(config.train.dataset)
     check_fits(config, data)
-    rtl = design if rtl_design is None else rtl_design
     if rtl_design is not None:
-        verilog = None
+        rtl, verilog, top, plan = rtl_design, None, top_name(config), derive_plan(config)
+    elif generated is not None:
+        generated.check_config(config)
+        rtl, verilog, top = generated.design, generated.verilog, generated.manifest.top
+        plan = rtl.plan
+    else:
+        rtl, verilog, top = build_design(config), None, top_name(config)
+        plan = rtl.plan
     start = time.perf_counter()
     if verilog is None:
         verilog = verilog_text(rtl, top)
     build = build_harness(verilog, top, progress=say)
     build_seconds = time.perf_counter() - start
     say(f"golden model: {epochs} epochs of {len(data.y_train)} samples ...")
-    gold = golden_epochs(design.plan, data, epochs, progress=say)
+    gold = golden_epochs(plan, data, epochs, progress=say)
     net = rtl.network
     n, total, L = len(data.y_train), len(gold.labels), len(net.stages)
     layout = net.samples.payload.shape()
-    n_in = design.plan.stages[0].n_in
+    n_in = plan.stages[0].n_in
     payloads = [
         layout.const({"bubble": 0, "label": label, "x": [int(v) for v in row]}).as_value().value
         for row, label in zip(gold.inputs, gold.labels, strict=True)
@@ -565,7 +567,7 @@ def verify_epochs(
     found, sample = compare_epochs(gold, results, snapshots, n)
     if found is not None and sample >= 0 and localise:
         say(f"localising the mismatch of sample {sample}: the samples up to it under cocotb ...")
-        prefix = run_trace(design.plan, gold.x[: sample + 1], gold.labels[: sample + 1])
+        prefix = run_trace(plan, gold.x[: sample + 1], gold.labels[: sample + 1])
         seen, _, _ = run_rtl(rtl, prefix, top=top, verilog=verilog)
         found = first_mismatch(prefix, seen) or found
     rtl_states = [
@@ -587,7 +589,7 @@ def verify_epochs(
         rebuilt=build.rebuilt,
         cycles=raw.cycles,
         epochs=epochs,
-        rtl_test_accuracy=_accuracy(gold.arith, design.plan, rtl_states, data),
+        rtl_test_accuracy=_accuracy(gold.arith, plan, rtl_states, data),
         golden_test_accuracy=gold.test_accuracy,
         sim_cycles_per_second=raw.cycles / sim_seconds if sim_seconds > 0 else None,
     )
