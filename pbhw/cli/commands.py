@@ -437,9 +437,9 @@ def estimate(
 @click.option(
     "--verify-samples",
     type=int,
-    default=100,
-    show_default=True,
-    help="Samples of the bit-exact RTL check.",
+    default=None,
+    help="Samples of a short bit-exact RTL check  [default: the whole training run when its "
+    "predicted simulation takes at most 5 minutes on Verilator, else 100 samples].",
 )
 @simulator_option
 @click.option(
@@ -457,7 +457,7 @@ def estimate(
 def flow(
     config: str,
     out_dir: str,
-    verify_samples: int,
+    verify_samples: int | None,
     simulator: str,
     pnr_timeout: float,
     pnr_seed: int | None,

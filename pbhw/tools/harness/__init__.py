@@ -124,7 +124,7 @@ def _words_of(bits: int) -> int:
     return 1 if bits <= 32 else 2 if bits <= 64 else (bits + 31) // 32
 
 
-def _hash(verilog: str, top: str, flags: Sequence[str]) -> str:
+def _hash(verilog: str, top: str, flags: Sequence[str], source: str) -> str:
     tool = verilator()
     recipe = {
         "verilog": verilog,
@@ -133,7 +133,7 @@ def _hash(verilog: str, top: str, flags: Sequence[str]) -> str:
         "executable": str(tool.executable),
         "waiver": WAIVER.read_text(),
         "models": [p.read_text() for p in models_for(verilog)],
-        "harness": SOURCE.read_text(),
+        "harness": source,
         "flags": list(flags),
         "makeflags": _VERILATOR_MAKEFLAGS,
     }
@@ -145,10 +145,14 @@ def build_harness(
     top: str,
     *,
     flags: Sequence[str] = VERILATOR_FLAGS,
+    source: str | None = None,
     root: str | os.PathLike[str] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> HarnessBuild:
     """Compile the harness with ``verilog`` (top module ``top``), reusing an identical build.
+
+    ``source`` is another C++ main to build the same way instead of :data:`SOURCE` (the
+    benchmark's bare clock loop, ``bench/sim_speed.py``).
 
     Raises
     ------
@@ -156,17 +160,18 @@ def build_harness(
         If Verilator is missing or the build fails (the message holds the end of its log).
     """
     tool = verilator()
-    digest = _hash(verilog, top, flags)
+    source = SOURCE.read_text() if source is None else source
+    digest = _hash(verilog, top, flags, source)
     directory = build_directory("harness", digest, root)
     stamp = directory / _STAMP
     if stamp.is_file():
         stamp.touch()  # used now: the cache bound keeps the most recently used builds
         return HarnessBuild(top, directory, rebuilt=False)
     directory.mkdir(parents=True, exist_ok=True)
-    source = directory / f"{top}.v"
-    source.write_text(verilog)
+    design = directory / f"{top}.v"
+    design.write_text(verilog)
     cpp = directory / "harness.cpp"
-    cpp.write_text(SOURCE.read_text())
+    cpp.write_text(source)
     command = [
         str(tool.executable),
         "--cc",
@@ -185,7 +190,7 @@ def build_harness(
         str(directory / _EXECUTABLE),
         str(WAIVER),
         *(str(p) for p in models_for(verilog)),
-        str(source),
+        str(design),
         str(cpp),
     ]
     env = {**os.environ, **tool.env()}
