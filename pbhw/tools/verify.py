@@ -70,6 +70,8 @@ class VerifyResult:
     cycles: int
     #: ``--epochs``: whole epochs in the trainer's order on the compiled harness, the test
     #: accuracy of the RTL's final weights and of the golden model's, and the simulation speed
+    #: (the cycles over the harness's time in its simulation loop; ``sim_seconds`` is the
+    #: harness process's wall time)
     epochs: int | None = None
     rtl_test_accuracy: float | None = None
     golden_test_accuracy: float | None = None
@@ -591,5 +593,5 @@ def verify_epochs(
         epochs=epochs,
         rtl_test_accuracy=_accuracy(gold.arith, plan, rtl_states, data),
         golden_test_accuracy=gold.test_accuracy,
-        sim_cycles_per_second=raw.cycles / sim_seconds if sim_seconds > 0 else None,
+        sim_cycles_per_second=raw.cycles / raw.loop_seconds if raw.loop_seconds > 0 else None,
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -96,7 +97,9 @@ class HarnessTrace:
     ``taken[k]`` is the cycle at which payload ``k`` was accepted, ``results`` every result
     payload in order, ``memories[p][s][m]`` the rows of memory ``m`` (0: W, 1: V) of stage ``s``
     at pause ``p``, ``saturation[p]`` the counters' port at pause ``p``, ``pause_cycles[p]`` the
-    cycle the reading began, ``cycles`` the cycles simulated after reset."""
+    cycle the reading began, ``cycles`` the cycles simulated after reset. ``seconds`` is the
+    harness process's wall time, ``loop_seconds`` the part of it spent simulating (without
+    start-up and the stimulus and trace files)."""
 
     taken: np.ndarray
     results: list[int]
@@ -104,7 +107,8 @@ class HarnessTrace:
     saturation: list[int]
     pause_cycles: list[int]
     cycles: int
-    seconds: float
+    seconds: float = 0.0
+    loop_seconds: float = 0.0
 
 
 def to_words(value: int, words: int) -> list[int]:
@@ -203,6 +207,9 @@ def build_harness(
     if result.returncode != 0 or not (directory / _EXECUTABLE).is_file():
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
         raise ToolError(f"Verilator build of the harness of {top} failed:\n{tail}")
+    # The generated C++ and object files (about 150 MB for the default example) are needed no
+    # more: the executable is the build.
+    shutil.rmtree(directory / "obj", ignore_errors=True)
     stamp.write_text(json.dumps({"top": top, "tool": tool.version_string}) + "\n")
     prune_builds(directory.parent.parent, keep_also=directory)
     return HarnessBuild(top, directory, rebuilt=True)
@@ -267,6 +274,7 @@ def run_harness(
             *plusargs,
         ]
         start = time.perf_counter()
+        loop_seconds = float("nan")
         with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as proc:
             errors = []
             for line in proc.stderr:
@@ -275,6 +283,8 @@ def run_harness(
                     done, total, cycles = (int(v) for v in fields[2:5])
                     rate = cycles / max(time.perf_counter() - start, 1e-9)
                     progress(f"  {done}/{total} payloads, {cycles:,} cycles, {rate:,.0f} cycles/s")
+                elif fields[:2] == ["pbhw-harness:", "done"]:
+                    loop_seconds = float(fields[3])
                 elif fields[:2] != ["pbhw-harness:", "pause"]:
                     errors.append(line.rstrip())
         seconds = time.perf_counter() - start
@@ -284,13 +294,14 @@ def run_harness(
                 + "\n".join(errors[-20:])
             )
         raw = np.fromfile(trace, dtype="<u4")
-    return _decode(raw, rows, seconds, result_bits, debug_bits, counter_bits)
+    trace = _decode(raw, rows, result_bits, debug_bits, counter_bits)
+    trace.seconds, trace.loop_seconds = seconds, loop_seconds
+    return trace
 
 
 def _decode(
     raw: np.ndarray,
     rows: Sequence[int],
-    seconds: float,
     result_bits: int,
     debug_bits: int,
     counter_bits: int,
@@ -338,6 +349,4 @@ def _decode(
         saturation.append(from_words(take(int(counter_words))))
     if at != len(raw):
         raise ToolError("the compiled harness's trace has trailing words")
-    return HarnessTrace(
-        taken_cycles, result_values, memories, saturation, pause_cycles, cycles, seconds
-    )
+    return HarnessTrace(taken_cycles, result_values, memories, saturation, pause_cycles, cycles)

@@ -20,6 +20,7 @@
 // Arguments are key=value (idle, backpressure, seed, quiet, settle, debug_latency, stall, stimulus,
 // trace); arguments starting with '+' are Verilator's (e.g. +verilator+rand+reset+2).
 
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -283,6 +284,7 @@ int main(int argc, char** argv) {
     h.reset();
     std::vector<uint32_t> memories;
     std::vector<uint64_t> pause_cycles;
+    const auto start = std::chrono::steady_clock::now();
     for (size_t k = 0; k < pause_payloads.size(); ++k) {
         h.stream(pause_payloads[k], pause_results[k], stall, payloads);
         if (pause_drained[k])
@@ -294,6 +296,10 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "pbhw-harness: pause %zu %zu %llu\n", k + 1, pause_payloads.size(),
                      static_cast<unsigned long long>(h.cycles));
     }
+
+    const std::chrono::duration<double> seconds = std::chrono::steady_clock::now() - start;
+    std::fprintf(stderr, "pbhw-harness: done %llu %.6f\n",
+                 static_cast<unsigned long long>(h.cycles), seconds.count());
 
     FILE* f = std::fopen(trace_path.c_str(), "wb");
     if (!f) fail("cannot write " + trace_path);
