@@ -15,6 +15,7 @@ from pbhw.tools.toolchain import (
     ToolError,
     iverilog,
     lint,
+    prune_builds,
     sim_build,
     verilator,
     verilator_env,
@@ -132,3 +133,50 @@ def test_sim_build_is_reused_while_inputs_are_unchanged(tmp_path):
 def test_sim_build_reports_compiler_errors(tmp_path):
     with pytest.raises(ToolError, match=r"(?s)verilator build of broken failed.*missing_net"):
         sim_build(BROKEN, "broken", root=tmp_path)
+
+
+def _fake_build(root, kind, name, *, used=None, stamped=True):
+    """A build directory with a stamp last used at ``used`` (seconds since the epoch)."""
+    directory = root / kind / name
+    directory.mkdir(parents=True)
+    (directory / "model.bin").write_bytes(b"\0" * 64)
+    if stamped:
+        (directory / "pbhw-build.json").write_text("{}\n")
+        os.utime(directory / "pbhw-build.json", (used, used))
+    else:
+        os.utime(directory, (used, used))
+    return directory
+
+
+def test_prune_builds_keeps_the_most_recently_used(tmp_path):
+    now = 1_000_000_000.0
+    ages = {"a": 50, "b": 10, "c": 30, "d": 20}  # seconds since last use
+    builds = {
+        name: _fake_build(tmp_path, "verilator" if name < "c" else "harness", name, used=now - age)
+        for name, age in ages.items()
+    }
+    deleted = prune_builds(tmp_path, keep=2, now=now)
+    assert set(deleted) == {builds["a"], builds["c"]}
+    assert sorted(p.name for p in tmp_path.glob("*/*")) == ["b", "d"]
+
+
+def test_prune_builds_spares_the_new_build_and_recent_incomplete_ones(tmp_path):
+    now = 1_000_000_000.0
+    new = _fake_build(tmp_path, "harness", "new", used=now - 1000)
+    old = _fake_build(tmp_path, "verilator", "old", used=now - 10)
+    failed = _fake_build(tmp_path, "verilator", "failed", used=now - 2 * 86400, stamped=False)
+    building = _fake_build(tmp_path, "verilator", "building", used=now - 60, stamped=False)
+    deleted = prune_builds(tmp_path, keep=1, keep_also=new, now=now)
+    assert set(deleted) == {failed, old}
+    assert new.is_dir() and building.is_dir()
+
+
+def test_prune_builds_reads_the_bound_from_the_environment(tmp_path, monkeypatch):
+    now = 1_000_000_000.0
+    for k in range(4):
+        _fake_build(tmp_path, "verilator", f"b{k}", used=now - k)
+    monkeypatch.setenv("PBHW_SIM_BUILD_KEEP", "3")
+    assert [p.name for p in prune_builds(tmp_path, now=now)] == ["b3"]
+    monkeypatch.setenv("PBHW_SIM_BUILD_KEEP", "0")
+    with pytest.raises(ToolError, match="PBHW_SIM_BUILD_KEEP must be a positive integer, not '0'"):
+        prune_builds(tmp_path, now=now)

@@ -37,6 +37,7 @@ from pbhw.tools.estimate import critical_path_text
 from pbhw.tools.estimate import estimate as run_estimate
 from pbhw.tools.train import train as run_training
 from pbhw.tools.verify import verify as run_verify
+from pbhw.tools.verify import verify_epochs as run_verify_epochs
 from rtl_gen.generate import generate as run_generate
 
 __all__ = ["check", "estimate", "flow", "generate", "train", "verify"]
@@ -265,9 +266,18 @@ def generate(config: str, out_dir: str, init_from: str | None, sets: tuple[str, 
 @click.option(
     "--samples",
     type=int,
-    default=200,
-    show_default=True,
-    help="Training samples of the config's dataset to stream through.",
+    default=None,
+    help="Training samples of the config's dataset to stream through under cocotb, with "
+    "every inter-stage token recorded  [default: 200 unless --epochs is given].",
+)
+@click.option(
+    "--epochs",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Instead: N whole epochs of the training set in the trainer's order on the compiled "
+    "Verilator harness (every result, W/V at every epoch end, the test accuracy of the RTL's "
+    "weights).",
 )
 @simulator_option
 @click.option(
@@ -290,7 +300,8 @@ def generate(config: str, out_dir: str, init_from: str | None, sets: tuple[str, 
 @user_errors
 def verify(
     config: str,
-    samples: int,
+    samples: int | None,
+    epochs: int | None,
     simulator: str,
     idle: float,
     backpressure: float,
@@ -302,18 +313,40 @@ def verify(
 
     Exit 0 with a one-line summary when every forward and error token, loss error, prediction,
     final weight and velocity and saturation counter is equal; exit 1 naming the first
-    mismatch (step, stage, role, element, both codes) otherwise."""
+    mismatch (step, stage, role, element, both codes) otherwise. With --epochs, whole
+    training runs are checked on a compiled Verilator harness (docs/verification.md)."""
 
     for name, p in (("--idle", idle), ("--backpressure", backpressure)):
         if not 0.0 <= p < 1.0:
             raise UserError(f"{name} must be a probability in [0, 1), not {p}")
+    if epochs is not None:
+        if samples is not None:
+            raise UserError("give either --samples or --epochs, not both")
+        if epochs < 1:
+            raise UserError(f"--epochs must be a positive integer, not {epochs}")
+        if simulator != "verilator":
+            raise UserError(
+                f"--epochs runs on the compiled Verilator harness, not --simulator {simulator}"
+            )
+    elif samples is None:
+        samples = 200
     cfg = load_config(config, sets, init_from)
     if json_out:
         check_output_file(Path(json_out), "--json")
-    click.echo(f"verifying {cfg.name} on {simulator} with {samples} samples ...", err=True)
-    result = run_verify(
-        cfg, samples=samples, simulator=simulator, idle=idle, backpressure=backpressure
-    )
+    if epochs is not None:
+        click.echo(f"verifying {cfg.name}: {epochs} epochs on the compiled harness ...", err=True)
+        result = run_verify_epochs(
+            cfg,
+            epochs=epochs,
+            idle=idle,
+            backpressure=backpressure,
+            progress=lambda message: click.echo(message, err=True),
+        )
+    else:
+        click.echo(f"verifying {cfg.name} on {simulator} with {samples} samples ...", err=True)
+        result = run_verify(
+            cfg, samples=samples, simulator=simulator, idle=idle, backpressure=backpressure
+        )
     if json_out:
         write_json(Path(json_out), result.to_json())
     click.echo(result.summary())
@@ -407,9 +440,9 @@ def estimate(
 @click.option(
     "--verify-samples",
     type=int,
-    default=100,
-    show_default=True,
-    help="Samples of the bit-exact RTL check.",
+    default=None,
+    help="Samples of a short bit-exact RTL check  [default: the whole training run when its "
+    "predicted simulation takes at most 5 minutes on Verilator, else 100 samples].",
 )
 @simulator_option
 @click.option(
@@ -427,7 +460,7 @@ def estimate(
 def flow(
     config: str,
     out_dir: str,
-    verify_samples: int,
+    verify_samples: int | None,
     simulator: str,
     pnr_timeout: float,
     pnr_seed: int | None,

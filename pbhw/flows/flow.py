@@ -12,7 +12,10 @@ run that fails leaves nothing behind:
    costs seconds, not the minutes of training;
 2. train in the hardware's fixed-point arithmetic (the bit-exact model) on the config's dataset,
    and a float SGD baseline at the reference batch (``train_fixed.json``, ``train_sgd.json``);
-3. verify a short run of the RTL bit for bit against the golden model (``verify.json``);
+3. verify the RTL bit for bit against the golden model (``verify.json``): the whole training run
+   (every epoch of the training set on the compiled harness, ``pbhw verify --epochs``) when its
+   predicted simulation time is within :data:`FULL_RUN_SECONDS` (:func:`full_run_seconds`), else
+   a short run of ``verify_samples`` samples;
 4. synthesise, place and route for the config's device (``estimate.json``);
 5. write ``report.md`` with ``training.png`` and ``resources.png``.
 """
@@ -40,11 +43,28 @@ from pbhw.flows.report import render_flow_report
 from pbhw.tools.estimate import estimate, require_tools
 from pbhw.tools.toolchain import SIMULATORS, simulator_tool
 from pbhw.tools.train import check_trainable, train
-from pbhw.tools.verify import verify
+from pbhw.tools.verify import verify, verify_epochs
 from rtl_gen.design import fixed_plan
 from rtl_gen.generate import generate
 
-__all__ = ["check_flow", "is_flow_output", "run_flow"]
+__all__ = [
+    "FULL_RUN_CYCLES_PER_SECOND",
+    "FULL_RUN_SECONDS",
+    "VERIFY_SAMPLES",
+    "check_flow",
+    "full_run_seconds",
+    "is_flow_output",
+    "run_flow",
+]
+
+#: A conservative speed of the compiled harness: half of the 72,000-145,000 cycles/s measured
+#: on the default example on a loaded 2-core machine (bench/results/sim_speed.json).
+FULL_RUN_CYCLES_PER_SECOND = 40_000
+#: The flow verifies the whole training run when its predicted simulation takes at most this
+#: long (the default example's 10 epochs: 5.3 M cycles, predicted 133 s).
+FULL_RUN_SECONDS = 300.0
+#: Samples of the short check when the whole run would take longer.
+VERIFY_SAMPLES = 100
 
 #: Keys of ``summary.json`` by which an earlier output of ``pbhw flow`` is recognised.
 _SUMMARY_KEYS = frozenset({"config", "train_fixed", "train_sgd", "verify", "estimate"})
@@ -116,7 +136,7 @@ def check_flow(
     config: Config,
     out_dir: Path,
     *,
-    verify_samples: int = 100,
+    verify_samples: int | None = None,
     simulator: str = "verilator",
     pnr_timeout: float | None = None,
     pnr_seed: int | None = None,
@@ -124,7 +144,7 @@ def check_flow(
     """Everything :func:`run_flow` can check before its work starts (in seconds); raises an
     :class:`~pbhw.core.errors.InputError` naming the option or key. ``pnr_timeout`` is in
     seconds; the messages name the command's options."""
-    if (
+    if verify_samples is not None and (
         isinstance(verify_samples, bool)
         or not isinstance(verify_samples, int)
         or verify_samples < 1
@@ -143,7 +163,7 @@ def check_flow(
     device = config_device(config)
     data = check_trainable(config.replace({"train.arith": "fixed"}))
     check_trainable(config.replace({"train.arith": "float", "optimizer.algorithm": "sgd"}))
-    if verify_samples > len(data.y_train):
+    if verify_samples is not None and verify_samples > len(data.y_train):
         raise UserError(
             f"--verify-samples must be at most the {len(data.y_train)} training samples of "
             f"{config.train.dataset}, not {verify_samples}"
@@ -152,11 +172,17 @@ def check_flow(
     require_tools(device)
 
 
+def full_run_seconds(predicted_cycles_per_sample: int, samples: int) -> float:
+    """Predicted simulation time of a whole training run of ``samples`` samples (all epochs) on
+    the compiled harness, at :data:`FULL_RUN_CYCLES_PER_SECOND`."""
+    return predicted_cycles_per_sample * samples / FULL_RUN_CYCLES_PER_SECOND
+
+
 def run_flow(
     config: Config,
     out_dir: Path,
     *,
-    verify_samples: int = 100,
+    verify_samples: int | None = None,
     simulator: str = "verilator",
     progress: Progress | None = None,
     pnr_timeout: float | None = None,
@@ -164,8 +190,11 @@ def run_flow(
 ) -> dict[str, Any]:
     """Check every argument (:func:`check_flow`), run every step into a staging folder and
     rename it to ``out_dir`` (replacing an earlier flow output); returns the numbers the report
-    shows. ``pnr_timeout`` is in seconds; ``pnr_seed`` is nextpnr's placement seed (None:
-    nextpnr's own), which the report names. On any failure nothing is left behind (an earlier
+    shows. ``verify_samples`` asks for a short check of that many samples; by default (None)
+    the whole training run is verified when :func:`full_run_seconds` is within
+    :data:`FULL_RUN_SECONDS` on Verilator, else :data:`VERIFY_SAMPLES` samples. ``pnr_timeout``
+    is in seconds; ``pnr_seed`` is nextpnr's placement seed (None: nextpnr's own), which the
+    report names. On any failure nothing is left behind (an earlier
     output in ``out_dir`` stays as it was)."""
 
     out_dir = Path(out_dir)
@@ -185,7 +214,7 @@ def _run_steps(
     config: Config,
     out_dir: Path,
     *,
-    verify_samples: int,
+    verify_samples: int | None,
     simulator: str,
     progress: Progress | None,
     pnr_timeout: float | None,
@@ -214,12 +243,43 @@ def _run_steps(
     write_json(out_dir / "train_sgd.json", sgd.to_json())
     say(f"    baseline {100 * sgd.test_accuracy:.2f} %")
 
-    say(f"3/5 verifying {verify_samples} samples against the golden model on {simulator} ...")
-    checked = timed(
-        "verify",
-        lambda: verify(config, samples=verify_samples, simulator=simulator, generated=generated),
-    )
-    write_json(out_dir / "verify.json", checked.to_json())
+    predicted = full_run_seconds(manifest.predicted_cycles_per_sample, fixed.samples)
+    full_run = verify_samples is None and simulator == "verilator"
+    full_run = full_run and predicted <= FULL_RUN_SECONDS
+    verify_samples = VERIFY_SAMPLES if verify_samples is None else verify_samples
+    if full_run:
+        say(
+            f"3/5 verifying the whole training run ({fixed.samples} samples, predicted "
+            f"{predicted:.0f} s of simulation) on the compiled Verilator harness ..."
+        )
+        checked = timed(
+            "verify",
+            lambda: verify_epochs(
+                config,
+                epochs=config.train.epochs,
+                generated=generated,
+                progress=lambda m: say(f"    {m}"),
+            ),
+        )
+    else:
+        say(f"3/5 verifying {verify_samples} samples against the golden model on {simulator} ...")
+        checked = timed(
+            "verify",
+            lambda: verify(
+                config, samples=verify_samples, simulator=simulator, generated=generated
+            ),
+        )
+    verified = checked.to_json()
+    verified["full_run"] = {
+        "chosen": full_run,
+        "predicted_seconds": predicted,
+        "threshold_seconds": FULL_RUN_SECONDS,
+        "cycles_per_second_assumed": FULL_RUN_CYCLES_PER_SECOND,
+        # the fixed-point trainer's test accuracy, which the golden model of the RTL run
+        # must reproduce (same samples, same order)
+        "trainer_test_accuracy": fixed.test_accuracy,
+    }
+    write_json(out_dir / "verify.json", verified)
     say(f"    {checked.summary()}")
 
     say(f"4/5 synthesis and place-and-route for {config.hardware.device} ...")
@@ -245,7 +305,7 @@ def _run_steps(
         "train_fixed": fixed.to_json(),
         "train_sgd": sgd.to_json(),
         "manifest": manifest.to_json(),
-        "verify": checked.to_json(),
+        "verify": verified,
         "estimate": est.to_json(),
         "pnr_seed": pnr_seed,
         "timings": timings,

@@ -8,7 +8,9 @@ the missing tool and can skip.
 
 :func:`sim_build` and :func:`sim_test` drive ``cocotb_tools.runner`` (imported only when called):
 a build directory ``sim_build/<simulator>/<hash>/`` is named by a hash of everything that goes
-into the build, so an unchanged design is never compiled twice.
+into the build, so an unchanged design is never compiled twice. The cache is bounded
+(:func:`prune_builds`): when a new build is made, only the :data:`BUILD_KEEP` most recently used
+builds are kept.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -49,6 +52,9 @@ __all__ = [
     "simulator_tool",
     "sim_build",
     "sim_test",
+    "BUILD_KEEP",
+    "build_directory",
+    "prune_builds",
 ]
 
 #: The checkout this module runs from, or None in an installed package.
@@ -264,6 +270,13 @@ def _build_root() -> Path:
 BUILD_ROOT = _build_root()
 
 _STAMP = "pbhw-build.json"
+
+#: How many complete builds :func:`prune_builds` keeps (``$PBHW_SIM_BUILD_KEEP`` if set): a
+#: cocotb Verilator build of the default example takes about 0.2 GB, a compiled harness 3 MB.
+BUILD_KEEP = 12
+#: An incomplete build directory (no stamp: failed, or being built) older than this many seconds
+#: is deleted too.
+_INCOMPLETE_AGE = 24 * 3600.0
 _ICARUS_TIMESCALE = ("1ns", "1ps")
 # cocotb compiles with `iverilog -g2012`. Under SystemVerilog rules a variable initializer is no
 # event, so Amaranth's `always @*` blocks (which rely on `reg $auto... = 0` to run at time 0) keep
@@ -390,9 +403,10 @@ def sim_build(
     if simulator == "icarus":
         build_args = (*_ICARUS_ARGS, *build_args)
     digest = _build_hash(verilog, top, simulator, tool, build_args)
-    directory = Path(BUILD_ROOT if root is None else root).resolve() / simulator / digest
+    directory = build_directory(simulator, digest, root)
     stamp = directory / _STAMP
     if stamp.is_file():
+        stamp.touch()  # used now: the cache bound keeps the most recently used builds
         return SimBuild(simulator, top, directory, rebuilt=False)
 
     from cocotb_tools.runner import get_runner  # 0.5 s to import: only a build or run needs it
@@ -421,7 +435,79 @@ def sim_build(
             log = (directory / "build.log").read_text(errors="replace")
             raise ToolError(f"{simulator} build of {top} failed ({error}):\n{log}") from None
     stamp.write_text(json.dumps({"top": top, "tool": tool.version_string}) + "\n")
+    prune_builds(directory.parent.parent, keep_also=directory)
     return SimBuild(simulator, top, directory, rebuilt=True)
+
+
+def build_directory(kind: str, digest: str, root: str | os.PathLike[str] | None = None) -> Path:
+    """``<root>/<kind>/<digest>``, the build directory of one kind of build (a simulator's name,
+    or ``"harness"``) under :data:`BUILD_ROOT` by default."""
+    return Path(BUILD_ROOT if root is None else root).resolve() / kind / digest
+
+
+def _keep_count() -> int:
+    text = os.environ.get("PBHW_SIM_BUILD_KEEP")
+    if text is None:
+        return BUILD_KEEP
+    try:
+        keep = int(text)
+    except ValueError:
+        keep = -1
+    if keep < 1:
+        raise ToolError(f"PBHW_SIM_BUILD_KEEP must be a positive integer, not {text!r}")
+    return keep
+
+
+def prune_builds(
+    root: str | os.PathLike[str] | None = None,
+    *,
+    keep: int | None = None,
+    keep_also: Path | None = None,
+    now: float | None = None,
+) -> list[Path]:
+    """Bound the build cache: keep the ``keep`` most recently used complete builds.
+
+    A build is a directory ``<root>/<kind>/<hash>``; it is complete when it holds the stamp file
+    (written after a successful build, touched whenever the build is reused), and its last use is
+    the stamp's modification time. Older complete builds are deleted, and so are incomplete ones
+    (a failed build) not modified for a day; a build being made by another process right now is
+    younger than that and stays. :func:`sim_build` and the compiled harness call this after each
+    new build.
+
+    Parameters
+    ----------
+    root : path-like, optional
+        The cache; :data:`BUILD_ROOT` by default.
+    keep : int, optional
+        Builds to keep; ``$PBHW_SIM_BUILD_KEEP`` or :data:`BUILD_KEEP` by default.
+    keep_also : Path, optional
+        A build never deleted (the one just made).
+    now : float, optional
+        The current time (``time.time()``), for tests.
+
+    Returns
+    -------
+    list of Path
+        The deleted build directories.
+    """
+    root = Path(BUILD_ROOT if root is None else root)
+    keep = _keep_count() if keep is None else keep
+    now = time.time() if now is None else now
+    complete, deleted = [], []
+    for directory in sorted(root.glob("*/*")):
+        if not directory.is_dir() or directory == keep_also:
+            continue
+        stamp = directory / _STAMP
+        if stamp.is_file():
+            complete.append((stamp.stat().st_mtime, directory))
+        elif now - directory.stat().st_mtime > _INCOMPLETE_AGE:
+            deleted.append(directory)
+    complete.sort(reverse=True)
+    kept = keep - (keep_also is not None)
+    deleted += [directory for _, directory in complete[max(0, kept) :]]
+    for directory in deleted:
+        shutil.rmtree(directory, ignore_errors=True)
+    return deleted
 
 
 def _failures(results: Path) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ __all__ = [
     "TrainingDiverged",
     "check_fits",
     "check_trainable",
+    "epoch_orders",
     "make_arithmetic",
     "train",
     "train_many",
@@ -83,6 +84,14 @@ class TrainResult:
         extra = out.pop("extra")
         out.update(extra)
         return out
+
+
+def epoch_orders(seed: int, n: int, epochs: int) -> Iterator[torch.Tensor]:
+    """The sample order of each epoch: a permutation of the ``n`` training samples per epoch, from
+    one generator seeded with ``seed`` (``pbhw verify --epochs`` streams the same order)."""
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        yield torch.randperm(n, generator=gen)
 
 
 def make_arithmetic(plan: Plan) -> Any:
@@ -193,7 +202,6 @@ def train_many(
         raise ConfigError("configs trained together must use train.arith = 'fixed'")
     data = dataset if dataset is not None else load_dataset(config.train.dataset)
     check_fits(config, data)
-    gen = torch.Generator().manual_seed(config.seed)
     weights = initial_weights(plan)
     sgd_batch = config.optimizer.algorithm is Algorithm.SGD and config.train.arith is Arith.FLOAT
     arith = None
@@ -226,8 +234,8 @@ def train_many(
                         raise
                     diverged[c] = str(e)
 
-    for epoch in range(1, config.train.epochs + 1):
-        order = torch.randperm(n, generator=gen)
+    orders = epoch_orders(config.seed, n, config.train.epochs)
+    for epoch, order in enumerate(orders, start=1):
         losses: list[list[float]] = [[] for _ in range(count)]
         correct = [0] * count
         start = time.perf_counter()

@@ -12,24 +12,46 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from amaranth.lib import data
 
-from golden.compare import Observed, first_mismatch
+from golden.compare import Mismatch, Observed, _vector, first_mismatch
+from golden.fixed_arith import FixedArithmetic
+from golden.pipeline import Pipeline
 from golden.trace import Trace, run_trace
 from pbhw.core.config import Config, ConfigError
 from pbhw.core.datasets import load
+from pbhw.core.plan import derive_plan
+from pbhw.core.weights import initial_weights
+from pbhw.tools.harness import Pause, build_harness, run_harness
 from pbhw.tools.toolchain import sim_build, sim_test
-from pbhw.tools.train import check_fits
+from pbhw.tools.train import check_fits, epoch_orders
+from rtl_gen.counters import COUNTER_BITS
 from rtl_gen.design import build_design
 from rtl_gen.generate import Generated, top_name, verilog_text
 from rtl_gen.top import DEBUG_LATENCY
 
-__all__ = ["VerifyResult", "observe", "run_rtl", "unpack_row", "verify"]
+__all__ = [
+    "EpochTrace",
+    "Snapshot",
+    "VerifyResult",
+    "compare_epochs",
+    "decode_counters",
+    "decode_memories",
+    "decode_results",
+    "golden_epochs",
+    "observe",
+    "run_rtl",
+    "unpack_row",
+    "verify",
+    "verify_epochs",
+]
 
 
 @dataclass(frozen=True)
@@ -46,11 +68,29 @@ class VerifyResult:
     build_seconds: float
     rebuilt: bool
     cycles: int
+    #: ``--epochs``: whole epochs in the trainer's order on the compiled harness, the test
+    #: accuracy of the RTL's final weights and of the golden model's, and the simulation speed
+    #: (the cycles over the harness's time in its simulation loop; ``sim_seconds`` is the
+    #: harness process's wall time)
+    epochs: int | None = None
+    rtl_test_accuracy: float | None = None
+    golden_test_accuracy: float | None = None
+    sim_cycles_per_second: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     def summary(self) -> str:
+        if self.bit_exact and self.epochs is not None:
+            return (
+                f"bit-exact: {self.epochs} epochs, {self.samples} samples, {self.steps} steps, "
+                f"{self.cycles:,} cycles on the compiled harness ({self.simulator}), "
+                f"{self.measured_cycles_per_sample:g} cycles/sample (predicted "
+                f"{self.predicted_cycles_per_sample}); test accuracy of the RTL's weights "
+                f"{100 * self.rtl_test_accuracy:.2f} % (golden model "
+                f"{100 * self.golden_test_accuracy:.2f} %); build {self.build_seconds:.1f} s, "
+                f"simulation {self.sim_seconds:.1f} s ({self.sim_cycles_per_second:,.0f} cycles/s)"
+            )
         if self.bit_exact:
             cps = self.measured_cycles_per_sample
             cycles = "" if cps is None else f", {cps:g} cycles/sample (predicted "
@@ -103,30 +143,43 @@ def observe(design, trace: Trace, raw: dict[str, Any]) -> tuple[Observed, list[i
         if i:
             err = st.err_o.payload.shape()
             seen.error[i] = [_decode(err, v, "e") for v in raw["streams"][f"err{i}"]]
-    res_layout = net.results.payload.shape()
-    for v in raw["results"]:
-        r = data.Const(res_layout, v)
-        seen.results.append(
-            (
-                int(r.label),
-                int(r.prediction),
-                [int(r.delta[k]) for k in range(res_layout.members["delta"].length)],
-            )
-        )
+    seen.results = decode_results(net, raw["results"])
+    seen.weights, seen.velocities = decode_memories(net, raw["memories"])
+    seen.saturation = decode_counters(net, raw["saturation"])
+    return seen, raw["taken"]
+
+
+def decode_results(net, values) -> list[tuple[int, int, list[int]]]:
+    """``(label, prediction, delta codes)`` of each result payload (an unsigned integer)."""
+    layout = net.results.payload.shape()
+    out = []
+    for v in values:
+        r = data.Const(layout, v)
+        delta = [int(r.delta[k]) for k in range(layout.members["delta"].length)]
+        out.append((int(r.label), int(r.prediction), delta))
+    return out
+
+
+def decode_memories(net, memories) -> tuple[list[list[int]], list[list[int]]]:
+    """Flat W and V codes per stage from the rows read through the debug port,
+    ``memories[stage] = (W rows, V rows)``."""
     weights, velocities = [], []
-    for st, (w_rows, v_rows) in zip(net.stages, raw["memories"], strict=True):
+    for st, (w_rows, v_rows) in zip(net.stages, memories, strict=True):
         for rows, bits, fmt, out in (
             (w_rows, st.weight_bits, st.plan.formats.weight.format, weights),
             (v_rows, st.velocity_bits, st.plan.formats.velocity.format, velocities),
         ):
             codes = [c for row in rows for c in unpack_row(row, bits, fmt.signed, st.lanes)]
             out.append(codes[: st.weights])
-    seen.weights, seen.velocities = weights, velocities
-    names = net.counter_names()
-    seen.saturation = {
-        name: (raw["saturation"] >> (32 * k)) & 0xFFFFFFFF for k, name in enumerate(names)
+    return weights, velocities
+
+
+def decode_counters(net, value: int) -> dict[str, int]:
+    """The saturation counters by name from the value of the ``saturation`` port."""
+    return {
+        name: (value >> (COUNTER_BITS * k)) & ((1 << COUNTER_BITS) - 1)
+        for k, name in enumerate(net.counter_names())
     }
-    return seen, raw["taken"]
 
 
 def run_rtl(
@@ -255,4 +308,290 @@ def verify(
         build_seconds=info["build_seconds"],
         rebuilt=info["rebuilt"],
         cycles=(taken[-1] if taken else 0),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Whole training runs on the compiled harness (``pbhw verify --epochs N``).
+
+
+@dataclass
+class Snapshot:
+    """Golden W, V (flat codes per stage) and the saturation counters at one pause.
+
+    ``steps[l]`` is the last step whose update stage ``l + 1`` has written by then. When the
+    sample stream stops after step ``t`` (an epoch end), stage 1 has done step ``t`` and every
+    later stage the pass (and so the update) of step ``t + 1``: a stage starts a step once it
+    holds a token from each neighbour, but finishes it only once its previous output tokens are
+    taken, and stage 1 takes nothing more. The stages then wait with ``idle`` low, so the
+    counters, some of which count in a step's finish, are compared only after the final drain
+    (``saturation`` is empty at the other pauses)."""
+
+    steps: list[int]
+    weights: list[np.ndarray]
+    velocities: list[np.ndarray]
+    saturation: dict[str, int]
+
+
+@dataclass
+class EpochTrace:
+    """The golden model over whole epochs in the trainer's order (samples streamed across epoch
+    boundaries, the pipeline drained once at the end)."""
+
+    inputs: np.ndarray  # [S, N_in] input codes, in streaming order
+    x: torch.Tensor  # [S, N_in] the samples themselves
+    labels: list[int]
+    loss_errors: list[np.ndarray]
+    predictions: list[int]
+    loss_steps: list[int]
+    snapshots: list[Snapshot]  # one per epoch end; the last after the drain
+    steps: int
+    test_accuracy: float
+    final_states: list[Any]
+    arith: Any
+
+
+def _accuracy(arith, plan, states, data) -> float:
+    """Test accuracy of ``states`` with the fixed-point forward, as the trainer evaluates."""
+    out = np.asarray(arith.evaluate(list(plan.stages), states, data.x_test))[0]
+    return float((out.argmax(-1) == data.y_test.numpy()).mean())
+
+
+def golden_epochs(
+    plan, data, epochs: int, progress: Callable[[str], None] | None = None
+) -> EpochTrace:
+    """Run ``epochs`` epochs of ``data``'s training set through the bit-exact model in the
+    trainer's order (:func:`pbhw.tools.train.epoch_orders`), recording every result and W, V and
+    the counters where the RTL will be read: at each epoch end (staggered, see
+    :class:`Snapshot`) and after the final drain."""
+    n = len(data.y_train)
+    x = torch.cat([data.x_train[o] for o in epoch_orders(plan.config.seed, n, epochs)])
+    labels = torch.cat(
+        [data.y_train[o] for o in epoch_orders(plan.config.seed, n, epochs)]
+    ).tolist()
+    arith = FixedArithmetic(plan)
+    pipe = Pipeline(plan, arith, initial_weights(plan))
+    L = len(pipe.stages)
+    total = len(labels)
+    snapshots = [Snapshot([0] * L, [None] * L, [None] * L, {}) for _ in range(epochs)]
+    due: dict[int, list[tuple[int, int]]] = {}
+    for e in range(epochs - 1):
+        last = (e + 1) * n - 1
+        for i in range(L):
+            due.setdefault(last + min(i, 1), []).append((e, i))
+    codes = arith.encode_inputs(x)
+    inputs = np.zeros((total, plan.stages[0].n_in), dtype=np.int64)
+    loss_errors: list[np.ndarray] = [None] * total
+    predictions, loss_steps = [0] * total, [0] * total
+
+    def step(k: int | None) -> None:
+        if k is None:
+            done, rec = pipe.step(record=True)
+        else:
+            if codes is None:
+                arith.begin_step(pipe.step_index)
+                enc = arith.encode_input(x[k])
+            else:
+                enc = codes[k]
+            inputs[k] = enc[0]
+            done, rec = pipe.step(None, labels[k], record=True, encoded=enc)
+        if rec.loss_sample is not None:
+            loss_errors[rec.loss_sample] = np.asarray(rec.loss_error)[0].copy()
+            loss_steps[rec.loss_sample] = rec.step
+        if done is not None:
+            predictions[done.sample] = int(np.asarray(done.prediction).reshape(-1)[0])
+        for e, i in due.pop(rec.step, ()):
+            st = pipe.stages[i].state
+            snap = snapshots[e]
+            snap.steps[i] = rec.step
+            snap.weights[i], snap.velocities[i] = st.w[0].reshape(-1), st.v[0].reshape(-1)
+            snap.weights[i], snap.velocities[i] = snap.weights[i].copy(), snap.velocities[i].copy()
+
+    for k in range(total):
+        step(k)
+        if progress is not None and (k + 1) % n == 0:
+            progress(f"golden model: epoch {(k + 1) // n}/{epochs} streamed")
+    while pipe.in_flight:
+        step(None)
+    final = snapshots[-1]
+    final.steps = [pipe.step_index - 1] * L
+    final.weights = [s.state.w[0].reshape(-1).copy() for s in pipe.stages]
+    final.velocities = [s.state.v[0].reshape(-1).copy() for s in pipe.stages]
+    final.saturation = {k: v[0] for k, v in arith.saturation_counts().items()}
+    states = [s.state for s in pipe.stages]
+    return EpochTrace(
+        inputs,
+        x,
+        labels,
+        loss_errors,
+        predictions,
+        loss_steps,
+        snapshots,
+        pipe.step_index,
+        _accuracy(arith, plan, states, data),
+        states,
+        arith,
+    )
+
+
+def _first_code(step, stage, role, got, want) -> Mismatch | None:
+    """The first differing code of a vector, as :func:`golden.compare.first_mismatch` names it."""
+    return _vector(step, stage, role, (0, list(got)), want)
+
+
+def compare_epochs(gold: EpochTrace, results, snapshots, n: int) -> tuple[Mismatch | None, int]:
+    """The first difference between the harness's observations and the golden epochs, epoch by
+    epoch (each result of the epoch's samples, then W, V and the counters at its end), and the
+    sample whose result differs (-1 if none does).
+
+    ``results`` are ``(label, prediction, delta codes)`` per sample, ``snapshots`` per pause
+    ``(weights, velocities, counters)``."""
+    L = len(gold.final_states)
+    total = len(gold.labels)
+    for e, (snap, (weights, velocities, counters)) in enumerate(
+        zip(gold.snapshots, snapshots, strict=True)
+    ):
+        for k in range(e * n, min((e + 1) * n, total) if e < len(gold.snapshots) - 1 else total):
+            step = gold.loss_steps[k]
+            if k >= len(results):
+                return Mismatch(step, L, "loss error", None, "no result", "a result"), k
+            label, prediction, delta = results[k]
+            found = _first_code(step, L, "loss error", delta, gold.loss_errors[k])
+            if found is None and prediction != gold.predictions[k]:
+                found = Mismatch(step, L, "prediction", None, prediction, gold.predictions[k])
+            if found is None and label != gold.labels[k]:
+                found = Mismatch(step, L, "label", None, label, gold.labels[k])
+            if found is not None:
+                return found, k
+        when = "final" if e == len(gold.snapshots) - 1 else f"epoch {e + 1} end"
+        for i in range(L):
+            for role, got, want in (
+                (f"{when} weight", weights[i], snap.weights[i]),
+                (f"{when} velocity", velocities[i], snap.velocities[i]),
+            ):
+                found = _first_code(snap.steps[i], i + 1, role, got, want)
+                if found is not None:
+                    return found, -1
+        for name in sorted(snap.saturation):
+            if "input" in name:
+                continue  # input codes are quantized on the host, not counted in hardware
+            a, b = counters.get(name, 0), int(snap.saturation[name])
+            if a != b:
+                return Mismatch(None, None, f"{when} saturation counter '{name}'", None, a, b), -1
+    if len(results) != total:
+        return Mismatch(None, L, "results", None, f"{len(results)} results", total), -1
+    return None, -1
+
+
+def verify_epochs(
+    config: Config,
+    *,
+    epochs: int,
+    idle: float = 0.0,
+    backpressure: float = 0.0,
+    seed: int = 0,
+    generated: Generated | None = None,
+    rtl_design=None,
+    localise: bool = True,
+    plusargs: Sequence[str] = (),
+    progress: Callable[[str], None] | None = None,
+) -> VerifyResult:
+    """``epochs`` whole epochs of the training set through the RTL on the compiled harness
+    (:mod:`pbhw.tools.harness`), in the trainer's order, compared bit for bit with the golden
+    model: every result token (label, prediction, loss error), and W, V and the saturation
+    counters at every epoch end and after the final drain. The RTL's final weights are then
+    evaluated on the test set with the golden model's fixed-point forward.
+
+    A result that differs is localised by running the samples up to it again under cocotb with
+    every inter-stage stream recorded (``localise``), so the mismatch names the step, stage,
+    role and element where the RTL first departs. ``rtl_design`` is the design simulated when it
+    is not ``config``'s (tests plant a change this way); ``plusargs`` go to the Verilated model.
+    """
+    if epochs < 1:
+        raise ConfigError(f"--epochs must be a positive integer, not {epochs}")
+    say = progress or (lambda message: None)
+    data = load(config.train.dataset)
+    check_fits(config, data)
+    if rtl_design is not None:
+        rtl, verilog, top, plan = rtl_design, None, top_name(config), derive_plan(config)
+    elif generated is not None:
+        generated.check_config(config)
+        rtl, verilog, top = generated.design, generated.verilog, generated.manifest.top
+        plan = rtl.plan
+    else:
+        rtl, verilog, top = build_design(config), None, top_name(config)
+        plan = rtl.plan
+    start = time.perf_counter()
+    if verilog is None:
+        verilog = verilog_text(rtl, top)
+    build = build_harness(verilog, top, progress=say)
+    build_seconds = time.perf_counter() - start
+    say(f"golden model: {epochs} epochs of {len(data.y_train)} samples ...")
+    gold = golden_epochs(plan, data, epochs, progress=say)
+    net = rtl.network
+    n, total, L = len(data.y_train), len(gold.labels), len(net.stages)
+    layout = net.samples.payload.shape()
+    n_in = plan.stages[0].n_in
+    payloads = [
+        layout.const({"bubble": 0, "label": label, "x": [int(v) for v in row]}).as_value().value
+        for row, label in zip(gold.inputs, gold.labels, strict=True)
+    ]
+    bubble = layout.const({"bubble": 1, "label": 0, "x": [0] * n_in}).as_value().value
+    payloads += [bubble] * (2 * L - 1)
+    # At an epoch end the last sample's result waits in stage L (see Snapshot).
+    pauses = [Pause((e + 1) * n, (e + 1) * n - 1, drained=False) for e in range(epochs - 1)]
+    pauses.append(Pause(len(payloads), total, drained=True))
+    per_sample = net.predicted_cycles_per_sample
+    say(f"simulating {total} samples ({epochs} epochs) on the compiled harness ...")
+    raw = run_harness(
+        build,
+        payloads,
+        layout.size,
+        rows=[st.rows for st in net.stages],
+        pauses=pauses,
+        quiet_cycles=net.quiet_cycles,
+        settle_cycles=net.quiet_cycles + 2 * per_sample,
+        debug_latency=DEBUG_LATENCY,
+        stall_cycles=50 * per_sample + 10_000,
+        result_bits=net.results.payload.shape().size,
+        debug_bits=len(net.dbg_data),
+        counter_bits=len(net.saturation.as_value()),
+        idle=idle,
+        backpressure=backpressure,
+        seed=seed,
+        plusargs=plusargs,
+        progress=say,
+    )
+    results = decode_results(net, raw.results)
+    snapshots = []
+    for memories, counters in zip(raw.memories, raw.saturation, strict=True):
+        snapshots.append((*decode_memories(net, memories), decode_counters(net, counters)))
+    found, sample = compare_epochs(gold, results, snapshots, n)
+    if found is not None and sample >= 0 and localise:
+        say(f"localising the mismatch of sample {sample}: the samples up to it under cocotb ...")
+        prefix = run_trace(plan, gold.x[: sample + 1], gold.labels[: sample + 1])
+        seen, _, _ = run_rtl(rtl, prefix, top=top, verilog=verilog)
+        found = first_mismatch(prefix, seen) or found
+    rtl_states = [
+        replace(state, w=np.asarray(w, dtype=state.w.dtype).reshape(state.w.shape[1:])[None])
+        for state, w in zip(gold.final_states, snapshots[-1][0], strict=True)
+    ]
+    sim_seconds = raw.seconds
+    return VerifyResult(
+        config=config.name,
+        simulator="verilator",
+        bit_exact=found is None,
+        mismatch=None if found is None else str(found),
+        samples=total,
+        steps=gold.steps,
+        measured_cycles_per_sample=steady_cycles_per_sample(list(raw.taken), total),
+        predicted_cycles_per_sample=per_sample,
+        sim_seconds=sim_seconds,
+        build_seconds=build_seconds,
+        rebuilt=build.rebuilt,
+        cycles=raw.cycles,
+        epochs=epochs,
+        rtl_test_accuracy=_accuracy(gold.arith, plan, rtl_states, data),
+        golden_test_accuracy=gold.test_accuracy,
+        sim_cycles_per_second=raw.cycles / raw.loop_seconds if raw.loop_seconds > 0 else None,
     )
