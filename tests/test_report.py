@@ -221,3 +221,28 @@ def test_flow_report_shows_the_memory_model(flow_summary):
     row = f"| 1 | {one['weight']:,} | {one['velocity']:,} | 0 | {one['stash']:,} |"
     assert row in report
     assert f"| total |  |  |  |  | {model['pipelined']:,} |  | {model['batch']:,} |" in report
+
+
+def test_flow_report_states_what_was_verified_of_the_training_run(flow_summary):
+    from pbhw.flows.report import render_flow_report
+
+    run = {"chosen": True, "predicted_seconds": 133.0, "threshold_seconds": 300.0}
+    whole = {
+        **flow_summary["verify"],
+        "samples": 14370,
+        "epochs": 10,
+        "rtl_test_accuracy": 0.969444,
+        "full_run": run,
+    }
+    report = render_flow_report({**flow_summary, "verify": whole})
+    assert (
+        "| whole training run on the RTL | the RTL, trained on all 14,370 samples (10 epochs), "
+        "reaches 96.94 % test accuracy, bit-exact with the golden model |" in report
+    )
+    over = {**run, "chosen": False, "predicted_seconds": 900.0}
+    report = render_flow_report(
+        {**flow_summary, "verify": {**flow_summary["verify"], "full_run": over}}
+    )
+    assert "not run: its simulation, predicted at 900 s, is over the 300 s limit" in report
+    # an older summary without the entry: no row
+    assert "whole training run" not in render_flow_report(flow_summary)

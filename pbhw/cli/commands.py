@@ -334,16 +334,16 @@ def verify(
     if json_out:
         check_output_file(Path(json_out), "--json")
     if epochs is not None:
-        click.echo(f"verifying {cfg.name}: {epochs} epochs on the compiled harness ...", err=True)
+        say(f"verifying {cfg.name}: {epochs} epochs on the compiled harness ...")
         result = run_verify_epochs(
             cfg,
             epochs=epochs,
             idle=idle,
             backpressure=backpressure,
-            progress=lambda message: click.echo(message, err=True),
+            progress=say,
         )
     else:
-        click.echo(f"verifying {cfg.name} on {simulator} with {samples} samples ...", err=True)
+        say(f"verifying {cfg.name} on {simulator} with {samples} samples ...")
         result = run_verify(
             cfg, samples=samples, simulator=simulator, idle=idle, backpressure=backpressure
         )

@@ -41,6 +41,7 @@ from pbhw.core.io import (
 )
 from pbhw.flows.report import render_flow_report
 from pbhw.tools.estimate import estimate, require_tools
+from pbhw.tools.reference import reference_mac
 from pbhw.tools.toolchain import SIMULATORS, simulator_tool
 from pbhw.tools.train import check_trainable, train
 from pbhw.tools.verify import verify, verify_epochs
@@ -296,6 +297,11 @@ def _run_steps(
     write_json(out_dir / "estimate.json", est.to_json())
     fmax = "no Fmax" if est.fmax_mhz is None else f"Fmax {est.fmax_mhz:.1f} MHz"
     say(f"    {fmax}; fits: {est.fits}")
+    say("    the reference MAC for the figures of merit ...")
+    mac = timed(
+        "reference_mac",
+        lambda: reference_mac(config, seed=pnr_seed, progress=lambda m: say(f"    {m}")),
+    )
 
     say("5/5 writing the report ...")
     _training_plot(out_dir / "training.png", fixed, sgd, config.name)
@@ -307,6 +313,7 @@ def _run_steps(
         "manifest": manifest.to_json(),
         "verify": verified,
         "estimate": est.to_json(),
+        "reference_mac": mac,
         "pnr_seed": pnr_seed,
         "timings": timings,
     }

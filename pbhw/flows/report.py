@@ -276,6 +276,24 @@ def render_markdown(
     return "\n".join(lines)
 
 
+def _full_run_text(v: dict) -> str:
+    """What the flow verified of the training run: all of it, or why only a prefix."""
+    run = v["full_run"]
+    if v.get("epochs"):
+        if not v["bit_exact"]:
+            return f"**not bit-exact** over {v['epochs']} epochs"
+        return (
+            f"the RTL, trained on all {v['samples']:,} samples ({v['epochs']} epochs), reaches "
+            f"{100 * v['rtl_test_accuracy']:.2f} % test accuracy, bit-exact with the golden model"
+        )
+    if not run["chosen"] and run.get("predicted_seconds") is not None:
+        return (
+            f"not run: its simulation, predicted at {run['predicted_seconds']:.0f} s, is over the "
+            f"{run['threshold_seconds']:.0f} s limit; checked on {v['samples']} samples"
+        )
+    return f"not asked for (`--verify-samples`); checked on {v['samples']} samples"
+
+
 def render_flow_report(s: Mapping[str, Any]) -> str:
     """``report.md`` of ``pbhw flow``: an HLS-style report of the training accelerator.
 
@@ -317,6 +335,11 @@ def render_flow_report(s: Mapping[str, Any]) -> str:
             "RTL vs golden model",
             ("**bit-exact**" if v["bit_exact"] else f"**MISMATCH**: {v['mismatch']}")
             + f" ({v['samples']} samples, {v['steps']} steps, {v['simulator']})",
+        ),
+        *(
+            [("whole training run on the RTL", _full_run_text(v))]
+            if v.get("full_run") is not None
+            else []
         ),
         (
             "cycles per sample (predicted / measured)",
