@@ -279,17 +279,6 @@ class Plan:
 def derive_plan(config: Config) -> Plan:
     """Compute delays, coefficients and scaled hyperparameters for ``config``."""
     opt = config.optimizer
-    if config.train.arith is Arith.FIXED and config.network.convolutional:
-        # Checked here, where the fixed-point model and every hardware command get their plan.
-        first = next(
-            i for i, sp in enumerate(config.network.specs or ()) if sp.type is LayerType.CONV
-        )
-        raise ConfigError(
-            f"config key 'network.layers.{first}': convolutional stages are not in the "
-            "fixed-point model / hardware yet (train.arith = 'fixed', generate, verify, "
-            "estimate, flow and sweep need dense layers only); train them with "
-            "train.arith = 'float'"
-        )
     pipelined = opt.algorithm is Algorithm.PB
     batch = 1 if pipelined else opt.batch_size
     lr, m = scaled_hyperparameters(opt.lr, opt.momentum, opt.reference_batch, batch)
