@@ -174,30 +174,40 @@ class FloatArithmetic:
     def init_conv_state(self, stage: StagePlan, params: tuple[torch.Tensor, ...]) -> ConvState:
         return ConvState(stage, params, self.prediction is WeightPrediction.WEIGHT_DIFFERENCE)
 
-    def conv_predicted(self, stage: StagePlan, s: ConvState) -> torch.Tensor:
-        """The flat parameters the forward pass uses (LWP, as for dense stages), or ``wa``."""
+    def conv_predicted(
+        self, stage: StagePlan, s: ConvState
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The flat parameters the forward pass uses (LWP, as for dense stages; written into
+        ``s.predicted``) or ``wa``, and their named views."""
         horizon = stage.horizon
         if not horizon or self.prediction is WeightPrediction.NONE:
-            return s.wa
+            return s.wa, s.params
         if self.prediction is WeightPrediction.VELOCITY:
-            return torch.sub(s.wa, s.va, alpha=stage.coefficients["eta_T"].value)
-        return s.wa + horizon * (s.wa - s.wa_prev)
+            torch.sub(s.wa, s.va, alpha=stage.coefficients["eta_T"].value, out=s.predicted)
+        else:
+            torch.sub(s.wa, s.wa_prev, out=s.predicted)
+            s.predicted.mul_(horizon).add_(s.wa)
+        return s.predicted, s.predicted_params
 
     def conv_forward(
-        self, stage: StagePlan, flat: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None
+        self,
+        stage: StagePlan,
+        params: dict[str, torch.Tensor],
+        x: torch.Tensor,
+        residual: torch.Tensor | None,
     ) -> tuple[torch.Tensor, ConvContext]:
-        return conv_forward(stage, flat, x, residual)
+        return conv_forward(stage, params, x, residual)
 
     def conv_backward(
         self,
         stage: StagePlan,
-        flat: torch.Tensor,
+        params: dict[str, torch.Tensor],
         x: torch.Tensor,
         ctx: ConvContext,
         error: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Gradient (flat), error to the previous stage (None for stage 1) and residual error."""
-        return conv_backward(stage, flat, x, ctx, error, stage.index > 1)
+        return conv_backward(stage, params, x, ctx, error, stage.index > 1)
 
     def conv_update(self, stage: StagePlan, s: ConvState, grad: torch.Tensor) -> None:
         """The update rule of every stage, on every parameter at once."""
@@ -225,7 +235,7 @@ def evaluate(
         if stage.conv:
             assert stage.spec is not None and isinstance(s, ConvState)
             residual = outputs[-stage.spec.residual] if stage.spec.residual else None
-            h, _ = conv_forward(stage, s.wa, h, residual)
+            h, _ = conv_forward(stage, s.params, h, residual)
         else:
             assert isinstance(s, FloatState)
             h = linear(h, s.w, s.b)

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from golden.conv import split_parameters
 from pbhw.core.config import Algorithm
 from pbhw.core.plan import Plan, StagePlan
 from pbhw.core.weights import initial_weights
@@ -142,18 +143,19 @@ class ConvStage(Stage):
         self.residual_error: Any = None
 
     def forward(self, sample: int, x: Any, residual: Any = None) -> Any:
-        flat = self.arith.conv_predicted(self.plan, self.state)
-        y, ctx = self.arith.conv_forward(self.plan, flat, x, residual)
-        kept = self.arith.snapshot(flat) if self.stashing else None
+        flat, params = self.arith.conv_predicted(self.plan, self.state)
+        y, ctx = self.arith.conv_forward(self.plan, params, x, residual)
+        # Stashed parameters must be a copy: ``flat`` is the live vector or a reused buffer.
+        kept = split_parameters(self.plan, self.arith.snapshot(flat)) if self.stashing else None
         self.stash.append(StashEntry(sample, x, ctx, kept))
         self.max_stash = max(self.max_stash, len(self.stash))
         return y
 
     def backward(self, sample: int, error: Any) -> tuple[Any, Any]:
         entry = self.pop(sample)
-        flat = entry.weights if self.stashing else self.state.wa
+        params = entry.weights if self.stashing else self.state.params
         grad, error_in, self.residual_error = self.arith.conv_backward(
-            self.plan, flat, entry.x, entry.mask, error
+            self.plan, params, entry.x, entry.mask, error
         )
         return grad, error_in
 

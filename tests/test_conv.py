@@ -139,10 +139,11 @@ def _check_against_autograd(plan, index, seed):
         residual = torch.randn(3, math.prod(stage.residual_shape), generator=gen).double()
     error = torch.randn(3, stage.n_out, generator=gen, dtype=torch.float64)
 
-    y, ctx = conv_forward(stage, flat, x, residual)
+    params = split_parameters(stage, flat)
+    y, ctx = conv_forward(stage, params, x, residual)
     ref, _ = _reference_forward(stage, _named(stage, flat), x, residual)
     torch.testing.assert_close(y, ref.detach(), rtol=RTOL, atol=ATOL)
-    grad, dx, dr = conv_backward(stage, flat, x, ctx, error, True)
+    grad, dx, dr = conv_backward(stage, params, x, ctx, error, True)
     ref_grad, ref_dx, ref_dr = _reference_backward(stage, _named(stage, flat), x, residual, error)
     torch.testing.assert_close(dx, ref_dx, rtol=RTOL, atol=ATOL)
     torch.testing.assert_close(grad, ref_grad, rtol=RTOL, atol=ATOL)
@@ -151,7 +152,7 @@ def _check_against_autograd(plan, index, seed):
     else:
         torch.testing.assert_close(dr, ref_dr, rtol=RTOL, atol=ATOL)
     # Without a stage before it, a stage sends no error backward.
-    assert conv_backward(stage, flat, x, ctx, error, False)[1] is None
+    assert conv_backward(stage, params, x, ctx, error, False)[1] is None
 
 
 @pytest.mark.parametrize("case", sorted(STAGE_CASES))

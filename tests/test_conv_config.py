@@ -281,6 +281,7 @@ def _run(*args):
         ("generate", EXAMPLE, "-o", "{tmp}/out"),
         ("flow", EXAMPLE, "-o", "{tmp}/flow"),
         ("sweep", EXAMPLE, "--grid", "optimizer.lr=0.1,0.2", "-o", "{tmp}/sweep"),
+        ("sweep", EXAMPLE, "--arith", "float", "--grid", "optimizer.lr=0.1,0.2", "-o", "{tmp}/s"),
         ("train", EXAMPLE, "--export", "{tmp}/w.pt"),
     ],
 )

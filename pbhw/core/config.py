@@ -253,6 +253,19 @@ class NetworkConfig:
         """Whether any stage is not a dense layer (the float model only, for now)."""
         return self.specs is not None
 
+    def require_dense(self) -> None:
+        """Raise :class:`ConfigError`, naming the first conv entry, unless every stage is dense:
+        what the fixed-point model, the hardware and ``pbhw sweep`` take."""
+        if self.specs is None:
+            return
+        first = next(i for i, sp in enumerate(self.specs) if sp.type is LayerType.CONV)
+        raise ConfigError(
+            f"config key 'network.layers.{first}': convolutional stages are not in the "
+            "fixed-point model / hardware yet (train.arith = 'fixed', generate, verify, "
+            "estimate, flow and sweep need dense layers only); train them with "
+            "train.arith = 'float'"
+        )
+
 
 @dataclass(frozen=True)
 class OptimizerConfig:
@@ -928,16 +941,10 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
         tr.choice("arith", Arith),
         data["train"]["init_from"],
     )
-    if train.arith is Arith.FIXED and network.specs is not None:
+    if train.arith is Arith.FIXED:
         # Checked here, once: the fixed-point model and every hardware command (generate,
         # verify, estimate, flow, sweep) take their config with train.arith = 'fixed'.
-        first = next(i for i, sp in enumerate(network.specs) if sp.type is LayerType.CONV)
-        raise ConfigError(
-            f"config key 'network.layers.{first}': convolutional stages are not in the "
-            "fixed-point model / hardware yet (train.arith = 'fixed', generate, verify, "
-            "estimate, flow and sweep need dense layers only); train them with "
-            "train.arith = 'float'"
-        )
+        network.require_dense()
     if train.arith is Arith.FIXED and batch_size != 1:
         # The bit-exact model has no batch: its sgd is the pipeline with every delay 0, one
         # update per sample. Training a batch there would silently be another algorithm.

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -152,7 +153,7 @@ class StagePlan:
         """Whether the stage is a convolution (else a dense layer, flattening its input)."""
         return self.spec is not None and self.spec.type is LayerType.CONV
 
-    @property
+    @functools.cached_property
     def parameter_shapes(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
         """Name and shape of every parameter tensor, in the order the float model holds them.
 
@@ -214,8 +215,10 @@ class StagePlan:
     @property
     def stash_entry_values(self) -> int:
         """Values one stash entry holds: the input and the ReLU mask (one per pre-activation
-        value; the last stage has none); a conv stage also its normalized values (group norm),
-        the projection's input (a projected residual) and the max pool's choices."""
+        value; the last stage has none); a conv stage also its convolution output (group norm:
+        the norm's backward reads it; its per-group mean and inverse deviation are not
+        counted), the residual (a projected one: the projection's gradient reads it) and the
+        max pool's choices."""
         if not self.conv:
             return self.n_in + (self.n_out if self.relu else 0)
         sp = self.spec
