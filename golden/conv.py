@@ -142,11 +142,15 @@ def conv_forward(
     )
     weight = p["weight"].reshape(sp.out, -1)
     if batch == 1:  # plain matrix products: a batched one costs several times more here
-        c = weight @ columns[0]
+        c = (
+            weight @ columns[0]
+            if not stage.bias
+            else torch.addmm(p["bias"][:, None], weight, columns[0])
+        )
     else:
         c = torch.matmul(weight, columns)
-    if stage.bias:
-        c += p["bias"][:, None]
+        if stage.bias:
+            c += p["bias"][:, None]
     c = c.reshape(batch, *_four_d(sp.conv_shape))
     conv_kept = mean = rstd = None
     if sp.norm is Norm.GROUP:
