@@ -268,6 +268,7 @@ def test_a_conv_network_learns_a_toy_problem_in_float(algorithm):
     assert result.test_accuracy >= 0.9
     assert [len(w) for w in result.weights] == [4, 2, 2]
     assert result.weights[0][2].shape == (4,)  # the norm's scale
+    assert not any(t.is_inference() for stage in result.weights for t in stage if t is not None)
 
 
 def _run(*args):
