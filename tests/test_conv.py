@@ -264,11 +264,12 @@ def test_zero_delay_schedule_equals_sgd_batch_1_exactly(name, loss):
     assert not torch.equal(pipe.stages[0].state.wa, torch.cat([p.reshape(-1) for p in weights[0]]))
 
 
-def _delayed_reference(plan, weights, x, y, prediction):
+def _delayed_reference(plan, weights, x, y, prediction, stashing=False):
     """PB written sample by sample, without a schedule: stage ``l`` forwards sample ``s`` with
     its weights after the updates from samples ``0 .. s - D_l - 1`` (predicted), and backwards
-    it with its weights after the updates from samples ``0 .. s - 1``, over the forward's
-    stashed values. Returns the final flat weights of every stage."""
+    it with its weights after the updates from samples ``0 .. s - 1`` (with ``stashing``: the
+    forward's weights), over the forward's stashed values. Returns the final flat weights of
+    every stage."""
     stages = plan.stages
     cfg = plan.config
     flat = [
@@ -299,7 +300,7 @@ def _delayed_reference(plan, weights, x, y, prediction):
                 z = h @ wm[:, : st.n_in].T + (wm[:, st.n_in] if cfg.network.bias else 0)
                 values = {"mask": z > 0}
                 out = z * values["mask"] if st.relu else z
-            saved.append((h, residual, values))
+            saved.append((h, residual, values, w))
             outputs.append(out)
             h = out
         if cfg.network.loss.value == "mse":
@@ -313,13 +314,13 @@ def _delayed_reference(plan, weights, x, y, prediction):
                 if other.conv and other.spec.residual and c - other.spec.residual == i:
                     error = error + sent.pop(c)
             w, v = history[i][s]
-            h_in, residual, values = saved[i]
+            h_in, residual, values, w_forward = saved[i]
+            w_backward = w_forward if stashing else w
             if st.conv:
                 g, error_in, sent[i] = _reference_backward(
-                    st, _named(st, w), h_in, residual, error, values
+                    st, _named(st, w_backward), h_in, residual, error, values
                 )
             else:
-                wm = w.reshape(st.n_out, -1)
                 dz = error * values["mask"] if st.relu else error
                 xa = (
                     torch.cat([h_in, torch.ones(1, 1, dtype=h_in.dtype)], 1)
@@ -327,7 +328,7 @@ def _delayed_reference(plan, weights, x, y, prediction):
                     else h_in
                 )
                 g = (dz.T @ xa).reshape(-1)
-                error_in = dz @ wm[:, : st.n_in]
+                error_in = dz @ w_backward.reshape(st.n_out, -1)[:, : st.n_in]
             m = plan.momentum
             v = m * v + g
             w = w - plan.lr * st.a * v - plan.lr * st.b * g
@@ -336,17 +337,20 @@ def _delayed_reference(plan, weights, x, y, prediction):
     return [h[-1][0] for h in history]
 
 
-@pytest.mark.parametrize("prediction", ["none", "velocity", "weight_difference"])
+@pytest.mark.parametrize(
+    ("prediction", "stashing"),
+    [("none", False), ("velocity", False), ("weight_difference", False), ("velocity", True)],
+)
 @pytest.mark.parametrize("name", sorted(NETWORKS))
 def test_residual_schedule_with_delays_matches_a_sample_by_sample_reimplementation(
-    name, prediction
+    name, prediction, stashing
 ):
     input_shape, layers = NETWORKS[name]
     plan = _plan(
         input_shape,
         layers,
         network={"loss": "softmax_ce"},
-        optimizer={"lr": 2.0, "weight_prediction": prediction},
+        optimizer={"lr": 2.0, "weight_prediction": prediction, "weight_stashing": stashing},
     )
     assert [st.delay for st in plan.stages] == [
         2 * (len(layers) - k) + 1 for k in range(1, len(layers) + 1)
@@ -355,7 +359,7 @@ def test_residual_schedule_with_delays_matches_a_sample_by_sample_reimplementati
     x, y = _samples(plan, 14)
     pipe = Pipeline(plan, _arith(plan), weights)
     list(pipe.run(x, y.tolist()))
-    expected = _delayed_reference(plan, weights, x, y, prediction)
+    expected = _delayed_reference(plan, weights, x, y, prediction, stashing)
     for stage, want in zip(pipe.stages, expected, strict=True):
         torch.testing.assert_close(stage.state.wa.reshape(-1), want, rtol=1e-9, atol=1e-12)
     # The delays matter: without them (sgd at batch 1) the weights differ.
