@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from golden.conv import ConvContext, ConvState, conv_backward, conv_forward
 from pbhw.core.config import Loss, WeightPrediction
 from pbhw.core.plan import StagePlan
 
@@ -169,6 +170,52 @@ class FloatArithmetic:
             s.wa, s.va, dz.T @ xa, c["momentum"].value, c["eta_a"].value, c["eta_b"].value
         )
 
+    # conv stages (golden.conv): every parameter in one flat vector --------------------------
+    def init_conv_state(self, stage: StagePlan, params: tuple[torch.Tensor, ...]) -> ConvState:
+        return ConvState(stage, params, self.prediction is WeightPrediction.WEIGHT_DIFFERENCE)
+
+    def conv_predicted(
+        self, stage: StagePlan, s: ConvState
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The flat parameters the forward pass uses (LWP, as for dense stages; written into
+        ``s.predicted``) or ``wa``, and their named views."""
+        horizon = stage.horizon
+        if not horizon or self.prediction is WeightPrediction.NONE:
+            return s.wa, s.params
+        if self.prediction is WeightPrediction.VELOCITY:
+            torch.sub(s.wa, s.va, alpha=stage.coefficients["eta_T"].value, out=s.predicted)
+        else:
+            torch.sub(s.wa, s.wa_prev, out=s.predicted)
+            s.predicted.mul_(horizon).add_(s.wa)
+        return s.predicted, s.predicted_params
+
+    def conv_forward(
+        self,
+        stage: StagePlan,
+        params: dict[str, torch.Tensor],
+        x: torch.Tensor,
+        residual: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, ConvContext]:
+        return conv_forward(stage, params, x, residual)
+
+    def conv_backward(
+        self,
+        stage: StagePlan,
+        params: dict[str, torch.Tensor],
+        x: torch.Tensor,
+        ctx: ConvContext,
+        error: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Gradient (flat), error to the previous stage (None for stage 1) and residual error."""
+        return conv_backward(stage, params, x, ctx, error, stage.index > 1)
+
+    def conv_update(self, stage: StagePlan, s: ConvState, grad: torch.Tensor) -> None:
+        """The update rule of every stage, on every parameter at once."""
+        c = stage.coefficients
+        if s.wa_prev is not None:
+            s.wa_prev.copy_(s.wa)
+        momentum_update(s.wa, s.va, grad, c["momentum"].value, c["eta_a"].value, c["eta_b"].value)
+
     def label_of(self, y: torch.Tensor) -> int:
         return int(y.argmax())
 
@@ -178,11 +225,21 @@ class FloatArithmetic:
         return evaluate(stages, states, x)
 
 
-def evaluate(stages: list[StagePlan], states: list[FloatState], x: torch.Tensor) -> torch.Tensor:
+def evaluate(
+    stages: list[StagePlan], states: list[FloatState | ConvState], x: torch.Tensor
+) -> torch.Tensor:
     """Network outputs for a batch of inputs with the current weights ``w`` (no prediction)."""
     h = x.to(torch.float64)
+    outputs: list[torch.Tensor] = []
     for stage, s in zip(stages, states, strict=True):
-        h = linear(h, s.w, s.b)
-        if stage.relu:
-            h = torch.relu(h)
+        if stage.conv:
+            assert stage.spec is not None and isinstance(s, ConvState)
+            residual = outputs[-stage.spec.residual] if stage.spec.residual else None
+            h, _ = conv_forward(stage, s.params, h, residual)
+        else:
+            assert isinstance(s, FloatState)
+            h = linear(h, s.w, s.b)
+            if stage.relu:
+                h = torch.relu(h)
+        outputs.append(h)
     return h

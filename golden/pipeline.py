@@ -15,6 +15,13 @@ So stage ``l`` forwards sample ``s`` in step ``s + l - 1`` and updates from it i
 ``D_l + 1`` entries. With ``pipelined=False`` (the ``sgd`` algorithm, every delay forced to 0) the
 same code runs a whole sample through every stage, forward then backward, in one step.
 
+A residual (a conv stage ``i`` adding the output of stage ``i - N``) crosses stages with other
+delays: stage ``i - N`` forwards sample ``s`` ``N`` steps before stage ``i`` does, and stage
+``i`` backwards it ``N`` steps before stage ``i - N`` does. So the forwarded output waits ``N``
+steps in a FIFO before stage ``i`` adds it, and the error stage ``i`` sends back along the
+residual waits ``N`` steps before stage ``i - N`` adds it to the error arriving from stage
+``i - N + 1`` (both 0 steps unpipelined); every pop checks the sample and the wait.
+
 Arithmetic is a strategy object (:class:`golden.float_arith.FloatArithmetic`, or the integer one):
 this module never computes on values itself, it only routes them.
 """
@@ -28,11 +35,12 @@ from typing import Any
 
 import torch
 
+from golden.conv import split_parameters
 from pbhw.core.config import Algorithm
 from pbhw.core.plan import Plan, StagePlan
 from pbhw.core.weights import initial_weights
 
-__all__ = ["Pipeline", "Stage", "StageStep", "StepRecord", "Completion"]
+__all__ = ["ConvStage", "Pipeline", "Stage", "StageStep", "StepRecord", "Completion"]
 
 
 @dataclass
@@ -100,13 +108,18 @@ class Stage:
         self.max_stash = max(self.max_stash, len(self.stash))
         return y
 
-    def backward(self, sample: int, error: Any) -> tuple[Any, StashEntry]:
+    def pop(self, sample: int) -> StashEntry:
+        """The stash entry of ``sample``: the oldest (the schedule is FIFO by construction)."""
         entry = self.stash.popleft()
-        if entry.sample != sample:  # the schedule is FIFO by construction
+        if entry.sample != sample:
             raise AssertionError(
                 f"stage {self.plan.index}: backward of sample {sample} but the "
                 f"stash holds sample {entry.sample} first"
             )
+        return entry
+
+    def backward(self, sample: int, error: Any) -> tuple[Any, StashEntry]:
+        entry = self.pop(sample)
         dz = self.arith.output_gradient(self.plan, error, entry.mask)
         error_in = None
         if self.plan.index > 1:
@@ -120,6 +133,46 @@ class Stage:
         self.updates += 1
 
 
+class ConvStage(Stage):
+    """A convolutional stage (:mod:`golden.conv`): every parameter in one flat vector; the
+    forward may add a residual and the backward sends an error back along it."""
+
+    def __init__(self, plan: StagePlan, arith: Any, state: Any, stashing: bool):
+        super().__init__(plan, arith, state, stashing)
+        #: the error the last backward sent along the residual (None without one)
+        self.residual_error: Any = None
+
+    def forward(self, sample: int, x: Any, residual: Any = None) -> Any:
+        flat, params = self.arith.conv_predicted(self.plan, self.state)
+        y, ctx = self.arith.conv_forward(self.plan, params, x, residual)
+        # Stashed parameters must be a copy: ``flat`` is the live vector or a reused buffer.
+        kept = split_parameters(self.plan, self.arith.snapshot(flat)) if self.stashing else None
+        self.stash.append(StashEntry(sample, x, ctx, kept))
+        self.max_stash = max(self.max_stash, len(self.stash))
+        return y
+
+    def backward(self, sample: int, error: Any) -> tuple[Any, Any]:
+        entry = self.pop(sample)
+        params = entry.weights if self.stashing else self.state.params
+        grad, error_in, self.residual_error = self.arith.conv_backward(
+            self.plan, params, entry.x, entry.mask, error
+        )
+        return grad, error_in
+
+    def update(self, pending: Any) -> None:
+        self.arith.conv_update(self.plan, self.state, pending)
+        self.updates += 1
+
+
+@dataclass
+class _Held:
+    """A value crossing a residual: the sample, the step it was sent and the value."""
+
+    sample: int
+    step: int
+    value: Any
+
+
 class Pipeline:
     """A stack of stages run on the PB schedule (or, for ``sgd``, with zero delays)."""
 
@@ -130,10 +183,23 @@ class Pipeline:
         self.pipelined = cfg.optimizer.algorithm is Algorithm.PB
         stashing = self.pipelined and cfg.optimizer.weight_stashing
         weights = initial_weights(plan) if weights is None else weights
-        self.stages = [
-            Stage(st, arith, arith.init_state(st, w, b), stashing)
-            for st, (w, b) in zip(plan.stages, weights, strict=True)
+        self.stages: list[Stage] = [
+            ConvStage(st, arith, arith.init_conv_state(st, params), stashing)
+            if st.conv
+            else Stage(st, arith, arith.init_state(st, *params), stashing)
+            for st, params in zip(plan.stages, weights, strict=True)
         ]
+        # Residuals: consumer stage i (0-based) adds the output of stage i - N.
+        self._residual_source = {
+            i: i - st.spec.residual
+            for i, st in enumerate(plan.stages)
+            if st.spec is not None and st.spec.residual
+        }
+        self._residual_wait = {
+            i: i - j if self.pipelined else 0 for i, j in self._residual_source.items()
+        }
+        self._held_forward: dict[int, deque[_Held]] = {i: deque() for i in self._residual_source}
+        self._held_error: dict[int, deque[_Held]] = {i: deque() for i in self._residual_source}
         self.step_index = 0
         self._next_sample = 0
         self._labels: dict[int, int] = {}
@@ -180,7 +246,14 @@ class Pipeline:
                 else (self._fwd_latch[i - 1] if self.pipelined else fwd_out[i - 1])
             )
             if src is not None:
-                fwd_out[i] = (src[0], stage.forward(src[0], src[1]))
+                if i in self._residual_source:
+                    residual = self._take(self._held_forward[i], src[0], t, i, "output")
+                    fwd_out[i] = (src[0], stage.forward(src[0], src[1], residual))
+                else:
+                    fwd_out[i] = (src[0], stage.forward(src[0], src[1]))
+                for consumer, source in self._residual_source.items():
+                    if source == i:
+                        self._held_forward[consumer].append(_Held(src[0], t, fwd_out[i][1]))
                 if steps:
                     steps[i].forward_sample, steps[i].output = fwd_out[i]
 
@@ -204,7 +277,16 @@ class Pipeline:
                 src = self._err_latch[i] if self.pipelined else err_out[i + 1]
             if src is None:
                 continue
-            pending[i], error_in = self.stages[i].backward(src[0], src[1])
+            error = src[1]
+            for consumer, source in self._residual_source.items():
+                if source == i:
+                    held = self._take(self._held_error[consumer], src[0], t, consumer, "error")
+                    error = error + held
+            pending[i], error_in = self.stages[i].backward(src[0], error)
+            if i in self._residual_source:
+                stage = self.stages[i]
+                assert isinstance(stage, ConvStage)
+                self._held_error[i].append(_Held(src[0], t, stage.residual_error))
             if i > 0:
                 err_out[i] = (src[0], error_in)
             if steps:
@@ -225,6 +307,18 @@ class Pipeline:
         self.step_index += 1
         rec = StepRecord(t, steps, *(loss_err if loss_err else (None, None))) if record else None
         return completion, rec
+
+    def _take(self, fifo: deque[_Held], sample: int, step: int, consumer: int, what: str) -> Any:
+        """Pop the value a residual holds for ``sample``, checking it waited exactly the
+        schedule's number of steps."""
+        held = fifo.popleft()
+        wait = self._residual_wait[consumer]
+        if held.sample != sample or step - held.step != wait:
+            raise AssertionError(
+                f"residual into stage {consumer + 1}: the {what} of sample {sample} in step "
+                f"{step} found sample {held.sample} sent in step {held.step} (wait {wait})"
+            )
+        return held.value
 
     def run(
         self, xs: Iterable[torch.Tensor], labels: Iterable[int], drain: bool = True

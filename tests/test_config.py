@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from pbhw.core.config import (
+    _LAYER_KEYS,
     DEFAULTS,
     ROLES,
     Algorithm,
@@ -695,7 +696,8 @@ def test_docs_list_every_key_with_its_default():
     docs = documented_tables()
     expected = {
         "Top level": {k: v for k, v in DEFAULTS.items() if not isinstance(v, (dict, list))},
-        "`[network]`": DEFAULTS["network"],
+        # network.input has no default (the shorthand's first entry, or required)
+        "`[network]`": {**DEFAULTS["network"], "input": None},
         "`[optimizer]`": DEFAULTS["optimizer"],
         "`[formats.<role>]`": DEFAULTS["formats"]["coefficient"],
         "`[[overrides]]`": {"layer": None, "formats": {}},
@@ -708,9 +710,17 @@ def test_docs_list_every_key_with_its_default():
         assert set(rows) == set(defaults), section
         for key, default in defaults.items():
             cell = rows[key][2]
-            if cell in ("see below", "(required)"):
+            if cell in ("see below", "(required)") or (section, key) == ("`[network]`", "input"):
                 continue
             assert tomllib.loads(f"v = {cell.strip('`')}")["v"] == default, (section, key)
+    layer_keys = docs["`[network]`", "layer key"]
+    for kind, defaults in _LAYER_KEYS.items():
+        for key, default in defaults.items():
+            layer, cell = layer_keys[key][1], layer_keys[key][3]
+            assert layer in ("both", kind.value), key
+            if default is not None and key != "type":
+                assert tomllib.loads(f"v = {cell.strip('`')}")["v"] == default, key
+    assert set(layer_keys) == {key for keys in _LAYER_KEYS.values() for key in keys}
     widths = docs["`[formats.<role>]`", "role"]
     assert set(widths) == set(ROLES)
     for role in ROLES:

@@ -155,6 +155,8 @@ def test_cifar10_loads_present_batches_scaled(cifar_dir):
     assert ds.y_train.tolist() == batches[0][b"labels"] + batches[1][b"labels"]
     assert ds.y_test.tolist() == batches[2][b"labels"]
     assert ds.x_train.min() == 0.0 and ds.x_train.max() == 1.0
+    # The batches' rows are the red, green and blue planes of 32 x 32 pixels, in that order.
+    assert ds.sample_shape == (3, 32, 32)
 
 
 def test_cifar10_missing_folder(tmp_path):
@@ -352,6 +354,16 @@ def test_dataset_rejects_inconsistent_tensors():
         Dataset("bad", x, y, x, y[:2], 3)
     with pytest.raises(DatasetError, match=r"y_train labels must lie in 0 .. 1, found 0 .. 2"):
         Dataset("bad", x, y, x, y, 2)
+    with pytest.raises(DatasetError, match=r"sample shape \[1, 3\] does not hold the 2"):
+        Dataset("bad", x, y, x, y, 3, (1, 3))
+    assert Dataset("flat", x, y, x, y, 3).sample_shape == (2,)
+
+
+def test_npz_sample_shape_is_the_shape_of_the_rows(tmp_path):
+    x = np.arange(2 * 10 * 3 * 4, dtype=np.float64).reshape(10, 2, 3, 4)
+    np.savez(tmp_path / "d.npz", X=x, y=np.arange(10) % 3)
+    ds = load(f"npz:{tmp_path / 'd.npz'}")
+    assert ds.sample_shape == (2, 3, 4) and ds.num_features == 24
 
 
 def test_content_hash_follows_the_data_not_the_path(tmp_path):

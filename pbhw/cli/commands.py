@@ -30,9 +30,9 @@ from pbhw.core.config import ROLES
 from pbhw.core.datasets import load as load_dataset
 from pbhw.core.io import check_output_dir, check_output_file, write_json
 from pbhw.core.plan import derive_plan
-from pbhw.core.torch_io import read_checkpoint, write_state_dict
+from pbhw.core.torch_io import check_exportable, read_checkpoint, write_state_dict
 from pbhw.flows.flow import run_flow
-from pbhw.tools.check import check_config
+from pbhw.tools.check import STAGE_COLUMNS, check_config, stage_rows
 from pbhw.tools.estimate import critical_path_text
 from pbhw.tools.estimate import estimate as run_estimate
 from pbhw.tools.train import train as run_training
@@ -82,7 +82,7 @@ def check(config: str, sets: tuple[str, ...]) -> None:
     if checked.lanes is None:
         console.print(
             "hardware: not generated for this config (it needs optimizer.algorithm "
-            "'pb' without weight stashing)"
+            "'pb' without weight stashing, and dense layers only)"
         )
     else:
         console.print(
@@ -105,6 +105,12 @@ def check(config: str, sets: tuple[str, ...]) -> None:
             "auto" if st.lanes is None else str(st.lanes),
         )
     console.print(table)
+    sizes = Table(title="stage sizes (per sample)", title_justify="left")
+    for column in STAGE_COLUMNS:
+        sizes.add_column(column, justify="left" if column == "type" else "right")
+    for row in stage_rows(plan):
+        sizes.add_row(*row)
+    console.print(sizes)
 
     formats = Table(title="number formats", title_justify="left")
     for column in ("role", "stages", "format", "range", "resolution", "rounding", "overflow"):
@@ -189,6 +195,7 @@ def train(
         check_output_file(Path(json_out), "--json")
     if export:
         check_output_file(Path(export), "--export")
+        check_exportable(cfg)
     data = load_dataset(cfg.train.dataset)
     console = progress_console()
     console.print(

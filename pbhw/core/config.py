@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import difflib
 import enum
+import math
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,8 +35,12 @@ __all__ = [
     "ConfigError",
     "Formats",
     "HardwareConfig",
+    "LayerSpec",
+    "LayerType",
     "Loss",
     "NetworkConfig",
+    "Norm",
+    "Pool",
     "OptimizerConfig",
     "RoleFormat",
     "TrainConfig",
@@ -69,6 +74,33 @@ class ConstantProducts(enum.Enum):
     FABRIC = "fabric"
     #: the device's hard multipliers, as any other product
     DSP = "dsp"
+
+
+class LayerType(enum.Enum):
+    """The type of an entry of the general form of ``network.layers``."""
+
+    CONV = "conv"
+    DENSE = "dense"
+
+
+class Pool(enum.Enum):
+    """Pooling after a conv stage's activation (``network.layers.N.pool``)."""
+
+    NONE = "none"
+    #: mean of 2x2 windows (2 in 1-D), stride 2; an odd last row or column is dropped
+    AVG = "avg"
+    #: maximum of 2x2 windows (2 in 1-D), stride 2
+    MAX = "max"
+    #: the mean over every position: the output is one value per channel
+    GLOBAL_AVG = "global_avg"
+
+
+class Norm(enum.Enum):
+    """Normalization of a conv stage's pre-activation (``network.layers.N.norm``)."""
+
+    NONE = "none"
+    #: per-sample mean and variance over groups of channels, then a learned scale and shift
+    GROUP = "group"
 
 
 class Arith(enum.Enum):
@@ -122,6 +154,24 @@ DEFAULTS: dict[str, Any] = {
 
 _OVERRIDE_KEYS = {"layer": 1, "formats": {}}
 
+#: The keys of an entry of the general form of ``network.layers`` and their defaults (``None``:
+#: required).
+_LAYER_KEYS: dict[LayerType, dict[str, Any]] = {
+    LayerType.CONV: {
+        "type": "conv",
+        "channels": None,
+        "kernel": None,
+        "stride": 1,
+        "padding": 0,
+        "pool": "none",
+        "norm": "none",
+        "groups": 1,
+        "residual": 0,
+        "projection": False,
+    },
+    LayerType.DENSE: {"type": "dense", "units": None},
+}
+
 
 @dataclass(frozen=True)
 class RoleFormat:
@@ -153,14 +203,68 @@ class Formats:
 
 
 @dataclass(frozen=True)
+class LayerSpec:
+    """One entry of the general form of ``network.layers`` with its checked shapes.
+
+    Shapes are ``(features,)``, ``(channels, length)`` or ``(channels, height, width)``. A
+    dense entry has ``out`` units and ``kernel = stride = 1``, ``padding = 0``."""
+
+    type: LayerType
+    #: conv: output channels; dense: units
+    out: int
+    kernel: int
+    stride: int
+    padding: int
+    pool: Pool
+    norm: Norm
+    groups: int
+    #: 0: none; N: add the output of the entry N before this one
+    residual: int
+    #: the residual passes a 1x1 convolution (``projection_stride``) before the add
+    projection: bool
+    in_shape: tuple[int, ...]
+    #: conv: the shape of the convolution's output (before pooling); dense: ``(out,)``
+    conv_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    #: the shape of the residual added (the output of entry ``residual`` before; () for none)
+    residual_shape: tuple[int, ...] = ()
+    #: the stride per spatial dimension of the residual's projection (() without one)
+    projection_stride: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class NetworkConfig:
+    #: the flattened size of the input and of every stage's output
     layers: tuple[int, ...]
     loss: Loss
     bias: bool
+    #: the shape of one input sample (``network.input``; ``(layers[0],)`` when not given)
+    input: tuple[int, ...] = ()
+    #: the general form's entries; ``None`` for a perceptron (the ``layers = [64, 32, 10]``
+    #: shorthand, or a general form of dense entries only)
+    specs: tuple[LayerSpec, ...] | None = None
 
     @property
     def num_stages(self) -> int:
         return len(self.layers) - 1
+
+    @property
+    def convolutional(self) -> bool:
+        """Whether any stage is not a dense layer (the float model only, for now)."""
+        return self.specs is not None
+
+    def require_dense(self) -> None:
+        """Raise :class:`ConfigError`, naming the first conv entry, unless every stage is dense:
+        what the fixed-point model, the hardware and ``pbhw sweep`` take."""
+        if self.specs is None:
+            return
+        first = next(i for i, sp in enumerate(self.specs) if sp.type is LayerType.CONV)
+        raise ConfigError(
+            f"config key 'network.layers.{first}': convolutional stages are not in the "
+            "fixed-point model / hardware yet (train.arith = 'fixed', generate, verify, "
+            "estimate, flow and sweep need dense layers only); train them with "
+            "train.arith = 'float'"
+        )
 
 
 @dataclass(frozen=True)
@@ -556,16 +660,45 @@ def _layer_formats(data: dict[str, Any], num_stages: int) -> tuple[Formats, ...]
     return tuple(result)
 
 
-def from_dict(raw: Mapping[str, Any]) -> Config:
-    """Validate a raw dictionary (as read from TOML) into a :class:`Config`."""
-    data = _merge(DEFAULTS, raw, "")
-    top = _Reader(data, "")
-    name, seed = top.string("name"), top.integer("seed", minimum=0)
-    if seed >= 2**32:
-        raise top.fail("seed", "an integer from 0 to 2**32 - 1")
+def _shape_text(shape: Sequence[int]) -> str:
+    return "[" + ", ".join(map(str, shape)) + "]"
 
+
+def _input_shape(data: dict[str, Any]) -> tuple[int, ...] | None:
+    """``network.input`` as a tuple, or None when it is not given."""
+    if "input" not in data["network"]:
+        return None
+    value = data["network"]["input"]
+    if (
+        not isinstance(value, list)
+        or not 1 <= len(value) <= 3
+        or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in value)
+    ):
+        raise _Reader(data["network"], "network").fail(
+            "input",
+            "an array of 1 to 3 positive integers ([features], [channels, length] or "
+            "[channels, height, width])",
+        )
+    return tuple(value)
+
+
+def _network(data: dict[str, Any]) -> NetworkConfig:
+    """``[network]``: the perceptron shorthand or the general form, every shape checked."""
     net = _Reader(data["network"], "network")
     layers = data["network"]["layers"]
+    loss, bias = net.choice("loss", Loss), net.boolean("bias")
+    given_input = _input_shape(data)
+    if isinstance(layers, list) and layers and all(isinstance(e, Mapping) for e in layers):
+        if given_input is None:
+            raise ConfigError(
+                "config key 'network.input' is missing: the general form of network.layers "
+                "needs the input shape ([features], [channels, length] or "
+                "[channels, height, width])"
+            )
+        specs = _layer_specs(layers, given_input)
+        sizes = (math.prod(given_input), *(math.prod(sp.out_shape) for sp in specs))
+        perceptron = all(sp.type is LayerType.DENSE for sp in specs)
+        return NetworkConfig(sizes, loss, bias, given_input, None if perceptron else specs)
     if (
         not isinstance(layers, list)
         or len(layers) < 2
@@ -574,11 +707,175 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
         raise net.fail(
             "layers",
             "an array of at least two positive integers "
-            "(input size, hidden sizes..., number of classes)",
+            "(input size, hidden sizes..., number of classes), or an array of layer tables "
+            '({ type = "conv", ... } or { type = "dense", units = N })',
         )
     if layers[-1] < 2:
         raise net.fail("layers", "an array whose last entry (the number of classes) is >= 2")
-    network = NetworkConfig(tuple(layers), net.choice("loss", Loss), net.boolean("bias"))
+    if given_input is not None and math.prod(given_input) != layers[0]:
+        raise ConfigError(
+            f"config key 'network.input' {_shape_text(given_input)} must hold "
+            f"{layers[0]} values, the first entry of network.layers"
+        )
+    return NetworkConfig(tuple(layers), loss, bias, given_input or (layers[0],))
+
+
+def _layer_specs(entries: list[Mapping[str, Any]], shape: tuple[int, ...]) -> tuple[LayerSpec, ...]:
+    """Check each entry of the general form against the shape it receives."""
+    specs: list[LayerSpec] = []
+    for i, entry in enumerate(entries):
+        where = f"network.layers.{i}"
+        kind = entry.get("type")
+        names = [t.value for t in LayerType]
+        if kind not in names:
+            raise ConfigError(
+                f"config key '{where}.type' must be one of "
+                f"{', '.join(repr(n) for n in names)}, not {kind!r}"
+            )
+        layer_type = LayerType(kind)
+        table = _merge({k: v for k, v in _LAYER_KEYS[layer_type].items()}, entry, where)
+        for key, value in table.items():
+            if value is None:
+                raise ConfigError(
+                    f"config key '{where}.{key}' is missing (a {kind} layer needs it)"
+                )
+        r = _Reader(table, where)
+        if layer_type is LayerType.DENSE:
+            units = r.integer("units", minimum=1)
+            specs.append(
+                LayerSpec(
+                    layer_type, units, 1, 1, 0, Pool.NONE, Norm.NONE, 1, 0, False,
+                    shape, (units,), (units,),
+                )
+            )  # fmt: skip
+            shape = (units,)
+            continue
+        spec = _conv_spec(r, layer_type, shape, specs, i)
+        specs.append(spec)
+        shape = spec.out_shape
+    last = len(entries) - 1
+    if len(shape) != 1:
+        raise ConfigError(
+            f"config key 'network.layers.{last}' gives shape {_shape_text(shape)}: the last "
+            'layer must give one value per class (a dense layer, or pool = "global_avg")'
+        )
+    if shape[0] < 2:
+        raise ConfigError(
+            f"config key 'network.layers.{last}' gives {shape[0]} output: the number of "
+            "classes must be >= 2"
+        )
+    return tuple(specs)
+
+
+def _conv_spec(
+    r: _Reader, layer_type: LayerType, shape: tuple[int, ...], before: list[LayerSpec], i: int
+) -> LayerSpec:
+    where = r.where
+    if len(shape) not in (2, 3):
+        raise ConfigError(
+            f"config key '{where}.type': a conv layer needs a [channels, length] or "
+            f"[channels, height, width] input, not {_shape_text(shape)}"
+            + (" (set network.input)" if i == 0 else " (a dense layer's output is flat)")
+        )
+    channels = r.integer("channels", minimum=1)
+    kernel = r.integer("kernel", minimum=1)
+    stride = r.integer("stride", minimum=1)
+    padding = r.integer("padding", minimum=0)
+    pool, norm = r.choice("pool", Pool), r.choice("norm", Norm)
+    groups = r.integer("groups", minimum=1)
+    residual = r.integer("residual", minimum=0)
+    projection = r.boolean("projection")
+    spatial = []
+    for size in shape[1:]:
+        if size + 2 * padding < kernel:
+            raise ConfigError(
+                f"config key '{where}.kernel' ({kernel}) is larger than its padded input "
+                f"({size} + 2 x {padding} padding, of input shape {_shape_text(shape)})"
+            )
+        spatial.append((size + 2 * padding - kernel) // stride + 1)
+    conv_shape = (channels, *spatial)
+    if norm is Norm.GROUP and channels % groups:
+        raise ConfigError(
+            f"config key '{where}.groups' ({groups}) must divide the layer's {channels} channels"
+        )
+    if norm is Norm.NONE and groups != 1:
+        raise ConfigError(f"config key '{where}.groups' applies only with norm = \"group\"")
+    stride_p: tuple[int, ...] = ()
+    source: tuple[int, ...] = ()
+    if residual:
+        if residual > i:
+            raise ConfigError(
+                f"config key '{where}.residual' ({residual}) reaches before the first layer: "
+                f"layer {i} can add the output of layers 0 to {i - 1} (residual 1 to {i})"
+                if i
+                else f"config key '{where}.residual' ({residual}) reaches before the first "
+                "layer: the first layer has no earlier layer to add"
+            )
+        source = before[i - residual].out_shape
+        if projection:
+            stride_p = _projection_stride(source, conv_shape)
+            if not stride_p:
+                raise ConfigError(
+                    f"config key '{where}.projection': a 1x1 projection cannot map the "
+                    f"residual's shape {_shape_text(source)} (layer {i - residual}'s output) to "
+                    f"{_shape_text(conv_shape)} (this layer's convolution) with an integer stride"
+                )
+        elif source != conv_shape:
+            raise ConfigError(
+                f"config key '{where}.residual': layer {i - residual}'s output "
+                f"{_shape_text(source)} does not match this layer's convolution output "
+                f"{_shape_text(conv_shape)} (set projection = true for a 1x1 projection)"
+            )
+    elif projection:
+        raise ConfigError(f"config key '{where}.projection' applies only with a residual")
+    if pool is Pool.GLOBAL_AVG:
+        out_shape: tuple[int, ...] = (channels,)
+    elif pool is Pool.NONE:
+        out_shape = conv_shape
+    else:
+        if min(spatial) < 2:
+            raise ConfigError(
+                f"config key '{where}.pool' ({pool.value!r}) needs at least 2 positions in "
+                f"every dimension, but the convolution gives {_shape_text(conv_shape)}"
+            )
+        out_shape = (channels, *(n // 2 for n in spatial))
+    return LayerSpec(
+        layer_type, channels, kernel, stride, padding, pool, norm, groups, residual,
+        projection, shape, conv_shape, out_shape, source, stride_p,
+    )  # fmt: skip
+
+
+def _projection_stride(source: tuple[int, ...], target: tuple[int, ...]) -> tuple[int, ...]:
+    """Per-dimension strides of a 1x1 convolution from ``source`` to ``target``'s positions
+    (``()`` when the ranks differ or no integer stride gives the target's size)."""
+    if len(source) != len(target):
+        return ()
+    strides = []
+    for n_in, n_out in zip(source[1:], target[1:], strict=True):
+        stride = -(-n_in // n_out)
+        if (n_in - 1) // stride + 1 != n_out:
+            return ()
+        strides.append(stride)
+    return tuple(strides)
+
+
+def from_dict(raw: Mapping[str, Any]) -> Config:
+    """Validate a raw dictionary (as read from TOML) into a :class:`Config`."""
+    # network.input has no default: a perceptron config's resolved data stays as it was.
+    raw_network = raw.get("network") if isinstance(raw, Mapping) else None
+    given_input = None
+    if isinstance(raw_network, Mapping) and "input" in raw_network:
+        given_input = raw_network["input"]
+        raw = {**raw, "network": {k: v for k, v in raw_network.items() if k != "input"}}
+    data = _merge(DEFAULTS, raw, "")
+    if given_input is not None:
+        data["network"]["input"] = given_input
+    top = _Reader(data, "")
+    name, seed = top.string("name"), top.integer("seed", minimum=0)
+    if seed >= 2**32:
+        raise top.fail("seed", "an integer from 0 to 2**32 - 1")
+
+    network = _network(data)
 
     opt = _Reader(data["optimizer"], "optimizer")
     algorithm = opt.choice("algorithm", Algorithm)
@@ -644,6 +941,10 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
         tr.choice("arith", Arith),
         data["train"]["init_from"],
     )
+    if train.arith is Arith.FIXED:
+        # Checked here, once: the fixed-point model and every hardware command (generate,
+        # verify, estimate, flow, sweep) take their config with train.arith = 'fixed'.
+        network.require_dense()
     if train.arith is Arith.FIXED and batch_size != 1:
         # The bit-exact model has no batch: its sgd is the pipeline with every delay 0, one
         # update per sample. Training a batch there would silently be another algorithm.

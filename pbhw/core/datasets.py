@@ -57,6 +57,11 @@ class Dataset:
     labels in ``0 .. num_classes - 1``. Instances of ``digits`` and ``mnist1d`` are cached and
     shared by every caller in the process: do not modify their tensors in place.
 
+    ``shape`` is the shape of one sample before flattening (``(1, 8, 8)`` for digits,
+    ``(1, 40)`` for mnist1d, ``(3, 32, 32)`` for CIFAR-10, the shape of ``X``'s rows for an
+    npz file; ``()`` means flat, ``(F,)``): a network whose ``network.input`` asks for it
+    reads each row in that shape.
+
     Equality is identity (comparing tensors element-wise is the caller's choice).
     """
 
@@ -66,6 +71,7 @@ class Dataset:
     x_test: torch.Tensor = field(repr=False)
     y_test: torch.Tensor = field(repr=False)
     num_classes: int
+    shape: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for part, x, y in (
@@ -93,6 +99,16 @@ class Dataset:
                 f"{self.name}: x_test has {self.x_test.shape[1]} features, "
                 f"x_train {self.x_train.shape[1]}"
             )
+        if self.shape and int(np.prod(self.shape)) != self.x_train.shape[1]:
+            raise DatasetError(
+                f"{self.name}: sample shape {list(self.shape)} does not hold the "
+                f"{self.x_train.shape[1]} features of a row"
+            )
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one sample: ``shape``, or ``(F,)`` for a flat dataset."""
+        return self.shape or (self.num_features,)
 
     @property
     def num_features(self) -> int:
@@ -174,6 +190,7 @@ def _dataset(
     x_test: np.ndarray,
     y_test: np.ndarray,
     num_classes: int,
+    shape: tuple[int, ...] = (),
 ) -> Dataset:
     def inputs(x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(x.reshape(len(x), -1), dtype=np.float64))
@@ -182,7 +199,7 @@ def _dataset(
         return torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
 
     return Dataset(
-        name, inputs(x_train), labels(y_train), inputs(x_test), labels(y_test), num_classes
+        name, inputs(x_train), labels(y_train), inputs(x_test), labels(y_test), num_classes, shape
     )
 
 
@@ -193,7 +210,7 @@ def _digits() -> Dataset:
     x, y = load_digits(return_X_y=True)
     train, test = _split(len(y))
     x = x / 16.0
-    return _dataset("digits", x[train], y[train], x[test], y[test], 10)
+    return _dataset("digits", x[train], y[train], x[test], y[test], 10, (1, 8, 8))
 
 
 @functools.cache
@@ -222,6 +239,7 @@ def _mnist1d() -> Dataset:
         (data["x_test"] - mean) / std,
         data["y_test"],
         10,
+        (1, data["x"].shape[1]),
     )
 
 
@@ -240,7 +258,9 @@ def _cifar10(spec: str, folder: Path) -> Dataset:
     x_test, y_test = _cifar10_batch(folder / "test_batch")
     x_train = np.concatenate([x for x, _ in train])
     y_train = np.concatenate([y for _, y in train])
-    return _dataset(spec, x_train / 255.0, y_train, x_test / 255.0, y_test, _CIFAR10_CLASSES)
+    return _dataset(
+        spec, x_train / 255.0, y_train, x_test / 255.0, y_test, _CIFAR10_CLASSES, (3, 32, 32)
+    )
 
 
 def _cifar10_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -333,7 +353,7 @@ def _npz(spec: str, path: Path) -> Dataset:
             f"npz file '{path}': y holds one class ({classes[0]}) only; training needs at least two"
         )
     num_classes = int(max(y.max(), y_test.max())) + 1
-    return _dataset(spec, x, y, x_test, y_test, num_classes)
+    return _dataset(spec, x, y, x_test, y_test, num_classes, tuple(x.shape[1:]))
 
 
 def _npz_arrays(path: Path, f: BinaryIO) -> dict[str, np.ndarray]:

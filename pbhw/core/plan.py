@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -21,6 +22,10 @@ from pbhw.core.config import (
     Config,
     ConfigError,
     Formats,
+    LayerSpec,
+    LayerType,
+    Norm,
+    Pool,
     RoleFormat,
     WeightPrediction,
 )
@@ -130,10 +135,108 @@ class StagePlan:
     formats: Formats
     lanes: int | None
     coefficients: dict[str, Coefficient]
+    #: the shape of one input and one output sample (``(n_in,)`` and ``(n_out,)`` for a dense
+    #: stage); between stages every sample travels flattened
+    in_shape: tuple[int, ...] = ()
+    out_shape: tuple[int, ...] = ()
+    #: the layer of the general form of ``network.layers`` (None for a perceptron's stages)
+    spec: LayerSpec | None = None
+    #: whether the weights have a bias (``network.bias``)
+    bias: bool = True
 
     @property
     def weights(self) -> int:
         return self.n_in * self.n_out
+
+    @property
+    def conv(self) -> bool:
+        """Whether the stage is a convolution (else a dense layer, flattening its input)."""
+        return self.spec is not None and self.spec.type is LayerType.CONV
+
+    @functools.cached_property
+    def parameter_shapes(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        """Name and shape of every parameter tensor, in the order the float model holds them.
+
+        Dense: ``weight [n_out, n_in]`` and ``bias [n_out]``. Conv: ``weight [C_out, C_in,
+        kernel...]``, ``bias [C_out]``; with group norm ``norm_scale`` and ``norm_shift``
+        ``[C_out]``; with a projection ``projection [C_out, C_res, 1...]`` and
+        ``projection_bias [C_out]``. Biases only when ``network.bias`` is true."""
+        out: list[tuple[str, tuple[int, ...]]] = []
+        if not self.conv:
+            out.append(("weight", (self.n_out, self.n_in)))
+            if self.bias:
+                out.append(("bias", (self.n_out,)))
+            return tuple(out)
+        sp = self.spec
+        assert sp is not None
+        rank = len(sp.in_shape) - 1
+        out.append(("weight", (sp.out, sp.in_shape[0], *(sp.kernel,) * rank)))
+        if self.bias:
+            out.append(("bias", (sp.out,)))
+        if sp.norm is Norm.GROUP:
+            out += [("norm_scale", (sp.out,)), ("norm_shift", (sp.out,))]
+        if sp.projection:
+            out.append(("projection", (sp.out, self.residual_shape[0], *(1,) * rank)))
+            if self.bias:
+                out.append(("projection_bias", (sp.out,)))
+        return tuple(out)
+
+    @property
+    def residual_shape(self) -> tuple[int, ...]:
+        """The shape of the residual this stage adds: its source's output (() without one)."""
+        return () if self.spec is None else self.spec.residual_shape
+
+    @property
+    def parameters(self) -> int:
+        """The number of learned values of the stage (weights, biases, norm scale and shift)."""
+        return sum(math.prod(shape) for _, shape in self.parameter_shapes)
+
+    @property
+    def forward_multiplies(self) -> int:
+        """Multiplies by a parameter in one sample's forward pass (the one place of this rule).
+
+        Dense: ``n_in x n_out``. Conv: every output position's ``C_in x kernel^d`` products, the
+        projection's ``C_res`` products per output position, and the norm scale's one product
+        per position. Biases, shifts, the normalization's own arithmetic and pooling are not
+        counted."""
+        if not self.conv:
+            return self.n_in * self.n_out
+        sp = self.spec
+        assert sp is not None
+        positions = math.prod(sp.conv_shape)
+        per_position = math.prod(self.parameter_shapes[0][1][1:])
+        total = positions * per_position
+        if sp.projection:
+            total += positions * self.residual_shape[0]
+        if sp.norm is Norm.GROUP:
+            total += positions
+        return total
+
+    @property
+    def stash_entry_values(self) -> int:
+        """Values one stash entry holds: the input and the ReLU mask (one per pre-activation
+        value; the last stage has none); a conv stage also its convolution output (group norm:
+        the norm's backward reads it; its per-group mean and inverse deviation are not
+        counted), the residual (a projected one: the projection's gradient reads it) and the
+        max pool's choices."""
+        if not self.conv:
+            return self.n_in + (self.n_out if self.relu else 0)
+        sp = self.spec
+        assert sp is not None
+        conv = math.prod(sp.conv_shape)
+        values = self.n_in + (conv if self.relu else 0)
+        if sp.norm is Norm.GROUP:
+            values += conv
+        if sp.projection:
+            values += math.prod(self.residual_shape)
+        if sp.pool is Pool.MAX:
+            values += math.prod(sp.out_shape)
+        return values
+
+    @property
+    def stash_values(self) -> int:
+        """Values the stash holds at most: ``D_l + 1`` entries."""
+        return (self.delay + 1) * self.stash_entry_values
 
 
 @dataclass(frozen=True)
@@ -184,6 +287,10 @@ def derive_plan(config: Config) -> Plan:
     lr, m = scaled_hyperparameters(opt.lr, opt.momentum, opt.reference_batch, batch)
     layers = config.network.layers
     num_stages = len(layers) - 1
+    specs = config.network.specs
+    shapes = [config.network.input, *((n,) for n in layers[1:])]
+    if specs is not None:
+        shapes = [config.network.input, *(sp.out_shape for sp in specs)]
     stages = []
     for i in range(num_stages):
         index = i + 1
@@ -216,6 +323,10 @@ def derive_plan(config: Config) -> Plan:
                 formats,
                 lanes,
                 coefficients,
+                shapes[i],
+                shapes[i + 1],
+                None if specs is None else specs[i],
+                config.network.bias,
             )
         )
     plan = Plan(config, lr, m, batch, tuple(stages))

@@ -25,10 +25,17 @@ import torch
 from torch import nn
 
 from pbhw.core.config import Config, from_dict
-from pbhw.core.errors import CheckpointError, TorchModelError
+from pbhw.core.errors import CheckpointError, ConfigError, TorchModelError
 from pbhw.core.io import write_atomic
 
-__all__ = ["Checkpoint", "from_torch", "read_checkpoint", "state_dict_keys", "write_state_dict"]
+__all__ = [
+    "Checkpoint",
+    "check_exportable",
+    "from_torch",
+    "read_checkpoint",
+    "state_dict_keys",
+    "write_state_dict",
+]
 
 SUPPORTED = (
     "pbhw takes an nn.Sequential of nn.Linear and nn.ReLU with a ReLU after every Linear but "
@@ -251,6 +258,16 @@ def read_checkpoint(config: Config, path: str | Path | None = None) -> Checkpoin
             pair.append(t)
         weights.append((pair[0], pair[1]))
     return Checkpoint(weights, tuple(first + 2 * k for k in range(net.num_stages)))
+
+
+def check_exportable(config: Config) -> None:
+    """Raise :class:`ConfigError` unless :func:`write_state_dict` can write ``config``'s trained
+    weights: an ``nn.Sequential`` of Linears takes dense layers only."""
+    if config.network.convolutional:
+        raise ConfigError(
+            "--export writes an nn.Sequential of nn.Linear layers; network.layers has "
+            "convolutional stages, which it does not write yet"
+        )
 
 
 def write_state_dict(

@@ -205,6 +205,7 @@ def expand(
         point_sets = tuple(axis.sets()[i] for axis, i in zip(axes, combo, strict=True))
         try:
             config = from_dict(apply_sets(raw, [*sets, *point_sets]))
+            config.network.require_dense()  # its costs and estimates are the hardware's
             check_trainable(config, datasets)
         except ConfigError as e:
             where = " ".join(point_sets) or "the base config"

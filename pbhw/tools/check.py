@@ -5,8 +5,11 @@ trainer's (:func:`pbhw.tools.train.check_trainable`: representable constants, ac
 bit-exact model, a dataset that loads and fits), and for a config the generator accepts
 (pipelined, no weight stashing) the hardware's: the device (``hardware.device``), every stage's
 datapath (:func:`pbhw.core.datapath.plan_datapaths`) and the lanes (``hardware.lanes``,
-:func:`rtl_gen.design.resolve_lanes`). Every failure is a ConfigError or DatasetError naming
+:func:`rtl_gen.design.resolve_lanes`). A network with convolutional stages is trained in float
+only, so it gets no hardware checks. Every failure is a ConfigError or DatasetError naming
 the key.
+
+:func:`stage_rows` gives the per-stage sizes ``pbhw check`` prints.
 """
 
 from __future__ import annotations
@@ -17,10 +20,14 @@ from pbhw.core.config import Algorithm, Config
 from pbhw.core.datapath import StageDatapath, plan_datapaths
 from pbhw.core.datasets import Dataset
 from pbhw.core.devices import Device, config_device
+from pbhw.core.plan import Plan
 from pbhw.tools.train import check_trainable
 from rtl_gen.design import fixed_plan, resolve_lanes
 
-__all__ = ["CheckedConfig", "check_config"]
+__all__ = ["STAGE_COLUMNS", "CheckedConfig", "check_config", "stage_rows"]
+
+#: The columns of :func:`stage_rows`.
+STAGE_COLUMNS = ("stage", "type", "output", "parameters", "multiplies", "delay D", "stash")
 
 
 @dataclass(frozen=True)
@@ -28,7 +35,7 @@ class CheckedConfig:
     """The results of :func:`check_config`.
 
     ``lanes``, ``dsp_blocks`` and ``datapaths`` are None for a config the generator does not
-    take (the non-pipelined reference, or weight stashing)."""
+    take (the non-pipelined reference, weight stashing, or convolutional stages)."""
 
     dataset: Dataset
     device: Device
@@ -41,10 +48,46 @@ def check_config(config: Config) -> CheckedConfig:
     """Check ``config`` as every later command would; raises the first command's error."""
     dataset = check_trainable(config)
     device = config_device(config)
-    if config.optimizer.algorithm is not Algorithm.PB or config.optimizer.weight_stashing:
+    if (
+        config.optimizer.algorithm is not Algorithm.PB
+        or config.optimizer.weight_stashing
+        or config.network.convolutional
+    ):
         return CheckedConfig(dataset, device, None, None, None)
     plan = fixed_plan(config)
     datapaths = plan_datapaths(plan, device.multiplier_widths)
     lanes = resolve_lanes(config, plan, device)
     dsp = sum(n * dp.lane_dsp(device) for n, dp in zip(lanes, datapaths, strict=True))
     return CheckedConfig(dataset, device, lanes, dsp, datapaths)
+
+
+def stage_rows(plan: Plan) -> list[tuple[str, ...]]:
+    """Per stage (columns :data:`STAGE_COLUMNS`): its type (with norm, residual and pooling),
+    output shape, parameter count, forward multiplies per sample
+    (:attr:`pbhw.core.plan.StagePlan.forward_multiplies`), delay and the values its stash holds
+    at most (:attr:`pbhw.core.plan.StagePlan.stash_values`)."""
+    rows = []
+    for st in plan.stages:
+        kind = "dense"
+        if st.conv:
+            sp = st.spec
+            assert sp is not None
+            kind = f"conv{len(st.in_shape) - 1}d k{sp.kernel}"
+            kind += f" s{sp.stride}" if sp.stride != 1 else ""
+            kind += f" p{sp.padding}" if sp.padding else ""
+            kind += f" +{sp.norm.value}norm/{sp.groups}" if sp.norm.value != "none" else ""
+            if sp.residual:
+                kind += f" +res{sp.residual}" + ("(proj)" if sp.projection else "")
+            kind += f" {sp.pool.value}pool" if sp.pool.value != "none" else ""
+        rows.append(
+            (
+                str(st.index),
+                kind,
+                "x".join(map(str, st.out_shape)),
+                str(st.parameters),
+                str(st.forward_multiplies),
+                str(st.delay),
+                str(st.stash_values),
+            )
+        )
+    return rows
