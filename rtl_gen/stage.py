@@ -425,7 +425,7 @@ class Stage(wiring.Component):
         m.submodules.stash = stash = InputStash(
             n_in=plan.n_in,
             x_format=xf,
-            depth=plan.delay + 1,
+            depth=plan.stash_depth,
             mask=plan.n_out if self._relu else 0,
         )
         m.submodules.operands = ops = OperandRings(

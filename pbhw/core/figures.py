@@ -25,23 +25,18 @@ __all__ = [
     "MemoryModel",
     "StageMemory",
     "figures_of_merit",
-    "forward_multiplies",
     "memory_model",
     "stash_bits",
     "useful_multiplies",
 ]
 
 
-def forward_multiplies(stage: StagePlan) -> int:
-    """Data multiplies of one stage's forward pass for one sample (bias columns not counted)."""
-    return stage.n_in * stage.n_out
-
-
 def useful_multiplies(plan: Plan) -> int:
     """Useful data multiplies per training sample.
 
-    Each stage's forward count (:func:`forward_multiplies`) times 2 in stage 1 (forward and
-    gradient: it sends no error) and times 3 elsewhere (forward, backward, gradient).
+    Each stage's forward count (:attr:`pbhw.core.plan.StagePlan.forward_multiplies`) times 2
+    in stage 1 (forward and gradient: it sends no error) and times 3 elsewhere (forward,
+    backward, gradient).
 
     Parameters
     ----------
@@ -52,7 +47,7 @@ def useful_multiplies(plan: Plan) -> int:
     -------
     int
     """
-    return sum((2 if st.index == 1 else 3) * forward_multiplies(st) for st in plan.stages)
+    return sum((2 if st.index == 1 else 3) * st.forward_multiplies for st in plan.stages)
 
 
 @dataclass(frozen=True)
@@ -179,7 +174,7 @@ def stash_bits(stage: StagePlan, x_width: int) -> int:
     """Bits of one stage's stash: the inputs of the last ``D_l + 1`` steps, ``x_width`` bits each
     (the format of the activations the stage receives, :func:`pbhw.core.datapath.x_format_of`)
     and, with a ReLU, one mask bit per output for each of them (``docs/hardware.md``)."""
-    return (stage.delay + 1) * (stage.n_in * x_width + (stage.n_out if stage.relu else 0))
+    return stage.stash_depth * (stage.n_in * x_width + (stage.n_out if stage.relu else 0))
 
 
 def memory_model(plan: Plan, batch_size: int | None = None) -> MemoryModel:

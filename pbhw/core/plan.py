@@ -234,9 +234,15 @@ class StagePlan:
         return values
 
     @property
+    def stash_depth(self) -> int:
+        """Entries the stash holds at most: ``D_l + 1`` (the forward of a sample is stashed
+        ``D_l`` steps before its backward pops it, in the same step as the next push)."""
+        return self.delay + 1
+
+    @property
     def stash_values(self) -> int:
-        """Values the stash holds at most: ``D_l + 1`` entries."""
-        return (self.delay + 1) * self.stash_entry_values
+        """Values the stash holds at most: :attr:`stash_depth` entries."""
+        return self.stash_depth * self.stash_entry_values
 
 
 @dataclass(frozen=True)
