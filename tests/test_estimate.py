@@ -609,8 +609,8 @@ def test_an_unwritable_cache_does_not_lose_the_estimate(tmp_path, fake_tools):
 
 def test_auto_lanes_and_the_fast_estimate_read_one_lut_model():
     """``lanes = "auto"`` predicts a design's LUTs from the datapath plan with the model the
-    fast estimate applies to its manifest (:mod:`pbhw.core.resource_model`); with fabric
-    constants it adds the adders, which the manifest does not list."""
+    fast estimate applies to its manifest (:mod:`pbhw.core.resource_model`), the fabric
+    constants' adders included in both."""
     from pbhw.core.config import load
     from pbhw.core.resource_model import CALIBRATION as CORE_CALIBRATION
     from rtl_gen.design import build_design, fixed_plan
@@ -621,21 +621,21 @@ def test_auto_lanes_and_the_fast_estimate_read_one_lut_model():
     base = Path(__file__).resolve().parents[1] / "examples" / "mlp_digits.toml"
     device = load_device("ecp5-85k")
     lanes = (3, 2, 1)
-    predicted = {}
+    predicted, features = {}, {}
     for mode in ("dsp", "fabric"):
         config = load(base, ("hardware.lanes=[3, 2, 1]", f"hardware.constants='{mode}'"))
         design = build_design(config)
         design.discard()
-        fast = fast_estimate(manifest_of(design, top=top_name(config)), device)
+        manifest = manifest_of(design, top=top_name(config))
         predicted[mode] = predicted_luts(fixed_plan(config), lanes, device)
-        if mode == "dsp":
-            assert round(predicted[mode]) == fast.used["lut"]
-        else:
-            adder_bits = sum(
-                n * p.adder_bits
-                for n, stage in zip(lanes, design.network.stages, strict=True)
-                for p in stage.datapath.products
-            )
-            assert adder_bits > 0
-            weight = CALIBRATION["lut"]["constant_adder_bits"]
-            assert predicted[mode] == pytest.approx(predicted["dsp"] + weight * adder_bits)
+        assert round(predicted[mode]) == fast_estimate(manifest, device).used["lut"]
+        features[mode] = design_features(manifest, device)
+        adder_bits = sum(
+            n * p.adder_bits
+            for n, stage in zip(lanes, design.network.stages, strict=True)
+            for p in stage.datapath.products
+        )
+        assert features[mode]["constant_adder_bits"] == adder_bits
+    assert features["dsp"]["constant_adder_bits"] == 0
+    assert features["fabric"]["constant_adder_bits"] > 0
+    assert predicted["fabric"] > predicted["dsp"]

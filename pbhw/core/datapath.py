@@ -41,8 +41,10 @@ __all__ = [
     "StageDatapath",
     "UpdateDatapath",
     "constant_ports",
+    "constant_operands",
     "constant_slices",
     "csd_digits",
+    "fabric_adder_bits",
     "dot_accumulator",
     "is_shift",
     "operand_slices",
@@ -345,6 +347,48 @@ def csd_digits(code: int) -> list[tuple[int, int]]:
     return out
 
 
+def fabric_adder_bits(a_bits: int, code: int) -> int:
+    """Bits of the adders of ``a x code`` in the fabric (a ``a_bits``-bit signed operand): one
+    adder fewer than the code's canonical signed digits, each counted as wide as the exact
+    product (an upper bound of what the registered tree holds)."""
+    return max(len(csd_digits(code)) - 1, 0) * (a_bits + signed_width(code))
+
+
+def constant_operands(
+    weight: FixedFormat,
+    velocity: FixedFormat,
+    gradient: FixedFormat,
+    codes: Mapping[str, int],
+    *,
+    prediction: WeightPrediction,
+    horizon: int,
+    shift: bool,
+) -> list[tuple[str, int, tuple[str, int]]]:
+    """The products by a constant of one lane, ``(name, a_bits, ("constant", code))``: the
+    horizon's with the weight-difference prediction, and unless ``shift`` one per non-zero
+    update constant of ``codes`` (``momentum``, ``eta_a``, ``eta_b``, ``eta_T``; ``eta_T`` with
+    the velocity prediction)."""
+    w_bits, v_bits = _signed_bits(weight), _signed_bits(velocity)
+    out: list[tuple[str, int, tuple[str, int]]] = []
+    if prediction is WeightPrediction.WEIGHT_DIFFERENCE:
+        out.append(("horizon", w_bits + 1, ("constant", horizon)))
+    if shift:
+        return out
+    # The update's rounded velocity and gradient carry one extra bit.
+    by_constant = [
+        ("momentum", v_bits),
+        ("eta_a", velocity.width + 1),
+        ("eta_b", gradient.width + 1),
+    ]
+    if prediction is WeightPrediction.VELOCITY:
+        by_constant.append(("eta_T", v_bits))
+    for name, bits in by_constant:
+        code = codes.get(name, 0)
+        if code:  # eta_b is 0 without Spike Compensation: no term
+            out.append((name, bits, ("constant", code)))
+    return out
+
+
 def constant_ports(a_bits: int, code: int, ports: tuple[int, int]) -> tuple[int, int]:
     """(port of the operand, port of the constant): the wider operand takes the wider port."""
     wide, narrow = max(ports), min(ports)
@@ -421,7 +465,7 @@ class Product:
         their carry chains take on a LUT4 device)."""
         if not self.digits:
             return 0
-        return self.adders * (self.a_bits + signed_width(self.operand[1]))
+        return fabric_adder_bits(self.a_bits, self.operand[1])
 
     @property
     def data(self) -> bool:
@@ -547,28 +591,21 @@ def stage_datapath(
 
     x_bits = _signed_bits(x_format)
     w_bits, e_bits = _signed_bits(fm.weight.format), _signed_bits(fm.error.format)
-    v_bits = _signed_bits(fm.velocity.format)
     operands: list[tuple[str, int, tuple[str, int]]] = [
         ("forward", w_bits, ("width", x_bits)),
         ("gradient", e_bits, ("width", x_bits)),
     ]
     if stage.index > 1:
         operands.append(("backward", w_bits, ("width", e_bits)))
-    if prediction is WeightPrediction.WEIGHT_DIFFERENCE:
-        operands.append(("horizon", w_bits + 1, ("constant", stage.horizon)))
-    if not fm.coefficient_shift:
-        # The update's rounded velocity and gradient carry one extra bit.
-        by_constant = [
-            ("momentum", v_bits),
-            ("eta_a", fm.velocity.format.width + 1),
-            ("eta_b", fm.gradient.format.width + 1),
-        ]
-        if prediction is WeightPrediction.VELOCITY:
-            by_constant.append(("eta_T", v_bits))
-        for name, bits in by_constant:
-            code = codes.get(name, 0)
-            if code:  # eta_b is 0 without Spike Compensation: no term
-                operands.append((name, bits, ("constant", code)))
+    operands += constant_operands(
+        fm.weight.format,
+        fm.velocity.format,
+        fm.gradient.format,
+        codes,
+        prediction=prediction,
+        horizon=stage.horizon,
+        shift=fm.coefficient_shift,
+    )
     ports = None if multiplier_ports is None else tuple(multiplier_ports)
     products = tuple(
         _product(name, a_bits, operand, ports, constants)

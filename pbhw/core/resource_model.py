@@ -69,9 +69,10 @@ CALIBRATION: dict[str, dict[str, float]] = {
         "requantizer_bits": 0.0,
         "product_bits": 4.154,  # product pieces and their sums, registered
         "split_product_bits": 0.0,
-        # the registered partial sums of those adders (hand-set: one flip-flop per bit; Yosys on
-        # the default example at 10 lanes: 5,879 more than with "dsp")
-        "constant_adder_bits": 1.0,
+        # the operand and partial-sum registers of those products, which have no pieces in
+        # product_bits (set from Yosys on the default example at 10 lanes: 34,889 FF with
+        # "fabric", 29,010 with "dsp"; the model's 21,031 and 29,638 without these bits)
+        "constant_adder_bits": 2.544,
         "vector_bits": 2.188,  # rings, dz, outputs and their payload registers
         "column_sum_bits": 0.0,
         "pipeline_bits": 0.088,  # the lane pipeline's delay lines

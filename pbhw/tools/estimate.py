@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from pbhw.core import resource_model
-from pbhw.core.config import Config
+from pbhw.core.config import Config, ConstantProducts
+from pbhw.core.datapath import constant_operands, fabric_adder_bits
 from pbhw.core.devices import (
     RESOURCES,
     Device,
@@ -766,14 +767,25 @@ def _layer_blocks(layer: Layer, device: Device) -> int:
 
 def design_features(manifest: Manifest, device: Device) -> dict[str, float]:
     """The quantities the analytic model is linear in (the rows of :data:`CALIBRATION`): the
-    sum of :func:`pbhw.core.resource_model.stage_features` over the manifest's stages.
-
-    The manifest does not list the digits of products by a constant built in the fabric, so
-    ``constant_adder_bits`` is 0 here."""
+    sum of :func:`pbhw.core.resource_model.stage_features` over the manifest's stages; with
+    ``hardware.constants = "fabric"``, the adders of each layer's products by a constant
+    (:func:`pbhw.core.datapath.constant_operands` of its formats and constants)."""
     feats = dict.fromkeys(resource_model.FEATURES, 0.0)
     feats["constant"] = 1.0
     previous_format = None
+    fabric = manifest.config.hardware.constants is ConstantProducts.FABRIC
     for layer in manifest.layers:
+        fm = layer.formats
+        operands = constant_operands(
+            fm.weight.format,
+            fm.velocity.format,
+            fm.gradient.format,
+            layer.coefficients,
+            prediction=layer.prediction,
+            horizon=layer.horizon,
+            shift=layer.coefficient_shift,
+        )
+        adder_bits = sum(fabric_adder_bits(a, op[1]) for _, a, op in operands) if fabric else 0
         stage = resource_model.stage_features(
             stage=layer.stage,
             n_in=layer.n_in,
@@ -784,7 +796,7 @@ def design_features(manifest: Manifest, device: Device) -> dict[str, float]:
             x_format=previous_format,
             prediction=layer.prediction,
             shapes=_multiplier_shapes(layer),
-            adder_bits=0,
+            adder_bits=adder_bits,
             drain=layer.pipeline.get("drain", 0),
             device=device,
         )
