@@ -88,6 +88,8 @@ def build_design(
     lanes = resolve_lanes(config, plan, device) if lanes is None else tuple(lanes)
     check_lanes(plan, lanes)
     init = initial_codes(plan)
-    multiplier = Multiplier.from_device(device, primitives=primitives)
+    multiplier = Multiplier.from_device(
+        device, primitives=primitives, constants=config.hardware.constants
+    )
     network = Network(plan=plan, lanes=lanes, init=init, multiplier=multiplier)
     return Design(config, plan, tuple(lanes), init, network)

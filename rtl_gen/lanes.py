@@ -1,27 +1,42 @@
-"""``lanes = "auto"``: lanes per stage that balance the stages within a DSP budget.
+"""``lanes = "auto"``: lanes per stage that balance the stages within a DSP and a LUT budget.
 
 A stage with ``P`` lanes takes ``ceil(weights / P)`` cycles per step; the slowest stage sets the
 throughput. :func:`auto_lanes` finds the shortest step ``T`` for which the lanes
 ``P_l = ceil(weights_l / T)`` fit :data:`AUTO_DSP_SHARE` of the device's hard multipliers,
 counting for every lane the blocks its multipliers need (the pieces of the products of the
 stage's datapath, :mod:`pbhw.core.datapath`, each counted by
-:func:`pbhw.core.devices.dsp_count`).
+:func:`pbhw.core.devices.dsp_count`: with ``hardware.constants = "fabric"`` only the data
+products), and :data:`AUTO_LUT_SHARE` of its LUTs as the analytic model predicts them
+(:mod:`pbhw.core.resource_model`, the model of ``pbhw estimate --fast``).
 """
 
 from __future__ import annotations
 
 import math
 
-from pbhw.core.config import ConfigError
-from pbhw.core.datapath import stage_datapath, x_format_of
+from pbhw.core import resource_model
+from pbhw.core.config import ROLES, ConfigError, WeightPrediction
+from pbhw.core.datapath import StageDatapath, stage_datapath, x_format_of
 from pbhw.core.devices import Device, load_device
 from pbhw.core.plan import Plan, StagePlan
 
-__all__ = ["AUTO_DSP_SHARE", "auto_budget", "auto_lanes", "lane_dsp_cost"]
+__all__ = [
+    "AUTO_DSP_SHARE",
+    "AUTO_LUT_SHARE",
+    "auto_budget",
+    "auto_lanes",
+    "auto_lut_budget",
+    "lane_dsp_cost",
+    "predicted_luts",
+]
 
 #: Share of the device's hard multipliers ``lanes = "auto"`` may fill; the rest is routing
 #: headroom (``docs/hardware.md``, "Timing history").
 AUTO_DSP_SHARE = 0.8
+#: Share of the device's LUTs ``lanes = "auto"`` may fill (as the analytic model predicts them):
+#: nextpnr packs about twice Yosys's LUT4 count into slices (``docs/hardware.md``), and the
+#: placer needs free slices to route.
+AUTO_LUT_SHARE = 0.7
 
 
 def auto_budget(device: Device) -> int:
@@ -29,17 +44,53 @@ def auto_budget(device: Device) -> int:
     return int(device.resources["dsp"] * AUTO_DSP_SHARE)
 
 
-def lane_dsp_cost(plan: Plan, stage: StagePlan, device: Device) -> int:
-    """Hard multiplier blocks of one lane of ``stage`` on ``device``: the pieces of every
-    product of the stage's datapath (:func:`pbhw.core.datapath.stage_datapath`)."""
-    datapath = stage_datapath(
+def auto_lut_budget(device: Device) -> int:
+    """LUTs ``lanes = "auto"`` may use on ``device``."""
+    return int(device.resources["lut"] * AUTO_LUT_SHARE)
+
+
+def _datapath(plan: Plan, stage: StagePlan, device: Device) -> StageDatapath:
+    return stage_datapath(
         stage,
         x_format=x_format_of(plan, stage),
         bias=plan.config.network.bias,
         prediction=plan.config.optimizer.weight_prediction,
         multiplier_ports=device.multiplier_widths,
+        constants=plan.config.hardware.constants,
     )
-    return datapath.lane_dsp(device)
+
+
+def lane_dsp_cost(plan: Plan, stage: StagePlan, device: Device) -> int:
+    """Hard multiplier blocks of one lane of ``stage`` on ``device``: the pieces of every
+    product of the stage's datapath (:func:`pbhw.core.datapath.stage_datapath`)."""
+    return _datapath(plan, stage, device).lane_dsp(device)
+
+
+def predicted_luts(plan: Plan, lanes: tuple[int, ...], device: Device) -> float:
+    """LUTs of the design with ``lanes`` on ``device`` as the analytic model predicts them
+    (:func:`pbhw.core.resource_model.predict`), fabric adders included."""
+    feats = dict.fromkeys(resource_model.FEATURES, 0.0)
+    feats["constant"] = 1.0
+    for st, n in zip(plan.stages, lanes, strict=True):
+        datapath = _datapath(plan, st, device)
+        prediction = plan.config.optimizer.weight_prediction
+        stage = resource_model.stage_features(
+            stage=st.index,
+            n_in=st.n_in,
+            n_out=st.n_out,
+            bias=plan.config.network.bias,
+            lanes=n,
+            roles={role: st.formats.role(role) for role in ROLES},
+            x_format=datapath.x_format if st.index > 1 else None,
+            prediction=prediction if st.horizon else WeightPrediction.NONE,
+            shapes=[(a, b, n) for _, a, b in datapath.pieces()],
+            adder_bits=sum(p.adder_bits for p in datapath.products),
+            drain=0,
+            device=device,
+        )
+        for key, value in stage.items():
+            feats[key] += value
+    return resource_model.predict("lut", feats, device)
 
 
 def auto_lanes(plan: Plan, device: Device | None = None) -> tuple[int, ...]:
@@ -48,11 +99,11 @@ def auto_lanes(plan: Plan, device: Device | None = None) -> tuple[int, ...]:
     Raises
     ------
     ConfigError
-        If even one lane per stage needs more multiplier blocks than the device has.
+        If even one lane per stage needs more multiplier blocks or LUTs than auto may use.
     """
     if device is None:
         device = load_device(plan.config.hardware.device)
-    budget = auto_budget(device)
+    budget, lut_budget = auto_budget(device), auto_lut_budget(device)
     bias = int(plan.config.network.bias)
     weights = [st.n_out * (st.n_in + bias) for st in plan.stages]
     costs = [lane_dsp_cost(plan, st, device) for st in plan.stages]
@@ -63,18 +114,29 @@ def auto_lanes(plan: Plan, device: Device | None = None) -> tuple[int, ...]:
     def used(lanes: list[int]) -> int:
         return sum(n * c for n, c in zip(lanes, costs, strict=True))
 
-    if used([1] * len(weights)) > budget:
+    def fits(lanes: list[int]) -> bool:
+        return used(lanes) <= budget and predicted_luts(plan, tuple(lanes), device) <= lut_budget
+
+    one = [1] * len(weights)
+    if used(one) > budget:
         raise ConfigError(
             f"config key 'hardware.lanes' is 'auto', but one lane per stage already needs "
-            f"{used([1] * len(weights))} multiplier blocks and auto may use {budget} of "
+            f"{used(one)} multiplier blocks and auto may use {budget} of "
             f"{device.name}'s {device.resources['dsp']} ({AUTO_DSP_SHARE:.0%}); narrow the "
             "formats, use formats.coefficient.shift, give the lanes explicitly, or pick a larger "
             "device"
         )
+    if not fits(one):
+        raise ConfigError(
+            f"config key 'hardware.lanes' is 'auto', but one lane per stage already needs "
+            f"about {predicted_luts(plan, tuple(one), device):.0f} LUTs and auto may use "
+            f"{lut_budget} of {device.name}'s {device.resources['lut']} ({AUTO_LUT_SHARE:.0%}); "
+            "narrow the formats, give the lanes explicitly, or pick a larger device"
+        )
     lo, hi = 1, max(weights)  # the step time: hi always fits (one lane per stage)
     while lo < hi:
         mid = (lo + hi) // 2
-        if used(lanes_for(mid)) <= budget:
+        if fits(lanes_for(mid)):
             hi = mid
         else:
             lo = mid + 1

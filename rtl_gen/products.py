@@ -12,6 +12,11 @@ constant's slices, skipping zero slices and turning power-of-two slices into shi
 slicing rule itself is :mod:`pbhw.core.datapath` (:func:`~pbhw.core.datapath.product_pieces`
 lists the blocks for the manifest and the lane cost), so the count there is what the tool sees.
 
+:func:`fabric_product` multiplies by a constant without a hard multiplier
+(``hardware.constants = "fabric"``): the registered operand, shifted once per canonical signed
+digit of the constant (:func:`pbhw.core.datapath.csd_digits`, the digits the datapath plan
+records), summed by a registered adder tree of three levels, in the same four cycles.
+
 With a vendor primitive (:class:`rtl_gen.target.Multiplier` chooses it from the device; ECP5:
 ``MULT18X18D``, :func:`hard_product`), every piece is an instance of it with its input and
 output registers enabled, in the places of the operand and piece registers: same cycles, same
@@ -31,9 +36,10 @@ from pbhw.core.datapath import (
     constant_slices,
     is_shift,
     operand_slices,
+    span_width,
 )
 
-__all__ = ["LATENCY", "as_signed", "hard_product", "pipelined_product"]
+__all__ = ["LATENCY", "as_signed", "fabric_product", "hard_product", "pipelined_product"]
 
 #: Cycles from the operands to a pipelined product (:data:`pbhw.core.datapath.PRODUCT_LATENCY`).
 LATENCY = PRODUCT_LATENCY
@@ -155,6 +161,59 @@ def pipelined_product(
         partials.append(again << shift if shift else again)
     out = Signal(full.shape(), name=name, reset_less=True)
     total = sum(partials[1:], partials[0]) if partials else Const(0)
+    if keep is None:
+        m.d.sync += out.eq(total)
+    else:
+        m.d.sync += out.eq(Mux(keep, total, 0))
+    return out
+
+
+def _tree_fanin(terms: int, levels: int) -> int:
+    """Terms each adder of a ``levels``-deep tree sums so that ``terms`` terms reach one: the
+    smallest ``k >= 2`` with ``k ** levels >= terms``."""
+    k = 2
+    while k**levels < terms:
+        k += 1
+    return k
+
+
+def fabric_product(m: Module, a, digits, name: str, *, keep=None) -> Signal:
+    """``a * code``, where ``digits`` are the code's canonical signed digits ``(shift, digit)``
+    (:func:`pbhw.core.datapath.csd_digits`), :data:`LATENCY` (4) cycles later, with no hard
+    multiplier: the operand is registered (cycle 1), then every term ``digit * a << shift`` is
+    summed by a tree of registered adders (cycles 2 to 4; each adder sums
+    :func:`_tree_fanin` terms, 2 for up to 8 digits). ``keep`` is as in
+    :func:`pipelined_product` (the last register's synchronous reset).
+
+    Each register holds its partial sum exactly, without the zero bits below its smallest
+    shift (they are shifted back in at the next level), so every adder is only as wide as the
+    exact range of its terms."""
+    a = as_signed(a)
+    digits = list(digits)
+    code = sum(d << k for k, d in digits)
+    full = a * Const(code)
+    a_reg = Signal(a.shape(), name=f"{name}_a", reset_less=True)
+    m.d.sync += a_reg.eq(a)
+    lo_a, hi_a = -(1 << (len(a) - 1)), (1 << (len(a) - 1)) - 1
+    # A node: (value, shift, lo, hi) with the partial sum = value << shift in [lo, hi] << shift.
+    nodes = [(a_reg if d > 0 else -a_reg, k, *sorted((d * lo_a, d * hi_a))) for k, d in digits]
+    levels = LATENCY - 1
+    fanin = _tree_fanin(len(nodes), levels)
+    for level in range(levels - 1):
+        summed = []
+        for n in range(0, len(nodes), fanin):
+            group = nodes[n : n + fanin]
+            base = min(k for _, k, _, _ in group)
+            lo = sum(lo_t << (k - base) for _, k, lo_t, _ in group)
+            hi = sum(hi_t << (k - base) for _, k, _, hi_t in group)
+            terms = [v << (k - base) if k > base else v for v, k, _, _ in group]
+            width = signed(span_width(lo, hi))
+            reg = Signal(width, name=f"{name}_l{level}_{n // fanin}", reset_less=True)
+            m.d.sync += reg.eq(sum(terms[1:], terms[0]))
+            summed.append((reg, base, lo, hi))
+        nodes = summed
+    out = Signal(full.shape(), name=name, reset_less=True)
+    total = sum((v << k for v, k, _, _ in nodes[1:]), nodes[0][0] << nodes[0][1]) if nodes else 0
     if keep is None:
         m.d.sync += out.eq(total)
     else:

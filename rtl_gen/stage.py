@@ -211,6 +211,7 @@ class Stage(wiring.Component):
             bias=bias,
             prediction=prediction,
             multiplier_ports=multiplier.ports,
+            constants=multiplier.constants,
         )
         check_shift_constants(self._datapath.update)
         self._schedule()

@@ -1,10 +1,11 @@
 """The device's hard multiplier as the generator builds products for it, resolved once.
 
 A :class:`Multiplier` holds what the datapath needs to know of the device: the operand widths of
-its hard multiplier (every product is cut into pieces that fit) and the vendor primitive the
-generator instantiates for each piece, if any. It is made once per design from the device
-(:meth:`Multiplier.from_device`) and handed to every block that multiplies; the blocks never see
-a vendor name.
+its hard multiplier (every product is cut into pieces that fit), the vendor primitive the
+generator instantiates for each piece, if any, and whether a product by a constant takes hard
+multipliers at all (``hardware.constants``: ``"fabric"`` builds it by shifts and adders). It is
+made once per design from the device (:meth:`Multiplier.from_device`) and handed to every block
+that multiplies; the blocks never see a vendor name.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from pathlib import Path
 
 from amaranth.hdl import Module, Signal, Value
 
+from pbhw.core.config import ConstantProducts
+from pbhw.core.datapath import csd_digits
 from pbhw.core.devices import PRIMITIVES, Device
-from rtl_gen.products import LATENCY, hard_product, pipelined_product
+from rtl_gen.products import LATENCY, fabric_product, hard_product, pipelined_product
 from rtl_gen.resources import MODELS
 
 __all__ = ["GENERIC", "Multiplier"]
@@ -40,22 +43,36 @@ class Multiplier:
         The vendor primitive instantiated for every piece, with its own input and output
         registers (one of :data:`pbhw.core.devices.PRIMITIVES`), or ``None`` (the default) to
         leave the pieces to synthesis. The cycles and results are the same either way.
+    constants : ConstantProducts
+        How a product by an integer constant is built: ``DSP`` (the default), cut into pieces
+        as any other product; ``FABRIC``, by shifts and adders over the constant's canonical
+        signed digits (:func:`rtl_gen.products.fabric_product`), no hard multiplier. Same
+        cycles, same results.
 
     Raises
     ------
     TypeError
-        If ``ports`` is not two integers greater than 1, or ``primitive`` not a string.
+        If ``ports`` is not two integers greater than 1, ``primitive`` not a string, or
+        ``constants`` not a ConstantProducts.
     ValueError
         If ``primitive`` is not a known primitive, or ``ports`` are wider than its ports.
     """
 
-    __slots__ = ("_ports", "_primitive")
+    __slots__ = ("_constants", "_ports", "_primitive")
 
-    def __init__(self, *, ports: tuple[int, int] = (18, 18), primitive: str | None = None):
+    def __init__(
+        self,
+        *,
+        ports: tuple[int, int] = (18, 18),
+        primitive: str | None = None,
+        constants: ConstantProducts = ConstantProducts.DSP,
+    ):
         if not (isinstance(ports, tuple) and len(ports) == 2 and all(map(_is_port, ports))):
             raise TypeError(f"Ports must be a tuple of two integers greater than 1, not {ports!r}")
         if primitive is not None and not isinstance(primitive, str):
             raise TypeError(f"Primitive must be a string or None, not {primitive!r}")
+        if not isinstance(constants, ConstantProducts):
+            raise TypeError(f"Constants must be a ConstantProducts, not {constants!r}")
         if primitive is not None and primitive not in _BUILDERS:
             raise ValueError(f"Primitive must be one of {PRIMITIVES} or None, not {primitive!r}")
         if primitive is not None and max(ports) > _BUILDERS[primitive][1]:
@@ -65,16 +82,24 @@ class Multiplier:
             )
         self._ports = ports
         self._primitive = primitive
+        self._constants = constants
 
     @classmethod
-    def from_device(cls, device: Device, *, primitives: bool = True) -> Multiplier:
+    def from_device(
+        cls,
+        device: Device,
+        *,
+        primitives: bool = True,
+        constants: ConstantProducts = ConstantProducts.DSP,
+    ) -> Multiplier:
         """The multiplier of ``device``: its ports, and its ``[multiplier] primitive`` unless
         ``primitives`` is false (``amaranth.sim`` cannot simulate a vendor primitive; products
-        left to synthesis take the same cycles and give the same results)."""
+        left to synthesis take the same cycles and give the same results); ``constants`` as
+        in the constructor."""
         if not isinstance(device, Device):
             raise TypeError(f"Device must be a Device, not {device!r}")
         primitive = device.multiplier_primitive if primitives else None
-        return cls(ports=tuple(device.multiplier_widths), primitive=primitive)
+        return cls(ports=tuple(device.multiplier_widths), primitive=primitive, constants=constants)
 
     @property
     def ports(self) -> tuple[int, int]:
@@ -83,6 +108,10 @@ class Multiplier:
     @property
     def primitive(self) -> str | None:
         return self._primitive
+
+    @property
+    def constants(self) -> ConstantProducts:
+        return self._constants
 
     @property
     def latency(self) -> int:
@@ -98,7 +127,11 @@ class Multiplier:
     def product(self, m: Module, a, b, name: str, *, keep=None) -> Signal:
         """``a * b`` (``b`` a value or an integer constant), exact, :attr:`latency` cycles
         later; with ``keep`` (one bit, ``latency - 1`` cycles after the operands), 0 where
-        ``keep`` is 0 (:func:`rtl_gen.products.pipelined_product`)."""
+        ``keep`` is 0 (:func:`rtl_gen.products.pipelined_product`, or for a constant with
+        :attr:`constants` ``FABRIC``, :func:`rtl_gen.products.fabric_product`)."""
+        fabric = self._constants is ConstantProducts.FABRIC
+        if fabric and isinstance(b, int) and not isinstance(b, bool):
+            return fabric_product(m, a, csd_digits(b), name, keep=keep)
         hard = None if self._primitive is None else _BUILDERS[self._primitive][0]
         return pipelined_product(m, a, b, self._ports, name, hard=hard, keep=keep)
 
@@ -112,13 +145,19 @@ class Multiplier:
     def __eq__(self, other) -> bool:
         if not isinstance(other, Multiplier):
             return NotImplemented
-        return (self._ports, self._primitive) == (other._ports, other._primitive)
+        return self._key() == other._key()
+
+    def _key(self):
+        return (self._ports, self._primitive, self._constants)
 
     def __hash__(self) -> int:
-        return hash((Multiplier, self._ports, self._primitive))
+        return hash((Multiplier, *self._key()))
 
     def __repr__(self) -> str:
-        return f"Multiplier(ports={self._ports!r}, primitive={self._primitive!r})"
+        extra = ""
+        if self._constants is not ConstantProducts.DSP:
+            extra = f", constants={self._constants}"
+        return f"Multiplier(ports={self._ports!r}, primitive={self._primitive!r}{extra})"
 
 
 #: A generic 18 x 18 multiplier left to synthesis: the default of every block that multiplies.

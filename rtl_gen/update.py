@@ -8,7 +8,8 @@ Each accumulator is sized from the exact range of its terms, so nothing overflow
 
 Pipelined, the block registers every product, every sum and every rounded value, so no path
 holds more than one hard multiplier, one addition, or one rounding. Products take ``L`` =
-:data:`rtl_gen.products.LATENCY` (4) cycles (:func:`rtl_gen.products.pipelined_product`). Cycle by
+:data:`rtl_gen.products.LATENCY` (4) cycles (:func:`rtl_gen.products.pipelined_product`, or for
+a constant in the fabric :func:`rtl_gen.products.fabric_product`). Cycle by
 cycle after the inputs: ``dz*x``, ``m*v`` and the prediction's product start (0); the gradient is
 rounded and the prediction's sum registered (``L``); the predicted weight is rounded, the
 velocity's sum registered and ``eta_b*g`` starts (``L+1``); the velocity is rounded (``L+2``);
@@ -119,7 +120,9 @@ class UpdateUnit(wiring.Component):
         new element may enter every cycle. Default: combinational.
     multiplier : Multiplier
         The device's hard multiplier (:class:`rtl_gen.target.Multiplier`): pipelined products
-        are cut to fit its ports. Default: a generic 18 x 18 multiplier left to synthesis.
+        are cut to fit its ports, and the products by a constant are built in the fabric when
+        its ``constants`` is ``FABRIC`` (same cycles). Default: a generic 18 x 18 multiplier
+        left to synthesis.
 
     With ``formats.coefficient_shift`` the constants (powers of two, and ``1 - 2**-k`` for the
     momentum, as :mod:`pbhw.core.plan` quantizes them under the ``shift`` option) are applied with

@@ -3,8 +3,10 @@ simulated with their models (``rtl_gen/models``), against exact Python products.
 
 One design holds a bank of products, each computed twice from the same operands: with the
 primitive (``h_*``, the form synthesised for ECP5) and left to synthesis (``g_*``, the form the
-amaranth.sim tests check). Operands enter as a stream; the pipeline never stalls, so the output
-stream is the input delayed by :data:`rtl_gen.products.LATENCY` cycles, with idle cycles kept.
+amaranth.sim tests check); a product by a constant a third time in the fabric (``f_*``,
+``hardware.constants = "fabric"``: shifts and adders over its canonical signed digits).
+Operands enter as a stream; the pipeline never stalls, so the output stream is the input delayed
+by :data:`rtl_gen.products.LATENCY` cycles, with idle cycles kept.
 """
 
 import random
@@ -14,6 +16,7 @@ from amaranth.hdl import Module, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from pbhw.core.config import ConstantProducts
 from pbhw.core.datapath import product_pieces
 from pbhw.core.devices import PRIMITIVES
 from pbhw.tools.toolchain import verilog_of
@@ -36,11 +39,17 @@ CASES = [
     ("s20xc", signed(20), 3771106),
     ("s16xneg", signed(16), -(1 << 23) + 3),
     ("s12xc", signed(12), 0x10001),
+    ("s25xmomentum", signed(25), 4180517),  # 0.99671 in s24.22: 7 digits
+    ("s21xnegmomentum", signed(21), -4180517),
+    ("u8x5555", unsigned(8), 0x555555),  # 12 digits: three-term adders
+    ("s40xffffff", signed(40), 0xFFFFFF),
+    ("s18xpow2", signed(18), -(1 << 22)),
+    ("s10xzero", signed(10), 0),
 ]
 
 
 class ProductBank(wiring.Component):
-    """Every case of :data:`CASES`, with and without ``primitive``."""
+    """Every case of :data:`CASES`, with and without ``primitive``, and in the fabric."""
 
     def __init__(self, primitive):
         self._primitive = primitive
@@ -51,6 +60,8 @@ class ProductBank(wiring.Component):
                 inputs[f"b_{name}"] = b
             width = a.width + (b.width if not isinstance(b, int) else abs(b).bit_length() + 1) + 2
             outputs[f"g_{name}"] = outputs[f"h_{name}"] = signed(width)
+            if isinstance(b, int):
+                outputs[f"f_{name}"] = signed(width)
         super().__init__(
             {
                 "i": In(stream.Signature(data.StructLayout(inputs))),
@@ -63,8 +74,14 @@ class ProductBank(wiring.Component):
         x = self.i.payload
         for name, _, b in CASES:
             b = b if isinstance(b, int) else x[f"b_{name}"]
-            for kind, prim in (("g", None), ("h", self._primitive)):
-                mul = Multiplier(ports=PORTS, primitive=prim)
+            kinds = [
+                ("g", None, ConstantProducts.DSP),
+                ("h", self._primitive, ConstantProducts.DSP),
+            ]
+            if isinstance(b, int):
+                kinds.append(("f", self._primitive, ConstantProducts.FABRIC))
+            for kind, prim, constants in kinds:
+                mul = Multiplier(ports=PORTS, primitive=prim, constants=constants)
                 p = mul.product(m, x[f"a_{name}"], b, f"{kind}_{name}")
                 m.d.comb += self.o.payload[f"{kind}_{name}"].eq(p)
         valid = self.i.valid
@@ -102,6 +119,7 @@ def test_hard_multiplier_products_are_exact(primitive):
             values[f"a_{name}"] = _code(rng, a)
             if isinstance(b, int):
                 product = values[f"a_{name}"] * b
+                want[f"f_{name}"] = product
             else:
                 values[f"b_{name}"] = _code(rng, b)
                 product = values[f"a_{name}"] * values[f"b_{name}"]

@@ -1,6 +1,7 @@
 """pbhw.core.datapath: accumulators exact and tight, products cut to the multiplier, one plan
 read by the golden model, the hardware, lane allocation and the manifest."""
 
+import functools
 import itertools
 from pathlib import Path
 
@@ -8,10 +9,18 @@ import pytest
 from pbhw_testing import make_config
 
 from golden.fixed_arith import FixedArithmetic
-from pbhw.core.config import ConfigError, Formats, RoleFormat, WeightPrediction
+from pbhw.core.config import (
+    ConfigError,
+    ConstantProducts,
+    Formats,
+    RoleFormat,
+    WeightPrediction,
+    load,
+)
 from pbhw.core.datapath import (
     ACC_LIMIT,
     StageDatapath,
+    csd_digits,
     plan_datapaths,
     product_pieces,
     span_width,
@@ -23,7 +32,13 @@ from pbhw.core.devices import load_device
 from pbhw.core.fixed import FixedFormat, Overflow, Rounding
 from pbhw.core.plan import derive_plan
 from rtl_gen.design import build_design, fixed_plan
-from rtl_gen.lanes import lane_dsp_cost
+from rtl_gen.lanes import (
+    auto_budget,
+    auto_lanes,
+    auto_lut_budget,
+    lane_dsp_cost,
+    predicted_luts,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,6 +58,64 @@ def test_pieces_fit_the_ports():
     for a in (16, 21, 35):
         for b in (("width", 16), ("width", 40), ("constant", 123456789)):
             assert all(x <= 18 and y <= 18 for x, y in product_pieces(a, b, (18, 18)))
+
+
+@functools.cache
+def _min_weight(code: int) -> int:
+    """Fewest non-zero digits of any signed binary form of ``code`` (digits -1, 0, 1): an even
+    code ends in a 0 digit, an odd one in +1 or -1."""
+    if code in (-1, 0, 1):
+        return abs(code)
+    if code % 2 == 0:
+        return _min_weight(code // 2)
+    return 1 + min(_min_weight((code - 1) // 2), _min_weight((code + 1) // 2))
+
+
+def test_csd_digits_are_the_non_adjacent_form_of_least_weight():
+    for code in range(-(1 << 12), 1 << 12):
+        digits = csd_digits(code)
+        assert sum(d << k for k, d in digits) == code
+        assert all(d in (1, -1) for _, d in digits)
+        shifts = [k for k, _ in digits]
+        assert all(b - a >= 2 for a, b in itertools.pairwise(shifts))  # no adjacent digits
+        assert len(digits) == _min_weight(code)
+    assert csd_digits(0) == []
+    assert csd_digits(7) == [(0, -1), (3, 1)]
+    assert len(csd_digits(0x555555)) == 12
+
+
+def test_csd_digits_need_no_complement_form():
+    """``m * v`` as ``v - (1 - m) * v`` never has fewer digits: the form is minimal."""
+    frac = 22
+    for code in [4180517, 3774874, 1 << 21, (1 << 22) - 1, 0x2AAAAA, *range(1, 1 << 10)]:
+        assert len(csd_digits(code)) <= 1 + len(csd_digits((1 << frac) - code))
+    assert len(csd_digits((1 << 22) - 1)) == 2  # 2**22 - 1: one adder
+
+
+def test_fabric_constants_take_no_hard_multiplier():
+    """With hardware.constants = "fabric", a product by a constant has no pieces but its
+    digits; the data products are cut as with "dsp"; the DSP count is the data products'."""
+    config = make_config(optimizer={"weight_prediction": "weight_difference"})
+    device = load_device(config.hardware.device)
+    plans = {
+        mode: plan_datapaths(derive_plan(config.replace({"hardware.constants": mode.value})))
+        for mode in ConstantProducts
+    }
+    for fabric, dsp in zip(
+        plans[ConstantProducts.FABRIC], plans[ConstantProducts.DSP], strict=True
+    ):
+        assert fabric.constants is ConstantProducts.FABRIC and dsp.constants is ConstantProducts.DSP
+        assert [p.name for p in fabric.products] == [p.name for p in dsp.products]
+        for f, d in zip(fabric.products, dsp.products, strict=True):
+            if f.data:
+                assert f == d and not f.fabric
+            else:
+                assert f.pieces == () and f.dsp(device) == 0
+                assert f.digits == tuple(csd_digits(f.operand[1]))
+                assert f.adders == len(f.digits) - 1
+        assert fabric.lane_dsp(device) == sum(p.dsp(device) for p in dsp.products if p.data)
+        assert fabric.lane_dsp(device) < dsp.lane_dsp(device)
+        assert any(p.name == "horizon" and p.fabric for p in fabric.products)
 
 
 def test_bad_operand_kind():
@@ -172,3 +245,28 @@ def test_the_golden_model_needs_no_device():
     )
     assert isinstance(dp, StageDatapath) and dp.products == () and dp.backward is not None
     FixedArithmetic(plan)  # builds every stage's rounding points from the plan
+
+
+def test_auto_lanes_with_fabric_constants_fill_the_dsp_blocks_within_the_lut_budget():
+    """On the default example, "dsp" keeps the 10 lanes the update constants' blocks allowed;
+    "fabric" counts only the data products' blocks and gets more lanes, as many as the DSP and
+    LUT budgets allow: one step shorter breaks one of them."""
+    base = ROOT / "examples" / "mlp_digits.toml"
+    device = load_device("ecp5-85k")
+    got = {}
+    for mode in ConstantProducts:
+        plan = fixed_plan(load(base, (f"hardware.constants='{mode.value}'",)))
+        lanes = auto_lanes(plan, device)
+        costs = [lane_dsp_cost(plan, st, device) for st in plan.stages]
+        weights = [st.n_out * (st.n_in + 1) for st in plan.stages]
+        step = max(-(-w // n) for w, n in zip(weights, lanes, strict=True))
+        shorter = tuple(-(-w // (step - 1)) for w in weights)
+        dsp = sum(n * c for n, c in zip(lanes, costs, strict=True))
+        assert dsp <= auto_budget(device)
+        assert predicted_luts(plan, lanes, device) <= auto_lut_budget(device)
+        assert sum(n * c for n, c in zip(shorter, costs, strict=True)) > auto_budget(
+            device
+        ) or predicted_luts(plan, shorter, device) > auto_lut_budget(device)
+        got[mode] = lanes
+    assert got[ConstantProducts.DSP] == (6, 3, 1)
+    assert sum(got[ConstantProducts.FABRIC]) > sum(got[ConstantProducts.DSP])

@@ -451,7 +451,9 @@ LUT_FF_TOLERANCE = 0.30
 def test_analytic_estimate_is_within_the_stated_error_of_synthesis():
     """Every design of bench/estimate_calibration.py (including the held-out default example):
     DSP exact, LUT and FF within 30 %; block RAM an upper bound (a whole block per memory, where
-    Yosys may put a small memory in LUT RAM), within 25 % on the default example."""
+    Yosys may put a small memory in LUT RAM), within 25 % on the default example. The recorded
+    designs multiply by the update constants on hard multipliers (``hardware.constants =
+    "dsp"``, the only form before the fabric one)."""
     from pbhw.core.config import load
     from rtl_gen.design import build_design
     from rtl_gen.generate import manifest_of, top_name
@@ -461,7 +463,8 @@ def test_analytic_estimate_is_within_the_stated_error_of_synthesis():
     base = Path(__file__).resolve().parents[1] / "examples" / "mlp_digits.toml"
     assert any(point["held_out"] for point in recorded["points"])
     for point in recorded["points"]:
-        config = load(base, (f"name='{point['name']}'", *point["sets"]))
+        sets = (f"name='{point['name']}'", "hardware.constants='dsp'", *point["sets"])
+        config = load(base, sets)
         design = build_design(config)
         design.discard()
         manifest = manifest_of(design, top=top_name(config))
@@ -610,3 +613,37 @@ def test_an_unwritable_cache_does_not_lose_the_estimate(tmp_path, fake_tools):
     )
     assert est.used["lut"] == 1234 and not est.cached
     assert any("cannot write the estimate cache" in m for m in messages)
+
+
+def test_auto_lanes_and_the_fast_estimate_read_one_lut_model():
+    """``lanes = "auto"`` predicts a design's LUTs from the datapath plan with the model the
+    fast estimate applies to its manifest (:mod:`pbhw.core.resource_model`), the fabric
+    constants' adders included in both."""
+    from pbhw.core.config import load
+    from pbhw.core.resource_model import CALIBRATION as CORE_CALIBRATION
+    from rtl_gen.design import build_design, fixed_plan
+    from rtl_gen.generate import manifest_of, top_name
+    from rtl_gen.lanes import predicted_luts
+
+    assert CALIBRATION is CORE_CALIBRATION
+    base = Path(__file__).resolve().parents[1] / "examples" / "mlp_digits.toml"
+    device = load_device("ecp5-85k")
+    lanes = (3, 2, 1)
+    predicted, features = {}, {}
+    for mode in ("dsp", "fabric"):
+        config = load(base, ("hardware.lanes=[3, 2, 1]", f"hardware.constants='{mode}'"))
+        design = build_design(config)
+        design.discard()
+        manifest = manifest_of(design, top=top_name(config))
+        predicted[mode] = predicted_luts(fixed_plan(config), lanes, device)
+        assert round(predicted[mode]) == fast_estimate(manifest, device).used["lut"]
+        features[mode] = design_features(manifest, device)
+        adder_bits = sum(
+            n * p.adder_bits
+            for n, stage in zip(lanes, design.network.stages, strict=True)
+            for p in stage.datapath.products
+        )
+        assert features[mode]["constant_adder_bits"] == adder_bits
+    assert features["dsp"]["constant_adder_bits"] == 0
+    assert features["fabric"]["constant_adder_bits"] > 0
+    assert predicted["fabric"] > predicted["dsp"]

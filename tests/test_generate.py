@@ -191,3 +191,25 @@ def test_yosys_synthesises_other_shapes(shape_output, tmp_path):
     stat = yosys_synth_ecp5(_verilog(shape_output), shape_output.manifest.top, tmp_path)
     assert re.search(r"MULT18X18D", stat)
     assert re.search(r"TRELLIS_FF", stat)
+
+
+def test_fabric_constants_change_the_circuit_not_the_cycles(tmp_path):
+    """``hardware.constants``: the products by a constant leave the hard multipliers (the
+    manifest's DSP count is still the instances in the Verilog), the pipeline and the cycle
+    counts stay."""
+    out = {}
+    for mode in ("fabric", "dsp"):
+        sets = (*SHAPES["odd_7_5_3"], "optimizer.weight_prediction='weight_difference'")
+        cfg = config(*sets, f"hardware.constants='{mode}'", name=mode)
+        out[mode] = gen.generate(cfg, tmp_path / mode).manifest
+        verilog = (tmp_path / mode / out[mode].files.verilog).read_text()
+        assert len(re.findall(r"^\s*MULT18X18D #\(", verilog, re.M)) == out[mode].dsp_blocks
+    fabric, dsp = out["fabric"], out["dsp"]
+    assert fabric.dsp_blocks < dsp.dsp_blocks
+    assert {s.product for la in fabric.layers for s in la.multiplier_shapes} == {
+        "forward",
+        "gradient",
+        "backward",
+    }
+    assert fabric.predicted_cycles_per_sample == dsp.predicted_cycles_per_sample
+    assert [la.pipeline for la in fabric.layers] == [la.pipeline for la in dsp.layers]

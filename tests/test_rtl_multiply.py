@@ -1,5 +1,6 @@
 """Tests for rtl_gen.products, rtl_gen.fanout and rtl_gen.pipeline: pipelined products cut into
-hard-multiplier-sized pieces, replicated registers, pipelined sums."""
+hard-multiplier-sized pieces, products by a constant in the fabric, replicated registers,
+pipelined sums."""
 
 import random
 import re
@@ -13,11 +14,36 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
+from pbhw.core.datapath import csd_digits
+from pbhw.core.fixed import FixedFormat, quantize
 from rtl_gen.fanout import FANOUT, replicated, replicated_tree
 from rtl_gen.pipeline import pipelined_sum, sum_levels
-from rtl_gen.products import LATENCY, pipelined_product
+from rtl_gen.products import LATENCY, fabric_product, pipelined_product
 
 PORTS = [(18, 18), (25, 18), (16, 16)]
+#: The example's momentum 0.99671 in the default coefficient format s24.22.
+MOMENTUM = int(quantize(0.99671, FixedFormat(24, 22), "half_even", "saturate"))
+#: Constants for the fabric: signs, zero, powers of two, alternating and all-ones patterns (12
+#: and 24 digits: more than the eight a tree of pairs sums in three levels), the momentum.
+FABRIC_CONSTANTS = [
+    3771106,
+    -5,
+    0,
+    1,
+    -1,
+    8,
+    -8,
+    1 << 20,
+    -(1 << 23),
+    0x555555,
+    -0x555555,
+    0xAAAAAA,
+    0x7FFFFF,
+    0xFFFFFF,
+    -(1 << 23) + 3,
+    MOMENTUM,
+    -MOMENTUM,
+]
 
 
 def run(m, testbench):
@@ -28,14 +54,18 @@ def run(m, testbench):
     sim.run()
 
 
-def simulate(width_a, b, ports, signed_a, n=30):
-    """(expected, got) products of ``n`` operand pairs streamed one per cycle."""
+def simulate(width_a, b, ports, signed_a, n=30, *, fabric=False):
+    """(expected, got) products of ``n`` operand pairs streamed one per cycle; with ``fabric``,
+    ``b`` is a constant multiplied by :func:`fabric_product`."""
     m = Module()
     a = Signal(signed(width_a) if signed_a else unsigned(width_a))
     b_sig = None
     if isinstance(b, tuple):  # (signed, width): a second operand
         b_sig = Signal(signed(b[1]) if b[0] else unsigned(b[1]))
-    out = pipelined_product(m, a, b if b_sig is None else b_sig, ports, "p")
+    if fabric:
+        out = fabric_product(m, a, csd_digits(b), "p")
+    else:
+        out = pipelined_product(m, a, b if b_sig is None else b_sig, ports, "p")
     rng = random.Random(width_a * 1000 + len(ports))
 
     def codes(sig):
@@ -75,16 +105,32 @@ def test_products_are_exact(width_a, signed_a, ports):
         assert got == expected, (width_a, b, ports)
 
 
-@pytest.mark.parametrize("width", [16, 30])
-def test_keep_zeroes_the_products_it_is_low_for(width):
-    """``keep`` as it is LATENCY - 1 cycles after the operands decides that product alone."""
+@pytest.mark.parametrize("signed_a", [True, False])
+@pytest.mark.parametrize("width_a", [1, 2, 16, 17, 18, 19, 21, 35, 37])
+def test_fabric_products_are_exact(width_a, signed_a):
+    """Widths below and above the 18-bit port; constants of 0 to 24 digits."""
+    for b in FABRIC_CONSTANTS:
+        expected, got = simulate(width_a, b, PORTS[0], signed_a, fabric=True)
+        assert got == expected, (width_a, b)
+    assert max(len(csd_digits(b)) for b in FABRIC_CONSTANTS) > 8
+
+
+@pytest.mark.parametrize("width, fabric", [(16, False), (30, False), (20, True)])
+def test_keep_zeroes_the_products_it_is_low_for(width, fabric):
+    """``keep`` as it is LATENCY - 1 cycles after the operands decides that product alone (with
+    ``fabric``, of a product by the momentum in the fabric)."""
     m = Module()
     a, b, keep = Signal(signed(width)), Signal(signed(16)), Signal()
-    out = pipelined_product(m, a, b, (18, 18), "p", keep=keep)
+    if fabric:
+        out = fabric_product(m, a, csd_digits(MOMENTUM), "p", keep=keep)
+    else:
+        out = pipelined_product(m, a, b, (18, 18), "p", keep=keep)
     rng = random.Random(width)
     n = 40
     a_codes = [rng.randint(-(1 << (width - 1)), (1 << (width - 1)) - 1) for _ in range(n)]
-    b_codes = [rng.randint(-(1 << 15), (1 << 15) - 1) for _ in range(n)]
+    b_codes = (
+        [MOMENTUM] * n if fabric else [rng.randint(-(1 << 15), (1 << 15) - 1) for _ in range(n)]
+    )
     keeps = [rng.random() < 0.5 for _ in range(n)]
     got = []
 
@@ -92,7 +138,7 @@ def test_keep_zeroes_the_products_it_is_low_for(width):
         for c in range(n + LATENCY):
             if c < n:
                 ctx.set(a, a_codes[c])
-                ctx.set(b, b_codes[c])
+                ctx.set(b, b_codes[c] if not fabric else 0)
             k = c - (LATENCY - 1)
             ctx.set(keep, keeps[k] if 0 <= k < n else 0)
             await ctx.tick()
@@ -195,6 +241,24 @@ def _ecp5_netlist(component, tmp_path) -> str:
     )
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
     return (tmp_path / "out.v").read_text()
+
+
+class _FabricProduct(wiring.Component):
+    """``a`` times the momentum in the fabric."""
+
+    a: In(signed(25))
+    y: Out(signed(50))
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.y.eq(fabric_product(m, self.a, csd_digits(MOMENTUM), "p"))
+        return m
+
+
+def test_fabric_product_takes_no_hard_multiplier(tmp_path):
+    netlist = _ecp5_netlist(_FabricProduct(), tmp_path)
+    assert "MULT18X18D" not in netlist
+    assert "CCU2C" in netlist  # the adders' carry chains
 
 
 def test_replicated_copies_survive_synthesis(tmp_path):

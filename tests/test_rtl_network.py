@@ -164,7 +164,9 @@ def test_auto_lanes_balance_the_stages_within_the_dsp_budget():
     from pbhw.core.devices import load_device
 
     device = load_device("ecp5-85k")
-    plan = fixed_plan(make_config(network={"layers": [64, 32, 32, 10]}))
+    plan = fixed_plan(
+        make_config(network={"layers": [64, 32, 32, 10]}, hardware={"constants": "dsp"})
+    )
     lanes = auto_lanes(plan, device)
     costs = [lane_dsp_cost(plan, st, device) for st in plan.stages]
     used = sum(n * c for n, c in zip(lanes, costs, strict=True))

@@ -11,10 +11,11 @@ from amaranth.sim import Simulator
 from pbhw_testing import raises_in_init
 
 from golden.fixed_arith import FixedArithmetic, FixedState, threefry_words
-from pbhw.core.config import WeightPrediction, from_dict
+from pbhw.core.config import ConstantProducts, WeightPrediction, from_dict
 from pbhw.core.constants import stream_id
 from pbhw.core.fixed import FixedFormat, StochasticKey, requantize
 from pbhw.core.plan import derive_plan
+from rtl_gen.target import Multiplier
 from rtl_gen.update import UpdateUnit
 
 K = 18  # a K x K stage: K * K = 324 elements, every (dz, x) pair of K codes each
@@ -31,7 +32,7 @@ def role(width, frac, rounding="half_even", overflow="saturate", signed=True):
     }
 
 
-def make_plan(*, prediction="velocity", spike_compensation=True, **formats):
+def make_plan(*, prediction="velocity", spike_compensation=True, momentum=0.5, lr=0.25, **formats):
     table = {
         "weight": role(8, 5),
         "error": role(8, 6),
@@ -48,8 +49,8 @@ def make_plan(*, prediction="velocity", spike_compensation=True, **formats):
                 "network": {"layers": [K, K], "bias": False},
                 "optimizer": {
                     "reference_batch": 1,
-                    "lr": 0.25,
-                    "momentum": 0.5,
+                    "lr": lr,
+                    "momentum": momentum,
                     "spike_compensation": spike_compensation,
                     "weight_prediction": prediction,
                 },
@@ -60,7 +61,7 @@ def make_plan(*, prediction="velocity", spike_compensation=True, **formats):
     )
 
 
-def make_unit(plan, pipelined=False):
+def make_unit(plan, pipelined=False, constants=ConstantProducts.DSP):
     stage = plan.stages[0]
     codes = {name: c.code for name, c in stage.coefficients.items()}
     return UpdateUnit(
@@ -73,6 +74,7 @@ def make_unit(plan, pipelined=False):
         horizon=stage.horizon,
         x_format=stage.formats.activation.format,
         pipelined=pipelined,
+        multiplier=Multiplier(constants=constants),
     )
 
 
@@ -189,12 +191,27 @@ CASES = {
         "velocity": role(8, 6, "stochastic"),
         "weight": role(8, 5, "stochastic"),
     },
+    # The default coefficient format s24.22 and a momentum of 0.99671 (the example's, with
+    # the reference batch): constants of many canonical signed digits.
+    "example_constants": {
+        "momentum": 0.99671,
+        "lr": 0.003,
+        "velocity": role(16, 12),
+        "coefficient": role(24, 22),
+    },
+}
+#: How the pipelined unit builds its products by a constant (the combinational one multiplies).
+BUILDS = {
+    "combinational": (False, ConstantProducts.DSP),
+    "pipelined": (True, ConstantProducts.DSP),
+    "pipelined_fabric": (True, ConstantProducts.FABRIC),
 }
 
 
-@pytest.mark.parametrize("pipelined", [False, True], ids=["combinational", "pipelined"])
+@pytest.mark.parametrize("build", BUILDS)
 @pytest.mark.parametrize("case", CASES)
-def test_matches_golden(case, pipelined):
+def test_matches_golden(case, build):
+    pipelined, constants = BUILDS[build]
     plan = make_plan(**CASES[case])
     fm = plan.stages[0].formats
     rng = np.random.default_rng(sum(map(ord, case)))
@@ -203,14 +220,14 @@ def test_matches_golden(case, pipelined):
     v = codes_of(fm.velocity.format, K * K, rng)
     w_prev = codes_of(fm.weight.format, K * K, rng)[::-1].copy()
     expected, expected_counts = golden(plan, dz, x, w, v, w_prev)
-    dut = make_unit(plan, pipelined)
+    dut = make_unit(plan, pipelined, constants)
     got, counts = simulate(dut, dz, x, w, v, w_prev)
     for name, values in expected.items():
         np.testing.assert_array_equal(got[name], values, err_msg=name)
     assert counts == expected_counts
     # The extremes make every present rounding point saturate somewhere (the wide velocity
     # cannot).
-    assert counts["weight"] > 0 and (counts["velocity"] > 0 or case.startswith("wide"))
+    assert counts["weight"] > 0 and (counts["velocity"] > 0 or case.startswith(("wide", "example")))
     if plan.stages[0].horizon and plan.config.optimizer.weight_prediction.value != "none":
         assert counts["prediction"] > 0
 

@@ -7,7 +7,9 @@ optimizer's constants and the device's hard multiplier (:func:`stage_datapath`):
   term, every term a left shift onto them, and the width of the exact range of its terms, so
   nothing overflows before the one rounding into a role's format;
 * **products**: everything one lane multiplies, with its operand widths and the hard-multiplier
-  pieces it is cut into (:func:`product_pieces`), hence its DSP cost on a device;
+  pieces it is cut into (:func:`product_pieces`), hence its DSP cost on a device; a product by
+  a constant built in the fabric (``hardware.constants = "fabric"``) has no pieces but the
+  constant's canonical signed digits (:func:`csd_digits`), one shifted term each;
 * **latencies and pipeline positions** of a product and of the update (the cycle at which each
   rounding point rounds, after the update's inputs).
 
@@ -22,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from pbhw.core.config import ConfigError, Formats, WeightPrediction
+from pbhw.core.config import ConfigError, ConstantProducts, Formats, WeightPrediction
 from pbhw.core.devices import Device, dsp_count, load_device
 from pbhw.core.fixed import FixedFormat, Rounding
 from pbhw.core.plan import Plan, StagePlan
@@ -39,7 +41,10 @@ __all__ = [
     "StageDatapath",
     "UpdateDatapath",
     "constant_ports",
+    "constant_operands",
     "constant_slices",
+    "csd_digits",
+    "fabric_adder_bits",
     "dot_accumulator",
     "is_shift",
     "operand_slices",
@@ -323,6 +328,67 @@ def is_shift(chunk: int) -> bool:
     return mag & (mag - 1) == 0
 
 
+def csd_digits(code: int) -> list[tuple[int, int]]:
+    """``code`` in canonical signed digits (the non-adjacent form): ``(shift, digit)`` pairs,
+    ``digit`` 1 or -1, shifts increasing and never adjacent, ``code == sum(digit << shift)``.
+
+    No signed-digit form of ``code`` has fewer non-zero digits, so rewritings such as
+    ``m * v = v - (1 - m) * v`` never need fewer terms: the form is already the cheapest
+    shift-and-add of a single constant (one adder fewer than digits)."""
+    out = []
+    shift = 0
+    while code:
+        if code & 1:
+            digit = 2 - (code & 3)  # 1 when code = 1 (mod 4), -1 when code = 3 (mod 4)
+            out.append((shift, digit))
+            code -= digit
+        code >>= 1
+        shift += 1
+    return out
+
+
+def fabric_adder_bits(a_bits: int, code: int) -> int:
+    """Bits of the adders of ``a x code`` in the fabric (a ``a_bits``-bit signed operand): one
+    adder fewer than the code's canonical signed digits, each counted as wide as the exact
+    product (an upper bound of what the registered tree holds)."""
+    return max(len(csd_digits(code)) - 1, 0) * (a_bits + signed_width(code))
+
+
+def constant_operands(
+    weight: FixedFormat,
+    velocity: FixedFormat,
+    gradient: FixedFormat,
+    codes: Mapping[str, int],
+    *,
+    prediction: WeightPrediction,
+    horizon: int,
+    shift: bool,
+) -> list[tuple[str, int, tuple[str, int]]]:
+    """The products by a constant of one lane, ``(name, a_bits, ("constant", code))``: the
+    horizon's with the weight-difference prediction, and unless ``shift`` one per non-zero
+    update constant of ``codes`` (``momentum``, ``eta_a``, ``eta_b``, ``eta_T``; ``eta_T`` with
+    the velocity prediction)."""
+    w_bits, v_bits = _signed_bits(weight), _signed_bits(velocity)
+    out: list[tuple[str, int, tuple[str, int]]] = []
+    if prediction is WeightPrediction.WEIGHT_DIFFERENCE:
+        out.append(("horizon", w_bits + 1, ("constant", horizon)))
+    if shift:
+        return out
+    # The update's rounded velocity and gradient carry one extra bit.
+    by_constant = [
+        ("momentum", v_bits),
+        ("eta_a", velocity.width + 1),
+        ("eta_b", gradient.width + 1),
+    ]
+    if prediction is WeightPrediction.VELOCITY:
+        by_constant.append(("eta_T", v_bits))
+    for name, bits in by_constant:
+        code = codes.get(name, 0)
+        if code:  # eta_b is 0 without Spike Compensation: no term
+            out.append((name, bits, ("constant", code)))
+    return out
+
+
 def constant_ports(a_bits: int, code: int, ports: tuple[int, int]) -> tuple[int, int]:
     """(port of the operand, port of the constant): the wider operand takes the wider port."""
     wide, narrow = max(ports), min(ports)
@@ -369,13 +435,37 @@ class Product:
     operand : tuple
         ``("width", bits)`` of the other signed operand, or ``("constant", code)``.
     pieces : tuple of (int, int)
-        Operand widths of the pieces cut for the device's hard multiplier.
+        Operand widths of the pieces cut for the device's hard multiplier; none for a product
+        by a constant built in the fabric.
+    digits : tuple of (int, int)
+        Only for a product by a constant built in the fabric: the constant's canonical signed
+        digits ``(shift, digit)`` (:func:`csd_digits`), one shifted ``a`` term each, summed by
+        an adder tree (:func:`rtl_gen.products.fabric_product`).
     """
 
     name: str
     a_bits: int
     operand: tuple[str, int]
     pieces: tuple[tuple[int, int], ...]
+    digits: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def fabric(self) -> bool:
+        """A product by a constant built by shifts and adders in the fabric."""
+        return bool(self.digits)
+
+    @property
+    def adders(self) -> int:
+        """Two-input adders (or subtractors) of a fabric product: one fewer than its digits."""
+        return max(len(self.digits) - 1, 0)
+
+    @property
+    def adder_bits(self) -> int:
+        """Bits of those adders, each as wide as the exact product (an upper bound of the LUTs
+        their carry chains take on a LUT4 device)."""
+        if not self.digits:
+            return 0
+        return fabric_adder_bits(self.a_bits, self.operand[1])
 
     @property
     def data(self) -> bool:
@@ -397,7 +487,9 @@ class StageDatapath:
 
     ``backward`` is None in stage 1, which sends no error back. ``products`` are one lane's
     (the hardware has ``lanes`` copies of each); with ``formats.coefficient.shift`` the update
-    constants are shifts and adders, not products.
+    constants are shifts and adders, not products. ``constants`` says how the products by a
+    constant are built: in the fabric (canonical signed digits, no hard multiplier) or cut
+    into hard-multiplier pieces as the data products.
     """
 
     index: int
@@ -407,6 +499,7 @@ class StageDatapath:
     update: UpdateDatapath
     products: tuple[Product, ...]
     multiplier_ports: tuple[int, int] | None
+    constants: ConstantProducts = ConstantProducts.DSP
 
     def lane_dsp(self, device: Device) -> int:
         """Hard multiplier blocks of one lane on ``device``."""
@@ -415,6 +508,18 @@ class StageDatapath:
     def pieces(self) -> list[tuple[str, int, int]]:
         """Every hard-multiplier piece of one lane as ``(product name, a, b)``."""
         return [(p.name, a, b) for p in self.products for a, b in p.pieces]
+
+
+def _product(
+    name: str,
+    a_bits: int,
+    operand: tuple[str, int],
+    ports: tuple[int, int],
+    constants: ConstantProducts,
+) -> Product:
+    if operand[0] == "constant" and constants is ConstantProducts.FABRIC:
+        return Product(name, a_bits, operand, (), tuple(csd_digits(operand[1])))
+    return Product(name, a_bits, operand, tuple(product_pieces(a_bits, operand, ports)))
 
 
 def x_format_of(plan: Plan, stage: StagePlan) -> FixedFormat:
@@ -433,6 +538,7 @@ def stage_datapath(
     bias: bool,
     prediction: WeightPrediction,
     multiplier_ports: tuple[int, int] | None,
+    constants: ConstantProducts = ConstantProducts.DSP,
 ) -> StageDatapath:
     """The datapath of one stage.
 
@@ -449,6 +555,10 @@ def stage_datapath(
     multiplier_ports : tuple of int, or None
         Operand widths of the device's hard multiplier; ``None`` for the arithmetic alone
         (the golden model, which needs no device): then ``products`` is empty.
+    constants : ConstantProducts
+        How a product by a constant is built (``hardware.constants``): ``FABRIC``, by its
+        canonical signed digits with no hard multiplier, or ``DSP`` (the default), in
+        hard-multiplier pieces.
 
     Raises
     ------
@@ -481,31 +591,24 @@ def stage_datapath(
 
     x_bits = _signed_bits(x_format)
     w_bits, e_bits = _signed_bits(fm.weight.format), _signed_bits(fm.error.format)
-    v_bits = _signed_bits(fm.velocity.format)
     operands: list[tuple[str, int, tuple[str, int]]] = [
         ("forward", w_bits, ("width", x_bits)),
         ("gradient", e_bits, ("width", x_bits)),
     ]
     if stage.index > 1:
         operands.append(("backward", w_bits, ("width", e_bits)))
-    if prediction is WeightPrediction.WEIGHT_DIFFERENCE:
-        operands.append(("horizon", w_bits + 1, ("constant", stage.horizon)))
-    if not fm.coefficient_shift:
-        # The update's rounded velocity and gradient carry one extra bit.
-        constants = [
-            ("momentum", v_bits),
-            ("eta_a", fm.velocity.format.width + 1),
-            ("eta_b", fm.gradient.format.width + 1),
-        ]
-        if prediction is WeightPrediction.VELOCITY:
-            constants.append(("eta_T", v_bits))
-        for name, bits in constants:
-            code = codes.get(name, 0)
-            if code:  # eta_b is 0 without Spike Compensation: no term
-                operands.append((name, bits, ("constant", code)))
+    operands += constant_operands(
+        fm.weight.format,
+        fm.velocity.format,
+        fm.gradient.format,
+        codes,
+        prediction=prediction,
+        horizon=stage.horizon,
+        shift=fm.coefficient_shift,
+    )
     ports = None if multiplier_ports is None else tuple(multiplier_ports)
     products = tuple(
-        Product(name, a_bits, operand, tuple(product_pieces(a_bits, operand, ports)))
+        _product(name, a_bits, operand, ports, constants)
         for name, a_bits, operand in operands
         if ports is not None
     )
@@ -517,13 +620,15 @@ def stage_datapath(
         update=update,
         products=products,
         multiplier_ports=ports,
+        constants=constants,
     )
 
 
 def plan_datapaths(
     plan: Plan, multiplier_ports: tuple[int, int] | None = None
 ) -> tuple[StageDatapath, ...]:
-    """Every stage's datapath; ``multiplier_ports`` default to those of the config's device."""
+    """Every stage's datapath; ``multiplier_ports`` default to those of the config's device, the
+    products by a constant are built as ``hardware.constants`` says."""
     if multiplier_ports is None:
         multiplier_ports = load_device(plan.config.hardware.device).multiplier_widths
     return tuple(
@@ -533,6 +638,7 @@ def plan_datapaths(
             bias=plan.config.network.bias,
             prediction=plan.config.optimizer.weight_prediction,
             multiplier_ports=multiplier_ports,
+            constants=plan.config.hardware.constants,
         )
         for st in plan.stages
     )

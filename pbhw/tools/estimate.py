@@ -35,8 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from pbhw.core.config import Config, WeightPrediction
-from pbhw.core.datapath import dot_accumulator
+from pbhw.core import resource_model
+from pbhw.core.config import Config, ConstantProducts
+from pbhw.core.datapath import constant_operands, fabric_adder_bits
 from pbhw.core.devices import (
     RESOURCES,
     Device,
@@ -46,7 +47,6 @@ from pbhw.core.devices import (
     memory_blocks,
 )
 from pbhw.core.errors import ToolError
-from pbhw.core.fixed import Rounding
 from pbhw.core.io import user_cache_dir, write_json
 from pbhw.core.manifest import Layer, Manifest
 from rtl_gen.design import build_design
@@ -737,43 +737,9 @@ def _yosys_counts(stat: Mapping[str, Any], top: str, device: Device) -> tuple[di
 
 # --- analytic model ---------------------------------------------------------------------------
 
-#: Every fitting constant of :func:`fast_estimate`, in one place: resource -> feature -> units
-#: per unit of the feature (see :func:`design_features`). First-order values from the datapath's
-#: structure on LUT4 devices (an adder or a saturating mux costs about one LUT4 per bit); the
-#: lead refits them with :func:`fit_calibration` against :func:`synthesize` on
-#: :func:`calibration_points`.
-CALIBRATION: dict[str, dict[str, float]] = {
-    # Fitted by `bench/estimate_calibration.py --fit` (non-negative least squares on six
-    # designs' Yosys synth_ecp5 counts, bench/results/estimate_calibration.json), pipelined lanes
-    # on MULT18X18D instances (their operand and product registers are in the DSP blocks).
-    "lut": {
-        "constant": 46.996,
-        "stages": 0.0,
-        "lanes": 0.0,
-        "accumulator_bits": 0.0,
-        "requantizer_bits": 8.843,  # a lane's update, prediction and product logic per bit
-        "split_product_bits": 0.0,
-        "vector_bits": 1.835,  # load/rotate multiplexers of the register rings and vectors
-        "column_sum_bits": 3.499,  # adder, rotation and error requantizer per column-sum bit
-        "pipeline_bits": 0.0,
-        "random_sources": 900.0,  # one Threefry-2x32-13 core (hand-set: not fitted)
-    },
-    "ff": {
-        "constant": 18.429,
-        "stages": 0.0,
-        "lanes": 0.0,
-        "accumulator_bits": 0.0,
-        "requantizer_bits": 0.0,
-        "product_bits": 4.154,  # product pieces and their sums, registered
-        "split_product_bits": 0.0,
-        "vector_bits": 2.188,  # rings, dz, outputs and their payload registers
-        "column_sum_bits": 0.0,
-        "pipeline_bits": 0.088,  # the lane pipeline's delay lines
-        "random_sources": 416.0,  # a pipelined Threefry core: 6 x 64 + 32 (hand-set)
-    },
-    # 6-input LUTs absorb part of the random logic; arithmetic still takes one LUT per bit.
-    "lut_inputs_scale": {"4": 1.0, "6": 0.8},
-}
+#: Every fitting constant of :func:`fast_estimate`: the one table of
+#: :mod:`pbhw.core.resource_model` (``lanes = "auto"`` reads it too).
+CALIBRATION = resource_model.CALIBRATION
 
 
 def _multiplier_shapes(layer: Layer) -> list[tuple[int, int, int]]:
@@ -800,72 +766,43 @@ def _layer_blocks(layer: Layer, device: Device) -> int:
 
 
 def design_features(manifest: Manifest, device: Device) -> dict[str, float]:
-    """The quantities the analytic model is linear in (the rows of :data:`CALIBRATION`)."""
-    feats = dict.fromkeys(
-        (
-            "constant",
-            "stages",
-            "lanes",
-            "accumulator_bits",
-            "requantizer_bits",
-            "product_bits",
-            "split_product_bits",
-            "vector_bits",
-            "column_sum_bits",
-            "pipeline_bits",
-            "random_sources",
-        ),
-        0.0,
-    )
+    """The quantities the analytic model is linear in (the rows of :data:`CALIBRATION`): the
+    sum of :func:`pbhw.core.resource_model.stage_features` over the manifest's stages; with
+    ``hardware.constants = "fabric"``, the adders of each layer's products by a constant
+    (:func:`pbhw.core.datapath.constant_operands` of its formats and constants)."""
+    feats = dict.fromkeys(resource_model.FEATURES, 0.0)
     feats["constant"] = 1.0
-    previous_activation = None
     previous_format = None
+    fabric = manifest.config.hardware.constants is ConstantProducts.FABRIC
     for layer in manifest.layers:
-        p = layer.lanes
-        w = {role: spec.width for role, spec in layer.formats.roles().items()}
-        n_in = layer.n_in + (1 if layer.bias else 0)
-        feats["stages"] += 1
-        feats["lanes"] += p
-        # The exact accumulator widths of the datapath plan (pbhw.core.datapath).
         fm = layer.formats
-        x_format = previous_format or fm.activation.format
-        forward = dot_accumulator("forward", fm.weight.format, x_format, n_in).width
-        backward = dot_accumulator("backward", fm.weight.format, fm.error.format, layer.n_out).width
-        feats["accumulator_bits"] += p * (forward + backward)
-        stored = w["gradient"] + w["velocity"] + w["weight"] + w["activation"] + w["error"]
-        if layer.prediction is not WeightPrediction.NONE:
-            stored += w["weight"]
-        feats["requantizer_bits"] += p * stored
-        # The lane pipeline's delay lines: roughly a lane's operands and results per cycle
-        # of its depth (docs/hardware.md); 0 for a manifest of a combinational design.
-        drain = layer.pipeline.get("drain", 0)
-        x_bits_in = previous_activation or w["activation"]
-        feats["pipeline_bits"] += p * drain * (2 * x_bits_in + w["error"] + w["weight"])
-        for a, b, count in _multiplier_shapes(layer):
-            feats["product_bits"] += count * (a + b)
-            tiles = dsp_count(a, b, device)
-            feats["split_product_bits"] += count * (tiles - 1) * (a + b)
-        # The stage's register vectors (docs/hardware.md): the two input rings, the error, dz
-        # and output vectors; and, after stage 1, the ring of column sums with one error
-        # requantizer per input.
-        x_bits = previous_activation or w["activation"]
-        feats["vector_bits"] += 2 * n_in * x_bits + layer.n_out * (2 * w["error"] + w["activation"])
-        if layer.stage > 1:
-            feats["column_sum_bits"] += n_in * backward
-        previous_activation = w["activation"]
-        previous_format = fm.activation.format
-        # Threefry cores: one per lane and stochastic update point, per completing row and per
-        # error column when those round stochastically.
-        fm = layer.formats.roles()
-        stochastic = [r for r in fm if fm[r].rounding is Rounding.STOCHASTIC]
-        points = sum(r in stochastic for r in ("gradient", "velocity", "weight"))
-        if "weight" in stochastic and layer.prediction is WeightPrediction.VELOCITY:
-            points += 1
-        feats["random_sources"] += p * points
-        if "activation" in stochastic:
-            feats["random_sources"] += max(1, (n_in - 1 + p) // n_in)
-        if "error" in stochastic and layer.stage > 1:
-            feats["random_sources"] += layer.n_in
+        operands = constant_operands(
+            fm.weight.format,
+            fm.velocity.format,
+            fm.gradient.format,
+            layer.coefficients,
+            prediction=layer.prediction,
+            horizon=layer.horizon,
+            shift=layer.coefficient_shift,
+        )
+        adder_bits = sum(fabric_adder_bits(a, op[1]) for _, a, op in operands) if fabric else 0
+        stage = resource_model.stage_features(
+            stage=layer.stage,
+            n_in=layer.n_in,
+            n_out=layer.n_out,
+            bias=layer.bias,
+            lanes=layer.lanes,
+            roles=layer.formats.roles(),
+            x_format=previous_format,
+            prediction=layer.prediction,
+            shapes=_multiplier_shapes(layer),
+            adder_bits=adder_bits,
+            drain=layer.pipeline.get("drain", 0),
+            device=device,
+        )
+        for key, value in stage.items():
+            feats[key] += value
+        previous_format = layer.formats.activation.format
     return feats
 
 
@@ -880,9 +817,8 @@ def fast_estimate(manifest: Manifest, device: Device) -> Estimate:
     """
     start = time.perf_counter()
     feats = design_features(manifest, device)
-    scale = CALIBRATION["lut_inputs_scale"].get(str(device.lut_inputs), 1.0)
-    lut = scale * sum(CALIBRATION["lut"].get(k, 0.0) * v for k, v in feats.items())
-    ff = sum(CALIBRATION["ff"].get(k, 0.0) * v for k, v in feats.items())
+    lut = resource_model.predict("lut", feats, device, CALIBRATION)
+    ff = resource_model.predict("ff", feats, device, CALIBRATION)
     dsp = sum(
         count * dsp_count(a, b, device)
         for layer in manifest.layers
@@ -950,7 +886,8 @@ def fit_calibration(
 
     Returns tables shaped like ``CALIBRATION["lut"]`` and ``CALIBRATION["ff"]`` (LUT already
     divided by the device's ``lut_inputs_scale``) to paste into :data:`CALIBRATION`;
-    ``random_sources`` keeps its value (stochastic designs are too slow to synthesise for a fit).
+    ``random_sources`` and ``constant_adder_bits`` keep their values (stochastic designs are too
+    slow to synthesise for a fit; the manifest does not list the adders).
     """
     from scipy.optimize import nnls  # 0.5 s to import: only a calibration fit needs it
 
@@ -960,7 +897,7 @@ def fit_calibration(
     for resource, divisor in (("lut", scale), ("ff", 1.0)):
         table = CALIBRATION[resource]
         names = FIT_FEATURES[resource]
-        kept = {"random_sources": table.get("random_sources", 0.0)}
+        kept = {k: table.get(k, 0.0) for k in ("random_sources", "constant_adder_bits")}
         x = np.array([[row[k] for k in names] for row in rows], dtype=float)
         y = np.array(
             [

@@ -1,0 +1,178 @@
+"""The analytic resource model: the features a design's LUTs and flip-flops are linear in, and
+their calibrated weights.
+
+:func:`stage_features` counts one stage's features from its shape, formats, lanes and products;
+:func:`predict` weighs a sum of them with :data:`CALIBRATION`. Two readers share this one rule:
+the fast estimate of a generated design (:func:`pbhw.tools.estimate.fast_estimate`, from its
+manifest) and ``lanes = "auto"`` (:func:`rtl_gen.lanes.auto_lanes`, from the datapath plan,
+before anything is generated). The weights are fitted by
+:func:`pbhw.tools.estimate.fit_calibration` against Yosys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from pbhw.core.config import WeightPrediction
+from pbhw.core.datapath import dot_accumulator
+from pbhw.core.devices import Device, dsp_count
+from pbhw.core.fixed import FixedFormat, Rounding
+
+__all__ = ["CALIBRATION", "FEATURES", "predict", "stage_features"]
+
+#: The features, in the order of the tables of :data:`CALIBRATION`.
+FEATURES = (
+    "constant",
+    "stages",
+    "lanes",
+    "accumulator_bits",
+    "requantizer_bits",
+    "product_bits",
+    "split_product_bits",
+    "constant_adder_bits",
+    "vector_bits",
+    "column_sum_bits",
+    "pipeline_bits",
+    "random_sources",
+)
+
+#: Every fitting constant of the model, in one place: resource -> feature -> units per unit of
+#: the feature (see :func:`stage_features`). First-order values from the datapath's structure on
+#: LUT4 devices (an adder or a saturating mux costs about one LUT4 per bit); the lead refits them
+#: with :func:`pbhw.tools.estimate.fit_calibration` against
+#: :func:`pbhw.tools.estimate.synthesize` on :func:`pbhw.tools.estimate.calibration_points`.
+CALIBRATION: dict[str, dict[str, float]] = {
+    # Fitted by `bench/estimate_calibration.py --fit` (non-negative least squares on six
+    # designs' Yosys synth_ecp5 counts, bench/results/estimate_calibration.json), pipelined lanes
+    # on MULT18X18D instances (their operand and product registers are in the DSP blocks).
+    "lut": {
+        "constant": 46.996,
+        "stages": 0.0,
+        "lanes": 0.0,
+        "accumulator_bits": 0.0,
+        "requantizer_bits": 8.843,  # a lane's update, prediction and product logic per bit
+        "split_product_bits": 0.0,
+        # the adders of the products by a constant in the fabric, net of the sums of the
+        # hard-multiplier pieces they replace (set from Yosys on the default example at 10
+        # lanes: 27,675 LUT with "fabric", 25,812 with "dsp", 5,695 adder bits)
+        "constant_adder_bits": 0.327,
+        "vector_bits": 1.835,  # load/rotate multiplexers of the register rings and vectors
+        "column_sum_bits": 3.499,  # adder, rotation and error requantizer per column-sum bit
+        "pipeline_bits": 0.0,
+        "random_sources": 900.0,  # one Threefry-2x32-13 core (hand-set: not fitted)
+    },
+    "ff": {
+        "constant": 18.429,
+        "stages": 0.0,
+        "lanes": 0.0,
+        "accumulator_bits": 0.0,
+        "requantizer_bits": 0.0,
+        "product_bits": 4.154,  # product pieces and their sums, registered
+        "split_product_bits": 0.0,
+        # the operand and partial-sum registers of those products, which have no pieces in
+        # product_bits (set from Yosys on the default example at 10 lanes: 34,889 FF with
+        # "fabric", 29,010 with "dsp"; the model's 21,031 and 29,638 without these bits)
+        "constant_adder_bits": 2.544,
+        "vector_bits": 2.188,  # rings, dz, outputs and their payload registers
+        "column_sum_bits": 0.0,
+        "pipeline_bits": 0.088,  # the lane pipeline's delay lines
+        "random_sources": 416.0,  # a pipelined Threefry core: 6 x 64 + 32 (hand-set)
+    },
+    # 6-input LUTs absorb part of the random logic; arithmetic still takes one LUT per bit.
+    "lut_inputs_scale": {"4": 1.0, "6": 0.8},
+}
+
+
+def stage_features(
+    *,
+    stage: int,
+    n_in: int,
+    n_out: int,
+    bias: bool,
+    lanes: int,
+    roles: Mapping,
+    x_format: FixedFormat | None,
+    prediction: WeightPrediction,
+    shapes: Iterable[tuple[int, int, int]],
+    adder_bits: int,
+    drain: int,
+    device: Device,
+) -> dict[str, float]:
+    """The features of one stage (every one of :data:`FEATURES` but ``constant``).
+
+    Parameters
+    ----------
+    stage, n_in, n_out, bias, lanes
+        The stage's index (1-based), sizes, bias column and lanes.
+    roles : mapping
+        Role name -> its format (anything with ``format``, a FixedFormat, and ``rounding``).
+    x_format : FixedFormat or None
+        The stage's input format (the previous stage's activation); None for stage 1 (its own).
+    prediction : WeightPrediction
+        The stage's weight prediction (``NONE`` where its horizon is 0).
+    shapes : iterable of (int, int, int)
+        ``(a, b, count)`` of every hard-multiplier piece of the stage's lanes.
+    adder_bits : int
+        Bits of the adders of one lane's products by a constant built in the fabric
+        (:attr:`pbhw.core.datapath.Product.adder_bits`).
+    drain : int
+        The lane pipeline's depth (``pipeline["drain"]`` of the manifest), which only the
+        flip-flops depend on; 0 for a combinational design.
+    """
+    p = lanes
+    w = {role: spec.format.width for role, spec in roles.items()}
+    cols = n_in + (1 if bias else 0)
+    x_format = x_format or roles["activation"].format
+    feats = dict.fromkeys(FEATURES[1:], 0.0)
+    feats["stages"] = 1
+    feats["lanes"] = p
+    # The exact accumulator widths of the datapath plan (pbhw.core.datapath).
+    forward = dot_accumulator("forward", roles["weight"].format, x_format, cols).width
+    backward = dot_accumulator("backward", roles["weight"].format, roles["error"].format, n_out)
+    feats["accumulator_bits"] = p * (forward + backward.width)
+    stored = w["gradient"] + w["velocity"] + w["weight"] + w["activation"] + w["error"]
+    if prediction is not WeightPrediction.NONE:
+        stored += w["weight"]
+    feats["requantizer_bits"] = p * stored
+    feats["constant_adder_bits"] = p * adder_bits
+    # The lane pipeline's delay lines: roughly a lane's operands and results per cycle of its
+    # depth (docs/hardware.md).
+    x_bits = x_format.width
+    feats["pipeline_bits"] = p * drain * (2 * x_bits + w["error"] + w["weight"])
+    for a, b, count in shapes:
+        feats["product_bits"] += count * (a + b)
+        feats["split_product_bits"] += count * (dsp_count(a, b, device) - 1) * (a + b)
+    # The stage's register vectors (docs/hardware.md): the two input rings, the error, dz and
+    # output vectors; and, after stage 1, the ring of column sums with one error requantizer
+    # per input.
+    feats["vector_bits"] = 2 * cols * x_bits + n_out * (2 * w["error"] + w["activation"])
+    if stage > 1:
+        feats["column_sum_bits"] = cols * backward.width
+    # Threefry cores: one per lane and stochastic update point, per completing row and per
+    # error column when those round stochastically.
+    stochastic = [r for r in roles if roles[r].rounding is Rounding.STOCHASTIC]
+    points = sum(r in stochastic for r in ("gradient", "velocity", "weight"))
+    if "weight" in stochastic and prediction is WeightPrediction.VELOCITY:
+        points += 1
+    feats["random_sources"] = p * points
+    if "activation" in stochastic:
+        feats["random_sources"] += max(1, (cols - 1 + p) // cols)
+    if "error" in stochastic and stage > 1:
+        feats["random_sources"] += n_in
+    return feats
+
+
+def predict(
+    resource: str,
+    features: Mapping[str, float],
+    device: Device,
+    table: Mapping[str, Mapping[str, float]] | None = None,
+) -> float:
+    """``lut`` or ``ff`` of a design with ``features`` (summed over its stages, with
+    ``constant`` 1) on ``device``, weighed by ``table`` (default :data:`CALIBRATION`; a fit
+    compares others)."""
+    table = CALIBRATION if table is None else table
+    scale = 1.0
+    if resource == "lut":
+        scale = table["lut_inputs_scale"].get(str(device.lut_inputs), 1.0)
+    return scale * sum(table[resource].get(k, 0.0) * v for k, v in features.items())
