@@ -1,4 +1,4 @@
-"""``lanes = "auto"``: lanes per stage that balance the stages within a DSP and a LUT budget.
+"""``lanes = "auto"``: lanes per stage that balance the stages within DSP, LUT and FF budgets.
 
 A stage with ``P`` lanes takes ``ceil(weights / P)`` cycles per step; the slowest stage sets the
 throughput. :func:`auto_lanes` finds the shortest step ``T`` for which the lanes
@@ -6,8 +6,9 @@ throughput. :func:`auto_lanes` finds the shortest step ``T`` for which the lanes
 counting for every lane the blocks its multipliers need (the pieces of the products of the
 stage's datapath, :mod:`pbhw.core.datapath`, each counted by
 :func:`pbhw.core.devices.dsp_count`: with ``hardware.constants = "fabric"`` only the data
-products), and :data:`AUTO_LUT_SHARE` of its LUTs as the analytic model predicts them
-(:mod:`pbhw.core.resource_model`, the model of ``pbhw estimate --fast``).
+products), and :data:`AUTO_LUT_SHARE` of its LUTs and :data:`AUTO_FF_SHARE` of its flip-flops
+as the analytic model predicts them (:mod:`pbhw.core.resource_model`, the model of ``pbhw
+estimate --fast``).
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ from pbhw.core.plan import Plan, StagePlan
 
 __all__ = [
     "AUTO_DSP_SHARE",
+    "AUTO_FF_SHARE",
     "AUTO_LUT_SHARE",
     "auto_budget",
     "auto_lanes",
+    "auto_ff_budget",
     "auto_lut_budget",
     "lane_dsp_cost",
+    "predicted_logic",
     "predicted_luts",
 ]
 
@@ -37,6 +41,10 @@ AUTO_DSP_SHARE = 0.8
 #: nextpnr packs about twice Yosys's LUT4 count into slices (``docs/hardware.md``), and the
 #: placer needs free slices to route.
 AUTO_LUT_SHARE = 0.7
+#: Share of the device's flip-flops ``lanes = "auto"`` may fill (as the analytic model predicts
+#: them): a lane's pipeline holds about 1,750 FF and 1,110 LUT (``docs/hardware.md``), so on
+#: the default example the FFs bind before the LUTs (19, 10, 3 lanes took 88 % of them).
+AUTO_FF_SHARE = 0.7
 
 
 def auto_budget(device: Device) -> int:
@@ -47,6 +55,11 @@ def auto_budget(device: Device) -> int:
 def auto_lut_budget(device: Device) -> int:
     """LUTs ``lanes = "auto"`` may use on ``device``."""
     return int(device.resources["lut"] * AUTO_LUT_SHARE)
+
+
+def auto_ff_budget(device: Device) -> int:
+    """Flip-flops ``lanes = "auto"`` may use on ``device``."""
+    return int(device.resources["ff"] * AUTO_FF_SHARE)
 
 
 def _datapath(plan: Plan, stage: StagePlan, device: Device) -> StageDatapath:
@@ -69,6 +82,12 @@ def lane_dsp_cost(plan: Plan, stage: StagePlan, device: Device) -> int:
 def predicted_luts(plan: Plan, lanes: tuple[int, ...], device: Device) -> float:
     """LUTs of the design with ``lanes`` on ``device`` as the analytic model predicts them
     (:func:`pbhw.core.resource_model.predict`), fabric adders included."""
+    return predicted_logic(plan, lanes, device)["lut"]
+
+
+def predicted_logic(plan: Plan, lanes: tuple[int, ...], device: Device) -> dict[str, float]:
+    """``{"lut": ..., "ff": ...}`` of the design with ``lanes`` on ``device`` as the analytic
+    model predicts them (:func:`pbhw.core.resource_model.predict`), fabric adders included."""
     feats = dict.fromkeys(resource_model.FEATURES, 0.0)
     feats["constant"] = 1.0
     for st, n in zip(plan.stages, lanes, strict=True):
@@ -90,7 +109,7 @@ def predicted_luts(plan: Plan, lanes: tuple[int, ...], device: Device) -> float:
         )
         for key, value in stage.items():
             feats[key] += value
-    return resource_model.predict("lut", feats, device)
+    return {key: resource_model.predict(key, feats, device) for key in ("lut", "ff")}
 
 
 def auto_lanes(plan: Plan, device: Device | None = None) -> tuple[int, ...]:
@@ -103,7 +122,8 @@ def auto_lanes(plan: Plan, device: Device | None = None) -> tuple[int, ...]:
     """
     if device is None:
         device = load_device(plan.config.hardware.device)
-    budget, lut_budget = auto_budget(device), auto_lut_budget(device)
+    budget = auto_budget(device)
+    logic_budget = {"lut": auto_lut_budget(device), "ff": auto_ff_budget(device)}
     bias = int(plan.config.network.bias)
     weights = [st.n_out * (st.n_in + bias) for st in plan.stages]
     costs = [lane_dsp_cost(plan, st, device) for st in plan.stages]
@@ -114,8 +134,13 @@ def auto_lanes(plan: Plan, device: Device | None = None) -> tuple[int, ...]:
     def used(lanes: list[int]) -> int:
         return sum(n * c for n, c in zip(lanes, costs, strict=True))
 
+    def short_of(lanes: list[int]) -> list[str]:
+        """The logic resources ``lanes`` would take beyond auto's budget."""
+        logic = predicted_logic(plan, tuple(lanes), device)
+        return [key for key, cap in logic_budget.items() if logic[key] > cap]
+
     def fits(lanes: list[int]) -> bool:
-        return used(lanes) <= budget and predicted_luts(plan, tuple(lanes), device) <= lut_budget
+        return used(lanes) <= budget and not short_of(lanes)
 
     one = [1] * len(weights)
     if used(one) > budget:
@@ -126,12 +151,15 @@ def auto_lanes(plan: Plan, device: Device | None = None) -> tuple[int, ...]:
             "formats, use formats.coefficient.shift, give the lanes explicitly, or pick a larger "
             "device"
         )
-    if not fits(one):
+    if short_of(one):
+        key = short_of(one)[0]
+        share = {"lut": AUTO_LUT_SHARE, "ff": AUTO_FF_SHARE}[key]
         raise ConfigError(
             f"config key 'hardware.lanes' is 'auto', but one lane per stage already needs "
-            f"about {predicted_luts(plan, tuple(one), device):.0f} LUTs and auto may use "
-            f"{lut_budget} of {device.name}'s {device.resources['lut']} ({AUTO_LUT_SHARE:.0%}); "
-            "narrow the formats, give the lanes explicitly, or pick a larger device"
+            f"about {predicted_logic(plan, tuple(one), device)[key]:.0f} {key.upper()}s and auto "
+            f"may use {logic_budget[key]} of {device.name}'s {device.resources[key]} "
+            f"({share:.0%}); narrow the formats, give the lanes explicitly, or pick a larger "
+            "device"
         )
     lo, hi = 1, max(weights)  # the step time: hi always fits (one lane per stage)
     while lo < hi:

@@ -34,10 +34,11 @@ from pbhw.core.plan import derive_plan
 from rtl_gen.design import build_design, fixed_plan
 from rtl_gen.lanes import (
     auto_budget,
+    auto_ff_budget,
     auto_lanes,
     auto_lut_budget,
     lane_dsp_cost,
-    predicted_luts,
+    predicted_logic,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -247,10 +248,10 @@ def test_the_golden_model_needs_no_device():
     FixedArithmetic(plan)  # builds every stage's rounding points from the plan
 
 
-def test_auto_lanes_with_fabric_constants_fill_the_dsp_blocks_within_the_lut_budget():
+def test_auto_lanes_with_fabric_constants_fill_the_dsp_blocks_within_the_logic_budgets():
     """On the default example, "dsp" keeps the 10 lanes the update constants' blocks allowed;
-    "fabric" counts only the data products' blocks and gets more lanes, as many as the DSP and
-    LUT budgets allow: one step shorter breaks one of them."""
+    "fabric" counts only the data products' blocks and gets more lanes, as many as the DSP, LUT
+    and FF budgets allow: one step shorter breaks one of them."""
     base = ROOT / "examples" / "mlp_digits.toml"
     device = load_device("ecp5-85k")
     got = {}
@@ -263,10 +264,13 @@ def test_auto_lanes_with_fabric_constants_fill_the_dsp_blocks_within_the_lut_bud
         shorter = tuple(-(-w // (step - 1)) for w in weights)
         dsp = sum(n * c for n, c in zip(lanes, costs, strict=True))
         assert dsp <= auto_budget(device)
-        assert predicted_luts(plan, lanes, device) <= auto_lut_budget(device)
-        assert sum(n * c for n, c in zip(shorter, costs, strict=True)) > auto_budget(
-            device
-        ) or predicted_luts(plan, shorter, device) > auto_lut_budget(device)
+        budgets = {"lut": auto_lut_budget(device), "ff": auto_ff_budget(device)}
+        logic = predicted_logic(plan, lanes, device)
+        assert all(logic[key] <= cap for key, cap in budgets.items())
+        logic = predicted_logic(plan, shorter, device)
+        assert sum(n * c for n, c in zip(shorter, costs, strict=True)) > auto_budget(device) or any(
+            logic[key] > cap for key, cap in budgets.items()
+        )
         got[mode] = lanes
     assert got[ConstantProducts.DSP] == (6, 3, 1)
     assert sum(got[ConstantProducts.FABRIC]) > sum(got[ConstantProducts.DSP])
