@@ -242,7 +242,8 @@ def manifest_of(design: Design, *, top: str, files: GeneratedFiles | None = None
             data=data_mults,
             coefficient=sum(layer.multipliers.coefficient for layer in layers),
         ),
-        dsp_blocks=sum(layer.dsp_blocks for layer in layers),
+        dsp_blocks=sum(layer.dsp_blocks for layer in layers)
+        + sum(dsp_count(a, b, device) for a, b in net.loss_unit.multiplier_pieces),
         dsp_available=device.resources["dsp"],
         memory_bits=sum(sum(layer.memory_bits.values()) for layer in layers),
         predicted_cycles_per_sample=cycles,

@@ -109,6 +109,15 @@ class LossUnit(wiring.Component):
         )
 
     @property
+    def multiplier_pieces(self) -> list[tuple[int, int]]:
+        """Operand widths of the hard-multiplier pieces of the unit's one product (softmax:
+        ``d * log2 e``, ``d`` two bits wider than the output format), as the manifest counts
+        them."""
+        if self._kind is not Loss.SOFTMAX_CE:
+            return []
+        return self._multiplier.pieces(self._y_role.format.width + 2, ("constant", LOG2E_Q16))
+
+    @property
     def argmax_levels(self) -> int:
         """Registered levels of the comparator tree that finds the first maximum."""
         return (self._classes - 1).bit_length()

@@ -15,7 +15,7 @@ from pathlib import Path
 from amaranth.hdl import Module, Signal, Value
 
 from pbhw.core.config import ConstantProducts
-from pbhw.core.datapath import csd_digits
+from pbhw.core.datapath import csd_digits, product_pieces
 from pbhw.core.devices import PRIMITIVES, Device
 from rtl_gen.products import LATENCY, fabric_product, hard_product, pipelined_product
 from rtl_gen.resources import MODELS
@@ -123,6 +123,15 @@ class Multiplier:
         """Simulation models the products need (:data:`rtl_gen.resources.MODELS`): the
         primitive's, or none."""
         return () if self._primitive is None else (MODELS / f"{self._primitive}.v",)
+
+    def pieces(self, a_bits: int, b: tuple[str, int]) -> list[tuple[int, int]]:
+        """Operand widths of the hard-multiplier pieces :meth:`product` builds for a signed
+        ``a_bits``-bit operand times ``b`` (``("width", n)`` or ``("constant", code)``, as
+        :func:`pbhw.core.datapath.product_pieces` takes it): none for a constant in the
+        fabric."""
+        if b[0] == "constant" and self._constants is ConstantProducts.FABRIC:
+            return []
+        return product_pieces(a_bits, b, self._ports)
 
     def product(self, m: Module, a, b, name: str, *, keep=None) -> Signal:
         """``a * b`` (``b`` a value or an integer constant), exact, :attr:`latency` cycles

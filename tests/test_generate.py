@@ -196,10 +196,14 @@ def test_yosys_synthesises_other_shapes(shape_output, tmp_path):
 def test_fabric_constants_change_the_circuit_not_the_cycles(tmp_path):
     """``hardware.constants``: the products by a constant leave the hard multipliers (the
     manifest's DSP count is still the instances in the Verilog), the pipeline and the cycle
-    counts stay."""
+    counts stay. With ``softmax_ce`` the loss unit's product is counted too."""
     out = {}
     for mode in ("fabric", "dsp"):
-        sets = (*SHAPES["odd_7_5_3"], "optimizer.weight_prediction='weight_difference'")
+        sets = (
+            *SHAPES["odd_7_5_3"],
+            "optimizer.weight_prediction='weight_difference'",
+            "network.loss='softmax_ce'",  # the loss unit's d * log2 e: a DSP piece with "dsp"
+        )
         cfg = config(*sets, f"hardware.constants='{mode}'", name=mode)
         out[mode] = gen.generate(cfg, tmp_path / mode).manifest
         verilog = (tmp_path / mode / out[mode].files.verilog).read_text()

@@ -26,7 +26,7 @@ from pbhw.cli.common import (
     user_errors,
     warn,
 )
-from pbhw.core.config import ROLES
+from pbhw.core.config import ROLES, ConstantProducts
 from pbhw.core.datasets import load as load_dataset
 from pbhw.core.io import check_output_dir, check_output_file, write_json
 from pbhw.core.plan import derive_plan
@@ -254,9 +254,14 @@ def generate(config: str, out_dir: str, init_from: str | None, sets: tuple[str, 
     m = out.manifest
     assert m.files is not None  # generate wrote them
     click.echo(
-        f"lanes {', '.join(map(str, m.lanes))}; {m.multipliers.data} data + "
-        f"{m.multipliers.coefficient} coefficient multipliers "
-        f"({m.dsp_blocks} of {m.dsp_available} DSP blocks on {m.device}); "
+        f"lanes {', '.join(map(str, m.lanes))}; {m.multipliers.data} data multipliers + "
+        f"{m.multipliers.coefficient} products by a constant ("
+        + (
+            "shift-and-add in the fabric"
+            if m.config.hardware.constants is ConstantProducts.FABRIC
+            else "on DSP blocks"
+        )
+        + f"; {m.dsp_blocks} of {m.dsp_available} DSP blocks on {m.device}); "
         f"{m.memory_bits} memory bits"
     )
     click.echo(

@@ -253,8 +253,9 @@ class StageFormats:
 
 @dataclass(frozen=True, kw_only=True)
 class MultiplierCounts:
-    """Hard multipliers: data products (``w.x``, ``w.d``, ``d.x``) and products by a constant
-    (the update's coefficients)."""
+    """Products per cycle: data products (``w.x``, ``w.d``, ``d.x``, on hard multipliers) and
+    products by a constant (the update's coefficients: shift-and-add in the fabric with
+    ``hardware.constants = "fabric"``, hard multipliers with ``"dsp"``)."""
 
     data: int
     coefficient: int
