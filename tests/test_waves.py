@@ -205,18 +205,32 @@ def test_an_fst_file_of_the_end_of_a_run(small, tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--waves", "{tmp}/run.txt"], "--waves must name a file ending in .fst or .vcd"),
-        (["--waves", "{tmp}/file/run.vcd"], "--waves"),
-        (["--waves", "{tmp}/run.vcd", "--simulator", "icarus"], "--waves runs on the Verilator"),
+        (["--samples", "1", "--waves", "{tmp}/run.txt"], "--waves must name a file ending in"),
+        (["--epochs", "1", "--waves", "{tmp}/run.fsdb"], "--waves must name a file ending in"),
+        (["--samples", "1", "--waves", "{tmp}/file/run.vcd"], "--waves '{tmp}/file/run.vcd'"),
+        (["--epochs", "1", "--waves", "{tmp}/file/run.fst"], "--waves '{tmp}/file/run.fst'"),
+        (
+            ["--samples", "1", "--waves", "{tmp}/run.vcd", "--simulator", "icarus"],
+            "--waves runs on the Verilator harness, not --simulator icarus",
+        ),
     ],
 )
-def test_bad_waves_arguments_are_one_error_line(tmp_path, args, message):
+def test_bad_waves_arguments_are_one_error_line_before_any_work(
+    tmp_path, monkeypatch, args, message
+):
+    import pbhw.cli.commands as commands
+
+    def started(*args, **kwargs):
+        raise AssertionError("work started")
+
+    for name in ("run_verify", "run_verify_epochs"):
+        monkeypatch.setattr(commands, name, started)
     (tmp_path / "file").write_text("")
     args = [a.format(tmp=tmp_path) for a in args]
     run = CliRunner().invoke(main, ["verify", str(EXAMPLE), *args])
     assert run.exit_code == 2, run.output
     [line] = run.stderr.strip().splitlines()
-    assert line.startswith("error: ") and message in line, line
+    assert line.startswith("error: ") and message.format(tmp=tmp_path) in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
