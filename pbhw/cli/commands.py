@@ -36,6 +36,7 @@ from pbhw.tools.check import STAGE_COLUMNS, check_config, stage_rows
 from pbhw.tools.estimate import critical_path_text
 from pbhw.tools.estimate import estimate as run_estimate
 from pbhw.tools.train import train as run_training
+from pbhw.tools.verify import check_waves_file
 from pbhw.tools.verify import verify as run_verify
 from pbhw.tools.verify import verify_epochs as run_verify_epochs
 from rtl_gen.generate import generate as run_generate
@@ -306,6 +307,13 @@ def generate(config: str, out_dir: str, init_from: str | None, sets: tuple[str, 
     show_default=True,
     help="Probability that the result stream is not ready in a cycle.",
 )
+@click.option(
+    "--waves",
+    metavar="FILE",
+    help="Also write the waveforms (FILE.fst or FILE.vcd) of the run on the Verilator harness "
+    "built with tracing: the whole run if it is short, else a window around the first "
+    "mismatch (the end when bit-exact).",
+)
 @init_from_option
 @set_option
 @click.option("--json", "json_out", metavar="OUT", help="Write the result as JSON.")
@@ -317,6 +325,7 @@ def verify(
     simulator: str,
     idle: float,
     backpressure: float,
+    waves: str | None,
     init_from: str | None,
     sets: tuple[str, ...],
     json_out: str | None,
@@ -342,6 +351,10 @@ def verify(
             )
     elif samples is None:
         samples = 200
+    if waves is not None:
+        if simulator != "verilator":
+            raise UserError(f"--waves runs on the Verilator harness, not --simulator {simulator}")
+        check_waves_file(waves)
     cfg = load_config(config, sets, init_from)
     if json_out:
         check_output_file(Path(json_out), "--json")
@@ -352,13 +365,23 @@ def verify(
             epochs=epochs,
             idle=idle,
             backpressure=backpressure,
+            waves=waves,
             progress=say,
         )
     else:
         say(f"verifying {cfg.name} on {simulator} with {samples} samples ...")
         result = run_verify(
-            cfg, samples=samples, simulator=simulator, idle=idle, backpressure=backpressure
+            cfg,
+            samples=samples,
+            simulator=simulator,
+            idle=idle,
+            backpressure=backpressure,
+            waves=waves,
+            progress=say,
         )
+    if result.waves is not None:
+        w = result.waves
+        say(f"wrote {w.file}: the waves of cycles [{w.from_cycle:,}, {w.to_cycle:,})")
     if json_out:
         write_json(Path(json_out), result.to_json())
     click.echo(result.summary())

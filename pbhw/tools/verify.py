@@ -9,7 +9,9 @@ loss error and prediction, and the final W, V and saturation counters; the cocot
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -27,9 +29,19 @@ from golden.pipeline import Pipeline
 from golden.trace import Trace, run_trace
 from pbhw.core.config import Config, ConfigError
 from pbhw.core.datasets import load
+from pbhw.core.errors import ToolError, UserError
+from pbhw.core.io import check_output_file
 from pbhw.core.plan import derive_plan
 from pbhw.core.weights import initial_weights
-from pbhw.tools.harness import Pause, build_harness, run_harness
+from pbhw.tools.harness import (
+    VERILATOR_FLAGS,
+    WAVE_FLAGS,
+    HarnessBuild,
+    HarnessTrace,
+    Pause,
+    build_harness,
+    run_harness,
+)
 from pbhw.tools.toolchain import sim_build, sim_test
 from pbhw.tools.train import check_fits, epoch_orders
 from rtl_gen.counters import COUNTER_BITS
@@ -38,9 +50,13 @@ from rtl_gen.generate import Generated, top_name, verilog_text
 from rtl_gen.top import DEBUG_LATENCY
 
 __all__ = [
+    "WAVES_MARGIN_SAMPLES",
+    "WAVES_WHOLE_RUN",
     "EpochTrace",
     "Snapshot",
     "VerifyResult",
+    "Waves",
+    "check_waves_file",
     "compare_epochs",
     "decode_counters",
     "decode_memories",
@@ -51,7 +67,23 @@ __all__ = [
     "unpack_row",
     "verify",
     "verify_epochs",
+    "waves_window",
 ]
+
+#: ``--waves`` dumps a run of at most this many cycles whole.
+WAVES_WHOLE_RUN = 20_000
+#: Else it dumps this many predicted cycles per sample before and after the first mismatch's cycle
+#: (the end of the run when it is bit-exact).
+WAVES_MARGIN_SAMPLES = 4
+
+
+@dataclass(frozen=True)
+class Waves:
+    """A waveform file written by ``--waves``: the harness cycles ``[from_cycle, to_cycle)``."""
+
+    file: str
+    from_cycle: int
+    to_cycle: int
 
 
 @dataclass(frozen=True)
@@ -76,6 +108,8 @@ class VerifyResult:
     rtl_test_accuracy: float | None = None
     golden_test_accuracy: float | None = None
     sim_cycles_per_second: float | None = None
+    #: ``--waves``: the waveform file and the window of cycles it holds
+    waves: Waves | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -182,6 +216,21 @@ def decode_counters(net, value: int) -> dict[str, int]:
     }
 
 
+def stream_payloads(net, plan, inputs, labels) -> list[int]:
+    """The ``samples`` payloads (unsigned integers) of the input codes ``inputs`` with their
+    ``labels``, then the ``2L - 1`` bubbles that drain the network."""
+    layout = net.samples.payload.shape()
+    payloads = [
+        layout.const({"bubble": 0, "label": int(label), "x": [int(v) for v in row]})
+        .as_value()
+        .value
+        for row, label in zip(inputs, labels, strict=True)
+    ]
+    n_in = plan.stages[0].n_in
+    bubble = layout.const({"bubble": 1, "label": 0, "x": [0] * n_in}).as_value().value
+    return payloads + [bubble] * (2 * len(net.stages) - 1)
+
+
 def run_rtl(
     design,
     trace: Trace,
@@ -200,16 +249,7 @@ def run_rtl(
 
     top = top or top_name(design.config)
     net = design.network
-    layout = net.samples.payload.shape()
-    payloads = [
-        layout.const({"bubble": 0, "label": int(label), "x": [int(v) for v in row]})
-        .as_value()
-        .value
-        for row, label in zip(trace.inputs, trace.labels, strict=True)
-    ]
-    n_in = design.plan.stages[0].n_in
-    bubble = layout.const({"bubble": 1, "label": 0, "x": [0] * n_in}).as_value().value
-    payloads += [bubble] * (2 * len(net.stages) - 1)
+    payloads = stream_payloads(net, design.plan, trace.inputs, trace.labels)
     per_sample = net.predicted_cycles_per_sample
     spec = {
         "stages": len(net.stages),
@@ -269,12 +309,24 @@ def verify(
     x=None,
     labels=None,
     generated: Generated | None = None,
+    waves: str | os.PathLike[str] | None = None,
+    waves_whole: int = WAVES_WHOLE_RUN,
+    progress: Callable[[str], None] | None = None,
 ) -> VerifyResult:
     """Generate, simulate and compare ``samples`` samples (the dataset's, or ``x``/``labels``).
 
     ``generated`` is ``config``'s design as :func:`rtl_gen.generate.generate` returned it: its
     design and Verilog are simulated as they are, instead of building and converting the design
-    again (``pbhw flow`` generates once); a design of another config is refused (ValueError)."""
+    again (``pbhw flow`` generates once); a design of another config is refused (ValueError).
+
+    ``waves`` is an FST or VCD file (by its suffix) to which the same samples, run again on the
+    compiled harness built with tracing (Verilator only), dump :func:`waves_window`'s cycles
+    around the cycle at which the harness accepted the sample of the first mismatch's step;
+    runs of at most ``waves_whole`` cycles whole."""
+    if waves is not None:
+        waves = check_waves_file(waves)
+        if simulator != "verilator":
+            raise UserError(f"--waves runs on the Verilator harness, not --simulator {simulator}")
     if generated is None:
         design, verilog, top = build_design(config), None, None
     else:
@@ -282,6 +334,9 @@ def verify(
         design, verilog, top = generated.design, generated.verilog, generated.manifest.top
     if x is None:
         x, labels = dataset_samples(config, samples)
+    if waves is not None and verilog is None:
+        top = top_name(config)
+        verilog = verilog_text(design, top)
     trace = run_trace(design.plan, x, labels)
     seen, taken, info = run_rtl(
         design,
@@ -295,6 +350,30 @@ def verify(
     )
     found = first_mismatch(trace, seen)
     n = len(trace.labels)
+    per_sample = design.network.predicted_cycles_per_sample
+    dumped = None
+    if waves is not None:
+        payloads = stream_payloads(design.network, design.plan, trace.inputs, trace.labels)
+        step = None if found is None else found.step
+
+        def window(run: HarnessTrace) -> tuple[int, int]:
+            at = None if step is None else int(run.taken[min(step, len(run.taken) - 1)])
+            return waves_window(run.cycles, per_sample, at, waves_whole)
+
+        dumped = _write_waves(
+            verilog,
+            top,
+            design.network,
+            payloads,
+            [Pause(len(payloads), n, drained=True)],
+            waves,
+            window,
+            None,
+            idle=idle,
+            backpressure=backpressure,
+            seed=seed,
+            progress=progress,
+        )
     return VerifyResult(
         config=config.name,
         simulator=simulator,
@@ -303,12 +382,144 @@ def verify(
         samples=n,
         steps=trace.steps,
         measured_cycles_per_sample=steady_cycles_per_sample(taken, n),
-        predicted_cycles_per_sample=design.network.predicted_cycles_per_sample,
+        predicted_cycles_per_sample=per_sample,
         sim_seconds=info["sim_seconds"],
         build_seconds=info["build_seconds"],
         rebuilt=info["rebuilt"],
         cycles=(taken[-1] if taken else 0),
+        waves=dumped,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Waveforms (``pbhw verify --waves FILE``): the run again on a harness built with tracing.
+
+
+def check_waves_file(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a waveform file ``--waves`` can write: its suffix ``.fst`` or ``.vcd`` (the
+    format) and its folder writable.
+
+    Raises
+    ------
+    UserError
+        Naming ``--waves`` and what is allowed.
+    """
+    path = Path(path)
+    if path.suffix not in WAVE_FLAGS:
+        raise UserError(
+            f"--waves must name a file ending in {' or '.join(WAVE_FLAGS)}, not '{path}'"
+        )
+    check_output_file(path, "--waves")
+    return path
+
+
+def waves_window(
+    cycles: int, per_sample: int, at: int | None, whole: int = WAVES_WHOLE_RUN
+) -> tuple[int, int]:
+    """The cycles ``[from, to)`` that ``--waves`` dumps of a run of ``cycles`` cycles: all of
+    them if at most ``whole``, else :data:`WAVES_MARGIN_SAMPLES` times ``per_sample`` cycles
+    before and after cycle ``at`` (the first mismatch's), or the last such window of the run when
+    ``at`` is None (bit-exact)."""
+    if cycles <= whole:
+        return 0, cycles
+    margin = WAVES_MARGIN_SAMPLES * per_sample
+    if at is None:
+        return max(0, cycles - 2 * margin), cycles
+    at = min(max(at, 0), cycles - 1)
+    return max(0, at - margin), min(cycles, at + margin + 1)
+
+
+def _run_payloads(
+    build: HarnessBuild,
+    net,
+    payloads: Sequence[int],
+    pauses: Sequence[Pause],
+    *,
+    idle: float,
+    backpressure: float,
+    seed: int,
+    plusargs: Sequence[str] = (),
+    waves: Path | None = None,
+    window: tuple[int, int] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> HarnessTrace:
+    """Stream ``payloads`` of the network ``net`` through a compiled harness (the harness's
+    arguments as the network sets them)."""
+    per_sample = net.predicted_cycles_per_sample
+    return run_harness(
+        build,
+        payloads,
+        net.samples.payload.shape().size,
+        rows=[st.rows for st in net.stages],
+        pauses=pauses,
+        quiet_cycles=net.quiet_cycles,
+        settle_cycles=net.quiet_cycles + 2 * per_sample,
+        debug_latency=DEBUG_LATENCY,
+        stall_cycles=50 * per_sample + 10_000,
+        result_bits=net.results.payload.shape().size,
+        debug_bits=len(net.dbg_data),
+        counter_bits=len(net.saturation.as_value()),
+        idle=idle,
+        backpressure=backpressure,
+        seed=seed,
+        plusargs=plusargs,
+        waves=waves,
+        waves_window=window,
+        progress=progress,
+    )
+
+
+def _write_waves(
+    verilog: str,
+    top: str,
+    net,
+    payloads: Sequence[int],
+    pauses: Sequence[Pause],
+    waves: Path,
+    window: Callable[[HarnessTrace], tuple[int, int]],
+    untraced: HarnessTrace | None,
+    *,
+    idle: float,
+    backpressure: float,
+    seed: int,
+    plusargs: Sequence[str] = (),
+    progress: Callable[[str], None] | None = None,
+) -> Waves:
+    """Run ``payloads`` again on the harness built with tracing and write the cycles
+    ``window(untraced)`` to ``waves`` (written in a temporary folder beside it and renamed into
+    place once complete). ``untraced`` is the run being dumped; without it (the cocotb path)
+    the traced build runs once to find the cycles first. The traced run must be the same run:
+    its cycles and results are checked against ``untraced``'s."""
+    say = progress or (lambda message: None)
+    waves = Path(waves)
+    build = build_harness(
+        verilog, top, flags=(*VERILATOR_FLAGS, *WAVE_FLAGS[waves.suffix]), progress=say
+    )
+    run = functools.partial(
+        _run_payloads,
+        build,
+        net,
+        payloads,
+        pauses,
+        idle=idle,
+        backpressure=backpressure,
+        seed=seed,
+        plusargs=plusargs,
+    )
+    if untraced is None:
+        untraced = run()
+    start, end = window(untraced)
+    say(f"waves: cycles {start:,} to {end:,} of {untraced.cycles:,} to {waves} ...")
+    waves.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{waves.name}-", dir=waves.parent) as partial:
+        traced = run(waves=Path(partial) / waves.name, window=(start, end))
+        if traced.cycles != untraced.cycles or traced.results != untraced.results:
+            raise ToolError(
+                f"the traced harness of {top} ran differently ({traced.cycles} cycles, not "
+                f"{untraced.cycles}): the waves would not show the run"
+            )
+        os.replace(Path(partial) / waves.name, waves)
+    return Waves(str(waves), start, end)
 
 
 # --------------------------------------------------------------------------------------------
@@ -439,6 +650,23 @@ def _first_code(step, stage, role, got, want) -> Mismatch | None:
     return _vector(step, stage, role, (0, list(got)), want)
 
 
+def _pause_name(pause: int, pauses: int) -> str:
+    """How a mismatch at a pause of :func:`verify_epochs` names it: ``epoch N end``, ``final``."""
+    return "final" if pause == pauses - 1 else f"epoch {pause + 1} end"
+
+
+def _mismatch_cycle(raw: HarnessTrace, found: Mismatch, sample: int, epochs: int) -> int:
+    """The harness cycle of a mismatch of :func:`compare_epochs`: when the differing result was
+    taken, or when the pause at which W, V or a counter differs began its reading (the run's end
+    when a result is missing)."""
+    if 0 <= sample < len(raw.result_cycles):
+        return int(raw.result_cycles[sample])
+    for pause in range(epochs):
+        if found.role.startswith(_pause_name(pause, epochs) + " "):
+            return raw.pause_cycles[pause]
+    return raw.cycles - 1
+
+
 def compare_epochs(gold: EpochTrace, results, snapshots, n: int) -> tuple[Mismatch | None, int]:
     """The first difference between the harness's observations and the golden epochs, epoch by
     epoch (each result of the epoch's samples, then W, V and the counters at its end), and the
@@ -463,7 +691,7 @@ def compare_epochs(gold: EpochTrace, results, snapshots, n: int) -> tuple[Mismat
                 found = Mismatch(step, L, "label", None, label, gold.labels[k])
             if found is not None:
                 return found, k
-        when = "final" if e == len(gold.snapshots) - 1 else f"epoch {e + 1} end"
+        when = _pause_name(e, len(gold.snapshots))
         for i in range(L):
             for role, got, want in (
                 (f"{when} weight", weights[i], snap.weights[i]),
@@ -494,6 +722,8 @@ def verify_epochs(
     rtl_design=None,
     localise: bool = True,
     plusargs: Sequence[str] = (),
+    waves: str | os.PathLike[str] | None = None,
+    waves_whole: int = WAVES_WHOLE_RUN,
     progress: Callable[[str], None] | None = None,
 ) -> VerifyResult:
     """``epochs`` whole epochs of the training set through the RTL on the compiled harness
@@ -506,9 +736,16 @@ def verify_epochs(
     every inter-stage stream recorded (``localise``), so the mismatch names the step, stage,
     role and element where the RTL first departs. ``rtl_design`` is the design simulated when it
     is not ``config``'s (tests plant a change this way); ``plusargs`` go to the Verilated model.
+
+    ``waves`` is an FST or VCD file (by its suffix) to which the same run, again on a harness
+    built with tracing, dumps :func:`waves_window`'s cycles around the first mismatch's (a
+    differing result: the cycle it was taken; W, V or a counter: the cycle its reading began);
+    runs of at most ``waves_whole`` cycles whole.
     """
     if epochs < 1:
         raise ConfigError(f"--epochs must be a positive integer, not {epochs}")
+    if waves is not None:
+        waves = check_waves_file(waves)
     say = progress or (lambda message: None)
     data = load(config.train.dataset)
     check_fits(config, data)
@@ -529,44 +766,35 @@ def verify_epochs(
     say(f"golden model: {epochs} epochs of {len(data.y_train)} samples ...")
     gold = golden_epochs(plan, data, epochs, progress=say)
     net = rtl.network
-    n, total, L = len(data.y_train), len(gold.labels), len(net.stages)
-    layout = net.samples.payload.shape()
-    n_in = plan.stages[0].n_in
-    payloads = [
-        layout.const({"bubble": 0, "label": label, "x": [int(v) for v in row]}).as_value().value
-        for row, label in zip(gold.inputs, gold.labels, strict=True)
-    ]
-    bubble = layout.const({"bubble": 1, "label": 0, "x": [0] * n_in}).as_value().value
-    payloads += [bubble] * (2 * L - 1)
+    n, total = len(data.y_train), len(gold.labels)
+    payloads = stream_payloads(net, plan, gold.inputs, gold.labels)
     # At an epoch end the last sample's result waits in stage L (see Snapshot).
     pauses = [Pause((e + 1) * n, (e + 1) * n - 1, drained=False) for e in range(epochs - 1)]
     pauses.append(Pause(len(payloads), total, drained=True))
     per_sample = net.predicted_cycles_per_sample
     say(f"simulating {total} samples ({epochs} epochs) on the compiled harness ...")
-    raw = run_harness(
-        build,
-        payloads,
-        layout.size,
-        rows=[st.rows for st in net.stages],
-        pauses=pauses,
-        quiet_cycles=net.quiet_cycles,
-        settle_cycles=net.quiet_cycles + 2 * per_sample,
-        debug_latency=DEBUG_LATENCY,
-        stall_cycles=50 * per_sample + 10_000,
-        result_bits=net.results.payload.shape().size,
-        debug_bits=len(net.dbg_data),
-        counter_bits=len(net.saturation.as_value()),
-        idle=idle,
-        backpressure=backpressure,
-        seed=seed,
-        plusargs=plusargs,
-        progress=say,
-    )
+    options = {"idle": idle, "backpressure": backpressure, "seed": seed, "plusargs": plusargs}
+    raw = _run_payloads(build, net, payloads, pauses, **options, progress=say)
     results = decode_results(net, raw.results)
     snapshots = []
     for memories, counters in zip(raw.memories, raw.saturation, strict=True):
         snapshots.append((*decode_memories(net, memories), decode_counters(net, counters)))
     found, sample = compare_epochs(gold, results, snapshots, n)
+    dumped = None
+    if waves is not None:
+        at = None if found is None else _mismatch_cycle(raw, found, sample, epochs)
+        dumped = _write_waves(
+            verilog,
+            top,
+            net,
+            payloads,
+            pauses,
+            waves,
+            lambda run: waves_window(run.cycles, per_sample, at, waves_whole),
+            raw,
+            **options,
+            progress=say,
+        )
     if found is not None and sample >= 0 and localise:
         say(f"localising the mismatch of sample {sample}: the samples up to it under cocotb ...")
         prefix = run_trace(plan, gold.x[: sample + 1], gold.labels[: sample + 1])
@@ -594,4 +822,5 @@ def verify_epochs(
         rtl_test_accuracy=_accuracy(gold.arith, plan, rtl_states, data),
         golden_test_accuracy=gold.test_accuracy,
         sim_cycles_per_second=raw.cycles / raw.loop_seconds if raw.loop_seconds > 0 else None,
+        waves=dumped,
     )

@@ -7,6 +7,9 @@ and the pauses at which the harness waits until the network is quiet and reads e
 the saturation counters through the debug port), the harness streams it, and Python decodes the
 trace it writes. The formats of both files are in ``docs/verification.md``.
 
+A build with Verilator's ``--trace-fst`` or ``--trace`` (:data:`WAVE_FLAGS`, a separate cached
+build: tracing makes the model slower) also dumps a window of cycles to an FST or VCD file.
+
 Builds are cached like :func:`pbhw.tools.toolchain.sim_build`: ``<BUILD_ROOT>/harness/<hash>``
 with the hash over the Verilog, the waiver and models, the harness source, the flags and the
 Verilator version; a new build bounds the cache (:func:`pbhw.tools.toolchain.prune_builds`).
@@ -41,6 +44,7 @@ from rtl_gen.resources import WAIVER, models_for
 __all__ = [
     "SOURCE",
     "VERILATOR_FLAGS",
+    "WAVE_FLAGS",
     "HarnessBuild",
     "HarnessTrace",
     "Pause",
@@ -59,9 +63,13 @@ SOURCE = resources.files(__package__) / "harness.cpp"
 #: thread (``--threads 2`` runs 16x slower on a 2-core machine).
 VERILATOR_FLAGS = ("-O3", "--x-assign", "fast", "--x-initial", "unique")
 
+#: Verilator's tracing flags by the suffix of the waveform file: FST or VCD.
+WAVE_FLAGS = {".fst": ("--trace-fst",), ".vcd": ("--trace",)}
+
 _STIMULUS_MAGIC = 0x53484250  # "PBHS", little-endian
 _TRACE_MAGIC = 0x54484250  # "PBHT"
-_VERSION = 1
+_STIMULUS_VERSION = 1
+_TRACE_VERSION = 2
 _EXECUTABLE = "harness"
 
 
@@ -95,11 +103,12 @@ class HarnessTrace:
     """What a harness run observed (raw integers; :mod:`pbhw.tools.verify` decodes them).
 
     ``taken[k]`` is the cycle at which payload ``k`` was accepted, ``results`` every result
-    payload in order, ``memories[p][s][m]`` the rows of memory ``m`` (0: W, 1: V) of stage ``s``
-    at pause ``p``, ``saturation[p]`` the counters' port at pause ``p``, ``pause_cycles[p]`` the
-    cycle the reading began, ``cycles`` the cycles simulated after reset. ``seconds`` is the
-    harness process's wall time, ``loop_seconds`` the part of it spent simulating (without
-    start-up and the stimulus and trace files)."""
+    payload in order, ``result_cycles[k]`` the cycle at which result ``k`` was taken,
+    ``memories[p][s][m]`` the rows of memory ``m`` (0: W, 1: V) of stage ``s`` at pause ``p``,
+    ``saturation[p]`` the counters' port at pause ``p``, ``pause_cycles[p]`` the cycle the
+    reading began, ``cycles`` the cycles simulated after reset. ``seconds`` is the harness
+    process's wall time, ``loop_seconds`` the part of it spent simulating (without start-up and
+    the stimulus and trace files)."""
 
     taken: np.ndarray
     results: list[int]
@@ -107,6 +116,7 @@ class HarnessTrace:
     saturation: list[int]
     pause_cycles: list[int]
     cycles: int
+    result_cycles: np.ndarray
     seconds: float = 0.0
     loop_seconds: float = 0.0
 
@@ -205,7 +215,13 @@ def build_harness(
     with log.open("w") as out:
         result = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env, check=False)
     if result.returncode != 0 or not (directory / _EXECUTABLE).is_file():
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+        text = log.read_text(errors="replace")
+        if "--trace-fst" in flags and "lz4.h" in text:
+            raise ToolError(
+                "Verilator's FST writer needs the LZ4 headers (Debian/Ubuntu: apt install "
+                "liblz4-dev); write a .vcd file instead, or install them"
+            )
+        tail = "\n".join(text.splitlines()[-40:])
         raise ToolError(f"Verilator build of the harness of {top} failed:\n{tail}")
     # The generated C++ and object files (about 150 MB for the default example) are needed no
     # more: the executable is the build.
@@ -233,6 +249,8 @@ def run_harness(
     backpressure: float = 0.0,
     seed: int = 0,
     plusargs: Sequence[str] = (),
+    waves: str | os.PathLike[str] | None = None,
+    waves_window: tuple[int, int] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> HarnessTrace:
     """Stream ``payloads`` (unsigned integers of ``payload_bits`` bits) through the harness.
@@ -241,7 +259,9 @@ def run_harness(
     ``dbg_data`` and ``saturation`` ports (checked against the compiled model). ``idle`` is the
     probability of an idle cycle before a payload, ``backpressure`` that of ``results`` not being
     ready, from generators seeded with ``seed`` and ``seed + 1``. ``plusargs`` go to the Verilated
-    model (e.g. ``+verilator+rand+reset+2``).
+    model (e.g. ``+verilator+rand+reset+2``). ``waves`` is a waveform file to which a build with
+    tracing (:data:`WAVE_FLAGS`) dumps the cycles in ``waves_window``, ``[from, to)`` (by
+    default all of them).
 
     Raises
     ------
@@ -249,7 +269,15 @@ def run_harness(
         If the harness fails (e.g. the network stalls for ``stall_cycles`` cycles).
     """
     words = _words_of(payload_bits)
-    header = [_STIMULUS_MAGIC, _VERSION, words, len(payloads), len(rows), *rows, len(pauses)]
+    header = [
+        _STIMULUS_MAGIC,
+        _STIMULUS_VERSION,
+        words,
+        len(payloads),
+        len(rows),
+        *rows,
+        len(pauses),
+    ]
     for p in pauses:
         header += [p.payloads, p.results, int(p.drained)]
     body = np.zeros((len(payloads), words), dtype="<u4")
@@ -273,6 +301,9 @@ def run_harness(
             f"stall={stall_cycles}",
             *plusargs,
         ]
+        if waves is not None:
+            start_cycle, end_cycle = waves_window or (0, 2**64 - 1)
+            command += [f"waves={waves}", f"waves_from={start_cycle}", f"waves_to={end_cycle}"]
         start = time.perf_counter()
         loop_seconds = float("nan")
         with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as proc:
@@ -307,8 +338,8 @@ def _decode(
     counter_bits: int,
 ) -> HarnessTrace:
     magic, version, result_words, debug_words, counter_words, taken, results, pauses = raw[:8]
-    if magic != _TRACE_MAGIC or version != _VERSION:
-        raise ToolError("the compiled harness wrote no version 1 trace")
+    if magic != _TRACE_MAGIC or version != _TRACE_VERSION:
+        raise ToolError(f"the compiled harness wrote no version {_TRACE_VERSION} trace")
     for name, got, bits in (
         ("results", result_words, result_bits),
         ("dbg_data", debug_words, debug_bits),
@@ -333,6 +364,7 @@ def _decode(
     cycles = int(cycles_of(1)[0])
     taken_cycles = cycles_of(int(taken)).astype(np.int64)
     pause_cycles = [int(c) for c in cycles_of(int(pauses))]
+    result_cycles = cycles_of(int(results)).astype(np.int64)
     result_rows = take(int(results) * int(result_words)).reshape(int(results), int(result_words))
     result_values = [from_words(r) for r in result_rows]
     memories, saturation = [], []
@@ -349,4 +381,6 @@ def _decode(
         saturation.append(from_words(take(int(counter_words))))
     if at != len(raw):
         raise ToolError("the compiled harness's trace has trailing words")
-    return HarnessTrace(taken_cycles, result_values, memories, saturation, pause_cycles, cycles)
+    return HarnessTrace(
+        taken_cycles, result_values, memories, saturation, pause_cycles, cycles, result_cycles
+    )

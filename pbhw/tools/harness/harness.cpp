@@ -18,7 +18,12 @@
 // member `samples___05Fpayload`.
 //
 // Arguments are key=value (idle, backpressure, seed, quiet, settle, debug_latency, stall, stimulus,
-// trace); arguments starting with '+' are Verilator's (e.g. +verilator+rand+reset+2).
+// trace, and in a build with tracing waves, waves_from, waves_to); arguments starting with '+'
+// are Verilator's (e.g. +verilator+rand+reset+2).
+//
+// Built with `--trace-fst` or `--trace` (Verilator then defines VM_TRACE, and VM_TRACE_FST for
+// FST), the harness dumps the cycles in [waves_from, waves_to) to the file `waves`: cycle c's
+// inputs are set at time 10c with the clock low, its rising edge is at time 10c + 5.
 
 #include <chrono>
 #include <cstdint>
@@ -33,12 +38,22 @@
 
 #include "Vnet.h"
 #include "verilated.h"
+#if VM_TRACE
+#if VM_TRACE_FST
+#include "verilated_fst_c.h"
+using WaveFile = VerilatedFstC;
+#else
+#include "verilated_vcd_c.h"
+using WaveFile = VerilatedVcdC;
+#endif
+#endif
 
 namespace {
 
 constexpr uint32_t STIMULUS_MAGIC = 0x53484250;  // "PBHS"
 constexpr uint32_t TRACE_MAGIC = 0x54484250;     // "PBHT"
-constexpr uint32_t VERSION = 1;
+constexpr uint32_t STIMULUS_VERSION = 1;
+constexpr uint32_t TRACE_VERSION = 2;
 
 // A port as 32-bit words, lowest first: scalar ports (CData ... QData) and VlWide<N>.
 template <typename T>
@@ -100,7 +115,25 @@ class Harness {
           idle_rng_(seed),
           ready_rng_(seed + 1) {}
 
-    ~Harness() { top_->final(); }
+    ~Harness() {
+        top_->final();
+#if VM_TRACE
+        if (waves_) waves_->close();
+#endif
+    }
+
+    // Dump the cycles in [from, to) to `path` (opened at the first of them).
+    void waves(const std::string& path, uint64_t from, uint64_t to) {
+#if VM_TRACE
+        waves_path_ = path;
+        waves_from_ = from;
+        waves_to_ = to;
+#else
+        (void)from;
+        (void)to;
+        if (!path.empty()) fail("waves= needs a harness built with --trace-fst or --trace");
+#endif
+    }
 
     void reset() {
         top_->rst = 1;
@@ -131,16 +164,19 @@ class Harness {
         const bool ready = !(backpressure_ > 0 && uniform_(ready_rng_) < backpressure_);
         top_->results___05Fready = ready;
         top_->eval();
+        dump(0);
         const bool accepted = busy_ && top_->samples___05Fready;
         if (ready && top_->results___05Fvalid) {
             const size_t at = results.size();
             results.resize(at + ResultPort::words);
             ResultPort::get(top_->results___05Fpayload, results.data() + at);
+            result_cycles.push_back(cycles);
             last_progress_ = cycles;
         }
         idle_now_ = top_->idle;
         top_->clk = 1;
         top_->eval();
+        dump(5);
         if (accepted) {
             taken.push_back(cycles);
             busy_ = false;
@@ -208,11 +244,27 @@ class Harness {
         payload_count_ = count;
     }
 
-    std::vector<uint64_t> taken;
+    std::vector<uint64_t> taken, result_cycles;
     std::vector<uint32_t> results;
     uint64_t cycles = 0;
 
   private:
+    // The signals at time 10 * cycles + offset, if the cycle is in the window.
+    void dump(uint64_t offset) {
+#if VM_TRACE
+        if (waves_path_.empty() || cycles < waves_from_ || cycles >= waves_to_) return;
+        if (!waves_) {
+            waves_ = std::make_unique<WaveFile>();
+            top_->trace(waves_.get(), 99);
+            waves_->open(waves_path_.c_str());
+            if (!waves_->isOpen()) fail("cannot write " + waves_path_);
+        }
+        waves_->dump(10 * cycles + offset);
+#else
+        (void)offset;
+#endif
+    }
+
     void clock() {
         top_->clk = 0;
         top_->eval();
@@ -228,6 +280,11 @@ class Harness {
     size_t payload_count_ = 0, next_ = 0;
     bool busy_ = false, idle_now_ = false;
     uint64_t last_progress_ = 0;
+#if VM_TRACE
+    std::unique_ptr<WaveFile> waves_;
+    std::string waves_path_;
+    uint64_t waves_from_ = 0, waves_to_ = 0;
+#endif
 };
 
 }  // namespace
@@ -235,9 +292,13 @@ class Harness {
 int main(int argc, char** argv) {
     auto ctx = std::make_unique<VerilatedContext>();
     ctx->commandArgs(argc, argv);
+#if VM_TRACE
+    ctx->traceEverOn(true);
+#endif
     double idle = 0, backpressure = 0;
     uint64_t seed = 0, quiet = 0, settle = 0, latency = 0, stall = 0;
-    std::string stimulus_path, trace_path;
+    uint64_t waves_from = 0, waves_to = UINT64_MAX;
+    std::string stimulus_path, trace_path, waves_path;
     for (int i = 1; i < argc; ++i) {
         const std::string arg = argv[i];
         if (arg.empty() || arg[0] == '+') continue;
@@ -253,6 +314,9 @@ int main(int argc, char** argv) {
         else if (key == "stall") stall = std::strtoull(value.c_str(), nullptr, 10);
         else if (key == "stimulus") stimulus_path = value;
         else if (key == "trace") trace_path = value;
+        else if (key == "waves") waves_path = value;
+        else if (key == "waves_from") waves_from = std::strtoull(value.c_str(), nullptr, 10);
+        else if (key == "waves_to") waves_to = std::strtoull(value.c_str(), nullptr, 10);
         else fail("unknown argument " + key);
     }
     const std::vector<uint32_t> s = read_words(stimulus_path);
@@ -261,7 +325,8 @@ int main(int argc, char** argv) {
         if (at >= s.size()) fail("stimulus file is truncated");
         return s[at++];
     };
-    if (next() != STIMULUS_MAGIC || next() != VERSION) fail("not a version 1 stimulus file");
+    if (next() != STIMULUS_MAGIC || next() != STIMULUS_VERSION)
+        fail("not a version 1 stimulus file");
     const uint32_t payload_words = next();
     if (payload_words != SamplePort::words)
         fail("payload words " + std::to_string(payload_words) + ", the model's port has " +
@@ -280,6 +345,7 @@ int main(int argc, char** argv) {
         fail("stimulus file has the wrong number of payload words");
 
     Harness h(ctx.get(), idle, backpressure, seed);
+    h.waves(waves_path, waves_from, waves_to);
     h.load(s.data() + at, payloads);
     h.reset();
     std::vector<uint32_t> memories;
@@ -309,7 +375,7 @@ int main(int argc, char** argv) {
         put(static_cast<uint32_t>(v >> 32));
     };
     put(TRACE_MAGIC);
-    put(VERSION);
+    put(TRACE_VERSION);
     put(ResultPort::words);
     put(DebugPort::words);
     put(CounterPort::words);
@@ -319,6 +385,7 @@ int main(int argc, char** argv) {
     put64(h.cycles);
     for (uint64_t c : h.taken) put64(c);
     for (uint64_t c : pause_cycles) put64(c);
+    for (uint64_t c : h.result_cycles) put64(c);
     std::fwrite(h.results.data(), 4, h.results.size(), f);
     std::fwrite(memories.data(), 4, memories.size(), f);
     if (std::fclose(f) != 0) fail("cannot write " + trace_path);
