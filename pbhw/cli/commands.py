@@ -88,7 +88,8 @@ def check(config: str, sets: tuple[str, ...]) -> None:
     else:
         console.print(
             f"hardware: lanes {', '.join(map(str, checked.lanes))}, {checked.dsp_blocks} of "
-            f"{checked.device.resources['dsp']} DSP blocks on {checked.device.name}"
+            f"{checked.device.resources['dsp']} DSP blocks on {checked.device.name}, "
+            f"predicted {checked.predicted_cycles_per_sample} cycles per sample"
         )
 
     table = Table(title="stages", title_justify="left")

@@ -4,10 +4,11 @@
 trainer's (:func:`pbhw.tools.train.check_trainable`: representable constants, accumulators of the
 bit-exact model, a dataset that loads and fits), and for a config the generator accepts
 (pipelined, no weight stashing) the hardware's: the device (``hardware.device``), every stage's
-datapath (:func:`pbhw.core.datapath.plan_datapaths`) and the lanes (``hardware.lanes``,
-:func:`rtl_gen.design.resolve_lanes`). A network with convolutional stages is trained in float
-only, so it gets no hardware checks. Every failure is a ConfigError or DatasetError naming
-the key.
+datapath, the lanes (``hardware.lanes``, :func:`rtl_gen.design.resolve_lanes`) and the
+network's cycles and DSP blocks, all from one :func:`rtl_gen.design.build_design` (its
+components are built, not elaborated: milliseconds) and the manifest's count. A network with
+convolutional stages is trained in float only, so it gets no hardware checks. Every failure is
+a ConfigError or DatasetError naming the key.
 
 :func:`stage_rows` gives the per-stage sizes ``pbhw check`` prints.
 """
@@ -17,12 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pbhw.core.config import Algorithm, Config
-from pbhw.core.datapath import StageDatapath, plan_datapaths
+from pbhw.core.datapath import StageDatapath
 from pbhw.core.datasets import Dataset
 from pbhw.core.devices import Device, config_device
 from pbhw.core.plan import Plan
 from pbhw.tools.train import check_trainable
-from rtl_gen.design import fixed_plan, resolve_lanes
+from rtl_gen.design import build_design
+from rtl_gen.generate import manifest_of, top_name
 
 __all__ = ["STAGE_COLUMNS", "CheckedConfig", "check_config", "stage_rows"]
 
@@ -34,14 +36,16 @@ STAGE_COLUMNS = ("stage", "type", "output", "parameters", "multiplies", "delay D
 class CheckedConfig:
     """The results of :func:`check_config`.
 
-    ``lanes``, ``dsp_blocks`` and ``datapaths`` are None for a config the generator does not
-    take (the non-pipelined reference, weight stashing, or convolutional stages)."""
+    ``lanes``, ``dsp_blocks``, ``datapaths`` and ``predicted_cycles_per_sample`` are None for a
+    config the generator does not take (the non-pipelined reference, weight stashing, or
+    convolutional stages)."""
 
     dataset: Dataset
     device: Device
     lanes: tuple[int, ...] | None
     dsp_blocks: int | None
     datapaths: tuple[StageDatapath, ...] | None
+    predicted_cycles_per_sample: int | None = None
 
 
 def check_config(config: Config) -> CheckedConfig:
@@ -54,11 +58,17 @@ def check_config(config: Config) -> CheckedConfig:
         or config.network.convolutional
     ):
         return CheckedConfig(dataset, device, None, None, None)
-    plan = fixed_plan(config)
-    datapaths = plan_datapaths(plan, device.multiplier_widths)
-    lanes = resolve_lanes(config, plan, device)
-    dsp = sum(n * dp.lane_dsp(device) for n, dp in zip(lanes, datapaths, strict=True))
-    return CheckedConfig(dataset, device, lanes, dsp, datapaths)
+    design = build_design(config)
+    design.discard()
+    manifest = manifest_of(design, top=top_name(config))
+    return CheckedConfig(
+        dataset,
+        device,
+        design.lanes,
+        manifest.dsp_blocks,
+        tuple(st.datapath for st in design.network.stages),
+        manifest.predicted_cycles_per_sample,
+    )
 
 
 def stage_rows(plan: Plan) -> list[tuple[str, ...]]:
