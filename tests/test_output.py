@@ -58,6 +58,8 @@ def test_generate_reports_progress_on_stderr_and_results_on_stdout(tmp_path):
     assert "generating" not in result.stdout
     lines = result.stdout.splitlines()
     assert lines[0].startswith("lanes 2, 1;") and lines[-1].startswith("wrote ")
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert lines[-1] == f"wrote {tmp_path / 'a'}/mlp_digits.v and {len(files) - 1} more files"
 
     quiet = run("--quiet", "generate", EXAMPLE, *sets, "-o", tmp_path / "b")
     assert quiet.exit_code == 0, quiet.output

@@ -272,7 +272,9 @@ def generate(config: str, out_dir: str, init_from: str | None, sets: tuple[str, 
         f"{cfg.hardware.clock_mhz:g} MHz), multiplier utilization "
         f"{m.predicted_multiplier_utilization:.2f}"
     )
-    click.echo(f"wrote {out.directory}/{m.files.verilog} and {len(m.files.init) + 2} more files")
+    # beside the Verilog: the SDC, the init files, the simulation models and manifest.json
+    more = 1 + len(m.files.init) + len(m.files.simulation_models) + 1
+    click.echo(f"wrote {out.directory}/{m.files.verilog} and {more} more files")
 
 
 @click.command()
