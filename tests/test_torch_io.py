@@ -268,6 +268,9 @@ def test_verify_from_checkpoint_is_bit_exact(small: Path, ckpt: Path) -> None:
     result = run("verify", small, "--init-from", ckpt, "--samples", "20")
     assert result.exit_code == 0, result.output
     assert "bit-exact" in result.stdout
+    # progress on stderr while the cocotb model is built (or found) and run
+    assert "verilator model for cocotb: building, or reusing" in result.stderr
+    assert "simulating 20 samples under cocotb ..." in result.stderr
 
 
 # Bad checkpoints: one error line, exit 2, nothing written

@@ -241,8 +241,10 @@ def run_rtl(
     seed: int = 0,
     top: str | None = None,
     verilog: str | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[Observed, list[int], dict[str, Any]]:
-    """Build (or reuse) the simulation model of ``design`` and run the trace's samples.
+    """Build (or reuse) the simulation model of ``design`` and run the trace's samples;
+    ``progress`` hears of the build and the run.
 
     ``verilog`` is the design's Verilog with module ``top`` when the caller has it already (as
     :func:`rtl_gen.generate.generate` wrote it); by default the design is converted here."""
@@ -263,11 +265,20 @@ def run_rtl(
         "debug_latency": DEBUG_LATENCY,
         "timeout_cycles": 20 * per_sample * (len(payloads) + 4) + 1000,
     }
+    say = progress or (lambda message: None)
     start = time.perf_counter()
     if verilog is None:
         verilog = verilog_text(design, top)
+    say(
+        f"{simulator} model for cocotb: building, or reusing an identical earlier build (a "
+        "large design takes minutes; builds are cached by content hash) ..."
+    )
     build = sim_build(verilog, top, simulator=simulator)
     build_seconds = time.perf_counter() - start
+    say(
+        f"{simulator} model {'built' if build.rebuilt else 'reused'} ({build_seconds:.0f} s); "
+        f"simulating {len(trace.labels)} samples under cocotb ..."
+    )
     with tempfile.TemporaryDirectory(prefix="pbhw-verify-") as tmp:
         stim, observed = Path(tmp) / "stimulus.json", Path(tmp) / "observed.json"
         stim.write_text(json.dumps(spec))
@@ -347,6 +358,7 @@ def verify(
         seed=seed,
         top=top,
         verilog=verilog,
+        progress=progress,
     )
     found = first_mismatch(trace, seen)
     n = len(trace.labels)
