@@ -227,6 +227,7 @@ class RefConvStage(RefStage):
     window: tuple[int, int]
     res_fmt: Fmt | None  # the residual's format (its source's activation)
     res_err_fmt: Fmt | None  # the source's error format, with its modes
+    residual_back: int = 0  # N: the residual is the output of stage index - N (0: none)
 
     @property
     def positions(self) -> int:
@@ -410,10 +411,14 @@ class RefNet:
         return g, v2, w2
 
     # -- conv stages ----------------------------------------------------------------------------
-    def conv_forward(self, st: RefConvStage, wh, x, residual, step: int):
-        """Output (flat, pooled), the ReLU mask per conv output and max pooling's choices."""
+    def conv_forward(
+        self, st: RefConvStage, wh, x, residual, step: int, sample: int = 0, count=True
+    ):
+        """Output (flat, pooled), the ReLU mask per conv output and max pooling's choices.
+        Element indices are offset by ``sample`` times the rounded tensor's size (evaluation)."""
         fw, fx, fa = st.f("weight"), st.act_in.frac, st.f("activation")
         k, p = st.n_in, st.positions
+        base = sample * st.n_out * p
         z = []
         for o in range(st.n_out):
             for pos in range(p):
@@ -428,7 +433,10 @@ class RefNet:
                         top - st.res_fmt.frac
                     )
                     src = top
-                code = self._rq(st, "activation", acc, src, st.fmt["activation"], step, o * p + pos)
+                code = self._rq(
+                    st, "activation", acc, src, st.fmt["activation"], step, base + o * p + pos,
+                    count,
+                )  # fmt: skip
                 z.append(code)
         mask = None
         if not st.last:
@@ -438,6 +446,7 @@ class RefNet:
             return z, mask, None
         out, choices = [], []
         windows = st.windows()
+        base = sample * st.n_out * len(windows)
         for o in range(st.n_out):
             for pi, members in windows:
                 vals = [z[o * p + m] for m in members]
@@ -445,7 +454,7 @@ class RefNet:
                     out.append(
                         self._rq(
                             st, "pool", sum(vals), fa + st.pool_shift, st.fmt["activation"],
-                            step, o * len(windows) + pi,
+                            step, base + o * len(windows) + pi, count,
                         )
                     )  # fmt: skip
                 else:
@@ -534,8 +543,19 @@ class RefNet:
         outs = []
         for s, row in enumerate(xs):
             h = self.encode_input(row, EVAL_STEP, base=s * len(row), count=False)
+            hs: list[list[int]] = []
             for st, state in zip(self.stages, states, strict=True):
-                h, _ = self.forward(st, state["w"], h, EVAL_STEP, base=s * st.n_out, count=False)
+                if isinstance(st, RefConvStage):
+                    back = st.residual_back
+                    residual = hs[-back] if back else None
+                    h, _, _ = self.conv_forward(
+                        st, state["w"], h, residual, EVAL_STEP, sample=s, count=False
+                    )
+                else:
+                    h, _ = self.forward(
+                        st, state["w"], h, EVAL_STEP, base=s * st.n_out, count=False
+                    )
+                hs.append(h)
             outs.append(h)
         return outs
 

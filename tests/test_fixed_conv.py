@@ -95,6 +95,7 @@ def ref_conv_net(plan) -> RefNet:
             window=g.window,
             res_fmt=res_fmt,
             res_err_fmt=None if source is None else fmt_of(source.formats.error),
+            residual_back=spec.residual,
         )
     return net
 
@@ -299,6 +300,13 @@ def test_zero_delay_schedule_matches_reference_sample_by_sample(case, net):
         check("final w", s.state.w, [rs["w"]])
         check("final v", s.state.v, [rs["v"]])
     assert counts_of(arith) == ref.count_dict()
+    # evaluation: step EVAL_STEP, index sample * N + element of each rounded tensor, no counting
+    before = arith.saturation_counts()
+    rng = random.Random(8)
+    xe = [rand_inputs(rng, plan.stages[0].n_in) for _ in range(3)]
+    out = pipe.evaluate(torch.tensor(xe, dtype=torch.float64))
+    check("evaluate", out, [ref.evaluate(rstates, xe)])
+    assert arith.saturation_counts() == before
 
 
 def _variant(raw: dict, **formats) -> dict:
