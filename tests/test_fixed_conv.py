@@ -32,8 +32,10 @@ from golden.fixed_arith import FixedArithmetic
 from golden.pipeline import Pipeline
 from pbhw.core.config import ConfigError, from_dict
 from pbhw.core.datapath import ACC_LIMIT
+from pbhw.core.datasets import Dataset
 from pbhw.core.plan import derive_plan
 from pbhw.core.weights import initial_weights
+from pbhw.tools.train import train, train_many
 
 
 def _conv(channels: int, kernel: int, **keys) -> dict:
@@ -390,3 +392,36 @@ def test_conv_accumulator_wider_than_the_limit_is_refused_before_training():
     raw["network"]["layers"][0]["kernel"] = 1
     raw["network"]["layers"][0]["padding"] = 0
     FixedArithmetic(derive_plan(from_dict(raw)))  # 8 terms fit
+
+
+# ------------------------------------------------------------------------------------------
+# The trainer
+
+
+def test_trainer_batches_conv_configs_and_returns_their_parameters():
+    """``train_many`` of two conv configs that differ in formats gives each config's run
+    alone, and the trained parameters in their configured shapes as the codes' values."""
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (90,), generator=gen)
+    x = torch.rand(3, 24, generator=gen, dtype=torch.float64)[y] + 0.1 * torch.randn(
+        90, 24, generator=gen, dtype=torch.float64
+    )
+    data = Dataset("toy", x[:60], y[:60], x[60:], y[60:], 3, shape=(2, 12))
+    base = conv_raw("1d", case="stochastic-saturate", lr=0.05, momentum=0.6, loss="softmax_ce")
+    base["train"]["epochs"] = 2
+    narrow = _variant(base, activation={"width": 8, "frac": 4})
+    configs = [from_dict(base), from_dict(narrow)]
+    together = train_many(configs, dataset=data)
+    for cfg, batched in zip(configs, together, strict=True):
+        alone = train(cfg, dataset=data)
+        assert batched.test_accuracy == alone.test_accuracy
+        assert batched.final_loss == alone.final_loss
+        assert batched.extra["saturation"] == alone.extra["saturation"]
+        for got, want in zip(batched.weights, alone.weights, strict=True):
+            assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    plan = derive_plan(configs[0])
+    for stage, params in zip(plan.stages, together[0].weights, strict=True):
+        if stage.conv:
+            shapes = [tuple(p.shape) for p in params]
+            assert shapes == [shape for _, shape in stage.parameter_shapes]
+    assert together[0].final_loss != together[1].final_loss
