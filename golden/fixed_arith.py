@@ -5,6 +5,10 @@ each stage carries a leading *config* dimension ``C``: several configs that diff
 rounding modes or update constants train side by side in one vectorised run (per-config shifts,
 clamps and constants are arrays). A single config is simply ``C = 1``, through the same code.
 
+A conv stage (``docs/numerics.md``, "Conv stages") holds its weights as a dense stage's matrix
+``[C_out, C_in x kernel^d (+ bias)]`` and computes on its input's windows
+(:mod:`golden.conv_fixed`): the same rounding points, the same update.
+
 Arrays are numpy ``int64``: at these sizes (tens to thousands of elements per operation) numpy's
 per-call overhead is a fraction of torch's, and the integer semantics (arithmetic shifts, ``&``,
 exact products) are the same. Accumulators that fit in 53 bits go through a float64 matrix product,
@@ -294,7 +298,9 @@ class FixedArithmetic:
             )
         # A residual's error arrives at its source as a code of the source's error format and
         # is added there with that format's overflow (the "sum" below, never rounding).
-        ctx["sum"] = _Rounder(frac(fm, "error"), [f.error for f in fm], 0, 2)
+        ctx["sum"] = _Rounder(
+            frac(fm, "error"), [f.error for f in fm], stream_id(index, "residual"), 2
+        )
         if geo:
             self._build_conv(ctx, i, dps)
         ctx["grad"] = _Rounder(
