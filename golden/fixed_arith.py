@@ -5,6 +5,10 @@ each stage carries a leading *config* dimension ``C``: several configs that diff
 rounding modes or update constants train side by side in one vectorised run (per-config shifts,
 clamps and constants are arrays). A single config is simply ``C = 1``, through the same code.
 
+A conv stage (``docs/numerics.md``, "Conv stages") holds its weights as a dense stage's matrix
+``[C_out, C_in x kernel^d (+ bias)]`` and computes on its input's windows
+(:mod:`golden.conv_fixed`): the same rounding points, the same update.
+
 Arrays are numpy ``int64``: at these sizes (tens to thousands of elements per operation) numpy's
 per-call overhead is a fraction of torch's, and the integer semantics (arithmetic shifts, ``&``,
 exact products) are the same. Accumulators that fit in 53 bits go through a float64 matrix product,
@@ -13,15 +17,17 @@ which is exact for integers that small.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from pbhw.core.config import ConfigError, Loss, RoleFormat, WeightPrediction
+from golden.conv_fixed import ConvGeometry, col2im, geometry, im2col, pool_windows, unpool
+from pbhw.core.config import ConfigError, Loss, Pool, RoleFormat, WeightPrediction
 from pbhw.core.constants import EVAL_STEP, EXP2_TABLE, LOG2E_Q16, stream_id
-from pbhw.core.datapath import stage_datapath, x_format_of
+from pbhw.core.datapath import pool_shift, residual_format_of, stage_datapath, x_format_of
 from pbhw.core.fixed import (
     THREEFRY_ROUNDS,
     Overflow,
@@ -32,7 +38,7 @@ from pbhw.core.fixed import (
 from pbhw.core.plan import Plan, StagePlan
 from pbhw.core.weights import weight_codes
 
-__all__ = ["FixedArithmetic", "FixedState"]
+__all__ = ["FixedArithmetic", "FixedConvContext", "FixedConvState", "FixedState"]
 
 _FLOAT_EXACT = 53  # bits below which a float64 matrix product of integers is exact
 
@@ -163,6 +169,39 @@ class FixedState:
     w_prev: np.ndarray | None = None
 
 
+class FixedConvState(FixedState):
+    """Codes of a conv stage: ``w`` is ``[C, C_out, C_in x kernel^d (+1)]``, the weight tensor
+    in C-order with the bias as the last column, exactly as a dense stage's matrix."""
+
+    def __init__(self, stage: StagePlan, w: np.ndarray, v: np.ndarray):
+        super().__init__(w, v)
+        self.stage = stage
+
+    @property
+    def params(self) -> np.ndarray:
+        """The parameters the backward uses without weight stashing: the current codes."""
+        return self.w
+
+    def tensors(self, config: int = 0) -> tuple[torch.Tensor, ...]:
+        """Config ``config``'s parameters as float64 values in their configured shapes."""
+        frac = self.stage.formats.weight.format.frac
+        values = torch.from_numpy(np.ldexp(self.w[config].astype(np.float64), -frac))
+        shapes = [shape for _, shape in self.stage.parameter_shapes]
+        out = [values[:, : math.prod(shapes[0][1:])].reshape(shapes[0]).clone()]
+        if len(shapes) > 1:  # the bias
+            out.append(values[:, -1].clone())
+        return tuple(out)
+
+
+@dataclass
+class FixedConvContext:
+    """What a conv stage's backward needs from its forward (the stash entry besides ``x``)."""
+
+    mask: np.ndarray | None  # [C, B, C_out, positions]: the ReLU's output is positive
+    choice: np.ndarray | None  # max pooling: the window element chosen, [C, B, C_out, pooled]
+    columns: np.ndarray  # the input's windows with the bias row, [C, B, cols, positions]
+
+
 class FixedArithmetic:
     """The integer arithmetic of ``docs/numerics.md`` for ``C`` configs at once."""
 
@@ -206,9 +245,12 @@ class FixedArithmetic:
             return [f.role(role).format.frac for f in formats]
 
         fa_in = [r.format.frac for r in a_in]
-        cols = st0.n_in + (1 if self.bias else 0)
-        ctx: dict = {"index": index, "n_in": st0.n_in, "cols": cols}
-        ctx["idx_w"] = np.arange(st0.n_out * cols, dtype=np.int64).reshape(1, st0.n_out, cols)
+        # A conv stage's weights are the matrix [C_out, C_in x kernel^d] of its windows.
+        geo = geometry(st0) if st0.conv else None
+        n_in, rows = (geo.columns, geo.conv_shape[0]) if geo else (st0.n_in, st0.n_out)
+        cols = n_in + (1 if self.bias else 0)
+        ctx: dict = {"index": index, "n_in": n_in, "cols": cols, "geometry": geo}
+        ctx["idx_w"] = np.arange(rows * cols, dtype=np.int64).reshape(1, rows, cols)
         ctx["idx_out"] = np.arange(st0.n_out, dtype=np.int64).reshape(1, -1)
         ctx["idx_in"] = np.arange(st0.n_in, dtype=np.int64).reshape(1, -1)
         if self.bias and min(fa_in) < 0:
@@ -230,26 +272,37 @@ class FixedArithmetic:
                 bias=self.bias,
                 prediction=self.prediction,
                 multiplier_ports=None,
+                residual_format=residual_format_of(p, p.stages[i]),
             )
             for p in self.plans
         ]
         ups = [dp.update for dp in dps]
         ctx["fwd_float"] = max(dp.forward.width for dp in dps) <= _FLOAT_EXACT
         ctx["bwd_float"] = index > 1 and max(dp.backward.width for dp in dps) <= _FLOAT_EXACT
+        ctx["grad_float"] = max(u.gradient.width for u in ups) <= _FLOAT_EXACT
+        # conv: [C, B, C_out, positions] forward, [C, B, n_in] backward; dense: [C, n]
+        fwd_ndim, bwd_ndim = (4, 3) if geo else (2, 2)
 
         ctx["fwd"] = _Rounder(
             [dp.forward.frac for dp in dps],
             [f.activation for f in fm],
             stream_id(index, "activation"),
-            2,
+            fwd_ndim,
         )
         if index > 1:
             ctx["bwd"] = _Rounder(
                 [dp.backward.frac for dp in dps],
                 [f.error for f in prev],
                 stream_id(index, "error"),
-                2,
+                bwd_ndim,
             )
+        # A residual's error arrives at its source as a code of the source's error format and
+        # is added there with that format's overflow (the "sum" below, never rounding).
+        ctx["sum"] = _Rounder(
+            frac(fm, "error"), [f.error for f in fm], stream_id(index, "residual"), 2
+        )
+        if geo:
+            self._build_conv(ctx, i, dps)
         ctx["grad"] = _Rounder(
             [u.gradient.frac for u in ups],
             [f.gradient for f in fm],
@@ -328,6 +381,33 @@ class FixedArithmetic:
                 ctx["loss_scale"] = _column(fe)
                 ctx["loss"] = _Rounder(fe, [f.error for f in fm], stream_id(index, "loss"), 2)
         return ctx
+
+    def _build_conv(self, ctx: dict, i: int, dps: list) -> None:
+        """A conv stage's pooling, residual and index arrays (``docs/numerics.md``)."""
+        index, geo = i + 1, ctx["geometry"]
+        st0 = self.plans[0].stages[i]
+        fm = [p.stages[i].formats for p in self.plans]
+        positions, out = geo.positions, geo.conv_shape[0]
+        ctx["idx_conv"] = np.arange(out * positions, dtype=np.int64).reshape(1, 1, out, positions)
+        ctx["idx_x"] = np.arange(st0.n_in, dtype=np.int64).reshape(1, 1, -1)
+        ctx["pool_shift"] = pool_shift(st0)
+        if geo.pool is Pool.AVG:
+            fa = [f.activation.format.frac for f in fm]
+            ctx["pool"] = _Rounder(
+                [f + ctx["pool_shift"] for f in fa],
+                [f.activation for f in fm],
+                stream_id(index, "pool"),
+                4,
+            )
+        ctx["residual"] = None
+        if st0.spec is not None and st0.spec.residual:
+            source = [p.stages[i - st0.spec.residual].formats for p in self.plans]
+            ctx["res_product"] = _column([dp.forward.shifts["product"] for dp in dps], 4)
+            ctx["res_shift"] = _column([dp.forward.shifts["residual"] for dp in dps], 4)
+            fe = [f.error.format.frac + ctx["pool_shift"] for f in fm]
+            ctx["residual"] = _Rounder(
+                fe, [f.error for f in source], stream_id(index, "residual"), 4
+            )
 
     # ------------------------------------------------------------------------------------------
     # the arithmetic interface used by golden.pipeline
@@ -488,6 +568,10 @@ class FixedArithmetic:
         ctx = self._stage[stage.index - 1]
         x = self._augment(ctx, x)
         g = self._rq(ctx, "grad", "gradient", dz[:, :, None] * x[:, None, :], ctx["idx_w"])
+        self._momentum_update(ctx, s, g)
+
+    def _momentum_update(self, ctx: dict, s: FixedState, g: np.ndarray) -> None:
+        """Velocity and weight from the gradient codes ``g`` (steps 2 and 3 of the update)."""
         acc = ctx["m"] * _shl(s.v, ctx["vel_mv"]) + _shl(g, ctx["vel_g"])
         v = self._rq(ctx, "vel", "velocity", acc, ctx["idx_w"])
         acc = _shl(s.w, ctx["upd_w"]) - ctx["ea"] * _shl(v, ctx["upd_v"])
@@ -497,6 +581,137 @@ class FixedArithmetic:
             s.w_prev = s.w
         s.w = self._rq(ctx, "upd", "weight", acc, ctx["idx_w"])
         s.v = v
+
+    # ------------------------------------------------------------------------------------------
+    # conv stages (docs/numerics.md, "Conv stages"): the weights are a matrix as a dense stage's
+
+    def init_conv_state(self, stage: StagePlan, params: tuple[torch.Tensor, ...]) -> FixedState:
+        """Initial codes of a conv stage: the weight tensor as ``[C_out, C_in x kernel^d]``
+        with the bias as the last column, quantized as a dense stage's weights."""
+        names = [name for name, _ in stage.parameter_shapes]
+        w = params[0].reshape(params[0].shape[0], -1)
+        b = params[names.index("bias")] if "bias" in names else None
+        codes = np.stack([weight_codes(p.stages[stage.index - 1], w, b) for p in self.plans])
+        state = FixedConvState(stage, codes, np.zeros_like(codes))
+        if self.prediction is WeightPrediction.WEIGHT_DIFFERENCE:
+            state.w_prev = codes
+        return state
+
+    def conv_predicted(self, stage: StagePlan, s: FixedState) -> tuple[np.ndarray, np.ndarray]:
+        """The predicted weights (as a dense stage's), twice: the flat parameters and the
+        parameters the forward takes are the same matrix of codes."""
+        w, _ = self.predicted(stage, s)
+        return w, w
+
+    def conv_forward(
+        self, stage: StagePlan, w: np.ndarray, x: np.ndarray, residual: np.ndarray | None
+    ) -> tuple[np.ndarray, FixedConvContext]:
+        """Output codes ``[C, n_out]`` of one sample's input codes ``[C, n_in]``."""
+        ctx = self._stage[stage.index - 1]
+        res = None if residual is None else residual[:, None]
+        y, kept = self._conv_run(stage, ctx, w, x[:, None], res, self.step, ctx["idx_conv"], True)
+        return y[:, 0], kept
+
+    def _conv_run(
+        self,
+        stage: StagePlan,
+        ctx: dict,
+        w: np.ndarray,
+        x: np.ndarray,
+        residual: np.ndarray | None,
+        step: int,
+        index: np.ndarray,
+        count: bool,
+    ) -> tuple[np.ndarray, FixedConvContext]:
+        """The forward of samples ``x`` ``[C, B, n_in]``: convolution, bias and residual in
+        one exact sum, one rounding, ReLU, pooling. ``index`` ``[1, B, C_out, positions]``
+        numbers the convolution's outputs; the pooled outputs are numbered alike."""
+        geo: ConvGeometry = ctx["geometry"]
+        c, b = x.shape[:2]
+        columns = im2col(x, geo)
+        if ctx["cols"] > ctx["n_in"]:  # the bias row: the code of 1 at every position
+            one = np.broadcast_to(
+                np.asarray(ctx["one"]).reshape(-1, 1, 1, 1), (c, b, 1, geo.positions)
+            )
+            columns = np.concatenate([columns, one], 2)
+        acc = _matmul(w[:, None], columns, ctx["fwd_float"])
+        if residual is not None:
+            r = residual.reshape(acc.shape)
+            acc = _shl(acc, ctx["res_product"]) + _shl(r, ctx["res_shift"])
+
+        def rq(name: str, role: str, value: np.ndarray, idx: np.ndarray) -> np.ndarray:
+            codes, over = ctx[name](value, self.seed, step, idx)
+            if count:
+                self._count(ctx["index"], role, over)
+            return codes
+
+        z = rq("fwd", "activation", acc, index)
+        mask = choice = None
+        if stage.relu:
+            mask = z > 0
+            z = z * mask
+        if geo.pool is Pool.AVG:
+            windows = pool_windows(z, geo)
+            pooled = np.arange(windows[0, ..., 0].size, dtype=np.int64)
+            z = rq("pool", "pool", windows.sum(-1), pooled.reshape((1,) + windows.shape[1:4]))
+        elif geo.pool is Pool.MAX:
+            windows = pool_windows(z, geo)
+            choice = windows.argmax(-1)  # the first maximum in the window's row-major order
+            z = np.take_along_axis(windows, choice[..., None], -1)[..., 0]
+        return z.reshape(c, b, -1), FixedConvContext(mask, choice, columns)
+
+    def conv_backward(
+        self, stage: StagePlan, w: np.ndarray, x: np.ndarray, kept: FixedConvContext, error
+    ) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray | None, np.ndarray | None]:
+        """The error at the convolution's output (kept for the update with the windows), the
+        error sent to the previous stage (None for stage 1) and the error sent along the
+        residual (None without one), for the error codes ``[C, n_out]`` arriving."""
+        ctx = self._stage[stage.index - 1]
+        geo: ConvGeometry = ctx["geometry"]
+        c, out = error.shape[0], geo.conv_shape[0]
+        e = error.reshape(c, 1, out, -1)
+        if geo.pool is Pool.AVG:  # every window element gets the error: the 1/4 is a frac
+            d = unpool(np.repeat(e[..., None], math.prod(geo.window), -1), geo)
+        elif geo.pool is Pool.MAX:
+            windows = np.zeros(e.shape + (math.prod(geo.window),), dtype=np.int64)
+            np.put_along_axis(windows, kept.choice[..., None], e[..., None], -1)
+            d = unpool(windows, geo)
+        else:
+            d = e
+        if kept.mask is not None:
+            d = d * kept.mask
+        residual_error = None
+        if ctx["residual"] is not None:
+            r = self._rq(ctx, "residual", "residual", d, ctx["idx_conv"])
+            residual_error = r.reshape(c, -1)
+        error_in = None
+        if stage.index > 1:
+            wt = w[:, None, :, : ctx["n_in"]].transpose(0, 1, 3, 2)
+            acc = col2im(_matmul(wt, d, ctx["bwd_float"]), geo)
+            error_in = self._rq(ctx, "bwd", "error", acc, ctx["idx_x"])[:, 0]
+        return (d, kept.columns), error_in, residual_error
+
+    def conv_update(
+        self, stage: StagePlan, s: FixedState, pending: tuple[np.ndarray, np.ndarray]
+    ) -> None:
+        """The gradient (the error at the convolution's output times the windows, summed over
+        the positions: one rounding), then velocity and weight as for a dense stage."""
+        ctx = self._stage[stage.index - 1]
+        d, columns = pending
+        acc = _matmul(d, columns.transpose(0, 1, 3, 2), ctx["grad_float"]).sum(1)
+        g = self._rq(ctx, "grad", "gradient", acc, ctx["idx_w"])
+        self._momentum_update(ctx, s, g)
+
+    def add_errors(self, stage: StagePlan, error: np.ndarray, residual: np.ndarray) -> np.ndarray:
+        """The error arriving at a residual's source: the sum of the error from the next stage
+        and the residual's, both codes of the source's error format, exact, then that format's
+        overflow (counted under the source's ``residual`` role)."""
+        ctx = self._stage[stage.index - 1]
+        total = error + residual
+        out = ctx["sum"]._overflow(total)
+        over = out != total
+        self._count(ctx["index"], "residual", over.reshape(over.shape[0], -1).sum(1))
+        return out
 
     def label_of(self, y: np.ndarray) -> np.ndarray:
         """Predicted class per config: the first maximum, as a comparator chain finds it."""
@@ -512,8 +727,17 @@ class FixedArithmetic:
         n = x.shape[0]
         index = torch.arange(x.numel(), dtype=torch.int64).reshape(x.shape)
         h, _ = self._quantize_inputs(x, EVAL_STEP, index)  # [C, N, F]
+        outputs: list[np.ndarray] = []
         for stage, s in zip(stages, states, strict=True):
             ctx = self._stage[stage.index - 1]
+            if stage.conv:
+                assert stage.spec is not None
+                residual = outputs[-stage.spec.residual] if stage.spec.residual else None
+                idx = np.arange(n * ctx["idx_conv"].size, dtype=np.int64)
+                idx = idx.reshape((1, n) + ctx["idx_conv"].shape[2:])
+                h, _ = self._conv_run(stage, ctx, s.w, h, residual, EVAL_STEP, idx, False)
+                outputs.append(h)
+                continue
             acc = _matmul(self._augment(ctx, h), s.w.transpose(0, 2, 1), ctx["fwd_float"])
             n_out = acc.shape[2]
             idx = np.arange(n * n_out, dtype=np.int64).reshape(1, n, n_out)
@@ -526,6 +750,7 @@ class FixedArithmetic:
             h = flat.reshape(acc.shape)
             if stage.relu:
                 h = np.maximum(h, 0)
+            outputs.append(h)
         return h
 
 

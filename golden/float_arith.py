@@ -209,6 +209,12 @@ class FloatArithmetic:
         """Gradient (flat), error to the previous stage (None for stage 1) and residual error."""
         return conv_backward(stage, params, x, ctx, error, stage.index > 1)
 
+    def add_errors(
+        self, stage: StagePlan, error: torch.Tensor, residual: torch.Tensor
+    ) -> torch.Tensor:
+        """The error arriving at a residual's source: the next stage's plus the residual's."""
+        return error + residual
+
     def conv_update(self, stage: StagePlan, s: ConvState, grad: torch.Tensor) -> None:
         """The update rule of every stage, on every parameter at once."""
         c = stage.coefficients

@@ -145,8 +145,13 @@ class ConvStage(Stage):
     def forward(self, sample: int, x: Any, residual: Any = None) -> Any:
         flat, params = self.arith.conv_predicted(self.plan, self.state)
         y, ctx = self.arith.conv_forward(self.plan, params, x, residual)
-        # Stashed parameters must be a copy: ``flat`` is the live vector or a reused buffer.
-        kept = split_parameters(self.plan, self.arith.snapshot(flat)) if self.stashing else None
+        # Stashed parameters must be a copy: ``flat`` is the live vector or a reused buffer
+        # (the float model's, split into named views; the integer model's codes are a matrix).
+        kept = None
+        if self.stashing:
+            kept = self.arith.snapshot(flat)
+            if isinstance(kept, torch.Tensor):
+                kept = split_parameters(self.plan, kept)
         self.stash.append(StashEntry(sample, x, ctx, kept))
         self.max_stash = max(self.max_stash, len(self.stash))
         return y
@@ -281,7 +286,7 @@ class Pipeline:
             for consumer, source in self._residual_source.items():
                 if source == i:
                     held = self._take(self._held_error[consumer], src[0], t, consumer, "error")
-                    error = error + held
+                    error = self.arith.add_errors(self.stages[i].plan, error, held)
             pending[i], error_in = self.stages[i].backward(src[0], error)
             if i in self._residual_source:
                 stage = self.stages[i]

@@ -45,6 +45,7 @@ def fixed_plan(config: Config) -> Plan:
             "config key 'optimizer.weight_stashing' must be false to generate hardware: the "
             "generator keeps no copies of the weights (use weight_prediction instead)"
         )
+    config.network.require_dense()  # the fixed-point model trains conv stages; no hardware yet
     if config.train.arith is not Arith.FIXED:
         config = config.replace({"train.arith": "fixed"})
     return derive_plan(config)

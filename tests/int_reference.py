@@ -23,6 +23,7 @@ __all__ = [
     "LOG2E",
     "ROLE",
     "Fmt",
+    "RefConvStage",
     "RefNet",
     "RefPipeline",
     "RefStage",
@@ -72,6 +73,8 @@ ROLE = {
     "weight": 5,
     "prediction": 6,
     "loss": 7,
+    "residual": 8,
+    "pool": 9,
 }
 EVAL_STEP = 2**32 - 1
 
@@ -210,6 +213,54 @@ class RefStage:
 
 
 @dataclass
+class RefConvStage(RefStage):
+    """A conv stage (docs/numerics.md, "Conv stages") in the 2-D form (a 1-D stage has height
+    1). Its weights are rows ``o`` of ``n_in = C_in * kh * kw`` columns ``(ci * kh + a) * kw +
+    b`` (and the bias column), so ``n_out`` is ``C_out``."""
+
+    in_chw: tuple[int, int, int]
+    out_hw: tuple[int, int]  # the convolution's output positions
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    pool: str  # "none", "avg", "max"
+    window: tuple[int, int]
+    res_fmt: Fmt | None  # the residual's format (its source's activation)
+    res_err_fmt: Fmt | None  # the source's error format, with its modes
+    residual_back: int = 0  # N: the residual is the output of stage index - N (0: none)
+
+    @property
+    def positions(self) -> int:
+        return self.out_hw[0] * self.out_hw[1]
+
+    def column(self, x: Sequence[int], j: int, oy: int, ox: int) -> int:
+        """Window element ``j`` of output position ``(oy, ox)`` of the flat input ``x``."""
+        cin, h, w = self.in_chw
+        kh, kw = self.kernel
+        ci, rest = divmod(j, kh * kw)
+        a, b = divmod(rest, kw)
+        y = oy * self.stride[0] + a - self.padding[0]
+        xx = ox * self.stride[1] + b - self.padding[1]
+        if 0 <= y < h and 0 <= xx < w:
+            return x[(ci * h + y) * w + xx]
+        return 0
+
+    def windows(self):
+        """Every pooling window: ``(pooled index, [conv positions in row-major order])``."""
+        (wh, ww), (ho, wo) = self.window, self.out_hw
+        out = []
+        for py in range(ho // wh):
+            for px in range(wo // ww):
+                members = [(py * wh + i) * wo + px * ww + j for i in range(wh) for j in range(ww)]
+                out.append((py * (wo // ww) + px, members))
+        return out
+
+    @property
+    def pool_shift(self) -> int:
+        return (self.window[0] * self.window[1]).bit_length() - 1 if self.pool == "avg" else 0
+
+
+@dataclass
 class RefNet:
     """Stateless operations plus the saturation counters ``{(stage, role): count}``."""
 
@@ -320,16 +371,31 @@ class RefNet:
     def update(self, st: RefStage, w, v, dz, x, step: int):
         """``(g, v', w')`` as new lists of rows."""
         xa = self.augment(st, x)
-        fw, fe, fg = st.f("weight"), st.f("error"), st.f("gradient")
-        fv, fc, fa = st.f("velocity"), st.f("coefficient"), st.act_in.frac
+        fe, fa = st.f("error"), st.act_in.frac
+        g = [
+            [
+                self._rq(
+                    st, "gradient", dz[o] * xa[i], fe + fa, st.fmt["gradient"], step,
+                    o * st.cols + i,
+                )
+                for i in range(st.cols)
+            ]
+            for o in range(st.n_out)
+        ]  # fmt: skip
+        return self.momentum(st, w, v, g, step)
+
+    def momentum(self, st: RefStage, w, v, g, step: int):
+        """``(g, v', w')`` from the gradient codes ``g``: steps 2 and 3 of the update."""
+        fw, fg = st.f("weight"), st.f("gradient")
+        fv, fc = st.f("velocity"), st.f("coefficient")
         f_vel = max(fc + fv, fg)
         f_upd = max(fw, fc + fv, fc + fg)
-        g, v2, w2 = [], [], []
+        v2, w2 = [], []
         for o in range(st.n_out):
-            grow, vrow, wrow = [], [], []
+            vrow, wrow = [], []
             for i in range(st.cols):
                 idx = o * st.cols + i
-                gi = self._rq(st, "gradient", dz[o] * xa[i], fe + fa, st.fmt["gradient"], step, idx)
+                gi = g[o][i]
                 acc = st.m * v[o][i] * 2 ** (f_vel - fc - fv) + gi * 2 ** (f_vel - fg)
                 vi = self._rq(st, "velocity", acc, f_vel, st.fmt["velocity"], step, idx)
                 acc = (
@@ -338,13 +404,137 @@ class RefNet:
                     - st.eb * gi * 2 ** (f_upd - fc - fg)
                 )
                 wi = self._rq(st, "weight", acc, f_upd, st.fmt["weight"], step, idx)
-                grow.append(gi)
                 vrow.append(vi)
                 wrow.append(wi)
-            g.append(grow)
             v2.append(vrow)
             w2.append(wrow)
         return g, v2, w2
+
+    # -- conv stages ----------------------------------------------------------------------------
+    def conv_forward(
+        self, st: RefConvStage, wh, x, residual, step: int, sample: int = 0, count=True
+    ):
+        """Output (flat, pooled), the ReLU mask per conv output and max pooling's choices.
+        Element indices are offset by ``sample`` times the rounded tensor's size (evaluation)."""
+        fw, fx, fa = st.f("weight"), st.act_in.frac, st.f("activation")
+        k, p = st.n_in, st.positions
+        base = sample * st.n_out * p
+        z = []
+        for o in range(st.n_out):
+            for pos in range(p):
+                oy, ox = divmod(pos, st.out_hw[1])
+                acc = sum(wh[o][j] * st.column(x, j, oy, ox) for j in range(k))
+                if st.bias:
+                    acc += wh[o][k] * 2**fx
+                src = fw + fx
+                if st.res_fmt is not None:
+                    top = max(src, st.res_fmt.frac)
+                    acc = acc * 2 ** (top - src) + residual[o * p + pos] * 2 ** (
+                        top - st.res_fmt.frac
+                    )
+                    src = top
+                code = self._rq(
+                    st, "activation", acc, src, st.fmt["activation"], step, base + o * p + pos,
+                    count,
+                )  # fmt: skip
+                z.append(code)
+        mask = None
+        if not st.last:
+            mask = [c > 0 for c in z]
+            z = [c if m else 0 for c, m in zip(z, mask, strict=True)]
+        if st.pool == "none":
+            return z, mask, None
+        out, choices = [], []
+        windows = st.windows()
+        base = sample * st.n_out * len(windows)
+        for o in range(st.n_out):
+            for pi, members in windows:
+                vals = [z[o * p + m] for m in members]
+                if st.pool == "avg":
+                    out.append(
+                        self._rq(
+                            st, "pool", sum(vals), fa + st.pool_shift, st.fmt["activation"],
+                            step, base + o * len(windows) + pi, count,
+                        )
+                    )  # fmt: skip
+                else:
+                    best = vals.index(max(vals))  # the first maximum
+                    choices.append(o * p + members[best])
+                    out.append(vals[best])
+        return out, mask, choices
+
+    def conv_backward(self, st: RefConvStage, w, x, mask, choices, e, step: int):
+        """``(d, error_in, residual_error)``: the error at the convolution's output (frac
+        ``f(E) + pool_shift``), the error sent back (None for stage 1) and along the residual."""
+        p = st.positions
+        d = [0] * (st.n_out * p)
+        windows = st.windows()
+        if st.pool == "none":
+            d = list(e)
+        elif st.pool == "avg":
+            for o in range(st.n_out):
+                for pi, members in windows:
+                    for m in members:
+                        d[o * p + m] = e[o * len(windows) + pi]
+        else:
+            for n, where in enumerate(choices):
+                d[where] = e[n]
+        if mask is not None:
+            d = [v if m else 0 for v, m in zip(d, mask, strict=True)]
+        fd = st.f("error") + st.pool_shift
+        residual_error = None
+        if st.res_err_fmt is not None:
+            residual_error = [
+                self._rq(st, "residual", d[n], fd, st.res_err_fmt, step, n) for n in range(len(d))
+            ]
+        error_in = None
+        if st.error_prev is not None:
+            cin, h, wd = st.in_chw
+            acc = [0] * (cin * h * wd)
+            for o in range(st.n_out):
+                for pos in range(p):
+                    oy, ox = divmod(pos, st.out_hw[1])
+                    for j in range(st.n_in):
+                        ci, rest = divmod(j, st.kernel[0] * st.kernel[1])
+                        a, b = divmod(rest, st.kernel[1])
+                        y = oy * st.stride[0] + a - st.padding[0]
+                        xx = ox * st.stride[1] + b - st.padding[1]
+                        if 0 <= y < h and 0 <= xx < wd:
+                            acc[(ci * h + y) * wd + xx] += w[o][j] * d[o * p + pos]
+            error_in = [
+                self._rq(st, "error", a, st.f("weight") + fd, st.error_prev, step, i)
+                for i, a in enumerate(acc)
+            ]
+        return d, error_in, residual_error
+
+    def conv_update(self, st: RefConvStage, w, v, d, x, step: int):
+        """``(g, v', w')``: each weight's gradient sums its products over the positions."""
+        p, fx = st.positions, st.act_in.frac
+        src = st.f("error") + st.pool_shift + fx
+        g = []
+        for o in range(st.n_out):
+            row = []
+            for j in range(st.cols):
+                acc = 0
+                for pos in range(p):
+                    oy, ox = divmod(pos, st.out_hw[1])
+                    xv = 2**fx if j == st.n_in else st.column(x, j, oy, ox)
+                    acc += d[o * p + pos] * xv
+                row.append(
+                    self._rq(st, "gradient", acc, src, st.fmt["gradient"], step, o * st.cols + j)
+                )
+            g.append(row)
+        return self.momentum(st, w, v, g, step)
+
+    def add_errors(self, st: RefStage, a, b) -> list[int]:
+        """The error arriving at a residual's source: the exact sum, then E's overflow."""
+        out = []
+        for u, t in zip(a, b, strict=True):
+            code, over = overflow(u + t, st.fmt["error"])
+            key = (st.index, "residual")
+            self.counts[key] = self.counts.get(key, 0) + int(over)
+            out.append(code)
+        return out
 
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate(self, states, xs: Sequence[Sequence[float]]) -> list[list[int]]:
@@ -353,8 +543,19 @@ class RefNet:
         outs = []
         for s, row in enumerate(xs):
             h = self.encode_input(row, EVAL_STEP, base=s * len(row), count=False)
+            hs: list[list[int]] = []
             for st, state in zip(self.stages, states, strict=True):
-                h, _ = self.forward(st, state["w"], h, EVAL_STEP, base=s * st.n_out, count=False)
+                if isinstance(st, RefConvStage):
+                    back = st.residual_back
+                    residual = hs[-back] if back else None
+                    h, _, _ = self.conv_forward(
+                        st, state["w"], h, residual, EVAL_STEP, sample=s, count=False
+                    )
+                else:
+                    h, _ = self.forward(
+                        st, state["w"], h, EVAL_STEP, base=s * st.n_out, count=False
+                    )
+                hs.append(h)
             outs.append(h)
         return outs
 

@@ -25,6 +25,9 @@ ROLE_NUMBERS = {
     "weight": 5,
     "prediction": 6,
     "loss": 7,
+    # conv stages (docs/numerics.md, "Conv stages")
+    "residual": 8,
+    "pool": 9,
 }
 #: Step number of the random words used outside the pipeline (evaluation).
 EVAL_STEP = 2**32 - 1

@@ -20,11 +20,12 @@ module; none of them works a width, a shift or a product list out on its own.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from pbhw.core.config import ConfigError, ConstantProducts, Formats, WeightPrediction
+from pbhw.core.config import ConfigError, ConstantProducts, Formats, Pool, WeightPrediction
 from pbhw.core.devices import Device, dsp_count, load_device
 from pbhw.core.fixed import FixedFormat, Rounding
 from pbhw.core.plan import Plan, StagePlan
@@ -55,6 +56,8 @@ __all__ = [
     "span_width",
     "stage_datapath",
     "update_datapath",
+    "pool_shift",
+    "residual_format_of",
     "x_format_of",
 ]
 
@@ -216,9 +219,16 @@ def update_datapath(
     eta_t: int = 0,
     horizon: int = 0,
     where: str = "",
+    gradient_terms: int = 1,
+    error_format: FixedFormat | None = None,
 ) -> UpdateDatapath:
     """The update's accumulators from the stage's formats, the stashed input's format and the
     constants' codes.
+
+    A conv stage's gradient sums ``gradient_terms`` products (one per output position) of an
+    error code in ``error_format`` (the error at the convolution's output: the stage's error
+    format, with more fractional bits behind an average pooling) and an input code; a dense
+    stage's is one product of the stage's error format.
 
     Raises
     ------
@@ -226,7 +236,7 @@ def update_datapath(
         If an accumulator would need more than :data:`ACC_LIMIT` bits (``where``, e.g.
         ``"stage 2: "``, prefixes the message).
     """
-    fw, fe = formats.weight.format.frac, formats.error.format.frac
+    fw = formats.weight.format.frac
     fg, fv = formats.gradient.format.frac, formats.velocity.format.frac
     fc = formats.coefficient.format.frac
     w, v = _range(formats.weight.format), _range(formats.velocity.format)
@@ -235,8 +245,10 @@ def update_datapath(
     def const(code: int) -> Span:
         return code, code
 
-    grad = _times(_range(formats.error.format), _range(x_format))
-    gradient = _accumulator("gradient", grad, fe + x_format.frac, {"product": 0}, where)
+    e_format = formats.error.format if error_format is None else error_format
+    lo, hi = _times(_range(e_format), _range(x_format))
+    grad = (gradient_terms * lo, gradient_terms * hi)
+    gradient = _accumulator("gradient", grad, e_format.frac + x_format.frac, {"product": 0}, where)
     f_vel = max(fc + fv, fg)
     s_mv, s_g = f_vel - fc - fv, f_vel - fg
     vel = _plus(_scaled(_times(const(momentum), v), s_mv), _scaled(g, s_g))
@@ -527,6 +539,58 @@ def x_format_of(plan: Plan, stage: StagePlan) -> FixedFormat:
     return plan.stages[max(stage.index - 2, 0)].formats.activation.format
 
 
+def residual_format_of(plan: Plan, stage: StagePlan) -> FixedFormat | None:
+    """The format of the residual a stage adds: its source stage's activation (None without)."""
+    if not stage.residual_shape:
+        return None
+    assert stage.spec is not None
+    return plan.stages[stage.index - 1 - stage.spec.residual].formats.activation.format
+
+
+def pool_shift(stage: StagePlan) -> int:
+    """``log2`` of an average pooling's window (2 in 1-D, 2x2 in 2-D); 0 without one.
+
+    The window's sum of codes has this many more fractional bits than the activation format,
+    and so has an error spread back over the window (``docs/numerics.md``, "Conv stages")."""
+    if not stage.conv or stage.spec is None or stage.spec.pool is not Pool.AVG:
+        return 0
+    return len(stage.spec.conv_shape) - 1
+
+
+def _conv_accumulators(
+    stage: StagePlan, x_format: FixedFormat, bias: bool, residual: FixedFormat | None, where: str
+) -> tuple[Accumulator, Accumulator | None, FixedFormat, int]:
+    """A conv stage's forward and backward accumulators, the format of the error at its
+    convolution's output (``dz``) and the number of terms of one weight's gradient.
+
+    Forward: each output position sums ``C_in x kernel^d`` products (and the bias's one); a
+    residual is aligned onto the finer of the two fracs and added to the same sum. Backward:
+    an input position receives at most ``C_out x kernel^d`` products. Gradient: one product per
+    output position."""
+    sp = stage.spec
+    assert sp is not None
+    fm = stage.formats
+    rank = len(sp.conv_shape) - 1
+    window = sp.kernel**rank
+    positions = math.prod(sp.conv_shape[1:])
+    lo, hi = _times(_range(fm.weight.format), _range(x_format))
+    terms = sp.in_shape[0] * window + int(bias)
+    frac = fm.weight.format.frac + x_format.frac
+    span, shifts = (terms * lo, terms * hi), {"product": 0}
+    if residual is not None:
+        top = max(frac, residual.frac)
+        shifts = {"product": top - frac, "residual": top - residual.frac}
+        span = _plus(_scaled(span, top - frac), _scaled(_range(residual), top - residual.frac))
+        frac = top
+    forward = _accumulator("forward", span, frac, shifts, where)
+    e = fm.error.format
+    dz = FixedFormat(e.width, e.frac + pool_shift(stage), e.signed)
+    backward = None
+    if stage.index > 1:
+        backward = dot_accumulator("backward", fm.weight.format, dz, sp.out * window, where=where)
+    return forward, backward, dz, positions
+
+
 def _signed_bits(fmt: FixedFormat) -> int:
     return fmt.width + (0 if fmt.signed else 1)
 
@@ -539,6 +603,7 @@ def stage_datapath(
     prediction: WeightPrediction,
     multiplier_ports: tuple[int, int] | None,
     constants: ConstantProducts = ConstantProducts.DSP,
+    residual_format: FixedFormat | None = None,
 ) -> StageDatapath:
     """The datapath of one stage.
 
@@ -559,6 +624,8 @@ def stage_datapath(
         How a product by a constant is built (``hardware.constants``): ``FABRIC``, by its
         canonical signed digits with no hard multiplier, or ``DSP`` (the default), in
         hard-multiplier pieces.
+    residual_format : FixedFormat, optional
+        A conv stage's residual's format (:func:`residual_format_of`).
 
     Raises
     ------
@@ -567,13 +634,20 @@ def stage_datapath(
     """
     fm = stage.formats
     where = f"stage {stage.index}: "
-    cols = stage.n_in + int(bias)
-    forward = dot_accumulator("forward", fm.weight.format, x_format, cols, where=where)
-    backward = None
-    if stage.index > 1:
-        backward = dot_accumulator(
-            "backward", fm.weight.format, fm.error.format, stage.n_out, where=where
+    conv_terms: dict = {}
+    if stage.conv:
+        forward, backward, dz, positions = _conv_accumulators(
+            stage, x_format, bias, residual_format, where
         )
+        conv_terms = {"gradient_terms": positions, "error_format": dz}
+    else:
+        cols = stage.n_in + int(bias)
+        forward = dot_accumulator("forward", fm.weight.format, x_format, cols, where=where)
+        backward = None
+        if stage.index > 1:
+            backward = dot_accumulator(
+                "backward", fm.weight.format, fm.error.format, stage.n_out, where=where
+            )
     if not stage.horizon:
         prediction = WeightPrediction.NONE
     codes = {name: c.code for name, c in stage.coefficients.items()}
@@ -587,6 +661,7 @@ def stage_datapath(
         eta_t=codes.get("eta_T", 0),
         horizon=stage.horizon,
         where=where,
+        **conv_terms,
     )
 
     x_bits = _signed_bits(x_format)
@@ -639,6 +714,7 @@ def plan_datapaths(
             prediction=plan.config.optimizer.weight_prediction,
             multiplier_ports=multiplier_ports,
             constants=plan.config.hardware.constants,
+            residual_format=residual_format_of(plan, st),
         )
         for st in plan.stages
     )

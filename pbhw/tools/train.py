@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from golden.fixed_arith import FixedArithmetic
+from golden.fixed_arith import FixedArithmetic, FixedConvState
 from golden.float_arith import FloatArithmetic
 from golden.pipeline import Pipeline
 from golden.sgd import SGDReference
@@ -367,7 +367,7 @@ def _trained_weights(
     out: list = []
     for st, state in zip(plan.stages, states, strict=True):
         if st.conv:
-            out.append(state.tensors())
+            out.append(state.tensors(c) if isinstance(state, FixedConvState) else state.tensors())
             continue
         if isinstance(state.w, np.ndarray):  # the bit-exact model: codes [C, N_out, N_in (+1)]
             wa = to_float(torch.from_numpy(state.w[c].copy()), st.formats.weight.format)

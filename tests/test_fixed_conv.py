@@ -1,0 +1,427 @@
+"""Conv stages in the bit-exact integer model against docs/numerics.md ("Conv stages").
+
+``tests/int_reference.py`` computes a conv stage element by element with Python integers from
+the text of docs/numerics.md; here one step of a small conv network (1-D and 2-D, average and
+max pooling, a residual, a dense classifier) is compared with ``FixedArithmetic`` code for code
+in every rounding and overflow mode, the zero-delay schedule (``sgd``) with the reference run
+sample by sample, and several configs batched along the leading dimension with separate runs.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from int_reference import Fmt, RefConvStage, RefNet
+from test_fixed_arith import (
+    MODE_CASES,
+    check,
+    codes,
+    counts_of,
+    fmt_of,
+    narrow_raw,
+    rand_inputs,
+    randomize,
+    ref_net,
+)
+
+from golden.conv_fixed import geometry
+from golden.fixed_arith import FixedArithmetic
+from golden.pipeline import Pipeline
+from pbhw.core.config import ConfigError, from_dict
+from pbhw.core.datapath import ACC_LIMIT
+from pbhw.core.datasets import Dataset
+from pbhw.core.plan import derive_plan
+from pbhw.core.weights import initial_weights
+from pbhw.tools.train import train, train_many
+
+
+def _conv(channels: int, kernel: int, **keys) -> dict:
+    return {"type": "conv", "channels": channels, "kernel": kernel, **keys}
+
+
+#: Small networks: a residual around an averaging stage, a max pooling stage, a dense classifier.
+NETS = {
+    "1d": (
+        [2, 12],
+        [
+            _conv(3, 3, padding=1),
+            _conv(3, 3, padding=1, residual=1, pool="avg"),
+            _conv(4, 3, stride=2, pool="max"),
+            {"type": "dense", "units": 3},
+        ],
+    ),
+    "2d": (
+        [1, 8, 8],
+        [
+            _conv(3, 3, stride=2, padding=1),
+            _conv(3, 3, padding=1, residual=1, pool="avg"),
+            _conv(4, 2, padding=1, pool="max"),
+            {"type": "dense", "units": 3},
+        ],
+    ),
+}
+
+
+def conv_raw(net: str, **keys) -> dict:
+    """``narrow_raw``'s narrow formats and modes (one override per stage) on a conv network."""
+    shape, layers = NETS[net]
+    loss = keys.pop("loss", "mse")
+    bias = keys.pop("bias", True)
+    raw = narrow_raw(layers=(4, 4, 4, 4, 3), loss=loss, bias=bias, **keys)
+    raw["network"] = {"input": shape, "layers": layers, "loss": loss, "bias": bias}
+    return raw
+
+
+def ref_conv_net(plan) -> RefNet:
+    """The plan as the reference's plain data: ``ref_net``'s stages, the conv ones with their
+    geometry (``n_in`` the window's ``C_in x kh x kw`` columns, ``n_out`` the channels)."""
+    net = ref_net(plan)
+    for li, sp in enumerate(plan.stages):
+        if not sp.conv:
+            continue
+        g, spec = geometry(sp), sp.spec
+        source = plan.stages[sp.index - 1 - spec.residual] if spec.residual else None
+        res_fmt: Fmt | None = None if source is None else fmt_of(source.formats.activation)
+        fields = {**vars(net.stages[li]), "n_in": g.columns, "n_out": g.conv_shape[0]}
+        net.stages[li] = RefConvStage(
+            **fields,
+            in_chw=g.in_shape,
+            out_hw=g.conv_shape[1:],
+            kernel=g.kernel,
+            stride=g.stride,
+            padding=g.padding,
+            pool=spec.pool.value,
+            window=g.window,
+            res_fmt=res_fmt,
+            res_err_fmt=None if source is None else fmt_of(source.formats.error),
+            residual_back=spec.residual,
+        )
+    return net
+
+
+def random_states(plan, arith, ref, rng):
+    """The model's initial states overwritten with random codes, and the reference's copies."""
+    states, rstates = [], []
+    for sp, params, rs in zip(plan.stages, initial_weights(plan), ref.stages, strict=True):
+        state = arith.init_conv_state(sp, params) if sp.conv else arith.init_state(sp, *params)
+        assert np.asarray(state.w).shape == (1, rs.n_out, rs.cols)
+        states.append(state)
+        rstates.append(randomize(state, rs, rng))
+    return states, rstates
+
+
+def ref_sample(ref: RefNet, plan, rstates, xf, label, step, record=None):
+    """One sample through the reference: forward, loss, backward with the residual's error
+    added at its source, update (every delay 0). ``record`` collects every value by name."""
+    record = {} if record is None else record
+    num = len(ref.stages)
+    x = ref.encode_input(xf, step)
+    inputs, outs, stash = [], [], []
+    for li, (sp, rs, rst) in enumerate(zip(plan.stages, ref.stages, rstates, strict=True)):
+        wh = ref.predicted(rs, rst["w"], rst["v"], rst["w_prev"], step)
+        record[f"stage {rs.index} predicted"] = wh
+        inputs.append(x)
+        if sp.conv:
+            residual = outs[li - sp.spec.residual] if sp.spec.residual else None
+            x, mask, choices = ref.conv_forward(rs, wh, x, residual, step)
+            stash.append((mask, choices))
+        else:
+            x, mask = ref.forward(rs, wh, x, step)
+            stash.append((mask, None))
+        record[f"stage {rs.index} output"] = x
+        outs.append(x)
+    delta = ref.loss(x, label, step)
+    record["loss error"] = delta
+    held: dict[int, list[int]] = {}
+    pending = []
+    for li in reversed(range(num)):
+        sp, rs, rst = plan.stages[li], ref.stages[li], rstates[li]
+        if li in held:
+            delta = ref.add_errors(rs, delta, held.pop(li))
+            record[f"stage {rs.index} summed error"] = delta
+        mask, choices = stash[li]
+        if sp.conv:
+            d, error_in, res_err = ref.conv_backward(
+                rs, rst["w"], inputs[li], mask, choices, delta, step
+            )
+            if res_err is not None:
+                held[li - sp.spec.residual] = res_err
+                record[f"stage {rs.index} residual error"] = res_err
+            pending.append((li, d))
+        else:
+            d = ref.output_gradient(delta, mask)
+            error_in = ref.backward(rs, rst["w"], d, step) if li > 0 else None
+            pending.append((li, d))
+        if error_in is not None:
+            record[f"stage {rs.index} error"] = error_in
+        delta = error_in
+    for li, d in pending:
+        sp, rs, rst = plan.stages[li], ref.stages[li], rstates[li]
+        if sp.conv:
+            _, v2, w2 = ref.conv_update(rs, rst["w"], rst["v"], d, inputs[li], step)
+        else:
+            _, v2, w2 = ref.update(rs, rst["w"], rst["v"], d, inputs[li], step)
+        if rst["w_prev"] is not None:
+            rst["w_prev"] = rst["w"]
+        rst["w"], rst["v"] = w2, v2
+        record[f"stage {rs.index} new weight"] = w2
+        record[f"stage {rs.index} new velocity"] = v2
+    return record
+
+
+def model_sample(arith, plan, states, xf, label, step, record=None):
+    """The same through ``FixedArithmetic``'s operations, called one by one."""
+    record = {} if record is None else record
+    arith.begin_step(step)
+    x = arith.encode_input(torch.tensor(xf, dtype=torch.float64))
+    inputs, outs, stash = [], [], []
+    for li, (sp, st) in enumerate(zip(plan.stages, states, strict=True)):
+        inputs.append(x)
+        if sp.conv:
+            wh, _ = arith.conv_predicted(sp, st)
+            residual = outs[li - sp.spec.residual] if sp.spec.residual else None
+            x, kept = arith.conv_forward(sp, wh, x, residual)
+        else:
+            wh, _ = arith.predicted(sp, st)
+            x, kept = arith.forward(sp, wh, None, x)
+        record[f"stage {sp.index} predicted"] = wh
+        stash.append(kept)
+        record[f"stage {sp.index} output"] = x
+        outs.append(x)
+    delta, _ = arith.loss(x, label)
+    record["loss error"] = delta
+    held: dict[int, np.ndarray] = {}
+    pending = []
+    for li in reversed(range(len(plan.stages))):
+        sp, st = plan.stages[li], states[li]
+        if li in held:
+            delta = arith.add_errors(sp, delta, held.pop(li))
+            record[f"stage {sp.index} summed error"] = delta
+        if sp.conv:
+            grad, error_in, res_err = arith.conv_backward(sp, st.w, inputs[li], stash[li], delta)
+            if res_err is not None:
+                held[li - sp.spec.residual] = res_err
+                record[f"stage {sp.index} residual error"] = res_err
+            pending.append((li, grad))
+        else:
+            dz = arith.output_gradient(sp, delta, stash[li])
+            error_in = arith.backward(sp, st.w, dz) if li > 0 else None
+            pending.append((li, dz))
+        if error_in is not None:
+            record[f"stage {sp.index} error"] = error_in
+        delta = error_in
+    for li, grad in pending:
+        sp, st = plan.stages[li], states[li]
+        if sp.conv:
+            arith.conv_update(sp, st, grad)
+        else:
+            arith.update(sp, st, grad, inputs[li])
+        record[f"stage {sp.index} new weight"] = st.w
+        record[f"stage {sp.index} new velocity"] = st.v
+    return record
+
+
+def compare(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for name, value in want.items():
+        check(name, got[name], [value])
+
+
+# ------------------------------------------------------------------------------------------
+# One step of every operation against the reference
+
+
+@pytest.mark.parametrize("prediction", ["velocity", "weight_difference"])
+@pytest.mark.parametrize("loss", ["mse", "softmax_ce"])
+@pytest.mark.parametrize("net", list(NETS))
+@pytest.mark.parametrize("case", list(MODE_CASES))
+def test_one_step_of_a_conv_net_matches_integer_reference(case, net, loss, prediction):
+    raw = conv_raw(net, case=case, loss=loss, prediction=prediction)
+    plan = derive_plan(from_dict(raw))
+    arith = FixedArithmetic(plan)
+    ref = ref_conv_net(plan)
+    rng = random.Random(hash((case, net, loss, prediction)) & 0xFFFF)
+    states, rstates = random_states(plan, arith, ref, rng)
+    xf = rand_inputs(rng, plan.stages[0].n_in)
+    label = rng.randrange(plan.stages[-1].n_out)
+    want = ref_sample(ref, plan, rstates, xf, label, 3)
+    got = model_sample(arith, plan, states, xf, label, 3)
+    compare(got, want)
+    assert counts_of(arith) == ref.count_dict()
+
+
+def test_narrow_formats_do_saturate_in_conv_stages():
+    """The one-step test exercises overflow in the new rounding points too."""
+    raw = conv_raw("1d", case="half_even-saturate")
+    plan = derive_plan(from_dict(raw))
+    arith, ref = FixedArithmetic(plan), ref_conv_net(plan)
+    rng = random.Random(2)
+    states, rstates = random_states(plan, arith, ref, rng)
+    for step in range(3):
+        xf = rand_inputs(rng, plan.stages[0].n_in)
+        ref_sample(ref, plan, rstates, xf, 1, step)
+        model_sample(arith, plan, states, xf, 1, step)
+    counted = counts_of(arith)
+    assert counted == ref.count_dict()
+    for key in ("stage 2 activation", "stage 1 residual", "stage 3 gradient"):
+        assert counted.get(key, 0) > 0, counted
+
+
+# ------------------------------------------------------------------------------------------
+# The schedule: zero delays against the reference sample by sample; batched configs
+
+
+def _samples(plan, n, seed):
+    rng = random.Random(seed)
+    return [(rand_inputs(rng, plan.stages[0].n_in), rng.randrange(3)) for _ in range(n)]
+
+
+@pytest.mark.parametrize("net", list(NETS))
+@pytest.mark.parametrize("case", ["stochastic-saturate", "mixed-per-layer"])
+def test_zero_delay_schedule_matches_reference_sample_by_sample(case, net):
+    raw = conv_raw(net, case=case, lr=0.05, momentum=0.6, loss="softmax_ce")
+    raw["optimizer"]["algorithm"] = "sgd"
+    plan = derive_plan(from_dict(raw))
+    arith = FixedArithmetic(plan)
+    pipe = Pipeline(plan, arith)
+    ref = ref_conv_net(plan)
+    rstates = [
+        {"w": codes(s.state.w)[0], "v": codes(s.state.v)[0], "w_prev": None} for s in pipe.stages
+    ]
+    for t, (x, label) in enumerate(_samples(plan, 6, 4)):
+        _, rec = pipe.step(torch.tensor(x), label, record=True)
+        want = ref_sample(ref, plan, rstates, x, label, t)
+        for i, st in enumerate(rec.stages, start=1):
+            check(f"step {t} stage {i} output", st.output, [want[f"stage {i} output"]])
+            if i > 1:
+                check(f"step {t} stage {i} error", st.error, [want[f"stage {i} error"]])
+    for s, rs in zip(pipe.stages, rstates, strict=True):
+        check("final w", s.state.w, [rs["w"]])
+        check("final v", s.state.v, [rs["v"]])
+    assert counts_of(arith) == ref.count_dict()
+    # evaluation: step EVAL_STEP, index sample * N + element of each rounded tensor, no counting
+    before = arith.saturation_counts()
+    rng = random.Random(8)
+    xe = [rand_inputs(rng, plan.stages[0].n_in) for _ in range(3)]
+    out = pipe.evaluate(torch.tensor(xe, dtype=torch.float64))
+    check("evaluate", out, [ref.evaluate(rstates, xe)])
+    assert arith.saturation_counts() == before
+
+
+def _variant(raw: dict, **formats) -> dict:
+    out = {**raw, "formats": {**raw["formats"], **formats}}
+    return out
+
+
+@pytest.mark.parametrize("net", list(NETS))
+def test_batched_conv_configs_equal_each_config_alone(net):
+    base = conv_raw(net, case="stochastic-saturate", lr=0.05, momentum=0.6, loss="softmax_ce")
+    base["optimizer"]["weight_stashing"] = True
+    raws = [
+        base,
+        _variant(base, activation={"width": 8, "frac": 4}, weight={"width": 7, "frac": 5}),
+    ]
+    plans = [derive_plan(from_dict(r)) for r in raws]
+    samples = _samples(plans[0], 10, 9)
+    xe = torch.tensor([rand_inputs(random.Random(3), plans[0].stages[0].n_in) for _ in range(4)])
+
+    def run(ps):
+        arith = FixedArithmetic(ps)
+        pipe = Pipeline(ps[0], arith, initial_weights(ps[0]))
+        outs = [pipe.step(torch.tensor(x), label)[0] for x, label in samples]
+        list(pipe.drain())
+        return pipe, arith, outs
+
+    together, arith, outs = run(plans)
+    for c, p in enumerate(plans):
+        alone, arith_c, outs_c = run([p])
+        for s, s_c in zip(together.stages, alone.stages, strict=True):
+            check(f"config {c} weights", s.state.w[c : c + 1], codes(s_c.state.w))
+        for done, done_c in zip(outs, outs_c, strict=True):
+            if done is not None:
+                assert int(np.asarray(done.prediction)[c]) == int(done_c.prediction[0])
+        check(f"config {c} evaluation", together.evaluate(xe)[c : c + 1], codes(alone.evaluate(xe)))
+        assert {k: v[c] for k, v in arith.saturation_counts().items()} == {
+            k: v[0] for k, v in arith_c.saturation_counts().items()
+        }
+    assert not np.array_equal(together.stages[0].state.w[0], together.stages[0].state.w[1])
+
+
+# ------------------------------------------------------------------------------------------
+# Configuration: what fixed point refuses, and the accumulator widths
+
+
+@pytest.mark.parametrize(
+    "layer, key",
+    [
+        (_conv(3, 3, norm="group", groups=3), "network.layers.1.norm"),
+        (_conv(3, 3, pool="global_avg"), "network.layers.1.pool"),
+        (
+            _conv(3, 3, padding=1, residual=1, projection=True, stride=2),
+            "network.layers.1.projection",
+        ),
+    ],
+)
+def test_unsupported_conv_features_are_refused_naming_the_layer_key(layer, key):
+    raw = conv_raw("1d")
+    raw["network"]["layers"] = [_conv(3, 3, padding=1), layer, {"type": "dense", "units": 3}]
+    raw["overrides"] = raw["overrides"][:2]
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as info:
+        from_dict(raw)
+    assert "train.arith = 'fixed'" in str(info.value)
+    raw["train"]["arith"] = "float"
+    from_dict(raw)  # the float model takes it
+
+
+def test_conv_accumulator_wider_than_the_limit_is_refused_before_training():
+    """The forward sums channels x kernel products: a config that is fine for a dense stage of
+    the same input width overflows 62 bits once the conv's terms are counted."""
+    wide = {"width": 29, "frac": 20}
+    raw = conv_raw("1d", case="half_even-saturate")
+    raw["formats"].update(weight=dict(wide), activation=dict(wide))
+    raw["overrides"] = [{"layer": 2, "formats": {"weight": {"width": 6, "frac": 4}}}]
+    raw["network"]["layers"] = [_conv(8, 9, padding=4), {"type": "dense", "units": 3}]
+    raw["network"]["input"] = [8, 12]
+    plan = derive_plan(from_dict(raw))
+    with pytest.raises(ConfigError, match="stage 1: the forward accumulator needs 64 bits") as e:
+        FixedArithmetic(plan)
+    assert str(ACC_LIMIT) in str(e.value)
+    raw["network"]["layers"][0]["kernel"] = 1
+    raw["network"]["layers"][0]["padding"] = 0
+    FixedArithmetic(derive_plan(from_dict(raw)))  # 8 terms fit
+
+
+# ------------------------------------------------------------------------------------------
+# The trainer
+
+
+def test_trainer_batches_conv_configs_and_returns_their_parameters():
+    """``train_many`` of two conv configs that differ in formats gives each config's run
+    alone, and the trained parameters in their configured shapes as the codes' values."""
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (90,), generator=gen)
+    x = torch.rand(3, 24, generator=gen, dtype=torch.float64)[y] + 0.1 * torch.randn(
+        90, 24, generator=gen, dtype=torch.float64
+    )
+    data = Dataset("toy", x[:60], y[:60], x[60:], y[60:], 3, shape=(2, 12))
+    base = conv_raw("1d", case="stochastic-saturate", lr=0.05, momentum=0.6, loss="softmax_ce")
+    base["train"]["epochs"] = 2
+    narrow = _variant(base, activation={"width": 8, "frac": 4})
+    configs = [from_dict(base), from_dict(narrow)]
+    together = train_many(configs, dataset=data)
+    for cfg, batched in zip(configs, together, strict=True):
+        alone = train(cfg, dataset=data)
+        assert batched.test_accuracy == alone.test_accuracy
+        assert batched.final_loss == alone.final_loss
+        assert batched.extra["saturation"] == alone.extra["saturation"]
+        for got, want in zip(batched.weights, alone.weights, strict=True):
+            assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    plan = derive_plan(configs[0])
+    for stage, params in zip(plan.stages, together[0].weights, strict=True):
+        if stage.conv:
+            shapes = [tuple(p.shape) for p in params]
+            assert shapes == [shape for _, shape in stage.parameter_shapes]
+    assert together[0].final_loss != together[1].final_loss
