@@ -12,7 +12,7 @@ import numpy as np
 
 from golden.trace import Trace
 
-__all__ = ["Mismatch", "Observed", "first_mismatch"]
+__all__ = ["Mismatch", "Observed", "first_mismatch", "vector_mismatch"]
 
 
 @dataclass
@@ -53,7 +53,9 @@ class Mismatch:
         return f"first mismatch at {', '.join(where)}: RTL {self.rtl}, golden {self.golden}"
 
 
-def _vector(step, stage, role, got, want) -> Mismatch | None:
+def vector_mismatch(step, stage, role, got, want) -> Mismatch | None:
+    """The first difference of a streamed vector ``got`` (``(bubble, codes)`` or None for no
+    token) from the golden codes ``want``, or None when they are equal."""
     want = [int(v) for v in np.asarray(want).reshape(-1)]
     if got is None:
         return Mismatch(step, stage, role, None, "no token", "a token")
@@ -84,12 +86,12 @@ def first_mismatch(trace: Trace, seen: Observed) -> Mismatch | None:
             i = e.stage - 1
             if e.output is not None:
                 got = seen.forward[i][step] if step < len(seen.forward[i]) else None
-                found = _vector(step, e.stage, "forward output", got, e.output)
+                found = vector_mismatch(step, e.stage, "forward output", got, e.output)
                 if found:
                     return found
             if e.error is not None:
                 got = seen.error[i][step] if step < len(seen.error[i]) else None
-                found = _vector(step, e.stage, "error", got, e.error)
+                found = vector_mismatch(step, e.stage, "error", got, e.error)
                 if found:
                     return found
         for sample, s in loss_step.items():
@@ -98,7 +100,7 @@ def first_mismatch(trace: Trace, seen: Observed) -> Mismatch | None:
             if sample >= len(seen.results):
                 return Mismatch(step, L, "loss error", None, "no result", "a result")
             label, prediction, delta = seen.results[sample]
-            found = _vector(step, L, "loss error", (0, delta), trace.loss_errors[sample])
+            found = vector_mismatch(step, L, "loss error", (0, delta), trace.loss_errors[sample])
             if found:
                 return found
             if prediction != trace.predictions[sample]:
@@ -112,7 +114,7 @@ def first_mismatch(trace: Trace, seen: Observed) -> Mismatch | None:
         if got_all is None:
             continue
         for i, (got, want) in enumerate(zip(got_all, want_all, strict=True)):
-            found = _vector(None, i + 1, role, (0, list(got)), want)
+            found = vector_mismatch(None, i + 1, role, (0, list(got)), want)
             if found:
                 return found
     if seen.saturation is not None:

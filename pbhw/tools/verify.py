@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from amaranth.lib import data
 
-from golden.compare import Mismatch, Observed, _vector, first_mismatch
+from golden.compare import Mismatch, Observed, first_mismatch, vector_mismatch
 from golden.fixed_arith import FixedArithmetic
 from golden.pipeline import Pipeline
 from golden.trace import Trace, run_trace
@@ -659,7 +659,7 @@ def golden_epochs(
 
 def _first_code(step, stage, role, got, want) -> Mismatch | None:
     """The first differing code of a vector, as :func:`golden.compare.first_mismatch` names it."""
-    return _vector(step, stage, role, (0, list(got)), want)
+    return vector_mismatch(step, stage, role, (0, list(got)), want)
 
 
 def _pause_name(pause: int, pauses: int) -> str:
