@@ -24,6 +24,7 @@ from typing import Any
 
 from pbhw.core.errors import ConfigError
 from pbhw.core.fixed import FixedFormat, Overflow, Rounding
+from pbhw.core.io import read_text
 
 __all__ = [
     "ROLES",
@@ -404,12 +405,7 @@ def _thaw(value: Any) -> Any:
 def load(path: str | Path, sets: Sequence[str] = ()) -> Config:
     """Read, override (``KEY=VALUE`` strings, as ``--set``) and validate a TOML config file."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file '{path}' does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file '{path}' cannot be read: {e}") from None
+    text = read_text(path, "config file", ConfigError)
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

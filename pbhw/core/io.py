@@ -144,6 +144,17 @@ def user_cache_dir() -> Path:
     return Path.home() / ".cache" / "pbhw"
 
 
+def read_text(path: Path, what: str, error: type[UserError]) -> str:
+    """The UTF-8 text of ``path``, or ``error`` naming ``what`` the file is ("config file",
+    "manifest file") and why it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{what} '{path}' does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{what} '{path}' cannot be read: {e}") from None
+
+
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file renamed into place, with the mode
     a plain ``open(path, "w")`` gives (``0o666`` less the umask)."""

@@ -34,7 +34,7 @@ from pbhw.core.config import ROLES, Config, WeightPrediction, from_dict
 from pbhw.core.errors import ConfigError, ManifestError
 from pbhw.core.figures import MemoryModel, StageMemory
 from pbhw.core.fixed import FixedFormat, Overflow, Rounding
-from pbhw.core.io import write_json
+from pbhw.core.io import read_text, write_json
 
 __all__ = [
     "MANIFEST_VERSION",
@@ -922,12 +922,7 @@ class Manifest:
         path = Path(path)
         if path.is_dir():
             path = path / "manifest.json"
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ManifestError(f"manifest file '{path}' does not exist") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ManifestError(f"manifest file '{path}' cannot be read: {e}") from None
+        text = read_text(path, "manifest file", ManifestError)
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as e:
