@@ -160,6 +160,75 @@ def _round_right(
     return down + (words < top)
 
 
+class _DivRounder:
+    """``RQ(acc, F, X, role)`` of a value divided by a positive integer ``divisor``
+    (``docs/numerics.md``, "Conv stages": a global average's count): the exact rational
+    ``acc * 2^-F / divisor`` rounded once into ``X``. A power-of-two divisor is ``log2`` more
+    fractional bits (a shift, :class:`_Rounder`); any other is an exact integer division."""
+
+    def __init__(
+        self, src_frac: Sequence[int], dst: Sequence[RoleFormat], stream: int, ndim: int, divisor
+    ):
+        q = divisor.bit_length() - 1
+        self.divisor = divisor
+        self.stream = stream
+        self.shift_rounder = None
+        if divisor == 1 << q:
+            self.shift_rounder = _Rounder([f + q for f in src_frac], dst, stream, ndim)
+            return
+        # the overflow of X (a rounder with no shift)
+        self.target = _Rounder([d.format.frac for d in dst], dst, stream, ndim)
+        self.shifts = [f - d.format.frac for f, d in zip(src_frac, dst, strict=True)]
+        self.roundings = [d.rounding for d in dst]
+
+    def __call__(
+        self, acc: np.ndarray, seed: int = 0, step: int = 0, index: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | int]:
+        if self.shift_rounder is not None:
+            return self.shift_rounder(acc, seed, step, index)
+        words = None
+        if any(r is Rounding.STOCHASTIC for r in self.roundings):
+            words = threefry_words(seed, self.stream, step, index)[0]  # index is [1, ...]
+        acc = np.broadcast_to(acc, (len(self.shifts),) + acc.shape[1:])
+        out = np.stack(
+            [
+                _divide_round(acc[c], s, self.divisor, rounding, words)
+                for c, (s, rounding) in enumerate(zip(self.shifts, self.roundings, strict=True))
+            ]
+        )
+        result = self.target._overflow(out)
+        over = result != out
+        if over.shape[0] == 1:
+            return result, np.count_nonzero(over)
+        return result, over.reshape(over.shape[0], -1).sum(1)
+
+
+def _divide_round(
+    acc: np.ndarray, s: int, n: int, rounding: Rounding, words: np.ndarray | None
+) -> np.ndarray:
+    """``acc / (n * 2^s)`` rounded (any integer ``s``, ``n >= 1``): the quotient rounded down and
+    the remainder decide, as the shifts of :func:`_round_right` do with ``n = 1``."""
+    if s < 0:
+        acc, s = acc << -s, 0
+    d = n << s
+    down = acc // d
+    rem = acc - down * d
+    if rounding is Rounding.FLOOR:
+        return down
+    if rounding is Rounding.TOWARD_ZERO:
+        return down + ((acc < 0) & (rem != 0))
+    if rounding is Rounding.HALF_UP:
+        return down + (2 * rem >= d)
+    if rounding is Rounding.HALF_EVEN:
+        return down + ((2 * rem > d) | ((2 * rem == d) & ((down & 1) == 1)))
+    # stochastic: up when the word is below the discarded fraction's top 32 bits
+    if d <= 1 << 31:
+        top = (rem << 32) // d
+    else:
+        top = (rem.astype(object) * (1 << 32) // d).astype(np.int64)
+    return down + (words < top)
+
+
 @dataclass
 class FixedState:
     """Codes of one stage for every config: ``w`` (bias as the last column), ``v``, ``w_prev``."""
@@ -301,14 +370,14 @@ class FixedArithmetic:
         ctx["sum"] = _Rounder(
             frac(fm, "error"), [f.error for f in fm], stream_id(index, "residual"), 2
         )
-        if geo:
-            self._build_conv(ctx, i, dps)
         ctx["grad"] = _Rounder(
             [u.gradient.frac for u in ups],
             [f.gradient for f in fm],
             stream_id(index, "gradient"),
             3,
         )
+        if geo:
+            self._build_conv(ctx, i, dps)
         ctx["vel_mv"] = _column([u.velocity.shifts["mv"] for u in ups], 3)
         ctx["vel_g"] = _column([u.velocity.shifts["g"] for u in ups], 3)
         ctx["vel"] = _Rounder(
@@ -391,13 +460,36 @@ class FixedArithmetic:
         ctx["idx_conv"] = np.arange(out * positions, dtype=np.int64).reshape(1, 1, out, positions)
         ctx["idx_x"] = np.arange(st0.n_in, dtype=np.int64).reshape(1, 1, -1)
         ctx["pool_shift"] = pool_shift(st0)
+        fa = [f.activation.format.frac for f in fm]
+        # A global average divides by the count of positions: its sum is rounded once, and so
+        # is every value the spread error feeds (error, gradient, residual: the error at the
+        # convolution's output is the arriving code, the 1/count in those roundings).
+        divisor = positions if geo.pool is Pool.GLOBAL_AVG else 1
         if geo.pool is Pool.AVG:
-            fa = [f.activation.format.frac for f in fm]
             ctx["pool"] = _Rounder(
                 [f + ctx["pool_shift"] for f in fa],
                 [f.activation for f in fm],
                 stream_id(index, "pool"),
                 4,
+            )
+        elif geo.pool is Pool.GLOBAL_AVG:
+            ctx["pool"] = _DivRounder(
+                fa, [f.activation for f in fm], stream_id(index, "pool"), 3, divisor
+            )
+            if index > 1:
+                ctx["bwd"] = _DivRounder(
+                    [dp.backward.frac for dp in dps],
+                    [p.stages[i - 1].formats.error for p in self.plans],
+                    stream_id(index, "error"),
+                    3,
+                    divisor,
+                )
+            ctx["grad"] = _DivRounder(
+                [dp.update.gradient.frac for dp in dps],
+                [f.gradient for f in fm],
+                stream_id(index, "gradient"),
+                3,
+                divisor,
             )
         ctx["residual"] = None
         if st0.spec is not None and st0.spec.residual:
@@ -405,8 +497,8 @@ class FixedArithmetic:
             ctx["res_product"] = _column([dp.forward.shifts["product"] for dp in dps], 4)
             ctx["res_shift"] = _column([dp.forward.shifts["residual"] for dp in dps], 4)
             fe = [f.error.format.frac + ctx["pool_shift"] for f in fm]
-            ctx["residual"] = _Rounder(
-                fe, [f.error for f in source], stream_id(index, "residual"), 4
+            ctx["residual"] = _DivRounder(
+                fe, [f.error for f in source], stream_id(index, "residual"), 4, divisor
             )
 
     # ------------------------------------------------------------------------------------------
@@ -658,6 +750,9 @@ class FixedArithmetic:
             windows = pool_windows(z, geo)
             choice = windows.argmax(-1)  # the first maximum in the window's row-major order
             z = np.take_along_axis(windows, choice[..., None], -1)[..., 0]
+        elif geo.pool is Pool.GLOBAL_AVG:  # every channel's exact sum, divided once
+            pooled = np.arange(b * z.shape[2], dtype=np.int64).reshape(1, b, z.shape[2])
+            z = rq("pool", "pool", z.sum(-1), pooled)
         return z.reshape(c, b, -1), FixedConvContext(mask, choice, columns)
 
     def conv_backward(
@@ -676,6 +771,8 @@ class FixedArithmetic:
             windows = np.zeros(e.shape + (math.prod(geo.window),), dtype=np.int64)
             np.put_along_axis(windows, kept.choice[..., None], e[..., None], -1)
             d = unpool(windows, geo)
+        elif geo.pool is Pool.GLOBAL_AVG:  # every position gets its channel's error
+            d = np.broadcast_to(e, (c, 1, out, geo.positions))
         else:
             d = e
         if kept.mask is not None:

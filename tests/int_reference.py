@@ -140,9 +140,12 @@ def overflow(code: int, fmt: Fmt, mode: str | None = None) -> tuple[int, bool]:
     raise ValueError(mode)
 
 
-def rq(acc: int, src_frac: int, fmt: Fmt, draw: Callable[[], int]) -> tuple[int, bool]:
-    """``RQ(acc, F, X, role)``: the exact value ``acc * 2^-F`` as a code of ``X``."""
-    x = Fraction(acc) * Fraction(2) ** (fmt.frac - src_frac)
+def rq(
+    acc: int, src_frac: int, fmt: Fmt, draw: Callable[[], int], divisor: int = 1
+) -> tuple[int, bool]:
+    """``RQ(acc, F, X, role)``: the exact value ``acc * 2^-F`` (divided by ``divisor``: a
+    global average's count) as a code of ``X``."""
+    x = Fraction(acc) * Fraction(2) ** (fmt.frac - src_frac) / divisor
     return overflow(round_fraction(x, fmt.rounding, draw), fmt)
 
 
@@ -223,7 +226,7 @@ class RefConvStage(RefStage):
     kernel: tuple[int, int]
     stride: tuple[int, int]
     padding: tuple[int, int]
-    pool: str  # "none", "avg", "max"
+    pool: str  # "none", "avg", "max", "global_avg"
     window: tuple[int, int]
     res_fmt: Fmt | None  # the residual's format (its source's activation)
     res_err_fmt: Fmt | None  # the source's error format, with its modes
@@ -259,6 +262,12 @@ class RefConvStage(RefStage):
     def pool_shift(self) -> int:
         return (self.window[0] * self.window[1]).bit_length() - 1 if self.pool == "avg" else 0
 
+    @property
+    def divisor(self) -> int:
+        """What the roundings fed by the error at the convolution's output divide by: a global
+        average's count of positions, else 1."""
+        return self.positions if self.pool == "global_avg" else 1
+
 
 @dataclass
 class RefNet:
@@ -272,8 +281,8 @@ class RefNet:
     def _draw(self, stage: int, role: str, step: int, index: int) -> Callable[[], int]:
         return lambda: word(self.seed, stream(stage, role), step, index)
 
-    def _rq(self, st: RefStage, role: str, acc, src_frac, fmt, step, index, count=True):
-        code, over = rq(acc, src_frac, fmt, self._draw(st.index, role, step, index))
+    def _rq(self, st: RefStage, role: str, acc, src_frac, fmt, step, index, count=True, divisor=1):
+        code, over = rq(acc, src_frac, fmt, self._draw(st.index, role, step, index), divisor)
         if count:
             self.counts[(st.index, role)] = self.counts.get((st.index, role), 0) + int(over)
         return code
@@ -444,6 +453,15 @@ class RefNet:
             z = [c if m else 0 for c, m in zip(z, mask, strict=True)]
         if st.pool == "none":
             return z, mask, None
+        if st.pool == "global_avg":
+            out = [
+                self._rq(
+                    st, "pool", sum(z[o * p : (o + 1) * p]), fa, st.fmt["activation"], step,
+                    sample * st.n_out + o, count, divisor=p,
+                )
+                for o in range(st.n_out)
+            ]  # fmt: skip
+            return out, mask, None
         out, choices = [], []
         windows = st.windows()
         base = sample * st.n_out * len(windows)
@@ -471,6 +489,8 @@ class RefNet:
         windows = st.windows()
         if st.pool == "none":
             d = list(e)
+        elif st.pool == "global_avg":
+            d = [e[n // p] for n in range(st.n_out * p)]
         elif st.pool == "avg":
             for o in range(st.n_out):
                 for pi, members in windows:
@@ -485,7 +505,8 @@ class RefNet:
         residual_error = None
         if st.res_err_fmt is not None:
             residual_error = [
-                self._rq(st, "residual", d[n], fd, st.res_err_fmt, step, n) for n in range(len(d))
+                self._rq(st, "residual", d[n], fd, st.res_err_fmt, step, n, divisor=st.divisor)
+                for n in range(len(d))
             ]
         error_in = None
         if st.error_prev is not None:
@@ -502,9 +523,12 @@ class RefNet:
                         if 0 <= y < h and 0 <= xx < wd:
                             acc[(ci * h + y) * wd + xx] += w[o][j] * d[o * p + pos]
             error_in = [
-                self._rq(st, "error", a, st.f("weight") + fd, st.error_prev, step, i)
+                self._rq(
+                    st, "error", a, st.f("weight") + fd, st.error_prev, step, i,
+                    divisor=st.divisor,
+                )
                 for i, a in enumerate(acc)
-            ]
+            ]  # fmt: skip
         return d, error_in, residual_error
 
     def conv_update(self, st: RefConvStage, w, v, d, x, step: int):
@@ -521,8 +545,11 @@ class RefNet:
                     xv = 2**fx if j == st.n_in else st.column(x, j, oy, ox)
                     acc += d[o * p + pos] * xv
                 row.append(
-                    self._rq(st, "gradient", acc, src, st.fmt["gradient"], step, o * st.cols + j)
-                )
+                    self._rq(
+                        st, "gradient", acc, src, st.fmt["gradient"], step, o * st.cols + j,
+                        divisor=st.divisor,
+                    )
+                )  # fmt: skip
             g.append(row)
         return self.momentum(st, w, v, g, step)
 

@@ -62,6 +62,26 @@ NETS = {
             {"type": "dense", "units": 3},
         ],
     ),
+    # a global average over 6 positions (a division) after a residual, then a dense classifier
+    "1d-global": (
+        [2, 12],
+        [
+            _conv(3, 3, padding=1),
+            _conv(4, 3, stride=2, padding=1),
+            _conv(4, 3, padding=1, residual=1, pool="global_avg"),
+            {"type": "dense", "units": 3},
+        ],
+    ),
+    # a global average over 4 positions (a shift) as the classifier
+    "2d-global": (
+        [1, 8, 8],
+        [
+            _conv(3, 3, stride=2, padding=1),
+            _conv(3, 3, padding=1, residual=1),
+            _conv(4, 2, padding=1, pool="max"),
+            _conv(3, 1, pool="global_avg"),
+        ],
+    ),
 }
 
 
@@ -358,7 +378,6 @@ def test_batched_conv_configs_equal_each_config_alone(net):
     "layer, key",
     [
         (_conv(3, 3, norm="group", groups=3), "network.layers.1.norm"),
-        (_conv(3, 3, pool="global_avg"), "network.layers.1.pool"),
         (
             _conv(3, 3, padding=1, residual=1, projection=True, stride=2),
             "network.layers.1.projection",

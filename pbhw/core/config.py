@@ -235,7 +235,6 @@ class LayerSpec:
 #: What the fixed-point model lacks, by layer key (:meth:`NetworkConfig.require_fixed_point`).
 _FIXED_MISSING = {
     "norm": "group normalization",
-    "pool": "global average pooling",
     "projection": "residual projection",
 }
 
@@ -275,11 +274,10 @@ class NetworkConfig:
 
     def require_fixed_point(self) -> None:
         """Raise :class:`ConfigError`, naming the layer key, for what the fixed-point model does
-        not compute yet: group norm, global average pooling and a residual projection."""
+        not compute yet: group norm and a residual projection."""
         for i, sp in enumerate(self.specs or ()):
             for key, unsupported, allowed in (
                 ("norm", sp.norm is Norm.GROUP, '"none"'),
-                ("pool", sp.pool is Pool.GLOBAL_AVG, '"none", "avg" or "max"'),
                 ("projection", sp.projection, "false"),
             ):
                 if unsupported:
