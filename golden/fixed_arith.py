@@ -24,12 +24,21 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from golden.conv import NORM_EPS
 from golden.conv_fixed import ConvGeometry, col2im, geometry, im2col, pool_windows, unpool
-from pbhw.core.config import ConfigError, Loss, Pool, RoleFormat, WeightPrediction
+from pbhw.core.config import ConfigError, Loss, Norm, Pool, RoleFormat, WeightPrediction
 from pbhw.core.constants import EVAL_STEP, EXP2_TABLE, LOG2E_Q16, stream_id
-from pbhw.core.datapath import pool_shift, residual_format_of, stage_datapath, x_format_of
+from pbhw.core.datapath import (
+    ACC_LIMIT,
+    pool_shift,
+    residual_format_of,
+    span_width,
+    stage_datapath,
+    x_format_of,
+)
 from pbhw.core.fixed import (
     THREEFRY_ROUNDS,
+    FixedFormat,
     Overflow,
     Rounding,
     StochasticKey,
@@ -196,11 +205,65 @@ class _DivRounder:
                 for c, (s, rounding) in enumerate(zip(self.shifts, self.roundings, strict=True))
             ]
         )
-        result = self.target._overflow(out)
-        over = result != out
-        if over.shape[0] == 1:
-            return result, np.count_nonzero(over)
-        return result, over.reshape(over.shape[0], -1).sum(1)
+        return _overflowed(self.target, out)
+
+
+def _overflowed(target: _Rounder, out: np.ndarray) -> tuple[np.ndarray, np.ndarray | int]:
+    """``target``'s overflow of rounded codes, with the overflowed elements per config."""
+    result = target._overflow(out)
+    over = result != out
+    if over.shape[0] == 1:
+        return result, np.count_nonzero(over)
+    return result, over.reshape(over.shape[0], -1).sum(1)
+
+
+class _VarRounder:
+    """``RQ(acc, F, X, role)`` with a source frac ``F`` per element (group norm's per-group
+    exponent, ``docs/numerics.md``): a shift right with rounding, or left, exactly."""
+
+    def __init__(self, dst: Sequence[RoleFormat], stream: int, ndim: int):
+        self.target = _Rounder([d.format.frac for d in dst], dst, stream, ndim)
+        self.frac = [d.format.frac for d in dst]
+        self.roundings = [d.rounding for d in dst]
+        self.stream = stream
+
+    def __call__(
+        self, acc: np.ndarray, src_frac: np.ndarray, seed: int, step: int, index: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | int]:
+        words = None
+        if any(r is Rounding.STOCHASTIC for r in self.roundings):
+            words = threefry_words(seed, self.stream, step, index)[0]  # index is [1, ...]
+        rows = []
+        for c, (frac, rounding) in enumerate(zip(self.frac, self.roundings, strict=True)):
+            a = acc[min(c, acc.shape[0] - 1)]
+            shift = np.broadcast_to(src_frac[min(c, src_frac.shape[0] - 1)] - frac, a.shape)
+            a = a << np.maximum(-shift, 0)
+            rows.append(_round_right(a, np.maximum(shift, 0), rounding, words))
+        return _overflowed(self.target, np.stack(rows))
+
+
+def _bit_length(q: np.ndarray) -> np.ndarray:
+    """Bits of non-negative integers (0 for 0)."""
+    e = np.frexp(q.astype(np.float64))[1].astype(np.int64)
+    # a value above 2^53 may round up to the next power of two in float64
+    return e - ((e > 0) & ((np.int64(1) << np.maximum(e - 1, 0)) > q))
+
+
+def _isqrt(q: np.ndarray) -> np.ndarray:
+    """``floor(sqrt(q))`` of integers ``0 <= q < 2^52``."""
+    r = np.floor(np.sqrt(q.astype(np.float64))).astype(np.int64)
+    r -= r * r > q
+    return r + ((r + 1) * (r + 1) <= q)
+
+
+def norm_rsqrt(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Group norm's reciprocal square root (``docs/numerics.md``): ``(r, J)`` with
+    ``1 / sqrt(q) ~ r * 2^(J - 31)``; ``r`` in ``(2^15, 2^16]`` (0 with ``J = 0`` for ``q = 0``)."""
+    j = (32 - _bit_length(q)) >> 1
+    qn = np.where(j >= 0, q << np.maximum(2 * j, 0), q >> np.maximum(-2 * j, 0))
+    root = _isqrt(qn)
+    r = np.where(q > 0, (np.int64(1) << 31) // np.maximum(root, 1), 0)
+    return r, np.where(q > 0, j, 0)
 
 
 def _divide_round(
@@ -255,10 +318,11 @@ class FixedConvState(FixedState):
         """Config ``config``'s parameters as float64 values in their configured shapes."""
         frac = self.stage.formats.weight.format.frac
         values = torch.from_numpy(np.ldexp(self.w[config].astype(np.float64), -frac))
-        shapes = [shape for _, shape in self.stage.parameter_shapes]
-        out = [values[:, : math.prod(shapes[0][1:])].reshape(shapes[0]).clone()]
-        if len(shapes) > 1:  # the bias
-            out.append(values[:, -1].clone())
+        out, start = [], 0
+        for _, shape in self.stage.parameter_shapes:  # columns in this order (init_conv_state)
+            cols = math.prod(shape[1:])
+            out.append(values[:, start : start + cols].reshape(shape).clone())
+            start += cols
         return tuple(out)
 
 
@@ -269,6 +333,10 @@ class FixedConvContext:
     mask: np.ndarray | None  # [C, B, C_out, positions]: the ReLU's output is positive
     choice: np.ndarray | None  # max pooling: the window element chosen, [C, B, C_out, pooled]
     columns: np.ndarray  # the input's windows with the bias row, [C, B, cols, positions]
+    #: group norm: the normalized codes [C, B, groups, group size] and per group the
+    #: reciprocal square root's mantissa and exponent [C, B, groups, 1]
+    xhat: np.ndarray | None = None
+    rsqrt: tuple[np.ndarray, np.ndarray] | None = None
 
 
 class FixedArithmetic:
@@ -476,6 +544,9 @@ class FixedArithmetic:
             ctx["pool"] = _DivRounder(
                 fa, [f.activation for f in fm], stream_id(index, "pool"), 3, divisor
             )
+        norm = st0.spec is not None and st0.spec.norm is Norm.GROUP
+        # group norm's backward divides (its own first roundings); else the convolution's
+        if geo.pool is Pool.GLOBAL_AVG and not norm:
             if index > 1:
                 ctx["bwd"] = _DivRounder(
                     [dp.backward.frac for dp in dps],
@@ -500,6 +571,108 @@ class FixedArithmetic:
             ctx["residual"] = _DivRounder(
                 fe, [f.error for f in source], stream_id(index, "residual"), 4, divisor
             )
+        ctx["norm"] = self._build_norm(i, ctx, divisor) if norm else None
+
+    def _build_norm(self, i: int, ctx: dict, divisor: int) -> dict:
+        """Group norm's rounding points, constants and width checks (``docs/numerics.md``)."""
+        index, geo = i + 1, ctx["geometry"]
+        st0 = self.plans[0].stages[i]
+        assert st0.spec is not None
+        fm = [p.stages[i].formats for p in self.plans]
+        fa = [f.activation.format.frac for f in fm]
+        fw = [f.weight.format.frac for f in fm]
+        fa_in = [p.stages[max(i - 1, 0)].formats.activation.format.frac for p in self.plans]
+        q = ctx["pool_shift"]
+        fd = [f.error.format.frac + q for f in fm]  # the error at the norm's output
+        if min(fa) < 0:
+            raise ConfigError(
+                f"stage {index}: group norm needs the constant 1 (norm_shift's input) as a code "
+                f"of the stage's activation format, whose frac is {min(fa)}; use frac >= 0"
+            )
+        groups = st0.spec.groups
+        size = geo.conv_shape[0] // groups * geo.positions  # m: the values of one group
+        dz = [
+            RoleFormat(
+                FixedFormat(f.error.format.width, f.error.format.frac + q, f.error.format.signed),
+                f.error.rounding,
+                f.error.overflow,
+            )
+            for f in fm
+        ]
+        acts = [f.activation for f in fm]
+        # Widths of the sums (the largest magnitudes of their terms), as datapath's accumulators.
+        for f in fm:
+            top_a = max(-f.activation.format.min_code, f.activation.format.max_code)
+            top_e = max(-f.error.format.min_code, f.error.format.max_code)
+            top_w = max(-f.weight.format.min_code, f.weight.format.max_code)
+            eps = round(NORM_EPS * 2.0 ** (2 * f.activation.format.frac))
+            k2 = (size * top_e * top_a >> f.activation.format.frac) + 1
+            for what, top in (
+                ("variance", size * size * (top_a * top_a + eps)),
+                ("normalization", (2 * size * top_a) << 16),
+                ("scale", top_a * top_w + (top_w << f.activation.format.frac)),
+                ("backward", ((2 * size * top_e << f.activation.format.frac) + top_a * k2) << 16),
+                ("scale gradient", geo.positions * top_e * top_a),
+            ):
+                bits = span_width(-top, top)
+                if bits > ACC_LIMIT:
+                    raise ConfigError(
+                        f"stage {index}: group norm's {what} sum needs {bits} bits, more than "
+                        f"{ACC_LIMIT}; narrow the stage's formats or use more groups"
+                    )
+        out = {
+            "groups": groups,
+            "size": size,
+            "eps": _column([round(NORM_EPS * 2.0 ** (2 * f)) for f in fa], 4),
+            "index": index,
+            "fa": _column(fa, 4),
+            "fd": _column(fd, 4),
+            "c": _Rounder(
+                [w + a for w, a in zip(fw, fa_in, strict=True)], acts, stream_id(index, "norm"), 4
+            ),
+            "xhat": _VarRounder(acts, stream_id(index, "normalized"), 4),
+            "dx": _DivRounder(
+                [d + w for d, w in zip(fd, fw, strict=True)],
+                dz,
+                stream_id(index, "norm_error"),
+                4,
+                divisor,
+            ),
+            # the per-group sum, rounded into a register as wide as the widest accumulator
+            "k2": _Rounder(
+                [d + a for d, a in zip(fd, fa, strict=True)],
+                [
+                    RoleFormat(FixedFormat(ACC_LIMIT, d), f.error.rounding, f.error.overflow)
+                    for d, f in zip(fd, fm, strict=True)
+                ],
+                stream_id(index, "norm_group"),
+                4,
+            ),  # fmt: skip
+            "dc": _VarRounder(dz, stream_id(index, "norm_backward"), 4),
+            "g_scale": _DivRounder(
+                [d + a for d, a in zip(fd, fa, strict=True)],
+                [f.gradient for f in fm],
+                stream_id(index, "gradient"),
+                2,
+                divisor,
+            ),
+            "g_shift": _DivRounder(
+                fd, [f.gradient for f in fm], stream_id(index, "gradient"), 2, divisor
+            ),
+        }
+        top = [w + a for w, a in zip(fw, fa, strict=True)]
+        if ctx["residual"] is not None:
+            res = [residual_format_of(p, p.stages[i]).frac for p in self.plans]
+            top = [max(t, r) for t, r in zip(top, res, strict=True)]
+            out["res_product"] = _column(
+                [t - w - a for t, w, a in zip(top, fw, fa, strict=True)], 4
+            )
+            out["res_shift"] = _column([t - r for t, r in zip(top, res, strict=True)], 4)
+        out["z"] = _Rounder(top, acts, stream_id(index, "activation"), 4)
+        # the weight matrix's columns: [W | bias | norm_scale | norm_shift]
+        cols = ctx["cols"] + 2
+        ctx["idx_w"] = np.arange(geo.conv_shape[0] * cols, dtype=np.int64).reshape(1, -1, cols)
+        return out
 
     # ------------------------------------------------------------------------------------------
     # the arithmetic interface used by golden.pipeline
@@ -680,10 +853,9 @@ class FixedArithmetic:
     def init_conv_state(self, stage: StagePlan, params: tuple[torch.Tensor, ...]) -> FixedState:
         """Initial codes of a conv stage: the weight tensor as ``[C_out, C_in x kernel^d]``
         with the bias as the last column, quantized as a dense stage's weights."""
-        names = [name for name, _ in stage.parameter_shapes]
-        w = params[0].reshape(params[0].shape[0], -1)
-        b = params[names.index("bias")] if "bias" in names else None
-        codes = np.stack([weight_codes(p.stages[stage.index - 1], w, b) for p in self.plans])
+        # every parameter as columns, in the order of parameter_shapes (FixedConvState.tensors)
+        w = torch.cat([p.reshape(p.shape[0], -1) for p in params], 1)
+        codes = np.stack([weight_codes(p.stages[stage.index - 1], w, None) for p in self.plans])
         state = FixedConvState(stage, codes, np.zeros_like(codes))
         if self.prediction is WeightPrediction.WEIGHT_DIFFERENCE:
             state.w_prev = codes
@@ -726,18 +898,23 @@ class FixedArithmetic:
                 np.asarray(ctx["one"]).reshape(-1, 1, 1, 1), (c, b, 1, geo.positions)
             )
             columns = np.concatenate([columns, one], 2)
-        acc = _matmul(w[:, None], columns, ctx["fwd_float"])
-        if residual is not None:
-            r = residual.reshape(acc.shape)
-            acc = _shl(acc, ctx["res_product"]) + _shl(r, ctx["res_shift"])
+        acc = _matmul(w[:, None, :, : ctx["cols"]], columns, ctx["fwd_float"])
 
-        def rq(name: str, role: str, value: np.ndarray, idx: np.ndarray) -> np.ndarray:
-            codes, over = ctx[name](value, self.seed, step, idx)
+        def rq(name, role: str, value: np.ndarray, idx: np.ndarray, *frac) -> np.ndarray:
+            rounder = ctx[name] if isinstance(name, str) else name
+            codes, over = rounder(value, *frac, self.seed, step, idx)
             if count:
                 self._count(ctx["index"], role, over)
             return codes
 
-        z = rq("fwd", "activation", acc, index)
+        xhat = rsqrt = None
+        if ctx["norm"] is not None:
+            z, xhat, rsqrt = self._norm_forward(ctx, w, acc, residual, index, rq)
+        else:
+            if residual is not None:
+                r = residual.reshape(acc.shape)
+                acc = _shl(acc, ctx["res_product"]) + _shl(r, ctx["res_shift"])
+            z = rq("fwd", "activation", acc, index)
         mask = choice = None
         if stage.relu:
             mask = z > 0
@@ -753,12 +930,38 @@ class FixedArithmetic:
         elif geo.pool is Pool.GLOBAL_AVG:  # every channel's exact sum, divided once
             pooled = np.arange(b * z.shape[2], dtype=np.int64).reshape(1, b, z.shape[2])
             z = rq("pool", "pool", z.sum(-1), pooled)
-        return z.reshape(c, b, -1), FixedConvContext(mask, choice, columns)
+        return z.reshape(c, b, -1), FixedConvContext(mask, choice, columns, xhat, rsqrt)
+
+    def _norm_forward(self, ctx: dict, w: np.ndarray, acc: np.ndarray, residual, index, rq):
+        """Group norm (``docs/numerics.md``): the convolution rounded, each group's exact sums,
+        its reciprocal square root, the normalized codes, then scale, shift and the residual
+        in one exact sum and one rounding. Returns ``z``, the normalized codes by group and
+        the groups' ``(r, J)``."""
+        nm = ctx["norm"]
+        c, b, out, positions = acc.shape
+        shape = (c, b, nm["groups"], nm["size"])
+        conv = rq(nm["c"], "norm", acc, index).reshape(shape)
+        s1 = conv.sum(-1, keepdims=True)
+        q = nm["size"] * (conv * conv).sum(-1, keepdims=True) - s1 * s1
+        r, j = norm_rsqrt(q + nm["size"] * nm["size"] * nm["eps"])
+        xhat = rq(
+            nm["xhat"], "normalized", (nm["size"] * conv - s1) * r,
+            index.reshape((1, -1) + shape[2:]), 31 - j,
+        )  # fmt: skip
+        cols = ctx["cols"]
+        scale, shift = w[:, None, :, cols, None], w[:, None, :, cols + 1, None]
+        acc2 = xhat.reshape(acc.shape) * scale + (shift << nm["fa"])
+        if residual is not None:
+            acc2 = _shl(acc2, nm["res_product"]) + _shl(
+                residual.reshape(acc.shape), nm["res_shift"]
+            )
+        return rq(nm["z"], "activation", acc2, index), xhat, (r, j)
 
     def conv_backward(
         self, stage: StagePlan, w: np.ndarray, x: np.ndarray, kept: FixedConvContext, error
-    ) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray | None, np.ndarray | None]:
-        """The error at the convolution's output (kept for the update with the windows), the
+    ) -> tuple[tuple, np.ndarray | None, np.ndarray | None]:
+        """The error at the convolution's output (kept for the update with the windows and,
+        with group norm, the sums of its scale's and shift's gradients), the
         error sent to the previous stage (None for stage 1) and the error sent along the
         residual (None without one), for the error codes ``[C, n_out]`` arriving."""
         ctx = self._stage[stage.index - 1]
@@ -781,22 +984,58 @@ class FixedArithmetic:
         if ctx["residual"] is not None:
             r = self._rq(ctx, "residual", "residual", d, ctx["idx_conv"])
             residual_error = r.reshape(c, -1)
+        norm_sums = None
+        if ctx["norm"] is not None:
+            d, norm_sums = self._norm_backward(ctx, w, d, kept)
         error_in = None
         if stage.index > 1:
             wt = w[:, None, :, : ctx["n_in"]].transpose(0, 1, 3, 2)
             acc = col2im(_matmul(wt, d, ctx["bwd_float"]), geo)
             error_in = self._rq(ctx, "bwd", "error", acc, ctx["idx_x"])[:, 0]
-        return (d, kept.columns), error_in, residual_error
+        return (d, kept.columns, norm_sums), error_in, residual_error
+
+    def _norm_backward(
+        self, ctx: dict, w: np.ndarray, d: np.ndarray, kept: FixedConvContext
+    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """Group norm's backward (``docs/numerics.md``): the error at the convolution's output
+        and the exact sums of the scale's and the shift's gradients."""
+        nm = ctx["norm"]
+        assert kept.xhat is not None and kept.rsqrt is not None
+        c, b, out, positions = d.shape
+        cols, shape = ctx["cols"], kept.xhat.shape
+        scale = w[:, None, :, cols, None]
+        xhat = kept.xhat.reshape(d.shape)
+        sums = ((d * xhat).sum(-1), d.sum(-1))  # [C, 1, C_out]: the scale's and shift's
+        dx = self._rq(nm, "dx", "norm_error", d * scale, ctx["idx_conv"]).reshape(shape)
+        s1 = dx.sum(-1, keepdims=True)
+        groups = np.arange(shape[2], dtype=np.int64).reshape(1, 1, -1, 1)
+        k2, _ = nm["k2"]((dx * kept.xhat).sum(-1, keepdims=True), self.seed, self.step, groups)
+        t = ((nm["size"] * dx - s1) << nm["fa"]) - kept.xhat * k2
+        r, j = kept.rsqrt
+        idx = ctx["idx_conv"].reshape((1, 1) + shape[2:])
+        codes, over = nm["dc"](t * r, 31 - j + nm["fd"], self.seed, self.step, idx)
+        self._count(ctx["index"], "norm_backward", over)
+        return codes.reshape(d.shape), sums
 
     def conv_update(
-        self, stage: StagePlan, s: FixedState, pending: tuple[np.ndarray, np.ndarray]
+        self, stage: StagePlan, s: FixedState, pending: tuple[np.ndarray, np.ndarray, tuple | None]
     ) -> None:
         """The gradient (the error at the convolution's output times the windows, summed over
         the positions: one rounding), then velocity and weight as for a dense stage."""
         ctx = self._stage[stage.index - 1]
-        d, columns = pending
+        d, columns, norm_sums = pending
         acc = _matmul(d, columns.transpose(0, 1, 3, 2), ctx["grad_float"]).sum(1)
-        g = self._rq(ctx, "grad", "gradient", acc, ctx["idx_w"])
+        cols = ctx["cols"]
+        g = self._rq(ctx, "grad", "gradient", acc, ctx["idx_w"][..., :cols])
+        if norm_sums is not None:  # the scale's and the shift's columns
+            nm = ctx["norm"]
+            g_scale = self._rq(
+                nm, "g_scale", "gradient", norm_sums[0].sum(1), ctx["idx_w"][..., cols]
+            )
+            g_shift = self._rq(
+                nm, "g_shift", "gradient", norm_sums[1].sum(1), ctx["idx_w"][..., cols + 1]
+            )
+            g = np.concatenate([g, g_scale[..., None], g_shift[..., None]], -1)
         self._momentum_update(ctx, s, g)
 
     def add_errors(self, stage: StagePlan, error: np.ndarray, residual: np.ndarray) -> np.ndarray:

@@ -75,6 +75,11 @@ ROLE = {
     "loss": 7,
     "residual": 8,
     "pool": 9,
+    "norm": 10,
+    "normalized": 11,
+    "norm_error": 12,
+    "norm_group": 13,
+    "norm_backward": 14,
 }
 EVAL_STEP = 2**32 - 1
 
@@ -231,6 +236,23 @@ class RefConvStage(RefStage):
     res_fmt: Fmt | None  # the residual's format (its source's activation)
     res_err_fmt: Fmt | None  # the source's error format, with its modes
     residual_back: int = 0  # N: the residual is the output of stage index - N (0: none)
+    groups: int = 0  # group norm's channel groups (0: no group norm)
+    eps: float = 0.0  # group norm's epsilon (a float; its code is derived here)
+
+    @property
+    def cols(self) -> int:
+        """Weight columns: the window's, the bias, group norm's scale and shift."""
+        return self.n_in + (1 if self.bias else 0) + (2 if self.groups else 0)
+
+    @property
+    def kb(self) -> int:
+        """The column of group norm's scale (the shift's is the next)."""
+        return self.n_in + (1 if self.bias else 0)
+
+    def dz_fmt(self) -> Fmt:
+        """The error at the convolution's output: E's width and modes, ``f(E) + q`` bits."""
+        e = self.fmt["error"]
+        return Fmt(e.width, e.frac + self.pool_shift, e.signed, e.rounding, e.overflow)
 
     @property
     def positions(self) -> int:
@@ -436,6 +458,14 @@ class RefNet:
                 if st.bias:
                     acc += wh[o][k] * 2**fx
                 src = fw + fx
+                if st.groups:
+                    z.append(
+                        self._rq(
+                            st, "norm", acc, src, st.fmt["activation"], step,
+                            base + o * p + pos, count,
+                        )
+                    )  # fmt: skip
+                    continue
                 if st.res_fmt is not None:
                     top = max(src, st.res_fmt.frac)
                     acc = acc * 2 ** (top - src) + residual[o * p + pos] * 2 ** (
@@ -447,12 +477,15 @@ class RefNet:
                     count,
                 )  # fmt: skip
                 z.append(code)
+        norm = None
+        if st.groups:
+            z, norm = self.group_norm(st, wh, z, residual, step, base, count)
         mask = None
         if not st.last:
             mask = [c > 0 for c in z]
             z = [c if m else 0 for c, m in zip(z, mask, strict=True)]
         if st.pool == "none":
-            return z, mask, None
+            return z, mask, None, norm
         if st.pool == "global_avg":
             out = [
                 self._rq(
@@ -461,7 +494,7 @@ class RefNet:
                 )
                 for o in range(st.n_out)
             ]  # fmt: skip
-            return out, mask, None
+            return out, mask, None, norm
         out, choices = [], []
         windows = st.windows()
         base = sample * st.n_out * len(windows)
@@ -479,11 +512,87 @@ class RefNet:
                     best = vals.index(max(vals))  # the first maximum
                     choices.append(o * p + members[best])
                     out.append(vals[best])
-        return out, mask, choices
+        return out, mask, choices, norm
 
-    def conv_backward(self, st: RefConvStage, w, x, mask, choices, e, step: int):
-        """``(d, error_in, residual_error)``: the error at the convolution's output (frac
-        ``f(E) + pool_shift``), the error sent back (None for stage 1) and along the residual."""
+    # -- group norm (docs/numerics.md, "Group norm") --------------------------------------------
+    def _group_members(self, st: RefConvStage, g: int) -> range:
+        """The flat conv-output indices of group ``g`` (its channels' every position)."""
+        size = st.n_out // st.groups * st.positions
+        return range(g * size, (g + 1) * size)
+
+    @staticmethod
+    def rsqrt(q: int) -> tuple[int, int]:
+        """``(r, J)``: ``J = floor((32 - bits(q)) / 2)``, ``r = floor(2^31 / isqrt(q * 4^J))``
+        (``q * 4^J`` rounded down when ``J < 0``); ``(0, 0)`` for ``q = 0``."""
+        if q == 0:
+            return 0, 0
+        j = (32 - q.bit_length()) // 2
+        qn = q * 4**j if j >= 0 else q // 4 ** (-j)
+        return 2**31 // math.isqrt(qn), j
+
+    def group_norm(self, st: RefConvStage, wh, c, residual, step, base, count):
+        """The normalized, scaled and shifted output (and the residual) from the rounded
+        convolution ``c``; also what the backward needs: ``(xhat, [(r, J) per group])``."""
+        fw, fa = st.f("weight"), st.f("activation")
+        size = st.n_out // st.groups * st.positions
+        eps = round(Fraction(st.eps) * 2 ** (2 * fa))
+        xhat = [0] * len(c)
+        rj = []
+        for g in range(st.groups):
+            members = self._group_members(st, g)
+            s1 = sum(c[n] for n in members)
+            s2 = sum(c[n] * c[n] for n in members)
+            r, j = self.rsqrt(size * s2 - s1 * s1 + size * size * eps)
+            rj.append((r, j))
+            for n in members:
+                xhat[n] = self._rq(
+                    st, "normalized", (size * c[n] - s1) * r, 31 - j, st.fmt["activation"],
+                    step, base + n, count,
+                )  # fmt: skip
+        z = []
+        for n, xh in enumerate(xhat):
+            o = n // st.positions
+            acc, src = xh * wh[o][st.kb] + wh[o][st.kb + 1] * 2**fa, fw + fa
+            if st.res_fmt is not None:
+                top = max(src, st.res_fmt.frac)
+                acc = acc * 2 ** (top - src) + residual[n] * 2 ** (top - st.res_fmt.frac)
+                src = top
+            z.append(
+                self._rq(st, "activation", acc, src, st.fmt["activation"], step, base + n, count)
+            )
+        return z, (xhat, rj)
+
+    def group_norm_backward(self, st: RefConvStage, w, d, norm, step):
+        """The error at the convolution's output from ``d`` at the norm's output."""
+        xhat, rj = norm
+        fw, fa = st.f("weight"), st.f("activation")
+        fd, dzf = st.f("error") + st.pool_shift, st.dz_fmt()
+        size = st.n_out // st.groups * st.positions
+        dx = [
+            self._rq(
+                st, "norm_error", d[n] * w[n // st.positions][st.kb], fd + fw, dzf, step, n,
+                divisor=st.divisor,
+            )
+            for n in range(len(d))
+        ]  # fmt: skip
+        out = [0] * len(d)
+        for g in range(st.groups):
+            members = self._group_members(st, g)
+            s1 = sum(dx[n] for n in members)
+            s2 = sum(dx[n] * xhat[n] for n in members)
+            draw = self._draw(st.index, "norm_group", step, g)
+            k2 = round_fraction(Fraction(s2, 2**fa), st.fmt["error"].rounding, draw)
+            r, j = rj[g]
+            for n in members:
+                t = (size * dx[n] - s1) * 2**fa - xhat[n] * k2
+                out[n] = self._rq(st, "norm_backward", t * r, fd + 31 - j, dzf, step, n)
+        return out
+
+    def conv_backward(self, st: RefConvStage, w, x, mask, choices, e, step: int, norm=None):
+        """``(d, error_in, residual_error, norm_d)``: the error at the convolution's output
+        (frac ``f(E) + pool_shift``), the error sent back (None for stage 1), along the
+        residual, and with group norm the error at the norm's output with the normalized
+        codes (for the scale's and shift's gradients)."""
         p = st.positions
         d = [0] * (st.n_out * p)
         windows = st.windows()
@@ -508,6 +617,10 @@ class RefNet:
                 self._rq(st, "residual", d[n], fd, st.res_err_fmt, step, n, divisor=st.divisor)
                 for n in range(len(d))
             ]
+        norm_d, divisor = None, st.divisor
+        if st.groups:
+            norm_d = (d, norm[0])
+            d, divisor = self.group_norm_backward(st, w, d, norm, step), 1
         error_in = None
         if st.error_prev is not None:
             cin, h, wd = st.in_chw
@@ -525,29 +638,37 @@ class RefNet:
             error_in = [
                 self._rq(
                     st, "error", a, st.f("weight") + fd, st.error_prev, step, i,
-                    divisor=st.divisor,
+                    divisor=divisor,
                 )
                 for i, a in enumerate(acc)
             ]  # fmt: skip
-        return d, error_in, residual_error
+        return d, error_in, residual_error, norm_d
 
-    def conv_update(self, st: RefConvStage, w, v, d, x, step: int):
-        """``(g, v', w')``: each weight's gradient sums its products over the positions."""
-        p, fx = st.positions, st.act_in.frac
-        src = st.f("error") + st.pool_shift + fx
+    def conv_update(self, st: RefConvStage, w, v, d, x, step: int, norm_d=None):
+        """``(g, v', w')``: each weight's gradient sums its products over the positions; with
+        group norm the scale's sums the error at the norm's output times the normalized
+        codes, the shift's that error."""
+        p, fx, fd = st.positions, st.act_in.frac, st.f("error") + st.pool_shift
         g = []
         for o in range(st.n_out):
             row = []
             for j in range(st.cols):
-                acc = 0
-                for pos in range(p):
-                    oy, ox = divmod(pos, st.out_hw[1])
-                    xv = 2**fx if j == st.n_in else st.column(x, j, oy, ox)
-                    acc += d[o * p + pos] * xv
+                if st.groups and j == st.kb:  # the scale
+                    acc = sum(norm_d[0][o * p + pos] * norm_d[1][o * p + pos] for pos in range(p))
+                    src, divisor = fd + st.f("activation"), st.divisor
+                elif st.groups and j == st.kb + 1:  # the shift
+                    acc, src, divisor = sum(norm_d[0][o * p : (o + 1) * p]), fd, st.divisor
+                else:
+                    acc, src = 0, fd + fx
+                    divisor = 1 if st.groups else st.divisor
+                    for pos in range(p):
+                        oy, ox = divmod(pos, st.out_hw[1])
+                        xv = 2**fx if j == st.n_in else st.column(x, j, oy, ox)
+                        acc += d[o * p + pos] * xv
                 row.append(
                     self._rq(
                         st, "gradient", acc, src, st.fmt["gradient"], step, o * st.cols + j,
-                        divisor=st.divisor,
+                        divisor=divisor,
                     )
                 )  # fmt: skip
             g.append(row)
@@ -575,7 +696,7 @@ class RefNet:
                 if isinstance(st, RefConvStage):
                     back = st.residual_back
                     residual = hs[-back] if back else None
-                    h, _, _ = self.conv_forward(
+                    h, _, _, _ = self.conv_forward(
                         st, state["w"], h, residual, EVAL_STEP, sample=s, count=False
                     )
                 else:

@@ -234,7 +234,6 @@ class LayerSpec:
 
 #: What the fixed-point model lacks, by layer key (:meth:`NetworkConfig.require_fixed_point`).
 _FIXED_MISSING = {
-    "norm": "group normalization",
     "projection": "residual projection",
 }
 
@@ -274,12 +273,9 @@ class NetworkConfig:
 
     def require_fixed_point(self) -> None:
         """Raise :class:`ConfigError`, naming the layer key, for what the fixed-point model does
-        not compute yet: group norm and a residual projection."""
+        not compute yet: a residual projection."""
         for i, sp in enumerate(self.specs or ()):
-            for key, unsupported, allowed in (
-                ("norm", sp.norm is Norm.GROUP, '"none"'),
-                ("projection", sp.projection, "false"),
-            ):
+            for key, unsupported, allowed in (("projection", sp.projection, "false"),):
                 if unsupported:
                     raise ConfigError(
                         f"config key 'network.layers.{i}.{key}' must be {allowed} with "
