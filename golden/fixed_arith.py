@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from golden.conv import NORM_EPS
+from golden.conv import NORM_EPS, _four_d, _projection_stride
 from golden.conv_fixed import ConvGeometry, col2im, geometry, im2col, pool_windows, unpool
 from pbhw.core.config import ConfigError, Loss, Norm, Pool, RoleFormat, WeightPrediction
 from pbhw.core.constants import EVAL_STEP, EXP2_TABLE, LOG2E_Q16, stream_id
@@ -337,6 +337,8 @@ class FixedConvContext:
     #: reciprocal square root's mantissa and exponent [C, B, groups, 1]
     xhat: np.ndarray | None = None
     rsqrt: tuple[np.ndarray, np.ndarray] | None = None
+    #: the projection's input: the residual's codes its stride reads, with the bias row
+    residual: np.ndarray | None = None
 
 
 class FixedArithmetic:
@@ -562,16 +564,110 @@ class FixedArithmetic:
                 3,
                 divisor,
             )
-        ctx["residual"] = None
+        ctx["residual"] = ctx["projection"] = None
+        # the columns after [W | b]: group norm's scale and shift, the projection's
+        ctx["norm_col"] = ctx["cols"]
+        ctx["proj_col"] = ctx["cols"] + (2 if norm else 0)
+        width = ctx["proj_col"]
         if st0.spec is not None and st0.spec.residual:
             source = [p.stages[i - st0.spec.residual].formats for p in self.plans]
-            ctx["res_product"] = _column([dp.forward.shifts["product"] for dp in dps], 4)
-            ctx["res_shift"] = _column([dp.forward.shifts["residual"] for dp in dps], 4)
             fe = [f.error.format.frac + ctx["pool_shift"] for f in fm]
-            ctx["residual"] = _DivRounder(
-                fe, [f.error for f in source], stream_id(index, "residual"), 4, divisor
-            )
+            # the residual's term and its frac: the source's codes, or the projection's sum
+            ctx["res_frac"] = [f.activation.format.frac for f in source]
+            if st0.spec.projection:
+                ctx["projection"] = self._build_projection(i, ctx, divisor)
+                width += ctx["projection"]["cols"]
+                fw = [f.weight.format.frac for f in fm]
+                ctx["res_frac"] = [w + r for w, r in zip(fw, ctx["res_frac"], strict=True)]
+                conv = [dp.forward.shifts["product"] for dp in dps]
+                conv = [dp.forward.frac - s for dp, s in zip(dps, conv, strict=True)]
+                top = [max(a, b) for a, b in zip(conv, ctx["res_frac"], strict=True)]
+                ctx["res_product"] = _column([t - a for t, a in zip(top, conv, strict=True)], 4)
+                ctx["res_shift"] = _column(
+                    [t - r for t, r in zip(top, ctx["res_frac"], strict=True)], 4
+                )
+                ctx["fwd"] = _Rounder(
+                    top, [f.activation for f in fm], stream_id(index, "activation"), 4
+                )
+                # the error sent along the residual: the projection's transpose of d
+                ctx["residual"] = _DivRounder(
+                    [e + w for e, w in zip(fe, fw, strict=True)],
+                    [f.error for f in source],
+                    stream_id(index, "residual"),
+                    3,
+                    divisor,
+                )
+            else:
+                ctx["res_product"] = _column([dp.forward.shifts["product"] for dp in dps], 4)
+                ctx["res_shift"] = _column([dp.forward.shifts["residual"] for dp in dps], 4)
+                ctx["residual"] = _DivRounder(
+                    fe, [f.error for f in source], stream_id(index, "residual"), 4, divisor
+                )
         ctx["norm"] = self._build_norm(i, ctx, divisor) if norm else None
+        ctx["idx_w"] = np.arange(out * width, dtype=np.int64).reshape(1, out, width)
+
+    def _build_projection(self, i: int, ctx: dict, divisor: int) -> dict:
+        """The residual projection's geometry, rounding point and width checks."""
+        index, geo = i + 1, ctx["geometry"]
+        st0 = self.plans[0].stages[i]
+        assert st0.spec is not None
+        fm = [p.stages[i].formats for p in self.plans]
+        source = [p.stages[i - st0.spec.residual].formats for p in self.plans]
+        res_shape = _four_d(st0.residual_shape)
+        stride = _projection_stride(st0)
+        fres = [f.activation.format.frac for f in source]
+        if self.bias and min(fres) < 0:
+            raise ConfigError(
+                f"stage {index}: the projection's bias needs the constant 1 as a code of the "
+                f"residual's format (stage {index - st0.spec.residual}'s activation), whose "
+                f"frac is {min(fres)}; use frac >= 0 or network.bias = false"
+            )
+        fe = [f.error.format.frac + ctx["pool_shift"] for f in fm]
+        terms = res_shape[0] + (1 if self.bias else 0)
+        inputs = [p.stages[max(i - 1, 0)].formats.activation.format for p in self.plans]
+        for f, src, x in zip(fm, source, inputs, strict=True):
+            top_w = max(-f.weight.format.min_code, f.weight.format.max_code)
+            top_e = max(-f.error.format.min_code, f.error.format.max_code)
+            a, out = src.activation.format, f.activation.format
+            top_r = max(-a.min_code, a.max_code, 1 << max(a.frac, 0))
+            proj = terms * top_w * top_r  # at f(W) + f(A_{l-N})
+            # the sum it joins: the convolution's (at f(W) + f(A_{l-1})) or group norm's
+            # scaled and shifted codes (at f(W) + f(A_l)), aligned onto the finer frac
+            main, frac = (
+                ctx["cols"] * top_w * max(-x.min_code, x.max_code, 1 << max(x.frac, 0)),
+                x.frac,
+            )
+            if st0.spec.norm is Norm.GROUP:
+                top_a = max(-out.min_code, out.max_code)
+                main, frac = top_a * top_w + (top_w << max(out.frac, 0)), out.frac
+            both = (main << max(a.frac - frac, 0)) + (proj << max(frac - a.frac, 0))
+            for what, top in (
+                ("forward", proj),
+                ("sum", both),
+                ("backward", geo.conv_shape[0] * top_w * top_e),
+                ("gradient", geo.positions * top_e * top_r),
+            ):
+                bits = span_width(-top, top)
+                if bits > ACC_LIMIT:
+                    raise ConfigError(
+                        f"stage {index}: the projection's {what} sum needs {bits} bits, more "
+                        f"than {ACC_LIMIT}; narrow the stage's formats"
+                    )
+        return {
+            "index": index,
+            "cols": terms,
+            "shape": res_shape,
+            "stride": (stride[0], stride[1]),
+            "one": _column([1 << max(f, 0) for f in fres], 4),
+            "idx_res": np.arange(math.prod(res_shape), dtype=np.int64).reshape(1, 1, -1),
+            "grad": _DivRounder(
+                [e + r for e, r in zip(fe, fres, strict=True)],
+                [f.gradient for f in fm],
+                stream_id(index, "gradient"),
+                3,
+                divisor,
+            ),
+        }
 
     def _build_norm(self, i: int, ctx: dict, divisor: int) -> dict:
         """Group norm's rounding points, constants and width checks (``docs/numerics.md``)."""
@@ -662,16 +758,13 @@ class FixedArithmetic:
         }
         top = [w + a for w, a in zip(fw, fa, strict=True)]
         if ctx["residual"] is not None:
-            res = [residual_format_of(p, p.stages[i]).frac for p in self.plans]
+            res = ctx["res_frac"]
             top = [max(t, r) for t, r in zip(top, res, strict=True)]
             out["res_product"] = _column(
                 [t - w - a for t, w, a in zip(top, fw, fa, strict=True)], 4
             )
             out["res_shift"] = _column([t - r for t, r in zip(top, res, strict=True)], 4)
         out["z"] = _Rounder(top, acts, stream_id(index, "activation"), 4)
-        # the weight matrix's columns: [W | bias | norm_scale | norm_shift]
-        cols = ctx["cols"] + 2
-        ctx["idx_w"] = np.arange(geo.conv_shape[0] * cols, dtype=np.int64).reshape(1, -1, cols)
         return out
 
     # ------------------------------------------------------------------------------------------
@@ -907,13 +1000,19 @@ class FixedArithmetic:
                 self._count(ctx["index"], role, over)
             return codes
 
-        xhat = rsqrt = None
+        xhat = rsqrt = strided = None
+        term = None  # the residual's term: its codes, or the projection's exact sum
+        if residual is not None and ctx["projection"] is not None:
+            strided = self._strided(ctx, residual)
+            pc = slice(ctx["proj_col"], ctx["proj_col"] + ctx["projection"]["cols"])
+            term = np.matmul(w[:, None, :, pc], strided)
+        elif residual is not None:
+            term = residual.reshape(acc.shape)
         if ctx["norm"] is not None:
-            z, xhat, rsqrt = self._norm_forward(ctx, w, acc, residual, index, rq)
+            z, xhat, rsqrt = self._norm_forward(ctx, w, acc, term, index, rq)
         else:
-            if residual is not None:
-                r = residual.reshape(acc.shape)
-                acc = _shl(acc, ctx["res_product"]) + _shl(r, ctx["res_shift"])
+            if term is not None:
+                acc = _shl(acc, ctx["res_product"]) + _shl(term, ctx["res_shift"])
             z = rq("fwd", "activation", acc, index)
         mask = choice = None
         if stage.relu:
@@ -930,7 +1029,24 @@ class FixedArithmetic:
         elif geo.pool is Pool.GLOBAL_AVG:  # every channel's exact sum, divided once
             pooled = np.arange(b * z.shape[2], dtype=np.int64).reshape(1, b, z.shape[2])
             z = rq("pool", "pool", z.sum(-1), pooled)
-        return z.reshape(c, b, -1), FixedConvContext(mask, choice, columns, xhat, rsqrt)
+        return z.reshape(c, b, -1), FixedConvContext(mask, choice, columns, xhat, rsqrt, strided)
+
+    @staticmethod
+    def _strided(ctx: dict, residual: np.ndarray) -> np.ndarray:
+        """The projection's input: the residual's codes at the positions its stride reads,
+        ``[C, B, C_res (+1), positions]``, with the code of 1 as the bias row."""
+        pj, geo = ctx["projection"], ctx["geometry"]
+        c, b = residual.shape[:2]
+        (cr, hr, wr), (sh, sw) = pj["shape"], pj["stride"]
+        ho, wo = geo.conv_shape[1:]
+        r = residual.reshape(c, b, cr, hr, wr)[
+            :, :, :, : sh * (ho - 1) + 1 : sh, : sw * (wo - 1) + 1 : sw
+        ]
+        r = r.reshape(c, b, cr, ho * wo)
+        if pj["cols"] > cr:
+            one = np.broadcast_to(np.asarray(pj["one"]).reshape(-1, 1, 1, 1), (c, b, 1, ho * wo))
+            r = np.concatenate([r, one], 2)
+        return r
 
     def _norm_forward(self, ctx: dict, w: np.ndarray, acc: np.ndarray, residual, index, rq):
         """Group norm (``docs/numerics.md``): the convolution rounded, each group's exact sums,
@@ -948,13 +1064,11 @@ class FixedArithmetic:
             nm["xhat"], "normalized", (nm["size"] * conv - s1) * r,
             index.reshape((1, -1) + shape[2:]), 31 - j,
         )  # fmt: skip
-        cols = ctx["cols"]
+        cols = ctx["norm_col"]
         scale, shift = w[:, None, :, cols, None], w[:, None, :, cols + 1, None]
         acc2 = xhat.reshape(acc.shape) * scale + (shift << nm["fa"])
-        if residual is not None:
-            acc2 = _shl(acc2, nm["res_product"]) + _shl(
-                residual.reshape(acc.shape), nm["res_shift"]
-            )
+        if residual is not None:  # the residual's term
+            acc2 = _shl(acc2, nm["res_product"]) + _shl(residual, nm["res_shift"])
         return rq(nm["z"], "activation", acc2, index), xhat, (r, j)
 
     def conv_backward(
@@ -980,8 +1094,11 @@ class FixedArithmetic:
             d = e
         if kept.mask is not None:
             d = d * kept.mask
-        residual_error = None
-        if ctx["residual"] is not None:
+        residual_error = proj = None
+        if ctx["projection"] is not None:
+            residual_error = self._projection_backward(ctx, w, d)
+            proj = (d, kept.residual)
+        elif ctx["residual"] is not None:
             r = self._rq(ctx, "residual", "residual", d, ctx["idx_conv"])
             residual_error = r.reshape(c, -1)
         norm_sums = None
@@ -992,7 +1109,22 @@ class FixedArithmetic:
             wt = w[:, None, :, : ctx["n_in"]].transpose(0, 1, 3, 2)
             acc = col2im(_matmul(wt, d, ctx["bwd_float"]), geo)
             error_in = self._rq(ctx, "bwd", "error", acc, ctx["idx_x"])[:, 0]
-        return (d, kept.columns, norm_sums), error_in, residual_error
+        return (d, kept.columns, norm_sums, proj), error_in, residual_error
+
+    def _projection_backward(self, ctx: dict, w: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """The error sent along a projected residual: the projection's transpose times ``d``,
+        exact, at the positions its stride read (0 elsewhere), rounded once."""
+        pj, geo = ctx["projection"], ctx["geometry"]
+        c = d.shape[0]
+        (cr, hr, wr), (sh, sw) = pj["shape"], pj["stride"]
+        ho, wo = geo.conv_shape[1:]
+        pw = w[:, None, :, ctx["proj_col"] : ctx["proj_col"] + cr].transpose(0, 1, 3, 2)
+        full = np.zeros((c, 1, cr, hr, wr), dtype=np.int64)
+        full[:, :, :, : sh * (ho - 1) + 1 : sh, : sw * (wo - 1) + 1 : sw] = np.matmul(
+            pw, d
+        ).reshape(c, 1, cr, ho, wo)
+        r = self._rq(ctx, "residual", "residual", full.reshape(c, 1, -1), pj["idx_res"])
+        return r.reshape(c, -1)
 
     def _norm_backward(
         self, ctx: dict, w: np.ndarray, d: np.ndarray, kept: FixedConvContext
@@ -1002,7 +1134,7 @@ class FixedArithmetic:
         nm = ctx["norm"]
         assert kept.xhat is not None and kept.rsqrt is not None
         c, b, out, positions = d.shape
-        cols, shape = ctx["cols"], kept.xhat.shape
+        cols, shape = ctx["norm_col"], kept.xhat.shape
         scale = w[:, None, :, cols, None]
         xhat = kept.xhat.reshape(d.shape)
         sums = ((d * xhat).sum(-1), d.sum(-1))  # [C, 1, C_out]: the scale's and shift's
@@ -1023,7 +1155,7 @@ class FixedArithmetic:
         """The gradient (the error at the convolution's output times the windows, summed over
         the positions: one rounding), then velocity and weight as for a dense stage."""
         ctx = self._stage[stage.index - 1]
-        d, columns, norm_sums = pending
+        d, columns, norm_sums, proj = pending
         acc = _matmul(d, columns.transpose(0, 1, 3, 2), ctx["grad_float"]).sum(1)
         cols = ctx["cols"]
         g = self._rq(ctx, "grad", "gradient", acc, ctx["idx_w"][..., :cols])
@@ -1036,6 +1168,11 @@ class FixedArithmetic:
                 nm, "g_shift", "gradient", norm_sums[1].sum(1), ctx["idx_w"][..., cols + 1]
             )
             g = np.concatenate([g, g_scale[..., None], g_shift[..., None]], -1)
+        if proj is not None:  # the projection's columns: error times its strided input
+            pj, pc = ctx["projection"], ctx["proj_col"]
+            acc = np.matmul(proj[0], proj[1].transpose(0, 1, 3, 2)).sum(1)
+            idx = ctx["idx_w"][..., pc : pc + pj["cols"]]
+            g = np.concatenate([g, self._rq(pj, "grad", "gradient", acc, idx)], -1)
         self._momentum_update(ctx, s, g)
 
     def add_errors(self, stage: StagePlan, error: np.ndarray, residual: np.ndarray) -> np.ndarray:

@@ -238,11 +238,42 @@ class RefConvStage(RefStage):
     residual_back: int = 0  # N: the residual is the output of stage index - N (0: none)
     groups: int = 0  # group norm's channel groups (0: no group norm)
     eps: float = 0.0  # group norm's epsilon (a float; its code is derived here)
+    res_chw: tuple[int, int, int] | None = None  # a projected residual's shape
+    proj_stride: tuple[int, int] | None = None  # the projection's stride (None: no projection)
 
     @property
     def cols(self) -> int:
-        """Weight columns: the window's, the bias, group norm's scale and shift."""
-        return self.n_in + (1 if self.bias else 0) + (2 if self.groups else 0)
+        """Weight columns: the window's, the bias, group norm's scale and shift, the
+        projection's weights and bias."""
+        proj = self.res_chw[0] + (1 if self.bias else 0) if self.proj_stride else 0
+        return self.n_in + (1 if self.bias else 0) + (2 if self.groups else 0) + proj
+
+    @property
+    def kp(self) -> int:
+        """The first column of the projection."""
+        return self.kb + (2 if self.groups else 0)
+
+    def proj_index(self, c: int, pos: int) -> int:
+        """The residual's flat index the projection reads for channel ``c``, position ``pos``."""
+        _, hr, wr = self.res_chw
+        oy, ox = divmod(pos, self.out_hw[1])
+        return (c * hr + oy * self.proj_stride[0]) * wr + ox * self.proj_stride[1]
+
+    def proj_input(self, residual, c: int, pos: int) -> int:
+        """The projection's input ``c`` at ``pos`` (``c = C_res``: the bias's code of 1)."""
+        if c == self.res_chw[0]:
+            return 2**self.res_fmt.frac
+        return residual[self.proj_index(c, pos)]
+
+    def residual_term(self, wh, residual, n: int) -> tuple[int, int]:
+        """The residual's term at conv output ``n`` and its frac: the residual's code, or the
+        projection's exact sum."""
+        if self.proj_stride is None:
+            return residual[n], self.res_fmt.frac
+        o, pos = divmod(n, self.positions)
+        terms = self.res_chw[0] + (1 if self.bias else 0)
+        acc = sum(wh[o][self.kp + c] * self.proj_input(residual, c, pos) for c in range(terms))
+        return acc, self.f("weight") + self.res_fmt.frac
 
     @property
     def kb(self) -> int:
@@ -467,10 +498,9 @@ class RefNet:
                     )  # fmt: skip
                     continue
                 if st.res_fmt is not None:
-                    top = max(src, st.res_fmt.frac)
-                    acc = acc * 2 ** (top - src) + residual[o * p + pos] * 2 ** (
-                        top - st.res_fmt.frac
-                    )
+                    term, tf = st.residual_term(wh, residual, o * p + pos)
+                    top = max(src, tf)
+                    acc = acc * 2 ** (top - src) + term * 2 ** (top - tf)
                     src = top
                 code = self._rq(
                     st, "activation", acc, src, st.fmt["activation"], step, base + o * p + pos,
@@ -554,8 +584,9 @@ class RefNet:
             o = n // st.positions
             acc, src = xh * wh[o][st.kb] + wh[o][st.kb + 1] * 2**fa, fw + fa
             if st.res_fmt is not None:
-                top = max(src, st.res_fmt.frac)
-                acc = acc * 2 ** (top - src) + residual[n] * 2 ** (top - st.res_fmt.frac)
+                term, tf = st.residual_term(wh, residual, n)
+                top = max(src, tf)
+                acc = acc * 2 ** (top - src) + term * 2 ** (top - tf)
                 src = top
             z.append(
                 self._rq(st, "activation", acc, src, st.fmt["activation"], step, base + n, count)
@@ -612,12 +643,26 @@ class RefNet:
             d = [v if m else 0 for v, m in zip(d, mask, strict=True)]
         fd = st.f("error") + st.pool_shift
         residual_error = None
-        if st.res_err_fmt is not None:
+        if st.proj_stride is not None:
+            cr, hr, wr = st.res_chw
+            acc = [0] * (cr * hr * wr)
+            for c in range(cr):
+                for n, dn in enumerate(d):
+                    o, pos = divmod(n, p)
+                    acc[st.proj_index(c, pos)] += w[o][st.kp + c] * dn
+            residual_error = [
+                self._rq(
+                    st, "residual", a, st.f("weight") + fd, st.res_err_fmt, step, i,
+                    divisor=st.divisor,
+                )
+                for i, a in enumerate(acc)
+            ]  # fmt: skip
+        elif st.res_err_fmt is not None:
             residual_error = [
                 self._rq(st, "residual", d[n], fd, st.res_err_fmt, step, n, divisor=st.divisor)
                 for n in range(len(d))
             ]
-        norm_d, divisor = None, st.divisor
+        norm_d, divisor = (d, None), st.divisor
         if st.groups:
             norm_d = (d, norm[0])
             d, divisor = self.group_norm_backward(st, w, d, norm, step), 1
@@ -644,10 +689,11 @@ class RefNet:
             ]  # fmt: skip
         return d, error_in, residual_error, norm_d
 
-    def conv_update(self, st: RefConvStage, w, v, d, x, step: int, norm_d=None):
+    def conv_update(self, st: RefConvStage, w, v, d, x, step: int, norm_d=None, residual=None):
         """``(g, v', w')``: each weight's gradient sums its products over the positions; with
-        group norm the scale's sums the error at the norm's output times the normalized
-        codes, the shift's that error."""
+        group norm the scale's sums the error at the norm's output (``norm_d[0]``) times the
+        normalized codes, the shift's that error; the projection's that error times its
+        input from ``residual``."""
         p, fx, fd = st.positions, st.act_in.frac, st.f("error") + st.pool_shift
         g = []
         for o in range(st.n_out):
@@ -658,6 +704,12 @@ class RefNet:
                     src, divisor = fd + st.f("activation"), st.divisor
                 elif st.groups and j == st.kb + 1:  # the shift
                     acc, src, divisor = sum(norm_d[0][o * p : (o + 1) * p]), fd, st.divisor
+                elif st.proj_stride is not None and j >= st.kp:  # the projection
+                    c, dsum = j - st.kp, norm_d[0]
+                    acc = sum(
+                        dsum[o * p + pos] * st.proj_input(residual, c, pos) for pos in range(p)
+                    )
+                    src, divisor = fd + st.res_fmt.frac, st.divisor
                 else:
                     acc, src = 0, fd + fx
                     divisor = 1 if st.groups else st.divisor

@@ -27,7 +27,13 @@ from test_fixed_arith import (
     ref_net,
 )
 
-from golden.conv import NORM_EPS, conv_forward, split_parameters
+from golden.conv import (
+    NORM_EPS,
+    _four_d,
+    _projection_stride,
+    conv_forward,
+    split_parameters,
+)
 from golden.conv_fixed import geometry
 from golden.fixed_arith import FixedArithmetic
 from golden.pipeline import Pipeline
@@ -105,6 +111,36 @@ NETS = {
             _conv(3, 1, norm="group", groups=1, pool="global_avg"),
         ],
     ),
+    # residual projections: with a stride, then into group norm and a global average
+    # (divided by 6)
+    "1d-proj": (
+        [2, 12],
+        [
+            _conv(3, 3, padding=1),
+            _conv(4, 3, stride=2, padding=1, residual=1, projection=True),
+            _conv(
+                4,
+                3,
+                padding=1,
+                residual=1,
+                projection=True,
+                norm="group",
+                groups=2,
+                pool="global_avg",
+            ),
+            {"type": "dense", "units": 3},
+        ],
+    ),  # fmt: skip
+    # projections with average pooling, with group norm and a stride, in the last stage
+    "2d-proj": (
+        [1, 8, 8],
+        [
+            _conv(3, 3, stride=2, padding=1),
+            _conv(4, 3, padding=1, residual=1, projection=True, pool="avg"),
+            _conv(4, 3, stride=2, padding=1, residual=1, projection=True, norm="group", groups=2),
+            _conv(3, 1, residual=1, projection=True, pool="global_avg"),
+        ],
+    ),
 }
 
 
@@ -143,6 +179,8 @@ def ref_conv_net(plan) -> RefNet:
             residual_back=spec.residual,
             groups=spec.groups if spec.norm is Norm.GROUP else 0,
             eps=NORM_EPS,
+            res_chw=_four_d(sp.residual_shape) if spec.projection else None,
+            proj_stride=tuple(_projection_stride(sp)) if spec.projection else None,
         )
     return net
 
@@ -195,7 +233,8 @@ def ref_sample(ref: RefNet, plan, rstates, xf, label, step, record=None):
             if res_err is not None:
                 held[li - sp.spec.residual] = res_err
                 record[f"stage {rs.index} residual error"] = res_err
-            pending.append((li, (d, norm_d)))
+            residual = outs[li - sp.spec.residual] if sp.spec.residual else None
+            pending.append((li, (d, norm_d, residual)))
         else:
             d = ref.output_gradient(delta, mask)
             error_in = ref.backward(rs, rst["w"], d, step) if li > 0 else None
@@ -206,7 +245,7 @@ def ref_sample(ref: RefNet, plan, rstates, xf, label, step, record=None):
     for li, d in pending:
         sp, rs, rst = plan.stages[li], ref.stages[li], rstates[li]
         if sp.conv:
-            _, v2, w2 = ref.conv_update(rs, rst["w"], rst["v"], d[0], inputs[li], step, d[1])
+            _, v2, w2 = ref.conv_update(rs, rst["w"], rst["v"], d[0], inputs[li], step, *d[1:])
         else:
             _, v2, w2 = ref.update(rs, rst["w"], rst["v"], d, inputs[li], step)
         if rst["w_prev"] is not None:
@@ -396,27 +435,31 @@ def test_batched_conv_configs_equal_each_config_alone(net):
 
 
 # ------------------------------------------------------------------------------------------
-# Configuration: what fixed point refuses, and the accumulator widths
+# Configuration: the accumulator widths
 
 
-@pytest.mark.parametrize(
-    "layer, key",
-    [
-        (
-            _conv(3, 3, padding=1, residual=1, projection=True, stride=2),
-            "network.layers.1.projection",
-        ),
-    ],
-)
-def test_unsupported_conv_features_are_refused_naming_the_layer_key(layer, key):
-    raw = conv_raw("1d")
-    raw["network"]["layers"] = [_conv(3, 3, padding=1), layer, {"type": "dense", "units": 3}]
-    raw["overrides"] = raw["overrides"][:2]
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as info:
-        from_dict(raw)
-    assert "train.arith = 'fixed'" in str(info.value)
-    raw["train"]["arith"] = "float"
-    from_dict(raw)  # the float model takes it
+def test_group_norm_sums_wider_than_the_limit_are_refused():
+    """Group norm's variance squares a whole group's codes: 28-bit activations over a group of
+    48 overflow 62 bits there (while the convolution's sums fit), and the model says which sum.
+    """
+    raw = conv_raw("1d", case="half_even-saturate")
+    raw["formats"].update(activation={"width": 28, "frac": 12}, weight={"width": 20, "frac": 10})
+    raw["network"]["layers"] = [
+        _conv(64, 3, padding=1),
+        _conv(4, 3, padding=1, norm="group", groups=1),
+        {"type": "dense", "units": 3},
+    ]
+    raw["overrides"] = []
+    with pytest.raises(ConfigError, match="stage 2: group norm's variance sum needs 67 bits"):
+        FixedArithmetic(derive_plan(from_dict(raw)))
+    raw["network"]["layers"][1]["groups"] = 4  # a group of 12: 63 bits
+    with pytest.raises(ConfigError, match="stage 2: group norm's variance sum needs 63 bits"):
+        FixedArithmetic(derive_plan(from_dict(raw)))
+    raw["formats"]["activation"]["width"] = 27  # the variance fits, the backward's t * r not
+    with pytest.raises(ConfigError, match="stage 2: group norm's backward sum needs 66 bits"):
+        FixedArithmetic(derive_plan(from_dict(raw)))
+    raw["formats"]["activation"]["width"] = 16
+    FixedArithmetic(derive_plan(from_dict(raw)))
 
 
 def test_conv_accumulator_wider_than_the_limit_is_refused_before_training():
@@ -526,7 +569,7 @@ def test_group_norm_matches_the_float_model_within_a_bound_from_the_formats():
         assert np.abs(np.ldexp(y.astype(np.float64), -fa) - yf.numpy()).max() <= bound
 
         e = torch.randint(-(2**10), 2**10, (1, 8 * 16), generator=gen).numpy()
-        (dc, _, _), _, _ = arith.conv_backward(sp, state.w, x, kept, e)
+        (dc, _, _, _), _, _ = arith.conv_backward(sp, state.w, x, kept, e)
         d = torch.from_numpy(np.ldexp((e * kept.mask.reshape(1, -1)).astype(np.float64), -fe))
         dcf, _, _ = torch.ops.aten.native_group_norm_backward(
             d.reshape(1, 8, 1, 16), ctx.conv, ctx.mean, ctx.rstd, p["norm_scale"],
