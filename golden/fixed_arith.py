@@ -6,8 +6,9 @@ rounding modes or update constants train side by side in one vectorised run (per
 clamps and constants are arrays). A single config is simply ``C = 1``, through the same code.
 
 A conv stage (``docs/numerics.md``, "Conv stages") holds its weights as a dense stage's matrix
-``[C_out, C_in x kernel^d (+ bias)]`` and computes on its input's windows
-(:mod:`golden.conv_fixed`): the same rounding points, the same update.
+``[C_out, C_in x kernel^d (+ bias)]`` (group norm's scale and shift and a residual projection's
+weights are more columns) and computes on its input's windows (:mod:`golden.conv_fixed`): the
+same rounding points, the same update.
 
 Arrays are numpy ``int64``: at these sizes (tens to thousands of elements per operation) numpy's
 per-call overhead is a fraction of torch's, and the integer semantics (arithmetic shifts, ``&``,
@@ -256,7 +257,7 @@ def _isqrt(q: np.ndarray) -> np.ndarray:
     return r + ((r + 1) * (r + 1) <= q)
 
 
-def norm_rsqrt(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _norm_rsqrt(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Group norm's reciprocal square root (``docs/numerics.md``): ``(r, J)`` with
     ``1 / sqrt(q) ~ r * 2^(J - 31)``; ``r`` in ``(2^15, 2^16]`` (0 with ``J = 0`` for ``q = 0``)."""
     j = (32 - _bit_length(q)) >> 1
@@ -743,7 +744,7 @@ class FixedArithmetic:
                 ],
                 stream_id(index, "norm_group"),
                 4,
-            ),  # fmt: skip
+            ),
             "dc": _VarRounder(dz, stream_id(index, "norm_backward"), 4),
             "g_scale": _DivRounder(
                 [d + a for d, a in zip(fd, fa, strict=True)],
@@ -945,7 +946,8 @@ class FixedArithmetic:
 
     def init_conv_state(self, stage: StagePlan, params: tuple[torch.Tensor, ...]) -> FixedState:
         """Initial codes of a conv stage: the weight tensor as ``[C_out, C_in x kernel^d]``
-        with the bias as the last column, quantized as a dense stage's weights."""
+        with the bias, group norm's scale and shift and the projection's weights and bias as
+        more columns, quantized as a dense stage's weights."""
         # every parameter as columns, in the order of parameter_shapes (FixedConvState.tensors)
         w = torch.cat([p.reshape(p.shape[0], -1) for p in params], 1)
         codes = np.stack([weight_codes(p.stages[stage.index - 1], w, None) for p in self.plans])
@@ -1059,7 +1061,7 @@ class FixedArithmetic:
         conv = rq(nm["c"], "norm", acc, index).reshape(shape)
         s1 = conv.sum(-1, keepdims=True)
         q = nm["size"] * (conv * conv).sum(-1, keepdims=True) - s1 * s1
-        r, j = norm_rsqrt(q + nm["size"] * nm["size"] * nm["eps"])
+        r, j = _norm_rsqrt(q + nm["size"] * nm["size"] * nm["eps"])
         xhat = rq(
             nm["xhat"], "normalized", (nm["size"] * conv - s1) * r,
             index.reshape((1, -1) + shape[2:]), 31 - j,
@@ -1153,7 +1155,8 @@ class FixedArithmetic:
         self, stage: StagePlan, s: FixedState, pending: tuple[np.ndarray, np.ndarray, tuple | None]
     ) -> None:
         """The gradient (the error at the convolution's output times the windows, summed over
-        the positions: one rounding), then velocity and weight as for a dense stage."""
+        the positions: one rounding; group norm's and the projection's columns from their own
+        sums), then velocity and weight as for a dense stage."""
         ctx = self._stage[stage.index - 1]
         d, columns, norm_sums, proj = pending
         acc = _matmul(d, columns.transpose(0, 1, 3, 2), ctx["grad_float"]).sum(1)
