@@ -31,6 +31,7 @@ from golden.conv import (
     NORM_EPS,
     _four_d,
     _projection_stride,
+    conv_backward,
     conv_forward,
     split_parameters,
 )
@@ -641,3 +642,45 @@ def test_group_norm_roundings_overflow_and_are_counted():
         assert counted.get("stage 1 normalized", 0) > 0, counted
         if ovf == "saturate":  # wrapped, the spike's output is negative: no error comes back
             assert counted.get("stage 1 norm_backward", 0) > 0, counted
+
+
+def test_projection_matches_the_float_model_to_its_one_rounding():
+    """A strided projection without group norm: the forward's convolution, bias, projection and
+    its bias are one exact sum rounded once (half-even: at most half an ulp of ``A`` from the
+    float model's value), and so is the error sent along the residual (half an ulp of the
+    source's ``E``)."""
+    raw = {
+        "seed": 3,
+        "network": {
+            "input": [2, 16],
+            "loss": "softmax_ce",
+            "layers": [
+                _conv(3, 3, padding=1),
+                _conv(4, 3, padding=1, stride=2, residual=1, projection=True),
+                {"type": "dense", "units": 3},
+            ],
+        },
+        "train": {"arith": "fixed"},
+    }
+    plan = derive_plan(from_dict(raw))
+    sp, arith = plan.stages[1], FixedArithmetic(plan)
+    state = arith.init_conv_state(sp, initial_weights(plan)[1])
+    p = split_parameters(sp, torch.cat([v.reshape(-1) for v in state.tensors()]))
+    fa, fe = plan.stages[0].formats.activation.format.frac, sp.formats.error.format.frac
+    fe0 = plan.stages[0].formats.error.format.frac
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        x, res = (torch.randint(0, 2**fa, (1, 48), generator=gen).numpy() for _ in range(2))
+        y, kept = arith.conv_forward(sp, state.w, x, res)
+        yf, ctx = conv_forward(
+            sp, p, *(torch.from_numpy(np.ldexp(v.astype(np.float64), -fa)) for v in (x, res))
+        )
+        assert np.abs(np.ldexp(y.astype(np.float64), -fa) - yf.numpy()).max() <= 2.0 ** -(fa + 1)
+        e = torch.randint(-(2**10), 2**10, (1, 32), generator=gen).numpy()
+        _, _, r_err = arith.conv_backward(sp, state.w, x, kept, e)
+        ctx.mask = torch.from_numpy(kept.mask.reshape(1, 4, 1, 8).astype(np.float64))
+        error = torch.from_numpy(np.ldexp(e.astype(np.float64), -fe))
+        xf = torch.from_numpy(np.ldexp(x.astype(np.float64), -fa))
+        _, _, r_float = conv_backward(sp, p, xf, ctx, error, False)
+        got = np.ldexp(r_err.astype(np.float64), -fe0)
+        assert np.abs(got - r_float.numpy()).max() <= 2.0 ** -(fe0 + 1)
