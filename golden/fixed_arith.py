@@ -697,9 +697,14 @@ class FixedArithmetic:
             for f in fm
         ]
         acts = [f.activation for f in fm]
+        # c and xhat: A_l's width, frac and modes, signed (an unsigned A_l would clip them)
+        signed = [
+            RoleFormat(FixedFormat(a.format.width, a.format.frac, True), a.rounding, a.overflow)
+            for a in acts
+        ]
         # Widths of the sums (the largest magnitudes of their terms), as datapath's accumulators.
         for f in fm:
-            top_a = max(-f.activation.format.min_code, f.activation.format.max_code)
+            top_a = 1 << (f.activation.format.width - 1)
             top_e = max(-f.error.format.min_code, f.error.format.max_code)
             top_w = max(-f.weight.format.min_code, f.weight.format.max_code)
             eps = round(NORM_EPS * 2.0 ** (2 * f.activation.format.frac))
@@ -725,9 +730,12 @@ class FixedArithmetic:
             "fa": _column(fa, 4),
             "fd": _column(fd, 4),
             "c": _Rounder(
-                [w + a for w, a in zip(fw, fa_in, strict=True)], acts, stream_id(index, "norm"), 4
+                [w + a for w, a in zip(fw, fa_in, strict=True)],
+                signed,
+                stream_id(index, "norm"),
+                4,
             ),
-            "xhat": _VarRounder(acts, stream_id(index, "normalized"), 4),
+            "xhat": _VarRounder(signed, stream_id(index, "normalized"), 4),
             "dx": _DivRounder(
                 [d + w for d, w in zip(fd, fw, strict=True)],
                 dz,

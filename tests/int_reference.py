@@ -280,6 +280,11 @@ class RefConvStage(RefStage):
         """The column of group norm's scale (the shift's is the next)."""
         return self.n_in + (1 if self.bias else 0)
 
+    def norm_fmt(self) -> Fmt:
+        """Group norm's ``c`` and ``xhat``: A's width, frac and modes, signed."""
+        a = self.fmt["activation"]
+        return Fmt(a.width, a.frac, True, a.rounding, a.overflow)
+
     def dz_fmt(self) -> Fmt:
         """The error at the convolution's output: E's width and modes, ``f(E) + q`` bits."""
         e = self.fmt["error"]
@@ -492,8 +497,8 @@ class RefNet:
                 if st.groups:
                     z.append(
                         self._rq(
-                            st, "norm", acc, src, st.fmt["activation"], step,
-                            base + o * p + pos, count,
+                            st, "norm", acc, src, st.norm_fmt(), step, base + o * p + pos,
+                            count,
                         )
                     )  # fmt: skip
                     continue
@@ -576,7 +581,7 @@ class RefNet:
             rj.append((r, j))
             for n in members:
                 xhat[n] = self._rq(
-                    st, "normalized", (size * c[n] - s1) * r, 31 - j, st.fmt["activation"],
+                    st, "normalized", (size * c[n] - s1) * r, 31 - j, st.norm_fmt(),
                     step, base + n, count,
                 )  # fmt: skip
         z = []
