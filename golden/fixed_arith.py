@@ -6,8 +6,9 @@ rounding modes or update constants train side by side in one vectorised run (per
 clamps and constants are arrays). A single config is simply ``C = 1``, through the same code.
 
 A conv stage (``docs/numerics.md``, "Conv stages") holds its weights as a dense stage's matrix
-``[C_out, C_in x kernel^d (+ bias)]`` and computes on its input's windows
-(:mod:`golden.conv_fixed`): the same rounding points, the same update.
+``[C_out, C_in x kernel^d (+ bias)]`` (group norm's scale and shift and a residual projection's
+weights are more columns) and computes on its input's windows (:mod:`golden.conv_fixed`): the
+same rounding points, the same update.
 
 Arrays are numpy ``int64``: at these sizes (tens to thousands of elements per operation) numpy's
 per-call overhead is a fraction of torch's, and the integer semantics (arithmetic shifts, ``&``,
@@ -24,12 +25,21 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from golden.conv import NORM_EPS, _four_d, _projection_stride
 from golden.conv_fixed import ConvGeometry, col2im, geometry, im2col, pool_windows, unpool
-from pbhw.core.config import ConfigError, Loss, Pool, RoleFormat, WeightPrediction
+from pbhw.core.config import ConfigError, Loss, Norm, Pool, RoleFormat, WeightPrediction
 from pbhw.core.constants import EVAL_STEP, EXP2_TABLE, LOG2E_Q16, stream_id
-from pbhw.core.datapath import pool_shift, residual_format_of, stage_datapath, x_format_of
+from pbhw.core.datapath import (
+    ACC_LIMIT,
+    pool_shift,
+    residual_format_of,
+    span_width,
+    stage_datapath,
+    x_format_of,
+)
 from pbhw.core.fixed import (
     THREEFRY_ROUNDS,
+    FixedFormat,
     Overflow,
     Rounding,
     StochasticKey,
@@ -160,6 +170,129 @@ def _round_right(
     return down + (words < top)
 
 
+class _DivRounder:
+    """``RQ(acc, F, X, role)`` of a value divided by a positive integer ``divisor``
+    (``docs/numerics.md``, "Conv stages": a global average's count): the exact rational
+    ``acc * 2^-F / divisor`` rounded once into ``X``. A power-of-two divisor is ``log2`` more
+    fractional bits (a shift, :class:`_Rounder`); any other is an exact integer division."""
+
+    def __init__(
+        self, src_frac: Sequence[int], dst: Sequence[RoleFormat], stream: int, ndim: int, divisor
+    ):
+        q = divisor.bit_length() - 1
+        self.divisor = divisor
+        self.stream = stream
+        self.shift_rounder = None
+        if divisor == 1 << q:
+            self.shift_rounder = _Rounder([f + q for f in src_frac], dst, stream, ndim)
+            return
+        # the overflow of X (a rounder with no shift)
+        self.target = _Rounder([d.format.frac for d in dst], dst, stream, ndim)
+        self.shifts = [f - d.format.frac for f, d in zip(src_frac, dst, strict=True)]
+        self.roundings = [d.rounding for d in dst]
+
+    def __call__(
+        self, acc: np.ndarray, seed: int = 0, step: int = 0, index: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | int]:
+        if self.shift_rounder is not None:
+            return self.shift_rounder(acc, seed, step, index)
+        words = None
+        if any(r is Rounding.STOCHASTIC for r in self.roundings):
+            words = threefry_words(seed, self.stream, step, index)[0]  # index is [1, ...]
+        acc = np.broadcast_to(acc, (len(self.shifts),) + acc.shape[1:])
+        out = np.stack(
+            [
+                _divide_round(acc[c], s, self.divisor, rounding, words)
+                for c, (s, rounding) in enumerate(zip(self.shifts, self.roundings, strict=True))
+            ]
+        )
+        return _overflowed(self.target, out)
+
+
+def _overflowed(target: _Rounder, out: np.ndarray) -> tuple[np.ndarray, np.ndarray | int]:
+    """``target``'s overflow of rounded codes, with the overflowed elements per config."""
+    result = target._overflow(out)
+    over = result != out
+    if over.shape[0] == 1:
+        return result, np.count_nonzero(over)
+    return result, over.reshape(over.shape[0], -1).sum(1)
+
+
+class _VarRounder:
+    """``RQ(acc, F, X, role)`` with a source frac ``F`` per element (group norm's per-group
+    exponent, ``docs/numerics.md``): a shift right with rounding, or left, exactly."""
+
+    def __init__(self, dst: Sequence[RoleFormat], stream: int, ndim: int):
+        self.target = _Rounder([d.format.frac for d in dst], dst, stream, ndim)
+        self.frac = [d.format.frac for d in dst]
+        self.roundings = [d.rounding for d in dst]
+        self.stream = stream
+
+    def __call__(
+        self, acc: np.ndarray, src_frac: np.ndarray, seed: int, step: int, index: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | int]:
+        words = None
+        if any(r is Rounding.STOCHASTIC for r in self.roundings):
+            words = threefry_words(seed, self.stream, step, index)[0]  # index is [1, ...]
+        rows = []
+        for c, (frac, rounding) in enumerate(zip(self.frac, self.roundings, strict=True)):
+            a = acc[min(c, acc.shape[0] - 1)]
+            shift = np.broadcast_to(src_frac[min(c, src_frac.shape[0] - 1)] - frac, a.shape)
+            a = a << np.maximum(-shift, 0)
+            rows.append(_round_right(a, np.maximum(shift, 0), rounding, words))
+        return _overflowed(self.target, np.stack(rows))
+
+
+def _bit_length(q: np.ndarray) -> np.ndarray:
+    """Bits of non-negative integers (0 for 0)."""
+    e = np.frexp(q.astype(np.float64))[1].astype(np.int64)
+    # a value above 2^53 may round up to the next power of two in float64
+    return e - ((e > 0) & ((np.int64(1) << np.maximum(e - 1, 0)) > q))
+
+
+def _isqrt(q: np.ndarray) -> np.ndarray:
+    """``floor(sqrt(q))`` of integers ``0 <= q < 2^52``."""
+    r = np.floor(np.sqrt(q.astype(np.float64))).astype(np.int64)
+    r -= r * r > q
+    return r + ((r + 1) * (r + 1) <= q)
+
+
+def _norm_rsqrt(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Group norm's reciprocal square root (``docs/numerics.md``): ``(r, J)`` with
+    ``1 / sqrt(q) ~ r * 2^(J - 31)``; ``r`` in ``(2^15, 2^16]`` (0 with ``J = 0`` for ``q = 0``)."""
+    j = (32 - _bit_length(q)) >> 1
+    qn = np.where(j >= 0, q << np.maximum(2 * j, 0), q >> np.maximum(-2 * j, 0))
+    root = _isqrt(qn)
+    r = np.where(q > 0, (np.int64(1) << 31) // np.maximum(root, 1), 0)
+    return r, np.where(q > 0, j, 0)
+
+
+def _divide_round(
+    acc: np.ndarray, s: int, n: int, rounding: Rounding, words: np.ndarray | None
+) -> np.ndarray:
+    """``acc / (n * 2^s)`` rounded (any integer ``s``, ``n >= 1``): the quotient rounded down and
+    the remainder decide, as the shifts of :func:`_round_right` do with ``n = 1``."""
+    if s < 0:
+        acc, s = acc << -s, 0
+    d = n << s
+    down = acc // d
+    rem = acc - down * d
+    if rounding is Rounding.FLOOR:
+        return down
+    if rounding is Rounding.TOWARD_ZERO:
+        return down + ((acc < 0) & (rem != 0))
+    if rounding is Rounding.HALF_UP:
+        return down + (2 * rem >= d)
+    if rounding is Rounding.HALF_EVEN:
+        return down + ((2 * rem > d) | ((2 * rem == d) & ((down & 1) == 1)))
+    # stochastic: up when the word is below the discarded fraction's top 32 bits
+    if d <= 1 << 31:
+        top = (rem << 32) // d
+    else:
+        top = (rem.astype(object) * (1 << 32) // d).astype(np.int64)
+    return down + (words < top)
+
+
 @dataclass
 class FixedState:
     """Codes of one stage for every config: ``w`` (bias as the last column), ``v``, ``w_prev``."""
@@ -186,10 +319,11 @@ class FixedConvState(FixedState):
         """Config ``config``'s parameters as float64 values in their configured shapes."""
         frac = self.stage.formats.weight.format.frac
         values = torch.from_numpy(np.ldexp(self.w[config].astype(np.float64), -frac))
-        shapes = [shape for _, shape in self.stage.parameter_shapes]
-        out = [values[:, : math.prod(shapes[0][1:])].reshape(shapes[0]).clone()]
-        if len(shapes) > 1:  # the bias
-            out.append(values[:, -1].clone())
+        out, start = [], 0
+        for _, shape in self.stage.parameter_shapes:  # columns in this order (init_conv_state)
+            cols = math.prod(shape[1:])
+            out.append(values[:, start : start + cols].reshape(shape).clone())
+            start += cols
         return tuple(out)
 
 
@@ -200,6 +334,12 @@ class FixedConvContext:
     mask: np.ndarray | None  # [C, B, C_out, positions]: the ReLU's output is positive
     choice: np.ndarray | None  # max pooling: the window element chosen, [C, B, C_out, pooled]
     columns: np.ndarray  # the input's windows with the bias row, [C, B, cols, positions]
+    #: group norm: the normalized codes [C, B, groups, group size] and per group the
+    #: reciprocal square root's mantissa and exponent [C, B, groups, 1]
+    xhat: np.ndarray | None = None
+    rsqrt: tuple[np.ndarray, np.ndarray] | None = None
+    #: the projection's input: the residual's codes its stride reads, with the bias row
+    residual: np.ndarray | None = None
 
 
 class FixedArithmetic:
@@ -301,14 +441,14 @@ class FixedArithmetic:
         ctx["sum"] = _Rounder(
             frac(fm, "error"), [f.error for f in fm], stream_id(index, "residual"), 2
         )
-        if geo:
-            self._build_conv(ctx, i, dps)
         ctx["grad"] = _Rounder(
             [u.gradient.frac for u in ups],
             [f.gradient for f in fm],
             stream_id(index, "gradient"),
             3,
         )
+        if geo:
+            self._build_conv(ctx, i, dps)
         ctx["vel_mv"] = _column([u.velocity.shifts["mv"] for u in ups], 3)
         ctx["vel_g"] = _column([u.velocity.shifts["g"] for u in ups], 3)
         ctx["vel"] = _Rounder(
@@ -391,23 +531,250 @@ class FixedArithmetic:
         ctx["idx_conv"] = np.arange(out * positions, dtype=np.int64).reshape(1, 1, out, positions)
         ctx["idx_x"] = np.arange(st0.n_in, dtype=np.int64).reshape(1, 1, -1)
         ctx["pool_shift"] = pool_shift(st0)
+        fa = [f.activation.format.frac for f in fm]
+        # A global average divides by the count of positions: its sum is rounded once, and so
+        # is every value the spread error feeds (error, gradient, residual: the error at the
+        # convolution's output is the arriving code, the 1/count in those roundings).
+        divisor = positions if geo.pool is Pool.GLOBAL_AVG else 1
         if geo.pool is Pool.AVG:
-            fa = [f.activation.format.frac for f in fm]
             ctx["pool"] = _Rounder(
                 [f + ctx["pool_shift"] for f in fa],
                 [f.activation for f in fm],
                 stream_id(index, "pool"),
                 4,
             )
-        ctx["residual"] = None
+        elif geo.pool is Pool.GLOBAL_AVG:
+            ctx["pool"] = _DivRounder(
+                fa, [f.activation for f in fm], stream_id(index, "pool"), 3, divisor
+            )
+        norm = st0.spec is not None and st0.spec.norm is Norm.GROUP
+        # group norm's backward divides (its own first roundings); else the convolution's
+        if geo.pool is Pool.GLOBAL_AVG and not norm:
+            if index > 1:
+                ctx["bwd"] = _DivRounder(
+                    [dp.backward.frac for dp in dps],
+                    [p.stages[i - 1].formats.error for p in self.plans],
+                    stream_id(index, "error"),
+                    3,
+                    divisor,
+                )
+            ctx["grad"] = _DivRounder(
+                [dp.update.gradient.frac for dp in dps],
+                [f.gradient for f in fm],
+                stream_id(index, "gradient"),
+                3,
+                divisor,
+            )
+        ctx["residual"] = ctx["projection"] = None
+        # the columns after [W | b]: group norm's scale and shift, the projection's
+        ctx["norm_col"] = ctx["cols"]
+        ctx["proj_col"] = ctx["cols"] + (2 if norm else 0)
+        width = ctx["proj_col"]
         if st0.spec is not None and st0.spec.residual:
             source = [p.stages[i - st0.spec.residual].formats for p in self.plans]
-            ctx["res_product"] = _column([dp.forward.shifts["product"] for dp in dps], 4)
-            ctx["res_shift"] = _column([dp.forward.shifts["residual"] for dp in dps], 4)
             fe = [f.error.format.frac + ctx["pool_shift"] for f in fm]
-            ctx["residual"] = _Rounder(
-                fe, [f.error for f in source], stream_id(index, "residual"), 4
+            # the residual's term and its frac: the source's codes, or the projection's sum
+            ctx["res_frac"] = [f.activation.format.frac for f in source]
+            if st0.spec.projection:
+                ctx["projection"] = self._build_projection(i, ctx, divisor)
+                width += ctx["projection"]["cols"]
+                fw = [f.weight.format.frac for f in fm]
+                ctx["res_frac"] = [w + r for w, r in zip(fw, ctx["res_frac"], strict=True)]
+                conv = [dp.forward.shifts["product"] for dp in dps]
+                conv = [dp.forward.frac - s for dp, s in zip(dps, conv, strict=True)]
+                top = [max(a, b) for a, b in zip(conv, ctx["res_frac"], strict=True)]
+                ctx["res_product"] = _column([t - a for t, a in zip(top, conv, strict=True)], 4)
+                ctx["res_shift"] = _column(
+                    [t - r for t, r in zip(top, ctx["res_frac"], strict=True)], 4
+                )
+                ctx["fwd"] = _Rounder(
+                    top, [f.activation for f in fm], stream_id(index, "activation"), 4
+                )
+                # the error sent along the residual: the projection's transpose of d
+                ctx["residual"] = _DivRounder(
+                    [e + w for e, w in zip(fe, fw, strict=True)],
+                    [f.error for f in source],
+                    stream_id(index, "residual"),
+                    3,
+                    divisor,
+                )
+            else:
+                ctx["res_product"] = _column([dp.forward.shifts["product"] for dp in dps], 4)
+                ctx["res_shift"] = _column([dp.forward.shifts["residual"] for dp in dps], 4)
+                ctx["residual"] = _DivRounder(
+                    fe, [f.error for f in source], stream_id(index, "residual"), 4, divisor
+                )
+        ctx["norm"] = self._build_norm(i, ctx, divisor) if norm else None
+        ctx["idx_w"] = np.arange(out * width, dtype=np.int64).reshape(1, out, width)
+
+    def _build_projection(self, i: int, ctx: dict, divisor: int) -> dict:
+        """The residual projection's geometry, rounding point and width checks."""
+        index, geo = i + 1, ctx["geometry"]
+        st0 = self.plans[0].stages[i]
+        assert st0.spec is not None
+        fm = [p.stages[i].formats for p in self.plans]
+        source = [p.stages[i - st0.spec.residual].formats for p in self.plans]
+        res_shape = _four_d(st0.residual_shape)
+        stride = _projection_stride(st0)
+        fres = [f.activation.format.frac for f in source]
+        if self.bias and min(fres) < 0:
+            raise ConfigError(
+                f"stage {index}: the projection's bias needs the constant 1 as a code of the "
+                f"residual's format (stage {index - st0.spec.residual}'s activation), whose "
+                f"frac is {min(fres)}; use frac >= 0 or network.bias = false"
             )
+        fe = [f.error.format.frac + ctx["pool_shift"] for f in fm]
+        terms = res_shape[0] + (1 if self.bias else 0)
+        inputs = [p.stages[max(i - 1, 0)].formats.activation.format for p in self.plans]
+        for f, src, x in zip(fm, source, inputs, strict=True):
+            top_w = max(-f.weight.format.min_code, f.weight.format.max_code)
+            top_e = max(-f.error.format.min_code, f.error.format.max_code)
+            a, out = src.activation.format, f.activation.format
+            top_r = max(-a.min_code, a.max_code, 1 << max(a.frac, 0))
+            proj = terms * top_w * top_r  # at f(W) + f(A_{l-N})
+            # the sum it joins: the convolution's (at f(W) + f(A_{l-1})) or group norm's
+            # scaled and shifted codes (at f(W) + f(A_l)), aligned onto the finer frac
+            main, frac = (
+                ctx["cols"] * top_w * max(-x.min_code, x.max_code, 1 << max(x.frac, 0)),
+                x.frac,
+            )
+            if st0.spec.norm is Norm.GROUP:
+                top_a = max(-out.min_code, out.max_code)
+                main, frac = top_a * top_w + (top_w << max(out.frac, 0)), out.frac
+            both = (main << max(a.frac - frac, 0)) + (proj << max(frac - a.frac, 0))
+            for what, top in (
+                ("forward", proj),
+                ("sum", both),
+                ("backward", geo.conv_shape[0] * top_w * top_e),
+                ("gradient", geo.positions * top_e * top_r),
+            ):
+                bits = span_width(-top, top)
+                if bits > ACC_LIMIT:
+                    raise ConfigError(
+                        f"stage {index}: the projection's {what} sum needs {bits} bits, more "
+                        f"than {ACC_LIMIT}; narrow the stage's formats"
+                    )
+        return {
+            "index": index,
+            "cols": terms,
+            "shape": res_shape,
+            "stride": (stride[0], stride[1]),
+            "one": _column([1 << max(f, 0) for f in fres], 4),
+            "idx_res": np.arange(math.prod(res_shape), dtype=np.int64).reshape(1, 1, -1),
+            "grad": _DivRounder(
+                [e + r for e, r in zip(fe, fres, strict=True)],
+                [f.gradient for f in fm],
+                stream_id(index, "gradient"),
+                3,
+                divisor,
+            ),
+        }
+
+    def _build_norm(self, i: int, ctx: dict, divisor: int) -> dict:
+        """Group norm's rounding points, constants and width checks (``docs/numerics.md``)."""
+        index, geo = i + 1, ctx["geometry"]
+        st0 = self.plans[0].stages[i]
+        assert st0.spec is not None
+        fm = [p.stages[i].formats for p in self.plans]
+        fa = [f.activation.format.frac for f in fm]
+        fw = [f.weight.format.frac for f in fm]
+        fa_in = [p.stages[max(i - 1, 0)].formats.activation.format.frac for p in self.plans]
+        q = ctx["pool_shift"]
+        fd = [f.error.format.frac + q for f in fm]  # the error at the norm's output
+        if min(fa) < 0:
+            raise ConfigError(
+                f"stage {index}: group norm needs the constant 1 (norm_shift's input) as a code "
+                f"of the stage's activation format, whose frac is {min(fa)}; use frac >= 0"
+            )
+        groups = st0.spec.groups
+        size = geo.conv_shape[0] // groups * geo.positions  # m: the values of one group
+        dz = [
+            RoleFormat(
+                FixedFormat(f.error.format.width, f.error.format.frac + q, f.error.format.signed),
+                f.error.rounding,
+                f.error.overflow,
+            )
+            for f in fm
+        ]
+        acts = [f.activation for f in fm]
+        # c and xhat: A_l's width, frac and modes, signed (an unsigned A_l would clip them)
+        signed = [
+            RoleFormat(FixedFormat(a.format.width, a.format.frac, True), a.rounding, a.overflow)
+            for a in acts
+        ]
+        # Widths of the sums (the largest magnitudes of their terms), as datapath's accumulators.
+        for f in fm:
+            top_a = 1 << (f.activation.format.width - 1)
+            top_e = max(-f.error.format.min_code, f.error.format.max_code)
+            top_w = max(-f.weight.format.min_code, f.weight.format.max_code)
+            eps = round(NORM_EPS * 2.0 ** (2 * f.activation.format.frac))
+            k2 = (size * top_e * top_a >> f.activation.format.frac) + 1
+            for what, top in (
+                ("variance", size * size * (top_a * top_a + eps)),
+                ("normalization", (2 * size * top_a) << 16),
+                ("scale", top_a * top_w + (top_w << f.activation.format.frac)),
+                ("backward", ((2 * size * top_e << f.activation.format.frac) + top_a * k2) << 16),
+                ("scale gradient", geo.positions * top_e * top_a),
+            ):
+                bits = span_width(-top, top)
+                if bits > ACC_LIMIT:
+                    raise ConfigError(
+                        f"stage {index}: group norm's {what} sum needs {bits} bits, more than "
+                        f"{ACC_LIMIT}; narrow the stage's formats or use more groups"
+                    )
+        out = {
+            "groups": groups,
+            "size": size,
+            "eps": _column([round(NORM_EPS * 2.0 ** (2 * f)) for f in fa], 4),
+            "index": index,
+            "fa": _column(fa, 4),
+            "fd": _column(fd, 4),
+            "c": _Rounder(
+                [w + a for w, a in zip(fw, fa_in, strict=True)],
+                signed,
+                stream_id(index, "norm"),
+                4,
+            ),
+            "xhat": _VarRounder(signed, stream_id(index, "normalized"), 4),
+            "dx": _DivRounder(
+                [d + w for d, w in zip(fd, fw, strict=True)],
+                dz,
+                stream_id(index, "norm_error"),
+                4,
+                divisor,
+            ),
+            # the per-group sum, rounded into a register as wide as the widest accumulator
+            "k2": _Rounder(
+                [d + a for d, a in zip(fd, fa, strict=True)],
+                [
+                    RoleFormat(FixedFormat(ACC_LIMIT, d), f.error.rounding, f.error.overflow)
+                    for d, f in zip(fd, fm, strict=True)
+                ],
+                stream_id(index, "norm_group"),
+                4,
+            ),
+            "dc": _VarRounder(dz, stream_id(index, "norm_backward"), 4),
+            "g_scale": _DivRounder(
+                [d + a for d, a in zip(fd, fa, strict=True)],
+                [f.gradient for f in fm],
+                stream_id(index, "gradient"),
+                2,
+                divisor,
+            ),
+            "g_shift": _DivRounder(
+                fd, [f.gradient for f in fm], stream_id(index, "gradient"), 2, divisor
+            ),
+        }
+        top = [w + a for w, a in zip(fw, fa, strict=True)]
+        if ctx["residual"] is not None:
+            res = ctx["res_frac"]
+            top = [max(t, r) for t, r in zip(top, res, strict=True)]
+            out["res_product"] = _column(
+                [t - w - a for t, w, a in zip(top, fw, fa, strict=True)], 4
+            )
+            out["res_shift"] = _column([t - r for t, r in zip(top, res, strict=True)], 4)
+        out["z"] = _Rounder(top, acts, stream_id(index, "activation"), 4)
+        return out
 
     # ------------------------------------------------------------------------------------------
     # the arithmetic interface used by golden.pipeline
@@ -587,11 +954,11 @@ class FixedArithmetic:
 
     def init_conv_state(self, stage: StagePlan, params: tuple[torch.Tensor, ...]) -> FixedState:
         """Initial codes of a conv stage: the weight tensor as ``[C_out, C_in x kernel^d]``
-        with the bias as the last column, quantized as a dense stage's weights."""
-        names = [name for name, _ in stage.parameter_shapes]
-        w = params[0].reshape(params[0].shape[0], -1)
-        b = params[names.index("bias")] if "bias" in names else None
-        codes = np.stack([weight_codes(p.stages[stage.index - 1], w, b) for p in self.plans])
+        with the bias, group norm's scale and shift and the projection's weights and bias as
+        more columns, quantized as a dense stage's weights."""
+        # every parameter as columns, in the order of parameter_shapes (FixedConvState.tensors)
+        w = torch.cat([p.reshape(p.shape[0], -1) for p in params], 1)
+        codes = np.stack([weight_codes(p.stages[stage.index - 1], w, None) for p in self.plans])
         state = FixedConvState(stage, codes, np.zeros_like(codes))
         if self.prediction is WeightPrediction.WEIGHT_DIFFERENCE:
             state.w_prev = codes
@@ -634,18 +1001,29 @@ class FixedArithmetic:
                 np.asarray(ctx["one"]).reshape(-1, 1, 1, 1), (c, b, 1, geo.positions)
             )
             columns = np.concatenate([columns, one], 2)
-        acc = _matmul(w[:, None], columns, ctx["fwd_float"])
-        if residual is not None:
-            r = residual.reshape(acc.shape)
-            acc = _shl(acc, ctx["res_product"]) + _shl(r, ctx["res_shift"])
+        acc = _matmul(w[:, None, :, : ctx["cols"]], columns, ctx["fwd_float"])
 
-        def rq(name: str, role: str, value: np.ndarray, idx: np.ndarray) -> np.ndarray:
-            codes, over = ctx[name](value, self.seed, step, idx)
+        def rq(name, role: str, value: np.ndarray, idx: np.ndarray, *frac) -> np.ndarray:
+            rounder = ctx[name] if isinstance(name, str) else name
+            codes, over = rounder(value, *frac, self.seed, step, idx)
             if count:
                 self._count(ctx["index"], role, over)
             return codes
 
-        z = rq("fwd", "activation", acc, index)
+        xhat = rsqrt = strided = None
+        term = None  # the residual's term: its codes, or the projection's exact sum
+        if residual is not None and ctx["projection"] is not None:
+            strided = self._strided(ctx, residual)
+            pc = slice(ctx["proj_col"], ctx["proj_col"] + ctx["projection"]["cols"])
+            term = np.matmul(w[:, None, :, pc], strided)
+        elif residual is not None:
+            term = residual.reshape(acc.shape)
+        if ctx["norm"] is not None:
+            z, xhat, rsqrt = self._norm_forward(ctx, w, acc, term, index, rq)
+        else:
+            if term is not None:
+                acc = _shl(acc, ctx["res_product"]) + _shl(term, ctx["res_shift"])
+            z = rq("fwd", "activation", acc, index)
         mask = choice = None
         if stage.relu:
             mask = z > 0
@@ -658,12 +1036,56 @@ class FixedArithmetic:
             windows = pool_windows(z, geo)
             choice = windows.argmax(-1)  # the first maximum in the window's row-major order
             z = np.take_along_axis(windows, choice[..., None], -1)[..., 0]
-        return z.reshape(c, b, -1), FixedConvContext(mask, choice, columns)
+        elif geo.pool is Pool.GLOBAL_AVG:  # every channel's exact sum, divided once
+            pooled = np.arange(b * z.shape[2], dtype=np.int64).reshape(1, b, z.shape[2])
+            z = rq("pool", "pool", z.sum(-1), pooled)
+        return z.reshape(c, b, -1), FixedConvContext(mask, choice, columns, xhat, rsqrt, strided)
+
+    @staticmethod
+    def _strided(ctx: dict, residual: np.ndarray) -> np.ndarray:
+        """The projection's input: the residual's codes at the positions its stride reads,
+        ``[C, B, C_res (+1), positions]``, with the code of 1 as the bias row."""
+        pj, geo = ctx["projection"], ctx["geometry"]
+        c, b = residual.shape[:2]
+        (cr, hr, wr), (sh, sw) = pj["shape"], pj["stride"]
+        ho, wo = geo.conv_shape[1:]
+        r = residual.reshape(c, b, cr, hr, wr)[
+            :, :, :, : sh * (ho - 1) + 1 : sh, : sw * (wo - 1) + 1 : sw
+        ]
+        r = r.reshape(c, b, cr, ho * wo)
+        if pj["cols"] > cr:
+            one = np.broadcast_to(np.asarray(pj["one"]).reshape(-1, 1, 1, 1), (c, b, 1, ho * wo))
+            r = np.concatenate([r, one], 2)
+        return r
+
+    def _norm_forward(self, ctx: dict, w: np.ndarray, acc: np.ndarray, residual, index, rq):
+        """Group norm (``docs/numerics.md``): the convolution rounded, each group's exact sums,
+        its reciprocal square root, the normalized codes, then scale, shift and the residual
+        in one exact sum and one rounding. Returns ``z``, the normalized codes by group and
+        the groups' ``(r, J)``."""
+        nm = ctx["norm"]
+        c, b, out, positions = acc.shape
+        shape = (c, b, nm["groups"], nm["size"])
+        conv = rq(nm["c"], "norm", acc, index).reshape(shape)
+        s1 = conv.sum(-1, keepdims=True)
+        q = nm["size"] * (conv * conv).sum(-1, keepdims=True) - s1 * s1
+        r, j = _norm_rsqrt(q + nm["size"] * nm["size"] * nm["eps"])
+        xhat = rq(
+            nm["xhat"], "normalized", (nm["size"] * conv - s1) * r,
+            index.reshape((1, -1) + shape[2:]), 31 - j,
+        )  # fmt: skip
+        cols = ctx["norm_col"]
+        scale, shift = w[:, None, :, cols, None], w[:, None, :, cols + 1, None]
+        acc2 = xhat.reshape(acc.shape) * scale + (shift << nm["fa"])
+        if residual is not None:  # the residual's term
+            acc2 = _shl(acc2, nm["res_product"]) + _shl(residual, nm["res_shift"])
+        return rq(nm["z"], "activation", acc2, index), xhat, (r, j)
 
     def conv_backward(
         self, stage: StagePlan, w: np.ndarray, x: np.ndarray, kept: FixedConvContext, error
-    ) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray | None, np.ndarray | None]:
-        """The error at the convolution's output (kept for the update with the windows), the
+    ) -> tuple[tuple, np.ndarray | None, np.ndarray | None]:
+        """The error at the convolution's output (kept for the update with the windows and,
+        with group norm, the sums of its scale's and shift's gradients), the
         error sent to the previous stage (None for stage 1) and the error sent along the
         residual (None without one), for the error codes ``[C, n_out]`` arriving."""
         ctx = self._stage[stage.index - 1]
@@ -676,30 +1098,92 @@ class FixedArithmetic:
             windows = np.zeros(e.shape + (math.prod(geo.window),), dtype=np.int64)
             np.put_along_axis(windows, kept.choice[..., None], e[..., None], -1)
             d = unpool(windows, geo)
+        elif geo.pool is Pool.GLOBAL_AVG:  # every position gets its channel's error
+            d = np.broadcast_to(e, (c, 1, out, geo.positions))
         else:
             d = e
         if kept.mask is not None:
             d = d * kept.mask
-        residual_error = None
-        if ctx["residual"] is not None:
+        residual_error = proj = None
+        if ctx["projection"] is not None:
+            residual_error = self._projection_backward(ctx, w, d)
+            proj = (d, kept.residual)
+        elif ctx["residual"] is not None:
             r = self._rq(ctx, "residual", "residual", d, ctx["idx_conv"])
             residual_error = r.reshape(c, -1)
+        norm_sums = None
+        if ctx["norm"] is not None:
+            d, norm_sums = self._norm_backward(ctx, w, d, kept)
         error_in = None
         if stage.index > 1:
             wt = w[:, None, :, : ctx["n_in"]].transpose(0, 1, 3, 2)
             acc = col2im(_matmul(wt, d, ctx["bwd_float"]), geo)
             error_in = self._rq(ctx, "bwd", "error", acc, ctx["idx_x"])[:, 0]
-        return (d, kept.columns), error_in, residual_error
+        return (d, kept.columns, norm_sums, proj), error_in, residual_error
+
+    def _projection_backward(self, ctx: dict, w: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """The error sent along a projected residual: the projection's transpose times ``d``,
+        exact, at the positions its stride read (0 elsewhere), rounded once."""
+        pj, geo = ctx["projection"], ctx["geometry"]
+        c = d.shape[0]
+        (cr, hr, wr), (sh, sw) = pj["shape"], pj["stride"]
+        ho, wo = geo.conv_shape[1:]
+        pw = w[:, None, :, ctx["proj_col"] : ctx["proj_col"] + cr].transpose(0, 1, 3, 2)
+        full = np.zeros((c, 1, cr, hr, wr), dtype=np.int64)
+        full[:, :, :, : sh * (ho - 1) + 1 : sh, : sw * (wo - 1) + 1 : sw] = np.matmul(
+            pw, d
+        ).reshape(c, 1, cr, ho, wo)
+        r = self._rq(ctx, "residual", "residual", full.reshape(c, 1, -1), pj["idx_res"])
+        return r.reshape(c, -1)
+
+    def _norm_backward(
+        self, ctx: dict, w: np.ndarray, d: np.ndarray, kept: FixedConvContext
+    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """Group norm's backward (``docs/numerics.md``): the error at the convolution's output
+        and the exact sums of the scale's and the shift's gradients."""
+        nm = ctx["norm"]
+        assert kept.xhat is not None and kept.rsqrt is not None
+        c, b, out, positions = d.shape
+        cols, shape = ctx["norm_col"], kept.xhat.shape
+        scale = w[:, None, :, cols, None]
+        xhat = kept.xhat.reshape(d.shape)
+        sums = ((d * xhat).sum(-1), d.sum(-1))  # [C, 1, C_out]: the scale's and shift's
+        dx = self._rq(nm, "dx", "norm_error", d * scale, ctx["idx_conv"]).reshape(shape)
+        s1 = dx.sum(-1, keepdims=True)
+        groups = np.arange(shape[2], dtype=np.int64).reshape(1, 1, -1, 1)
+        k2, _ = nm["k2"]((dx * kept.xhat).sum(-1, keepdims=True), self.seed, self.step, groups)
+        t = ((nm["size"] * dx - s1) << nm["fa"]) - kept.xhat * k2
+        r, j = kept.rsqrt
+        idx = ctx["idx_conv"].reshape((1, 1) + shape[2:])
+        codes, over = nm["dc"](t * r, 31 - j + nm["fd"], self.seed, self.step, idx)
+        self._count(ctx["index"], "norm_backward", over)
+        return codes.reshape(d.shape), sums
 
     def conv_update(
-        self, stage: StagePlan, s: FixedState, pending: tuple[np.ndarray, np.ndarray]
+        self, stage: StagePlan, s: FixedState, pending: tuple[np.ndarray, np.ndarray, tuple | None]
     ) -> None:
         """The gradient (the error at the convolution's output times the windows, summed over
-        the positions: one rounding), then velocity and weight as for a dense stage."""
+        the positions: one rounding; group norm's and the projection's columns from their own
+        sums), then velocity and weight as for a dense stage."""
         ctx = self._stage[stage.index - 1]
-        d, columns = pending
+        d, columns, norm_sums, proj = pending
         acc = _matmul(d, columns.transpose(0, 1, 3, 2), ctx["grad_float"]).sum(1)
-        g = self._rq(ctx, "grad", "gradient", acc, ctx["idx_w"])
+        cols = ctx["cols"]
+        g = self._rq(ctx, "grad", "gradient", acc, ctx["idx_w"][..., :cols])
+        if norm_sums is not None:  # the scale's and the shift's columns
+            nm = ctx["norm"]
+            g_scale = self._rq(
+                nm, "g_scale", "gradient", norm_sums[0].sum(1), ctx["idx_w"][..., cols]
+            )
+            g_shift = self._rq(
+                nm, "g_shift", "gradient", norm_sums[1].sum(1), ctx["idx_w"][..., cols + 1]
+            )
+            g = np.concatenate([g, g_scale[..., None], g_shift[..., None]], -1)
+        if proj is not None:  # the projection's columns: error times its strided input
+            pj, pc = ctx["projection"], ctx["proj_col"]
+            acc = np.matmul(proj[0], proj[1].transpose(0, 1, 3, 2)).sum(1)
+            idx = ctx["idx_w"][..., pc : pc + pj["cols"]]
+            g = np.concatenate([g, self._rq(pj, "grad", "gradient", acc, idx)], -1)
         self._momentum_update(ctx, s, g)
 
     def add_errors(self, stage: StagePlan, error: np.ndarray, residual: np.ndarray) -> np.ndarray:

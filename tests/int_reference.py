@@ -75,6 +75,11 @@ ROLE = {
     "loss": 7,
     "residual": 8,
     "pool": 9,
+    "norm": 10,
+    "normalized": 11,
+    "norm_error": 12,
+    "norm_group": 13,
+    "norm_backward": 14,
 }
 EVAL_STEP = 2**32 - 1
 
@@ -140,9 +145,12 @@ def overflow(code: int, fmt: Fmt, mode: str | None = None) -> tuple[int, bool]:
     raise ValueError(mode)
 
 
-def rq(acc: int, src_frac: int, fmt: Fmt, draw: Callable[[], int]) -> tuple[int, bool]:
-    """``RQ(acc, F, X, role)``: the exact value ``acc * 2^-F`` as a code of ``X``."""
-    x = Fraction(acc) * Fraction(2) ** (fmt.frac - src_frac)
+def rq(
+    acc: int, src_frac: int, fmt: Fmt, draw: Callable[[], int], divisor: int = 1
+) -> tuple[int, bool]:
+    """``RQ(acc, F, X, role)``: the exact value ``acc * 2^-F`` (divided by ``divisor``: a
+    global average's count) as a code of ``X``."""
+    x = Fraction(acc) * Fraction(2) ** (fmt.frac - src_frac) / divisor
     return overflow(round_fraction(x, fmt.rounding, draw), fmt)
 
 
@@ -223,11 +231,64 @@ class RefConvStage(RefStage):
     kernel: tuple[int, int]
     stride: tuple[int, int]
     padding: tuple[int, int]
-    pool: str  # "none", "avg", "max"
+    pool: str  # "none", "avg", "max", "global_avg"
     window: tuple[int, int]
     res_fmt: Fmt | None  # the residual's format (its source's activation)
     res_err_fmt: Fmt | None  # the source's error format, with its modes
     residual_back: int = 0  # N: the residual is the output of stage index - N (0: none)
+    groups: int = 0  # group norm's channel groups (0: no group norm)
+    eps: float = 0.0  # group norm's epsilon (a float; its code is derived here)
+    res_chw: tuple[int, int, int] | None = None  # a projected residual's shape
+    proj_stride: tuple[int, int] | None = None  # the projection's stride (None: no projection)
+
+    @property
+    def cols(self) -> int:
+        """Weight columns: the window's, the bias, group norm's scale and shift, the
+        projection's weights and bias."""
+        proj = self.res_chw[0] + (1 if self.bias else 0) if self.proj_stride else 0
+        return self.n_in + (1 if self.bias else 0) + (2 if self.groups else 0) + proj
+
+    @property
+    def kp(self) -> int:
+        """The first column of the projection."""
+        return self.kb + (2 if self.groups else 0)
+
+    def proj_index(self, c: int, pos: int) -> int:
+        """The residual's flat index the projection reads for channel ``c``, position ``pos``."""
+        _, hr, wr = self.res_chw
+        oy, ox = divmod(pos, self.out_hw[1])
+        return (c * hr + oy * self.proj_stride[0]) * wr + ox * self.proj_stride[1]
+
+    def proj_input(self, residual, c: int, pos: int) -> int:
+        """The projection's input ``c`` at ``pos`` (``c = C_res``: the bias's code of 1)."""
+        if c == self.res_chw[0]:
+            return 2**self.res_fmt.frac
+        return residual[self.proj_index(c, pos)]
+
+    def residual_term(self, wh, residual, n: int) -> tuple[int, int]:
+        """The residual's term at conv output ``n`` and its frac: the residual's code, or the
+        projection's exact sum."""
+        if self.proj_stride is None:
+            return residual[n], self.res_fmt.frac
+        o, pos = divmod(n, self.positions)
+        terms = self.res_chw[0] + (1 if self.bias else 0)
+        acc = sum(wh[o][self.kp + c] * self.proj_input(residual, c, pos) for c in range(terms))
+        return acc, self.f("weight") + self.res_fmt.frac
+
+    @property
+    def kb(self) -> int:
+        """The column of group norm's scale (the shift's is the next)."""
+        return self.n_in + (1 if self.bias else 0)
+
+    def norm_fmt(self) -> Fmt:
+        """Group norm's ``c`` and ``xhat``: A's width, frac and modes, signed."""
+        a = self.fmt["activation"]
+        return Fmt(a.width, a.frac, True, a.rounding, a.overflow)
+
+    def dz_fmt(self) -> Fmt:
+        """The error at the convolution's output: E's width and modes, ``f(E) + q`` bits."""
+        e = self.fmt["error"]
+        return Fmt(e.width, e.frac + self.pool_shift, e.signed, e.rounding, e.overflow)
 
     @property
     def positions(self) -> int:
@@ -259,6 +320,12 @@ class RefConvStage(RefStage):
     def pool_shift(self) -> int:
         return (self.window[0] * self.window[1]).bit_length() - 1 if self.pool == "avg" else 0
 
+    @property
+    def divisor(self) -> int:
+        """What the roundings fed by the error at the convolution's output divide by: a global
+        average's count of positions, else 1."""
+        return self.positions if self.pool == "global_avg" else 1
+
 
 @dataclass
 class RefNet:
@@ -272,8 +339,8 @@ class RefNet:
     def _draw(self, stage: int, role: str, step: int, index: int) -> Callable[[], int]:
         return lambda: word(self.seed, stream(stage, role), step, index)
 
-    def _rq(self, st: RefStage, role: str, acc, src_frac, fmt, step, index, count=True):
-        code, over = rq(acc, src_frac, fmt, self._draw(st.index, role, step, index))
+    def _rq(self, st: RefStage, role: str, acc, src_frac, fmt, step, index, count=True, divisor=1):
+        code, over = rq(acc, src_frac, fmt, self._draw(st.index, role, step, index), divisor)
         if count:
             self.counts[(st.index, role)] = self.counts.get((st.index, role), 0) + int(over)
         return code
@@ -427,23 +494,42 @@ class RefNet:
                 if st.bias:
                     acc += wh[o][k] * 2**fx
                 src = fw + fx
+                if st.groups:
+                    z.append(
+                        self._rq(
+                            st, "norm", acc, src, st.norm_fmt(), step, base + o * p + pos,
+                            count,
+                        )
+                    )  # fmt: skip
+                    continue
                 if st.res_fmt is not None:
-                    top = max(src, st.res_fmt.frac)
-                    acc = acc * 2 ** (top - src) + residual[o * p + pos] * 2 ** (
-                        top - st.res_fmt.frac
-                    )
+                    term, tf = st.residual_term(wh, residual, o * p + pos)
+                    top = max(src, tf)
+                    acc = acc * 2 ** (top - src) + term * 2 ** (top - tf)
                     src = top
                 code = self._rq(
                     st, "activation", acc, src, st.fmt["activation"], step, base + o * p + pos,
                     count,
                 )  # fmt: skip
                 z.append(code)
+        norm = None
+        if st.groups:
+            z, norm = self.group_norm(st, wh, z, residual, step, base, count)
         mask = None
         if not st.last:
             mask = [c > 0 for c in z]
             z = [c if m else 0 for c, m in zip(z, mask, strict=True)]
         if st.pool == "none":
-            return z, mask, None
+            return z, mask, None, norm
+        if st.pool == "global_avg":
+            out = [
+                self._rq(
+                    st, "pool", sum(z[o * p : (o + 1) * p]), fa, st.fmt["activation"], step,
+                    sample * st.n_out + o, count, divisor=p,
+                )
+                for o in range(st.n_out)
+            ]  # fmt: skip
+            return out, mask, None, norm
         out, choices = [], []
         windows = st.windows()
         base = sample * st.n_out * len(windows)
@@ -461,16 +547,95 @@ class RefNet:
                     best = vals.index(max(vals))  # the first maximum
                     choices.append(o * p + members[best])
                     out.append(vals[best])
-        return out, mask, choices
+        return out, mask, choices, norm
 
-    def conv_backward(self, st: RefConvStage, w, x, mask, choices, e, step: int):
-        """``(d, error_in, residual_error)``: the error at the convolution's output (frac
-        ``f(E) + pool_shift``), the error sent back (None for stage 1) and along the residual."""
+    # -- group norm (docs/numerics.md, "Group norm") --------------------------------------------
+    def _group_members(self, st: RefConvStage, g: int) -> range:
+        """The flat conv-output indices of group ``g`` (its channels' every position)."""
+        size = st.n_out // st.groups * st.positions
+        return range(g * size, (g + 1) * size)
+
+    @staticmethod
+    def rsqrt(q: int) -> tuple[int, int]:
+        """``(r, J)``: ``J = floor((32 - bits(q)) / 2)``, ``r = floor(2^31 / isqrt(q * 4^J))``
+        (``q * 4^J`` rounded down when ``J < 0``); ``(0, 0)`` for ``q = 0``."""
+        if q == 0:
+            return 0, 0
+        j = (32 - q.bit_length()) // 2
+        qn = q * 4**j if j >= 0 else q // 4 ** (-j)
+        return 2**31 // math.isqrt(qn), j
+
+    def group_norm(self, st: RefConvStage, wh, c, residual, step, base, count):
+        """The normalized, scaled and shifted output (and the residual) from the rounded
+        convolution ``c``; also what the backward needs: ``(xhat, [(r, J) per group])``."""
+        fw, fa = st.f("weight"), st.f("activation")
+        size = st.n_out // st.groups * st.positions
+        eps = round(Fraction(st.eps) * 2 ** (2 * fa))
+        xhat = [0] * len(c)
+        rj = []
+        for g in range(st.groups):
+            members = self._group_members(st, g)
+            s1 = sum(c[n] for n in members)
+            s2 = sum(c[n] * c[n] for n in members)
+            r, j = self.rsqrt(size * s2 - s1 * s1 + size * size * eps)
+            rj.append((r, j))
+            for n in members:
+                xhat[n] = self._rq(
+                    st, "normalized", (size * c[n] - s1) * r, 31 - j, st.norm_fmt(),
+                    step, base + n, count,
+                )  # fmt: skip
+        z = []
+        for n, xh in enumerate(xhat):
+            o = n // st.positions
+            acc, src = xh * wh[o][st.kb] + wh[o][st.kb + 1] * 2**fa, fw + fa
+            if st.res_fmt is not None:
+                term, tf = st.residual_term(wh, residual, n)
+                top = max(src, tf)
+                acc = acc * 2 ** (top - src) + term * 2 ** (top - tf)
+                src = top
+            z.append(
+                self._rq(st, "activation", acc, src, st.fmt["activation"], step, base + n, count)
+            )
+        return z, (xhat, rj)
+
+    def group_norm_backward(self, st: RefConvStage, w, d, norm, step):
+        """The error at the convolution's output from ``d`` at the norm's output."""
+        xhat, rj = norm
+        fw, fa = st.f("weight"), st.f("activation")
+        fd, dzf = st.f("error") + st.pool_shift, st.dz_fmt()
+        size = st.n_out // st.groups * st.positions
+        dx = [
+            self._rq(
+                st, "norm_error", d[n] * w[n // st.positions][st.kb], fd + fw, dzf, step, n,
+                divisor=st.divisor,
+            )
+            for n in range(len(d))
+        ]  # fmt: skip
+        out = [0] * len(d)
+        for g in range(st.groups):
+            members = self._group_members(st, g)
+            s1 = sum(dx[n] for n in members)
+            s2 = sum(dx[n] * xhat[n] for n in members)
+            draw = self._draw(st.index, "norm_group", step, g)
+            k2 = round_fraction(Fraction(s2, 2**fa), st.fmt["error"].rounding, draw)
+            r, j = rj[g]
+            for n in members:
+                t = (size * dx[n] - s1) * 2**fa - xhat[n] * k2
+                out[n] = self._rq(st, "norm_backward", t * r, fd + 31 - j, dzf, step, n)
+        return out
+
+    def conv_backward(self, st: RefConvStage, w, x, mask, choices, e, step: int, norm=None):
+        """``(d, error_in, residual_error, norm_d)``: the error at the convolution's output
+        (frac ``f(E) + pool_shift``), the error sent back (None for stage 1), along the
+        residual, and with group norm the error at the norm's output with the normalized
+        codes (for the scale's and shift's gradients)."""
         p = st.positions
         d = [0] * (st.n_out * p)
         windows = st.windows()
         if st.pool == "none":
             d = list(e)
+        elif st.pool == "global_avg":
+            d = [e[n // p] for n in range(st.n_out * p)]
         elif st.pool == "avg":
             for o in range(st.n_out):
                 for pi, members in windows:
@@ -483,10 +648,29 @@ class RefNet:
             d = [v if m else 0 for v, m in zip(d, mask, strict=True)]
         fd = st.f("error") + st.pool_shift
         residual_error = None
-        if st.res_err_fmt is not None:
+        if st.proj_stride is not None:
+            cr, hr, wr = st.res_chw
+            acc = [0] * (cr * hr * wr)
+            for c in range(cr):
+                for n, dn in enumerate(d):
+                    o, pos = divmod(n, p)
+                    acc[st.proj_index(c, pos)] += w[o][st.kp + c] * dn
             residual_error = [
-                self._rq(st, "residual", d[n], fd, st.res_err_fmt, step, n) for n in range(len(d))
+                self._rq(
+                    st, "residual", a, st.f("weight") + fd, st.res_err_fmt, step, i,
+                    divisor=st.divisor,
+                )
+                for i, a in enumerate(acc)
+            ]  # fmt: skip
+        elif st.res_err_fmt is not None:
+            residual_error = [
+                self._rq(st, "residual", d[n], fd, st.res_err_fmt, step, n, divisor=st.divisor)
+                for n in range(len(d))
             ]
+        norm_d, divisor = (d, None), st.divisor
+        if st.groups:
+            norm_d = (d, norm[0])
+            d, divisor = self.group_norm_backward(st, w, d, norm, step), 1
         error_in = None
         if st.error_prev is not None:
             cin, h, wd = st.in_chw
@@ -502,27 +686,48 @@ class RefNet:
                         if 0 <= y < h and 0 <= xx < wd:
                             acc[(ci * h + y) * wd + xx] += w[o][j] * d[o * p + pos]
             error_in = [
-                self._rq(st, "error", a, st.f("weight") + fd, st.error_prev, step, i)
+                self._rq(
+                    st, "error", a, st.f("weight") + fd, st.error_prev, step, i,
+                    divisor=divisor,
+                )
                 for i, a in enumerate(acc)
-            ]
-        return d, error_in, residual_error
+            ]  # fmt: skip
+        return d, error_in, residual_error, norm_d
 
-    def conv_update(self, st: RefConvStage, w, v, d, x, step: int):
-        """``(g, v', w')``: each weight's gradient sums its products over the positions."""
-        p, fx = st.positions, st.act_in.frac
-        src = st.f("error") + st.pool_shift + fx
+    def conv_update(self, st: RefConvStage, w, v, d, x, step: int, norm_d=None, residual=None):
+        """``(g, v', w')``: each weight's gradient sums its products over the positions; with
+        group norm the scale's sums the error at the norm's output (``norm_d[0]``) times the
+        normalized codes, the shift's that error; the projection's that error times its
+        input from ``residual``."""
+        p, fx, fd = st.positions, st.act_in.frac, st.f("error") + st.pool_shift
         g = []
         for o in range(st.n_out):
             row = []
             for j in range(st.cols):
-                acc = 0
-                for pos in range(p):
-                    oy, ox = divmod(pos, st.out_hw[1])
-                    xv = 2**fx if j == st.n_in else st.column(x, j, oy, ox)
-                    acc += d[o * p + pos] * xv
+                if st.groups and j == st.kb:  # the scale
+                    acc = sum(norm_d[0][o * p + pos] * norm_d[1][o * p + pos] for pos in range(p))
+                    src, divisor = fd + st.f("activation"), st.divisor
+                elif st.groups and j == st.kb + 1:  # the shift
+                    acc, src, divisor = sum(norm_d[0][o * p : (o + 1) * p]), fd, st.divisor
+                elif st.proj_stride is not None and j >= st.kp:  # the projection
+                    c, dsum = j - st.kp, norm_d[0]
+                    acc = sum(
+                        dsum[o * p + pos] * st.proj_input(residual, c, pos) for pos in range(p)
+                    )
+                    src, divisor = fd + st.res_fmt.frac, st.divisor
+                else:
+                    acc, src = 0, fd + fx
+                    divisor = 1 if st.groups else st.divisor
+                    for pos in range(p):
+                        oy, ox = divmod(pos, st.out_hw[1])
+                        xv = 2**fx if j == st.n_in else st.column(x, j, oy, ox)
+                        acc += d[o * p + pos] * xv
                 row.append(
-                    self._rq(st, "gradient", acc, src, st.fmt["gradient"], step, o * st.cols + j)
-                )
+                    self._rq(
+                        st, "gradient", acc, src, st.fmt["gradient"], step, o * st.cols + j,
+                        divisor=divisor,
+                    )
+                )  # fmt: skip
             g.append(row)
         return self.momentum(st, w, v, g, step)
 
@@ -548,7 +753,7 @@ class RefNet:
                 if isinstance(st, RefConvStage):
                     back = st.residual_back
                     residual = hs[-back] if back else None
-                    h, _, _ = self.conv_forward(
+                    h, _, _, _ = self.conv_forward(
                         st, state["w"], h, residual, EVAL_STEP, sample=s, count=False
                     )
                 else:

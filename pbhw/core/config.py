@@ -233,14 +233,6 @@ class LayerSpec:
     projection_stride: tuple[int, ...] = ()
 
 
-#: What the fixed-point model lacks, by layer key (:meth:`NetworkConfig.require_fixed_point`).
-_FIXED_MISSING = {
-    "norm": "group normalization",
-    "pool": "global average pooling",
-    "projection": "residual projection",
-}
-
-
 @dataclass(frozen=True)
 class NetworkConfig:
     #: the flattened size of the input and of every stage's output
@@ -273,22 +265,6 @@ class NetworkConfig:
             "hardware yet (generate, verify, estimate, flow and sweep need dense layers "
             "only); train them with pbhw train"
         )
-
-    def require_fixed_point(self) -> None:
-        """Raise :class:`ConfigError`, naming the layer key, for what the fixed-point model does
-        not compute yet: group norm, global average pooling and a residual projection."""
-        for i, sp in enumerate(self.specs or ()):
-            for key, unsupported, allowed in (
-                ("norm", sp.norm is Norm.GROUP, '"none"'),
-                ("pool", sp.pool is Pool.GLOBAL_AVG, '"none", "avg" or "max"'),
-                ("projection", sp.projection, "false"),
-            ):
-                if unsupported:
-                    raise ConfigError(
-                        f"config key 'network.layers.{i}.{key}' must be {allowed} with "
-                        "train.arith = 'fixed' (the fixed-point model has no "
-                        f"{_FIXED_MISSING[key]} yet); train it with train.arith = 'float'"
-                    )
 
 
 @dataclass(frozen=True)
@@ -960,11 +936,6 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
         tr.choice("arith", Arith),
         data["train"]["init_from"],
     )
-    if train.arith is Arith.FIXED:
-        # Checked here, once: the fixed-point model and every hardware command (generate,
-        # verify, estimate, flow, sweep) take their config with train.arith = 'fixed'; the
-        # hardware refuses conv stages on its own (require_dense).
-        network.require_fixed_point()
     if train.arith is Arith.FIXED and batch_size != 1:
         # The bit-exact model has no batch: its sgd is the pipeline with every delay 0, one
         # update per sample. Training a batch there would silently be another algorithm.

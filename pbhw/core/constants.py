@@ -28,6 +28,12 @@ ROLE_NUMBERS = {
     # conv stages (docs/numerics.md, "Conv stages")
     "residual": 8,
     "pool": 9,
+    # group norm (docs/numerics.md, "Group norm")
+    "norm": 10,
+    "normalized": 11,
+    "norm_error": 12,
+    "norm_group": 13,
+    "norm_backward": 14,
 }
 #: Step number of the random words used outside the pipeline (evaluation).
 EVAL_STEP = 2**32 - 1
