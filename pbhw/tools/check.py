@@ -7,7 +7,7 @@ bit-exact model, a dataset that loads and fits), and for a config the generator 
 datapath, the lanes (``hardware.lanes``, :func:`rtl_gen.design.resolve_lanes`) and the
 network's cycles and DSP blocks, all from one :func:`rtl_gen.design.build_design` (its
 components are built, not elaborated: milliseconds) and the manifest's count. A network with
-convolutional stages is trained in float only, so it gets no hardware checks. Every failure is
+convolutional stages has no hardware yet, so it gets no hardware checks. Every failure is
 a ConfigError or DatasetError naming the key.
 
 :func:`stage_rows` gives the per-stage sizes ``pbhw check`` prints.
