@@ -1,6 +1,7 @@
 """Tests for pbhw.tools.toolchain: tool discovery, lint with the waiver file, cached simulation
 builds."""
 
+import fcntl
 import importlib.metadata
 import os
 
@@ -13,6 +14,7 @@ from pbhw.core.fixed import FixedFormat
 from pbhw.tools.toolchain import (
     VERILATOR_MIN_VERSION,
     ToolError,
+    build_lock,
     iverilog,
     lint,
     prune_builds,
@@ -128,6 +130,35 @@ def test_sim_build_is_reused_while_inputs_are_unchanged(tmp_path):
     assert first.directory.parent == tmp_path / sim
     other = sim_build(text, "invert", simulator=sim, root=tmp_path, build_args=["-DUNUSED"])
     assert other.rebuilt and other.directory != first.directory
+
+
+def test_sim_build_hash_holds_the_make_flags(tmp_path, monkeypatch):
+    """A model compiled with other C++ options (MAKEFLAGS) is another build, never reused."""
+    text = verilog_of(Invert(), "invert")
+    monkeypatch.setenv("MAKEFLAGS", "OPT_FAST=-O0")
+    first = sim_build(text, "invert", root=tmp_path)
+    monkeypatch.setenv("MAKEFLAGS", "OPT_FAST=-O1")
+    other = sim_build(text, "invert", root=tmp_path)
+    assert first.rebuilt and other.rebuilt and other.directory != first.directory
+
+
+def test_build_lock_excludes_other_holders_until_released(tmp_path):
+    directory = tmp_path / "verilator" / "0123"
+
+    def try_lock() -> bool:
+        with open(tmp_path / "verilator" / "0123.lock", "a") as other:
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            fcntl.flock(other, fcntl.LOCK_UN)
+            return True
+
+    with build_lock(directory):
+        assert not try_lock()
+    assert try_lock()
+    prune_builds(tmp_path, keep=1)  # no build: the lock file is not one
+    assert (tmp_path / "verilator" / "0123.lock").is_file()
 
 
 def test_sim_build_reports_compiler_errors(tmp_path):

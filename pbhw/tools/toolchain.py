@@ -16,6 +16,7 @@ builds are kept.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import hashlib
 import importlib.metadata
@@ -345,10 +346,32 @@ def _tool_environ(tool: Tool) -> Iterator[None]:
         sys.path[:] = saved_path
 
 
+def make_flags() -> str:
+    """The ``make`` variables of a Verilator build: the environment's ``MAKEFLAGS`` (where a user
+    or the test suite sets, e.g., ``OPT_FAST=-O0``) and :data:`_VERILATOR_MAKEFLAGS`. Part of
+    every build's hash: a build made with other compiler options is another build."""
+    return f"{os.environ.get('MAKEFLAGS', '')} {_VERILATOR_MAKEFLAGS}".strip()
+
+
+@contextlib.contextmanager
+def build_lock(directory: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the build ``directory`` (a file ``<directory>.lock`` beside it)
+    while it is looked up and built: another process building the same design at the same time
+    (a second ``pbhw verify``, another test worker) waits, then finds the build complete."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with open(directory.parent / f"{directory.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _build_hash(
     verilog: str, top: str, simulator: str, tool: Tool, build_args: Sequence[str]
 ) -> str:
     recipe = {
+        "makeflags": make_flags() if simulator == "verilator" else "",
         "verilog": verilog,
         "top": top,
         "simulator": simulator,
@@ -404,6 +427,18 @@ def sim_build(
         build_args = (*_ICARUS_ARGS, *build_args)
     digest = _build_hash(verilog, top, simulator, tool, build_args)
     directory = build_directory(simulator, digest, root)
+    with build_lock(directory):
+        return _sim_build_locked(verilog, top, simulator, tool, build_args, directory)
+
+
+def _sim_build_locked(
+    verilog: str,
+    top: str,
+    simulator: str,
+    tool: Tool,
+    build_args: Sequence[str],
+    directory: Path,
+) -> SimBuild:
     stamp = directory / _STAMP
     if stamp.is_file():
         stamp.touch()  # used now: the cache bound keeps the most recently used builds
@@ -419,8 +454,7 @@ def sim_build(
         sources.insert(0, WAIVER)
     with _tool_environ(tool):
         if simulator == "verilator":
-            flags = os.environ.get("MAKEFLAGS", "")
-            os.environ["MAKEFLAGS"] = f"{flags} {_VERILATOR_MAKEFLAGS}".strip()
+            os.environ["MAKEFLAGS"] = make_flags()
         runner = get_runner(simulator)
         try:
             runner.build(
@@ -507,6 +541,7 @@ def prune_builds(
     deleted += [directory for _, directory in complete[max(0, kept) :]]
     for directory in deleted:
         shutil.rmtree(directory, ignore_errors=True)
+        directory.parent.joinpath(f"{directory.name}.lock").unlink(missing_ok=True)
     return deleted
 
 

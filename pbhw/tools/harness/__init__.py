@@ -34,8 +34,9 @@ import numpy as np
 from pbhw.core.errors import ToolError
 from pbhw.tools.toolchain import (
     _STAMP,
-    _VERILATOR_MAKEFLAGS,
     build_directory,
+    build_lock,
+    make_flags,
     prune_builds,
     verilator,
 )
@@ -149,7 +150,7 @@ def _hash(verilog: str, top: str, flags: Sequence[str], source: str) -> str:
         "models": [p.read_text() for p in models_for(verilog)],
         "harness": source,
         "flags": list(flags),
-        "makeflags": _VERILATOR_MAKEFLAGS,
+        "makeflags": make_flags(),
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -173,10 +174,22 @@ def build_harness(
     ToolError
         If Verilator is missing or the build fails (the message holds the end of its log).
     """
-    tool = verilator()
     source = SOURCE.read_text() if source is None else source
     digest = _hash(verilog, top, flags, source)
     directory = build_directory("harness", digest, root)
+    with build_lock(directory):
+        return _build_locked(verilog, top, flags, source, directory, progress)
+
+
+def _build_locked(
+    verilog: str,
+    top: str,
+    flags: Sequence[str],
+    source: str,
+    directory: Path,
+    progress: Callable[[str], None] | None,
+) -> HarnessBuild:
+    tool = verilator()
     stamp = directory / _STAMP
     if stamp.is_file():
         stamp.touch()  # used now: the cache bound keeps the most recently used builds
@@ -208,7 +221,7 @@ def build_harness(
         str(cpp),
     ]
     env = {**os.environ, **tool.env()}
-    env["MAKEFLAGS"] = f"{env.get('MAKEFLAGS', '')} {_VERILATOR_MAKEFLAGS}".strip()
+    env["MAKEFLAGS"] = make_flags()
     if progress is not None:
         progress(f"building the compiled harness of {top} in {directory} ...")
     log = directory / "build.log"
