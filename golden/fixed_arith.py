@@ -88,22 +88,19 @@ class _Rounder:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The codes after the overflow, and the rounded values before it (they differ
         exactly where an element overflowed)."""
-        s = self.shift
         if self.left:
-            if isinstance(s, int):
-                acc, s = acc << -s, 0
-            else:
-                acc, s = acc << np.maximum(-s, 0), np.maximum(s, 0)
+            acc = acc << self.left_by
+        k = self.right
         words = None
         if self.stochastic:
             words = threefry_words(seed, self.stream, step, index)
         if self.rounding is not None:
-            out = _round_right(acc, s, self.rounding, words)
+            out = _round_right(acc, k.s, self.rounding, words, k)
         else:  # each rounding mode on the rows (configs) that use it
             out = np.empty_like(acc)
-            whole = isinstance(s, int) or s.shape[0] == 1
             for rounding, rows in self.rounding_rows:
-                out[rows] = _round_right(acc[rows], s if whole else s[rows], rounding, words)
+                part = self.row_shifts.get(rounding, k)
+                out[rows] = _round_right(acc[rows], part.s, rounding, words, part)
         if self.saturate:
             return _clip(out, self.lo, self.hi), out
         return self._overflow(out), out
@@ -150,6 +147,13 @@ class _Rounder:
         self.left = s < 0 if isinstance(s, int) else bool((s < 0).any())
         self.rounding = self.roundings[0][0] if len(self.roundings) == 1 else None
         self.saturate = len(self.overflows) == 1 and self.overflows[0][0] is Overflow.SATURATE
+        # the shift right after any shift left, with its derived constants
+        right = max(s, 0) if isinstance(s, int) else np.maximum(s, 0)
+        self.right = _Shift(right)
+        self.left_by = -s if isinstance(s, int) else np.maximum(-s, 0)
+        self.row_shifts = {}
+        if self.rounding is None and not isinstance(right, int) and right.shape[0] > 1:
+            self.row_shifts = {mode: _Shift(right[rows]) for mode, rows in self.rounding_rows}
 
     def _overflow(self, out: np.ndarray) -> np.ndarray:
         result = None
@@ -170,33 +174,67 @@ def _groups(modes: list, shape: tuple[int, ...]) -> list[tuple[object, np.ndarra
     return [(mode, np.array([m is mode for m in modes]).reshape(shape)) for mode in distinct]
 
 
+class _Shift:
+    """A right shift ``s >= 0`` (an int, or an array per config or element) with what every
+    rounding mode derives from it, computed once per rounding point instead of once per call."""
+
+    def __init__(self, s: int | np.ndarray):
+        self.s = s
+        if isinstance(s, int):
+            self.least = self.most = s
+        else:
+            self.least, self.most = int(s.min()), int(s.max())
+        self.half = (1 << s) >> 1
+        self.mask = (1 << s) - 1
+        if self.least >= 1:
+            self.half_less = self.half - 1
+            self.up = 32 - s if self.most <= 32 else None  # rem << up: the top 32 bits
+
+
 def _round_right(
-    acc: np.ndarray, s: int | np.ndarray, rounding: Rounding, words: np.ndarray | None
+    acc: np.ndarray,
+    s: int | np.ndarray,
+    rounding: Rounding,
+    words: np.ndarray | None,
+    shift: _Shift | None = None,
 ) -> np.ndarray:
-    """``acc / 2^s`` rounded, for shifts ``s >= 0`` (an int, or a tensor per config)."""
+    """``acc / 2^s`` rounded, for shifts ``s >= 0`` (an int, or a tensor per config).
+
+    ``shift`` may carry ``s`` with its derived constants (:class:`_Shift`), made once."""
     if isinstance(s, int) and s == 0:
         return acc
+    k = _Shift(s) if shift is None else shift
     down = acc >> s
     if rounding is Rounding.FLOOR:
         return down
-    if isinstance(s, int) or int(s.min()) >= 1:
-        # Every shift >= 1 (one int, or one per config): short exact formulas.
-        half = 1 << (s - 1)
+    if k.least >= 1:
+        # Every shift >= 1 (one int, or one per config): short exact formulas, in place.
         if rounding is Rounding.HALF_UP:
-            return (acc + half) >> s
+            out = acc + k.half
+            out >>= s
+            return out
         if rounding is Rounding.HALF_EVEN:
-            return (acc + (half - 1) + (down & 1)) >> s
-        rem = acc & ((1 << s) - 1)
+            down &= 1
+            down += acc
+            down += k.half_less
+            down >>= s
+            return down
+        rem = acc & k.mask
         if rounding is Rounding.TOWARD_ZERO:
-            return down + ((acc < 0) & (rem != 0))
+            rem = rem != 0
+            rem &= acc < 0
+            down += rem
+            return down
+        if k.up is not None:
+            rem <<= k.up
+            down += words < rem
+            return down
         if isinstance(s, int):
-            top = rem << (32 - s) if s <= 32 else (acc >> (s - 32)) & 0xFFFFFFFF
-            return down + (words < top)
-        if int(s.max()) <= 32:
-            return down + (words < (rem << (32 - s)))
+            down += words < ((acc >> (s - 32)) & 0xFFFFFFFF)
+            return down
     # Shifts of 0 for some configs: formulas that hold for s = 0 too.
-    half = (1 << s) >> 1
-    rem = acc & ((1 << s) - 1)
+    half = k.half
+    rem = acc & k.mask
     if rounding is Rounding.HALF_UP:
         return down + ((rem >= half) & (half > 0))
     if rounding is Rounding.HALF_EVEN:
