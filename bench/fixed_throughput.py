@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -56,6 +57,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "fixed_throughput.json"))
     args = parser.parse_args()
+    load_before = list(os.getloadavg())
     data = load_dataset("digits")
     fixed_cfg = load(CONFIG, [f"train.epochs={args.epochs}", 'train.arith="fixed"'])
     fixed, naive = [], []
@@ -72,7 +74,8 @@ def main() -> int:
         train(cfg, dataset=data)
     sequential_s = time.perf_counter() - start
     result = {
-        "command": "python bench/fixed_throughput.py",
+        "command": " ".join(["python", *sys.argv]),
+        "repeats": args.repeats,
         "config": str(CONFIG.relative_to(ROOT)),
         "epochs": args.epochs,
         "fixed_samples_per_second": max(fixed),
@@ -85,6 +88,7 @@ def main() -> int:
         "sweep_sequential_config_samples_per_second": samples / sequential_s,
         "sweep_speedup": sequential_s / batched_s,
         "note": "wall-clock of whole runs incl. evaluation; best of repeats for the first pair",
+        "load_average_before_after": [load_before, list(os.getloadavg())],
         "machine": {"python": platform.python_version(), "torch": torch.__version__},
     }
     out = Path(args.out)
