@@ -1005,7 +1005,10 @@ class _Bank:
 
     def overflowed(self, result: np.ndarray, out: np.ndarray) -> list:
         """Elements that overflowed per stage (per config; an int for one config)."""
-        over = np.add.reduceat(result != out, self.starts, axis=1, dtype=np.int64)
+        over = result != out
+        if not np.count_nonzero(over):  # the usual case, found without a reduction per stage
+            return [0] * len(self.sizes)
+        over = np.add.reduceat(over, self.starts, axis=1, dtype=np.int64)
         if self.configs == 1:
             return [int(n) for n in over[0]]
         return list(over.T)
