@@ -41,6 +41,8 @@ from pbhw.core.weights import weight_codes
 __all__ = ["FixedArithmetic", "FixedConvContext", "FixedConvState", "FixedState"]
 
 _FLOAT_EXACT = 53  # bits below which a float64 matrix product of integers is exact
+#: elements from which a rounding point first checks the extremes: nothing overflowed, no clip
+_EXTREMES_FIRST = 2048
 
 
 class _Rounder:
@@ -77,17 +79,14 @@ class _Rounder:
         Every config of a run shares the seed (FixedArithmetic checks), so the random words
         are the same for all of them: drawn once and broadcast over the config dimension."""
         result, out = self.codes(acc, seed, step, index)
-        # Saturating or wrapping changes exactly the out-of-range elements.
-        over = result != out
-        if over.shape[0] == 1:  # count_nonzero is much cheaper than a reduction
-            return result, np.count_nonzero(over)
-        return result, over.reshape(over.shape[0], -1).sum(1)
+        return result, _overflowed_count(result, out)
 
     def codes(
         self, acc: np.ndarray, seed: int, step: int, index: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
         """The codes after the overflow, and the rounded values before it (they differ
-        exactly where an element overflowed)."""
+        exactly where an element overflowed); ``None`` for the latter when no element did
+        (found on a large array by its extremes, cheaper than clipping and comparing)."""
         if self.left:
             acc = acc << self.left_by
         k = self.right
@@ -101,9 +100,22 @@ class _Rounder:
             for rounding, rows in self.rounding_rows:
                 part = self.row_shifts.get(rounding, k)
                 out[rows] = _round_right(acc[rows], part.s, rounding, words, part)
+        if out.size >= _EXTREMES_FIRST and self._within(out):
+            return out, None
         if self.saturate:
             return _clip(out, self.lo, self.hi), out
         return self._overflow(out), out
+
+    def _within(self, out: np.ndarray) -> bool:
+        """Whether every element of ``out`` is a code of its format (per config)."""
+        lo, hi = self.lo, self.hi
+        if isinstance(lo, int) and isinstance(hi, int):
+            return out.max() <= hi and out.min() >= lo
+        c = out.shape[0]
+        if not (lo.size == lo.shape[0] == c and hi.size == hi.shape[0] == c):
+            return False  # limits per element: no shortcut
+        rows = out.reshape(out.shape[0], -1)
+        return bool((rows.max(1) <= hi.reshape(-1)).all() and (rows.min(1) >= lo.reshape(-1)).all())
 
     @classmethod
     def concat(
@@ -913,10 +925,13 @@ def _prediction_acc(k: dict, w: np.ndarray, v: np.ndarray, w_prev: np.ndarray | 
     return w + k["T"] * (w - w_prev)
 
 
-def _overflowed_count(result: np.ndarray, out: np.ndarray) -> np.ndarray | int:
-    """Elements that overflowed, per config (an int for one config)."""
+def _overflowed_count(result: np.ndarray, out: np.ndarray | None) -> np.ndarray | int:
+    """Elements that overflowed, per config (an int for one config, or when none did):
+    saturating or wrapping changes exactly the out-of-range elements."""
+    if out is None:
+        return 0
     over = result != out
-    if over.shape[0] == 1:
+    if over.shape[0] == 1:  # count_nonzero is much cheaper than a reduction
         return np.count_nonzero(over)
     return over.reshape(over.shape[0], -1).sum(1)
 
@@ -1003,8 +1018,10 @@ class _Bank:
             for a, n, shape in zip(self.starts, self.sizes, self.shapes, strict=True)
         ]
 
-    def overflowed(self, result: np.ndarray, out: np.ndarray) -> list:
+    def overflowed(self, result: np.ndarray, out: np.ndarray | None) -> list:
         """Elements that overflowed per stage (per config; an int for one config)."""
+        if out is None:
+            return [0] * len(self.sizes)
         over = result != out
         if not np.count_nonzero(over):  # the usual case, found without a reduction per stage
             return [0] * len(self.sizes)
@@ -1081,6 +1098,8 @@ def _flat(values: Sequence[int | np.ndarray], sizes: Sequence[int], configs: int
     of a ``[C, sum(sizes)]`` array: one int when every part and config agrees."""
     if all(not isinstance(v, np.ndarray) for v in values) and len(set(values)) == 1:
         return int(values[0])
+    if all(isinstance(v, np.ndarray) and np.array_equal(v, values[0]) for v in values):
+        return values[0].reshape(-1, 1)  # one column per config, the same for every part
     rows = configs if any(isinstance(v, np.ndarray) and v.size > 1 for v in values) else 1
     return np.concatenate(
         [
