@@ -680,6 +680,13 @@ class FixedArithmetic:
     def update(self, stage: StagePlan, s: FixedState, dz: np.ndarray, x: np.ndarray) -> None:
         ctx = self._stage[stage.index - 1]
         x = self._augment(ctx, x)
+        bank = self._bank
+        if bank is not None and bank.grad is not None and bank.states[stage.index - 1] is s:
+            # the products wait in the bank's buffer: end_step rounds every stage's at once
+            i = stage.index - 1
+            np.multiply(dz[:, :, None], x[:, None, :], out=bank.products[i])
+            self._pending[i] = None
+            return
         g = self._rq(ctx, "grad", "gradient", dz[:, :, None] * x[:, None, :], ctx["idx_w"])
         self._momentum_update(ctx, s, g)
 
@@ -733,10 +740,20 @@ class FixedArithmetic:
         bank = self._bank
         if len(pending) < len(bank.states):  # pipeline fill and drain
             for i in sorted(pending):
-                self._momentum_stage(self._stage[i], bank.states[i], pending[i])
+                ctx, g = self._stage[i], pending[i]
+                if g is None:  # the products in the bank's buffer
+                    g = self._rq(ctx, "grad", "gradient", bank.products[i], ctx["idx_w"])
+                self._momentum_stage(ctx, bank.states[i], g)
             return
         w, v, w_prev = bank.sync()
-        g = np.concatenate([pending[i].reshape(self.configs, -1) for i in range(len(pending))], 1)
+        if bank.grad is not None:
+            g, raw = bank.grad.codes(bank.product_array, self.seed, self.step, bank.index)
+            for i, n in enumerate(bank.overflowed(g, raw)):
+                self._count(i + 1, "gradient", n)
+        else:
+            g = np.concatenate(
+                [pending[i].reshape(self.configs, -1) for i in range(len(pending))], 1
+            )
         (v, v_raw), (w_new, w_raw) = self._momentum(bank.k, w, v, g)
         for i, (nv, nw) in enumerate(
             zip(bank.overflowed(v, v_raw), bank.overflowed(w_new, w_raw), strict=True)
@@ -954,6 +971,11 @@ class _Bank:
         self.starts = np.cumsum([0] + self.sizes[:-1])
         self.k: dict = {}
         self.pre: dict | None = None
+        #: all stages dense: their gradients' rounding point joined, the products in one
+        #: buffer (each stage's part a view) until end_step
+        self.grad: _Rounder | None = None
+        self.product_array = np.zeros((0, 0), dtype=np.int64)
+        self.products: list[np.ndarray] = []
         self._held: list[tuple] = []
         self._arrays: tuple = ()
 
@@ -984,6 +1006,13 @@ class _Bank:
             else _flat([0 if e is None else e for e in eb], sizes, configs)
         )
         bank.k = k
+        if all(ctx["geometry"] is None for ctx in ctxs):  # dense stages: the gradients too
+            bank.grad = _Rounder.concat([ctx["grad"] for ctx in ctxs], sizes, configs)
+            if bank.grad is not None:
+                bank.product_array = np.zeros((configs, sum(sizes)), dtype=np.int64)
+                bank.products = bank.views(bank.product_array)
+                if not all(np.shares_memory(v, bank.product_array) for v in bank.products):
+                    bank.grad = None  # the parts must be views the products are written into
         kinds = {ctx["prediction"] for ctx in ctxs}
         kind = kinds.pop() if len(kinds) == 1 else None
         if kind is not None:
