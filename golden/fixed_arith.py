@@ -97,7 +97,7 @@ class _Rounder:
             out = _round_right(acc, k.s, self.rounding, words, k)
         else:  # each rounding mode on the rows (configs) that use it
             out = np.empty_like(acc)
-            for rounding, rows in self.rounding_rows:
+            for rounding, rows in self.row_keys:
                 part = self.row_shifts.get(rounding, k)
                 out[rows] = _round_right(acc[rows], part.s, rounding, words, part)
         if out.size >= _EXTREMES_FIRST and self._within(out):
@@ -163,9 +163,14 @@ class _Rounder:
         right = max(s, 0) if isinstance(s, int) else np.maximum(s, 0)
         self.right = _Shift(right)
         self.left_by = -s if isinstance(s, int) else np.maximum(-s, 0)
+        # a mode's rows as a slice when they are consecutive (a view, not a copy, of acc)
+        self.row_keys = [
+            (mode, slice(int(rows[0]), int(rows[-1]) + 1) if _consecutive(rows) else rows)
+            for mode, rows in self.rounding_rows
+        ]
         self.row_shifts = {}
         if self.rounding is None and not isinstance(right, int) and right.shape[0] > 1:
-            self.row_shifts = {mode: _Shift(right[rows]) for mode, rows in self.rounding_rows}
+            self.row_shifts = {mode: _Shift(right[rows]) for mode, rows in self.row_keys}
 
     def _overflow(self, out: np.ndarray) -> np.ndarray:
         result = None
@@ -176,6 +181,11 @@ class _Rounder:
                 value = ((out - self.lo) % self.span) + self.lo
             result = value if where is None or result is None else np.where(where, value, result)
         return result
+
+
+def _consecutive(rows: np.ndarray) -> bool:
+    """Whether row indices are ``a, a + 1, ..., b`` (at least one)."""
+    return rows.size > 0 and int(rows[-1]) - int(rows[0]) + 1 == rows.size
 
 
 def _groups(modes: list, shape: tuple[int, ...]) -> list[tuple[object, np.ndarray | None]]:
