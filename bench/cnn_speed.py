@@ -1,9 +1,14 @@
-"""Float training speed of a convolutional network: pbhw's PB trainer against a naive per-sample
-PyTorch autograd loop of the same network, measured in one process.
+"""Training speed of convolutional networks: pbhw's PB trainer against a naive per-sample PyTorch
+autograd loop of the same network, measured in one process, in float and in fixed point.
 
-Both train ``examples/cnn_mnist1d.toml``'s network (conv 1-D stages with group norm, a residual
-and pooling, then a dense layer) on ``mnist1d`` for the same number of samples, in float64, at
-batch size 1 with the batch-1 learning rate and momentum pbhw derives from the config:
+* float: ``examples/cnn_mnist1d.toml``'s network (conv 1-D stages with group norm, a residual and
+  pooling, then a dense layer), trained by pbhw in float64;
+* fixed: ``examples/cnn_mnist1d_fixed.toml``'s network (the same without group norm), trained by
+  pbhw in the bit-exact fixed-point model (``train.arith = "fixed"``, as that example sets).
+
+Each pbhw trainer is compared with the same layers trained on ``mnist1d`` for the same number of
+samples, in float64, at batch size 1 with the batch-1 learning rate and momentum pbhw derives from
+the config:
 
 * pbhw: :func:`pbhw.tools.train.train` in-process (PB + LWP + SC, as configured; one PyTorch
   thread, as the trainer sets for convolutional networks); its ``samples_per_second`` counts
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -41,6 +47,7 @@ from pbhw.tools.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "examples/cnn_mnist1d.toml"
+FIXED_CONFIG = ROOT / "examples/cnn_mnist1d_fixed.toml"
 
 
 class TorchNet(nn.Module):
@@ -132,9 +139,38 @@ def torch_samples_per_second(config_path: Path, epochs: int, data: Dataset, thre
     return n * epochs / seconds
 
 
+def compare(
+    config_path: Path, epochs: int, data: Dataset, threads: list[int], repeats: int
+) -> dict[str, Any]:
+    """pbhw against the naive loop on one config: best samples/s of each, their ratio, all
+    runs (alternating pbhw and torch in every repeat)."""
+    runs: dict[str, list[float]] = {"pbhw": [], **{f"torch_{n}_threads": [] for n in threads}}
+    for _ in range(repeats):
+        runs["pbhw"].append(pbhw_samples_per_second(config_path, epochs, data))
+        for n in threads:
+            runs[f"torch_{n}_threads"].append(
+                torch_samples_per_second(config_path, epochs, data, n)
+            )
+    best = {name: max(values) for name, values in runs.items()}
+    torch_best = max(value for name, value in best.items() if name != "pbhw")
+    config = load(config_path)
+    return {
+        "config": str(config_path.relative_to(ROOT) if config_path.is_absolute() else config_path),
+        "arith": config.train.arith.value,
+        "network": [list(st.out_shape) for st in derive_plan(config).stages],
+        "pbhw_samples_per_second": best["pbhw"],
+        "torch_samples_per_second": torch_best,
+        "ratio": best["pbhw"] / torch_best,
+        "all_runs": runs,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=CONFIG)
+    parser.add_argument("--config", type=Path, default=CONFIG, help="the float network")
+    parser.add_argument(
+        "--fixed-config", type=Path, default=FIXED_CONFIG, help="the fixed-point network"
+    )
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/cnn_speed.json")
@@ -147,31 +183,23 @@ def main() -> None:
 
     config = load(args.config)
     data = load_dataset(config.train.dataset)
+    if load(args.fixed_config).train.dataset != config.train.dataset:
+        print("error: --config and --fixed-config must train on one dataset", file=sys.stderr)
+        raise SystemExit(2)
     threads = sorted({int(n) for n in args.torch_threads.split(",")})
-    runs: dict[str, list[float]] = {"pbhw": [], **{f"torch_{n}_threads": [] for n in threads}}
-    for _ in range(args.repeats):
-        runs["pbhw"].append(pbhw_samples_per_second(args.config, args.epochs, data))
-        for n in threads:
-            runs[f"torch_{n}_threads"].append(
-                torch_samples_per_second(args.config, args.epochs, data, n)
-            )
-    best = {name: max(values) for name, values in runs.items()}
-    torch_best = max(value for name, value in best.items() if name != "pbhw")
-    ratio = best["pbhw"] / torch_best
+    float_run = compare(args.config, args.epochs, data, threads, args.repeats)
+    fixed_run = compare(args.fixed_config, args.epochs, data, threads, args.repeats)
     payload: dict[str, Any] = {
         "benchmark": "cnn_speed",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "config": str(args.config.relative_to(ROOT) if args.config.is_absolute() else args.config),
-        "network": [list(st.out_shape) for st in derive_plan(config).stages],
         "dataset": data.describe(),
         "epochs": args.epochs,
         "samples": args.epochs * data.x_train.shape[0],
         "repeats": args.repeats,
-        "pbhw_samples_per_second": best["pbhw"],
-        "torch_samples_per_second": torch_best,
-        "ratio": ratio,
-        "all_runs": runs,
+        **{k: v for k, v in float_run.items() if k != "arith"},
+        "fixed": fixed_run,
+        "load_average": list(os.getloadavg()),
         "torch": torch.__version__,
         "torch_threads": threads,
         "python": platform.python_version(),
@@ -179,11 +207,12 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
-    each = ", ".join(f"{n} thread(s) {best[f'torch_{n}_threads']:.0f}" for n in threads)
-    print(
-        f"pbhw float {best['pbhw']:.0f} samples/s, naive torch autograd {torch_best:.0f} "
-        f"samples/s ({each}): ratio {ratio:.2f} (best of {args.repeats}) -> {args.out}"
-    )
+    for name, run in (("float", float_run), ("fixed", fixed_run)):
+        print(
+            f"pbhw {name} {run['pbhw_samples_per_second']:.0f} samples/s, naive torch autograd "
+            f"{run['torch_samples_per_second']:.0f} samples/s: ratio {run['ratio']:.2f}"
+        )
+    print(f"(best of {args.repeats}) -> {args.out}")
 
 
 if __name__ == "__main__":

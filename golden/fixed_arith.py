@@ -51,6 +51,8 @@ from pbhw.core.weights import weight_codes
 __all__ = ["FixedArithmetic", "FixedConvContext", "FixedConvState", "FixedState"]
 
 _FLOAT_EXACT = 53  # bits below which a float64 matrix product of integers is exact
+#: elements from which a rounding point first checks the extremes: nothing overflowed, no clip
+_EXTREMES_FIRST = 2048
 
 
 class _Rounder:
@@ -73,6 +75,7 @@ class _Rounder:
         ]
         self.overflows = _groups([d.overflow for d in dst], shape)
         self.stochastic = any(d.rounding is Rounding.STOCHASTIC for d in dst)
+        self._settle()
 
     def __call__(
         self,
@@ -85,32 +88,99 @@ class _Rounder:
 
         Every config of a run shares the seed (FixedArithmetic checks), so the random words
         are the same for all of them: drawn once and broadcast over the config dimension."""
-        s = self.shift
-        if isinstance(s, int):
-            if s < 0:
-                acc, s = acc << -s, 0
-        elif bool((s < 0).any()):
-            acc, s = acc << np.maximum(-s, 0), np.maximum(s, 0)
+        result, out = self.codes(acc, seed, step, index)
+        return result, _overflowed_count(result, out)
+
+    def codes(
+        self, acc: np.ndarray, seed: int, step: int, index: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The codes after the overflow, and the rounded values before it (they differ
+        exactly where an element overflowed); ``None`` for the latter when no element did
+        (found on a large array by its extremes, cheaper than clipping and comparing)."""
+        if self.left:
+            acc = acc << self.left_by
+        k = self.right
         words = None
         if self.stochastic:
             words = threefry_words(seed, self.stream, step, index)
-        if len(self.roundings) == 1:
-            out = _round_right(acc, s, self.roundings[0][0], words)
+        if self.rounding is not None:
+            out = _round_right(acc, k.s, self.rounding, words, k)
         else:  # each rounding mode on the rows (configs) that use it
             out = np.empty_like(acc)
-            for rounding, rows in self.rounding_rows:
-                out[rows] = _round_right(
-                    acc[rows], s if isinstance(s, int) else s[rows], rounding, words
-                )
-        if len(self.overflows) == 1 and self.overflows[0][0] is Overflow.SATURATE:
-            result = _clip(out, self.lo, self.hi)
-        else:
-            result = self._overflow(out)
-        # Saturating or wrapping changes exactly the out-of-range elements.
-        over = result != out
-        if over.shape[0] == 1:  # count_nonzero is much cheaper than a reduction
-            return result, np.count_nonzero(over)
-        return result, over.reshape(over.shape[0], -1).sum(1)
+            for rounding, rows in self.row_keys:
+                part = self.row_shifts.get(rounding, k)
+                out[rows] = _round_right(acc[rows], part.s, rounding, words, part)
+        if out.size >= _EXTREMES_FIRST and self._within(out):
+            return out, None
+        if self.saturate:
+            return _clip(out, self.lo, self.hi), out
+        return self._overflow(out), out
+
+    def _within(self, out: np.ndarray) -> bool:
+        """Whether every element of ``out`` is a code of its format (per config)."""
+        lo, hi = self.lo, self.hi
+        if isinstance(lo, int) and isinstance(hi, int):
+            return out.max() <= hi and out.min() >= lo
+        c = out.shape[0]
+        if not (lo.size == lo.shape[0] == c and hi.size == hi.shape[0] == c):
+            return False  # limits per element: no shortcut
+        rows = out.reshape(out.shape[0], -1)
+        return bool((rows.max(1) <= hi.reshape(-1)).all() and (rows.min(1) >= lo.reshape(-1)).all())
+
+    @classmethod
+    def concat(
+        cls, parts: Sequence[_Rounder], sizes: Sequence[int], configs: int
+    ) -> _Rounder | None:
+        """One rounder over the concatenation of ``parts``' elements (``sizes[i]`` elements
+        each, in a ``[C, sum(sizes)]`` array): per-element shifts, limits and streams. None when
+        the parts do not round the same configs in the same mode (then each part rounds alone).
+        """
+        first = parts[0]
+        key = [(m, r.tolist()) for m, r in first.rounding_rows]
+        for p in parts[1:]:
+            if [(m, r.tolist()) for m, r in p.rounding_rows] != key or [
+                m for m, _ in p.overflows
+            ] != [m for m, _ in first.overflows]:
+                return None
+            for (_, a), (_, b) in zip(p.overflows, first.overflows, strict=True):
+                if a is not None and not np.array_equal(a, b):
+                    return None
+        out = cls.__new__(cls)
+        out.stream = _flat([p.stream for p in parts], sizes, configs)
+        out.shift = _flat([p.shift for p in parts], sizes, configs)
+        out.lo = _flat([p.lo for p in parts], sizes, configs)
+        out.hi = _flat([p.hi for p in parts], sizes, configs)
+        out.span = _flat([p.span for p in parts], sizes, configs)
+        out.roundings = [
+            (m, None if w is None else np.asarray(w).reshape(-1, 1)) for m, w in first.roundings
+        ]
+        out.rounding_rows = first.rounding_rows
+        out.overflows = [
+            (m, None if w is None else np.asarray(w).reshape(-1, 1)) for m, w in first.overflows
+        ]
+        out.stochastic = any(p.stochastic for p in parts)
+        out._settle()
+        return out
+
+    def _settle(self) -> None:
+        """What every call would otherwise test again: a shift left anywhere, one rounding
+        mode for every config, saturation everywhere."""
+        s = self.shift
+        self.left = s < 0 if isinstance(s, int) else bool((s < 0).any())
+        self.rounding = self.roundings[0][0] if len(self.roundings) == 1 else None
+        self.saturate = len(self.overflows) == 1 and self.overflows[0][0] is Overflow.SATURATE
+        # the shift right after any shift left, with its derived constants
+        right = max(s, 0) if isinstance(s, int) else np.maximum(s, 0)
+        self.right = _Shift(right)
+        self.left_by = -s if isinstance(s, int) else np.maximum(-s, 0)
+        # a mode's rows as a slice when they are consecutive (a view, not a copy, of acc)
+        self.row_keys = [
+            (mode, slice(int(rows[0]), int(rows[-1]) + 1) if _consecutive(rows) else rows)
+            for mode, rows in self.rounding_rows
+        ]
+        self.row_shifts = {}
+        if self.rounding is None and not isinstance(right, int) and right.shape[0] > 1:
+            self.row_shifts = {mode: _Shift(right[rows]) for mode, rows in self.row_keys}
 
     def _overflow(self, out: np.ndarray) -> np.ndarray:
         result = None
@@ -123,6 +193,11 @@ class _Rounder:
         return result
 
 
+def _consecutive(rows: np.ndarray) -> bool:
+    """Whether row indices are ``a, a + 1, ..., b`` (at least one)."""
+    return rows.size > 0 and int(rows[-1]) - int(rows[0]) + 1 == rows.size
+
+
 def _groups(modes: list, shape: tuple[int, ...]) -> list[tuple[object, np.ndarray | None]]:
     """Distinct modes with the configs that use them (``None``: all of them)."""
     distinct = list(dict.fromkeys(modes))
@@ -131,33 +206,67 @@ def _groups(modes: list, shape: tuple[int, ...]) -> list[tuple[object, np.ndarra
     return [(mode, np.array([m is mode for m in modes]).reshape(shape)) for mode in distinct]
 
 
+class _Shift:
+    """A right shift ``s >= 0`` (an int, or an array per config or element) with what every
+    rounding mode derives from it, computed once per rounding point instead of once per call."""
+
+    def __init__(self, s: int | np.ndarray):
+        self.s = s
+        if isinstance(s, int):
+            self.least = self.most = s
+        else:
+            self.least, self.most = int(s.min()), int(s.max())
+        self.half = (1 << s) >> 1
+        self.mask = (1 << s) - 1
+        if self.least >= 1:
+            self.half_less = self.half - 1
+            self.up = 32 - s if self.most <= 32 else None  # rem << up: the top 32 bits
+
+
 def _round_right(
-    acc: np.ndarray, s: int | np.ndarray, rounding: Rounding, words: np.ndarray | None
+    acc: np.ndarray,
+    s: int | np.ndarray,
+    rounding: Rounding,
+    words: np.ndarray | None,
+    shift: _Shift | None = None,
 ) -> np.ndarray:
-    """``acc / 2^s`` rounded, for shifts ``s >= 0`` (an int, or a tensor per config)."""
+    """``acc / 2^s`` rounded, for shifts ``s >= 0`` (an int, or a tensor per config).
+
+    ``shift`` may carry ``s`` with its derived constants (:class:`_Shift`), made once."""
     if isinstance(s, int) and s == 0:
         return acc
+    k = _Shift(s) if shift is None else shift
     down = acc >> s
     if rounding is Rounding.FLOOR:
         return down
-    if isinstance(s, int) or int(s.min()) >= 1:
-        # Every shift >= 1 (one int, or one per config): short exact formulas.
-        half = 1 << (s - 1)
+    if k.least >= 1:
+        # Every shift >= 1 (one int, or one per config): short exact formulas, in place.
         if rounding is Rounding.HALF_UP:
-            return (acc + half) >> s
+            out = acc + k.half
+            out >>= s
+            return out
         if rounding is Rounding.HALF_EVEN:
-            return (acc + (half - 1) + (down & 1)) >> s
-        rem = acc & ((1 << s) - 1)
+            down &= 1
+            down += acc
+            down += k.half_less
+            down >>= s
+            return down
+        rem = acc & k.mask
         if rounding is Rounding.TOWARD_ZERO:
-            return down + ((acc < 0) & (rem != 0))
+            rem = rem != 0
+            rem &= acc < 0
+            down += rem
+            return down
+        if k.up is not None:
+            rem <<= k.up
+            down += words < rem
+            return down
         if isinstance(s, int):
-            top = rem << (32 - s) if s <= 32 else (acc >> (s - 32)) & 0xFFFFFFFF
-            return down + (words < top)
-        if int(s.max()) <= 32:
-            return down + (words < (rem << (32 - s)))
+            down += words < ((acc >> (s - 32)) & 0xFFFFFFFF)
+            return down
     # Shifts of 0 for some configs: formulas that hold for s = 0 too.
-    half = (1 << s) >> 1
-    rem = acc & ((1 << s) - 1)
+    half = k.half
+    rem = acc & k.mask
     if rounding is Rounding.HALF_UP:
         return down + ((rem >= half) & (half > 0))
     if rounding is Rounding.HALF_EVEN:
@@ -363,6 +472,9 @@ class FixedArithmetic:
         self.seed = first.seed  # shared by every config (checked above)
         self.step = 0
         self.counts: dict[tuple[int, str], np.ndarray] = {}
+        self._bank: _Bank | None = None  # set by attach()
+        self._pending: dict[int, np.ndarray] = {}
+        self._predicted_step: int | None = None
         self._stage = [self._build_stage(i) for i in range(len(first.network.layers) - 1)]
         self._out_frac = np.array(
             [[p.stages[-1].formats.activation.format.frac] for p in plans], dtype=np.int64
@@ -782,6 +894,7 @@ class FixedArithmetic:
     def begin_step(self, step: int) -> None:
         """The pipeline step about to run: the ``step`` of the stochastic-rounding keys."""
         self.step = step
+        self._predicted_step = None
 
     def _count(self, stage: int, role: str, n: np.ndarray | int) -> None:
         """Add overflow events (per config; a plain int when there is one config)."""
@@ -860,13 +973,23 @@ class FixedArithmetic:
 
     def predicted(self, stage: StagePlan, s: FixedState) -> tuple[np.ndarray, None]:
         ctx = self._stage[stage.index - 1]
-        if ctx["prediction"] == "velocity":
-            acc = _shl(s.w, ctx["pre_w"]) - ctx["eT"] * _shl(s.v, ctx["pre_v"])
-            return self._rq(ctx, "pre", "prediction", acc, ctx["idx_w"]), None
-        if ctx["prediction"] == "weight_difference":
-            acc = s.w + ctx["T"] * (s.w - s.w_prev)
-            return self._rq(ctx, "pre", "prediction", acc, ctx["idx_w"]), None
-        return s.w, None
+        if ctx["prediction"] is None:
+            return s.w, None
+        bank = self._bank
+        if bank is not None and bank.pre is not None and bank.states[stage.index - 1] is s:
+            # Every stage's prediction at once, at the first stage's forward of the step (all
+            # of a step's forwards come before its updates); counted per stage as it is used.
+            if self._predicted_step != self.step:
+                p, raw = bank.pre["pre"].codes(
+                    _prediction_acc(bank.pre, *bank.sync()), self.seed, self.step, bank.index
+                )
+                self._predictions = (bank.views(p), bank.overflowed(p, raw))
+                self._predicted_step = self.step
+            views, counts = self._predictions
+            self._count(ctx["index"], "prediction", counts[stage.index - 1])
+            return views[stage.index - 1], None
+        acc = _prediction_acc(ctx, s.w, s.v, s.w_prev)
+        return self._rq(ctx, "pre", "prediction", acc, ctx["idx_w"]), None
 
     @staticmethod
     def _augment(ctx: dict, x: np.ndarray) -> np.ndarray:
@@ -934,20 +1057,87 @@ class FixedArithmetic:
     def update(self, stage: StagePlan, s: FixedState, dz: np.ndarray, x: np.ndarray) -> None:
         ctx = self._stage[stage.index - 1]
         x = self._augment(ctx, x)
+        bank = self._bank
+        if bank is not None and bank.grad is not None and bank.states[stage.index - 1] is s:
+            # the products wait in the bank's buffer: end_step rounds every stage's at once
+            i = stage.index - 1
+            np.multiply(dz[:, :, None], x[:, None, :], out=bank.products[i])
+            self._pending[i] = None
+            return
         g = self._rq(ctx, "grad", "gradient", dz[:, :, None] * x[:, None, :], ctx["idx_w"])
         self._momentum_update(ctx, s, g)
 
     def _momentum_update(self, ctx: dict, s: FixedState, g: np.ndarray) -> None:
-        """Velocity and weight from the gradient codes ``g`` (steps 2 and 3 of the update)."""
-        acc = ctx["m"] * _shl(s.v, ctx["vel_mv"]) + _shl(g, ctx["vel_g"])
-        v = self._rq(ctx, "vel", "velocity", acc, ctx["idx_w"])
-        acc = _shl(s.w, ctx["upd_w"]) - ctx["ea"] * _shl(v, ctx["upd_v"])
-        if ctx["eb"] is not None:
-            acc = acc - ctx["eb"] * _shl(g, ctx["upd_g"])
+        """Velocity and weight from the gradient codes ``g`` (steps 2 and 3 of the update).
+
+        In a pipeline (:meth:`attach`) they wait for :meth:`end_step`, which updates every
+        stage at once."""
+        bank = self._bank
+        if bank is not None and bank.states[ctx["index"] - 1] is s:
+            self._pending[ctx["index"] - 1] = g
+            return
+        self._momentum_stage(ctx, s, g)
+
+    def _momentum_stage(self, ctx: dict, s: FixedState, g: np.ndarray) -> None:
+        """One stage's velocity and weight update, now."""
+        (v, v_raw), (w, w_raw) = self._momentum(ctx, s.w, s.v, g)
+        self._count(ctx["index"], "velocity", _overflowed_count(v, v_raw))
+        self._count(ctx["index"], "weight", _overflowed_count(w, w_raw))
         if s.w_prev is not None:
             s.w_prev = s.w
-        s.w = self._rq(ctx, "upd", "weight", acc, ctx["idx_w"])
-        s.v = v
+        s.w, s.v = w, v
+
+    def _momentum(
+        self, k: dict, w: np.ndarray, v: np.ndarray, g: np.ndarray
+    ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """The velocity and weight rounding points of ``docs/numerics.md`` with the constants
+        and rounders ``k`` (a stage's, or the bank's over every stage): each as the codes and
+        the rounded values before the overflow."""
+        acc = k["m"] * _shl(v, k["vel_mv"]) + _shl(g, k["vel_g"])
+        v_new = k["vel"].codes(acc, self.seed, self.step, k["idx_w"])
+        acc = _shl(w, k["upd_w"]) - k["ea"] * _shl(v_new[0], k["upd_v"])
+        if k["eb"] is not None:
+            acc = acc - k["eb"] * _shl(g, k["upd_g"])
+        return v_new, k["upd"].codes(acc, self.seed, self.step, k["idx_w"])
+
+    def attach(self, states: Sequence[FixedState]) -> None:
+        """The states of a pipeline's stages, in order: from now on their predictions and
+        velocity and weight updates run over all stages at once (one flat array), the updates
+        at :meth:`end_step`. Values are exactly those of stage-by-stage updates."""
+        self._bank = _Bank.build(self._stage, list(states), self.configs)
+        self._pending = {}
+        self._predicted_step = None
+
+    def end_step(self) -> None:
+        """The velocity and weight updates of the stages that had a backward in this step."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        self._predicted_step = None
+        bank = self._bank
+        if len(pending) < len(bank.states):  # pipeline fill and drain
+            for i in sorted(pending):
+                ctx, g = self._stage[i], pending[i]
+                if g is None:  # the products in the bank's buffer
+                    g = self._rq(ctx, "grad", "gradient", bank.products[i], ctx["idx_w"])
+                self._momentum_stage(ctx, bank.states[i], g)
+            return
+        w, v, w_prev = bank.sync()
+        if bank.grad is not None:
+            g, raw = bank.grad.codes(bank.product_array, self.seed, self.step, bank.index)
+            for i, n in enumerate(bank.overflowed(g, raw)):
+                self._count(i + 1, "gradient", n)
+        else:
+            g = np.concatenate(
+                [pending[i].reshape(self.configs, -1) for i in range(len(pending))], 1
+            )
+        (v, v_raw), (w_new, w_raw) = self._momentum(bank.k, w, v, g)
+        for i, (nv, nw) in enumerate(
+            zip(bank.overflowed(v, v_raw), bank.overflowed(w_new, w_raw), strict=True)
+        ):
+            self._count(i + 1, "velocity", nv)
+            self._count(i + 1, "weight", nw)
+        bank.set(w_new, v, w if w_prev is not None else None)
 
     # ------------------------------------------------------------------------------------------
     # conv stages (docs/numerics.md, "Conv stages"): the weights are a matrix as a dense stage's
@@ -1238,6 +1428,143 @@ class FixedArithmetic:
         return h
 
 
+def _prediction_acc(k: dict, w: np.ndarray, v: np.ndarray, w_prev: np.ndarray | None) -> np.ndarray:
+    """The predicted weight's exact sum before its rounding (``docs/numerics.md``), with the
+    constants ``k`` (a stage's, or the bank's over every stage)."""
+    if k["prediction"] == "velocity":
+        return _shl(w, k["pre_w"]) - k["eT"] * _shl(v, k["pre_v"])
+    return w + k["T"] * (w - w_prev)
+
+
+def _overflowed_count(result: np.ndarray, out: np.ndarray | None) -> np.ndarray | int:
+    """Elements that overflowed, per config (an int for one config, or when none did):
+    saturating or wrapping changes exactly the out-of-range elements."""
+    if out is None:
+        return 0
+    over = result != out
+    if over.shape[0] == 1:  # count_nonzero is much cheaper than a reduction
+        return np.count_nonzero(over)
+    return over.reshape(over.shape[0], -1).sum(1)
+
+
+class _Bank:
+    """Every stage's weight, velocity (and previous weight) codes side by side in one
+    ``[C, E]`` array each, the stages' states holding views of them, with every update
+    constant and rounder spread over the elements: the prediction and the velocity and weight
+    updates of all stages are then one pass each."""
+
+    #: the per-stage constants of the update and the prediction, spread over the elements
+    UPDATE = ("m", "vel_mv", "vel_g", "ea", "upd_w", "upd_v", "upd_g")
+    PREDICTION = {"velocity": ("pre_w", "pre_v", "eT"), "weight_difference": ("T",)}
+
+    def __init__(self, states: list[FixedState], configs: int):
+        self.states = states
+        self.configs = configs
+        self.shapes = [s.w.shape[1:] for s in states]
+        self.sizes = [math.prod(shape) for shape in self.shapes]
+        self.starts = np.cumsum([0] + self.sizes[:-1])
+        self.k: dict = {}
+        self.pre: dict | None = None
+        #: all stages dense: their gradients' rounding point joined, the products in one
+        #: buffer (each stage's part a view) until end_step
+        self.grad: _Rounder | None = None
+        self.product_array = np.zeros((0, 0), dtype=np.int64)
+        self.products: list[np.ndarray] = []
+        self._held: list[tuple] = []
+        self._arrays: tuple = ()
+
+    @classmethod
+    def build(cls, ctxs: list[dict], states: list[FixedState], configs: int) -> _Bank | None:
+        """The bank of these stages, or None when their rounding points cannot be joined (the
+        stages then update one by one)."""
+        if len(states) != len(ctxs) or any(
+            s.w.shape != (configs,) + ctx["idx_w"].shape[1:] or s.v.shape != s.w.shape
+            for ctx, s in zip(ctxs, states, strict=True)
+        ):
+            return None
+        bank = cls(states, configs)
+        sizes = bank.sizes
+        idx = np.concatenate([ctx["idx_w"].reshape(1, -1) for ctx in ctxs], 1)
+        bank.index = idx
+        k = {"idx_w": idx, "vel": None, "upd": None}
+        for name in ("vel", "upd"):
+            k[name] = _Rounder.concat([ctx[name] for ctx in ctxs], sizes, configs)
+            if k[name] is None:
+                return None
+        for name in cls.UPDATE:
+            k[name] = _flat([ctx[name] for ctx in ctxs], sizes, configs)
+        eb = [ctx["eb"] for ctx in ctxs]
+        k["eb"] = (
+            None
+            if all(e is None for e in eb)
+            else _flat([0 if e is None else e for e in eb], sizes, configs)
+        )
+        bank.k = k
+        if all(ctx["geometry"] is None for ctx in ctxs):  # dense stages: the gradients too
+            bank.grad = _Rounder.concat([ctx["grad"] for ctx in ctxs], sizes, configs)
+            if bank.grad is not None:
+                bank.product_array = np.zeros((configs, sum(sizes)), dtype=np.int64)
+                bank.products = bank.views(bank.product_array)
+                if not all(np.shares_memory(v, bank.product_array) for v in bank.products):
+                    bank.grad = None  # the parts must be views the products are written into
+        kinds = {ctx["prediction"] for ctx in ctxs}
+        kind = kinds.pop() if len(kinds) == 1 else None
+        if kind is not None:
+            pre = _Rounder.concat([ctx["pre"] for ctx in ctxs], sizes, configs)
+            if pre is not None:
+                bank.pre = {"prediction": kind, "pre": pre}
+                for name in cls.PREDICTION[kind]:
+                    bank.pre[name] = _flat([ctx[name] for ctx in ctxs], sizes, configs)
+        return bank
+
+    def sync(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(W, V, W_prev)`` of the states now (joined again if something replaced them)."""
+        held = [(s.w, s.v, s.w_prev) for s in self.states]
+        if len(held) != len(self._held) or any(
+            a is not b
+            for now, then in zip(held, self._held, strict=True)
+            for a, b in zip(now, then, strict=True)
+        ):
+            c = self.configs
+            w = np.concatenate([s.w.reshape(c, -1) for s in self.states], 1)
+            v = np.concatenate([s.v.reshape(c, -1) for s in self.states], 1)
+            prev = None
+            if all(s.w_prev is not None for s in self.states):
+                prev = np.concatenate([s.w_prev.reshape(c, -1) for s in self.states], 1)
+            self._arrays, self._held = (w, v, prev), held
+        return self._arrays
+
+    def views(self, flat: np.ndarray) -> list[np.ndarray]:
+        """Each stage's part of a ``[C, E]`` array, in the stage's shape."""
+        return [
+            flat[:, a : a + n].reshape((self.configs,) + shape)
+            for a, n, shape in zip(self.starts, self.sizes, self.shapes, strict=True)
+        ]
+
+    def overflowed(self, result: np.ndarray, out: np.ndarray | None) -> list:
+        """Elements that overflowed per stage (per config; an int for one config)."""
+        if out is None:
+            return [0] * len(self.sizes)
+        over = result != out
+        if not np.count_nonzero(over):  # the usual case, found without a reduction per stage
+            return [0] * len(self.sizes)
+        over = np.add.reduceat(over, self.starts, axis=1, dtype=np.int64)
+        if self.configs == 1:
+            return [int(n) for n in over[0]]
+        return list(over.T)
+
+    def set(self, w: np.ndarray, v: np.ndarray, w_prev: np.ndarray | None) -> None:
+        """New codes for every stage (the arrays are new: stashed weights keep the old)."""
+        ws, vs = self.views(w), self.views(v)
+        ps = self.views(w_prev) if w_prev is not None else [None] * len(ws)
+        for s, nw, nv, np_ in zip(self.states, ws, vs, ps, strict=True):
+            s.w, s.v = nw, nv
+            if np_ is not None:
+                s.w_prev = np_
+        self._arrays = (w, v, w_prev)
+        self._held = [(s.w, s.v, s.w_prev) for s in self.states]
+
+
 def softmax_codes(y: np.ndarray, shift: int | np.ndarray, frac_e: int | np.ndarray) -> np.ndarray:
     """The softmax unit of ``docs/numerics.md``: probabilities as codes with ``frac_e`` bits."""
     d = y - y.max(-1, keepdims=True)
@@ -1253,25 +1580,57 @@ _ROTATIONS = (13, 15, 26, 6, 17, 29, 16, 24)
 _PARITY = 0x1BD11BDA
 
 
-def threefry_words(seed: int, stream: int, step: int, index: np.ndarray) -> np.ndarray:
+def threefry_words(seed: int, stream: int | np.ndarray, step: int, index: np.ndarray) -> np.ndarray:
     """First Threefry-2x32-13 output word for key ``(seed, stream)`` and counter
     ``(step, index)``, as int64: the numpy twin of :func:`pbhw.core.fixed.threefry2x32` in native
-    uint32 arithmetic (wrapping is the mod 2^32 the algorithm wants); tests check they agree."""
+    uint32 arithmetic (wrapping is the mod 2^32 the algorithm wants); tests check they agree.
+
+    ``stream`` may be an array broadcasting with ``index`` (one stream per element): the words
+    of several rounding points then come from one pass."""
     u32 = np.uint32
-    ks = (u32(seed), u32(stream), u32(seed ^ stream ^ _PARITY))
+    if isinstance(stream, np.ndarray):
+        k1 = stream.astype(np.uint32)
+        k2 = (stream ^ (seed ^ _PARITY)).astype(np.uint32)
+    else:
+        k1, k2 = u32(stream), u32(seed ^ stream ^ _PARITY)
+    ks = (u32(seed), k1, k2)
     with np.errstate(over="ignore"):
-        x1 = np.asarray(index, dtype=np.uint32) + ks[1]
+        x1 = np.asarray(index, dtype=np.uint32) + k1
         x0 = np.full_like(x1, u32((step + seed) & 0xFFFFFFFF))
+        t = np.empty_like(x1)
         for i in range(THREEFRY_ROUNDS):
             r = _ROTATIONS[i % 8]
             x0 += x1
-            x1 = (x1 << u32(r)) | (x1 >> u32(32 - r))
+            np.right_shift(x1, _U32[32 - r], out=t)
+            x1 <<= _U32[r]
+            x1 |= t
             x1 ^= x0
             if i % 4 == 3:  # key injection
                 j = (i + 1) // 4
                 x0 += ks[j % 3]
-                x1 += u32((int(ks[(j + 1) % 3]) + j) & 0xFFFFFFFF)
+                x1 += ks[(j + 1) % 3]
+                x1 += u32(j)
     return x0.astype(np.int64)
+
+
+_U32 = [np.uint32(r) for r in range(33)]
+
+
+def _flat(values: Sequence[int | np.ndarray], sizes: Sequence[int], configs: int):
+    """Per-part constants (an int, or a per-config column) spread over the parts' elements
+    of a ``[C, sum(sizes)]`` array: one int when every part and config agrees."""
+    if all(not isinstance(v, np.ndarray) for v in values) and len(set(values)) == 1:
+        return int(values[0])
+    if all(isinstance(v, np.ndarray) and np.array_equal(v, values[0]) for v in values):
+        return values[0].reshape(-1, 1)  # one column per config, the same for every part
+    rows = configs if any(isinstance(v, np.ndarray) and v.size > 1 for v in values) else 1
+    return np.concatenate(
+        [
+            np.broadcast_to(np.asarray(v, dtype=np.int64).reshape(-1, 1), (rows, n))
+            for v, n in zip(values, sizes, strict=True)
+        ],
+        1,
+    )
 
 
 def _column(values: Sequence[int], ndim: int = 2) -> int | np.ndarray:

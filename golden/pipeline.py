@@ -194,6 +194,12 @@ class Pipeline:
             else Stage(st, arith, arith.init_state(st, *params), stashing)
             for st, params in zip(plan.stages, weights, strict=True)
         ]
+        # An arithmetic may work on all stages' states at once (the integer one joins their
+        # predictions and updates): it is given them here, and defers updates to end_step.
+        attach = getattr(arith, "attach", None)
+        if attach is not None:
+            attach([stage.state for stage in self.stages])
+        self._end_step = getattr(arith, "end_step", None)
         # Residuals: consumer stage i (0-based) adds the output of stage i - N.
         self._residual_source = {
             i: i - st.spec.residual
@@ -303,6 +309,8 @@ class Pipeline:
                 stage.update(pending[i])
                 if steps:
                     steps[i].updated = True
+        if self._end_step is not None:
+            self._end_step()
 
         # Latch: stage i's forward feeds stage i+1 next step; the loss error feeds stage L next
         # step; stage i's backward error feeds stage i-1 next step.
