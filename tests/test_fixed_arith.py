@@ -31,12 +31,13 @@ from int_reference import (
 )
 from pbhw_testing import run_records
 
-from golden.fixed_arith import FixedArithmetic
+from golden.fixed_arith import _EXTREMES_FIRST, FixedArithmetic, _Rounder
 from golden.float_arith import FloatArithmetic
 from golden.pipeline import Pipeline
-from pbhw.core.config import ConfigError, from_dict
+from pbhw.core.config import ConfigError, RoleFormat, from_dict
 from pbhw.core.constants import EVAL_STEP, EXP2_TABLE, LOG2E_Q16, ROLE_NUMBERS, stream_id
 from pbhw.core.datapath import plan_datapaths
+from pbhw.core.fixed import FixedFormat, Overflow, Rounding
 from pbhw.core.plan import derive_plan
 from pbhw.core.weights import initial_weights
 
@@ -786,3 +787,32 @@ def test_numpy_threefry_twin_equals_pbhw_fixed(seed, stream, step):
     index = (np.arange(5000, dtype=np.int64) * 7919) % 2**32
     expected = threefry2x32(seed, stream, step, torch.from_numpy(index))[0].numpy()
     assert np.array_equal(threefry_words(seed, stream, step, index), expected)
+
+
+@pytest.mark.parametrize("overflow", ["saturate", "wrap"])
+@pytest.mark.parametrize("rounding", ["half_even", "stochastic"])
+def test_a_large_rounding_point_equals_its_small_pieces(rounding, overflow):
+    """From ``_EXTREMES_FIRST`` elements a rounding point looks at the extremes first and skips
+    the overflow when nothing overflowed: with and without overflows, its codes and counts are
+    those of the same values rounded in pieces below that size, for two configs at once."""
+    dst = [
+        RoleFormat(FixedFormat(8, 4, True), Rounding(rounding), Overflow(overflow)),
+        RoleFormat(FixedFormat(10, 5, True), Rounding(rounding), Overflow(overflow)),
+    ]
+    rq = _Rounder([9, 9], dst, stream=3, ndim=2)
+    rng = np.random.default_rng(1)
+    n = 2 * _EXTREMES_FIRST
+    index = np.arange(n, dtype=np.int64)
+    for bound in (1 << 11, 1 << 16):  # every code in range, then some overflowing
+        acc = rng.integers(-bound, bound, (2, n), dtype=np.int64)
+        codes, count = rq(acc.copy(), 5, 2, index)
+        half = n // 4
+        pieces = [
+            rq(acc[:, k : k + half].copy(), 5, 2, index[k : k + half])
+            for k in (0, half, 2 * half, 3 * half)
+        ]
+        assert np.array_equal(codes, np.concatenate([c for c, _ in pieces], axis=1))
+        assert np.array_equal(
+            np.broadcast_to(count, (2,)), sum(np.broadcast_to(c, (2,)) for _, c in pieces)
+        )
+        assert (np.max(count) > 0) == (bound > 1 << 11)
