@@ -75,6 +75,7 @@ def _row(bench, method, seed, acc):
 
 
 def test_verdicts_judge_the_paired_difference_to_sgd():
+    """Within, below or above, on the mean paired difference as printed."""
     rows = [
         _row("a", "SGD", 0, 0.90),
         _row("a", "SGD", 1, 0.80),
@@ -84,13 +85,16 @@ def test_verdicts_judge_the_paired_difference_to_sgd():
         _row("b", "PB+LWP+SC", 0, 0.89),  # -1 point
         _row("c", "SGD", 0, 0.90),
         _row("c", "PB+LWP+SC", 0, 0.92),  # +2 points
+        _row("d", "SGD", 0, 0.826),
+        _row("d", "PB+LWP+SC", 0, 0.821),  # -0.5 points (-0.50000000000000x in floats)
     ]
     summary = pb_vs_sgd.summarize(rows)
-    a, b, c = pb_vs_sgd.verdicts(summary)
+    a, b, c, d = pb_vs_sgd.verdicts(summary)
     assert a.startswith("a lr=0.1: PB+LWP+SC 84.95 ± 6.72 against SGD 85.00 ± 7.07")
     assert "paired difference -0.05 ± 0.35: within 0.5 points of SGD" in a
     assert b.endswith("paired difference -1.00 ± 0.00: NOT within 0.5 points of SGD (below it)")
     assert c.endswith("+2.00 ± 0.00: above SGD by more than 0.5 points")
+    assert d.endswith("-0.50 ± 0.00: within 0.5 points of SGD")
 
 
 @pytest.mark.parametrize("width", [8, 10, 12, 16])
@@ -100,3 +104,13 @@ def test_the_bitwidth_sweep_of_the_cnn_is_a_valid_fixed_point_config(width):
     assert config.network.convolutional and config.train.arith is Arith.FIXED
     assert config.seed == 1 and config.train.epochs == 2
     assert config.formats.weight.format.width == width
+
+
+def test_the_table_has_a_row_per_network_when_they_outnumber_the_methods():
+    rows = [_row(b, m, 0, 0.9) for b in ("a", "b", "c") for m in ("SGD", "PB")]
+    wide = pb_vs_sgd.markdown_table(pb_vs_sgd.summarize(rows)).splitlines()
+    assert wide[0] == "| network | lr | SGD | PB |"
+    assert wide[2] == "| a | 0.1 | 90.00 ± 0.00 | 90.00 ± 0.00 |"
+    narrow = pb_vs_sgd.markdown_table(pb_vs_sgd.summarize(rows[:2])).splitlines()
+    assert narrow[0] == "| method | a lr=0.1 |"
+    assert narrow[2:] == ["| SGD | 90.00 ± 0.00 |", "| PB | 90.00 ± 0.00 |"]
