@@ -15,7 +15,7 @@ to SGD, and where PB + LWP + SC is within :data:`TARGET_POINTS` of SGD) and ``.p
 A run that diverges is recorded with ``diverged: true`` and chance-level accuracy.
 
     .venv/bin/python bench/pb_vs_sgd.py                # the MLP suite (~20 min, 2 cores)
-    .venv/bin/python bench/pb_vs_sgd.py --suite cnn    # the CNN suite (~45 min, 2 cores)
+    .venv/bin/python bench/pb_vs_sgd.py --suite cnn    # the CNN suite (~35 min, 2 workers, loaded)
     .venv/bin/python bench/pb_vs_sgd.py --quick        # smoke test: 1 seed, 1 lr, 2 epochs
 """
 
