@@ -2,9 +2,8 @@
 
 For each bench and seed, every fixed-point point (width x update rounding) trains in ONE
 vectorised run (`pbhw.tools.train.train_many`), beside float SGD (batch 1) and float PB+LWP+SC.
-Suite ``mlp``: perceptrons on digits and mnist1d, both roundings. Suite ``cnn``: the 1-D
-convolutional network of examples/cnn_mnist1d_fixed.toml on mnist1d (its lr, 0.05, and softmax
-cross-entropy), stochastic rounding.
+Suite ``mlp``: perceptrons on digits and mnist1d. Suite ``cnn``: the 1-D convolutional network of
+examples/cnn_mnist1d_fixed.toml on mnist1d (its lr, 0.05, and softmax cross-entropy).
 
 Formats at width B (weights, activations, errors share B; fractional splits fixed below):
   weight s{B}.{B-3} (range +-4), activation s{B}.{B-5} (+-16), error s{B}.{B-3} (+-4),
@@ -14,7 +13,7 @@ velocity, weight and predicted weight) stochastically; the datapath (activations
 stays half-even. Every overflow saturates.
 
     python bench/bitwidth_accuracy.py                      # full run, ~15 min on 2 cores
-    python bench/bitwidth_accuracy.py --suite cnn          # the CNN, ~25 min on a loaded machine
+    python bench/bitwidth_accuracy.py --suite cnn          # the CNN, ~20 min on a loaded machine
     python bench/bitwidth_accuracy.py --quick              # smoke run
 """
 
@@ -44,22 +43,24 @@ UPDATE_ROLES = ("gradient", "velocity", "weight")
 #: Benches beyond the perceptrons of NETWORKS: the config each starts from.
 CONFIGS = {"mnist1d-cnn": ROOT / "examples" / "cnn_mnist1d_fixed.toml"}
 #: Per suite: the default benches, roundings, seeds, epochs and output file (bench/results/).
-#: The CNN's bit-exact trainer runs at about 60-170 samples/s per config (loaded to idle
-#: machine), so its sweep is smaller.
+#: The CNN's bit-exact trainer, 4 configs in one run, trains about 900 config-samples/s on a
+#: 2-core machine at load 3-5 (3 epochs of 4 configs: 53-69 s).
 SUITES = {
     "mlp": ("digits,mnist1d", "nearest,stochastic", 2, 8, "bitwidth_accuracy.json"),
-    "cnn": ("mnist1d-cnn", "stochastic", 2, 3, "bitwidth_cnn.json"),
+    "cnn": ("mnist1d-cnn", "nearest,stochastic", 3, 8, "bitwidth_cnn.json"),
 }
 
 
-def formats(width: int, rounding: str) -> dict:
+def formats(width: int, rounding: str, activation_int: int = 5) -> dict:
+    """The formats at ``width``; ``activation_int`` integer bits (sign included) of activations."""
+
     def role(w: int, frac: int, r: str = "half_even") -> dict:
         return {"width": w, "frac": frac, "rounding": r, "overflow": "saturate"}
 
     update = "stochastic" if rounding == "stochastic" else "half_even"
     return {
         "weight": role(width, width - 3, update),
-        "activation": role(width, width - 5),
+        "activation": role(width, width - activation_int),
         "error": role(width, width - 3),
         "gradient": role(width, width - 2, update),
         "velocity": role(width + 4, width - 2, update),
@@ -105,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--roundings", help="comma-separated: nearest, stochastic")
     parser.add_argument("--widths", default="8,10,12,16")
+    parser.add_argument(
+        "--activation-int",
+        type=int,
+        default=5,
+        help="integer bits of the activation format, sign included (default 5: s{B}.{B-5})",
+    )
     parser.add_argument("--seeds", type=int)
     parser.add_argument("--epochs", type=int)
     parser.add_argument(
@@ -135,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         for seed in range(args.seeds):
             raw = base(dataset, seed, args.epochs)
             points = [(w, r) for w in widths for r in args.roundings.split(",")]
-            configs = [from_dict({**raw, "formats": formats(w, r)}) for w, r in points]
+            configs = [
+                from_dict({**raw, "formats": formats(w, r, args.activation_int)}) for w, r in points
+            ]
             t0 = time.perf_counter()
             results = train_many(configs, dataset=data)
             batched_s = time.perf_counter() - t0
@@ -198,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python", "bench/bitwidth_accuracy.py", *(argv or sys.argv[1:])]),
         "epochs": args.epochs,
         "seeds": args.seeds,
-        "formats": {w: formats(w, "stochastic") for w in widths},
+        "formats": {w: formats(w, "stochastic", args.activation_int) for w in widths},
         "configs": {d: str(CONFIGS[d].relative_to(ROOT)) for d in bench_list if d in CONFIGS},
         "seconds": time.perf_counter() - start,
         "machine": {"python": platform.python_version(), "torch": torch.__version__},

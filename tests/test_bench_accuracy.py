@@ -114,3 +114,8 @@ def test_the_table_has_a_row_per_network_when_they_outnumber_the_methods():
     narrow = pb_vs_sgd.markdown_table(pb_vs_sgd.summarize(rows[:2])).splitlines()
     assert narrow[0] == "| method | a lr=0.1 |"
     assert narrow[2:] == ["| SGD | 90.00 ± 0.00 |", "| PB | 90.00 ± 0.00 |"]
+
+
+def test_the_activation_split_of_the_bitwidth_sweep_can_change():
+    assert bitwidth.formats(12, "stochastic")["activation"]["frac"] == 7  # s12.7, +-16
+    assert bitwidth.formats(12, "stochastic", 6)["activation"]["frac"] == 6  # s12.6, +-32
