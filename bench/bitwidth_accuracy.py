@@ -1,7 +1,9 @@
 """Test accuracy of PB+LWP+SC in fixed point against bit width, nearest vs stochastic rounding.
 
-For each dataset and seed, every fixed-point point (width x update rounding) trains in ONE
+For each bench and seed, every fixed-point point (width x update rounding) trains in ONE
 vectorised run (`pbhw.tools.train.train_many`), beside float SGD (batch 1) and float PB+LWP+SC.
+Suite ``mlp``: perceptrons on digits and mnist1d. Suite ``cnn``: the 1-D convolutional network of
+examples/cnn_mnist1d_fixed.toml on mnist1d (its lr, 0.05, and softmax cross-entropy).
 
 Formats at width B (weights, activations, errors share B; fractional splits fixed below):
   weight s{B}.{B-3} (range +-4), activation s{B}.{B-5} (+-16), error s{B}.{B-3} (+-4),
@@ -11,6 +13,7 @@ velocity, weight and predicted weight) stochastically; the datapath (activations
 stays half-even. Every overflow saturates.
 
     python bench/bitwidth_accuracy.py                      # full run, ~15 min on 2 cores
+    python bench/bitwidth_accuracy.py --suite cnn          # the CNN, ~20 min on a loaded machine
     python bench/bitwidth_accuracy.py --quick              # smoke run
 """
 
@@ -22,6 +25,7 @@ import platform
 import statistics
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import torch
@@ -36,16 +40,27 @@ NETWORKS = {"digits": [64, 32, 32, 10], "mnist1d": [40, 64, 64, 10]}
 # (bench/pb_vs_sgd.py found even SGD collapsing at 0.1).
 LRS = {"digits": 0.1, "mnist1d": 0.03}
 UPDATE_ROLES = ("gradient", "velocity", "weight")
+#: Benches beyond the perceptrons of NETWORKS: the config each starts from.
+CONFIGS = {"mnist1d-cnn": ROOT / "examples" / "cnn_mnist1d_fixed.toml"}
+#: Per suite: the default benches, roundings, seeds, epochs and output file (bench/results/).
+#: The CNN's bit-exact trainer, 4 configs in one run, trains about 900 config-samples/s on a
+#: 2-core machine at load 3-5 (3 epochs of 4 configs: 53-69 s).
+SUITES = {
+    "mlp": ("digits,mnist1d", "nearest,stochastic", 2, 8, "bitwidth_accuracy.json"),
+    "cnn": ("mnist1d-cnn", "nearest,stochastic", 3, 8, "bitwidth_cnn.json"),
+}
 
 
-def formats(width: int, rounding: str) -> dict:
+def formats(width: int, rounding: str, activation_int: int = 5) -> dict:
+    """The formats at ``width``; ``activation_int`` integer bits (sign included) of activations."""
+
     def role(w: int, frac: int, r: str = "half_even") -> dict:
         return {"width": w, "frac": frac, "rounding": r, "overflow": "saturate"}
 
     update = "stochastic" if rounding == "stochastic" else "half_even"
     return {
         "weight": role(width, width - 3, update),
-        "activation": role(width, width - 5),
+        "activation": role(width, width - activation_int),
         "error": role(width, width - 3),
         "gradient": role(width, width - 2, update),
         "velocity": role(width + 4, width - 2, update),
@@ -53,7 +68,12 @@ def formats(width: int, rounding: str) -> dict:
     }
 
 
-def base(dataset: str, seed: int, epochs: int) -> dict:
+def base(bench: str, seed: int, epochs: int) -> dict:
+    """The raw config of ``bench`` (a perceptron of NETWORKS or a config of CONFIGS)."""
+    if bench in CONFIGS:
+        raw = tomllib.loads(CONFIGS[bench].read_text())
+        return {**raw, "seed": seed, "train": {**raw["train"], "epochs": epochs, "arith": "fixed"}}
+    dataset = bench
     return {
         "name": f"bitwidth_{dataset}",
         "seed": seed,
@@ -72,24 +92,59 @@ def base(dataset: str, seed: int, epochs: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--datasets", default="digits,mnist1d")
+    parser.add_argument(
+        "--suite",
+        choices=SUITES,
+        default="mlp",
+        help="default benches, roundings, seeds, epochs and output: "
+        + "; ".join(
+            f"{k}: {b}, {r}, {s} seeds, {e} epochs, {o}" for k, (b, r, s, e, o) in SUITES.items()
+        ),
+    )
+    parser.add_argument(
+        "--datasets", help="benches, comma-separated: " + ", ".join([*NETWORKS, *CONFIGS])
+    )
+    parser.add_argument("--roundings", help="comma-separated: nearest, stochastic")
     parser.add_argument("--widths", default="8,10,12,16")
-    parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--quick", action="store_true", help="1 seed, 2 epochs, digits only")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "bitwidth_accuracy.json"))
+    parser.add_argument(
+        "--activation-int",
+        type=int,
+        default=5,
+        help="integer bits of the activation format, sign included (default 5: s{B}.{B-5})",
+    )
+    parser.add_argument("--seeds", type=int)
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument(
+        "--quick", action="store_true", help="1 seed, 2 epochs, the first bench only"
+    )
+    parser.add_argument("--out")
     args = parser.parse_args(argv)
+    benches, roundings, seeds, epochs, name = SUITES[args.suite]
+    args.datasets = args.datasets or benches
+    args.roundings = args.roundings or roundings
+    args.seeds = args.seeds or seeds
+    args.epochs = args.epochs or epochs
+    args.out = args.out or str(ROOT / "bench" / "results" / name)
     if args.quick:
-        args.datasets, args.seeds, args.epochs = "digits", 1, 2
+        args.datasets, args.seeds, args.epochs = args.datasets.split(",")[0], 1, 2
+    bench_list = args.datasets.split(",")
+    for bench in bench_list:
+        if bench not in NETWORKS and bench not in CONFIGS:
+            parser.error(f"bench must be one of {', '.join([*NETWORKS, *CONFIGS])}, not {bench!r}")
+    for rounding in args.roundings.split(","):
+        if rounding not in ("nearest", "stochastic"):
+            parser.error(f"rounding must be nearest or stochastic, not {rounding!r}")
     widths = [int(w) for w in args.widths.split(",")]
     rows = []
     start = time.perf_counter()
-    for dataset in args.datasets.split(","):
-        data = load(dataset)
+    for dataset in bench_list:  # a bench: the row's "dataset" names it
+        data = load(base(dataset, 0, 1)["train"]["dataset"])
         for seed in range(args.seeds):
             raw = base(dataset, seed, args.epochs)
-            points = [(w, r) for w in widths for r in ("nearest", "stochastic")]
-            configs = [from_dict({**raw, "formats": formats(w, r)}) for w, r in points]
+            points = [(w, r) for w in widths for r in args.roundings.split(",")]
+            configs = [
+                from_dict({**raw, "formats": formats(w, r, args.activation_int)}) for w, r in points
+            ]
             t0 = time.perf_counter()
             results = train_many(configs, dataset=data)
             batched_s = time.perf_counter() - t0
@@ -152,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python", "bench/bitwidth_accuracy.py", *(argv or sys.argv[1:])]),
         "epochs": args.epochs,
         "seeds": args.seeds,
-        "formats": {w: formats(w, "stochastic") for w in widths},
+        "formats": {w: formats(w, "stochastic", args.activation_int) for w in widths},
+        "configs": {d: str(CONFIGS[d].relative_to(ROOT)) for d in bench_list if d in CONFIGS},
+        "seconds": time.perf_counter() - start,
         "machine": {"python": platform.python_version(), "torch": torch.__version__},
         "rows": rows,
         "summary": table,
