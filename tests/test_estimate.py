@@ -190,8 +190,10 @@ def test_the_device_file_s_tool_options_reach_yosys_and_nextpnr(tmp_path, monkey
                 cache_dir=tmp_path / "cache",
             )
         )
-        (_, yosys_args, script), (_, pnr, _) = calls[-2:]
+        (_, _, script), (_, pnr, _) = calls[-2:]
         assert "synth_ecp5 -no-rw-check -top m " in script
+        option, value = (word.strip('"') for word in extra.split(", "))
+        assert device.pnr_args[-2:] == (option, value)
         assert pnr[: len(device.pnr_args)] == list(device.pnr_args)
         assert pnr[len(device.pnr_args) :][:2] == ["--seed", "4"]
         assert pnr[pnr.index("--lpf") + 1] == "clock.lpf" and "-q" in pnr
