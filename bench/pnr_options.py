@@ -1,24 +1,31 @@
 """Where the estimate's time goes, and what Yosys / nextpnr options change it.
 
-Synthesizes the design of ``--config`` (default: the default example) for ``--device`` as
-:func:`pbhw.tools.estimate.synthesize` does (same script, same I/O wrapper, same nextpnr
-arguments: :func:`pbhw.tools.estimate.pnr_arguments`), then places and routes it once per option
-set, one run at a time, reading nextpnr's log as it is written so that each phase gets a wall
-time: packing (start to the placer), placement (to the first routing message), routing (to the
-end). Each run is compared on the same ``--seed``.
+Synthesizes the design of ``--config`` (default: the default example) for its device as
+:func:`pbhw.tools.estimate.synthesize` does (the same script and I/O wrapper,
+:func:`pbhw.tools.estimate.synthesis_script`; the same nextpnr command line,
+:func:`pbhw.tools.estimate.pnr_arguments`), then places and routes it once per option set, one
+run at a time, on the same ``--seed``. nextpnr's log is copied as it is written, each line
+prefixed with the wall time and the nextpnr process's CPU time, and split into phases (wall and
+CPU seconds of each): ``pack`` (reading and packing), ``heap`` (the analytic placer),
+``sa_refine`` (the simulated-annealing refinement after it) and ``route`` (routing, its checks
+and the timing report). With other work on the machine the wall times stretch; the CPU times
+are what an idle machine would take (nextpnr in WebAssembly runs on one core).
 
-    .venv/bin/python bench/pnr_options.py --run default=
-    .venv/bin/python bench/pnr_options.py --run 'default=' --run 'sa=--placer sa'
-    .venv/bin/python bench/pnr_options.py --synth abc9=-abc9 --run abc9:default=
+    .venv/bin/python bench/pnr_options.py --run default=      # the estimate's own options
+    .venv/bin/python bench/pnr_options.py --run 'no-tmdriv=--no-tmdriv'
+    .venv/bin/python bench/pnr_options.py --synth dff=-dff --run dff:default=
+    .venv/bin/python bench/pnr_options.py --reparse           # phases again from the logs
 
 ``--run NAME=ARGS``: ARGS are added to nextpnr's command line (split on spaces; empty: the
 estimate's own options); ``SYNTH:NAME=ARGS`` places the netlist of ``--synth SYNTH=ARGS`` (extra
-``synth_*`` arguments) instead of the estimate's own (``default``). Synthesis results are kept in
-``--work`` (one folder per synthesis option set) and reused by later runs of the same design.
+``synth_*`` arguments) instead of the estimate's own (``default``). Synthesis results and logs
+are kept in ``--work`` (one folder per design and synthesis option set) and reused by later
+runs of the same design.
 
 Writes ``--out`` (default ``bench/results/pnr_options.json``; runs of the same name replace
 earlier ones, other names are kept) with, per run: the phase times, nextpnr's own placer and
-router times, Fmax, the critical path, and the load average at the start and end.
+router times, the refinement's passes (CPU time, timing cost, wirelength), the post-placement
+and routed Fmax, the critical path, and the load average at the start and end.
 """
 
 from __future__ import annotations
