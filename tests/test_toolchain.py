@@ -11,12 +11,16 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from pbhw.core.fixed import FixedFormat
+from pbhw.tools.harness import SOURCE, VERILATOR_FLAGS
+from pbhw.tools.harness import _hash as _harness_hash
 from pbhw.tools.toolchain import (
     VERILATOR_MIN_VERSION,
     ToolError,
+    _build_hash,
     build_lock,
     iverilog,
     lint,
+    make_flags,
     prune_builds,
     sim_build,
     verilator,
@@ -132,14 +136,20 @@ def test_sim_build_is_reused_while_inputs_are_unchanged(tmp_path):
     assert other.rebuilt and other.directory != first.directory
 
 
-def test_sim_build_hash_holds_the_make_flags(tmp_path, monkeypatch):
-    """A model compiled with other C++ options (MAKEFLAGS) is another build, never reused."""
-    text = verilog_of(Invert(), "invert")
-    monkeypatch.setenv("MAKEFLAGS", "OPT_FAST=-O0")
-    first = sim_build(text, "invert", root=tmp_path)
-    monkeypatch.setenv("MAKEFLAGS", "OPT_FAST=-O1")
-    other = sim_build(text, "invert", root=tmp_path)
-    assert first.rebuilt and other.rebuilt and other.directory != first.directory
+def harness_hash(text: str) -> str:
+    return _harness_hash(text, "invert", VERILATOR_FLAGS, SOURCE.read_text())
+
+
+def test_build_hashes_hold_the_make_flags(monkeypatch):
+    """A model compiled with other C++ options (MAKEFLAGS) is another build, never reused: the
+    cocotb build's hash and the compiled harness's both change with them."""
+    text, tool = verilog_of(Invert(), "invert"), verilator()
+    digests = []
+    for flags in ("OPT_FAST=-O0", "OPT_FAST=-O1"):
+        monkeypatch.setenv("MAKEFLAGS", flags)
+        assert make_flags().startswith(flags)
+        digests.append((_build_hash(text, "invert", "verilator", tool, ()), harness_hash(text)))
+    assert digests[0][0] != digests[1][0] and digests[0][1] != digests[1][1]
 
 
 def test_build_lock_excludes_other_holders_until_released(tmp_path):
