@@ -171,31 +171,34 @@ def joined_update(
             ps, plo, phi, pspan, _, pmode, pwrap = rq[3, c, i]
             m, vel_mv, vel_g, ea, upd_w, upd_v, upd_g, eb, k0, k1, k2 = k[c, i]
             n_g = n_v = n_w = n_p = 0
+            # the stage's part of every row (indices from 0: no negative-index handling)
+            w_c, v_c, src_c = w[c, a : a + n], v[c, a : a + n], src[c, a : a + n]
+            w_to, v_to, p_to = w_out[c, a : a + n], v_out[c, a : a + n], predicted[c, a : a + n]
+            word_g, word_v, word_w, word_p = words[0], words[1], words[2], words[3]
             for j in range(n):
-                e = a + j
-                g = src[c, e]
+                g = src_c[j]
                 if not grad_given:
-                    raw = _round(g, gs, gmode, words[0, j])
+                    raw = _round(g, gs, gmode, word_g[j])
                     g = _overflow(raw, glo, ghi, gspan, gwrap == _WRAP)
                     n_g += g != raw
-                raw = _round(m * (v[c, e] << vel_mv) + (g << vel_g), vs, vmode, words[1, j])
+                raw = _round(m * (v_c[j] << vel_mv) + (g << vel_g), vs, vmode, word_v[j])
                 vn = _overflow(raw, vlo, vhi, vspan, vwrap == _WRAP)
                 n_v += vn != raw
-                v_out[c, e] = vn
-                acc = (w[c, e] << upd_w) - ea * (vn << upd_v) - eb * (g << upd_g)
-                raw = _round(acc, us, umode, words[2, j])
+                v_to[j] = vn
+                acc = (w_c[j] << upd_w) - ea * (vn << upd_v) - eb * (g << upd_g)
+                raw = _round(acc, us, umode, word_w[j])
                 wn = _overflow(raw, ulo, uhi, uspan, uwrap == _WRAP)
                 n_w += wn != raw
-                w_out[c, e] = wn
+                w_to[j] = wn
                 if kind:
                     if kind == 1:
                         acc = (wn << k0) - k2 * (vn << k1)
                     else:
-                        acc = wn + k0 * (wn - w[c, e])
-                    raw = _round(acc, ps, pmode, words[3, j])
+                        acc = wn + k0 * (wn - w_c[j])
+                    raw = _round(acc, ps, pmode, word_p[j])
                     code = _overflow(raw, plo, phi, pspan, pwrap == _WRAP)
                     n_p += code != raw
-                    predicted[c, e] = code
+                    p_to[j] = code
             counts[0, c, i] += n_g
             counts[1, c, i] += n_v
             counts[2, c, i] += n_w
