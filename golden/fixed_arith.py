@@ -1537,16 +1537,17 @@ class _Bank:
                 bank.pre = {"prediction": kind, "pre": pre}
                 for name in cls.PREDICTION[kind]:
                     bank.pre[name] = _flat([ctx[name] for ctx in ctxs], sizes, configs)
-        bank.tables = cls.kernel_tables(ctxs, configs, kind)
+        bank.tables = cls.kernel_tables(ctxs, configs, kind, bank.grad is not None)
         return bank
 
     @staticmethod
-    def kernel_tables(ctxs: list[dict], configs: int, kind: str | None) -> dict:
+    def kernel_tables(ctxs: list[dict], configs: int, kind: str | None, grad: bool) -> dict:
         """The stages' rounding points and constants per config and stage, as the compiled
         kernels read them (:mod:`golden.kernels`): ``rq`` the gradient's, velocity's, weight's
         and prediction's rounding points ``[4, C, S, len(RQ_FIELDS)]``, ``k`` the update's and
         the prediction's constants ``[C, S, len(UPDATE_FIELDS) + len(PREDICTION_FIELDS)]``
-        (zeros for no prediction) and ``kind`` the prediction (0 none, 1 velocity, 2 weight
+        (zeros for no prediction, and for no gradient when the gradients are not rounded
+        joined: ``grad`` false) and ``kind`` the prediction (0 none, 1 velocity, 2 weight
         difference)."""
 
         def per_config(x) -> np.ndarray:
@@ -1581,7 +1582,12 @@ class _Bank:
                 np.stack(
                     [
                         np.stack([rounding_point(ctx.get(name)) for ctx in ctxs], 1)
-                        for name in ("grad", "vel", "upd", "pre" if kind else None)
+                        for name in (
+                            "grad" if grad else None,
+                            "vel",
+                            "upd",
+                            "pre" if kind else None,
+                        )
                     ]
                 )
             ),
