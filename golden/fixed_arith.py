@@ -1485,9 +1485,8 @@ class _Bank:
         self.products: list[np.ndarray] = []
         self._held: list[tuple] = []
         self._arrays: tuple = ()
-        #: the compiled kernels' tables (golden.kernels): per config and stage, the update's
-        #: rounding points [3, C, S, len(RQ_FIELDS)] and constants [C, S, len(UPDATE_FIELDS)],
-        #: the prediction's [C, S, len(RQ_FIELDS)] and [C, S, len(PREDICTION_FIELDS)]
+        #: the compiled kernels' rounding points and constants per config and stage
+        #: (:meth:`kernel_tables`)
         self.tables: dict = {}
         #: whether the joined prediction and update run compiled (else numpy: the same codes)
         self.compiled = True

@@ -18,9 +18,16 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from pbhw.core.fixed import THREEFRY_ROUNDS, Overflow, Rounding
+from pbhw.core.fixed import (
+    _THREEFRY_PARITY,
+    _THREEFRY_ROTATIONS,
+    THREEFRY_ROUNDS,
+    Overflow,
+    Rounding,
+)
 
-assert THREEFRY_ROUNDS == 13  # threefry_word writes the rounds out
+if THREEFRY_ROUNDS != 13:  # threefry_word writes the rounds out
+    raise ImportError(f"golden.kernels writes out 13 Threefry rounds, not {THREEFRY_ROUNDS}")
 
 __all__ = [
     "OVERFLOW_CODES",
@@ -53,7 +60,7 @@ PREDICTION_FIELDS = ("pre_w", "pre_v", "eT")
 _STOCHASTIC = 4
 _WRAP = 1
 _MASK = 0xFFFFFFFF
-_PARITY = 0x1BD11BDA
+_R = _THREEFRY_ROTATIONS
 
 
 @njit(cache=True, inline="always")
@@ -75,21 +82,20 @@ def _mix4(x0: int, x1: int, ra: int, rb: int, rc: int, rd: int) -> tuple[int, in
 @njit(cache=True, inline="always")
 def threefry_word(seed: int, stream: int, step: int, index: int) -> int:
     """First Threefry-2x32-13 output word for key ``(seed, stream)`` and counter
-    ``(step, index)``, in int64 arithmetic masked to 32 bits: the 13 rounds written out (the
-    rotations 13, 15, 26, 6 then 17, 29, 16, 24; a key injection after every fourth) so that
-    a loop over elements compiles to straight-line code."""
+    ``(step, index)``, in int64 arithmetic masked to 32 bits: the 13 rounds written out (a key
+    injection after every fourth) so that a loop over elements compiles to straight-line code."""
     k0 = seed & _MASK
     k1 = stream & _MASK
-    k2 = (seed ^ stream ^ _PARITY) & _MASK
+    k2 = (seed ^ stream ^ _THREEFRY_PARITY) & _MASK
     x1 = (index + k1) & _MASK
     x0 = (step + seed) & _MASK
-    x0, x1 = _mix4(x0, x1, 13, 15, 26, 6)
+    x0, x1 = _mix4(x0, x1, _R[0], _R[1], _R[2], _R[3])
     x0, x1 = (x0 + k1) & _MASK, (x1 + k2 + 1) & _MASK
-    x0, x1 = _mix4(x0, x1, 17, 29, 16, 24)
+    x0, x1 = _mix4(x0, x1, _R[4], _R[5], _R[6], _R[7])
     x0, x1 = (x0 + k2) & _MASK, (x1 + k0 + 2) & _MASK
-    x0, x1 = _mix4(x0, x1, 13, 15, 26, 6)
+    x0, x1 = _mix4(x0, x1, _R[0], _R[1], _R[2], _R[3])
     x0, x1 = (x0 + k0) & _MASK, (x1 + k1 + 3) & _MASK
-    x0, _ = _mix(x0, x1, 17)
+    x0, _ = _mix(x0, x1, _R[4])
     return x0
 
 
