@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from golden import kernels
 from golden.conv import NORM_EPS, _four_d, _projection_stride
 from golden.conv_fixed import ConvGeometry, col2im, geometry, im2col, pool_windows, unpool
 from pbhw.core.config import ConfigError, Loss, Norm, Pool, RoleFormat, WeightPrediction
@@ -980,10 +981,15 @@ class FixedArithmetic:
             # Every stage's prediction at once, at the first stage's forward of the step (all
             # of a step's forwards come before its updates); counted per stage as it is used.
             if self._predicted_step != self.step:
-                p, raw = bank.pre["pre"].codes(
-                    _prediction_acc(bank.pre, *bank.sync()), self.seed, self.step, bank.index
-                )
-                self._predictions = (bank.views(p), bank.overflowed(p, raw))
+                if bank.compiled:
+                    self._predictions = bank.predicted_ahead(self.step) or bank.compiled_prediction(
+                        self.seed, self.step
+                    )
+                else:
+                    p, raw = bank.pre["pre"].codes(
+                        _prediction_acc(bank.pre, *bank.sync()), self.seed, self.step, bank.index
+                    )
+                    self._predictions = (bank.views(p), bank.overflowed(p, raw))
                 self._predicted_step = self.step
             views, counts = self._predictions
             self._count(ctx["index"], "prediction", counts[stage.index - 1])
@@ -1123,6 +1129,12 @@ class FixedArithmetic:
                 self._momentum_stage(ctx, bank.states[i], g)
             return
         w, v, w_prev = bank.sync()
+        if bank.compiled:
+            ahead = bank.pre is not None  # the next step's prediction, made in the same pass
+            for role, counts in bank.compiled_update(pending, self.seed, self.step, ahead).items():
+                for i, n in enumerate(counts):
+                    self._count(i + 1, role, n)
+            return
         if bank.grad is not None:
             g, raw = bank.grad.codes(bank.product_array, self.seed, self.step, bank.index)
             for i, n in enumerate(bank.overflowed(g, raw)):
@@ -1462,7 +1474,8 @@ class _Bank:
         self.configs = configs
         self.shapes = [s.w.shape[1:] for s in states]
         self.sizes = [math.prod(shape) for shape in self.shapes]
-        self.starts = np.cumsum([0] + self.sizes[:-1])
+        self.starts = np.cumsum([0] + self.sizes[:-1]).astype(np.int64)
+        self.size_array = np.array(self.sizes, dtype=np.int64)
         self.k: dict = {}
         self.pre: dict | None = None
         #: all stages dense: their gradients' rounding point joined, the products in one
@@ -1472,6 +1485,14 @@ class _Bank:
         self.products: list[np.ndarray] = []
         self._held: list[tuple] = []
         self._arrays: tuple = ()
+        #: the compiled kernels' rounding points and constants per config and stage
+        #: (:meth:`kernel_tables`)
+        self.tables: dict = {}
+        #: whether the joined prediction and update run compiled (else numpy: the same codes)
+        self.compiled = True
+        #: the next step's prediction made by the compiled update: (step, the arrays it was
+        #: made from, each stage's codes, each stage's overflowed elements)
+        self.ahead: tuple | None = None
 
     @classmethod
     def build(cls, ctxs: list[dict], states: list[FixedState], configs: int) -> _Bank | None:
@@ -1515,16 +1536,166 @@ class _Bank:
                 bank.pre = {"prediction": kind, "pre": pre}
                 for name in cls.PREDICTION[kind]:
                     bank.pre[name] = _flat([ctx[name] for ctx in ctxs], sizes, configs)
+        bank.tables = cls.kernel_tables(ctxs, configs, kind, bank.grad is not None)
         return bank
+
+    @staticmethod
+    def kernel_tables(ctxs: list[dict], configs: int, kind: str | None, grad: bool) -> dict:
+        """The stages' rounding points and constants per config and stage, as the compiled
+        kernels read them (:mod:`golden.kernels`): ``rq`` the gradient's, velocity's, weight's
+        and prediction's rounding points ``[4, C, S, len(RQ_FIELDS)]``, ``k`` the update's and
+        the prediction's constants ``[C, S, len(UPDATE_FIELDS) + len(PREDICTION_FIELDS)]``
+        (zeros for no prediction, and for no gradient when the gradients are not rounded
+        joined: ``grad`` false) and ``kind`` the prediction (0 none, 1 velocity, 2 weight
+        difference)."""
+
+        def per_config(x) -> np.ndarray:
+            x = 0 if x is None else x
+            return np.broadcast_to(np.asarray(x, dtype=np.int64).reshape(-1), (configs,))
+
+        def modes(groups: list, codes: dict) -> np.ndarray:
+            out = np.zeros(configs, dtype=np.int64)
+            for mode, where in groups:
+                rows = slice(None) if where is None else np.asarray(where).reshape(-1)
+                out[rows] = codes[mode]
+            return out
+
+        def rounding_point(r: _Rounder | None) -> np.ndarray:  # [C, len(RQ_FIELDS)]
+            if r is None:
+                return np.zeros((configs, len(kernels.RQ_FIELDS)), dtype=np.int64)
+            cols = [per_config(x) for x in (r.shift, r.lo, r.hi, r.span, r.stream)]
+            cols += [
+                modes(r.roundings, kernels.ROUNDING_CODES),
+                modes(r.overflows, kernels.OVERFLOW_CODES),
+            ]
+            return np.stack(cols, 1)
+
+        names = list(_Bank.PREDICTION[kind]) if kind is not None else []
+        names += [None] * (len(kernels.PREDICTION_FIELDS) - len(names))
+        constants = [
+            [ctx[name] for name in kernels.UPDATE_FIELDS] + [ctx.get(name) for name in names]
+            for ctx in ctxs
+        ]
+        return {
+            "rq": np.ascontiguousarray(
+                np.stack(
+                    [
+                        np.stack([rounding_point(ctx.get(name)) for ctx in ctxs], 1)
+                        for name in (
+                            "grad" if grad else None,
+                            "vel",
+                            "upd",
+                            "pre" if kind else None,
+                        )
+                    ]
+                )
+            ),
+            "k": np.ascontiguousarray(
+                np.stack([np.stack([per_config(x) for x in row], 1) for row in constants], 1)
+            ),
+            "kind": {None: 0, "velocity": 1, "weight_difference": 2}[kind],
+        }
+
+    def compiled_prediction(self, seed: int, step: int) -> tuple[list[np.ndarray], list]:
+        """Every stage's predicted weights and overflowed elements (as :meth:`overflowed`
+        gives them), by the compiled kernel."""
+        w, v, w_prev = self.sync()
+        t = self.tables
+        out = np.empty_like(w)
+        counts = np.zeros((4, self.configs, len(self.sizes)), dtype=np.int64)
+        kernels.joined_prediction(
+            w,
+            v,
+            w if w_prev is None else w_prev,
+            t["kind"],
+            self.starts,
+            self.size_array,
+            self.index[0],
+            t["rq"],
+            t["k"],
+            seed,
+            step,
+            out,
+            counts,
+        )
+        return self.views(out), self.counted(counts[3])
+
+    def compiled_update(self, pending: dict, seed: int, step: int, ahead: bool) -> dict:
+        """Every stage's velocity and weight update (and its gradient's rounding, when the
+        products wait in :attr:`product_array`) by the compiled kernel: the new codes are set
+        and the overflowed elements per role and stage returned. With ``ahead`` (and a
+        prediction) the prediction of step ``step + 1`` from the new codes is kept in
+        :attr:`ahead` (:meth:`predicted_ahead` hands it out)."""
+        w, v, w_prev = self.sync()
+        grad_given = self.grad is None
+        if grad_given:
+            src = np.concatenate(
+                [pending[i].reshape(self.configs, -1) for i in range(len(pending))], 1
+            )
+        else:
+            src = self.product_array
+        w_new, v_new = np.empty_like(w), np.empty_like(v)
+        counts = np.zeros((4, self.configs, len(self.sizes)), dtype=np.int64)
+        t = self.tables
+        kind = t["kind"] if ahead else 0
+        predicted = np.empty_like(w) if kind else w_new
+        kernels.joined_update(
+            w,
+            v,
+            src,
+            grad_given,
+            self.starts,
+            self.size_array,
+            self.index[0],
+            t["rq"],
+            t["k"],
+            seed,
+            step,
+            w_new,
+            v_new,
+            counts,
+            (kind, step + 1, predicted),
+        )
+        self.set(w_new, v_new, w if w_prev is not None else None)
+        self.ahead = None
+        if kind:
+            self.ahead = (step + 1, self._held, self.views(predicted), self.counted(counts[3]))
+        roles = ("gradient", "velocity", "weight")
+        # a gradient rounded stage by stage was counted there
+        return {
+            role: self.counted(counts[p])
+            for p, role in enumerate(roles)
+            if not (p == 0 and grad_given)
+        }
+
+    def predicted_ahead(self, step: int) -> tuple[list[np.ndarray], list] | None:
+        """The prediction of ``step`` made by the last update, if it was made for that step
+        from the codes the states hold now."""
+        ahead = self.ahead
+        if ahead is None or ahead[0] != step or not self.current(ahead[1]):
+            return None
+        return ahead[2], ahead[3]
+
+    def current(self, held: list[tuple]) -> bool:
+        """Whether the states hold exactly the arrays ``held`` (as :meth:`set` recorded them)."""
+        if len(held) != len(self.states):
+            return False
+        for s, (w, v, prev) in zip(self.states, held, strict=True):
+            if s.w is not w or s.v is not v or s.w_prev is not prev:
+                return False
+        return True
+
+    def counted(self, counts: np.ndarray) -> list:
+        """Per stage the overflowed elements of a kernel's ``counts [C, S]`` (per config; an int
+        for one config), as :meth:`overflowed` gives them."""
+        if self.configs == 1:
+            return counts[0].tolist()
+        return list(counts.T)
 
     def sync(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """``(W, V, W_prev)`` of the states now (joined again if something replaced them)."""
-        held = [(s.w, s.v, s.w_prev) for s in self.states]
-        if len(held) != len(self._held) or any(
-            a is not b
-            for now, then in zip(held, self._held, strict=True)
-            for a, b in zip(now, then, strict=True)
-        ):
+        if not self.current(self._held):
+            held = [(s.w, s.v, s.w_prev) for s in self.states]
             c = self.configs
             w = np.concatenate([s.w.reshape(c, -1) for s in self.states], 1)
             v = np.concatenate([s.v.reshape(c, -1) for s in self.states], 1)

@@ -1,0 +1,162 @@
+"""The compiled kernels (golden/kernels.py) against the numpy path of golden/fixed_arith.py.
+
+The joined prediction and update of every stage (``_Bank``) run once compiled and once in numpy
+on the same random codes, in every rounding and overflow mode, several configs at once (each
+its own modes and formats): the codes and the overflow counts must be exactly equal. The
+formats are narrow and the codes wide enough that every mode overflows and rounds."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from golden.fixed_arith import FixedArithmetic, FixedState, threefry_words
+from golden.kernels import threefry_word
+from pbhw.core.config import from_dict
+from pbhw.core.plan import derive_plan
+
+ROUNDINGS = ("floor", "toward_zero", "half_up", "half_even", "stochastic")
+OVERFLOWS = ("wrap", "saturate")
+LAYERS = [6, 7, 5, 3]
+
+
+def raw(rounding: str, overflow: str, prediction: str, width: int) -> dict:
+    """One config: every data role in ``rounding``/``overflow``, the weight ``width`` bits."""
+
+    def fmt(w: int, frac: int, modes: tuple[str, str]) -> dict:
+        return {
+            "width": w,
+            "frac": frac,
+            "signed": True,
+            "rounding": modes[0],
+            "overflow": modes[1],
+        }
+
+    modes = (rounding, overflow)
+    coefficient = ("half_even" if rounding == "stochastic" else rounding, "saturate")
+    return {
+        "seed": 11,
+        "network": {"layers": LAYERS, "bias": True, "loss": "mse"},
+        "optimizer": {
+            "lr": 0.2,
+            "momentum": 0.8,
+            "reference_batch": 1,
+            "spike_compensation": True,
+            "weight_prediction": prediction,
+        },
+        "formats": {
+            "activation": fmt(8, 4, modes),
+            "weight": fmt(width, width - 3, modes),
+            "error": fmt(8, 5, modes),
+            "gradient": fmt(6, 5, modes),
+            "velocity": fmt(7, 5, modes),
+            "coefficient": fmt(10, 8, coefficient),
+        },
+        "overrides": [
+            {"layer": 2, "formats": {"velocity": fmt(9, 4, modes), "gradient": fmt(7, 3, modes)}}
+        ],
+        "train": {"arith": "fixed"},
+    }
+
+
+def arithmetic(prediction: str, compiled: bool) -> tuple[FixedArithmetic, list[FixedState]]:
+    """Every rounding x overflow mode as one config each (two weight widths), attached to
+    random states (the same for both paths)."""
+    plans = [
+        derive_plan(from_dict(raw(r, o, prediction, width)))
+        for (r, o), width in itertools.product(itertools.product(ROUNDINGS, OVERFLOWS), (6, 9))
+    ]
+    arith = FixedArithmetic(plans)
+    rng = np.random.default_rng(3)
+    c = len(plans)
+    states = []
+    for n_in, n_out in zip(LAYERS[:-1], LAYERS[1:], strict=True):
+        shape = (c, n_out, n_in + 1)
+        w = rng.integers(-40, 40, shape, dtype=np.int64)
+        state = FixedState(w, rng.integers(-70, 70, shape, dtype=np.int64))
+        if prediction == "weight_difference":
+            state.w_prev = rng.integers(-40, 40, shape, dtype=np.int64)
+        states.append(state)
+    arith.attach(states)
+    arith._bank.compiled = compiled
+    return arith, states
+
+
+def stage_plans(arith: FixedArithmetic):
+    return arith.plans[0].stages
+
+
+@pytest.mark.parametrize("prediction", ["velocity", "weight_difference"])
+def test_prediction_equals_numpy(prediction):
+    results = []
+    for compiled in (False, True):
+        arith, states = arithmetic(prediction, compiled)
+        out = []
+        for step in (0, 1, 5):
+            arith.begin_step(step)
+            for stage, s in zip(stage_plans(arith), states, strict=True):
+                out.append(arith.predicted(stage, s)[0].copy())
+        results.append((out, arith.saturation_counts()))
+    (numpy_codes, numpy_counts), (kernel_codes, kernel_counts) = results
+    for a, b in zip(numpy_codes, kernel_codes, strict=True):
+        assert np.array_equal(a, b)
+    assert kernel_counts == numpy_counts
+    assert all(sum(n) > 0 for key, n in numpy_counts.items())  # every stage overflows
+
+
+@pytest.mark.parametrize("grad_joined", [True, False])
+@pytest.mark.parametrize("prediction", ["velocity", "weight_difference", "none"])
+def test_update_equals_numpy(prediction, grad_joined):
+    """Three steps of the joined update, each followed by the predictions of the next step
+    (made by the compiled update in the same pass) and of the step after (made anew): the
+    gradients' exact products rounded in the kernel (``grad_joined``), or gradient codes
+    rounded before (as conv stages give them)."""
+    results = []
+    for compiled in (False, True):
+        arith, states = arithmetic(prediction, compiled)
+        bank = arith._bank
+        assert bank.grad is not None  # dense stages: the products wait in one buffer
+        if not grad_joined:
+            bank.grad = None
+        rng = np.random.default_rng(5)
+        seen = []
+        for step in (0, 1, 2):
+            arith.begin_step(step)
+            products = rng.integers(-(1 << 12), 1 << 12, bank.product_array.shape)
+            if grad_joined:
+                bank.product_array[...] = products
+                arith._pending = dict.fromkeys(range(len(states)))
+            else:
+                arith._pending = {
+                    i: rng.integers(-300, 300, s.w.shape, dtype=np.int64)
+                    for i, s in enumerate(states)
+                }
+            arith.end_step()
+            # the next step's prediction (the compiled update made it ahead), then one two
+            # steps on (made anew)
+            for ahead in (1, 2):
+                arith.begin_step(step + ahead)
+                for stage, s in zip(stage_plans(arith), states, strict=True):
+                    codes = arith.predicted(stage, s)[0]
+                    seen.append(codes.copy())
+        seen += [x for s in states for x in (s.w, s.v, s.w_prev) if x is not None]
+        results.append((seen, arith.saturation_counts()))
+    (numpy_codes, numpy_counts), (kernel_codes, kernel_counts) = results
+    assert len(numpy_codes) == len(kernel_codes)
+    for a, b in zip(numpy_codes, kernel_codes, strict=True):
+        assert np.array_equal(a, b)
+    assert kernel_counts == numpy_counts
+    roles = ("velocity", "weight") + (("gradient",) if grad_joined else ())
+    roles += ("prediction",) if prediction != "none" else ()
+    for stage, role in itertools.product(range(1, len(LAYERS)), roles):
+        # every mode overflows somewhere (wrap and saturate configs alike)
+        assert sum(numpy_counts[f"stage {stage} {role}"]) > 0, (stage, role, numpy_counts)
+
+
+@pytest.mark.parametrize("seed, stream, step", [(0, 0, 0), (5, 17, 3), (2**32 - 1, 45, 2**31)])
+def test_threefry_word_equals_numpy(seed, stream, step):
+    index = (np.arange(300, dtype=np.int64) * 7919) % 2**32
+    expected = threefry_words(seed, stream, step, index)
+    assert [threefry_word(seed, stream, step, int(n)) for n in index] == expected.tolist()
