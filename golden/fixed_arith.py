@@ -755,18 +755,16 @@ class FixedArithmetic:
                 top_a = max(-out.min_code, out.max_code)
                 main, frac = top_a * top_w + (top_w << max(out.frac, 0)), out.frac
             both = (main << max(a.frac - frac, 0)) + (proj << max(frac - a.frac, 0))
-            for what, top in (
-                ("forward", proj),
-                ("sum", both),
-                ("backward", geo.conv_shape[0] * top_w * top_e),
-                ("gradient", geo.positions * top_e * top_r),
-            ):
-                bits = span_width(-top, top)
-                if bits > ACC_LIMIT:
-                    raise ConfigError(
-                        f"stage {index}: the projection's {what} sum needs {bits} bits, more "
-                        f"than {ACC_LIMIT}; narrow the stage's formats"
-                    )
+            _check_sums(
+                f"stage {index}: the projection's",
+                {
+                    "forward": proj,
+                    "sum": both,
+                    "backward": geo.conv_shape[0] * top_w * top_e,
+                    "gradient": geo.positions * top_e * top_r,
+                },
+                "narrow the stage's formats",
+            )
         return {
             "index": index,
             "cols": terms,
@@ -822,19 +820,17 @@ class FixedArithmetic:
             top_w = max(-f.weight.format.min_code, f.weight.format.max_code)
             eps = round(NORM_EPS * 2.0 ** (2 * f.activation.format.frac))
             k2 = (size * top_e * top_a >> f.activation.format.frac) + 1
-            for what, top in (
-                ("variance", size * size * (top_a * top_a + eps)),
-                ("normalization", (2 * size * top_a) << 16),
-                ("scale", top_a * top_w + (top_w << f.activation.format.frac)),
-                ("backward", ((2 * size * top_e << f.activation.format.frac) + top_a * k2) << 16),
-                ("scale gradient", geo.positions * top_e * top_a),
-            ):
-                bits = span_width(-top, top)
-                if bits > ACC_LIMIT:
-                    raise ConfigError(
-                        f"stage {index}: group norm's {what} sum needs {bits} bits, more than "
-                        f"{ACC_LIMIT}; narrow the stage's formats or use more groups"
-                    )
+            _check_sums(
+                f"stage {index}: group norm's",
+                {
+                    "variance": size * size * (top_a * top_a + eps),
+                    "normalization": (2 * size * top_a) << 16,
+                    "scale": top_a * top_w + (top_w << f.activation.format.frac),
+                    "backward": ((2 * size * top_e << f.activation.format.frac) + top_a * k2) << 16,
+                    "scale gradient": geo.positions * top_e * top_a,
+                },
+                "narrow the stage's formats or use more groups",
+            )
         out = {
             "groups": groups,
             "size": size,
@@ -1802,6 +1798,17 @@ def _flat(values: Sequence[int | np.ndarray], sizes: Sequence[int], configs: int
         ],
         1,
     )
+
+
+def _check_sums(subject: str, sums: dict[str, int], advice: str) -> None:
+    """Raise ConfigError if a sum (name -> its largest magnitude) needs more than ACC_LIMIT
+    bits: ``"{subject} {name} sum needs N bits, more than ACC_LIMIT; {advice}"``."""
+    for what, top in sums.items():
+        bits = span_width(-top, top)
+        if bits > ACC_LIMIT:
+            raise ConfigError(
+                f"{subject} {what} sum needs {bits} bits, more than {ACC_LIMIT}; {advice}"
+            )
 
 
 def _column(values: Sequence[int], ndim: int = 2) -> int | np.ndarray:
