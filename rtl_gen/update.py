@@ -357,7 +357,7 @@ class UpdateUnit(wiring.Component):
             m.d.comb += sig.eq(port)
             return sig
 
-        delays = Delays(m)
+        delays = Delays(m, ram=self._pipelined)
 
         def at(value, n, name):
             """``value`` ``n`` cycles later (unchanged when combinational)."""
