@@ -29,7 +29,7 @@ from golden import kernels
 from golden.conv import NORM_EPS, _four_d, _projection_stride
 from golden.conv_fixed import ConvGeometry, col2im, geometry, im2col, pool_windows, unpool
 from pbhw.core.config import ConfigError, Loss, Norm, Pool, RoleFormat, WeightPrediction
-from pbhw.core.constants import EVAL_STEP, EXP2_TABLE, LOG2E_Q16, stream_id
+from pbhw.core.constants import EVAL_STEP, stream_id
 from pbhw.core.datapath import (
     ACC_LIMIT,
     pool_shift,
@@ -52,6 +52,7 @@ from pbhw.core.weights import weight_codes
 __all__ = ["FixedArithmetic", "FixedConvContext", "FixedConvState", "FixedState"]
 
 _FLOAT_EXACT = 53  # bits below which a float64 matrix product of integers is exact
+_NO_MASK = np.zeros((0, 0, 0), dtype=np.bool_)  # a kernel's mask argument without a ReLU
 #: elements from which a rounding point first checks the extremes: nothing overflowed, no clip
 _EXTREMES_FIRST = 2048
 
@@ -477,6 +478,11 @@ class FixedArithmetic:
         self._pending: dict[int, np.ndarray] = {}
         self._predicted_step: int | None = None
         self._stage = [self._build_stage(i) for i in range(len(first.network.layers) - 1)]
+        #: whether a dense stage's forward, loss, backward and gradient products (and the
+        #: evaluation) run compiled (:mod:`golden.kernels`), else in numpy: the same codes
+        self.compiled = True
+        for ctx in self._stage:
+            self._kernel_constants(ctx)
         self._out_frac = np.array(
             [[p.stages[-1].formats.activation.format.frac] for p in plans], dtype=np.int64
         )
@@ -885,6 +891,33 @@ class FixedArithmetic:
         out["z"] = _Rounder(top, acts, stream_id(index, "activation"), 4)
         return out
 
+    def _kernel_constants(self, ctx: dict) -> None:
+        """A stage's rounding points and constants as the compiled dense kernels read them
+        (``k_*``, one row per config): the forward's and backward's, and the loss's."""
+        c = self.configs
+        if ctx["geometry"] is None:
+            ctx["k_fwd"] = _kernel_point(ctx["fwd"], c)
+            ctx["k_bwd"] = _kernel_point(ctx.get("bwd"), c)
+            ctx["k_one"] = (
+                _per_config(ctx["one"], c).copy()
+                if ctx["cols"] > ctx["n_in"]
+                else np.zeros(0, dtype=np.int64)
+            )
+        if "loss" in ctx and isinstance(ctx["loss"], _Rounder):
+            ctx["k_loss"] = _kernel_point(ctx["loss"], c)
+            ctx["k_loss_one"] = _per_config(ctx["loss_one"], c).copy()
+            ctx["k_softmax_shift"] = _per_config(ctx.get("softmax_shift"), c).copy()
+            ctx["k_loss_scale"] = _per_config(ctx.get("loss_scale"), c).copy()
+
+    def _tally(self, stage: int, role: str) -> np.ndarray:
+        """The overflow counter of ``(stage, role)`` as a ``[C]`` array a kernel adds to."""
+        key = (stage, role)
+        n = self.counts.get(key, 0)
+        if not isinstance(n, np.ndarray) or n.shape != (self.configs,):
+            n = np.zeros(self.configs, dtype=np.int64) + n
+            self.counts[key] = n
+        return n
+
     # ------------------------------------------------------------------------------------------
     # the arithmetic interface used by golden.pipeline
 
@@ -966,7 +999,7 @@ class FixedArithmetic:
             return None
         codes, over = self._quantize_inputs(x, 0, None)
         self._count(1, "input", over)
-        return list(codes.transpose(1, 0, 2))
+        return list(np.ascontiguousarray(codes.transpose(1, 0, 2)))
 
     def predicted(self, stage: StagePlan, s: FixedState) -> tuple[np.ndarray, None]:
         ctx = self._stage[stage.index - 1]
@@ -1009,6 +1042,23 @@ class FixedArithmetic:
         self, stage: StagePlan, w: np.ndarray, b: None, x: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray | None]:
         ctx = self._stage[stage.index - 1]
+        if self.compiled:
+            c, n = self.configs, stage.n_out
+            z = np.empty((c, n), dtype=np.int64)
+            mask = np.empty((c, n), dtype=np.bool_) if stage.relu else _NO_MASK
+            kernels.dense_forward(
+                w,
+                x.reshape(c, 1, -1),
+                ctx["k_one"],
+                ctx["k_fwd"],
+                self.seed,
+                self.step,
+                stage.relu,
+                z.reshape(c, 1, n),
+                mask.reshape(c, 1, n) if stage.relu else mask,
+                self._tally(ctx["index"], "activation"),
+            )
+            return z, (mask if stage.relu else None)
         acc = _matmul(w, self._augment(ctx, x)[:, :, None], ctx["fwd_float"])[:, :, 0]
         z = self._rq(ctx, "fwd", "activation", acc, ctx["idx_out"])
         if not stage.relu:
@@ -1019,6 +1069,22 @@ class FixedArithmetic:
     def loss(self, y: np.ndarray, label: int) -> tuple[np.ndarray, np.ndarray]:
         """Output error codes ``[C, N_out]`` and the (float, reporting-only) loss per config."""
         ctx = self._stage[-1]
+        if self.compiled and "k_loss" in ctx:
+            delta = np.empty_like(y)
+            kernels.dense_loss(
+                y,
+                label,
+                self.loss_kind is Loss.SOFTMAX_CE,
+                ctx["k_loss_one"],
+                ctx["k_softmax_shift"],
+                ctx["k_loss_scale"],
+                ctx["k_loss"],
+                self.seed,
+                self.step,
+                delta,
+                self._tally(ctx["index"], "loss"),
+            )
+            return delta, self.float_loss(y, label)
         onehot = np.zeros_like(y)
         onehot[:, label] = 1
         onehot = onehot * ctx["loss_one"]  # the code of 1 in the format of the subtraction
@@ -1053,19 +1119,34 @@ class FixedArithmetic:
 
     def backward(self, stage: StagePlan, w: np.ndarray, dz: np.ndarray) -> np.ndarray:
         ctx = self._stage[stage.index - 1]
+        if self.compiled:
+            out = np.empty((self.configs, ctx["n_in"]), dtype=np.int64)
+            kernels.dense_backward(
+                w,
+                dz,
+                ctx["k_bwd"],
+                self.seed,
+                self.step,
+                out,
+                self._tally(ctx["index"], "error"),
+            )
+            return out
         acc = _matmul(dz[:, None, :], w[:, :, : ctx["n_in"]], ctx["bwd_float"])[:, 0, :]
         return self._rq(ctx, "bwd", "error", acc, ctx["idx_in"])
 
     def update(self, stage: StagePlan, s: FixedState, dz: np.ndarray, x: np.ndarray) -> None:
         ctx = self._stage[stage.index - 1]
-        x = self._augment(ctx, x)
         bank = self._bank
         if bank is not None and bank.grad is not None and bank.states[stage.index - 1] is s:
             # the products wait in the bank's buffer: end_step rounds every stage's at once
             i = stage.index - 1
-            np.multiply(dz[:, :, None], x[:, None, :], out=bank.products[i])
+            if self.compiled:
+                kernels.dense_products(dz, x, ctx["k_one"], bank.product_array, int(bank.starts[i]))
+            else:
+                np.multiply(dz[:, :, None], self._augment(ctx, x)[:, None, :], out=bank.products[i])
             self._pending[i] = None
             return
+        x = self._augment(ctx, x)
         g = self._rq(ctx, "grad", "gradient", dz[:, :, None] * x[:, None, :], ctx["idx_w"])
         self._momentum_update(ctx, s, g)
 
@@ -1420,6 +1501,23 @@ class FixedArithmetic:
                 h, _ = self._conv_run(stage, ctx, s.w, h, residual, EVAL_STEP, idx, False)
                 outputs.append(h)
                 continue
+            if self.compiled:
+                out = np.empty((self.configs, n, stage.n_out), dtype=np.int64)
+                kernels.dense_forward(
+                    s.w,
+                    h.reshape(self.configs, n, -1),
+                    ctx["k_one"],
+                    ctx["k_fwd"],
+                    self.seed,
+                    EVAL_STEP,
+                    stage.relu,
+                    out,
+                    _NO_MASK,
+                    np.zeros(self.configs, dtype=np.int64),  # evaluation counts nothing
+                )
+                h = out
+                outputs.append(h)
+                continue
             acc = _matmul(self._augment(ctx, h), s.w.transpose(0, 2, 1), ctx["fwd_float"])
             n_out = acc.shape[2]
             idx = np.arange(n * n_out, dtype=np.int64).reshape(1, n, n_out)
@@ -1546,25 +1644,10 @@ class _Bank:
         difference)."""
 
         def per_config(x) -> np.ndarray:
-            x = 0 if x is None else x
-            return np.broadcast_to(np.asarray(x, dtype=np.int64).reshape(-1), (configs,))
-
-        def modes(groups: list, codes: dict) -> np.ndarray:
-            out = np.zeros(configs, dtype=np.int64)
-            for mode, where in groups:
-                rows = slice(None) if where is None else np.asarray(where).reshape(-1)
-                out[rows] = codes[mode]
-            return out
+            return _per_config(x, configs)
 
         def rounding_point(r: _Rounder | None) -> np.ndarray:  # [C, len(RQ_FIELDS)]
-            if r is None:
-                return np.zeros((configs, len(kernels.RQ_FIELDS)), dtype=np.int64)
-            cols = [per_config(x) for x in (r.shift, r.lo, r.hi, r.span, r.stream)]
-            cols += [
-                modes(r.roundings, kernels.ROUNDING_CODES),
-                modes(r.overflows, kernels.OVERFLOW_CODES),
-            ]
-            return np.stack(cols, 1)
+            return _kernel_point(r, configs)
 
         names = list(_Bank.PREDICTION[kind]) if kind is not None else []
         names += [None] * (len(kernels.PREDICTION_FIELDS) - len(names))
@@ -1732,13 +1815,42 @@ class _Bank:
         self._held = [(s.w, s.v, s.w_prev) for s in self.states]
 
 
+def _per_config(x: int | np.ndarray | None, configs: int) -> np.ndarray:
+    """A constant (an int, or one per config in any shape; None: 0) as ``[C]`` int64."""
+    x = 0 if x is None else x
+    return np.broadcast_to(np.asarray(x, dtype=np.int64).reshape(-1), (configs,))
+
+
+def _kernel_point(r: _Rounder | None, configs: int) -> np.ndarray:
+    """A rounding point (one value per config, not per element) as the compiled kernels read
+    it (:data:`golden.kernels.RQ_FIELDS`): ``[C, len(RQ_FIELDS)]``, zeros for ``None``."""
+    if r is None:
+        return np.zeros((configs, len(kernels.RQ_FIELDS)), dtype=np.int64)
+
+    def modes(groups: list, codes: dict) -> np.ndarray:
+        out = np.zeros(configs, dtype=np.int64)
+        for mode, where in groups:
+            rows = slice(None) if where is None else np.asarray(where).reshape(-1)
+            out[rows] = codes[mode]
+        return out
+
+    cols = [_per_config(x, configs) for x in (r.shift, r.lo, r.hi, r.span, r.stream)]
+    cols += [
+        modes(r.roundings, kernels.ROUNDING_CODES),
+        modes(r.overflows, kernels.OVERFLOW_CODES),
+    ]
+    return np.ascontiguousarray(np.stack(cols, 1))
+
+
 def softmax_codes(y: np.ndarray, shift: int | np.ndarray, frac_e: int | np.ndarray) -> np.ndarray:
-    """The softmax unit of ``docs/numerics.md``: probabilities as codes with ``frac_e`` bits."""
-    d = y - y.max(-1, keepdims=True)
-    t = (d * LOG2E_Q16) >> shift
-    k, j = t >> 8, t & 255
-    e = EXP2_TABLE[j] >> np.minimum(-k, 63)
-    return (e << frac_e) // e.sum(-1, keepdims=True)
+    """The softmax unit of ``docs/numerics.md`` (:func:`golden.kernels.softmax_row`) on every
+    row of ``y [C, K]``: probabilities as codes with ``frac_e`` bits (per config)."""
+    configs = y.shape[0]
+    shifts, fracs = _per_config(shift, configs), _per_config(frac_e, configs)
+    out = np.empty_like(y)
+    for c in range(configs):
+        kernels.softmax_row(y[c], shifts[c], fracs[c], out[c])
+    return out
 
 
 # The clip ufunc itself: np.clip adds a Python-level wrapper that costs more than the clip.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from pbhw.core.constants import EXP2_TABLE, LOG2E_Q16
 from pbhw.core.fixed import (
     _THREEFRY_PARITY,
     _THREEFRY_ROTATIONS,
@@ -35,8 +36,13 @@ __all__ = [
     "ROUNDING_CODES",
     "RQ_FIELDS",
     "UPDATE_FIELDS",
+    "dense_backward",
+    "dense_forward",
+    "dense_loss",
+    "dense_products",
     "joined_prediction",
     "joined_update",
+    "softmax_row",
     "threefry_word",
 ]
 
@@ -236,3 +242,148 @@ def joined_prediction(w, v, w_prev, kind, starts, sizes, index, rq, k, seed, ste
                 over += code != raw
                 out[c, e] = code
             counts[3, c, i] += over
+
+
+# ----------------------------------------------------------------------------------------------
+# A dense stage's step: forward, loss, backward and the gradient's products, per config.
+# ``rq[c]`` is one rounding point's RQ_FIELDS for config ``c`` (the same stream for every
+# config); element ``e`` of a rounding point draws its Threefry word at counter ``(step, e)``.
+
+
+@njit(cache=True)
+def _point_words(rq, seed, step, n):
+    """The Threefry words of rounding point ``rq [C, RQ_FIELDS]`` for elements ``0 .. n-1``,
+    when some config rounds it stochastically (the same words for every config); else zeros."""
+    words = np.zeros(n, dtype=np.int64)
+    for c in range(rq.shape[0]):
+        if rq[c, 5] == _STOCHASTIC:
+            stream = rq[c, 4]
+            for e in range(n):
+                words[e] = threefry_word(seed, stream, step, e)
+            break
+    return words
+
+
+@njit(cache=True)
+def dense_forward(w, x, one, rq, seed, step, relu, out, mask, counts):
+    """A dense stage's forward for a batch: ``out[c, b] = RQ(W_c [x_b | 1])`` with the ReLU.
+
+    ``w`` the weight codes ``[C, R, cols]`` (the bias as the last column when ``cols`` exceeds
+    the inputs), ``x`` the input codes ``[C, B, n_in]``, ``one[c]`` the bias input's code;
+    ``rq [C, RQ_FIELDS]`` the activation's rounding point (element ``b * R + r``). With
+    ``relu`` the negative codes become 0, and ``mask`` (``[C, B, R]``, bool; or empty for no
+    mask) says which codes are positive. Adds the overflowed elements to ``counts[c]``."""
+    n_c, n_b, n_in = x.shape
+    rows, cols = w.shape[1], w.shape[2]
+    masked = mask.shape[0] > 0
+    words = _point_words(rq, seed, step, n_b * rows)
+    for c in range(n_c):
+        s, lo, hi, span, _, mode, wrap = rq[c]
+        bias = one[c]
+        over = 0
+        for b in range(n_b):
+            x_b = x[c, b]
+            for r in range(rows):
+                w_r = w[c, r]
+                acc = 0
+                for k in range(n_in):
+                    acc += w_r[k] * x_b[k]
+                if cols > n_in:
+                    acc += w_r[n_in] * bias
+                raw = _round(acc, s, mode, words[b * rows + r])
+                code = _overflow(raw, lo, hi, span, wrap == _WRAP)
+                over += code != raw
+                if relu and code < 0:
+                    code = 0
+                if masked:
+                    mask[c, b, r] = code > 0
+                out[c, b, r] = code
+        counts[c] += over
+
+
+@njit(cache=True)
+def dense_backward(w, dz, rq, seed, step, out, counts):
+    """A dense stage's backward: ``out[c] = RQ(dz_c W_c)`` over the input columns only.
+
+    ``w [C, R, cols]``, ``dz [C, R]``, ``out [C, n_in]``; ``rq [C, RQ_FIELDS]`` the error's
+    rounding point (element ``k``). Adds the overflowed elements to ``counts[c]``."""
+    n_c, rows = dz.shape
+    n_in = out.shape[1]
+    words = _point_words(rq, seed, step, n_in)
+    acc = np.empty(n_in, dtype=np.int64)
+    for c in range(n_c):
+        s, lo, hi, span, _, mode, wrap = rq[c]
+        acc[:] = 0
+        for r in range(rows):
+            d = dz[c, r]
+            if d != 0:
+                w_r = w[c, r]
+                for k in range(n_in):
+                    acc[k] += d * w_r[k]
+        over = 0
+        for k in range(n_in):
+            raw = _round(acc[k], s, mode, words[k])
+            code = _overflow(raw, lo, hi, span, wrap == _WRAP)
+            over += code != raw
+            out[c, k] = code
+        counts[c] += over
+
+
+@njit(cache=True)
+def softmax_row(y, shift, frac_e, out):
+    """The softmax unit of ``docs/numerics.md`` on one output vector of codes ``y``: each
+    ``2^(log2 e (y_k - max y))`` from the table (8 fractional bits of the exponent), the
+    probabilities as codes with ``frac_e`` fractional bits (floor of the exact quotient)."""
+    top = y.max()
+    total = 0
+    for k in range(y.shape[0]):
+        t = ((y[k] - top) * LOG2E_Q16) >> shift
+        e = EXP2_TABLE[t & 255] >> min(-(t >> 8), 63)
+        out[k] = e
+        total += e
+    for k in range(y.shape[0]):
+        out[k] = (out[k] << frac_e) // total
+
+
+@njit(cache=True)
+def dense_loss(y, label, softmax, one, shift, frac_e, rq, seed, step, out, counts):
+    """The loss unit's error codes ``out [C, K]`` for the output codes ``y [C, K]`` and the
+    class ``label``: ``RQ(y - onehot)`` (mse) or ``RQ(softmax(y) - onehot)`` (``softmax``,
+    with the unit's ``shift[c]`` and ``frac_e[c]``); ``one[c]`` the code of the target 1,
+    ``rq [C, RQ_FIELDS]`` the loss's rounding point (element ``k``). Adds the overflowed
+    elements to ``counts[c]``."""
+    n_c, n_k = y.shape
+    words = _point_words(rq, seed, step, n_k)
+    acc = np.empty(n_k, dtype=np.int64)
+    for c in range(n_c):
+        s, lo, hi, span, _, mode, wrap = rq[c]
+        if softmax:
+            softmax_row(y[c], shift[c], frac_e[c], acc)
+        else:
+            acc[:] = y[c]
+        acc[label] -= one[c]
+        over = 0
+        for k in range(n_k):
+            raw = _round(acc[k], s, mode, words[k])
+            code = _overflow(raw, lo, hi, span, wrap == _WRAP)
+            over += code != raw
+            out[c, k] = code
+        counts[c] += over
+
+
+@njit(cache=True)
+def dense_products(dz, x, one, out, start):
+    """A dense stage's gradient products ``dz_r [x | 1]_k`` into ``out[c, start + r * cols +
+    k]`` (``cols`` = ``n_in`` + 1 with ``one[c]`` the bias input's code, else ``n_in``)."""
+    n_c, rows = dz.shape
+    n_in = x.shape[1]
+    cols = n_in + (1 if one.shape[0] else 0)
+    for c in range(n_c):
+        row = out[c]
+        for r in range(rows):
+            d = dz[c, r]
+            a = start + r * cols
+            for k in range(n_in):
+                row[a + k] = d * x[c, k]
+            if cols > n_in:
+                row[a + n_in] = d * one[c]
