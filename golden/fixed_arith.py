@@ -52,7 +52,7 @@ from pbhw.core.weights import weight_codes
 __all__ = ["FixedArithmetic", "FixedConvContext", "FixedConvState", "FixedState"]
 
 _FLOAT_EXACT = 53  # bits below which a float64 matrix product of integers is exact
-_NO_MASK = np.zeros((0, 0, 0), dtype=np.bool_)  # a kernel's mask argument without a ReLU
+_NO_MASK = np.zeros((0, 0), dtype=np.bool_)  # a kernel's mask argument without a ReLU
 #: elements from which a rounding point first checks the extremes: nothing overflowed, no clip
 _EXTREMES_FIRST = 2048
 
@@ -933,6 +933,9 @@ class FixedArithmetic:
 
     def saturation_counts(self) -> dict[str, list[int]]:
         """Overflow events per ``"stage role"`` so far, one count per config."""
+        if self._bank is not None:
+            for (stage, role), n in self._bank.flush().items():
+                self._count(stage, role, n)
         return {
             f"stage {stage} {role}": [int(x) for x in np.broadcast_to(n, (self.configs,))]
             for (stage, role), n in sorted(self.counts.items())
@@ -1048,14 +1051,14 @@ class FixedArithmetic:
             mask = np.empty((c, n), dtype=np.bool_) if stage.relu else _NO_MASK
             kernels.dense_forward(
                 w,
-                x.reshape(c, 1, -1),
+                x if x.ndim == 2 else x.reshape(c, -1),
                 ctx["k_one"],
                 ctx["k_fwd"],
                 self.seed,
                 self.step,
                 stage.relu,
-                z.reshape(c, 1, n),
-                mask.reshape(c, 1, n) if stage.relu else mask,
+                z,
+                mask,
                 self._tally(ctx["index"], "activation"),
             )
             return z, (mask if stage.relu else None)
@@ -1187,6 +1190,9 @@ class FixedArithmetic:
         """The states of a pipeline's stages, in order: from now on their predictions and
         velocity and weight updates run over all stages at once (one flat array), the updates
         at :meth:`end_step`. Values are exactly those of stage-by-stage updates."""
+        if self._bank is not None:  # what the previous bank counted stays counted
+            for (stage, role), n in self._bank.flush().items():
+                self._count(stage, role, n)
         self._bank = _Bank.build(self._stage, list(states), self.configs)
         self._pending = {}
         self._predicted_step = None
@@ -1208,9 +1214,7 @@ class FixedArithmetic:
         w, v, w_prev = bank.sync()
         if bank.compiled:
             ahead = bank.pre is not None  # the next step's prediction, made in the same pass
-            for role, counts in bank.compiled_update(pending, self.seed, self.step, ahead).items():
-                for i, n in enumerate(counts):
-                    self._count(i + 1, role, n)
+            bank.compiled_update(pending, self.seed, self.step, ahead)
             return
         if bank.grad is not None:
             g, raw = bank.grad.codes(bank.product_array, self.seed, self.step, bank.index)
@@ -1502,10 +1506,10 @@ class FixedArithmetic:
                 outputs.append(h)
                 continue
             if self.compiled:
-                out = np.empty((self.configs, n, stage.n_out), dtype=np.int64)
+                out = np.empty((self.configs, n * stage.n_out), dtype=np.int64)
                 kernels.dense_forward(
                     s.w,
-                    h.reshape(self.configs, n, -1),
+                    np.ascontiguousarray(h).reshape(self.configs, -1),
                     ctx["k_one"],
                     ctx["k_fwd"],
                     self.seed,
@@ -1515,7 +1519,7 @@ class FixedArithmetic:
                     _NO_MASK,
                     np.zeros(self.configs, dtype=np.int64),  # evaluation counts nothing
                 )
-                h = out
+                h = out.reshape(self.configs, n, stage.n_out)
                 outputs.append(h)
                 continue
             acc = _matmul(self._augment(ctx, h), s.w.transpose(0, 2, 1), ctx["fwd_float"])
@@ -1561,6 +1565,8 @@ class _Bank:
 
     #: the per-stage constants of the update and the prediction, spread over the elements
     UPDATE = ("m", "vel_mv", "vel_g", "ea", "upd_w", "upd_v", "upd_g")
+    #: the compiled update's rounding points, in the order of its counts
+    ROLES = ("gradient", "velocity", "weight")
     PREDICTION = {"velocity": ("pre_w", "pre_v", "eT"), "weight_difference": ("T",)}
 
     def __init__(self, states: list[FixedState], configs: int):
@@ -1587,6 +1593,10 @@ class _Bank:
         #: the next step's prediction made by the compiled update: (step, the arrays it was
         #: made from, each stage's codes, each stage's overflowed elements)
         self.ahead: tuple | None = None
+        #: the compiled update's overflowed elements per role (ROLES), config and stage, and
+        #: the roles it rounded, since the last :meth:`flush`
+        self.totals = np.zeros((len(self.ROLES), configs, len(self.sizes)), dtype=np.int64)
+        self.roles: set[str] = set()
 
     @classmethod
     def build(cls, ctxs: list[dict], states: list[FixedState], configs: int) -> _Bank | None:
@@ -1699,12 +1709,12 @@ class _Bank:
         )
         return self.views(out), self.counted(counts[3])
 
-    def compiled_update(self, pending: dict, seed: int, step: int, ahead: bool) -> dict:
+    def compiled_update(self, pending: dict, seed: int, step: int, ahead: bool) -> None:
         """Every stage's velocity and weight update (and its gradient's rounding, when the
         products wait in :attr:`product_array`) by the compiled kernel: the new codes are set
-        and the overflowed elements per role and stage returned. With ``ahead`` (and a
-        prediction) the prediction of step ``step + 1`` from the new codes is kept in
-        :attr:`ahead` (:meth:`predicted_ahead` hands it out)."""
+        and the overflowed elements per role and stage added to :attr:`totals`. With
+        ``ahead`` (and a prediction) the prediction of step ``step + 1`` from the new codes is
+        kept in :attr:`ahead` (:meth:`predicted_ahead` hands it out)."""
         w, v, w_prev = self.sync()
         grad_given = self.grad is None
         if grad_given:
@@ -1739,13 +1749,23 @@ class _Bank:
         self.ahead = None
         if kind:
             self.ahead = (step + 1, self._held, self.views(predicted), self.counted(counts[3]))
-        roles = ("gradient", "velocity", "weight")
-        # a gradient rounded stage by stage was counted there
-        return {
-            role: self.counted(counts[p])
-            for p, role in enumerate(roles)
-            if not (p == 0 and grad_given)
-        }
+        # the overflows add up here until flush(); a gradient rounded stage by stage was
+        # counted there
+        first = 1 if grad_given else 0
+        self.totals[first:3] += counts[first:3]
+        self.roles.update(self.ROLES[first:3])
+
+    def flush(self) -> dict[tuple[int, str], np.ndarray]:
+        """The overflowed elements the compiled update added up since the last flush, per
+        ``(stage, role)`` it rounded (``[C]`` each); the sums start again from 0."""
+        out = {}
+        for p, role in enumerate(self.ROLES):
+            if role in self.roles:
+                for i in range(len(self.sizes)):
+                    out[(i + 1, role)] = self.totals[p, :, i].copy()
+        self.totals[...] = 0
+        self.roles = set()
+        return out
 
     def predicted_ahead(self, step: int) -> tuple[list[np.ndarray], list] | None:
         """The prediction of ``step`` made by the last update, if it was made for that step

@@ -130,15 +130,42 @@ def _round(acc: int, s: int, mode: int, word: int) -> int:
 
 @njit(cache=True, inline="always")
 def _overflow(out: int, lo: int, hi: int, span: int, wrap: bool) -> int:
-    """A rounded value's overflow into ``[lo, hi]``: wrap modulo ``span``, or saturate."""
-    if lo <= out <= hi:
-        return out
+    """A rounded value's overflow into ``[lo, hi]``: wrap modulo ``span`` (``2^width``, so the
+    residue is the low bits), or saturate. No branch on the value: a loop of these vectorizes."""
     if wrap:
-        r = (out - lo) % span
-        if r < 0:
-            r += span
-        return r + lo
-    return lo if out < lo else hi
+        return ((out - lo) & (span - 1)) + lo
+    return min(max(out, lo), hi)
+
+
+@njit(cache=True, inline="always")
+def _rq_mode(acc, out, s, lo, hi, span, mode, wrap, words) -> int:
+    """``out[j]``: ``acc[j]`` rounded (``_round``) and overflowed (``_overflow``) for every
+    ``j``; returns the overflowed elements. Inlined with a constant ``mode`` (:func:`_rq_pass`)
+    the loop has no branch on the mode."""
+    over = 0
+    for j in range(acc.shape[0]):
+        raw = _round(acc[j], s, mode, words[j])
+        code = _overflow(raw, lo, hi, span, wrap)
+        over += code != raw
+        out[j] = code
+    return over
+
+
+@njit(cache=True, inline="always")
+def _rq_pass(acc, out, point, words) -> int:
+    """One rounding point (``point``: RQ_FIELDS) over the elements ``acc`` into ``out``, one
+    loop per rounding mode; returns the overflowed elements."""
+    s, lo, hi, span, _, mode, wrap = point
+    w = wrap == _WRAP
+    if mode == 0:
+        return _rq_mode(acc, out, s, lo, hi, span, 0, w, words)
+    if mode == 1:
+        return _rq_mode(acc, out, s, lo, hi, span, 1, w, words)
+    if mode == 2:
+        return _rq_mode(acc, out, s, lo, hi, span, 2, w, words)
+    if mode == 3:
+        return _rq_mode(acc, out, s, lo, hi, span, 3, w, words)
+    return _rq_mode(acc, out, s, lo, hi, span, _STOCHASTIC, w, words)
 
 
 @njit(cache=True)
@@ -169,52 +196,41 @@ def joined_update(
     next step, predicted codes [C, E])``, kind 0 none, 1 velocity, 2 weight difference (the
     previous weights then the weights ``w`` before this update)."""
     kind, next_step, predicted = ahead
-    words = np.zeros((4, sizes.max()), dtype=np.int64)
+    most = sizes.max()
+    words = np.zeros((4, most), dtype=np.int64)
+    gbuf, acc = np.empty(most, dtype=np.int64), np.empty(most, dtype=np.int64)
     for i in range(starts.shape[0]):
         a, n = starts[i], sizes[i]
         for p in range(1 if grad_given else 0, 3):
             _draw(words, p, rq, seed, step, index, a, n, i)
         if kind:
             _draw(words, 3, rq, seed, next_step, index, a, n, i)
+        word_g, word_v, word_w, word_p = words[0, :n], words[1, :n], words[2, :n], words[3, :n]
+        t = acc[:n]
         for c in range(w.shape[0]):
-            gs, glo, ghi, gspan, _, gmode, gwrap = rq[0, c, i]
-            vs, vlo, vhi, vspan, _, vmode, vwrap = rq[1, c, i]
-            us, ulo, uhi, uspan, _, umode, uwrap = rq[2, c, i]
-            ps, plo, phi, pspan, _, pmode, pwrap = rq[3, c, i]
             m, vel_mv, vel_g, ea, upd_w, upd_v, upd_g, eb, k0, k1, k2 = k[c, i]
-            n_g = n_v = n_w = n_p = 0
             # the stage's part of every row (indices from 0: no negative-index handling)
             w_c, v_c, src_c = w[c, a : a + n], v[c, a : a + n], src[c, a : a + n]
             w_to, v_to, p_to = w_out[c, a : a + n], v_out[c, a : a + n], predicted[c, a : a + n]
-            word_g, word_v, word_w, word_p = words[0], words[1], words[2], words[3]
+            # each rounding point one pass over the stage's elements (loops that vectorize)
+            g = src_c
+            if not grad_given:
+                g = gbuf[:n]
+                counts[0, c, i] += _rq_pass(src_c, g, rq[0, c, i], word_g)
             for j in range(n):
-                g = src_c[j]
-                if not grad_given:
-                    raw = _round(g, gs, gmode, word_g[j])
-                    g = _overflow(raw, glo, ghi, gspan, gwrap == _WRAP)
-                    n_g += g != raw
-                raw = _round(m * (v_c[j] << vel_mv) + (g << vel_g), vs, vmode, word_v[j])
-                vn = _overflow(raw, vlo, vhi, vspan, vwrap == _WRAP)
-                n_v += vn != raw
-                v_to[j] = vn
-                acc = (w_c[j] << upd_w) - ea * (vn << upd_v) - eb * (g << upd_g)
-                raw = _round(acc, us, umode, word_w[j])
-                wn = _overflow(raw, ulo, uhi, uspan, uwrap == _WRAP)
-                n_w += wn != raw
-                w_to[j] = wn
-                if kind:
-                    if kind == 1:
-                        acc = (wn << k0) - k2 * (vn << k1)
-                    else:
-                        acc = wn + k0 * (wn - w_c[j])
-                    raw = _round(acc, ps, pmode, word_p[j])
-                    code = _overflow(raw, plo, phi, pspan, pwrap == _WRAP)
-                    n_p += code != raw
-                    p_to[j] = code
-            counts[0, c, i] += n_g
-            counts[1, c, i] += n_v
-            counts[2, c, i] += n_w
-            counts[3, c, i] += n_p
+                t[j] = m * (v_c[j] << vel_mv) + (g[j] << vel_g)
+            counts[1, c, i] += _rq_pass(t, v_to, rq[1, c, i], word_v)
+            for j in range(n):
+                t[j] = (w_c[j] << upd_w) - ea * (v_to[j] << upd_v) - eb * (g[j] << upd_g)
+            counts[2, c, i] += _rq_pass(t, w_to, rq[2, c, i], word_w)
+            if kind:
+                if kind == 1:
+                    for j in range(n):
+                        t[j] = (w_to[j] << k0) - k2 * (v_to[j] << k1)
+                else:
+                    for j in range(n):
+                        t[j] = w_to[j] + k0 * (w_to[j] - w_c[j])
+                counts[3, c, i] += _rq_pass(t, p_to, rq[3, c, i], word_p)
 
 
 @njit(cache=True)
@@ -268,13 +284,15 @@ def _point_words(rq, seed, step, n):
 def dense_forward(w, x, one, rq, seed, step, relu, out, mask, counts):
     """A dense stage's forward for a batch: ``out[c, b] = RQ(W_c [x_b | 1])`` with the ReLU.
 
-    ``w`` the weight codes ``[C, R, cols]`` (the bias as the last column when ``cols`` exceeds
-    the inputs), ``x`` the input codes ``[C, B, n_in]``, ``one[c]`` the bias input's code;
-    ``rq [C, RQ_FIELDS]`` the activation's rounding point (element ``b * R + r``). With
-    ``relu`` the negative codes become 0, and ``mask`` (``[C, B, R]``, bool; or empty for no
-    mask) says which codes are positive. Adds the overflowed elements to ``counts[c]``."""
-    n_c, n_b, n_in = x.shape
+    ``w`` the weight codes ``[C, R, cols]`` (the bias as the last column when ``one``, the bias
+    input's code per config, is not empty), ``x`` the input codes ``[C, B * n_in]`` (sample
+    ``b`` after sample ``b - 1``); ``rq [C, RQ_FIELDS]`` the activation's rounding point
+    (element ``b * R + r``). Writes ``out [C, B * R]``; with ``relu`` the negative codes
+    become 0, and ``mask`` (``[C, B * R]``, bool; or empty for no mask) says which codes are
+    positive. Adds the overflowed elements to ``counts[c]``."""
     rows, cols = w.shape[1], w.shape[2]
+    n_in = cols - (1 if one.shape[0] else 0)
+    n_c, n_b = x.shape[0], x.shape[1] // n_in
     masked = mask.shape[0] > 0
     words = _point_words(rq, seed, step, n_b * rows)
     for c in range(n_c):
@@ -282,7 +300,7 @@ def dense_forward(w, x, one, rq, seed, step, relu, out, mask, counts):
         bias = one[c]
         over = 0
         for b in range(n_b):
-            x_b = x[c, b]
+            x_b = x[c, b * n_in : (b + 1) * n_in]
             for r in range(rows):
                 w_r = w[c, r]
                 acc = 0
@@ -296,8 +314,8 @@ def dense_forward(w, x, one, rq, seed, step, relu, out, mask, counts):
                 if relu and code < 0:
                     code = 0
                 if masked:
-                    mask[c, b, r] = code > 0
-                out[c, b, r] = code
+                    mask[c, b * rows + r] = code > 0
+                out[c, b * rows + r] = code
         counts[c] += over
 
 
