@@ -484,7 +484,7 @@ class FixedArithmetic:
         for ctx in self._stage:
             self._kernel_constants(ctx)
         self._out_frac = np.array(
-            [[p.stages[-1].formats.activation.format.frac] for p in plans], dtype=np.int64
+            [p.stages[-1].formats.activation.format.frac for p in plans], dtype=np.int64
         )
 
     # ------------------------------------------------------------------------------------------
@@ -910,12 +910,12 @@ class FixedArithmetic:
             ctx["k_loss_scale"] = _per_config(ctx.get("loss_scale"), c).copy()
 
     def _tally(self, stage: int, role: str) -> np.ndarray:
-        """The overflow counter of ``(stage, role)`` as a ``[C]`` array a kernel adds to."""
+        """The overflow counter of ``(stage, role)``: a ``[C]`` array, added to in place (a
+        kernel adds to it)."""
         key = (stage, role)
-        n = self.counts.get(key, 0)
-        if not isinstance(n, np.ndarray) or n.shape != (self.configs,):
-            n = np.zeros(self.configs, dtype=np.int64) + n
-            self.counts[key] = n
+        n = self.counts.get(key)
+        if n is None:
+            n = self.counts[key] = np.zeros(self.configs, dtype=np.int64)
         return n
 
     # ------------------------------------------------------------------------------------------
@@ -928,8 +928,8 @@ class FixedArithmetic:
 
     def _count(self, stage: int, role: str, n: np.ndarray | int) -> None:
         """Add overflow events (per config; a plain int when there is one config)."""
-        key = (stage, role)
-        self.counts[key] = self.counts.get(key, 0) + n
+        tally = self._tally(stage, role)
+        tally += n
 
     def saturation_counts(self) -> dict[str, list[int]]:
         """Overflow events per ``"stage role"`` so far, one count per config."""
@@ -1073,7 +1073,7 @@ class FixedArithmetic:
         """Output error codes ``[C, N_out]`` and the (float, reporting-only) loss per config."""
         ctx = self._stage[-1]
         if self.compiled and "k_loss" in ctx:
-            delta = np.empty_like(y)
+            delta, losses = np.empty_like(y), np.empty(self.configs)
             kernels.dense_loss(
                 y,
                 label,
@@ -1086,8 +1086,10 @@ class FixedArithmetic:
                 self.step,
                 delta,
                 self._tally(ctx["index"], "loss"),
+                self._out_frac,
+                losses,
             )
-            return delta, self.float_loss(y, label)
+            return delta, losses
         onehot = np.zeros_like(y)
         onehot[:, label] = 1
         onehot = onehot * ctx["loss_one"]  # the code of 1 in the format of the subtraction
@@ -1107,13 +1109,9 @@ class FixedArithmetic:
 
     def float_loss(self, y: np.ndarray, label: int) -> np.ndarray:
         """The loss of the output codes' values, per config (reporting only, not hardware)."""
-        values = np.ldexp(y.astype(np.float64), -self._out_frac)
-        if self.loss_kind is Loss.MSE:
-            diff = values.copy()
-            diff[:, label] -= 1.0
-            return 0.5 * (diff * diff).sum(1)
-        top = values.max(1, keepdims=True)
-        return (np.log(np.exp(values - top).sum(1)) + top[:, 0]) - values[:, label]
+        out = np.empty(self.configs)
+        kernels.float_loss(y, self._out_frac, label, self.loss_kind is Loss.SOFTMAX_CE, out)
+        return out
 
     def output_gradient(
         self, stage: StagePlan, error: np.ndarray, mask: np.ndarray | None
@@ -1596,6 +1594,8 @@ class _Bank:
         #: the compiled update's overflowed elements per role (ROLES), config and stage, and
         #: the roles it rounded, since the last :meth:`flush`
         self.totals = np.zeros((len(self.ROLES), configs, len(self.sizes)), dtype=np.int64)
+        #: the compiled update's counts of one call (:meth:`compiled_update`)
+        self.counts = np.zeros((4, configs, len(self.sizes)), dtype=np.int64)
         self.roles: set[str] = set()
 
     @classmethod
@@ -1724,7 +1724,8 @@ class _Bank:
         else:
             src = self.product_array
         w_new, v_new = np.empty_like(w), np.empty_like(v)
-        counts = np.zeros((4, self.configs, len(self.sizes)), dtype=np.int64)
+        counts = self.counts
+        counts[...] = 0
         t = self.tables
         kind = t["kind"] if ahead else 0
         predicted = np.empty_like(w) if kind else w_new
@@ -1743,12 +1744,19 @@ class _Bank:
             w_new,
             v_new,
             counts,
-            (kind, step + 1, predicted),
+            kind,
+            step + 1,
+            predicted,
         )
         self.set(w_new, v_new, w if w_prev is not None else None)
         self.ahead = None
         if kind:
-            self.ahead = (step + 1, self._held, self.views(predicted), self.counted(counts[3]))
+            self.ahead = (
+                step + 1,
+                self._held,
+                self.views(predicted),
+                self.counted(counts[3].copy()),
+            )
         # the overflows add up here until flush(); a gradient rounded stage by stage was
         # counted there
         first = 1 if grad_given else 0

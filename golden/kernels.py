@@ -15,6 +15,8 @@ update's and the prediction's constants by rows of :data:`UPDATE_FIELDS` and
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -40,6 +42,7 @@ __all__ = [
     "dense_forward",
     "dense_loss",
     "dense_products",
+    "float_loss",
     "joined_prediction",
     "joined_update",
     "softmax_row",
@@ -182,20 +185,35 @@ def _draw(words, p, rq, seed, step, index, start, size, i) -> None:
 
 @njit(cache=True)
 def joined_update(
-    w, v, src, grad_given, starts, sizes, index, rq, k, seed, step, w_out, v_out, counts, ahead
+    w,
+    v,
+    src,
+    grad_given,
+    starts,
+    sizes,
+    index,
+    rq,
+    k,
+    seed,
+    step,
+    w_out,
+    v_out,
+    counts,
+    kind,
+    next_step,
+    predicted,
 ):
     """Every stage's velocity and weight update (and gradient rounding) in one pass, and, when
-    ``ahead[0]`` is set, the next step's predicted weights from the new codes.
+    ``kind`` is set, the next step's predicted weights from the new codes.
 
     ``w``, ``v``: the codes ``[C, E]``; ``src``: the gradient codes (``grad_given``) or the
     gradient's exact products ``[C, E]``; stage ``i`` is elements ``starts[i]`` on
     (``sizes[i]`` of them), element ``e``'s counter ``index[e]``. ``rq[p, c, i]``: the rounding
     points gradient (``p = 0``), velocity, weight and prediction of config ``c`` and stage ``i``
     (RQ_FIELDS); ``k[c, i]``: UPDATE_FIELDS then PREDICTION_FIELDS. Writes ``w_out``,
-    ``v_out`` and adds the overflowed elements to ``counts[p, c, i]``. ``ahead``: ``(kind,
-    next step, predicted codes [C, E])``, kind 0 none, 1 velocity, 2 weight difference (the
-    previous weights then the weights ``w`` before this update)."""
-    kind, next_step, predicted = ahead
+    ``v_out`` and adds the overflowed elements to ``counts[p, c, i]``. The prediction of
+    step ``next_step`` into ``predicted [C, E]`` for ``kind`` 1 (velocity) or 2 (weight
+    difference: the previous weights then the weights ``w`` before this update); none for 0."""
     most = sizes.max()
     words = np.zeros((4, most), dtype=np.int64)
     gbuf, acc = np.empty(most, dtype=np.int64), np.empty(most, dtype=np.int64)
@@ -364,12 +382,37 @@ def softmax_row(y, shift, frac_e, out):
 
 
 @njit(cache=True)
-def dense_loss(y, label, softmax, one, shift, frac_e, rq, seed, step, out, counts):
+def float_loss(y, frac, label, softmax, out):
+    """The loss of the output codes ``y [C, K]`` (values ``y * 2^-frac[c]``) for the class
+    ``label`` per config, in float64 (reporting only, not hardware): mse ``0.5 * sum (v -
+    onehot)^2``, softmax_ce ``log sum exp v - v[label]`` (from the largest value), into
+    ``out [C]``; the sums in element order."""
+    n_c, n_k = y.shape
+    for c in range(n_c):
+        scale = math.ldexp(1.0, -frac[c])
+        if softmax:
+            top = y[c].max() * scale
+            total = 0.0
+            for k in range(n_k):
+                total += math.exp(y[c, k] * scale - top)
+            out[c] = (math.log(total) + top) - y[c, label] * scale
+        else:
+            total = 0.0
+            for k in range(n_k):
+                d = y[c, k] * scale - (1.0 if k == label else 0.0)
+                total += d * d
+            out[c] = 0.5 * total
+
+
+@njit(cache=True)
+def dense_loss(y, label, softmax, one, shift, frac_e, rq, seed, step, out, counts, frac, losses):
     """The loss unit's error codes ``out [C, K]`` for the output codes ``y [C, K]`` and the
     class ``label``: ``RQ(y - onehot)`` (mse) or ``RQ(softmax(y) - onehot)`` (``softmax``,
     with the unit's ``shift[c]`` and ``frac_e[c]``); ``one[c]`` the code of the target 1,
     ``rq [C, RQ_FIELDS]`` the loss's rounding point (element ``k``). Adds the overflowed
-    elements to ``counts[c]``."""
+    elements to ``counts[c]``, and writes :func:`float_loss` (``frac``: the output's frac per
+    config) into ``losses [C]``."""
+    float_loss(y, frac, label, softmax, losses)
     n_c, n_k = y.shape
     words = _point_words(rq, seed, step, n_k)
     acc = np.empty(n_k, dtype=np.int64)

@@ -9,6 +9,7 @@ and the codes wide enough that every mode overflows and rounds."""
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -196,8 +197,8 @@ def test_dense_step_equals_numpy(loss, bias):
                 seen += [y, mask if mask is None else np.asarray(mask, dtype=bool)]
                 inputs.append(y)
                 masks.append(mask)
-            error, _ = arith.loss(inputs[-1], int(rng.integers(LAYERS[-1])))
-            seen.append(error)
+            error, losses = arith.loss(inputs[-1], int(rng.integers(LAYERS[-1])))
+            seen += [error, losses]
             for i in reversed(range(len(stages))):
                 dz = arith.output_gradient(stages[i], error, masks[i])
                 # wide errors: every product and sum is exercised, not only the clipped codes
@@ -222,3 +223,24 @@ def test_dense_step_equals_numpy(loss, bias):
     for role, where in roles.items():
         for stage in where:  # every mode overflows somewhere (wrap and saturate configs alike)
             assert sum(numpy_counts[f"stage {stage} {role}"]) > 0, (stage, role, numpy_counts)
+
+
+@pytest.mark.parametrize("loss", ["mse", "softmax_ce"])
+def test_float_loss_is_the_loss_of_the_values(loss):
+    """The reported loss (float64, summed in element order) against the formula summed
+    exactly (math.fsum): equal up to the rounding of a float sum of ten terms."""
+    arith, _ = arithmetic("none", True, loss)
+    rng = np.random.default_rng(2)
+    y = rng.integers(-128, 128, (arith.configs, LAYERS[-1]), dtype=np.int64)
+    label = 1
+    got = arith.float_loss(y, label)
+    for c, plan in enumerate(arith.plans):
+        values = [
+            math.ldexp(int(code), -plan.stages[-1].formats.activation.format.frac) for code in y[c]
+        ]
+        if loss == "mse":
+            want = 0.5 * math.fsum((v - (k == label)) ** 2 for k, v in enumerate(values))
+        else:
+            top = max(values)
+            want = math.log(math.fsum(math.exp(v - top) for v in values)) + top - values[label]
+        assert got[c] == pytest.approx(want, rel=1e-12, abs=1e-12)

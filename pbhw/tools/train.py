@@ -282,7 +282,7 @@ def _train_many(
         if not many and isinstance(losses_now, float):  # the common single-config float case
             pairs: Any = ((losses_now, predictions),)
         else:
-            pairs = zip(np.atleast_1d(losses_now), np.atleast_1d(predictions), strict=True)
+            pairs = zip(_per_config(losses_now), _per_config(predictions), strict=True)
         for c, (loss, pred) in enumerate(pairs):
             loss = float(loss)
             losses[c].append(loss)
@@ -378,6 +378,11 @@ def _train_many(
             )
         )
     return results
+
+
+def _per_config(x: Any) -> list:
+    """A value per config (an array, or a scalar for one config) as a list of Python numbers."""
+    return x.reshape(-1).tolist() if isinstance(x, np.ndarray) else np.atleast_1d(x).tolist()
 
 
 def _trained_weights(
