@@ -1142,7 +1142,7 @@ class FixedArithmetic:
             # the products wait in the bank's buffer: end_step rounds every stage's at once
             i = stage.index - 1
             if self.compiled:
-                kernels.dense_products(dz, x, ctx["k_one"], bank.product_array, int(bank.starts[i]))
+                kernels.dense_products(dz, x, ctx["k_one"], bank.product_array, bank.parts[i][0])
             else:
                 np.multiply(dz[:, :, None], self._augment(ctx, x)[:, None, :], out=bank.products[i])
             self._pending[i] = None
@@ -1574,6 +1574,11 @@ class _Bank:
         self.sizes = [math.prod(shape) for shape in self.shapes]
         self.starts = np.cumsum([0] + self.sizes[:-1]).astype(np.int64)
         self.size_array = np.array(self.sizes, dtype=np.int64)
+        #: each stage's columns of a ``[C, E]`` array and its shape with the configs
+        self.parts = [
+            (int(a), int(a) + n, (configs,) + shape)
+            for a, n, shape in zip(self.starts, self.sizes, self.shapes, strict=True)
+        ]
         self.k: dict = {}
         self.pre: dict | None = None
         #: all stages dense: their gradients' rounding point joined, the products in one
@@ -1814,10 +1819,7 @@ class _Bank:
 
     def views(self, flat: np.ndarray) -> list[np.ndarray]:
         """Each stage's part of a ``[C, E]`` array, in the stage's shape."""
-        return [
-            flat[:, a : a + n].reshape((self.configs,) + shape)
-            for a, n, shape in zip(self.starts, self.sizes, self.shapes, strict=True)
-        ]
+        return [flat[:, a:b].reshape(shape) for a, b, shape in self.parts]
 
     def overflowed(self, result: np.ndarray, out: np.ndarray | None) -> list:
         """Elements that overflowed per stage (per config; an int for one config)."""
