@@ -154,7 +154,7 @@ def _rq_mode(acc, out, s, lo, hi, span, mode, wrap, words) -> int:
     return over
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _rq_pass(acc, out, point, words) -> int:
     """One rounding point (``point``: RQ_FIELDS) over the elements ``acc`` into ``out``, one
     loop per rounding mode; returns the overflowed elements."""
