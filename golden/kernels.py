@@ -1,16 +1,22 @@
-"""Compiled (numba) kernels of the fixed-point trainer's joined update: every stage's weight
-prediction, and every stage's gradient, velocity and weight rounding points, element by element
-over the flat arrays of :class:`golden.fixed_arith._Bank` in one pass each.
+"""Compiled (numba) kernels of the fixed-point trainer: the joined update (every stage's weight
+prediction, and every stage's gradient, velocity and weight rounding points over the flat arrays
+of :class:`golden.fixed_arith._Bank`, one pass per rounding point), and a dense stage's step
+(forward with its ReLU, the loss unit with the reported float loss, backward, the gradient's
+products) and its evaluation, each for every config at once.
 
 They compute exactly the values of the numpy path of :mod:`golden.fixed_arith` (the rounding
 points of ``docs/numerics.md``, and for stochastic rounding the Threefry-2x32-13 words of
 :func:`golden.fixed_arith.threefry_words`); ``tests/test_kernels.py`` compares the two on random
-codes in every rounding and overflow mode. The numpy path stays for everything else.
+codes in every rounding and overflow mode. The numpy path stays for conv stages, and runs
+everything when ``FixedArithmetic.compiled`` (the stage kernels) or ``_Bank.compiled`` (the
+joined update) is false.
 
 A rounding point is described per config and stage by one row of :data:`RQ_FIELDS`; the
 update's and the prediction's constants by rows of :data:`UPDATE_FIELDS` and
 :data:`PREDICTION_FIELDS`. Compiled code is cached on disk (``cache=True``: numba's
-``__pycache__`` beside this file, or its user cache folder when that is not writable).
+``__pycache__`` beside this file, or its user cache folder when that is not writable): the
+first run compiles (about 13 s on 2 busy cores, 1 s more for several configs' signatures),
+later processes load it (about 0.4 s at their first training step, numba's start-up).
 """
 
 from __future__ import annotations
