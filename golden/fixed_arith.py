@@ -29,7 +29,7 @@ from golden import kernels
 from golden.conv import NORM_EPS, _four_d, _projection_stride
 from golden.conv_fixed import ConvGeometry, col2im, geometry, im2col, pool_windows, unpool
 from pbhw.core.config import ConfigError, Loss, Norm, Pool, RoleFormat, WeightPrediction
-from pbhw.core.constants import EVAL_STEP, EXP2_TABLE, LOG2E_Q16, stream_id
+from pbhw.core.constants import EVAL_STEP, stream_id
 from pbhw.core.datapath import (
     ACC_LIMIT,
     pool_shift,
@@ -52,6 +52,7 @@ from pbhw.core.weights import weight_codes
 __all__ = ["FixedArithmetic", "FixedConvContext", "FixedConvState", "FixedState"]
 
 _FLOAT_EXACT = 53  # bits below which a float64 matrix product of integers is exact
+_NO_MASK = np.zeros((0, 0), dtype=np.bool_)  # a kernel's mask argument without a ReLU
 #: elements from which a rounding point first checks the extremes: nothing overflowed, no clip
 _EXTREMES_FIRST = 2048
 
@@ -477,8 +478,13 @@ class FixedArithmetic:
         self._pending: dict[int, np.ndarray] = {}
         self._predicted_step: int | None = None
         self._stage = [self._build_stage(i) for i in range(len(first.network.layers) - 1)]
+        #: whether a dense stage's forward, loss, backward and gradient products (and the
+        #: evaluation) run compiled (:mod:`golden.kernels`), else in numpy: the same codes
+        self.compiled = True
+        for ctx in self._stage:
+            self._kernel_constants(ctx)
         self._out_frac = np.array(
-            [[p.stages[-1].formats.activation.format.frac] for p in plans], dtype=np.int64
+            [p.stages[-1].formats.activation.format.frac for p in plans], dtype=np.int64
         )
 
     # ------------------------------------------------------------------------------------------
@@ -885,6 +891,33 @@ class FixedArithmetic:
         out["z"] = _Rounder(top, acts, stream_id(index, "activation"), 4)
         return out
 
+    def _kernel_constants(self, ctx: dict) -> None:
+        """A stage's rounding points and constants as the compiled dense kernels read them
+        (``k_*``, one row per config): the forward's and backward's, and the loss's."""
+        c = self.configs
+        if ctx["geometry"] is None:
+            ctx["k_fwd"] = _kernel_point(ctx["fwd"], c)
+            ctx["k_bwd"] = _kernel_point(ctx.get("bwd"), c)
+            ctx["k_one"] = (
+                _per_config(ctx["one"], c).copy()
+                if ctx["cols"] > ctx["n_in"]
+                else np.zeros(0, dtype=np.int64)
+            )
+        if "loss" in ctx and isinstance(ctx["loss"], _Rounder):
+            ctx["k_loss"] = _kernel_point(ctx["loss"], c)
+            ctx["k_loss_one"] = _per_config(ctx["loss_one"], c).copy()
+            ctx["k_softmax_shift"] = _per_config(ctx.get("softmax_shift"), c).copy()
+            ctx["k_loss_scale"] = _per_config(ctx.get("loss_scale"), c).copy()
+
+    def _tally(self, stage: int, role: str) -> np.ndarray:
+        """The overflow counter of ``(stage, role)``: a ``[C]`` array, added to in place (a
+        kernel adds to it)."""
+        key = (stage, role)
+        n = self.counts.get(key)
+        if n is None:
+            n = self.counts[key] = np.zeros(self.configs, dtype=np.int64)
+        return n
+
     # ------------------------------------------------------------------------------------------
     # the arithmetic interface used by golden.pipeline
 
@@ -895,11 +928,14 @@ class FixedArithmetic:
 
     def _count(self, stage: int, role: str, n: np.ndarray | int) -> None:
         """Add overflow events (per config; a plain int when there is one config)."""
-        key = (stage, role)
-        self.counts[key] = self.counts.get(key, 0) + n
+        tally = self._tally(stage, role)
+        tally += n
 
     def saturation_counts(self) -> dict[str, list[int]]:
         """Overflow events per ``"stage role"`` so far, one count per config."""
+        if self._bank is not None:
+            for (stage, role), n in self._bank.flush().items():
+                self._count(stage, role, n)
         return {
             f"stage {stage} {role}": [int(x) for x in np.broadcast_to(n, (self.configs,))]
             for (stage, role), n in sorted(self.counts.items())
@@ -966,7 +1002,7 @@ class FixedArithmetic:
             return None
         codes, over = self._quantize_inputs(x, 0, None)
         self._count(1, "input", over)
-        return list(codes.transpose(1, 0, 2))
+        return list(np.ascontiguousarray(codes.transpose(1, 0, 2)))
 
     def predicted(self, stage: StagePlan, s: FixedState) -> tuple[np.ndarray, None]:
         ctx = self._stage[stage.index - 1]
@@ -1009,6 +1045,23 @@ class FixedArithmetic:
         self, stage: StagePlan, w: np.ndarray, b: None, x: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray | None]:
         ctx = self._stage[stage.index - 1]
+        if self.compiled:
+            c, n = self.configs, stage.n_out
+            z = np.empty((c, n), dtype=np.int64)
+            mask = np.empty((c, n), dtype=np.bool_) if stage.relu else _NO_MASK
+            kernels.dense_forward(
+                w,
+                x if x.ndim == 2 else x.reshape(c, -1),
+                ctx["k_one"],
+                ctx["k_fwd"],
+                self.seed,
+                self.step,
+                stage.relu,
+                z,
+                mask,
+                self._tally(ctx["index"], "activation"),
+            )
+            return z, (mask if stage.relu else None)
         acc = _matmul(w, self._augment(ctx, x)[:, :, None], ctx["fwd_float"])[:, :, 0]
         z = self._rq(ctx, "fwd", "activation", acc, ctx["idx_out"])
         if not stage.relu:
@@ -1019,6 +1072,24 @@ class FixedArithmetic:
     def loss(self, y: np.ndarray, label: int) -> tuple[np.ndarray, np.ndarray]:
         """Output error codes ``[C, N_out]`` and the (float, reporting-only) loss per config."""
         ctx = self._stage[-1]
+        if self.compiled and "k_loss" in ctx:
+            delta, losses = np.empty_like(y), np.empty(self.configs)
+            kernels.dense_loss(
+                y,
+                label,
+                self.loss_kind is Loss.SOFTMAX_CE,
+                ctx["k_loss_one"],
+                ctx["k_softmax_shift"],
+                ctx["k_loss_scale"],
+                ctx["k_loss"],
+                self.seed,
+                self.step,
+                delta,
+                self._tally(ctx["index"], "loss"),
+                self._out_frac,
+                losses,
+            )
+            return delta, losses
         onehot = np.zeros_like(y)
         onehot[:, label] = 1
         onehot = onehot * ctx["loss_one"]  # the code of 1 in the format of the subtraction
@@ -1038,13 +1109,9 @@ class FixedArithmetic:
 
     def float_loss(self, y: np.ndarray, label: int) -> np.ndarray:
         """The loss of the output codes' values, per config (reporting only, not hardware)."""
-        values = np.ldexp(y.astype(np.float64), -self._out_frac)
-        if self.loss_kind is Loss.MSE:
-            diff = values.copy()
-            diff[:, label] -= 1.0
-            return 0.5 * (diff * diff).sum(1)
-        top = values.max(1, keepdims=True)
-        return (np.log(np.exp(values - top).sum(1)) + top[:, 0]) - values[:, label]
+        out = np.empty(self.configs)
+        kernels.float_loss(y, self._out_frac, label, self.loss_kind is Loss.SOFTMAX_CE, out)
+        return out
 
     def output_gradient(
         self, stage: StagePlan, error: np.ndarray, mask: np.ndarray | None
@@ -1053,19 +1120,34 @@ class FixedArithmetic:
 
     def backward(self, stage: StagePlan, w: np.ndarray, dz: np.ndarray) -> np.ndarray:
         ctx = self._stage[stage.index - 1]
+        if self.compiled:
+            out = np.empty((self.configs, ctx["n_in"]), dtype=np.int64)
+            kernels.dense_backward(
+                w,
+                dz,
+                ctx["k_bwd"],
+                self.seed,
+                self.step,
+                out,
+                self._tally(ctx["index"], "error"),
+            )
+            return out
         acc = _matmul(dz[:, None, :], w[:, :, : ctx["n_in"]], ctx["bwd_float"])[:, 0, :]
         return self._rq(ctx, "bwd", "error", acc, ctx["idx_in"])
 
     def update(self, stage: StagePlan, s: FixedState, dz: np.ndarray, x: np.ndarray) -> None:
         ctx = self._stage[stage.index - 1]
-        x = self._augment(ctx, x)
         bank = self._bank
         if bank is not None and bank.grad is not None and bank.states[stage.index - 1] is s:
             # the products wait in the bank's buffer: end_step rounds every stage's at once
             i = stage.index - 1
-            np.multiply(dz[:, :, None], x[:, None, :], out=bank.products[i])
+            if self.compiled:
+                kernels.dense_products(dz, x, ctx["k_one"], bank.product_array, bank.parts[i][0])
+            else:
+                np.multiply(dz[:, :, None], self._augment(ctx, x)[:, None, :], out=bank.products[i])
             self._pending[i] = None
             return
+        x = self._augment(ctx, x)
         g = self._rq(ctx, "grad", "gradient", dz[:, :, None] * x[:, None, :], ctx["idx_w"])
         self._momentum_update(ctx, s, g)
 
@@ -1106,6 +1188,9 @@ class FixedArithmetic:
         """The states of a pipeline's stages, in order: from now on their predictions and
         velocity and weight updates run over all stages at once (one flat array), the updates
         at :meth:`end_step`. Values are exactly those of stage-by-stage updates."""
+        if self._bank is not None:  # what the previous bank counted stays counted
+            for (stage, role), n in self._bank.flush().items():
+                self._count(stage, role, n)
         self._bank = _Bank.build(self._stage, list(states), self.configs)
         self._pending = {}
         self._predicted_step = None
@@ -1127,9 +1212,7 @@ class FixedArithmetic:
         w, v, w_prev = bank.sync()
         if bank.compiled:
             ahead = bank.pre is not None  # the next step's prediction, made in the same pass
-            for role, counts in bank.compiled_update(pending, self.seed, self.step, ahead).items():
-                for i, n in enumerate(counts):
-                    self._count(i + 1, role, n)
+            bank.compiled_update(pending, self.seed, self.step, ahead)
             return
         if bank.grad is not None:
             g, raw = bank.grad.codes(bank.product_array, self.seed, self.step, bank.index)
@@ -1420,6 +1503,23 @@ class FixedArithmetic:
                 h, _ = self._conv_run(stage, ctx, s.w, h, residual, EVAL_STEP, idx, False)
                 outputs.append(h)
                 continue
+            if self.compiled:
+                out = np.empty((self.configs, n * stage.n_out), dtype=np.int64)
+                kernels.dense_forward(
+                    s.w,
+                    np.ascontiguousarray(h).reshape(self.configs, -1),
+                    ctx["k_one"],
+                    ctx["k_fwd"],
+                    self.seed,
+                    EVAL_STEP,
+                    stage.relu,
+                    out,
+                    _NO_MASK,
+                    np.zeros(self.configs, dtype=np.int64),  # evaluation counts nothing
+                )
+                h = out.reshape(self.configs, n, stage.n_out)
+                outputs.append(h)
+                continue
             acc = _matmul(self._augment(ctx, h), s.w.transpose(0, 2, 1), ctx["fwd_float"])
             n_out = acc.shape[2]
             idx = np.arange(n * n_out, dtype=np.int64).reshape(1, n, n_out)
@@ -1463,6 +1563,8 @@ class _Bank:
 
     #: the per-stage constants of the update and the prediction, spread over the elements
     UPDATE = ("m", "vel_mv", "vel_g", "ea", "upd_w", "upd_v", "upd_g")
+    #: the compiled update's rounding points, in the order of its counts
+    ROLES = ("gradient", "velocity", "weight")
     PREDICTION = {"velocity": ("pre_w", "pre_v", "eT"), "weight_difference": ("T",)}
 
     def __init__(self, states: list[FixedState], configs: int):
@@ -1472,6 +1574,11 @@ class _Bank:
         self.sizes = [math.prod(shape) for shape in self.shapes]
         self.starts = np.cumsum([0] + self.sizes[:-1]).astype(np.int64)
         self.size_array = np.array(self.sizes, dtype=np.int64)
+        #: each stage's columns of a ``[C, E]`` array and its shape with the configs
+        self.parts = [
+            (int(a), int(a) + n, (configs,) + shape)
+            for a, n, shape in zip(self.starts, self.sizes, self.shapes, strict=True)
+        ]
         self.k: dict = {}
         self.pre: dict | None = None
         #: all stages dense: their gradients' rounding point joined, the products in one
@@ -1489,6 +1596,12 @@ class _Bank:
         #: the next step's prediction made by the compiled update: (step, the arrays it was
         #: made from, each stage's codes, each stage's overflowed elements)
         self.ahead: tuple | None = None
+        #: the compiled update's overflowed elements per role (ROLES), config and stage, and
+        #: the roles it rounded, since the last :meth:`flush`
+        self.totals = np.zeros((len(self.ROLES), configs, len(self.sizes)), dtype=np.int64)
+        #: the compiled update's counts of one call (:meth:`compiled_update`)
+        self.counts = np.zeros((4, configs, len(self.sizes)), dtype=np.int64)
+        self.roles: set[str] = set()
 
     @classmethod
     def build(cls, ctxs: list[dict], states: list[FixedState], configs: int) -> _Bank | None:
@@ -1546,25 +1659,10 @@ class _Bank:
         difference)."""
 
         def per_config(x) -> np.ndarray:
-            x = 0 if x is None else x
-            return np.broadcast_to(np.asarray(x, dtype=np.int64).reshape(-1), (configs,))
-
-        def modes(groups: list, codes: dict) -> np.ndarray:
-            out = np.zeros(configs, dtype=np.int64)
-            for mode, where in groups:
-                rows = slice(None) if where is None else np.asarray(where).reshape(-1)
-                out[rows] = codes[mode]
-            return out
+            return _per_config(x, configs)
 
         def rounding_point(r: _Rounder | None) -> np.ndarray:  # [C, len(RQ_FIELDS)]
-            if r is None:
-                return np.zeros((configs, len(kernels.RQ_FIELDS)), dtype=np.int64)
-            cols = [per_config(x) for x in (r.shift, r.lo, r.hi, r.span, r.stream)]
-            cols += [
-                modes(r.roundings, kernels.ROUNDING_CODES),
-                modes(r.overflows, kernels.OVERFLOW_CODES),
-            ]
-            return np.stack(cols, 1)
+            return _kernel_point(r, configs)
 
         names = list(_Bank.PREDICTION[kind]) if kind is not None else []
         names += [None] * (len(kernels.PREDICTION_FIELDS) - len(names))
@@ -1616,12 +1714,12 @@ class _Bank:
         )
         return self.views(out), self.counted(counts[3])
 
-    def compiled_update(self, pending: dict, seed: int, step: int, ahead: bool) -> dict:
+    def compiled_update(self, pending: dict, seed: int, step: int, ahead: bool) -> None:
         """Every stage's velocity and weight update (and its gradient's rounding, when the
         products wait in :attr:`product_array`) by the compiled kernel: the new codes are set
-        and the overflowed elements per role and stage returned. With ``ahead`` (and a
-        prediction) the prediction of step ``step + 1`` from the new codes is kept in
-        :attr:`ahead` (:meth:`predicted_ahead` hands it out)."""
+        and the overflowed elements per role and stage added to :attr:`totals`. With
+        ``ahead`` (and a prediction) the prediction of step ``step + 1`` from the new codes is
+        kept in :attr:`ahead` (:meth:`predicted_ahead` hands it out)."""
         w, v, w_prev = self.sync()
         grad_given = self.grad is None
         if grad_given:
@@ -1631,7 +1729,8 @@ class _Bank:
         else:
             src = self.product_array
         w_new, v_new = np.empty_like(w), np.empty_like(v)
-        counts = np.zeros((4, self.configs, len(self.sizes)), dtype=np.int64)
+        counts = self.counts
+        counts[...] = 0
         t = self.tables
         kind = t["kind"] if ahead else 0
         predicted = np.empty_like(w) if kind else w_new
@@ -1650,19 +1749,36 @@ class _Bank:
             w_new,
             v_new,
             counts,
-            (kind, step + 1, predicted),
+            kind,
+            step + 1,
+            predicted,
         )
         self.set(w_new, v_new, w if w_prev is not None else None)
         self.ahead = None
         if kind:
-            self.ahead = (step + 1, self._held, self.views(predicted), self.counted(counts[3]))
-        roles = ("gradient", "velocity", "weight")
-        # a gradient rounded stage by stage was counted there
-        return {
-            role: self.counted(counts[p])
-            for p, role in enumerate(roles)
-            if not (p == 0 and grad_given)
-        }
+            self.ahead = (
+                step + 1,
+                self._held,
+                self.views(predicted),
+                self.counted(counts[3].copy()),
+            )
+        # the overflows add up here until flush(); a gradient rounded stage by stage was
+        # counted there
+        first = 1 if grad_given else 0
+        self.totals[first:3] += counts[first:3]
+        self.roles.update(self.ROLES[first:3])
+
+    def flush(self) -> dict[tuple[int, str], np.ndarray]:
+        """The overflowed elements the compiled update added up since the last flush, per
+        ``(stage, role)`` it rounded (``[C]`` each); the sums start again from 0."""
+        out = {}
+        for p, role in enumerate(self.ROLES):
+            if role in self.roles:
+                for i in range(len(self.sizes)):
+                    out[(i + 1, role)] = self.totals[p, :, i].copy()
+        self.totals[...] = 0
+        self.roles = set()
+        return out
 
     def predicted_ahead(self, step: int) -> tuple[list[np.ndarray], list] | None:
         """The prediction of ``step`` made by the last update, if it was made for that step
@@ -1703,10 +1819,7 @@ class _Bank:
 
     def views(self, flat: np.ndarray) -> list[np.ndarray]:
         """Each stage's part of a ``[C, E]`` array, in the stage's shape."""
-        return [
-            flat[:, a : a + n].reshape((self.configs,) + shape)
-            for a, n, shape in zip(self.starts, self.sizes, self.shapes, strict=True)
-        ]
+        return [flat[:, a:b].reshape(shape) for a, b, shape in self.parts]
 
     def overflowed(self, result: np.ndarray, out: np.ndarray | None) -> list:
         """Elements that overflowed per stage (per config; an int for one config)."""
@@ -1732,13 +1845,42 @@ class _Bank:
         self._held = [(s.w, s.v, s.w_prev) for s in self.states]
 
 
+def _per_config(x: int | np.ndarray | None, configs: int) -> np.ndarray:
+    """A constant (an int, or one per config in any shape; None: 0) as ``[C]`` int64."""
+    x = 0 if x is None else x
+    return np.broadcast_to(np.asarray(x, dtype=np.int64).reshape(-1), (configs,))
+
+
+def _kernel_point(r: _Rounder | None, configs: int) -> np.ndarray:
+    """A rounding point (one value per config, not per element) as the compiled kernels read
+    it (:data:`golden.kernels.RQ_FIELDS`): ``[C, len(RQ_FIELDS)]``, zeros for ``None``."""
+    if r is None:
+        return np.zeros((configs, len(kernels.RQ_FIELDS)), dtype=np.int64)
+
+    def modes(groups: list, codes: dict) -> np.ndarray:
+        out = np.zeros(configs, dtype=np.int64)
+        for mode, where in groups:
+            rows = slice(None) if where is None else np.asarray(where).reshape(-1)
+            out[rows] = codes[mode]
+        return out
+
+    cols = [_per_config(x, configs) for x in (r.shift, r.lo, r.hi, r.span, r.stream)]
+    cols += [
+        modes(r.roundings, kernels.ROUNDING_CODES),
+        modes(r.overflows, kernels.OVERFLOW_CODES),
+    ]
+    return np.ascontiguousarray(np.stack(cols, 1))
+
+
 def softmax_codes(y: np.ndarray, shift: int | np.ndarray, frac_e: int | np.ndarray) -> np.ndarray:
-    """The softmax unit of ``docs/numerics.md``: probabilities as codes with ``frac_e`` bits."""
-    d = y - y.max(-1, keepdims=True)
-    t = (d * LOG2E_Q16) >> shift
-    k, j = t >> 8, t & 255
-    e = EXP2_TABLE[j] >> np.minimum(-k, 63)
-    return (e << frac_e) // e.sum(-1, keepdims=True)
+    """The softmax unit of ``docs/numerics.md`` (:func:`golden.kernels.softmax_row`) on every
+    row of ``y [C, K]``: probabilities as codes with ``frac_e`` bits (per config)."""
+    configs = y.shape[0]
+    shifts, fracs = _per_config(shift, configs), _per_config(frac_e, configs)
+    out = np.empty_like(y)
+    for c in range(configs):
+        kernels.softmax_row(y[c], shifts[c], fracs[c], out[c])
+    return out
 
 
 # The clip ufunc itself: np.clip adds a Python-level wrapper that costs more than the clip.

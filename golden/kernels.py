@@ -1,23 +1,32 @@
-"""Compiled (numba) kernels of the fixed-point trainer's joined update: every stage's weight
-prediction, and every stage's gradient, velocity and weight rounding points, element by element
-over the flat arrays of :class:`golden.fixed_arith._Bank` in one pass each.
+"""Compiled (numba) kernels of the fixed-point trainer: the joined update (every stage's weight
+prediction, and every stage's gradient, velocity and weight rounding points over the flat arrays
+of :class:`golden.fixed_arith._Bank`, one pass per rounding point), and a dense stage's step
+(forward with its ReLU, the loss unit with the reported float loss, backward, the gradient's
+products) and its evaluation, each for every config at once.
 
 They compute exactly the values of the numpy path of :mod:`golden.fixed_arith` (the rounding
 points of ``docs/numerics.md``, and for stochastic rounding the Threefry-2x32-13 words of
 :func:`golden.fixed_arith.threefry_words`); ``tests/test_kernels.py`` compares the two on random
-codes in every rounding and overflow mode. The numpy path stays for everything else.
+codes in every rounding and overflow mode. The numpy path stays for conv stages, and runs
+everything when ``FixedArithmetic.compiled`` (the stage kernels) or ``_Bank.compiled`` (the
+joined update) is false.
 
 A rounding point is described per config and stage by one row of :data:`RQ_FIELDS`; the
 update's and the prediction's constants by rows of :data:`UPDATE_FIELDS` and
 :data:`PREDICTION_FIELDS`. Compiled code is cached on disk (``cache=True``: numba's
-``__pycache__`` beside this file, or its user cache folder when that is not writable).
+``__pycache__`` beside this file, or its user cache folder when that is not writable): the
+first run compiles (about 13 s on 2 busy cores, 1 s more for several configs' signatures),
+later processes load it (about 0.4 s at their first training step, numba's start-up).
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
+from pbhw.core.constants import EXP2_TABLE, LOG2E_Q16
 from pbhw.core.fixed import (
     _THREEFRY_PARITY,
     _THREEFRY_ROTATIONS,
@@ -35,8 +44,14 @@ __all__ = [
     "ROUNDING_CODES",
     "RQ_FIELDS",
     "UPDATE_FIELDS",
+    "dense_backward",
+    "dense_forward",
+    "dense_loss",
+    "dense_products",
+    "float_loss",
     "joined_prediction",
     "joined_update",
+    "softmax_row",
     "threefry_word",
 ]
 
@@ -124,15 +139,42 @@ def _round(acc: int, s: int, mode: int, word: int) -> int:
 
 @njit(cache=True, inline="always")
 def _overflow(out: int, lo: int, hi: int, span: int, wrap: bool) -> int:
-    """A rounded value's overflow into ``[lo, hi]``: wrap modulo ``span``, or saturate."""
-    if lo <= out <= hi:
-        return out
+    """A rounded value's overflow into ``[lo, hi]``: wrap modulo ``span`` (``2^width``, so the
+    residue is the low bits), or saturate. No branch on the value: a loop of these vectorizes."""
     if wrap:
-        r = (out - lo) % span
-        if r < 0:
-            r += span
-        return r + lo
-    return lo if out < lo else hi
+        return ((out - lo) & (span - 1)) + lo
+    return min(max(out, lo), hi)
+
+
+@njit(cache=True, inline="always")
+def _rq_mode(acc, out, s, lo, hi, span, mode, wrap, words) -> int:
+    """``out[j]``: ``acc[j]`` rounded (``_round``) and overflowed (``_overflow``) for every
+    ``j``; returns the overflowed elements. Inlined with a constant ``mode`` (:func:`_rq_pass`)
+    the loop has no branch on the mode."""
+    over = 0
+    for j in range(acc.shape[0]):
+        raw = _round(acc[j], s, mode, words[j])
+        code = _overflow(raw, lo, hi, span, wrap)
+        over += code != raw
+        out[j] = code
+    return over
+
+
+@njit(cache=True)
+def _rq_pass(acc, out, point, words) -> int:
+    """One rounding point (``point``: RQ_FIELDS) over the elements ``acc`` into ``out``, one
+    loop per rounding mode; returns the overflowed elements."""
+    s, lo, hi, span, _, mode, wrap = point
+    w = wrap == _WRAP
+    if mode == 0:
+        return _rq_mode(acc, out, s, lo, hi, span, 0, w, words)
+    if mode == 1:
+        return _rq_mode(acc, out, s, lo, hi, span, 1, w, words)
+    if mode == 2:
+        return _rq_mode(acc, out, s, lo, hi, span, 2, w, words)
+    if mode == 3:
+        return _rq_mode(acc, out, s, lo, hi, span, 3, w, words)
+    return _rq_mode(acc, out, s, lo, hi, span, _STOCHASTIC, w, words)
 
 
 @njit(cache=True)
@@ -149,66 +191,70 @@ def _draw(words, p, rq, seed, step, index, start, size, i) -> None:
 
 @njit(cache=True)
 def joined_update(
-    w, v, src, grad_given, starts, sizes, index, rq, k, seed, step, w_out, v_out, counts, ahead
+    w,
+    v,
+    src,
+    grad_given,
+    starts,
+    sizes,
+    index,
+    rq,
+    k,
+    seed,
+    step,
+    w_out,
+    v_out,
+    counts,
+    kind,
+    next_step,
+    predicted,
 ):
     """Every stage's velocity and weight update (and gradient rounding) in one pass, and, when
-    ``ahead[0]`` is set, the next step's predicted weights from the new codes.
+    ``kind`` is set, the next step's predicted weights from the new codes.
 
     ``w``, ``v``: the codes ``[C, E]``; ``src``: the gradient codes (``grad_given``) or the
     gradient's exact products ``[C, E]``; stage ``i`` is elements ``starts[i]`` on
     (``sizes[i]`` of them), element ``e``'s counter ``index[e]``. ``rq[p, c, i]``: the rounding
     points gradient (``p = 0``), velocity, weight and prediction of config ``c`` and stage ``i``
     (RQ_FIELDS); ``k[c, i]``: UPDATE_FIELDS then PREDICTION_FIELDS. Writes ``w_out``,
-    ``v_out`` and adds the overflowed elements to ``counts[p, c, i]``. ``ahead``: ``(kind,
-    next step, predicted codes [C, E])``, kind 0 none, 1 velocity, 2 weight difference (the
-    previous weights then the weights ``w`` before this update)."""
-    kind, next_step, predicted = ahead
-    words = np.zeros((4, sizes.max()), dtype=np.int64)
+    ``v_out`` and adds the overflowed elements to ``counts[p, c, i]``. The prediction of
+    step ``next_step`` into ``predicted [C, E]`` for ``kind`` 1 (velocity) or 2 (weight
+    difference: the previous weights then the weights ``w`` before this update); none for 0."""
+    most = sizes.max()
+    words = np.zeros((4, most), dtype=np.int64)
+    gbuf, acc = np.empty(most, dtype=np.int64), np.empty(most, dtype=np.int64)
     for i in range(starts.shape[0]):
         a, n = starts[i], sizes[i]
         for p in range(1 if grad_given else 0, 3):
             _draw(words, p, rq, seed, step, index, a, n, i)
         if kind:
             _draw(words, 3, rq, seed, next_step, index, a, n, i)
+        word_g, word_v, word_w, word_p = words[0, :n], words[1, :n], words[2, :n], words[3, :n]
+        t = acc[:n]
         for c in range(w.shape[0]):
-            gs, glo, ghi, gspan, _, gmode, gwrap = rq[0, c, i]
-            vs, vlo, vhi, vspan, _, vmode, vwrap = rq[1, c, i]
-            us, ulo, uhi, uspan, _, umode, uwrap = rq[2, c, i]
-            ps, plo, phi, pspan, _, pmode, pwrap = rq[3, c, i]
             m, vel_mv, vel_g, ea, upd_w, upd_v, upd_g, eb, k0, k1, k2 = k[c, i]
-            n_g = n_v = n_w = n_p = 0
             # the stage's part of every row (indices from 0: no negative-index handling)
             w_c, v_c, src_c = w[c, a : a + n], v[c, a : a + n], src[c, a : a + n]
             w_to, v_to, p_to = w_out[c, a : a + n], v_out[c, a : a + n], predicted[c, a : a + n]
-            word_g, word_v, word_w, word_p = words[0], words[1], words[2], words[3]
+            # each rounding point one pass over the stage's elements (loops that vectorize)
+            g = src_c
+            if not grad_given:
+                g = gbuf[:n]
+                counts[0, c, i] += _rq_pass(src_c, g, rq[0, c, i], word_g)
             for j in range(n):
-                g = src_c[j]
-                if not grad_given:
-                    raw = _round(g, gs, gmode, word_g[j])
-                    g = _overflow(raw, glo, ghi, gspan, gwrap == _WRAP)
-                    n_g += g != raw
-                raw = _round(m * (v_c[j] << vel_mv) + (g << vel_g), vs, vmode, word_v[j])
-                vn = _overflow(raw, vlo, vhi, vspan, vwrap == _WRAP)
-                n_v += vn != raw
-                v_to[j] = vn
-                acc = (w_c[j] << upd_w) - ea * (vn << upd_v) - eb * (g << upd_g)
-                raw = _round(acc, us, umode, word_w[j])
-                wn = _overflow(raw, ulo, uhi, uspan, uwrap == _WRAP)
-                n_w += wn != raw
-                w_to[j] = wn
-                if kind:
-                    if kind == 1:
-                        acc = (wn << k0) - k2 * (vn << k1)
-                    else:
-                        acc = wn + k0 * (wn - w_c[j])
-                    raw = _round(acc, ps, pmode, word_p[j])
-                    code = _overflow(raw, plo, phi, pspan, pwrap == _WRAP)
-                    n_p += code != raw
-                    p_to[j] = code
-            counts[0, c, i] += n_g
-            counts[1, c, i] += n_v
-            counts[2, c, i] += n_w
-            counts[3, c, i] += n_p
+                t[j] = m * (v_c[j] << vel_mv) + (g[j] << vel_g)
+            counts[1, c, i] += _rq_pass(t, v_to, rq[1, c, i], word_v)
+            for j in range(n):
+                t[j] = (w_c[j] << upd_w) - ea * (v_to[j] << upd_v) - eb * (g[j] << upd_g)
+            counts[2, c, i] += _rq_pass(t, w_to, rq[2, c, i], word_w)
+            if kind:
+                if kind == 1:
+                    for j in range(n):
+                        t[j] = (w_to[j] << k0) - k2 * (v_to[j] << k1)
+                else:
+                    for j in range(n):
+                        t[j] = w_to[j] + k0 * (w_to[j] - w_c[j])
+                counts[3, c, i] += _rq_pass(t, p_to, rq[3, c, i], word_p)
 
 
 @njit(cache=True)
@@ -236,3 +282,175 @@ def joined_prediction(w, v, w_prev, kind, starts, sizes, index, rq, k, seed, ste
                 over += code != raw
                 out[c, e] = code
             counts[3, c, i] += over
+
+
+# ----------------------------------------------------------------------------------------------
+# A dense stage's step: forward, loss, backward and the gradient's products, per config.
+# ``rq[c]`` is one rounding point's RQ_FIELDS for config ``c`` (the same stream for every
+# config); element ``e`` of a rounding point draws its Threefry word at counter ``(step, e)``.
+
+
+@njit(cache=True)
+def _point_words(rq, seed, step, n):
+    """The Threefry words of rounding point ``rq [C, RQ_FIELDS]`` for elements ``0 .. n-1``,
+    when some config rounds it stochastically (the same words for every config); else zeros."""
+    words = np.zeros(n, dtype=np.int64)
+    for c in range(rq.shape[0]):
+        if rq[c, 5] == _STOCHASTIC:
+            stream = rq[c, 4]
+            for e in range(n):
+                words[e] = threefry_word(seed, stream, step, e)
+            break
+    return words
+
+
+@njit(cache=True)
+def dense_forward(w, x, one, rq, seed, step, relu, out, mask, counts):
+    """A dense stage's forward for a batch: ``out[c, b] = RQ(W_c [x_b | 1])`` with the ReLU.
+
+    ``w`` the weight codes ``[C, R, cols]`` (the bias as the last column when ``one``, the bias
+    input's code per config, is not empty), ``x`` the input codes ``[C, B * n_in]`` (sample
+    ``b`` after sample ``b - 1``); ``rq [C, RQ_FIELDS]`` the activation's rounding point
+    (element ``b * R + r``). Writes ``out [C, B * R]``; with ``relu`` the negative codes
+    become 0, and ``mask`` (``[C, B * R]``, bool; or empty for no mask) says which codes are
+    positive. Adds the overflowed elements to ``counts[c]``."""
+    rows, cols = w.shape[1], w.shape[2]
+    n_in = cols - (1 if one.shape[0] else 0)
+    n_c, n_b = x.shape[0], x.shape[1] // n_in
+    masked = mask.shape[0] > 0
+    words = _point_words(rq, seed, step, n_b * rows)
+    for c in range(n_c):
+        s, lo, hi, span, _, mode, wrap = rq[c]
+        bias = one[c]
+        over = 0
+        for b in range(n_b):
+            x_b = x[c, b * n_in : (b + 1) * n_in]
+            for r in range(rows):
+                w_r = w[c, r]
+                acc = 0
+                for k in range(n_in):
+                    acc += w_r[k] * x_b[k]
+                if cols > n_in:
+                    acc += w_r[n_in] * bias
+                raw = _round(acc, s, mode, words[b * rows + r])
+                code = _overflow(raw, lo, hi, span, wrap == _WRAP)
+                over += code != raw
+                if relu and code < 0:
+                    code = 0
+                if masked:
+                    mask[c, b * rows + r] = code > 0
+                out[c, b * rows + r] = code
+        counts[c] += over
+
+
+@njit(cache=True)
+def dense_backward(w, dz, rq, seed, step, out, counts):
+    """A dense stage's backward: ``out[c] = RQ(dz_c W_c)`` over the input columns only.
+
+    ``w [C, R, cols]``, ``dz [C, R]``, ``out [C, n_in]``; ``rq [C, RQ_FIELDS]`` the error's
+    rounding point (element ``k``). Adds the overflowed elements to ``counts[c]``."""
+    n_c, rows = dz.shape
+    n_in = out.shape[1]
+    words = _point_words(rq, seed, step, n_in)
+    acc = np.empty(n_in, dtype=np.int64)
+    for c in range(n_c):
+        s, lo, hi, span, _, mode, wrap = rq[c]
+        acc[:] = 0
+        for r in range(rows):
+            d = dz[c, r]
+            if d != 0:
+                w_r = w[c, r]
+                for k in range(n_in):
+                    acc[k] += d * w_r[k]
+        over = 0
+        for k in range(n_in):
+            raw = _round(acc[k], s, mode, words[k])
+            code = _overflow(raw, lo, hi, span, wrap == _WRAP)
+            over += code != raw
+            out[c, k] = code
+        counts[c] += over
+
+
+@njit(cache=True)
+def softmax_row(y, shift, frac_e, out):
+    """The softmax unit of ``docs/numerics.md`` on one output vector of codes ``y``: each
+    ``2^(log2 e (y_k - max y))`` from the table (8 fractional bits of the exponent), the
+    probabilities as codes with ``frac_e`` fractional bits (floor of the exact quotient)."""
+    top = y.max()
+    total = 0
+    for k in range(y.shape[0]):
+        t = ((y[k] - top) * LOG2E_Q16) >> shift
+        e = EXP2_TABLE[t & 255] >> min(-(t >> 8), 63)
+        out[k] = e
+        total += e
+    for k in range(y.shape[0]):
+        out[k] = (out[k] << frac_e) // total
+
+
+@njit(cache=True)
+def float_loss(y, frac, label, softmax, out):
+    """The loss of the output codes ``y [C, K]`` (values ``y * 2^-frac[c]``) for the class
+    ``label`` per config, in float64 (reporting only, not hardware): mse ``0.5 * sum (v -
+    onehot)^2``, softmax_ce ``log sum exp v - v[label]`` (from the largest value), into
+    ``out [C]``; the sums in element order."""
+    n_c, n_k = y.shape
+    for c in range(n_c):
+        scale = math.ldexp(1.0, -frac[c])
+        if softmax:
+            top = y[c].max() * scale
+            total = 0.0
+            for k in range(n_k):
+                total += math.exp(y[c, k] * scale - top)
+            out[c] = (math.log(total) + top) - y[c, label] * scale
+        else:
+            total = 0.0
+            for k in range(n_k):
+                d = y[c, k] * scale - (1.0 if k == label else 0.0)
+                total += d * d
+            out[c] = 0.5 * total
+
+
+@njit(cache=True)
+def dense_loss(y, label, softmax, one, shift, frac_e, rq, seed, step, out, counts, frac, losses):
+    """The loss unit's error codes ``out [C, K]`` for the output codes ``y [C, K]`` and the
+    class ``label``: ``RQ(y - onehot)`` (mse) or ``RQ(softmax(y) - onehot)`` (``softmax``,
+    with the unit's ``shift[c]`` and ``frac_e[c]``); ``one[c]`` the code of the target 1,
+    ``rq [C, RQ_FIELDS]`` the loss's rounding point (element ``k``). Adds the overflowed
+    elements to ``counts[c]``, and writes :func:`float_loss` (``frac``: the output's frac per
+    config) into ``losses [C]``."""
+    float_loss(y, frac, label, softmax, losses)
+    n_c, n_k = y.shape
+    words = _point_words(rq, seed, step, n_k)
+    acc = np.empty(n_k, dtype=np.int64)
+    for c in range(n_c):
+        s, lo, hi, span, _, mode, wrap = rq[c]
+        if softmax:
+            softmax_row(y[c], shift[c], frac_e[c], acc)
+        else:
+            acc[:] = y[c]
+        acc[label] -= one[c]
+        over = 0
+        for k in range(n_k):
+            raw = _round(acc[k], s, mode, words[k])
+            code = _overflow(raw, lo, hi, span, wrap == _WRAP)
+            over += code != raw
+            out[c, k] = code
+        counts[c] += over
+
+
+@njit(cache=True)
+def dense_products(dz, x, one, out, start):
+    """A dense stage's gradient products ``dz_r [x | 1]_k`` into ``out[c, start + r * cols +
+    k]`` (``cols`` = ``n_in`` + 1 with ``one[c]`` the bias input's code, else ``n_in``)."""
+    n_c, rows = dz.shape
+    n_in = x.shape[1]
+    cols = n_in + (1 if one.shape[0] else 0)
+    for c in range(n_c):
+        row = out[c]
+        for r in range(rows):
+            d = dz[c, r]
+            a = start + r * cols
+            for k in range(n_in):
+                row[a + k] = d * x[c, k]
+            if cols > n_in:
+                row[a + n_in] = d * one[c]

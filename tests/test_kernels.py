@@ -1,16 +1,19 @@
 """The compiled kernels (golden/kernels.py) against the numpy path of golden/fixed_arith.py.
 
-The joined prediction and update of every stage (``_Bank``) run once compiled and once in numpy
-on the same random codes, in every rounding and overflow mode, several configs at once (each
-its own modes and formats): the codes and the overflow counts must be exactly equal. The
-formats are narrow and the codes wide enough that every mode overflows and rounds."""
+The joined prediction and update of every stage (``_Bank``), and a dense stage's forward, loss,
+backward, gradient products and evaluation, run once compiled and once in numpy on the same
+random codes, in every rounding and overflow mode, several configs at once (each its own modes
+and formats): the codes and the overflow counts must be exactly equal. The formats are narrow
+and the codes wide enough that every mode overflows and rounds."""
 
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
+import torch
 
 from golden.fixed_arith import FixedArithmetic, FixedState, threefry_words
 from golden.kernels import threefry_word
@@ -22,7 +25,14 @@ OVERFLOWS = ("wrap", "saturate")
 LAYERS = [6, 7, 5, 3]
 
 
-def raw(rounding: str, overflow: str, prediction: str, width: int) -> dict:
+def raw(
+    rounding: str,
+    overflow: str,
+    prediction: str,
+    width: int,
+    loss: str = "mse",
+    bias: bool = True,
+) -> dict:
     """One config: every data role in ``rounding``/``overflow``, the weight ``width`` bits."""
 
     def fmt(w: int, frac: int, modes: tuple[str, str]) -> dict:
@@ -38,7 +48,7 @@ def raw(rounding: str, overflow: str, prediction: str, width: int) -> dict:
     coefficient = ("half_even" if rounding == "stochastic" else rounding, "saturate")
     return {
         "seed": 11,
-        "network": {"layers": LAYERS, "bias": True, "loss": "mse"},
+        "network": {"layers": LAYERS, "bias": bias, "loss": loss},
         "optimizer": {
             "lr": 0.2,
             "momentum": 0.8,
@@ -61,19 +71,22 @@ def raw(rounding: str, overflow: str, prediction: str, width: int) -> dict:
     }
 
 
-def arithmetic(prediction: str, compiled: bool) -> tuple[FixedArithmetic, list[FixedState]]:
+def arithmetic(
+    prediction: str, compiled: bool, loss: str = "mse", bias: bool = True
+) -> tuple[FixedArithmetic, list[FixedState]]:
     """Every rounding x overflow mode as one config each (two weight widths), attached to
     random states (the same for both paths)."""
     plans = [
-        derive_plan(from_dict(raw(r, o, prediction, width)))
+        derive_plan(from_dict(raw(r, o, prediction, width, loss, bias)))
         for (r, o), width in itertools.product(itertools.product(ROUNDINGS, OVERFLOWS), (6, 9))
     ]
     arith = FixedArithmetic(plans)
+    arith.compiled = compiled
     rng = np.random.default_rng(3)
     c = len(plans)
     states = []
     for n_in, n_out in zip(LAYERS[:-1], LAYERS[1:], strict=True):
-        shape = (c, n_out, n_in + 1)
+        shape = (c, n_out, n_in + int(bias))
         w = rng.integers(-40, 40, shape, dtype=np.int64)
         state = FixedState(w, rng.integers(-70, 70, shape, dtype=np.int64))
         if prediction == "weight_difference":
@@ -160,3 +173,74 @@ def test_threefry_word_equals_numpy(seed, stream, step):
     index = (np.arange(300, dtype=np.int64) * 7919) % 2**32
     expected = threefry_words(seed, stream, step, index)
     assert [threefry_word(seed, stream, step, int(n)) for n in index] == expected.tolist()
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("loss", ["mse", "softmax_ce"])
+def test_dense_step_equals_numpy(loss, bias):
+    """A dense stage's forward (with its ReLU mask), the loss unit, the backward and the
+    gradient products of every stage, compiled and in numpy, over two steps (stochastic
+    rounding draws on the step) with random codes; then an evaluation of a random batch."""
+    results = []
+    for compiled in (False, True):
+        arith, states = arithmetic("velocity", compiled, loss, bias)
+        bank = arith._bank
+        rng = np.random.default_rng(7)
+        stages = stage_plans(arith)
+        seen = []
+        for step in (0, 3):
+            arith.begin_step(step)
+            h = rng.integers(-128, 128, (arith.configs, LAYERS[0]), dtype=np.int64)
+            inputs, masks = [h], []
+            for stage, s in zip(stages, states, strict=True):
+                y, mask = arith.forward(stage, s.w, None, inputs[-1])
+                seen += [y, mask if mask is None else np.asarray(mask, dtype=bool)]
+                inputs.append(y)
+                masks.append(mask)
+            error, losses = arith.loss(inputs[-1], int(rng.integers(LAYERS[-1])))
+            seen += [error, losses]
+            for i in reversed(range(len(stages))):
+                dz = arith.output_gradient(stages[i], error, masks[i])
+                # wide errors: every product and sum is exercised, not only the clipped codes
+                dz = dz * rng.integers(1, 9, dz.shape)
+                arith.update(stages[i], states[i], dz, inputs[i])
+                if i:
+                    error = arith.backward(stages[i], states[i].w, dz)
+                    seen.append(error)
+            seen.append(bank.product_array.copy())
+            arith._pending = {}  # the products are compared, not applied
+        x = torch.from_numpy(rng.uniform(-9.0, 9.0, (11, LAYERS[0])))
+        seen.append(arith.evaluate(stages, states, x))
+        results.append((seen, arith.saturation_counts()))
+    (numpy_codes, numpy_counts), (kernel_codes, kernel_counts) = results
+    assert len(numpy_codes) == len(kernel_codes)
+    for a, b in zip(numpy_codes, kernel_codes, strict=True):
+        assert (a is None and b is None) or np.array_equal(a, b)
+    assert kernel_counts == numpy_counts
+    roles = {"activation": range(1, len(LAYERS)), "error": range(2, len(LAYERS))}
+    if loss == "mse":  # softmax's probabilities minus the target always fit the error format
+        roles["loss"] = [len(LAYERS) - 1]
+    for role, where in roles.items():
+        for stage in where:  # every mode overflows somewhere (wrap and saturate configs alike)
+            assert sum(numpy_counts[f"stage {stage} {role}"]) > 0, (stage, role, numpy_counts)
+
+
+@pytest.mark.parametrize("loss", ["mse", "softmax_ce"])
+def test_float_loss_is_the_loss_of_the_values(loss):
+    """The reported loss (float64, summed in element order) against the formula summed
+    exactly (math.fsum): equal up to the rounding of a float sum of ten terms."""
+    arith, _ = arithmetic("none", True, loss)
+    rng = np.random.default_rng(2)
+    y = rng.integers(-128, 128, (arith.configs, LAYERS[-1]), dtype=np.int64)
+    label = 1
+    got = arith.float_loss(y, label)
+    for c, plan in enumerate(arith.plans):
+        values = [
+            math.ldexp(int(code), -plan.stages[-1].formats.activation.format.frac) for code in y[c]
+        ]
+        if loss == "mse":
+            want = 0.5 * math.fsum((v - (k == label)) ** 2 for k, v in enumerate(values))
+        else:
+            top = max(values)
+            want = math.log(math.fsum(math.exp(v - top) for v in values)) + top - values[label]
+        assert got[c] == pytest.approx(want, rel=1e-12, abs=1e-12)
