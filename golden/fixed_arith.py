@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from golden import kernels
+from golden import conv_kernels, kernels
 from golden.conv import NORM_EPS, _four_d, _projection_stride
 from golden.conv_fixed import ConvGeometry, col2im, geometry, im2col, pool_windows, unpool
 from pbhw.core.config import ConfigError, Loss, Norm, Pool, RoleFormat, WeightPrediction
@@ -719,6 +719,69 @@ class FixedArithmetic:
                 )
         ctx["norm"] = self._build_norm(i, ctx, divisor) if norm else None
         ctx["idx_w"] = np.arange(out * width, dtype=np.int64).reshape(1, out, width)
+        ctx["kernel"] = None
+        if not norm and ctx["projection"] is None and geo.pool is not Pool.GLOBAL_AVG:
+            ctx["kernel"] = self._conv_kernel_tables(ctx, st0)
+
+    def _conv_kernel_tables(self, ctx: dict, stage: StagePlan) -> dict:
+        """What the compiled conv kernels (:mod:`golden.conv_kernels`) read of a stage: its
+        geometry, per-config constants and rounding points, and empty stand-ins for the
+        arrays a stage does not have."""
+        geo, c = ctx["geometry"], self.configs
+        residual = ctx["residual"]
+        points = {
+            "activation": ctx["fwd"],
+            "pool": ctx.get("pool"),
+            "residual": None if residual is None else residual.shift_rounder,
+            "error": ctx.get("bwd"),
+            "gradient": ctx["grad"],
+        }
+        # the rounders as the compiled update reads them: one row of RQ_FIELDS per config
+        rows = _Bank.kernel_tables(
+            [
+                {**ctx, **dict.fromkeys(kernels.UPDATE_FIELDS, 0), "grad": points[name]}
+                for name in conv_kernels.POINTS
+            ],
+            c,
+            None,
+            True,
+        )["rq"][0]
+        flags = {
+            "pool": conv_kernels.POOL_CODES[geo.pool.value],
+            "relu": stage.relu,
+            "bias": ctx["cols"] > ctx["n_in"],
+            "residual": residual is not None,
+            "error": ctx["index"] > 1,
+        }
+        shape = (*geo.in_shape, *geo.kernel, *geo.stride, *geo.padding, *geo.conv_shape)
+        values = dict(zip(conv_kernels.GEOMETRY_FIELDS, (*shape, *geo.window), strict=False))
+        values.update(flags)
+        one = ctx["one"] if self.bias else 0
+        constants = {"one": one, "res_product": 0, "res_shift": 0}
+        if residual is not None:
+            constants.update(res_product=ctx["res_product"], res_shift=ctx["res_shift"])
+        # the input element each window element reads: im2col of the elements' numbers + 1
+        # (its padding, code 0, becomes -1)
+        numbers = np.arange(1, math.prod(geo.in_shape) + 1, dtype=np.int64).reshape(1, 1, -1)
+        return {
+            "src": np.ascontiguousarray((im2col(numbers, geo)[0, 0] - 1).T),
+            "geo": np.array([values[f] for f in conv_kernels.GEOMETRY_FIELDS], dtype=np.int64),
+            "k": np.stack(
+                [
+                    np.broadcast_to(np.asarray(constants[f], dtype=np.int64).reshape(-1), (c,))
+                    for f in conv_kernels.CONSTANT_FIELDS
+                ],
+                1,
+            ),
+            "rq": np.ascontiguousarray(rows),
+            "counted": [
+                (p, role)
+                for p, role in enumerate(conv_kernels.POINTS)
+                if points[role] is not None and (role != "pool" or geo.pool is Pool.AVG)
+            ],
+            "empty": np.zeros((c, 0), dtype=np.int64),
+            "no_mask": np.zeros((c, 0), dtype=np.bool_),
+        }
 
     def _build_projection(self, i: int, ctx: dict, divisor: int) -> dict:
         """The residual projection's geometry, rounding point and width checks."""
@@ -1173,9 +1236,55 @@ class FixedArithmetic:
     ) -> tuple[np.ndarray, FixedConvContext]:
         """Output codes ``[C, n_out]`` of one sample's input codes ``[C, n_in]``."""
         ctx = self._stage[stage.index - 1]
-        res = None if residual is None else residual[:, None]
-        y, kept = self._conv_run(stage, ctx, w, x[:, None], res, self.step, ctx["idx_conv"], True)
-        return y[:, 0], kept
+        kt = ctx["kernel"]
+        if kt is None:
+            res = None if residual is None else residual[:, None]
+            y, kept = self._conv_run(
+                stage, ctx, w, x[:, None], res, self.step, ctx["idx_conv"], True
+            )
+            return y[:, 0], kept
+        # compiled: the same codes in one pass (golden.conv_kernels)
+        geo: ConvGeometry = ctx["geometry"]
+        c, out, positions = x.shape[0], geo.conv_shape[0], geo.positions
+        z = np.empty((c, stage.n_out), dtype=np.int64)
+        mask = np.empty((c, out * positions), dtype=np.bool_) if stage.relu else kt["no_mask"]
+        choice = kt["empty"]
+        if geo.pool is Pool.MAX:
+            choice = np.empty((c, stage.n_out), dtype=np.int64)
+        columns = np.empty((c, positions, ctx["cols"]), dtype=np.int64)
+        counts = np.zeros((c, len(conv_kernels.POINTS)), dtype=np.int64)
+        conv_kernels.conv_forward(
+            x,
+            w,
+            kt["empty"] if residual is None else residual,
+            kt["src"],
+            kt["geo"],
+            kt["k"],
+            kt["rq"],
+            self.seed,
+            self.step,
+            z,
+            mask,
+            choice,
+            columns,
+            counts,
+        )
+        self._count_kernel(ctx, counts, ("activation", "pool"))
+        kept = FixedConvContext(
+            mask.reshape(c, 1, out, positions) if stage.relu else None,
+            choice.reshape(c, 1, out, -1) if geo.pool is Pool.MAX else None,
+            columns,  # [C, positions, cols]: the windows' matrix transposed, for one sample
+        )
+        return z, kept
+
+    def _count_kernel(self, ctx: dict, counts: np.ndarray, roles: tuple[str, ...]) -> None:
+        """Count a conv kernel's overflows ``counts [C, len(POINTS)]`` under ``roles``, for
+        the rounding points the stage has (as the numpy path counts them)."""
+        for p, role in ctx["kernel"]["counted"]:
+            if role in roles:
+                self._count(
+                    ctx["index"], role, int(counts[0, p]) if self.configs == 1 else counts[:, p]
+                )
 
     def _conv_run(
         self,
@@ -1289,6 +1398,36 @@ class FixedArithmetic:
         ctx = self._stage[stage.index - 1]
         geo: ConvGeometry = ctx["geometry"]
         c, out = error.shape[0], geo.conv_shape[0]
+        kt = ctx["kernel"]
+        if kt is not None:  # compiled: the same codes in one pass (golden.conv_kernels)
+            n = out * geo.positions
+            d = np.empty((c, n), dtype=np.int64)
+            residual_error = error_in = None
+            if ctx["residual"] is not None:
+                residual_error = np.empty((c, n), dtype=np.int64)
+            acc = error_in_out = kt["empty"]
+            if stage.index > 1:
+                acc = np.empty(kt["src"].shape, dtype=np.int64)
+                error_in = error_in_out = np.empty((c, x.shape[1]), dtype=np.int64)
+            counts = np.zeros((c, len(conv_kernels.POINTS)), dtype=np.int64)
+            conv_kernels.conv_backward(
+                error,
+                w,
+                kt["src"],
+                kt["geo"],
+                kt["rq"],
+                self.seed,
+                self.step,
+                kt["empty"] if kept.choice is None else kept.choice.reshape(c, -1),
+                kt["no_mask"] if kept.mask is None else kept.mask.reshape(c, -1),
+                d,
+                kt["empty"] if residual_error is None else residual_error,
+                acc,
+                error_in_out,
+                counts,
+            )
+            self._count_kernel(ctx, counts, ("residual", "error"))
+            return (d.reshape(c, 1, out, -1), kept.columns, None, None), error_in, residual_error
         e = error.reshape(c, 1, out, -1)
         if geo.pool is Pool.AVG:  # every window element gets the error: the 1/4 is a frac
             d = unpool(np.repeat(e[..., None], math.prod(geo.window), -1), geo)
@@ -1365,6 +1504,26 @@ class FixedArithmetic:
         sums), then velocity and weight as for a dense stage."""
         ctx = self._stage[stage.index - 1]
         d, columns, norm_sums, proj = pending
+        kt = ctx["kernel"]
+        if kt is not None:  # compiled: the windows as conv_forward's kernel wrote them
+            c, out, cols = d.shape[0], ctx["geometry"].conv_shape[0], ctx["cols"]
+            acc = np.empty((out, cols), dtype=np.int64)
+            g = np.empty((c, out, cols), dtype=np.int64)
+            counts = np.zeros((c, len(conv_kernels.POINTS)), dtype=np.int64)
+            conv_kernels.conv_gradient(
+                d.reshape(c, -1),
+                columns,
+                kt["rq"],
+                ctx["idx_w"].shape[2],
+                self.seed,
+                self.step,
+                acc,
+                g,
+                counts,
+            )
+            self._count_kernel(ctx, counts, ("gradient",))
+            self._momentum_update(ctx, s, g)
+            return
         acc = _matmul(d, columns.transpose(0, 1, 3, 2), ctx["grad_float"]).sum(1)
         cols = ctx["cols"]
         g = self._rq(ctx, "grad", "gradient", acc, ctx["idx_w"][..., :cols])
