@@ -92,15 +92,17 @@ def conv_forward(x, w, residual, src, geo, k, rq, seed, step, z, mask, choice, c
     element each window element reads (-1: padding). Writes ``z`` the output codes ``[C,
     n_out]``, ``mask`` ``[C, C_out x positions]`` (ReLU's output positive), ``choice`` ``[C,
     C_out x pooled]`` (max pooling: the window element chosen, the first maximum in row-major
-    order), ``columns [C, positions, cols]`` the windows with the bias column, and adds
-    overflows to ``counts``. Element counters: the convolution's output ``o x positions + p``,
-    the pooled output ``o x pooled + q``."""
+    order), ``columns [C, positions, cols]`` the windows with the bias column, and the
+    overflowed elements per config and rounding point into ``counts``; returns their total.
+    Element counters: the convolution's output ``o x positions + p``, the pooled output ``o x
+    pooled + q``."""
     out, ho, wo, wh, ww = geo[9], geo[10], geo[11], geo[12], geo[13]
     pool, relu, bias, has_res = geo[14], geo[15], geo[16], geo[17]
     pos, cols = ho * wo, columns.shape[2]
     pho, pwo = ho // wh, wo // ww
     conv = np.empty(out * pos, dtype=np.int64)
     pooled = np.empty(out * pho * pwo, dtype=np.int64)
+    counts[:] = 0
     for c in range(x.shape[0]):
         one, res_product, res_shift = k[c, 0], k[c, 1], k[c, 2]
         cc = columns[c]
@@ -145,25 +147,28 @@ def conv_forward(x, w, residual, src, geo, k, rq, seed, step, z, mask, choice, c
                         choice[c, q] = at
         if pool == 1:
             _round_run(pooled, z[c], rq, c, _POOL, seed, step, 0, counts)
+    return counts.sum()
 
 
 @njit(cache=True)
 def conv_backward(
-    error, w, src, geo, rq, seed, step, choice, mask, d, residual_error, acc, error_in, counts
+    error, w, src, geo, rq, seed, step, choice, mask, d, residual_error, error_in, counts
 ):
     """One sample's backward for every config from the error codes ``error [C, n_out]``:
     ``d`` the error at the convolution's output ``[C, C_out x positions]`` (the pooling's
     spread and the ReLU's mask applied), the error sent along the residual ``residual_error``
     (its rounding point on ``d``, when ``geo`` has a residual) and the one sent to the previous
     stage ``error_in [C, C_in x H x W]`` (when ``geo`` says so: the transposed convolution's
-    exact sums, window by window in ``acc [positions, C_in x kh x kw]`` and added onto the
-    input elements ``src`` names, rounded once). Element counters: ``o x positions + p``, and
-    the input element."""
+    exact sums, window by window and added onto the input elements ``src`` names, rounded
+    once). The overflowed elements per config and rounding point go into ``counts``; returns
+    their total. Element counters: ``o x positions + p``, and the input element."""
     out, ho, wo, wh, ww = geo[9], geo[10], geo[11], geo[12], geo[13]
     pool, relu, has_res, send = geo[14], geo[15], geo[17], geo[18]
     pos, n_in = ho * wo, src.shape[1]
     pho, pwo = ho // wh, wo // ww
     total = np.empty(error_in.shape[1], dtype=np.int64)
+    acc = np.empty(src.shape, dtype=np.int64)
+    counts[:] = 0
     for c in range(error.shape[0]):
         dc = d[c]
         if pool == 0:
@@ -203,17 +208,20 @@ def conv_backward(
                 if n >= 0:
                     total[n] += acc[p, col]
         _round_run(total, error_in[c], rq, c, _BWD, seed, step, 0, counts)
+    return counts.sum()
 
 
 @njit(cache=True)
-def conv_gradient(d, columns, rq, width, seed, step, acc, g, counts):
+def conv_gradient(d, columns, rq, width, seed, step, g, counts):
     """The gradient codes ``g [C, C_out, cols]`` of one sample: the error at the
     convolution's output ``d [C, C_out x positions]`` times the input's windows ``columns [C,
-    positions, cols]`` (as :func:`conv_forward` wrote them), summed exactly over the positions
-    (in ``acc [C_out, cols]``), rounded once. Element counter of weight ``(o, col)``: ``o x
-    width + col``."""
+    positions, cols]`` (as :func:`conv_forward` wrote them), summed exactly over the positions,
+    rounded once. The overflowed elements per config go into ``counts``; returns their total.
+    Element counter of weight ``(o, col)``: ``o x width + col``."""
     pos, cols = columns.shape[1], columns.shape[2]
     out = g.shape[1]
+    acc = np.empty((out, cols), dtype=np.int64)
+    counts[:] = 0
     for c in range(d.shape[0]):
         acc[:] = 0
         for o in range(out):
@@ -225,3 +233,4 @@ def conv_gradient(d, columns, rq, width, seed, step, acc, g, counts):
                     for col in range(cols):
                         arow[col] += dv * crow[col]
             _round_run(arow, g[c, o], rq, c, _GRAD, seed, step, o * width, counts)
+    return counts.sum()

@@ -774,11 +774,22 @@ class FixedArithmetic:
                 1,
             ),
             "rq": np.ascontiguousarray(rows),
-            "counted": [
-                (p, role)
-                for p, role in enumerate(conv_kernels.POINTS)
-                if points[role] is not None and (role != "pool" or geo.pool is Pool.AVG)
-            ],
+            # the rounding points counted after each kernel (as the numpy path counts them)
+            "counted": {
+                phase: [
+                    (p, role)
+                    for p, role in enumerate(conv_kernels.POINTS)
+                    if role in roles
+                    and points[role] is not None
+                    and (role != "pool" or geo.pool is Pool.AVG)
+                ]
+                for phase, roles in (
+                    ("forward", ("activation", "pool")),
+                    ("backward", ("residual", "error")),
+                    ("update", ("gradient",)),
+                )
+            },
+            "counts": np.zeros((c, len(conv_kernels.POINTS)), dtype=np.int64),
             "empty": np.zeros((c, 0), dtype=np.int64),
             "no_mask": np.zeros((c, 0), dtype=np.bool_),
         }
@@ -1252,8 +1263,7 @@ class FixedArithmetic:
         if geo.pool is Pool.MAX:
             choice = np.empty((c, stage.n_out), dtype=np.int64)
         columns = np.empty((c, positions, ctx["cols"]), dtype=np.int64)
-        counts = np.zeros((c, len(conv_kernels.POINTS)), dtype=np.int64)
-        conv_kernels.conv_forward(
+        over = conv_kernels.conv_forward(
             x,
             w,
             kt["empty"] if residual is None else residual,
@@ -1267,9 +1277,9 @@ class FixedArithmetic:
             mask,
             choice,
             columns,
-            counts,
+            kt["counts"],
         )
-        self._count_kernel(ctx, counts, ("activation", "pool"))
+        self._count_kernel(ctx, "forward", over)
         kept = FixedConvContext(
             mask.reshape(c, 1, out, positions) if stage.relu else None,
             choice.reshape(c, 1, out, -1) if geo.pool is Pool.MAX else None,
@@ -1277,14 +1287,15 @@ class FixedArithmetic:
         )
         return z, kept
 
-    def _count_kernel(self, ctx: dict, counts: np.ndarray, roles: tuple[str, ...]) -> None:
-        """Count a conv kernel's overflows ``counts [C, len(POINTS)]`` under ``roles``, for
-        the rounding points the stage has (as the numpy path counts them)."""
-        for p, role in ctx["kernel"]["counted"]:
-            if role in roles:
-                self._count(
-                    ctx["index"], role, int(counts[0, p]) if self.configs == 1 else counts[:, p]
-                )
+    def _count_kernel(self, ctx: dict, phase: str, over: int) -> None:
+        """Count the overflows of a conv kernel of ``phase`` (``over`` of them in all, per
+        config and rounding point in the stage's ``counts``) under their roles: the same
+        counters as the numpy path's, skipping the additions of 0 once a counter exists."""
+        kt, index = ctx["kernel"], ctx["index"]
+        for p, role in kt["counted"][phase]:
+            if over or (index, role) not in self.counts:
+                n = kt["counts"][:, p]
+                self._count(index, role, int(n[0]) if self.configs == 1 else n.copy())
 
     def _conv_run(
         self,
@@ -1405,12 +1416,10 @@ class FixedArithmetic:
             residual_error = error_in = None
             if ctx["residual"] is not None:
                 residual_error = np.empty((c, n), dtype=np.int64)
-            acc = error_in_out = kt["empty"]
+            error_in_out = kt["empty"]
             if stage.index > 1:
-                acc = np.empty(kt["src"].shape, dtype=np.int64)
                 error_in = error_in_out = np.empty((c, x.shape[1]), dtype=np.int64)
-            counts = np.zeros((c, len(conv_kernels.POINTS)), dtype=np.int64)
-            conv_kernels.conv_backward(
+            over = conv_kernels.conv_backward(
                 error,
                 w,
                 kt["src"],
@@ -1422,11 +1431,10 @@ class FixedArithmetic:
                 kt["no_mask"] if kept.mask is None else kept.mask.reshape(c, -1),
                 d,
                 kt["empty"] if residual_error is None else residual_error,
-                acc,
                 error_in_out,
-                counts,
+                kt["counts"],
             )
-            self._count_kernel(ctx, counts, ("residual", "error"))
+            self._count_kernel(ctx, "backward", over)
             return (d.reshape(c, 1, out, -1), kept.columns, None, None), error_in, residual_error
         e = error.reshape(c, 1, out, -1)
         if geo.pool is Pool.AVG:  # every window element gets the error: the 1/4 is a frac
@@ -1507,21 +1515,18 @@ class FixedArithmetic:
         kt = ctx["kernel"]
         if kt is not None:  # compiled: the windows as conv_forward's kernel wrote them
             c, out, cols = d.shape[0], ctx["geometry"].conv_shape[0], ctx["cols"]
-            acc = np.empty((out, cols), dtype=np.int64)
             g = np.empty((c, out, cols), dtype=np.int64)
-            counts = np.zeros((c, len(conv_kernels.POINTS)), dtype=np.int64)
-            conv_kernels.conv_gradient(
+            over = conv_kernels.conv_gradient(
                 d.reshape(c, -1),
                 columns,
                 kt["rq"],
                 ctx["idx_w"].shape[2],
                 self.seed,
                 self.step,
-                acc,
                 g,
-                counts,
+                kt["counts"],
             )
-            self._count_kernel(ctx, counts, ("gradient",))
+            self._count_kernel(ctx, "update", over)
             self._momentum_update(ctx, s, g)
             return
         acc = _matmul(d, columns.transpose(0, 1, 3, 2), ctx["grad_float"]).sum(1)
