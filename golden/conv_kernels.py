@@ -28,6 +28,7 @@ __all__ = [
     "GEOMETRY_FIELDS",
     "POINTS",
     "POOL_CODES",
+    "add_errors",
     "conv_backward",
     "conv_forward",
     "conv_gradient",
@@ -233,4 +234,17 @@ def conv_gradient(d, columns, rq, width, seed, step, g, counts):
                     for col in range(cols):
                         arow[col] += dv * crow[col]
             _round_run(arow, g[c, o], rq, c, _GRAD, seed, step, o * width, counts)
+    return counts.sum()
+
+
+@njit(cache=True)
+def add_errors(error, residual, rq, out, counts):
+    """The error arriving at a residual's source: ``error + residual`` (codes ``[C, n]`` of
+    the source's error format), exact, then that format's overflow: ``rq [C, 1,
+    len(RQ_FIELDS)]`` its rounding point (no shift). Writes ``out``; the overflowed elements
+    per config go into ``counts [C, 1]``; returns their total."""
+    counts[:] = 0
+    for c in range(error.shape[0]):
+        total = error[c] + residual[c]
+        _round_run(total, out[c], rq, c, 0, 0, 0, 0, counts)
     return counts.sum()

@@ -722,6 +722,21 @@ class FixedArithmetic:
         ctx["kernel"] = None
         if not norm and ctx["projection"] is None and geo.pool is not Pool.GLOBAL_AVG:
             ctx["kernel"] = self._conv_kernel_tables(ctx, st0)
+        # a residual's source: the overflow of the sum of its errors (add_errors), compiled
+        ctx["sum_rq"] = self._kernel_rows(ctx, [ctx["sum"]])
+        ctx["sum_counts"] = np.zeros((self.configs, 1), dtype=np.int64)
+
+    def _kernel_rows(self, ctx: dict, rounders: list) -> np.ndarray:
+        """``rounders`` (None: a row of zeros) as the compiled kernels read a rounding point:
+        ``[C, len(rounders), len(RQ_FIELDS)]``, made by the compiled update's own tables."""
+        return np.ascontiguousarray(
+            _Bank.kernel_tables(
+                [{**ctx, **dict.fromkeys(kernels.UPDATE_FIELDS, 0), "grad": r} for r in rounders],
+                self.configs,
+                None,
+                True,
+            )["rq"][0]
+        )
 
     def _conv_kernel_tables(self, ctx: dict, stage: StagePlan) -> dict:
         """What the compiled conv kernels (:mod:`golden.conv_kernels`) read of a stage: its
@@ -736,16 +751,7 @@ class FixedArithmetic:
             "error": ctx.get("bwd"),
             "gradient": ctx["grad"],
         }
-        # the rounders as the compiled update reads them: one row of RQ_FIELDS per config
-        rows = _Bank.kernel_tables(
-            [
-                {**ctx, **dict.fromkeys(kernels.UPDATE_FIELDS, 0), "grad": points[name]}
-                for name in conv_kernels.POINTS
-            ],
-            c,
-            None,
-            True,
-        )["rq"][0]
+        rows = self._kernel_rows(ctx, [points[name] for name in conv_kernels.POINTS])
         flags = {
             "pool": conv_kernels.POOL_CODES[geo.pool.value],
             "relu": stage.relu,
@@ -773,7 +779,7 @@ class FixedArithmetic:
                 ],
                 1,
             ),
-            "rq": np.ascontiguousarray(rows),
+            "rq": rows,
             # the rounding points counted after each kernel (as the numpy path counts them)
             "counted": {
                 phase: [
@@ -1553,10 +1559,12 @@ class FixedArithmetic:
         and the residual's, both codes of the source's error format, exact, then that format's
         overflow (counted under the source's ``residual`` role)."""
         ctx = self._stage[stage.index - 1]
-        total = error + residual
-        out = ctx["sum"]._overflow(total)
-        over = out != total
-        self._count(ctx["index"], "residual", over.reshape(over.shape[0], -1).sum(1))
+        out = np.empty_like(error)
+        counts = ctx["sum_counts"]
+        over = conv_kernels.add_errors(error, residual, ctx["sum_rq"], out, counts)
+        if over or (ctx["index"], "residual") not in self.counts:
+            n = counts[:, 0]
+            self._count(ctx["index"], "residual", int(n[0]) if self.configs == 1 else n.copy())
         return out
 
     def label_of(self, y: np.ndarray) -> np.ndarray:
