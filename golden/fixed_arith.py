@@ -443,7 +443,9 @@ class FixedConvContext:
 
     mask: np.ndarray | None  # [C, B, C_out, positions]: the ReLU's output is positive
     choice: np.ndarray | None  # max pooling: the window element chosen, [C, B, C_out, pooled]
-    columns: np.ndarray  # the input's windows with the bias row, [C, B, cols, positions]
+    #: the input's windows with the bias row, [C, B, cols, positions]; from the compiled
+    #: forward (golden.conv_kernels, one sample) the same transposed, [C, positions, cols]
+    columns: np.ndarray
     #: group norm: the normalized codes [C, B, groups, group size] and per group the
     #: reciprocal square root's mantissa and exponent [C, B, groups, 1]
     xhat: np.ndarray | None = None
@@ -1228,7 +1230,11 @@ class FixedArithmetic:
         bank.set(w_new, v, w if w_prev is not None else None)
 
     # ------------------------------------------------------------------------------------------
-    # conv stages (docs/numerics.md, "Conv stages"): the weights are a matrix as a dense stage's
+    # conv stages (docs/numerics.md, "Conv stages"): the weights are a matrix as a dense stage's.
+    # A training step's forward, backward and gradient of a stage without group norm, a
+    # projection or a global average run compiled (golden.conv_kernels, the stage's "kernel"
+    # tables); the numpy path (_conv_run and the rest) computes the same codes for the others
+    # and for evaluation, and is what tests/test_conv_kernels.py checks the kernels against.
 
     def init_conv_state(self, stage: StagePlan, params: tuple[torch.Tensor, ...]) -> FixedState:
         """Initial codes of a conv stage: the weight tensor as ``[C_out, C_in x kernel^d]``
