@@ -19,8 +19,8 @@ the config:
   the training loop only. It runs with each thread count of ``--torch-threads`` (default: one
   and PyTorch's default); the fastest is its figure.
 
-The dataset is made once, before any timing (generating ``mnist1d`` in memory is most of a
-cold start: about 45,000 ``np.linspace`` calls of its transforms), so neither figure includes
+The dataset is made once, before any timing (generating ``mnist1d`` in memory takes about two
+seconds, its transforms making some 45,000 ``np.linspace`` calls), so neither figure includes
 it. Each is repeated ``--repeats`` times (alternating) and the best is kept. Writes ``--out``
 (JSON).
 
