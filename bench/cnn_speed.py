@@ -19,7 +19,10 @@ the config:
   the training loop only. It runs with each thread count of ``--torch-threads`` (default: one
   and PyTorch's default); the fastest is its figure.
 
-Each is repeated ``--repeats`` times (alternating) and the best is kept. Writes ``--out`` (JSON).
+The dataset is made once, before any timing (generating ``mnist1d`` in memory takes seconds:
+its transforms alone make some 45,000 ``np.linspace`` calls), so neither figure includes it.
+Each is repeated ``--repeats`` times (alternating) and the best is kept. Writes ``--out``
+(JSON).
 
     .venv/bin/python bench/cnn_speed.py
 """

@@ -9,6 +9,7 @@ dimension ``B``: ``[C, B, ...]``. A 1-D stage runs as a 2-D one of height 1, as 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,13 +67,17 @@ def geometry(stage: StagePlan) -> ConvGeometry:
     )
 
 
-def _taps(g: ConvGeometry):
-    """Every kernel offset ``(a, b)`` with the slices of the padded input it reads."""
+@functools.cache
+def _taps(g: ConvGeometry) -> tuple[tuple[int, int, slice, slice], ...]:
+    """Every kernel offset ``(a, b)`` with the slices of the padded input it reads (made once
+    per geometry)."""
     (kh, kw), (sh, sw) = g.kernel, g.stride
     ho, wo = g.conv_shape[1:]
-    for a in range(kh):
-        for b in range(kw):
-            yield a, b, slice(a, a + sh * (ho - 1) + 1, sh), slice(b, b + sw * (wo - 1) + 1, sw)
+    return tuple(
+        (a, b, slice(a, a + sh * (ho - 1) + 1, sh), slice(b, b + sw * (wo - 1) + 1, sw))
+        for a in range(kh)
+        for b in range(kw)
+    )
 
 
 def im2col(x: np.ndarray, g: ConvGeometry) -> np.ndarray:

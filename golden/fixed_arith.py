@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from golden import kernels
+from golden import conv_kernels, kernels
 from golden.conv import NORM_EPS, _four_d, _projection_stride
 from golden.conv_fixed import ConvGeometry, col2im, geometry, im2col, pool_windows, unpool
 from pbhw.core.config import ConfigError, Loss, Norm, Pool, RoleFormat, WeightPrediction
@@ -444,7 +444,9 @@ class FixedConvContext:
 
     mask: np.ndarray | None  # [C, B, C_out, positions]: the ReLU's output is positive
     choice: np.ndarray | None  # max pooling: the window element chosen, [C, B, C_out, pooled]
-    columns: np.ndarray  # the input's windows with the bias row, [C, B, cols, positions]
+    #: the input's windows with the bias row, [C, B, cols, positions]; from the compiled
+    #: forward (golden.conv_kernels, one sample) the same transposed, [C, positions, cols]
+    columns: np.ndarray
     #: group norm: the normalized codes [C, B, groups, group size] and per group the
     #: reciprocal square root's mantissa and exponent [C, B, groups, 1]
     xhat: np.ndarray | None = None
@@ -725,6 +727,86 @@ class FixedArithmetic:
                 )
         ctx["norm"] = self._build_norm(i, ctx, divisor) if norm else None
         ctx["idx_w"] = np.arange(out * width, dtype=np.int64).reshape(1, out, width)
+        ctx["kernel"] = None
+        if not norm and ctx["projection"] is None and geo.pool is not Pool.GLOBAL_AVG:
+            ctx["kernel"] = self._conv_kernel_tables(ctx, st0)
+        # a residual's source: the overflow of the sum of its errors (add_errors), compiled
+        ctx["sum_rq"] = self._kernel_rows(ctx, [ctx["sum"]])
+        ctx["sum_counts"] = np.zeros((self.configs, 1), dtype=np.int64)
+
+    def _kernel_rows(self, ctx: dict, rounders: list) -> np.ndarray:
+        """``rounders`` (None: a row of zeros) as the compiled kernels read a rounding point:
+        ``[C, len(rounders), len(RQ_FIELDS)]``, made by the compiled update's own tables."""
+        return np.ascontiguousarray(
+            _Bank.kernel_tables(
+                [{**ctx, **dict.fromkeys(kernels.UPDATE_FIELDS, 0), "grad": r} for r in rounders],
+                self.configs,
+                None,
+                True,
+            )["rq"][0]
+        )
+
+    def _conv_kernel_tables(self, ctx: dict, stage: StagePlan) -> dict:
+        """What the compiled conv kernels (:mod:`golden.conv_kernels`) read of a stage: its
+        geometry, per-config constants and rounding points, and empty stand-ins for the
+        arrays a stage does not have."""
+        geo, c = ctx["geometry"], self.configs
+        residual = ctx["residual"]
+        points = {
+            "activation": ctx["fwd"],
+            "pool": ctx.get("pool"),
+            "residual": None if residual is None else residual.shift_rounder,
+            "error": ctx.get("bwd"),
+            "gradient": ctx["grad"],
+        }
+        rows = self._kernel_rows(ctx, [points[name] for name in conv_kernels.POINTS])
+        flags = {
+            "pool": conv_kernels.POOL_CODES[geo.pool.value],
+            "relu": stage.relu,
+            "bias": ctx["cols"] > ctx["n_in"],
+            "residual": residual is not None,
+            "error": ctx["index"] > 1,
+        }
+        shape = (*geo.in_shape, *geo.kernel, *geo.stride, *geo.padding, *geo.conv_shape)
+        values = dict(zip(conv_kernels.GEOMETRY_FIELDS, (*shape, *geo.window), strict=False))
+        values.update(flags)
+        one = ctx["one"] if self.bias else 0
+        constants = {"one": one, "res_product": 0, "res_shift": 0}
+        if residual is not None:
+            constants.update(res_product=ctx["res_product"], res_shift=ctx["res_shift"])
+        # the input element each window element reads: im2col of the elements' numbers + 1
+        # (its padding, code 0, becomes -1)
+        numbers = np.arange(1, math.prod(geo.in_shape) + 1, dtype=np.int64).reshape(1, 1, -1)
+        return {
+            "src": np.ascontiguousarray((im2col(numbers, geo)[0, 0] - 1).T),
+            "geo": np.array([values[f] for f in conv_kernels.GEOMETRY_FIELDS], dtype=np.int64),
+            "k": np.stack(
+                [
+                    np.broadcast_to(np.asarray(constants[f], dtype=np.int64).reshape(-1), (c,))
+                    for f in conv_kernels.CONSTANT_FIELDS
+                ],
+                1,
+            ),
+            "rq": rows,
+            # the rounding points counted after each kernel (as the numpy path counts them)
+            "counted": {
+                phase: [
+                    (p, role)
+                    for p, role in enumerate(conv_kernels.POINTS)
+                    if role in roles
+                    and points[role] is not None
+                    and (role != "pool" or geo.pool is Pool.AVG)
+                ]
+                for phase, roles in (
+                    ("forward", ("activation", "pool")),
+                    ("backward", ("residual", "error")),
+                    ("update", ("gradient",)),
+                )
+            },
+            "counts": np.zeros((c, len(conv_kernels.POINTS)), dtype=np.int64),
+            "empty": np.zeros((c, 0), dtype=np.int64),
+            "no_mask": np.zeros((c, 0), dtype=np.bool_),
+        }
 
     def _build_projection(self, i: int, ctx: dict, divisor: int) -> dict:
         """The residual projection's geometry, rounding point and width checks."""
@@ -1231,7 +1313,11 @@ class FixedArithmetic:
         bank.set(w_new, v, w if w_prev is not None else None)
 
     # ------------------------------------------------------------------------------------------
-    # conv stages (docs/numerics.md, "Conv stages"): the weights are a matrix as a dense stage's
+    # conv stages (docs/numerics.md, "Conv stages"): the weights are a matrix as a dense stage's.
+    # A training step's forward, backward and gradient of a stage without group norm, a
+    # projection or a global average run compiled (golden.conv_kernels, the stage's "kernel"
+    # tables); the numpy path (_conv_run and the rest) computes the same codes for the others
+    # and for evaluation, and is what tests/test_conv_kernels.py checks the kernels against.
 
     def init_conv_state(self, stage: StagePlan, params: tuple[torch.Tensor, ...]) -> FixedState:
         """Initial codes of a conv stage: the weight tensor as ``[C_out, C_in x kernel^d]``
@@ -1256,9 +1342,55 @@ class FixedArithmetic:
     ) -> tuple[np.ndarray, FixedConvContext]:
         """Output codes ``[C, n_out]`` of one sample's input codes ``[C, n_in]``."""
         ctx = self._stage[stage.index - 1]
-        res = None if residual is None else residual[:, None]
-        y, kept = self._conv_run(stage, ctx, w, x[:, None], res, self.step, ctx["idx_conv"], True)
-        return y[:, 0], kept
+        kt = ctx["kernel"]
+        if kt is None:
+            res = None if residual is None else residual[:, None]
+            y, kept = self._conv_run(
+                stage, ctx, w, x[:, None], res, self.step, ctx["idx_conv"], True
+            )
+            return y[:, 0], kept
+        # compiled: the same codes in one pass (golden.conv_kernels)
+        geo: ConvGeometry = ctx["geometry"]
+        c, out, positions = x.shape[0], geo.conv_shape[0], geo.positions
+        z = np.empty((c, stage.n_out), dtype=np.int64)
+        mask = np.empty((c, out * positions), dtype=np.bool_) if stage.relu else kt["no_mask"]
+        choice = kt["empty"]
+        if geo.pool is Pool.MAX:
+            choice = np.empty((c, stage.n_out), dtype=np.int64)
+        columns = np.empty((c, positions, ctx["cols"]), dtype=np.int64)
+        over = conv_kernels.conv_forward(
+            x,
+            w,
+            kt["empty"] if residual is None else residual,
+            kt["src"],
+            kt["geo"],
+            kt["k"],
+            kt["rq"],
+            self.seed,
+            self.step,
+            z,
+            mask,
+            choice,
+            columns,
+            kt["counts"],
+        )
+        self._count_kernel(ctx, "forward", over)
+        kept = FixedConvContext(
+            mask.reshape(c, 1, out, positions) if stage.relu else None,
+            choice.reshape(c, 1, out, -1) if geo.pool is Pool.MAX else None,
+            columns,  # [C, positions, cols]: the windows' matrix transposed, for one sample
+        )
+        return z, kept
+
+    def _count_kernel(self, ctx: dict, phase: str, over: int) -> None:
+        """Count the overflows of a conv kernel of ``phase`` (``over`` of them in all, per
+        config and rounding point in the stage's ``counts``) under their roles: the same
+        counters as the numpy path's, skipping the additions of 0 once a counter exists."""
+        kt, index = ctx["kernel"], ctx["index"]
+        for p, role in kt["counted"][phase]:
+            if over or (index, role) not in self.counts:
+                n = kt["counts"][:, p]
+                self._count(index, role, int(n[0]) if self.configs == 1 else n.copy())
 
     def _conv_run(
         self,
@@ -1372,6 +1504,33 @@ class FixedArithmetic:
         ctx = self._stage[stage.index - 1]
         geo: ConvGeometry = ctx["geometry"]
         c, out = error.shape[0], geo.conv_shape[0]
+        kt = ctx["kernel"]
+        if kt is not None:  # compiled: the same codes in one pass (golden.conv_kernels)
+            n = out * geo.positions
+            d = np.empty((c, n), dtype=np.int64)
+            residual_error = error_in = None
+            if ctx["residual"] is not None:
+                residual_error = np.empty((c, n), dtype=np.int64)
+            error_in_out = kt["empty"]
+            if stage.index > 1:
+                error_in = error_in_out = np.empty((c, x.shape[1]), dtype=np.int64)
+            over = conv_kernels.conv_backward(
+                error,
+                w,
+                kt["src"],
+                kt["geo"],
+                kt["rq"],
+                self.seed,
+                self.step,
+                kt["empty"] if kept.choice is None else kept.choice.reshape(c, -1),
+                kt["no_mask"] if kept.mask is None else kept.mask.reshape(c, -1),
+                d,
+                kt["empty"] if residual_error is None else residual_error,
+                error_in_out,
+                kt["counts"],
+            )
+            self._count_kernel(ctx, "backward", over)
+            return (d.reshape(c, 1, out, -1), kept.columns, None, None), error_in, residual_error
         e = error.reshape(c, 1, out, -1)
         if geo.pool is Pool.AVG:  # every window element gets the error: the 1/4 is a frac
             d = unpool(np.repeat(e[..., None], math.prod(geo.window), -1), geo)
@@ -1448,6 +1607,23 @@ class FixedArithmetic:
         sums), then velocity and weight as for a dense stage."""
         ctx = self._stage[stage.index - 1]
         d, columns, norm_sums, proj = pending
+        kt = ctx["kernel"]
+        if kt is not None:  # compiled: the windows as conv_forward's kernel wrote them
+            c, out, cols = d.shape[0], ctx["geometry"].conv_shape[0], ctx["cols"]
+            g = np.empty((c, out, cols), dtype=np.int64)
+            over = conv_kernels.conv_gradient(
+                d.reshape(c, -1),
+                columns,
+                kt["rq"],
+                ctx["idx_w"].shape[2],
+                self.seed,
+                self.step,
+                g,
+                kt["counts"],
+            )
+            self._count_kernel(ctx, "update", over)
+            self._momentum_update(ctx, s, g)
+            return
         acc = _matmul(d, columns.transpose(0, 1, 3, 2), ctx["grad_float"]).sum(1)
         cols = ctx["cols"]
         g = self._rq(ctx, "grad", "gradient", acc, ctx["idx_w"][..., :cols])
@@ -1472,10 +1648,12 @@ class FixedArithmetic:
         and the residual's, both codes of the source's error format, exact, then that format's
         overflow (counted under the source's ``residual`` role)."""
         ctx = self._stage[stage.index - 1]
-        total = error + residual
-        out = ctx["sum"]._overflow(total)
-        over = out != total
-        self._count(ctx["index"], "residual", over.reshape(over.shape[0], -1).sum(1))
+        out = np.empty_like(error)
+        counts = ctx["sum_counts"]
+        over = conv_kernels.add_errors(error, residual, ctx["sum_rq"], out, counts)
+        if over or (ctx["index"], "residual") not in self.counts:
+            n = counts[:, 0]
+            self._count(ctx["index"], "residual", int(n[0]) if self.configs == 1 else n.copy())
         return out
 
     def label_of(self, y: np.ndarray) -> np.ndarray:
