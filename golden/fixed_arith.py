@@ -731,20 +731,13 @@ class FixedArithmetic:
         if not norm and ctx["projection"] is None and geo.pool is not Pool.GLOBAL_AVG:
             ctx["kernel"] = self._conv_kernel_tables(ctx, st0)
         # a residual's source: the overflow of the sum of its errors (add_errors), compiled
-        ctx["sum_rq"] = self._kernel_rows(ctx, [ctx["sum"]])
+        ctx["sum_rq"] = self._kernel_rows([ctx["sum"]])
         ctx["sum_counts"] = np.zeros((self.configs, 1), dtype=np.int64)
 
-    def _kernel_rows(self, ctx: dict, rounders: list) -> np.ndarray:
-        """``rounders`` (None: a row of zeros) as the compiled kernels read a rounding point:
-        ``[C, len(rounders), len(RQ_FIELDS)]``, made by the compiled update's own tables."""
-        return np.ascontiguousarray(
-            _Bank.kernel_tables(
-                [{**ctx, **dict.fromkeys(kernels.UPDATE_FIELDS, 0), "grad": r} for r in rounders],
-                self.configs,
-                None,
-                True,
-            )["rq"][0]
-        )
+    def _kernel_rows(self, rounders: list) -> np.ndarray:
+        """``rounders`` (None: a row of zeros) as the compiled kernels read rounding points:
+        ``[C, len(rounders), len(RQ_FIELDS)]`` (:func:`_kernel_point` of each)."""
+        return np.ascontiguousarray(np.stack([_kernel_point(r, self.configs) for r in rounders], 1))
 
     def _conv_kernel_tables(self, ctx: dict, stage: StagePlan) -> dict:
         """What the compiled conv kernels (:mod:`golden.conv_kernels`) read of a stage: its
@@ -759,7 +752,7 @@ class FixedArithmetic:
             "error": ctx.get("bwd"),
             "gradient": ctx["grad"],
         }
-        rows = self._kernel_rows(ctx, [points[name] for name in conv_kernels.POINTS])
+        rows = self._kernel_rows([points[name] for name in conv_kernels.POINTS])
         flags = {
             "pool": conv_kernels.POOL_CODES[geo.pool.value],
             "relu": stage.relu,
