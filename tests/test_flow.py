@@ -2,6 +2,11 @@
 
 import dataclasses
 import json
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +19,7 @@ import pbhw.tools.verify as verify_module
 from golden.compare import Observed
 from pbhw.cli import main
 from pbhw.core.config import load
+from pbhw.core.errors import TrainingDiverged
 from pbhw.flows.flow import run_flow
 from pbhw.tools.toolchain import ToolError, verilator
 
@@ -290,3 +296,134 @@ def test_a_failing_flow_leaves_nothing_behind_and_keeps_an_earlier_output(
     run_flow(config.replace({"seed": 5}), out, verify_samples=8)
     assert json.loads((out / "summary.json").read_text())["config"]["seed"] == 5
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["flow"]
+
+
+# --------------------------------------------------------------------------------------------
+# step 2 (synthesis and place-and-route, then the reference MAC) beside training and
+# verification
+
+
+def test_synthesis_runs_beside_training_and_verification(tmp_path, monkeypatch, stub_tools):
+    """The estimate starts before training and is still running when training starts (each
+    waits for the other, with a time limit: one after the other, they would fail). Progress
+    lines come from the calling thread only, prefixed with their step while steps overlap."""
+    import pbhw.flows.flow as flow_module
+
+    estimating, training = threading.Event(), threading.Event()
+    real_estimate, real_train = flow_module.estimate, flow_module.train
+
+    def estimate(config, **kwargs):
+        estimating.set()
+        if not training.wait(timeout=60):
+            raise AssertionError("training did not start while the estimate ran")
+        return real_estimate(config, **kwargs)
+
+    def train(config, **kwargs):
+        training.set()
+        if not estimating.wait(timeout=60):
+            raise AssertionError("the estimate had not started when training began")
+        return real_train(config, **kwargs)
+
+    monkeypatch.setattr(flow_module, "estimate", estimate)
+    monkeypatch.setattr(flow_module, "train", train)
+    lines, threads = [], set()
+
+    def progress(message):
+        lines.append(message)
+        threads.add(threading.current_thread())
+
+    config = load(ROOT / "examples" / "mlp_digits.toml", tiny_sets(tmp_path))
+    summary = run_flow(config, tmp_path / "flow", verify_samples=8, progress=progress)
+    assert threads == {threading.main_thread()}
+    assert lines[0] == "1/5 generating Verilog ..." and lines[-1] == "5/5 writing the report ..."
+    middle = [line for line in lines[1:-1] if not line.startswith("waiting for step 2")]
+    assert all(line.split(" ")[0] in ("[estimate]", "[train]", "[verify]") for line in middle)
+    starts = [line.split(" ")[1] for line in middle if line.split(" ")[1][1:2] == "/"]
+    assert sorted(starts) == ["2/5", "3/5", "4/5"], lines
+    assert any(line.startswith("[estimate] yosys") or "fits: True" in line for line in middle)
+    assert list(summary["timings"]) == [*flow_module.TIMED_STEPS, "total"]
+    saved = json.loads((tmp_path / "flow" / "summary.json").read_text())
+    assert saved["timings"] == summary["timings"]
+    total = summary["timings"]["total"]
+    assert (
+        f"Total wall time of the flow: {total:,.1f} s" in (tmp_path / "flow/report.md").read_text()
+    )
+    assert json.loads((tmp_path / "flow" / "estimate.json").read_text())["method"] == "synthesis"
+    assert not [t for t in threading.enumerate() if t.name.startswith("pbhw flow")]
+
+
+def test_a_failure_beside_training_stops_it_and_is_the_error(tmp_path, monkeypatch, stub_tools):
+    """Step 2 fails while training runs: training stops at its next progress point (an
+    epoch), nothing is left behind, and the command reports step 2's error with its exit
+    status."""
+    import pbhw.flows.flow as flow_module
+
+    training = threading.Event()
+    calls = []
+
+    def estimate(config, **kwargs):
+        if not training.wait(timeout=60):
+            raise AssertionError("training did not start")
+        raise ToolError("yosys: out of cheese")
+
+    def train(config, *, on_epoch=None, **kwargs):
+        calls.append("train")
+        training.set()
+        for _ in range(6000):  # epochs; each ends at the flow's progress point
+            on_epoch(None)
+            time.sleep(0.01)
+        raise AssertionError("training went on after step 2 failed")
+
+    def verify(*args, **kwargs):
+        raise AssertionError("verification started after step 2 failed")
+
+    monkeypatch.setattr(flow_module, "estimate", estimate)
+    monkeypatch.setattr(flow_module, "train", train)
+    monkeypatch.setattr(flow_module, "verify", verify)
+    out = tmp_path / "runs" / "flow"
+    result = CliRunner().invoke(main, _flow_args(tmp_path, out, "--verify-samples", "8"))
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines()[-1] == "error: yosys: out of cheese", result.stderr
+    assert calls == ["train"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blobs.npz"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("pbhw flow")]
+
+
+def _children_listed() -> bool:
+    return Path(f"/proc/self/task/{threading.get_native_id()}/children").exists()
+
+
+@pytest.mark.skipif(not _children_listed(), reason="no /proc/PID/task/TID/children here")
+@pytest.mark.parametrize(
+    "failure", [TrainingDiverged("loss diverged at epoch 1"), KeyboardInterrupt()]
+)
+def test_a_failure_in_training_kills_the_tool_beside_it(tmp_path, monkeypatch, failure):
+    """Training fails (or is interrupted) while step 2's tool runs: the tool's process is
+    killed, its thread ends, the training error is raised (not the killed tool's) and nothing
+    is left behind."""
+    import pbhw.flows.flow as flow_module
+
+    running = threading.Event()
+    ended = {}
+
+    def estimate(config, **kwargs):
+        kwargs["progress"]("yosys: a minute's sleep")
+        running.set()
+        tool = subprocess.run([sys.executable, "-c", "import time; time.sleep(60)"])
+        ended["returncode"] = tool.returncode
+        raise ToolError(f"yosys failed (exit {tool.returncode})")
+
+    def train(config, **kwargs):
+        if not running.wait(timeout=60):
+            raise AssertionError("the estimate did not start")
+        raise failure
+
+    monkeypatch.setattr(flow_module, "estimate", estimate)
+    monkeypatch.setattr(flow_module, "train", train)
+    config = load(ROOT / "examples" / "mlp_digits.toml", tiny_sets(tmp_path))
+    with pytest.raises(type(failure)) as raised:
+        run_flow(config, tmp_path / "runs" / "flow", verify_samples=8)
+    assert raised.value is failure
+    assert ended == {"returncode": -signal.SIGTERM}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blobs.npz"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("pbhw flow")]

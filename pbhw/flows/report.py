@@ -573,4 +573,14 @@ def _critical_path_text(path: Mapping[str, Any]) -> str:
 
 
 def _fmt_timings(t: Mapping[str, float]) -> str:
-    return "Wall time per step: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()) + "."
+    """The flow's timings: each step's wall time, then (``total``) the flow's own, which is
+    less than the steps' sum when steps ran side by side."""
+    steps = {k: v for k, v in t.items() if k != "total"}
+    text = "Wall time per step: " + ", ".join(f"{k} {v:,.1f} s" for k, v in steps.items()) + "."
+    if "total" in t:
+        text += f" Total wall time of the flow: {t['total']:,.1f} s"
+        added = sum(steps.values())
+        if added > t["total"]:
+            text += f" (the steps' wall times add up to {added:,.1f} s: some ran side by side)"
+        text += "."
+    return text
