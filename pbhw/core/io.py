@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -125,10 +126,16 @@ def discard_staging_dir(staging: Path, created: Path | None) -> None:
         shutil.rmtree(created, ignore_errors=True)
 
 
+#: Held while :func:`_umask` sets the umask and sets it back: two threads reading it at once
+#: (``pbhw flow`` writes files from two) would otherwise leave the second one's stand-in set.
+_UMASK_LOCK = threading.Lock()
+
+
 def _umask() -> int:
     """The process's umask (read by setting it, and setting it back at once)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
     return mask
 
 
