@@ -505,7 +505,8 @@ def flow(
     init_from: str | None,
     sets: tuple[str, ...],
 ) -> None:
-    """The main job: train (fixed point vs float SGD), generate, verify, estimate, report.
+    """The main job: generate; synthesise and place and route beside training (fixed point vs
+    float SGD) and verification; report.
 
     Writes DIR/report.md (with training.png and resources.png), the JSON of every step and the
     generated design in DIR/rtl."""
