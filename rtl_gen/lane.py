@@ -164,7 +164,7 @@ class Lane(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         at, pre = self._cycles, self._wait
-        later = Delays(m, ram=True)  # later(value as of cycle 0, n, name): n cycles later
+        later = Delays(m)  # later(value as of cycle 0, n, name): n cycles later
         k_valid = Signal()
         m.d.comb += k_valid.eq(self.k < self._weights)
         unit = m.submodules.update = UpdateUnit(**self._update)

@@ -7,24 +7,13 @@ from __future__ import annotations
 from amaranth.hdl import Const, Module, Signal, Value
 from amaranth.lib.memory import Memory
 
-__all__ = [
-    "RAM_DEPTH",
-    "RAM_MIN_DELAY",
-    "RAM_MIN_WIDTH",
-    "SUM_FAN_IN",
-    "Delays",
-    "pipelined_sum",
-    "sum_levels",
-]
+__all__ = ["RAM_DEPTH", "RAM_MIN_DELAY", "SUM_FAN_IN", "Delays", "pipelined_sum", "sum_levels"]
 
 #: Words of a delay line's memory stretch (:class:`Delays` with ``ram``): the longest stretch.
 RAM_DEPTH = 16
 #: The shortest stretch of a delay line put in memory: shorter ones stay registers (a memory
 #: stretch costs a register of its width and the memory's LUTs).
 RAM_MIN_DELAY = 4
-#: The narrowest delay line put in memory: the width of one distributed-RAM primitive
-#: (``TRELLIS_DPR16X4``); Yosys builds narrower memories from flip-flops and multiplexers.
-RAM_MIN_WIDTH = 4
 
 #: Terms a pipelined sum adds per registered level (two levels of adders).
 SUM_FAN_IN = 4
@@ -40,8 +29,7 @@ class Delays:
     pipeline register would be the slowest net of the design.
 
     A line is a chain of registers, one per cycle. With ``ram``, a stretch of at least
-    :data:`RAM_MIN_DELAY` cycles between two delays asked of a line (one at least
-    :data:`RAM_MIN_WIDTH` bits wide) is instead a small memory of
+    :data:`RAM_MIN_DELAY` cycles between two delays asked of a line is instead a small memory of
     :data:`RAM_DEPTH` words written every cycle at a free-running address (one counter per
     :class:`Delays`) and read :data:`RAM_DEPTH` or fewer writes back into a register: the same
     values, cycle for cycle, in distributed RAM (on ECP5, ``TRELLIS_DPR16X4``: 16 words of 4 bits
@@ -72,7 +60,7 @@ class Delays:
             return taps[n]
         while end < n:
             step = min(n - end, RAM_DEPTH)
-            if self._ram and step >= RAM_MIN_DELAY and len(taps[end]) >= RAM_MIN_WIDTH:
+            if self._ram and step >= RAM_MIN_DELAY:
                 mem = Memory(shape=taps[end].shape(), depth=RAM_DEPTH, init=[])
                 self._m.submodules[f"{name}_ram{end}"] = mem
                 write = mem.write_port()

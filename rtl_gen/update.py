@@ -357,7 +357,7 @@ class UpdateUnit(wiring.Component):
             m.d.comb += sig.eq(port)
             return sig
 
-        delays = Delays(m, ram=self._pipelined)
+        delays = Delays(m)
 
         def at(value, n, name):
             """``value`` ``n`` cycles later (unchanged when combinational)."""

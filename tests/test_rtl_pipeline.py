@@ -8,7 +8,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-from rtl_gen.pipeline import RAM_DEPTH, RAM_MIN_DELAY, RAM_MIN_WIDTH, Delays
+from rtl_gen.pipeline import RAM_DEPTH, RAM_MIN_DELAY, Delays
 
 # Delays asked of one line, in the order asked: rising, falling inside a memory stretch (one
 # more read port, or a register right after the stretch's start), past RAM_DEPTH (two stretches)
@@ -65,7 +65,6 @@ def test_memory_stretches_are_made_of_long_stretches_only():
     later(x, RAM_MIN_DELAY - 1, "short")
     later(x, RAM_MIN_DELAY, "long")
     later(x, RAM_DEPTH + 1, "two")
-    later(Signal(RAM_MIN_WIDTH - 1), RAM_DEPTH, "narrow")
     names = set(m._named_submodules)
     assert names == {"long_ram0", "two_ram0"}
     registers = Module()
