@@ -773,13 +773,7 @@ class FixedArithmetic:
         return {
             "src": np.ascontiguousarray((im2col(numbers, geo)[0, 0] - 1).T),
             "geo": np.array([values[f] for f in conv_kernels.GEOMETRY_FIELDS], dtype=np.int64),
-            "k": np.stack(
-                [
-                    np.broadcast_to(np.asarray(constants[f], dtype=np.int64).reshape(-1), (c,))
-                    for f in conv_kernels.CONSTANT_FIELDS
-                ],
-                1,
-            ),
+            "k": np.stack([_per_config(constants[f], c) for f in conv_kernels.CONSTANT_FIELDS], 1),
             "rq": rows,
             # the rounding points counted after each kernel (as the numpy path counts them)
             "counted": {
