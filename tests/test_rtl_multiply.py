@@ -23,8 +23,9 @@ from rtl_gen.products import LATENCY, fabric_product, pipelined_product
 PORTS = [(18, 18), (25, 18), (16, 16)]
 #: The example's momentum 0.99671 in the default coefficient format s24.22.
 MOMENTUM = int(quantize(0.99671, FixedFormat(24, 22), "half_even", "saturate"))
-#: Constants for the fabric: signs, zero, powers of two, alternating and all-ones patterns (12
-#: and 24 digits: more than the eight a tree of pairs sums in three levels), the momentum.
+#: Constants for the fabric: signs, zero, powers of two, alternating and all-ones patterns (12,
+#: 24 and 31 digits, the most a 62-bit coefficient has: adders of two, three and four terms in the
+#: three registered levels), the momentum.
 FABRIC_CONSTANTS = [
     3771106,
     -5,
@@ -38,6 +39,8 @@ FABRIC_CONSTANTS = [
     0x555555,
     -0x555555,
     0xAAAAAA,
+    0x555555555555,
+    -0x1555555555555555,
     0x7FFFFF,
     0xFFFFFF,
     -(1 << 23) + 3,
@@ -112,7 +115,7 @@ def test_fabric_products_are_exact(width_a, signed_a):
     for b in FABRIC_CONSTANTS:
         expected, got = simulate(width_a, b, PORTS[0], signed_a, fabric=True)
         assert got == expected, (width_a, b)
-    assert max(len(csd_digits(b)) for b in FABRIC_CONSTANTS) > 8
+    assert max(len(csd_digits(b)) for b in FABRIC_CONSTANTS) > 3**3
 
 
 @pytest.mark.parametrize("width, fabric", [(16, False), (30, False), (20, True)])
