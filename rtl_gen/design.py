@@ -28,9 +28,7 @@ class Design:
     def discard(self) -> None:
         """Mark the components as deliberately not elaborated (a manifest-only use), so that
         Amaranth does not warn about them."""
-        net = self.network
-        for component in [net, net.loss_unit, *net.stages]:
-            component._MustUse__silence = True
+        self.network.discard()
 
 
 def fixed_plan(config: Config) -> Plan:

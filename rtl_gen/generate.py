@@ -222,6 +222,7 @@ def manifest_of(design: Design, *, top: str, files: GeneratedFiles | None = None
                     weight=stage.lanes * stage.weight_bits,
                     velocity=stage.lanes * stage.velocity_bits,
                 ),
+                delay_memories=stage.delay_memories,
             )
         )
     data_mults = sum(layer.multipliers.data for layer in layers)

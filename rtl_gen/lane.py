@@ -135,6 +135,7 @@ class Lane(wiring.Component):
         self._forward, self._backward = forward, backward
         self._weights, self._padded, self._wait, self._key = weights, bool(padded), wait, key
         self._cycles = lane_cycles(wait)
+        self._memories: list[tuple[int, int]] | None = None
         fm = update["formats"]
         ws = shape_of(fm.weight.format)
         members = {
@@ -161,13 +162,25 @@ class Lane(wiring.Component):
         """:func:`lane_cycles` of the lane's ``wait``."""
         return dict(self._cycles)
 
+    @property
+    def delay_memories(self) -> list[tuple[int, int]]:
+        """``(width, cycles)`` of every block RAM of the lane's delay lines (its own and its
+        update unit's, :class:`~rtl_gen.pipeline.Delays` with ``ram=True``); known once the
+        lane is elaborated (``Fragment.get(lane, None)``)."""
+        if self._memories is None:
+            raise RuntimeError("A lane's delay memories are known once it is elaborated")
+        return list(self._memories) + list(self._unit.delay_memories)
+
     def elaborate(self, platform):
         m = Module()
         at, pre = self._cycles, self._wait
-        later = Delays(m)  # later(value as of cycle 0, n, name): n cycles later
+        # later(value as of cycle 0, n, name): n cycles later; long stretches in block RAM
+        # when the update unit's are (``delay_ram``)
+        later = Delays(m, ram=self._update.get("delay_ram", False))
+        self._memories = later.memories
         k_valid = Signal()
         m.d.comb += k_valid.eq(self.k < self._weights)
-        unit = m.submodules.update = UpdateUnit(**self._update)
+        unit = self._unit = m.submodules.update = UpdateUnit(**self._update)
         m.d.comb += [
             unit.dz.eq(later(self.dz, pre, "dz")),
             unit.x.eq(later(self.x_stashed, pre, "xg")),

@@ -8,28 +8,37 @@ stage's datapath, :mod:`pbhw.core.datapath`, each counted by
 :func:`pbhw.core.devices.dsp_count`: with ``hardware.constants = "fabric"`` only the data
 products), and :data:`AUTO_LUT_SHARE` of its LUTs and :data:`AUTO_FF_SHARE` of its flip-flops
 as the analytic model predicts them (:mod:`pbhw.core.resource_model`, the model of ``pbhw
-estimate --fast``).
+estimate --fast``, with the delay lines' block RAMs of the stages built with those lanes), and
+:data:`AUTO_BRAM_SHARE` of its block RAMs.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from pbhw.core import resource_model
 from pbhw.core.config import ROLES, ConfigError, WeightPrediction
 from pbhw.core.datapath import StageDatapath, stage_datapath, x_format_of
-from pbhw.core.devices import Device, load_device
+from pbhw.core.devices import Device, load_device, stage_blocks
 from pbhw.core.plan import Plan, StagePlan
+from rtl_gen.stage import Stage
+from rtl_gen.target import Multiplier
+from rtl_gen.top import Network
 
 __all__ = [
+    "AUTO_BRAM_SHARE",
     "AUTO_DSP_SHARE",
     "AUTO_FF_SHARE",
     "AUTO_LUT_SHARE",
+    "auto_bram_budget",
     "auto_budget",
     "auto_lanes",
     "auto_ff_budget",
     "auto_lut_budget",
     "lane_dsp_cost",
+    "predicted_blocks",
     "predicted_logic",
     "predicted_luts",
 ]
@@ -45,6 +54,9 @@ AUTO_LUT_SHARE = 0.7
 #: them): a lane's pipeline holds about 1,750 FF and 1,110 LUT (``docs/hardware.md``), so on
 #: the default example the FFs bind before the LUTs (19, 10, 3 lanes took 88 % of them).
 AUTO_FF_SHARE = 0.7
+#: Share of the device's block RAMs ``lanes = "auto"`` may fill (weights, velocities, stash and
+#: the lanes' delay lines).
+AUTO_BRAM_SHARE = 0.9
 
 
 def auto_budget(device: Device) -> int:
@@ -60,6 +72,39 @@ def auto_lut_budget(device: Device) -> int:
 def auto_ff_budget(device: Device) -> int:
     """Flip-flops ``lanes = "auto"`` may use on ``device``."""
     return int(device.resources["ff"] * AUTO_FF_SHARE)
+
+
+def auto_bram_budget(device: Device) -> int:
+    """Block RAMs ``lanes = "auto"`` may use on ``device``."""
+    return int(device.resources["bram_bits"] // device.block_bits * AUTO_BRAM_SHARE)
+
+
+def _stages(plan: Plan, lanes: tuple[int, ...], device: Device) -> list[Stage]:
+    """The stages of ``plan`` with ``lanes``, built (not elaborated) to read their memories."""
+    bias = int(plan.config.network.bias)
+    multiplier = Multiplier.from_device(
+        device, primitives=False, constants=plan.config.hardware.constants
+    )
+    init = [np.zeros((st.n_out, st.n_in + bias), dtype=np.int64) for st in plan.stages]
+    net = Network(plan=plan, lanes=lanes, init=init, multiplier=multiplier)
+    net.discard()
+    return net.stages
+
+
+def predicted_blocks(plan: Plan, lanes: tuple[int, ...], device: Device) -> int:
+    """Block RAMs of the design with ``lanes`` on ``device``
+    (:func:`pbhw.core.devices.stage_blocks` of every stage)."""
+    return sum(
+        stage_blocks(
+            st.memory_bits,
+            lanes=st.lanes,
+            weight_bits=st.weight_bits,
+            velocity_bits=st.velocity_bits,
+            delay_memories=st.delay_memories,
+            device=device,
+        )
+        for st in _stages(plan, lanes, device)
+    )
 
 
 def _datapath(plan: Plan, stage: StagePlan, device: Device) -> StageDatapath:
@@ -87,10 +132,12 @@ def predicted_luts(plan: Plan, lanes: tuple[int, ...], device: Device) -> float:
 
 def predicted_logic(plan: Plan, lanes: tuple[int, ...], device: Device) -> dict[str, float]:
     """``{"lut": ..., "ff": ...}`` of the design with ``lanes`` on ``device`` as the analytic
-    model predicts them (:func:`pbhw.core.resource_model.predict`), fabric adders included."""
+    model predicts them (:func:`pbhw.core.resource_model.predict`), fabric adders and the
+    delay lines' block RAMs included."""
     feats = dict.fromkeys(resource_model.FEATURES, 0.0)
     feats["constant"] = 1.0
-    for st, n in zip(plan.stages, lanes, strict=True):
+    built = _stages(plan, tuple(lanes), device)
+    for st, n, stage_hw in zip(plan.stages, lanes, built, strict=True):
         datapath = _datapath(plan, st, device)
         prediction = plan.config.optimizer.weight_prediction
         stage = resource_model.stage_features(
@@ -106,6 +153,7 @@ def predicted_logic(plan: Plan, lanes: tuple[int, ...], device: Device) -> dict[
             adder_bits=sum(p.adder_bits for p in datapath.products),
             drain=0,
             device=device,
+            delay_memory_bits=sum(d.register_bits for d in stage_hw.delay_memories),
         )
         for key, value in stage.items():
             feats[key] += value
@@ -135,9 +183,12 @@ def auto_lanes(plan: Plan, device: Device | None = None) -> tuple[int, ...]:
         return sum(n * c for n, c in zip(lanes, costs, strict=True))
 
     def short_of(lanes: list[int]) -> list[str]:
-        """The logic resources ``lanes`` would take beyond auto's budget."""
+        """The logic and memory resources ``lanes`` would take beyond auto's budget."""
         logic = predicted_logic(plan, tuple(lanes), device)
-        return [key for key, cap in logic_budget.items() if logic[key] > cap]
+        short = [key for key, cap in logic_budget.items() if logic[key] > cap]
+        if predicted_blocks(plan, tuple(lanes), device) > auto_bram_budget(device):
+            short.append("bram")
+        return short
 
     def fits(lanes: list[int]) -> bool:
         return used(lanes) <= budget and not short_of(lanes)
@@ -153,11 +204,21 @@ def auto_lanes(plan: Plan, device: Device | None = None) -> tuple[int, ...]:
         )
     if short_of(one):
         key = short_of(one)[0]
-        share = {"lut": AUTO_LUT_SHARE, "ff": AUTO_FF_SHARE}[key]
+        if key == "bram":
+            need, cap, total = (
+                predicted_blocks(plan, tuple(one), device),
+                auto_bram_budget(device),
+                device.resources["bram_bits"] // device.block_bits,
+            )
+            what, share = "block RAMs", AUTO_BRAM_SHARE
+        else:
+            need = round(predicted_logic(plan, tuple(one), device)[key])
+            cap, total = logic_budget[key], device.resources[key]
+            what = f"{key.upper()}s"
+            share = {"lut": AUTO_LUT_SHARE, "ff": AUTO_FF_SHARE}[key]
         raise ConfigError(
             f"config key 'hardware.lanes' is 'auto', but one lane per stage already needs "
-            f"about {predicted_logic(plan, tuple(one), device)[key]:.0f} {key.upper()}s and auto "
-            f"may use {logic_budget[key]} of {device.name}'s {device.resources[key]} "
+            f"about {need} {what} and auto may use {cap} of {device.name}'s {total} "
             f"({share:.0%}); narrow the formats, give the lanes explicitly, or pick a larger "
             "device"
         )

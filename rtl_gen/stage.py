@@ -45,10 +45,11 @@ the cycle at which each acts.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
-from amaranth.hdl import Cat, Module
+from amaranth.hdl import Cat, Fragment, Module
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -61,12 +62,13 @@ from pbhw.core.datapath import (
 )
 from pbhw.core.figures import stash_bits
 from pbhw.core.fixed import Rounding
+from pbhw.core.manifest import DelayMemory
 from pbhw.core.plan import StagePlan
 from rtl_gen.counters import COUNTER_BITS, COUNTER_ROLES, SaturationCounters
 from rtl_gen.lane import Lane, lane_cycles
 from rtl_gen.memories import DebugMemory, InputStash, RowMemories
 from rtl_gen.operands import OperandRings
-from rtl_gen.pipeline import Delays, sum_levels
+from rtl_gen.pipeline import RAM_DEPTH, Delays, sum_levels
 from rtl_gen.products import LATENCY as PRODUCT_LATENCY
 from rtl_gen.rounding import RandomKey
 from rtl_gen.sequencer import Sequencer
@@ -127,6 +129,9 @@ class Stage(wiring.Component):
     multiplier : Multiplier
         The device's hard multiplier (:class:`rtl_gen.target.Multiplier`): every product is cut
         into pieces that fit its ports. Default: a generic 18 x 18 multiplier left to synthesis.
+    delay_ram : bool
+        The lanes' long delay lines in block RAM (``hardware.delay_lines = "block_ram"``;
+        :attr:`delay_memories`). Default: registers.
 
     Attributes
     ----------
@@ -161,6 +166,7 @@ class Stage(wiring.Component):
         lanes: int,
         init: np.ndarray,
         multiplier: Multiplier = GENERIC,
+        delay_ram: bool = False,
     ):
         if not isinstance(plan, StagePlan):
             raise TypeError(f"Plan must be a StagePlan, not {plan!r}")
@@ -203,6 +209,7 @@ class Stage(wiring.Component):
             x_format=x_role.format,
             pipelined=True,
             multiplier=multiplier,
+            delay_ram=delay_ram,
         )
         # Every width, shift and product of the stage; a bad width or constant fails here.
         self._datapath = stage_datapath(
@@ -523,24 +530,54 @@ class Stage(wiring.Component):
                 stash.mask_write.eq(seq.finish & ~seq.fwd_bubble),
             ]
 
+    @property
+    def always_valid_lanes(self) -> int:
+        """Lanes that never hold padding: lanes ``p >= always_valid_lanes`` pad the last row."""
+        return self.weights - (self.rows - 1) * self._lanes
+
+    def _lane(self, *, padded: bool) -> Lane:
+        return Lane(
+            update=self.update_args,
+            multiplier=self._multiplier,
+            forward=self._datapath.forward,
+            backward=self._datapath.backward if self._error_out is not None else None,
+            weights=self.weights,
+            padded=padded,
+            wait=self._at["update"],
+            key=self._key,
+            k_max=self.rows * self._lanes + self._lanes,
+        )
+
+    @functools.cached_property
+    def _lane_memories(self) -> dict[bool, list[tuple[int, int]]]:
+        out = {}
+        for padded in (False, True):
+            lane = self._lane(padded=padded)
+            Fragment.get(lane, None)  # elaborated standalone, only to read its delay lines
+            out[padded] = lane.delay_memories
+        return out
+
+    @property
+    def delay_memories(self) -> tuple[DelayMemory, ...]:
+        """The block RAMs of the stage's lanes' delay lines (:class:`~rtl_gen.pipeline.Delays`
+        with ``ram=True``), one entry per width and delay: each lane's, and the padded lanes'
+        (which keep ``w`` and ``v`` until the write)."""
+        counts: dict[tuple[int, int], int] = {}
+        valid = self.always_valid_lanes
+        for padded, lanes in ((False, valid), (True, self._lanes - valid)):
+            for memory in self._lane_memories[padded] if lanes else ():
+                counts[memory] = counts.get(memory, 0) + lanes
+        return tuple(
+            DelayMemory(width=width, depth=RAM_DEPTH, cycles=cycles, count=count)
+            for (width, cycles), count in sorted(counts.items())
+        )
+
     def _lanes_of(self, m: Module, seq, mem, ops, rows, cols) -> list[Lane]:
         """The lanes, fed from the row read and the rings; their products to the sums."""
         P = self._lanes
-        # Lanes p >= always_valid hold padding in the last row.
-        always_valid = self.weights - (self.rows - 1) * P
         lanes = []
         for p in range(P):
-            lane = Lane(
-                update=self.update_args,
-                multiplier=self._multiplier,
-                forward=self._datapath.forward,
-                backward=self._datapath.backward if cols is not None else None,
-                weights=self.weights,
-                padded=p >= always_valid,
-                wait=self._at["update"],
-                key=self._key,
-                k_max=self.rows * P + P,
-            )
+            lane = self._lane(padded=p >= self.always_valid_lanes)
             m.submodules[f"lane{p}"] = lane
             m.d.comb += [
                 lane.w.eq(mem.w[p]),

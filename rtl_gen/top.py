@@ -15,6 +15,7 @@ from amaranth.hdl import ClockDomain, ClockSignal, DomainRenamer, Module, Mux, R
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from pbhw.core.config import DelayLines
 from pbhw.core.plan import Plan
 from rtl_gen.counters import COUNTER_BITS, COUNTER_ROLES
 from rtl_gen.fanout import replicated
@@ -46,6 +47,9 @@ class Network(wiring.Component):
     multiplier : Multiplier
         The device's hard multiplier (:class:`rtl_gen.target.Multiplier`), for every stage and
         the loss unit. Default: a generic 18 x 18 multiplier left to synthesis.
+
+    The lanes' long delay lines are in block RAM when the config's ``hardware.delay_lines`` is
+    ``"block_ram"``.
 
     Attributes
     ----------
@@ -90,6 +94,7 @@ class Network(wiring.Component):
                     lanes=lanes[i],
                     init=np.asarray(init[i]),
                     multiplier=multiplier,
+                    delay_ram=cfg.hardware.delay_lines is DelayLines.BLOCK_RAM,
                 )
             )
         last = plan.stages[-1]
@@ -128,6 +133,12 @@ class Network(wiring.Component):
                 "saturation": Out(data.ArrayLayout(COUNTER_BITS, len(self.counter_names()))),
             }
         )
+
+    def discard(self) -> None:
+        """Mark the network's components as deliberately not elaborated (a use that only reads
+        their properties), so that Amaranth does not warn about them."""
+        for component in [self, self._loss, *self._stages]:
+            component._MustUse__silence = True
 
     @property
     def plan(self) -> Plan:

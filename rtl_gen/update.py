@@ -123,6 +123,10 @@ class UpdateUnit(wiring.Component):
         are cut to fit its ports, and the products by a constant are built in the fabric when
         its ``constants`` is ``FABRIC`` (same cycles). Default: a generic 18 x 18 multiplier
         left to synthesis.
+    delay_ram : bool
+        Pipelined, keep the long stretches of the delay lines in block RAM
+        (:class:`~rtl_gen.pipeline.Delays` with ``ram=True``; the same values). Default:
+        registers.
 
     With ``formats.coefficient_shift`` the constants (powers of two, and ``1 - 2**-k`` for the
     momentum, as :mod:`pbhw.core.plan` quantizes them under the ``shift`` option) are applied with
@@ -178,6 +182,7 @@ class UpdateUnit(wiring.Component):
         x_format: FixedFormat,
         pipelined: bool = False,
         multiplier: Multiplier = GENERIC,
+        delay_ram: bool = False,
     ):
         if not isinstance(formats, Formats):
             raise TypeError(f"Formats must be a Formats, not {formats!r}")
@@ -193,6 +198,8 @@ class UpdateUnit(wiring.Component):
                 raise TypeError(f"{name} must be an integer code, not {value!r}")
         if not isinstance(pipelined, bool):
             raise TypeError(f"Pipelined must be a bool, not {pipelined!r}")
+        if not isinstance(delay_ram, bool):
+            raise TypeError(f"Delay_ram must be a bool, not {delay_ram!r}")
         if not isinstance(multiplier, Multiplier):
             raise TypeError(f"Multiplier must be a Multiplier, not {multiplier!r}")
         if not _is_int(horizon):
@@ -218,6 +225,7 @@ class UpdateUnit(wiring.Component):
         self._eta_t = eta_t
         self._horizon = horizon
         self._pipelined = pipelined
+        self._delay_ram = delay_ram
         self._multiplier = multiplier
         self._datapath = update_datapath(
             formats,
@@ -357,11 +365,14 @@ class UpdateUnit(wiring.Component):
             m.d.comb += sig.eq(port)
             return sig
 
-        delays = Delays(m)
+        # Long stretches in block RAM with ``delay_ram``; the gradient output, which a lane
+        # leaves unconnected, in registers (so no RAM is counted that synthesis would remove).
+        delays, registers = Delays(m, ram=self._delay_ram), Delays(m)
+        self.delay_memories = delays.memories
 
-        def at(value, n, name):
+        def at(value, n, name, *, line=delays):
             """``value`` ``n`` cycles later (unchanged when combinational)."""
-            return delays(value, n, name) if self._pipelined else value
+            return line(value, n, name) if self._pipelined else value
 
         shift = self._formats.coefficient_shift
 
@@ -441,7 +452,7 @@ class UpdateUnit(wiring.Component):
             self.saturated.weight.eq(at(sat_w, 1, "sat_w")),
             self.v_new.eq(at(v_new, done - s_v, "v_new")),
             self.saturated.velocity.eq(at(sat_v, done - s_v, "sat_v")),
-            self.g.eq(at(g, done - s_g, "g")),
+            self.g.eq(at(g, done - s_g, "g", line=registers)),
             self.saturated.gradient.eq(at(sat_g, done - s_g, "sat_g")),
         ]
         return m

@@ -43,6 +43,22 @@ def default_output(tmp_path_factory):
     return gen.generate(load(DEFAULT, ()), tmp_path_factory.mktemp("gen") / "mlp_digits")
 
 
+def test_block_ram_delay_lines_are_the_manifests(tmp_path):
+    """With ``hardware.delay_lines = "block_ram"`` every block-RAM delay line of the Verilog is
+    in the manifest, with its width and depth (a padded lane has two more)."""
+    sets = ("network.layers=[9, 5, 3]", "hardware.lanes=[4, 3]", "hardware.delay_lines='block_ram'")
+    out = gen.generate(load(DEFAULT, sets), tmp_path / "d")
+    m = out.manifest
+    memories = re.findall(
+        r'\(\* ram_style = "block" \*\)\s*reg \[(\d+):0\] \w+ \[(\d+):0\];', out.verilog
+    )
+    delays = [d for layer in m.layers for d in layer.delay_memories]
+    listed = sorted((d.width, d.depth) for d in delays for _ in range(d.count))
+    assert sorted((int(hi) + 1, int(depth) + 1) for hi, depth in memories) == listed
+    assert len(listed) >= 3 * sum(m.lanes)
+    assert {(d.width, d.cycles) for d in delays} >= {(16, 8), (16, 6), (21, 6)}
+
+
 def test_generate_writes_verilog_sdc_init_files_and_manifest(default_output):
     out, m = default_output.directory, default_output.manifest
     names = sorted(p.name for p in out.iterdir())
@@ -61,9 +77,12 @@ def test_generate_writes_verilog_sdc_init_files_and_manifest(default_output):
     for params in instances:
         for reg in ("REG_INPUTA_CLK", "REG_INPUTB_CLK", "REG_OUTPUT_CLK"):
             assert f'.{reg}("CLK0")' in params
+    # Delay lines are registers by default: no block RAM stands for them.
+    assert all(layer.delay_memories == () for layer in m.layers)
+    assert "ram_style" not in (out / "mlp_digits.v").read_text()
     assert json.loads((out / "manifest.json").read_text()) == m.to_json()
     assert Manifest.read(out / "manifest.json") == m
-    assert m.manifest_version == MANIFEST_VERSION == 3
+    assert m.manifest_version == MANIFEST_VERSION == 4
     assert m.top == "mlp_digits" and m.delays == (5, 3, 1)
     assert m.config_hash == gen.config_hash(m.config)
     assert default_output.verilog == (out / m.files.verilog).read_text()

@@ -24,7 +24,7 @@ def manifest():
 
 def test_json_round_trip_is_exact(manifest):
     raw = manifest.to_json()
-    assert raw["manifest_version"] == MANIFEST_VERSION == 3
+    assert raw["manifest_version"] == MANIFEST_VERSION == 4
     assert raw["files"] == {} and manifest.files is None
     again = Manifest.from_json(json.loads(json.dumps(raw)))
     assert again == manifest
@@ -66,9 +66,9 @@ def refusal(raw) -> str:
 
 def test_refuses_another_version_and_foreign_json(manifest):
     raw = manifest.to_json()
-    for version in (2, 4, "3", None):
+    for version in (3, 5, "4", None):
         message = refusal({**raw, "manifest_version": version})
-        assert f"'manifest_version' must be 3, not {version!r}" in message
+        assert f"'manifest_version' must be 4, not {version!r}" in message
     assert "'manifest_version'" in refusal({"name": "x"})
     assert "must be a JSON object with a 'manifest_version'" in refusal([1, 2])
 
@@ -85,7 +85,7 @@ def test_names_the_bad_field(manifest):
     bad["layers"][0]["prediction"] = "sometimes"
     assert "manifest field 'layers.0.prediction' must be one of 'none'" in refusal(bad)
     bad = {**raw, "extra": 1}
-    assert refusal(bad) == "manifest field 'extra' is not part of manifest_version 3"
+    assert refusal(bad) == "manifest field 'extra' is not part of manifest_version 4"
     bad = {**raw, "config": {"optimizer": {"lr": -1}}}
     assert refusal(bad).startswith("manifest field 'config' is not a valid config:")
 
@@ -102,5 +102,5 @@ def test_read_refuses_missing_and_broken_files(tmp_path):
 
 
 def test_constructing_another_version_is_refused(manifest):
-    with pytest.raises(ManifestError, match="manifest_version must be 3, not 1"):
+    with pytest.raises(ManifestError, match="manifest_version must be 4, not 1"):
         dataclasses.replace(manifest, manifest_version=1)

@@ -54,6 +54,19 @@ CASES = {
         },
         (4, 7),
     ),
+    "7-5-3 delay lines in block RAM": (
+        {"network": {"layers": [7, 5, 3]}, "hardware": {"delay_lines": "block_ram"}},
+        (3, 4),
+    ),
+    "stochastic weight difference in block RAM": (
+        {
+            "network": {"layers": [6, 4, 4, 3]},
+            "optimizer": {**FAST_LR, "weight_prediction": "weight_difference"},
+            "formats": NARROW_STOCHASTIC,
+            "hardware": {"delay_lines": "block_ram"},
+        },
+        (5, 3, 7),
+    ),
     "shift constants": (
         {"network": {"layers": [5, 6, 4]}, "formats": {"coefficient": {"shift": True}}},
         (4, 7),

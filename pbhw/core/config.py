@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULTS",
     "Algorithm",
     "ConstantProducts",
+    "DelayLines",
     "Arith",
     "Config",
     "ConfigError",
@@ -75,6 +76,15 @@ class ConstantProducts(enum.Enum):
     FABRIC = "fabric"
     #: the device's hard multipliers, as any other product
     DSP = "dsp"
+
+
+class DelayLines(enum.Enum):
+    """Where a lane keeps its long delay lines (``hardware.delay_lines``)."""
+
+    #: chains of flip-flops
+    REGISTERS = "registers"
+    #: stretches of 5 to 17 cycles in 16-word block RAMs, the rest in flip-flops
+    BLOCK_RAM = "block_ram"
 
 
 class LayerType(enum.Enum):
@@ -149,7 +159,8 @@ DEFAULTS: dict[str, Any] = {
     },
     # [[overrides]] entries: {"layer": N, "formats": {role: {partial role table}}}
     "overrides": [],
-    "hardware": {"lanes": "auto", "device": "ecp5-85k", "clock_mhz": 100.0, "constants": "fabric"},
+    "hardware": {"lanes": "auto", "device": "ecp5-85k", "clock_mhz": 100.0, "constants": "fabric",
+                 "delay_lines": "registers"},
     "train": {"dataset": "digits", "epochs": 10, "arith": "float", "init_from": ""},
 }
 
@@ -289,6 +300,8 @@ class HardwareConfig:
     clock_mhz: float
     #: how the update constants' products are built (``"fabric"`` or ``"dsp"``)
     constants: ConstantProducts = ConstantProducts.FABRIC
+    #: where the lanes' long delay lines are (``"registers"`` or ``"block_ram"``)
+    delay_lines: DelayLines = DelayLines.REGISTERS
 
 
 @dataclass(frozen=True)
@@ -925,6 +938,7 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
         hw.string("device"),
         hw.number("clock_mhz", lo=0.0, lo_open=True, allowed="a positive number (MHz)"),
         hw.choice("constants", ConstantProducts),
+        hw.choice("delay_lines", DelayLines),
     )
 
     tr = _Reader(data["train"], "train")

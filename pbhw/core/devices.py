@@ -11,7 +11,7 @@ import fnmatch
 import functools
 import math
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -28,6 +28,7 @@ __all__ = [
     "PRIMITIVES",
     "dsp_count",
     "memory_blocks",
+    "stage_blocks",
     "CONSTRAINTS_DIR",
     "RESOURCES",
     "Device",
@@ -314,3 +315,32 @@ def memory_blocks(width: int, depth: int, device: Device) -> int:
     if width <= 0 or depth <= 0:
         return 0
     return min(math.ceil(width / w) * math.ceil(depth / d) for d, w in device.block_shapes)
+
+
+def stage_blocks(
+    memory_bits: Mapping[str, int],
+    *,
+    lanes: int,
+    weight_bits: int,
+    velocity_bits: int,
+    delay_memories: Iterable,
+    device: Device,
+) -> int:
+    """Block RAMs of one stage on ``device``. Its weight, previous-weight and velocity memories
+    (``memory_bits``: name -> bits) read a word of ``lanes`` elements per cycle, at the
+    device's best aspect ratio for that word; other memories are rounded up to whole blocks;
+    each delay memory (:class:`pbhw.core.manifest.DelayMemory`) takes ``count`` blocks of
+    ``width`` x ``depth``."""
+    word = {"weight": weight_bits, "w_prev": weight_bits, "velocity": velocity_bits}
+    blocks = 0
+    for memory, bits in memory_bits.items():
+        if bits <= 0:
+            continue
+        if memory in word:
+            width = lanes * word[memory]
+            blocks += memory_blocks(width, math.ceil(bits / width), device)
+        else:
+            blocks += math.ceil(bits / device.block_bits)
+    for memory in delay_memories:
+        blocks += memory.count * memory_blocks(memory.width, memory.depth, device)
+    return blocks

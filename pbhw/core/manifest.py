@@ -12,7 +12,7 @@ The layout (``docs/hardware.md`` describes what the numbers mean)::
     layers: [{stage, n_in, n_out, bias, relu, weights, lanes, rows, cycles_per_step, pipeline,
               delay, horizon, prediction, spike_compensation, coefficient_shift, coefficients,
               formats, multipliers, multiplier_shapes, dsp_blocks, memory_bits, memory_rows,
-              row_bits}],
+              row_bits, delay_memories}],
     delays, lanes, formats, multipliers, dsp_blocks, dsp_available, memory_bits,
     predicted_cycles_per_sample, cycle_overhead, predicted_multiplier_utilization,
     useful_multiplies, memory_model, ports, streams, counters, files
@@ -42,6 +42,7 @@ __all__ = [
     "FormatSpec",
     "GeneratedFiles",
     "DebugPort",
+    "DelayMemory",
     "Layer",
     "Manifest",
     "ManifestError",
@@ -57,7 +58,7 @@ __all__ = [
 ]
 
 #: Version of the manifest's JSON layout; :meth:`Manifest.from_json` accepts only this one.
-MANIFEST_VERSION = 3
+MANIFEST_VERSION = 4
 
 E = TypeVar("E", bound=enum.Enum)
 T = TypeVar("T")
@@ -322,6 +323,35 @@ class RowBits:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DelayMemory:
+    """Block RAMs of the lanes' delay lines of one kind: ``count`` memories of ``depth`` words
+    of ``width`` bits, each delaying a value by ``cycles`` cycles (``docs/hardware.md``)."""
+
+    width: int
+    depth: int
+    cycles: int
+    count: int
+
+    @property
+    def register_bits(self) -> int:
+        """Flip-flops the memories stand for: the registers a chain of ``cycles`` would hold,
+        less the memory's output register."""
+        return self.count * self.width * (self.cycles - 1)
+
+    def to_json(self) -> dict[str, Any]:
+        """``{width, depth, cycles, count}``."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, raw: Any, where: str = "delay_memories.0") -> DelayMemory:
+        """Check and read a ``{width, depth, cycles, count}`` object; ``where`` is its path."""
+        t = _Table(raw, where)
+        memory = cls(**{f.name: t.integer(f.name) for f in fields(cls)})
+        t.close()
+        return memory
+
+
+@dataclass(frozen=True, kw_only=True)
 class Layer:
     """One pipeline stage of the generated design.
 
@@ -329,7 +359,8 @@ class Layer:
     it acts (its keys belong to :attr:`rtl_gen.stage.Stage.pipeline`; ``drain`` is the depth);
     ``coefficients`` the update constants' codes by name; ``memory_bits`` each memory's size.
     ``multiplier_shapes`` lists every hard-multiplier piece of the stage's products (operand
-    widths and how many), from the datapath plan (:mod:`pbhw.core.datapath`).
+    widths and how many), from the datapath plan (:mod:`pbhw.core.datapath`);
+    ``delay_memories`` the block RAMs of the lanes' delay lines.
     """
 
     stage: int
@@ -355,9 +386,14 @@ class Layer:
     memory_bits: Mapping[str, int]
     memory_rows: int
     row_bits: RowBits
+    delay_memories: tuple[DelayMemory, ...]
 
     def __post_init__(self) -> None:
-        _freeze(self, maps=("pipeline", "coefficients", "memory_bits"), seqs=("multiplier_shapes",))
+        _freeze(
+            self,
+            maps=("pipeline", "coefficients", "memory_bits"),
+            seqs=("multiplier_shapes", "delay_memories"),
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The stage's object of the manifest's ``layers``."""
@@ -388,6 +424,7 @@ class Layer:
                 "memory_bits": dict(self.memory_bits),
                 "memory_rows": self.memory_rows,
                 "row_bits": self.row_bits.to_json(),
+                "delay_memories": [d.to_json() for d in self.delay_memories],
             }
         )
         return out
@@ -421,6 +458,7 @@ class Layer:
             memory_bits=t.mapping("memory_bits", _integer),
             memory_rows=t.integer("memory_rows"),
             row_bits=RowBits.from_json(t.value("row_bits"), t.path("row_bits")),
+            delay_memories=t.items("delay_memories", DelayMemory.from_json),
         )
         t.close()
         return layer

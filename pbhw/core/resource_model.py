@@ -34,6 +34,7 @@ FEATURES = (
     "column_sum_bits",
     "pipeline_bits",
     "random_sources",
+    "delay_memory_bits",
 )
 
 #: Every fitting constant of the model, in one place: resource -> feature -> units per unit of
@@ -60,6 +61,9 @@ CALIBRATION: dict[str, dict[str, float]] = {
         "column_sum_bits": 3.499,  # adder, rotation and error requantizer per column-sum bit
         "pipeline_bits": 0.0,
         "random_sources": 900.0,  # one Threefry-2x32-13 core (hand-set: not fitted)
+        # a delay line's block RAM, against its registers: within 350 LUT either way on the
+        # three designs of "ff" below
+        "delay_memory_bits": 0.0,
     },
     "ff": {
         "constant": 18.429,
@@ -77,6 +81,12 @@ CALIBRATION: dict[str, dict[str, float]] = {
         "column_sum_bits": 0.0,
         "pipeline_bits": 0.088,  # the lane pipeline's delay lines
         "random_sources": 416.0,  # a pipelined Threefry core: 6 x 64 + 32 (hand-set)
+        # the registers a delay line's block RAM stands for leave the count, but fewer than
+        # one per bit: as registers, equal taps of a lane's lines merge in synthesis (set by
+        # least squares through 0 on Yosys runs of the default example, registers against
+        # block RAM: 13, 7, 3 lanes 55,583 -> 49,789 FF for 7,263 register bits; 16, 9, 3
+        # 64,766 -> 56,720 for 10,908; 19, 10, 3 73,277 -> 64,947 for 15,552)
+        "delay_memory_bits": -0.627,
     },
     # 6-input LUTs absorb part of the random logic; arithmetic still takes one LUT per bit.
     "lut_inputs_scale": {"4": 1.0, "6": 0.8},
@@ -97,6 +107,7 @@ def stage_features(
     adder_bits: int,
     drain: int,
     device: Device,
+    delay_memory_bits: int = 0,
 ) -> dict[str, float]:
     """The features of one stage (every one of :data:`FEATURES` but ``constant``).
 
@@ -118,6 +129,9 @@ def stage_features(
     drain : int
         The lane pipeline's depth (``pipeline["drain"]`` of the manifest), which only the
         flip-flops depend on; 0 for a combinational design.
+    delay_memory_bits : int
+        Register bits of the stage's delay lines held in block RAM instead
+        (:attr:`pbhw.core.manifest.DelayMemory.register_bits`, summed over the stage's lanes).
     """
     p = lanes
     w = {role: spec.format.width for role, spec in roles.items()}
@@ -139,6 +153,7 @@ def stage_features(
     # depth (docs/hardware.md).
     x_bits = x_format.width
     feats["pipeline_bits"] = p * drain * (2 * x_bits + w["error"] + w["weight"])
+    feats["delay_memory_bits"] = delay_memory_bits
     for a, b, count in shapes:
         feats["product_bits"] += count * (a + b)
         feats["split_product_bits"] += count * (dsp_count(a, b, device) - 1) * (a + b)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import re
 import subprocess
 import sys
@@ -44,7 +43,7 @@ from pbhw.core.devices import (
     config_device,
     count_cells,
     dsp_count,
-    memory_blocks,
+    stage_blocks,
 )
 from pbhw.core.errors import ToolError
 from pbhw.core.io import user_cache_dir, write_json
@@ -794,20 +793,14 @@ def _multiplier_shapes(layer: Layer) -> list[tuple[int, int, int]]:
 
 
 def _layer_blocks(layer: Layer, device: Device) -> int:
-    lanes = layer.lanes
-    widths = {role: spec.width for role, spec in layer.formats.roles().items()}
-    # memories read one word of `lanes` elements per cycle; others are rounded to whole blocks
-    word = {"weight": widths["weight"], "w_prev": widths["weight"], "velocity": widths["velocity"]}
-    blocks = 0
-    for memory, bits in layer.memory_bits.items():
-        if bits <= 0:
-            continue
-        if memory in word:
-            width = lanes * word[memory]
-            blocks += memory_blocks(width, math.ceil(bits / width), device)
-        else:
-            blocks += math.ceil(bits / device.block_bits)
-    return blocks
+    return stage_blocks(
+        layer.memory_bits,
+        lanes=layer.lanes,
+        weight_bits=layer.formats.weight.width,
+        velocity_bits=layer.formats.velocity.width,
+        delay_memories=layer.delay_memories,
+        device=device,
+    )
 
 
 def design_features(manifest: Manifest, device: Device) -> dict[str, float]:
@@ -844,6 +837,7 @@ def design_features(manifest: Manifest, device: Device) -> dict[str, float]:
             adder_bits=adder_bits,
             drain=layer.pipeline.get("drain", 0),
             device=device,
+            delay_memory_bits=sum(d.register_bits for d in layer.delay_memories),
         )
         for key, value in stage.items():
             feats[key] += value
@@ -923,6 +917,10 @@ FIT_FEATURES = {
 }
 
 
+#: The features whose coefficients are set by hand, not fitted (:func:`fit_calibration`).
+HAND_SET = ("random_sources", "constant_adder_bits", "delay_memory_bits")
+
+
 def fit_calibration(
     samples: Sequence[tuple[Manifest, Estimate]], device: Device
 ) -> dict[str, dict[str, float]]:
@@ -931,8 +929,9 @@ def fit_calibration(
 
     Returns tables shaped like ``CALIBRATION["lut"]`` and ``CALIBRATION["ff"]`` (LUT already
     divided by the device's ``lut_inputs_scale``) to paste into :data:`CALIBRATION`;
-    ``random_sources`` and ``constant_adder_bits`` keep their values (stochastic designs are too
-    slow to synthesise for a fit; the manifest does not list the adders).
+    the features of :data:`HAND_SET` keep their values (stochastic designs are too slow to
+    synthesise for a fit; the adders and the delay lines' block RAMs are set from Yosys runs
+    of the default example with and without them).
     """
     from scipy.optimize import nnls  # 0.5 s to import: only a calibration fit needs it
 
@@ -942,7 +941,7 @@ def fit_calibration(
     for resource, divisor in (("lut", scale), ("ff", 1.0)):
         table = CALIBRATION[resource]
         names = FIT_FEATURES[resource]
-        kept = {k: table.get(k, 0.0) for k in ("random_sources", "constant_adder_bits")}
+        kept = {k: table.get(k, 0.0) for k in HAND_SET}
         x = np.array([[row[k] for k in names] for row in rows], dtype=float)
         y = np.array(
             [
