@@ -33,11 +33,13 @@ from pbhw.core.fixed import FixedFormat, Overflow, Rounding
 from pbhw.core.plan import derive_plan
 from rtl_gen.design import build_design, fixed_plan
 from rtl_gen.lanes import (
+    auto_bram_budget,
     auto_budget,
     auto_ff_budget,
     auto_lanes,
     auto_lut_budget,
     lane_dsp_cost,
+    predicted_blocks,
     predicted_logic,
 )
 
@@ -274,3 +276,24 @@ def test_auto_lanes_with_fabric_constants_fill_the_dsp_blocks_within_the_logic_b
         got[mode] = lanes
     assert got[ConstantProducts.DSP] == (6, 3, 1)
     assert sum(got[ConstantProducts.FABRIC]) > sum(got[ConstantProducts.DSP])
+
+
+def test_auto_lanes_keep_the_delay_lines_block_rams_within_the_budget():
+    """With ``hardware.delay_lines = "block_ram"`` every lane takes block RAMs: auto stays
+    within 90 % of them (fewer lanes on a device with fewer blocks), and a device that cannot
+    hold one lane per stage is refused naming the block RAMs."""
+    import dataclasses
+
+    base = ROOT / "examples" / "mlp_digits.toml"
+    plan = fixed_plan(load(base, ("hardware.delay_lines='block_ram'",)))
+    device = load_device("ecp5-85k")
+    full = auto_lanes(plan, device)
+    assert predicted_blocks(plan, full, device) <= auto_bram_budget(device)
+    blocks = device.block_bits
+    small = dataclasses.replace(device, resources={**device.resources, "bram_bits": 80 * blocks})
+    fewer = auto_lanes(plan, small)
+    assert sum(fewer) < sum(full)
+    assert predicted_blocks(plan, fewer, small) <= auto_bram_budget(small) == 72
+    tiny = dataclasses.replace(device, resources={**device.resources, "bram_bits": 20 * blocks})
+    with pytest.raises(ConfigError, match="block RAMs and auto may use 18 of ecp5-85k's 20"):
+        auto_lanes(plan, tiny)
