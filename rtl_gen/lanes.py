@@ -91,9 +91,12 @@ def _stages(plan: Plan, lanes: tuple[int, ...], device: Device) -> list[Stage]:
     return net.stages
 
 
-def predicted_blocks(plan: Plan, lanes: tuple[int, ...], device: Device) -> int:
+def predicted_blocks(
+    plan: Plan, lanes: tuple[int, ...], device: Device, stages: list[Stage] | None = None
+) -> int:
     """Block RAMs of the design with ``lanes`` on ``device``
-    (:func:`pbhw.core.devices.stage_blocks` of every stage)."""
+    (:func:`pbhw.core.devices.stage_blocks` of every stage; ``stages``: those of
+    :func:`_stages`, if already built)."""
     return sum(
         stage_blocks(
             st.memory_bits,
@@ -103,7 +106,7 @@ def predicted_blocks(plan: Plan, lanes: tuple[int, ...], device: Device) -> int:
             delay_memories=st.delay_memories,
             device=device,
         )
-        for st in _stages(plan, lanes, device)
+        for st in stages or _stages(plan, lanes, device)
     )
 
 
@@ -130,13 +133,16 @@ def predicted_luts(plan: Plan, lanes: tuple[int, ...], device: Device) -> float:
     return predicted_logic(plan, lanes, device)["lut"]
 
 
-def predicted_logic(plan: Plan, lanes: tuple[int, ...], device: Device) -> dict[str, float]:
+def predicted_logic(
+    plan: Plan, lanes: tuple[int, ...], device: Device, stages: list[Stage] | None = None
+) -> dict[str, float]:
     """``{"lut": ..., "ff": ...}`` of the design with ``lanes`` on ``device`` as the analytic
     model predicts them (:func:`pbhw.core.resource_model.predict`), fabric adders and the
-    delay lines' block RAMs included."""
+    delay lines' block RAMs included (``stages``: those of :func:`_stages`, if already
+    built)."""
     feats = dict.fromkeys(resource_model.FEATURES, 0.0)
     feats["constant"] = 1.0
-    built = _stages(plan, tuple(lanes), device)
+    built = stages or _stages(plan, tuple(lanes), device)
     for st, n, stage_hw in zip(plan.stages, lanes, built, strict=True):
         datapath = _datapath(plan, st, device)
         prediction = plan.config.optimizer.weight_prediction
@@ -184,9 +190,10 @@ def auto_lanes(plan: Plan, device: Device | None = None) -> tuple[int, ...]:
 
     def short_of(lanes: list[int]) -> list[str]:
         """The logic and memory resources ``lanes`` would take beyond auto's budget."""
-        logic = predicted_logic(plan, tuple(lanes), device)
+        stages = _stages(plan, tuple(lanes), device)  # built once for both predictions
+        logic = predicted_logic(plan, tuple(lanes), device, stages)
         short = [key for key, cap in logic_budget.items() if logic[key] > cap]
-        if predicted_blocks(plan, tuple(lanes), device) > auto_bram_budget(device):
+        if predicted_blocks(plan, tuple(lanes), device, stages) > auto_bram_budget(device):
             short.append("bram")
         return short
 

@@ -58,9 +58,8 @@ class Delays:
         if n in line:
             return line[n]
         base = max(k for k in line if k < n)
-        width = len(Value.cast(value))
         end = max(line)
-        if n > end and self._ram and self._takes_ram(width, n - end):
+        if n > end and self._ram and self._takes_ram(len(Value.cast(value)), n - end):
             base = end
             line[n] = self._ram_stretch(line[base], n - base, f"{name}_d{n}")
             return line[n]

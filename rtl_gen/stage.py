@@ -561,7 +561,10 @@ class Stage(wiring.Component):
     def delay_memories(self) -> tuple[DelayMemory, ...]:
         """The block RAMs of the stage's lanes' delay lines (:class:`~rtl_gen.pipeline.Delays`
         with ``ram=True``), one entry per width and delay: each lane's, and the padded lanes'
-        (which keep ``w`` and ``v`` until the write)."""
+        (which keep ``w`` and ``v`` until the write). None with registers (no lane is
+        elaborated to find that out)."""
+        if not self.update_args["delay_ram"]:
+            return ()
         counts: dict[tuple[int, int], int] = {}
         valid = self.always_valid_lanes
         for padded, lanes in ((False, valid), (True, self._lanes - valid)):
