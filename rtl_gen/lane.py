@@ -10,7 +10,12 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from pbhw.core.config import WeightPrediction
-from pbhw.core.datapath import PREDICTION_LATENCY, UPDATE_LATENCY, Accumulator
+from pbhw.core.datapath import (
+    PREDICTION_LATENCY,
+    UPDATE_LATENCY,
+    VELOCITY_LATENCY,
+    Accumulator,
+)
 from rtl_gen.pipeline import Delays
 from rtl_gen.products import LATENCY as PRODUCT_LATENCY
 from rtl_gen.requantizer import shape_of
@@ -24,8 +29,8 @@ __all__ = ["Lane", "lane_cycles"]
 def lane_cycles(wait: int) -> dict[str, int]:
     """Cycle, after a row is read (cycle 0), at which each output of a :class:`Lane` whose
     update waits ``wait`` cycles is ready: ``update`` (the unit's inputs), ``predicted``
-    (``w_hat``), ``forward`` and ``backward`` (the products), ``write`` (``w_new``,
-    ``v_new``)."""
+    (``w_hat``), ``forward`` and ``backward`` (the products), ``write_v`` (``v_new``) and
+    ``write`` (``w_new``)."""
     predicted = wait + PREDICTION_LATENCY
     return {
         "update": wait,
@@ -34,6 +39,8 @@ def lane_cycles(wait: int) -> dict[str, int]:
         "forward": predicted + 1 + PRODUCT_LATENCY,
         # the row register, then the product
         "backward": 1 + PRODUCT_LATENCY,
+        # the new velocity is written back as soon as it is rounded and registered
+        "write_v": wait + VELOCITY_LATENCY,
         "write": wait + UPDATE_LATENCY,
     }
 
@@ -41,9 +48,10 @@ def lane_cycles(wait: int) -> dict[str, int]:
 class Lane(wiring.Component):
     """Lane of a stage: per row-pass cycle, one weight element ``k`` of the row read.
 
-    The element's weight ``w``, velocity ``v`` (and ``w_prev``), its input ``x``, stashed input
-    ``x_stashed`` and error ``dz`` enter as of cycle 0, the cycle its row arrives from memory;
-    everything the lane needs later rides along in delay lines. The lane computes:
+    The element's weight ``w``, velocity ``v`` (and ``w_prev``), stashed input ``x_stashed``
+    and error ``dz`` enter as of cycle 0, the cycle its row arrives from memory; everything the
+    lane needs later rides along in delay lines, except the input ``x`` of the forward product,
+    which enters at ``predicted`` (the stage's input ring holds it until then). The lane computes:
 
     * the forward product ``w_hat * x`` on the predicted weight;
     * the backward product ``w * dz`` on the current weight (with ``backward``);
@@ -56,8 +64,8 @@ class Lane(wiring.Component):
     before the sums it feeds).
 
     Latency: :func:`lane_cycles` (``wait``): ``forward`` at ``wait + 11``, ``backward`` at 5,
-    ``w_new``, ``v_new`` and the update's saturation flags at ``wait + 13``, the prediction's
-    flag at ``wait + 6`` (with 4-cycle products).
+    ``v_new`` at ``wait + 7``, ``w_new`` and the update's saturation flags at ``wait + 13``,
+    the prediction's flag at ``wait + 6`` (with 4-cycle products).
 
     Parameters
     ----------
@@ -88,8 +96,10 @@ class Lane(wiring.Component):
         The element's codes, from the row read.
     w_prev : In(weight shape)
         Only with the weight-difference prediction.
-    x, x_stashed : In(input shape)
-        The element's input (forward) and stashed input (update).
+    x : In(input shape)
+        The element's input (forward), as of cycle ``predicted``.
+    x_stashed : In(input shape)
+        The element's stashed input (update).
     dz : In(error shape)
         The error of the element's output.
     k : In(range(k_max))
@@ -101,7 +111,8 @@ class Lane(wiring.Component):
     backward : Out(signed)
         Only with ``backward``: ``w * dz``, 0 for padding.
     w_new, v_new : Out(weight shape), Out(velocity shape)
-        The codes to write back.
+        The codes to write back (``v_new`` first, at ``write_v``; no delay line holds it until
+        ``w_new`` is ready).
     saturated : Out(StructLayout of the update's rounding points)
         Overflow events of the element (0 for padding).
     """
@@ -198,22 +209,22 @@ class Lane(wiring.Component):
         # The forward product's operands are registered once more: the lane's hard multipliers
         # may sit far from its update unit.
         w_h = later(unit.w_hat, 1, "w_hat")
-        x_h = later(self.x, at["predicted"] + 1, "x")
+        x_h = later(self.x, 1, "x")  # x arrives at ``predicted`` (the stage's ring holds it)
         keep = later(k_valid, at["forward"] - 1, "kv")
         m.d.comb += self.forward.eq(mul.product(m, w_h, x_h, "forward", keep=keep))
         if self._backward is not None:  # on the current weight, from the row register
             w_b, dz_b = later(self.w, 1, "w"), later(self.dz, 1, "dz")
             keep = later(k_valid, at["backward"] - 1, "kv")
             m.d.comb += self.backward.eq(mul.product(m, w_b, dz_b, "backward", keep=keep))
-        u = at["write"]
+        u, u_v = at["write"], at["write_v"]
         kv_u, kv_h = later(k_valid, u, "kv"), later(k_valid, at["predicted"], "kv")
         if self._padded:
             m.d.comb += [
                 self.w_new.eq(Mux(kv_u, unit.w_new, later(self.w, u, "w"))),
-                self.v_new.eq(Mux(kv_u, unit.v_new, later(self.v, u, "v"))),
+                self.v_new.eq(Mux(later(k_valid, u_v, "kv"), unit.v_next, later(self.v, u_v, "v"))),
             ]
         else:
-            m.d.comb += [self.w_new.eq(unit.w_new), self.v_new.eq(unit.v_new)]
+            m.d.comb += [self.w_new.eq(unit.w_new), self.v_new.eq(unit.v_next)]
         for point in ("gradient", "velocity", "weight"):
             m.d.comb += self.saturated[point].eq(kv_u & unit.saturated[point])
         m.d.comb += self.saturated.prediction.eq(kv_h & unit.saturated.prediction)

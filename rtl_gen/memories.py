@@ -58,9 +58,11 @@ class RowMemories(wiring.Component):
     w, v, w_prev : Out(ArrayLayout(code shape, lanes))
         The row read (``w_prev`` only with ``w_prev``).
     write_addr, write_en : In
-        The row W and V are written at, and whether they are.
+        The row W is written at, and whether it is.
+    v_write_addr, v_write_en : In
+        The same for V (a stage writes V back earlier than W).
     w_new, v_new : In(ArrayLayout(code shape, lanes))
-        The row written.
+        The rows written.
     copy_addr, copy_en : In
         Only with ``w_prev``: the row into which the row of W on ``w`` is copied, and whether
         it is (the weight before its update).
@@ -98,6 +100,8 @@ class RowMemories(wiring.Component):
             "v": Out(data.ArrayLayout(shape_of(velocity), lanes)),
             "write_addr": In(range(rows + 1)),
             "write_en": In(1),
+            "v_write_addr": In(range(rows + 1)),
+            "v_write_en": In(1),
             "w_new": In(ws),
             "v_new": In(data.ArrayLayout(shape_of(velocity), lanes)),
             "dbg_mem": In(DebugMemory),
@@ -127,9 +131,9 @@ class RowMemories(wiring.Component):
             wr_w.addr.eq(self.write_addr),
             wr_w.data.eq(self.w_new),
             wr_w.en.eq(self.write_en),
-            wr_v.addr.eq(self.write_addr),
+            wr_v.addr.eq(self.v_write_addr),
             wr_v.data.eq(self.v_new),
-            wr_v.en.eq(self.write_en),
+            wr_v.en.eq(self.v_write_en),
         ]
         if self._w_prev:
             mem_p = Memory(shape=unsigned(P * wb), depth=rows, init=init["w_prev"])

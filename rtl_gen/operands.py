@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -19,14 +19,19 @@ class OperandRings(wiring.Component):
 
     Lane ``p`` needs ``x[i]`` for ``i = (base + p) mod cols``: instead of a multiplexer per lane
     the rings rotate by ``lanes`` places per row-pass cycle, so lane ``p`` always reads ring
-    position ``p mod cols``. Rows advance by ``lanes // cols`` or one more per cycle (``wrap``),
-    so ``dz`` shifts by that many places and lane ``p`` reads it at offset ``p // cols`` or one
-    more (``carry[p]``). The enables are replicated registers, each reaching at most
-    :data:`~rtl_gen.fanout.FANOUT` register bits.
+    position ``p mod cols``. The forward product needs ``x`` only ``late`` cycles after the
+    row (once the predicted weight is ready): the input ring goes on rotating ``late`` cycles
+    after the pass, and lane ``p`` reads it ``late`` rotations on, at position
+    ``(p - late * lanes) mod cols``, so no lane holds ``x`` in a delay line. Rows advance by
+    ``lanes // cols`` or one more per cycle (``wrap``), so ``dz`` shifts by that many places and
+    lane ``p`` reads it at offset ``p // cols`` or one more (``carry[p]``). The enables are
+    replicated registers, each reaching at most :data:`~rtl_gen.fanout.FANOUT` register bits.
 
     Latency: the vectors load 2 cycles after ``load_ahead``, and the rings rotate and ``dz``
-    shifts 2 cycles after ``move_ahead`` (two levels of copies); ``wrap_next`` is one cycle
-    ahead. The lane outputs are the registers, without logic but ``dz``'s two-way choice.
+    shifts 2 cycles after ``move_ahead`` (two levels of copies; the input ring also in the
+    ``late`` cycles after each such cycle); ``wrap_next`` is one cycle ahead. The lane outputs
+    are the registers, without logic but ``dz``'s two-way choice: ``lane_x_stashed`` and
+    ``lane_dz`` as of the cycle the row is read, ``lane_x`` ``late`` cycles later.
 
     Parameters
     ----------
@@ -36,6 +41,8 @@ class OperandRings(wiring.Component):
         Ring positions: ``n_in`` plus the bias column, whose input is the code of 1.
     lanes : int
         Lanes ``P``.
+    late : int
+        Cycles after the row is read at which the lanes read ``lane_x`` (0: with the row).
     x_format, error_format : FixedFormat
         Formats of the inputs and of the error.
     mask : bool
@@ -53,8 +60,10 @@ class OperandRings(wiring.Component):
         See above.
     carry : In(lanes)
         Lane ``p`` reads ``dz`` one place further on.
-    lane_x, lane_x_stashed : Out(ArrayLayout(input shape, lanes))
-        Ring position ``p mod cols`` for lane ``p``.
+    lane_x : Out(ArrayLayout(input shape, lanes))
+        Input ring position ``(p - late * lanes) mod cols`` for lane ``p``.
+    lane_x_stashed : Out(ArrayLayout(input shape, lanes))
+        Stashed-input ring position ``p mod cols`` for lane ``p``.
     lane_dz : Out(ArrayLayout(error shape, lanes))
         ``dz`` at offset ``p // cols + carry[p]`` for lane ``p`` (0 past the last output).
     """
@@ -66,6 +75,7 @@ class OperandRings(wiring.Component):
         n_out: int,
         cols: int,
         lanes: int,
+        late: int = 0,
         x_format: FixedFormat,
         error_format: FixedFormat,
         mask: bool,
@@ -78,7 +88,10 @@ class OperandRings(wiring.Component):
         for name, fmt in (("X_format", x_format), ("Error_format", error_format)):
             if not isinstance(fmt, FixedFormat):
                 raise TypeError(f"{name} must be a FixedFormat, not {fmt!r}")
+        if not isinstance(late, int) or isinstance(late, bool) or late < 0:
+            raise TypeError(f"Late must be a non-negative integer, not {late!r}")
         self._n_in, self._n_out, self._cols, self._lanes = n_in, n_out, cols, lanes
+        self._late = late
         self._x_format, self._error_format = x_format, error_format
         self._mask = bool(mask)
         xs, es = shape_of(x_format), shape_of(error_format)
@@ -109,9 +122,19 @@ class OperandRings(wiring.Component):
         one = 1 << xf.frac  # the bias column's input, the code of 1 (the config checks it fits)
         x_ring = [Signal(shape_of(xf), name=f"x{j}", reset_less=True) for j in range(N)]
         xg_ring = [Signal(shape_of(xf), name=f"xg{j}", reset_less=True) for j in range(N)]
-        ring_bits = 2 * N * xf.width
-        load_en = replicated_tree(m, self.load_ahead, ring_bits, "ring_load")
+        ring_bits = N * xf.width
+        load_en = replicated_tree(m, self.load_ahead, 2 * ring_bits, "ring_load")
         rotate_en = replicated_tree(m, self.move_ahead, ring_bits, "ring_rotate")
+        # The input ring rotates in each rotating cycle and the ``late`` cycles after it: the
+        # move's lead OR its last ``late`` values (move_ahead is one interval per pass).
+        moved = [self.move_ahead]
+        for n in range(self._late):
+            prev = Signal(name=f"x_moved{n + 1}")
+            m.d.sync += prev.eq(moved[-1])
+            moved.append(prev)
+        x_move_ahead = Signal()
+        m.d.comb += x_move_ahead.eq(Cat(*moved).any())
+        x_rotate_en = replicated_tree(m, x_move_ahead, ring_bits, "x_ring_rotate")
         for j in range(N):
             c = j * len(load_en) // N
             src = (j + P) % N
@@ -120,11 +143,14 @@ class OperandRings(wiring.Component):
                     x_ring[j].eq(self.x[j] if j < n_in else one),
                     xg_ring[j].eq(self.x_stashed[j] if j < n_in else one),
                 ]
-            with m.Elif(rotate_en[c]):
-                m.d.sync += [x_ring[j].eq(x_ring[src]), xg_ring[j].eq(xg_ring[src])]
+            with m.Else():
+                with m.If(x_rotate_en[j * len(x_rotate_en) // N]):
+                    m.d.sync += x_ring[j].eq(x_ring[src])
+                with m.If(rotate_en[j * len(rotate_en) // N]):
+                    m.d.sync += xg_ring[j].eq(xg_ring[src])
         for p in range(P):
             m.d.comb += [
-                self.lane_x[p].eq(x_ring[p % N]),
+                self.lane_x[p].eq(x_ring[(p - self._late * P) % N]),
                 self.lane_x_stashed[p].eq(xg_ring[p % N]),
             ]
 

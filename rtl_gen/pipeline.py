@@ -73,9 +73,7 @@ class Delays:
 
     @staticmethod
     def _takes_ram(width: int, cycles: int) -> bool:
-        return (
-            RAM_MIN_DELAY <= cycles <= RAM_DEPTH + 1 and width * (cycles - 1) >= RAM_MIN_BITS
-        )
+        return RAM_MIN_DELAY <= cycles <= RAM_DEPTH + 1 and width * (cycles - 1) >= RAM_MIN_BITS
 
     def _ram_stretch(self, value, cycles: int, name: str) -> Signal:
         """``value`` ``cycles`` cycles later through a block RAM: written at the counter ``c``
@@ -87,9 +85,7 @@ class Delays:
             m.d.sync += self._counter.eq(self._counter + 1)
         shape = Value.cast(value).shape()
         width = len(Value.cast(value))
-        mem = Memory(
-            shape=width, depth=RAM_DEPTH, init=[], attrs={"ram_style": "block"}
-        )
+        mem = Memory(shape=width, depth=RAM_DEPTH, init=[], attrs={"ram_style": "block"})
         m.submodules[f"{name}_ram"] = mem
         wr = mem.write_port()
         rd = mem.read_port(transparent_for=())

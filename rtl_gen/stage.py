@@ -296,7 +296,7 @@ class Stage(wiring.Component):
         """Cycle, after a row is read, at which each part of the lane pipeline acts
         (``docs/hardware.md``): ``update`` (unit inputs), ``predicted`` (w_hat), ``forward``
         (products registered), ``row_sum``, ``activation`` (rounded, z written), ``backward``
-        (column sums), ``write`` (W and V written back), ``drain``."""
+        (column sums), ``write_v`` (V written back), ``write`` (W written back), ``drain``."""
         return dict(self._at)
 
     def _schedule(self) -> None:
@@ -331,6 +331,7 @@ class Stage(wiring.Component):
         at["activation"] = at["round"] + 1
         at["backward"] = lane["backward"]
         at["write"] = lane["write"]
+        at["write_v"] = lane["write_v"]
         at["drain"] = max(at["activation"], at["write"], at["backward"])
         if err_stochastic:  # the error words (of the step counter) settle during the step
             at["drain"] = max(at["drain"], words)
@@ -441,6 +442,7 @@ class Stage(wiring.Component):
             n_out=plan.n_out,
             cols=N,
             lanes=P,
+            late=at["predicted"],
             x_format=xf,
             error_format=fm.error.format,
             mask=self._relu,
@@ -600,12 +602,16 @@ class Stage(wiring.Component):
         return lanes
 
     def _write_back(self, m: Module, seq, mem, lanes, valid) -> None:
-        """W and V written back at ``write`` cycles after the read (a row is not read again
-        before the next step, which starts after the drain); w_prev copied at the read."""
-        write = self._at["write"]
+        """V written back at ``write_v`` and W at ``write`` cycles after the read (a row is not
+        read again before the next step, which starts after the drain); w_prev copied at the
+        read."""
+        write, write_v = self._at["write"], self._at["write_v"]
+        row = Delays(m)
         m.d.comb += [
-            mem.write_addr.eq(Delays(m)(seq.row, write, "row")),
+            mem.write_addr.eq(row(seq.row, write, "row")),
             mem.write_en.eq(valid(write) & ~seq.err_bubble),
+            mem.v_write_addr.eq(row(seq.row, write_v, "row")),
+            mem.v_write_en.eq(valid(write_v) & ~seq.err_bubble),
         ]
         for p, lane in enumerate(lanes):
             m.d.comb += [mem.w_new[p].eq(lane.w_new), mem.v_new[p].eq(lane.v_new)]

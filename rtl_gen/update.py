@@ -24,7 +24,13 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from pbhw.core.config import Formats, RoleFormat, WeightPrediction
-from pbhw.core.datapath import PREDICTION_LATENCY, UPDATE_LATENCY, UpdateDatapath, update_datapath
+from pbhw.core.datapath import (
+    PREDICTION_LATENCY,
+    UPDATE_LATENCY,
+    VELOCITY_LATENCY,
+    UpdateDatapath,
+    update_datapath,
+)
 from pbhw.core.datapath import UPDATE_PIPELINE as PIPELINE
 from pbhw.core.datapath import UPDATE_POINTS as ROUNDING_POINTS
 from pbhw.core.fixed import FixedFormat, Rounding
@@ -146,6 +152,9 @@ class UpdateUnit(wiring.Component):
         ``RQ(dz * x, f(E) + f(x), G)``.
     v_new : Out(velocity shape)
         The updated velocity.
+    v_next : Out(velocity shape)
+        The same, as soon as it is rounded (pipelined: after :attr:`velocity_latency` cycles,
+        before ``w_new``; a stage writes V back then).
     w_new : Out(weight shape)
         The updated weight.
     w_hat : Out(weight shape)
@@ -252,6 +261,7 @@ class UpdateUnit(wiring.Component):
             {
                 "g": Out(shape_of(formats.gradient.format)),
                 "v_new": Out(shape_of(formats.velocity.format)),
+                "v_next": Out(shape_of(formats.velocity.format)),
                 "w_new": Out(weight),
                 "w_hat": Out(weight),
                 "saturated": Out(data.StructLayout({p: 1 for p in ROUNDING_POINTS})),
@@ -270,6 +280,11 @@ class UpdateUnit(wiring.Component):
     def latency(self) -> int:
         """Cycles from the inputs to ``g``, ``v_new``, ``w_new`` and their saturation flags."""
         return UPDATE_LATENCY if self._pipelined else 0
+
+    @property
+    def velocity_latency(self) -> int:
+        """Cycles from the inputs to ``v_next``."""
+        return VELOCITY_LATENCY if self._pipelined else 0
 
     @property
     def prediction_latency(self) -> int:
@@ -365,8 +380,9 @@ class UpdateUnit(wiring.Component):
             m.d.comb += sig.eq(port)
             return sig
 
-        # Long stretches in block RAM with ``delay_ram``; the gradient output, which a lane
-        # leaves unconnected, in registers (so no RAM is counted that synthesis would remove).
+        # Long stretches in block RAM with ``delay_ram``; the gradient and ``v_new`` outputs,
+        # which a lane leaves unconnected, in registers (so no RAM is counted that synthesis
+        # would remove).
         delays, registers = Delays(m, ram=self._delay_ram), Delays(m)
         self.delay_memories = delays.memories
 
@@ -450,7 +466,9 @@ class UpdateUnit(wiring.Component):
         m.d.comb += [
             self.w_new.eq(at(w_new, 1, "w_new")),
             self.saturated.weight.eq(at(sat_w, 1, "sat_w")),
-            self.v_new.eq(at(v_new, done - s_v, "v_new")),
+            # a stage writes V back from v_next: v_new, like g, stays in registers
+            self.v_new.eq(at(v_new, done - s_v, "v_new", line=registers)),
+            self.v_next.eq(v_n),
             self.saturated.velocity.eq(at(sat_v, done - s_v, "sat_v")),
             self.g.eq(at(g, done - s_g, "g", line=registers)),
             self.saturated.gradient.eq(at(sat_g, done - s_g, "sat_g")),

@@ -65,7 +65,7 @@ class UpdateBank(wiring.Component):
             for port, member in unit.signature.members.items():
                 if member.flow is In:
                     m.d.comb += getattr(unit, port).eq(getattr(self, port))
-                else:
+                elif port in OUTPUTS:  # v_next, v_new earlier, is checked in tests/
                     m.d.comb += getattr(self, f"{name}_{port}").eq(getattr(unit, port))
         return m
 

@@ -290,10 +290,10 @@ def test_auto_lanes_keep_the_delay_lines_block_rams_within_the_budget():
     full = auto_lanes(plan, device)
     assert predicted_blocks(plan, full, device) <= auto_bram_budget(device)
     blocks = device.block_bits
-    small = dataclasses.replace(device, resources={**device.resources, "bram_bits": 80 * blocks})
+    small = dataclasses.replace(device, resources={**device.resources, "bram_bits": 60 * blocks})
     fewer = auto_lanes(plan, small)
     assert sum(fewer) < sum(full)
-    assert predicted_blocks(plan, fewer, small) <= auto_bram_budget(small) == 72
+    assert predicted_blocks(plan, fewer, small) <= auto_bram_budget(small) == 54
     tiny = dataclasses.replace(device, resources={**device.resources, "bram_bits": 20 * blocks})
     with pytest.raises(ConfigError, match="block RAMs and auto may use 18 of ecp5-85k's 20"):
         auto_lanes(plan, tiny)

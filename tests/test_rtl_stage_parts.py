@@ -2,12 +2,14 @@
 in tests/test_rtl_network.py)."""
 
 import pytest
+from amaranth.hdl import Module
 from amaranth.sim import Simulator
 from pbhw_testing import raises_in_init
 
 from pbhw.core.fixed import FixedFormat
 from rtl_gen.counters import COUNTER_ROLES, SaturationCounters
 from rtl_gen.memories import DebugMemory, InputStash, RowMemories
+from rtl_gen.operands import OperandRings
 from rtl_gen.pipeline import sum_levels
 from rtl_gen.sequencer import Sequencer
 
@@ -143,3 +145,65 @@ def test_row_memories_ports_follow_w_prev(w_prev):
     dut._MustUse__silence = True
     assert ("w_prev" in dut.signature.members) == w_prev
     assert ("copy_en" in dut.signature.members) == w_prev
+
+
+@pytest.mark.parametrize(
+    ("n_in", "lanes", "rows", "late"),
+    [(5, 2, 4, 7), (4, 3, 5, 2), (3, 7, 2, 7), (6, 4, 1, 3), (5, 2, 3, 0)],
+)
+def test_operand_rings_give_each_lane_its_input_late_and_its_stashed_input_with_the_row(
+    n_in, lanes, rows, late
+):
+    """Driven by a Sequencer as a stage drives them: lane ``p`` of row ``c`` reads the stashed
+    input of column ``(c * lanes + p) mod cols`` in the row's cycle and the input of that column
+    ``late`` cycles later (the input ring goes on rotating after the pass)."""
+    cols = n_in + 1  # with the bias column, the code of 1
+    m = Module()
+    m.submodules.seq = seq = Sequencer(
+        rows=rows, lanes=lanes, cols=cols, n_out=2, drain=late + 2, first_stage=True, label_bits=1
+    )
+    m.submodules.ops = ops = OperandRings(
+        n_in=n_in,
+        n_out=2,
+        cols=cols,
+        lanes=lanes,
+        late=late,
+        x_format=X,
+        error_format=X,
+        mask=False,
+    )
+    m.d.comb += [
+        ops.load_ahead.eq(seq.seen),
+        ops.move_ahead.eq(seq.moving_ahead),
+        ops.wrap_next.eq(seq.wrap_next),
+        ops.carry.eq(seq.carry),
+    ]
+    x = [1 + 3 * i for i in range(n_in)] + [1 << X.frac]
+    xs = [-2 - 5 * i for i in range(n_in)] + [1 << X.frac]
+    trace = []  # per cycle: pass_on, the lanes' inputs, their stashed inputs
+
+    async def recorder(ctx):
+        ctx.set(seq.fwd_i_valid, 1)
+        ctx.set(seq.err_i_valid, 1)
+        ctx.set(seq.outputs_free, 1)
+        for i in range(n_in):
+            ctx.set(ops.x[i], x[i])
+            ctx.set(ops.x_stashed[i], xs[i])
+        for _ in range(rows + late + 12):
+            await ctx.delay(1e-7)
+            trace.append(
+                (
+                    ctx.get(seq.pass_on),
+                    [ctx.get(ops.lane_x[p]) for p in range(lanes)],
+                    [ctx.get(ops.lane_x_stashed[p]) for p in range(lanes)],
+                )
+            )
+            await ctx.tick()
+
+    run(m, recorder)
+    first = next(t for t, (on, _, _) in enumerate(trace) if on)
+    assert [on for on, _, _ in trace[first : first + rows + 1]] == [1] * rows + [0]
+    for c in range(rows):
+        want = [(c * lanes + p) % cols for p in range(lanes)]
+        assert trace[first + c][2] == [xs[i] for i in want], f"row {c}: stashed input"
+        assert trace[first + c + late][1] == [x[i] for i in want], f"row {c}: input"

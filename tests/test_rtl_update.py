@@ -113,6 +113,7 @@ def golden(plan, dz, x, w, v, w_prev):
     outputs = {
         "g": g.numpy(),
         "v_new": state.v.reshape(-1),
+        "v_next": state.v.reshape(-1),
         "w_new": state.w.reshape(-1),
         "w_hat": w_hat.reshape(-1),
     }
@@ -127,10 +128,12 @@ def simulate(dut, dz, x, w, v, w_prev):
         for point in ("gradient", "velocity", "weight", "prediction")
         if hasattr(dut, f"random_{point}")
     }
-    outputs = {name: [] for name in ("g", "v_new", "w_new", "w_hat")}
+    outputs = {name: [] for name in ("g", "v_new", "v_next", "w_new", "w_hat")}
     counts = {point: 0 for point in ("gradient", "velocity", "weight", "prediction")}
 
     def latency_of(name):
+        if name == "v_next":  # the new velocity, ready before the new weight
+            return dut.velocity_latency
         return dut.prediction_latency if name in ("w_hat", "prediction") else dut.latency
 
     async def testbench(ctx):
@@ -242,6 +245,7 @@ def test_init():
     assert dut.prediction is WeightPrediction.VELOCITY
     assert dut.horizon == 1
     assert dut.latency == 0
+    assert dut.velocity_latency == 0
     assert len(dut.dz) == 8 and len(dut.v) == 8 and len(dut.w_hat) == 8
     assert not hasattr(dut, "w_prev") and not hasattr(dut, "random_gradient")
     Fragment.get(dut, None)

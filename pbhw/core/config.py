@@ -159,8 +159,13 @@ DEFAULTS: dict[str, Any] = {
     },
     # [[overrides]] entries: {"layer": N, "formats": {role: {partial role table}}}
     "overrides": [],
-    "hardware": {"lanes": "auto", "device": "ecp5-85k", "clock_mhz": 100.0, "constants": "fabric",
-                 "delay_lines": "registers"},
+    "hardware": {
+        "lanes": "auto",
+        "device": "ecp5-85k",
+        "clock_mhz": 100.0,
+        "constants": "fabric",
+        "delay_lines": "registers",
+    },
     "train": {"dataset": "digits", "epochs": 10, "arith": "float", "init_from": ""},
 }
 

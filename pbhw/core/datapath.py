@@ -37,6 +37,7 @@ __all__ = [
     "UPDATE_LATENCY",
     "UPDATE_PIPELINE",
     "UPDATE_POINTS",
+    "VELOCITY_LATENCY",
     "Accumulator",
     "Product",
     "StageDatapath",
@@ -83,6 +84,9 @@ UPDATE_PIPELINE = MappingProxyType(
 PREDICTION_LATENCY = PRODUCT_LATENCY + 2
 #: Pipelined update: cycles from the inputs to ``g``, ``v_new``, ``w_new`` and their flags.
 UPDATE_LATENCY = 2 * PRODUCT_LATENCY + 5
+#: Pipelined update: cycles from the inputs to ``v_next``, the new velocity registered once after
+#: its rounding (a stage writes V back then, not with W: no delay line waits for the weight).
+VELOCITY_LATENCY = UPDATE_PIPELINE["velocity"] + 1
 
 
 # ---------------------------------------------------------------------------------------------
