@@ -157,7 +157,7 @@ def predicted_logic(
             prediction=prediction if st.horizon else WeightPrediction.NONE,
             shapes=[(a, b, n) for _, a, b in datapath.pieces()],
             adder_bits=sum(p.adder_bits for p in datapath.products),
-            drain=0,
+            drain=stage_hw.drain,  # as the fast estimate reads it from the manifest
             device=device,
             delay_memory_bits=sum(d.register_bits for d in stage_hw.delay_memories),
         )

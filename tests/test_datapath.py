@@ -297,3 +297,34 @@ def test_auto_lanes_keep_the_delay_lines_block_rams_within_the_budget():
     tiny = dataclasses.replace(device, resources={**device.resources, "bram_bits": 20 * blocks})
     with pytest.raises(ConfigError, match="block RAMs and auto may use 18 of ecp5-85k's 20"):
         auto_lanes(plan, tiny)
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        (),
+        ("hardware.delay_lines='block_ram'",),
+        ("network.layers=[9, 5, 3]", "hardware.lanes=[4, 3]"),
+        (
+            "network.layers=[16, 8, 4]",
+            "hardware.lanes=[19, 3]",
+            "formats.weight.rounding='stochastic'",
+        ),
+    ],
+)
+def test_auto_predicts_the_logic_the_fast_estimate_gives_the_design(sets):
+    """``lanes = "auto"`` and ``pbhw estimate --fast`` read one model from the same features
+    (the lane pipeline's depth included): for the lanes a design has, auto's prediction is the
+    fast estimate of that design, to the rounding of the estimate."""
+    from pbhw.tools.estimate import fast_estimate
+    from rtl_gen.generate import manifest_of, top_name
+
+    config = load(ROOT / "examples" / "mlp_digits.toml", sets)
+    device = load_device("ecp5-85k")
+    design = build_design(config)
+    used = fast_estimate(manifest_of(design, top=top_name(config)), device).used
+    design.discard()
+    logic = predicted_logic(fixed_plan(config), tuple(design.lanes), device)
+    assert {key: round(value) for key, value in logic.items()} == {
+        key: used[key] for key in ("lut", "ff")
+    }
