@@ -89,6 +89,9 @@ class Lane(wiring.Component):
         The stage's random key (for stochastic rounding in the update).
     k_max : int
         Bound of ``k`` (exclusive).
+    straddles : bool
+        Whether the lane's element can lie one weight row further on than the row of its
+        group (``carry``): the forward product then leaves on ``forward`` or ``forward_next``.
 
     Attributes
     ----------
@@ -106,8 +109,13 @@ class Lane(wiring.Component):
         The element's flat index.
     step : In(32)
         Steps completed (the random words' counter).
+    carry : In(1)
+        Only with ``straddles``, as of cycle 0: the element lies one weight row further on.
     forward : Out(signed)
-        ``w_hat * x``, 0 for padding.
+        ``w_hat * x``, 0 for padding (and, with ``straddles``, where ``carry`` is set).
+    forward_next : Out(signed)
+        Only with ``straddles``: ``w_hat * x`` where ``carry`` is set, else 0. The choice is
+        each product register's synchronous reset: no select sits before the row sums.
     backward : Out(signed)
         Only with ``backward``: ``w * dz``, 0 for padding.
     w_new, v_new : Out(weight shape), Out(velocity shape)
@@ -129,6 +137,7 @@ class Lane(wiring.Component):
         wait: int,
         key: RandomKey,
         k_max: int,
+        straddles: bool = False,
     ):
         if not isinstance(update, Mapping) or not update.get("pipelined"):
             raise ValueError(f"Update must be the parameters of a pipelined unit, not {update!r}")
@@ -146,6 +155,7 @@ class Lane(wiring.Component):
         self._forward, self._backward = forward, backward
         self._weights, self._padded, self._wait, self._key = weights, bool(padded), wait, key
         self._cycles = lane_cycles(wait)
+        self._straddles = bool(straddles)
         self._memories: list[tuple[int, int]] | None = None
         fm = update["formats"]
         ws = shape_of(fm.weight.format)
@@ -166,6 +176,9 @@ class Lane(wiring.Component):
             members["w_prev"] = In(ws)
         if backward is not None:
             members["backward"] = Out(signed(backward.width))
+        if straddles:
+            members["carry"] = In(1)
+            members["forward_next"] = Out(signed(forward.width))
         super().__init__(members)
 
     @property
@@ -211,7 +224,12 @@ class Lane(wiring.Component):
         w_h = later(unit.w_hat, 1, "w_hat")
         x_h = later(self.x, 1, "x")  # x arrives at ``predicted`` (the stage's ring holds it)
         keep = later(k_valid, at["forward"] - 1, "kv")
-        m.d.comb += self.forward.eq(mul.product(m, w_h, x_h, "forward", keep=keep))
+        if self._straddles:
+            split = later(self.carry, at["forward"] - 1, "carry")
+            stay, move = mul.product(m, w_h, x_h, "forward", keep=keep, split=split)
+            m.d.comb += [self.forward.eq(stay), self.forward_next.eq(move)]
+        else:
+            m.d.comb += self.forward.eq(mul.product(m, w_h, x_h, "forward", keep=keep))
         if self._backward is not None:  # on the current weight, from the row register
             w_b, dz_b = later(self.w, 1, "w"), later(self.dz, 1, "dz")
             keep = later(k_valid, at["backward"] - 1, "kv")

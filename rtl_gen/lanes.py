@@ -51,8 +51,8 @@ AUTO_DSP_SHARE = 0.8
 #: placer needs free slices to route.
 AUTO_LUT_SHARE = 0.7
 #: Share of the device's flip-flops ``lanes = "auto"`` may fill (as the analytic model predicts
-#: them): a lane's pipeline holds about 1,750 FF and 1,110 LUT (``docs/hardware.md``), so on
-#: the default example the FFs bind before the LUTs (19, 10, 3 lanes took 88 % of them).
+#: them): a lane holds about 1,650 FF and 1,160 LUT (``docs/hardware.md``), so on
+#: the default example the FFs bind before the LUTs (18, 9, 3 lanes take 75 % of them).
 AUTO_FF_SHARE = 0.7
 #: Share of the device's block RAMs ``lanes = "auto"`` may fill (weights, velocities, stash and
 #: the lanes' delay lines).

@@ -98,13 +98,16 @@ def pipelined_product(
     *,
     hard=None,
     keep=None,
-) -> Signal:
+    split=None,
+) -> Signal | tuple[Signal, Signal]:
     """``a * b`` (``b`` a value or an integer constant), :data:`LATENCY` (4) cycles later.
 
     With ``keep`` (one bit, as it is in the cycle the pieces are summed, ``LATENCY - 1`` after
     the operands), the product is 0 where ``keep`` is 0: the sum register's synchronous reset,
     which Yosys maps to the flip-flops' own reset input, so no mask sits between the product
-    and the adders it feeds.
+    and the adders it feeds. With ``split`` as well (one bit, in the same cycle), two sum
+    registers: the product where ``split`` is 0 and the product where it is 1, each 0
+    otherwise, for two sums a product goes to one of (no select between them and the adders).
 
     Every piece that needs a hard multiplier is at most ``ports`` wide; the result is exact
     (as wide as the full product). With ``hard`` (a builder ``hard(m, a, b, name)`` of one
@@ -161,6 +164,14 @@ def pipelined_product(
         partials.append(again << shift if shift else again)
     out = Signal(full.shape(), name=name, reset_less=True)
     total = sum(partials[1:], partials[0]) if partials else Const(0)
+    if split is not None:
+        out_split = Signal(full.shape(), name=f"{name}_split", reset_less=True)
+        keep = Const(1) if keep is None else keep
+        m.d.sync += [
+            out.eq(Mux(keep & ~split, total, 0)),
+            out_split.eq(Mux(keep & split, total, 0)),
+        ]
+        return out, out_split
     if keep is None:
         m.d.sync += out.eq(total)
     else:

@@ -515,7 +515,6 @@ class Stage(wiring.Component):
             ops.move_ahead.eq(seq.moving_ahead),
             ops.wrap_next.eq(seq.wrap_next),
             ops.carry.eq(seq.carry),
-            rows.carry.eq(seq.carry),
             rows.valid.eq(seq.pass_on),
             rows.wrap.eq(seq.wrap),
             rows.base_row.eq(seq.base_row),
@@ -537,7 +536,7 @@ class Stage(wiring.Component):
         """Lanes that never hold padding: lanes ``p >= always_valid_lanes`` pad the last row."""
         return self.weights - (self.rows - 1) * self._lanes
 
-    def _lane(self, *, padded: bool) -> Lane:
+    def _lane(self, *, padded: bool, straddles: bool = False) -> Lane:
         return Lane(
             update=self.update_args,
             multiplier=self._multiplier,
@@ -548,6 +547,7 @@ class Stage(wiring.Component):
             wait=self._at["update"],
             key=self._key,
             k_max=self.rows * self._lanes + self._lanes,
+            straddles=straddles,
         )
 
     @functools.cached_property
@@ -582,7 +582,8 @@ class Stage(wiring.Component):
         P = self._lanes
         lanes = []
         for p in range(P):
-            lane = self._lane(padded=p >= self.always_valid_lanes)
+            straddles = rows.straddles(p)
+            lane = self._lane(padded=p >= self.always_valid_lanes, straddles=straddles)
             m.submodules[f"lane{p}"] = lane
             m.d.comb += [
                 lane.w.eq(mem.w[p]),
@@ -594,6 +595,11 @@ class Stage(wiring.Component):
                 lane.step.eq(seq.step),
                 rows.products[p].eq(lane.forward),
             ]
+            if straddles:
+                m.d.comb += [
+                    lane.carry.eq(seq.carry[p]),
+                    rows.products_next[p].eq(lane.forward_next),
+                ]
             if self.has_w_prev:
                 m.d.comb += lane.w_prev.eq(mem.w_prev[p])
             if cols is not None:

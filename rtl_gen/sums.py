@@ -28,15 +28,17 @@ class RowSums(wiring.Component):
     """The forward products of a row pass summed by output row, rounded to the activation, and
     offered as the forward token.
 
-    In a row-pass cycle lane ``p``'s element lies in row ``base_row + p // cols + carry[p]``:
-    the products are summed by row offset (a pipelined sum of ``levels`` levels per group), the
-    group of offset 0 added to the running sum ``cur`` of the row in progress. The rows a cycle
+    In a row-pass cycle lane ``p``'s element lies in row ``base_row + p // cols`` or one further
+    on (its ``carry``): the lane offers its product on ``products`` or ``products_next``
+    (:class:`~rtl_gen.lane.Lane`, ``straddles``: the other is 0), the products are summed by
+    row offset (a pipelined sum of ``levels`` levels per group), the group of offset 0 added to
+    the running sum ``cur`` of the row in progress. The rows a cycle
     completes (``base_row`` to ``base_row + lanes // cols + wrap - 1``) are registered, rounded
     into a register, then written to their ``z`` register: the rounded value reaches every
     ``z``. The token's payload follows ``z`` while no token waits, so it is final at ``finish``.
 
-    Latency (cycles after the row is read, cycle 0, when ``carry``, ``valid``, ``wrap`` and
-    ``base_row`` are given; ``products`` at ``forward``): the group sums at
+    Latency (cycles after the row is read, cycle 0, when ``valid``, ``wrap`` and ``base_row``
+    are given; ``products`` at ``forward``): the group sums at
     ``forward + levels`` (``row_sum``), the rounding at ``row_sum + 1``, ``z`` written at
     ``row_sum + 2``; a stochastic rounding reads ``step`` and ``base_row`` that much earlier.
     The token is offered the cycle after ``finish``.
@@ -61,9 +63,11 @@ class RowSums(wiring.Component):
     Attributes
     ----------
     products : In(ArrayLayout(signed, lanes))
-        The forward products of a row, at ``forward``.
-    carry : In(lanes)
-        Lane ``p``'s element is one row further on.
+        The forward products of a row, at ``forward``, of the lanes whose element lies in row
+        ``base_row + p // cols`` (0 otherwise).
+    products_next : In(ArrayLayout(signed, lanes))
+        The same of the lanes whose element lies one row further on (lanes ``p`` that
+        :meth:`straddles`; the others' are not read).
     valid : In(1)
         A row is read (cycle 0).
     wrap, base_row : In
@@ -111,7 +115,7 @@ class RowSums(wiring.Component):
         super().__init__(
             {
                 "products": In(data.ArrayLayout(acc, lanes)),
-                "carry": In(lanes),
+                "products_next": In(data.ArrayLayout(acc, lanes)),
                 "valid": In(1),
                 "wrap": In(1),
                 "base_row": In(range(n_out + lanes // cols + 2)),
@@ -131,6 +135,11 @@ class RowSums(wiring.Component):
         """Row offsets of the lanes in a cycle, one group sum each."""
         P, N = self._lanes, self._cols
         return (N - 1 + P - 1) // N + 1
+
+    def straddles(self, p: int) -> bool:
+        """Whether lane ``p``'s element can lie in the group after its own (``p // cols + 1``),
+        so the lane offers ``products_next``."""
+        return p // self._cols + 1 < self.groups
 
     @property
     def row_sum(self) -> int:
@@ -155,10 +164,10 @@ class RowSums(wiring.Component):
         for r in range(self.groups):
             terms = []
             for p in range(P):
-                d0 = p // N
-                if r in (d0, d0 + 1):
-                    carry = later(self.carry[p], self._forward, f"carry{p}")
-                    terms.append(Mux(carry if d0 + 1 == r else ~carry, self.products[p], 0))
+                if r == p // N:
+                    terms.append(self.products[p])
+                elif r == p // N + 1:
+                    terms.append(self.products_next[p])
             partial.append(pipelined_sum(m, terms, acc, self._levels, f"partial{r}"))
         cur = Signal(acc, reset_less=True)  # the running sum of the row in progress
         sums = []

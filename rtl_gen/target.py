@@ -133,16 +133,19 @@ class Multiplier:
             return []
         return product_pieces(a_bits, b, self._ports)
 
-    def product(self, m: Module, a, b, name: str, *, keep=None) -> Signal:
+    def product(self, m: Module, a, b, name: str, *, keep=None, split=None):
         """``a * b`` (``b`` a value or an integer constant), exact, :attr:`latency` cycles
         later; with ``keep`` (one bit, ``latency - 1`` cycles after the operands), 0 where
         ``keep`` is 0 (:func:`rtl_gen.products.pipelined_product`, or for a constant with
-        :attr:`constants` ``FABRIC``, :func:`rtl_gen.products.fabric_product`)."""
+        :attr:`constants` ``FABRIC``, :func:`rtl_gen.products.fabric_product`); with ``split``
+        (a product of two values only), the pair of products where ``split`` is 0 and 1."""
         fabric = self._constants is ConstantProducts.FABRIC
         if fabric and isinstance(b, int) and not isinstance(b, bool):
+            if split is not None:
+                raise ValueError("Only a product of two values can be split")
             return fabric_product(m, a, csd_digits(b), name, keep=keep)
         hard = None if self._primitive is None else _BUILDERS[self._primitive][0]
-        return pipelined_product(m, a, b, self._ports, name, hard=hard, keep=keep)
+        return pipelined_product(m, a, b, self._ports, name, hard=hard, keep=keep, split=split)
 
     def piece(self, m: Module, a: Value, b: Value, name: str) -> Signal:
         """``a * b`` (signed operands that fit the ports) by one instance of the primitive with

@@ -156,6 +156,48 @@ def test_keep_zeroes_the_products_it_is_low_for(width, fabric):
     )
 
 
+@pytest.mark.parametrize("width", [16, 30])
+def test_split_sends_each_product_to_one_of_two_registers(width):
+    """With ``split`` (as ``keep``, LATENCY - 1 cycles after the operands) the product leaves
+    on the first output where ``split`` is 0 and on the second where it is 1, 0 on the other,
+    and on neither where ``keep`` is 0."""
+    m = Module()
+    a, b, keep, split = Signal(signed(width)), Signal(signed(16)), Signal(), Signal()
+    stay, move = pipelined_product(m, a, b, (18, 18), "p", keep=keep, split=split)
+    rng = random.Random(width + 1)
+    n = 48
+    a_codes = [rng.randint(-(1 << (width - 1)), (1 << (width - 1)) - 1) for _ in range(n)]
+    b_codes = [rng.randint(-(1 << 15), (1 << 15) - 1) for _ in range(n)]
+    keeps = [rng.random() < 0.7 for _ in range(n)]
+    splits = [rng.random() < 0.5 for _ in range(n)]
+    got = []
+
+    async def testbench(ctx):
+        for c in range(n + LATENCY):
+            if c < n:
+                ctx.set(a, a_codes[c])
+                ctx.set(b, b_codes[c])
+            k = c - (LATENCY - 1)
+            ctx.set(keep, keeps[k] if 0 <= k < n else 0)
+            ctx.set(split, splits[k] if 0 <= k < n else 0)
+            await ctx.tick()
+            if c + 1 >= LATENCY:
+                got.append((ctx.get(stay), ctx.get(move)))
+
+    run(m, testbench)
+    expected = [
+        (x * y if k and not s else 0, x * y if k and s else 0)
+        for x, y, k, s in zip(a_codes, b_codes, keeps, splits, strict=True)
+    ]
+    assert got[:n] == expected
+    assert {(k, s) for k, s in zip(keeps, splits, strict=True)} == {
+        (False, False),
+        (False, True),
+        (True, False),
+        (True, True),
+    }
+
+
 def test_sum_levels():
     assert [sum_levels(n) for n in (0, 1, 4, 5, 16, 17, 64, 65)] == [1, 1, 1, 2, 2, 3, 3, 4]
 
