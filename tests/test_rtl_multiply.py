@@ -118,23 +118,37 @@ def test_fabric_products_are_exact(width_a, signed_a):
     assert max(len(csd_digits(b)) for b in FABRIC_CONSTANTS) > 3**3
 
 
-@pytest.mark.parametrize("width, fabric", [(16, False), (30, False), (20, True)])
-def test_keep_zeroes_the_products_it_is_low_for(width, fabric):
+@pytest.mark.parametrize(
+    "width, fabric, split",
+    [
+        (16, False, False),
+        (30, False, False),
+        (20, True, False),
+        (16, False, True),
+        (30, False, True),
+    ],
+)
+def test_keep_zeroes_the_products_it_is_low_for(width, fabric, split):
     """``keep`` as it is LATENCY - 1 cycles after the operands decides that product alone (with
-    ``fabric``, of a product by the momentum in the fabric)."""
+    ``fabric``, of a product by the momentum in the fabric). With ``split`` (in the same cycle)
+    a kept product leaves on the first output where ``split`` is 0 and on the second where it is
+    1, 0 on the other."""
     m = Module()
-    a, b, keep = Signal(signed(width)), Signal(signed(16)), Signal()
+    a, b, keep, to_second = Signal(signed(width)), Signal(signed(16)), Signal(), Signal()
     if fabric:
-        out = fabric_product(m, a, csd_digits(MOMENTUM), "p", keep=keep)
+        outs = [fabric_product(m, a, csd_digits(MOMENTUM), "p", keep=keep)]
+    elif split:
+        outs = list(pipelined_product(m, a, b, (18, 18), "p", keep=keep, split=to_second))
     else:
-        out = pipelined_product(m, a, b, (18, 18), "p", keep=keep)
+        outs = [pipelined_product(m, a, b, (18, 18), "p", keep=keep)]
     rng = random.Random(width)
-    n = 40
+    n = 48
     a_codes = [rng.randint(-(1 << (width - 1)), (1 << (width - 1)) - 1) for _ in range(n)]
     b_codes = (
         [MOMENTUM] * n if fabric else [rng.randint(-(1 << 15), (1 << 15) - 1) for _ in range(n)]
     )
-    keeps = [rng.random() < 0.5 for _ in range(n)]
+    keeps = [rng.random() < 0.6 for _ in range(n)]
+    seconds = [split and rng.random() < 0.5 for _ in range(n)]
     got = []
 
     async def testbench(ctx):
@@ -144,58 +158,27 @@ def test_keep_zeroes_the_products_it_is_low_for(width, fabric):
                 ctx.set(b, b_codes[c] if not fabric else 0)
             k = c - (LATENCY - 1)
             ctx.set(keep, keeps[k] if 0 <= k < n else 0)
+            ctx.set(to_second, seconds[k] if 0 <= k < n else 0)
             await ctx.tick()
             if c + 1 >= LATENCY:
-                got.append(ctx.get(out))
+                got.append(tuple(ctx.get(out) for out in outs))
 
     run(m, testbench)
-    expected = [x * y if k else 0 for x, y, k in zip(a_codes, b_codes, keeps, strict=True)]
+    expected = [
+        (x * y if k and not s else 0, x * y if k and s else 0)[: len(outs)]
+        for x, y, k, s in zip(a_codes, b_codes, keeps, seconds, strict=True)
+    ]
     assert got[:n] == expected
     assert (
         any(keeps) and not all(keeps) and all(x * y for x, y in zip(a_codes, b_codes, strict=True))
     )
-
-
-@pytest.mark.parametrize("width", [16, 30])
-def test_split_sends_each_product_to_one_of_two_registers(width):
-    """With ``split`` (as ``keep``, LATENCY - 1 cycles after the operands) the product leaves
-    on the first output where ``split`` is 0 and on the second where it is 1, 0 on the other,
-    and on neither where ``keep`` is 0."""
-    m = Module()
-    a, b, keep, split = Signal(signed(width)), Signal(signed(16)), Signal(), Signal()
-    stay, move = pipelined_product(m, a, b, (18, 18), "p", keep=keep, split=split)
-    rng = random.Random(width + 1)
-    n = 48
-    a_codes = [rng.randint(-(1 << (width - 1)), (1 << (width - 1)) - 1) for _ in range(n)]
-    b_codes = [rng.randint(-(1 << 15), (1 << 15) - 1) for _ in range(n)]
-    keeps = [rng.random() < 0.7 for _ in range(n)]
-    splits = [rng.random() < 0.5 for _ in range(n)]
-    got = []
-
-    async def testbench(ctx):
-        for c in range(n + LATENCY):
-            if c < n:
-                ctx.set(a, a_codes[c])
-                ctx.set(b, b_codes[c])
-            k = c - (LATENCY - 1)
-            ctx.set(keep, keeps[k] if 0 <= k < n else 0)
-            ctx.set(split, splits[k] if 0 <= k < n else 0)
-            await ctx.tick()
-            if c + 1 >= LATENCY:
-                got.append((ctx.get(stay), ctx.get(move)))
-
-    run(m, testbench)
-    expected = [
-        (x * y if k and not s else 0, x * y if k and s else 0)
-        for x, y, k, s in zip(a_codes, b_codes, keeps, splits, strict=True)
-    ]
-    assert got[:n] == expected
-    assert {(k, s) for k, s in zip(keeps, splits, strict=True)} == {
-        (False, False),
-        (False, True),
-        (True, False),
-        (True, True),
-    }
+    if split:
+        assert {(k, s) for k, s in zip(keeps, seconds, strict=True)} == {
+            (False, False),
+            (False, True),
+            (True, False),
+            (True, True),
+        }
 
 
 def test_sum_levels():
