@@ -58,7 +58,8 @@ HELD_OUT = {"mlp_digits": []}
 # 6-4-3 network with 2 lanes, so `random_sources` keeps its hand-set value.
 CACHE = ROOT / ".pbhw-cache" / "calibration"
 #: Every design multiplies by the update constants on hard multipliers: the fabric adders'
-#: coefficients (``constant_adder_bits``) are set by hand, not fitted, so the fit sees none.
+#: coefficients (``constant_adder_bits``, ``constant_register_bits``) are set by hand, not
+#: fitted, so the fit sees none.
 CONSTANTS = "dsp"
 
 

@@ -10,12 +10,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from pbhw.core.config import WeightPrediction
-from pbhw.core.datapath import (
-    PREDICTION_LATENCY,
-    UPDATE_LATENCY,
-    VELOCITY_LATENCY,
-    Accumulator,
-)
+from pbhw.core.datapath import Accumulator, UpdateTiming
 from rtl_gen.pipeline import Delays
 from rtl_gen.products import LATENCY as PRODUCT_LATENCY
 from rtl_gen.requantizer import shape_of
@@ -26,12 +21,13 @@ from rtl_gen.update import ROUNDING_POINTS, UpdateUnit
 __all__ = ["Lane", "lane_cycles"]
 
 
-def lane_cycles(wait: int) -> dict[str, int]:
+def lane_cycles(wait: int, timing: UpdateTiming) -> dict[str, int]:
     """Cycle, after a row is read (cycle 0), at which each output of a :class:`Lane` whose
-    update waits ``wait`` cycles is ready: ``update`` (the unit's inputs), ``predicted``
-    (``w_hat``), ``forward`` and ``backward`` (the products), ``write_v`` (``v_new``) and
-    ``write`` (``w_new``)."""
-    predicted = wait + PREDICTION_LATENCY
+    update waits ``wait`` cycles and runs on ``timing`` (:attr:`UpdateUnit.timing
+    <rtl_gen.update.UpdateUnit.timing>`) is ready: ``update`` (the unit's inputs),
+    ``predicted`` (``w_hat``), ``forward`` and ``backward`` (the products), ``write_v``
+    (``v_new``) and ``write`` (``w_new``)."""
+    predicted = wait + timing.prediction_latency
     return {
         "update": wait,
         "predicted": predicted,
@@ -40,8 +36,8 @@ def lane_cycles(wait: int) -> dict[str, int]:
         # the row register, then the product
         "backward": 1 + PRODUCT_LATENCY,
         # the new velocity is written back as soon as it is rounded and registered
-        "write_v": wait + VELOCITY_LATENCY,
-        "write": wait + UPDATE_LATENCY,
+        "write_v": wait + timing.velocity_latency,
+        "write": wait + timing.latency,
     }
 
 
@@ -63,9 +59,11 @@ class Lane(wiring.Component):
     A product of an element past the last is 0 (the product register's own reset, not a mask
     before the sums it feeds).
 
-    Latency: :func:`lane_cycles` (``wait``): ``forward`` at ``wait + 11``, ``backward`` at 5,
-    ``v_new`` at ``wait + 7``, ``w_new`` and the update's saturation flags at ``wait + 13``,
-    the prediction's flag at ``wait + 6`` (with 4-cycle products).
+    Latency: :func:`lane_cycles` (``wait``, the unit's timing): with 4-cycle products
+    throughout, ``forward`` at ``wait + 11``, ``backward`` at 5, ``v_new`` at ``wait + 7``,
+    ``w_new`` and the update's saturation flags at ``wait + 13``, the prediction's flag at
+    ``wait + 6``; with update constants in the fabric (3 cycles), ``forward`` at ``wait + 10``
+    and ``w_new`` at ``wait + 12``.
 
     Parameters
     ----------
@@ -154,7 +152,8 @@ class Lane(wiring.Component):
         self._multiplier = multiplier
         self._forward, self._backward = forward, backward
         self._weights, self._padded, self._wait, self._key = weights, bool(padded), wait, key
-        self._cycles = lane_cycles(wait)
+        self._unit = UpdateUnit(**self._update)
+        self._cycles = lane_cycles(wait, self._unit.timing)
         self._straddles = bool(straddles)
         self._memories: list[tuple[int, int]] | None = None
         fm = update["formats"]
@@ -204,7 +203,7 @@ class Lane(wiring.Component):
         self._memories = later.memories
         k_valid = Signal()
         m.d.comb += k_valid.eq(self.k < self._weights)
-        unit = self._unit = m.submodules.update = UpdateUnit(**self._update)
+        unit = m.submodules.update = self._unit
         m.d.comb += [
             unit.dz.eq(later(self.dz, pre, "dz")),
             unit.x.eq(later(self.x_stashed, pre, "xg")),

@@ -156,7 +156,7 @@ def predicted_logic(
             x_format=datapath.x_format if st.index > 1 else None,
             prediction=prediction if st.horizon else WeightPrediction.NONE,
             shapes=[(a, b, n) for _, a, b in datapath.pieces()],
-            adder_bits=sum(p.adder_bits for p in datapath.products),
+            fabric_constants=[(p.a_bits, p.operand[1]) for p in datapath.products if p.fabric],
             drain=stage_hw.drain,  # as the fast estimate reads it from the manifest
             device=device,
             delay_memory_bits=sum(d.register_bits for d in stage_hw.delay_memories),

@@ -309,7 +309,7 @@ class LossUnit(wiring.Component):
         d = Signal(signed(yf.width + 2), reset_less=True)
         m.d.sync += d.eq(y_at - best_y)
         # Cycles 1-2: t = (d * log2 e) >> (f(Y) + 8), the table index and the shift.
-        product = self._multiplier.product(m, d, LOG2E_Q16, "log2e")
+        product = self._multiplier.product(m, d, LOG2E_Q16, "log2e", latency=PRODUCT_LATENCY)
         t = Signal(signed(len(d) + LOG2E_Q16.bit_length() + 1))
         m.d.comb += t.eq(product >> (yf.frac + 16 - 8))
         neg_k = Signal(len(t) + 1)

@@ -15,7 +15,9 @@ lists the blocks for the manifest and the lane cost), so the count there is what
 :func:`fabric_product` multiplies by a constant without a hard multiplier
 (``hardware.constants = "fabric"``): the registered operand, shifted once per canonical signed
 digit of the constant (:func:`pbhw.core.datapath.csd_digits`, the digits the datapath plan
-records), summed by a registered adder tree of three levels, in the same four cycles.
+records), summed by a registered adder tree (:func:`pbhw.core.datapath.fabric_tree`) in three
+cycles (:data:`FABRIC_LATENCY`): no hard multiplier sits far from its sum, so the two
+registers around one are not needed.
 
 With a vendor primitive (:class:`rtl_gen.target.Multiplier` chooses it from the device; ECP5:
 ``MULT18X18D``, :func:`hard_product`), every piece is an instance of it with its input and
@@ -31,18 +33,30 @@ from __future__ import annotations
 from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Mux, Signal, Value, signed
 
 from pbhw.core.datapath import (
+    FABRIC_PRODUCT_LATENCY,
     PRODUCT_LATENCY,
     constant_ports,
     constant_slices,
+    csd_digits,
+    fabric_tree,
     is_shift,
     operand_slices,
-    span_width,
 )
 
-__all__ = ["LATENCY", "as_signed", "fabric_product", "hard_product", "pipelined_product"]
+__all__ = [
+    "FABRIC_LATENCY",
+    "LATENCY",
+    "as_signed",
+    "fabric_product",
+    "hard_product",
+    "pipelined_product",
+]
 
 #: Cycles from the operands to a pipelined product (:data:`pbhw.core.datapath.PRODUCT_LATENCY`).
 LATENCY = PRODUCT_LATENCY
+#: Cycles from the operand to a product by a constant in the fabric
+#: (:data:`pbhw.core.datapath.FABRIC_PRODUCT_LATENCY`).
+FABRIC_LATENCY = FABRIC_PRODUCT_LATENCY
 
 
 def as_signed(value: Value) -> Value:
@@ -179,52 +193,48 @@ def pipelined_product(
     return out
 
 
-def _tree_fanin(terms: int, levels: int) -> int:
-    """Terms each adder of a ``levels``-deep tree sums so that ``terms`` terms reach one: the
-    smallest ``k >= 2`` with ``k ** levels >= terms``."""
-    k = 2
-    while k**levels < terms:
-        k += 1
-    return k
-
-
-def fabric_product(m: Module, a, digits, name: str, *, keep=None) -> Signal:
-    """``a * code``, where ``digits`` are the code's canonical signed digits ``(shift, digit)``
-    (:func:`pbhw.core.datapath.csd_digits`), :data:`LATENCY` (4) cycles later, with no hard
-    multiplier: the operand is registered (cycle 1), then every term ``digit * a << shift`` is
-    summed by a tree of registered adders (cycles 2 to 4; each adder sums
-    :func:`_tree_fanin` terms, 2 for up to 8 digits). ``keep`` is as in
-    :func:`pipelined_product` (the last register's synchronous reset).
+def fabric_product(
+    m: Module, a, code: int, name: str, *, keep=None, latency: int = FABRIC_LATENCY
+) -> Signal:
+    """``a * code`` with no hard multiplier, ``latency`` cycles later (default
+    :data:`FABRIC_LATENCY`, 3): the adder tree of :func:`pbhw.core.datapath.fabric_tree`, one
+    shifted term per canonical signed digit of ``code``: the operand is registered (cycle 1),
+    then every level of the tree is a registered adder of its terms, the last one the product.
+    ``keep`` is as in :func:`pipelined_product` (the last register's synchronous reset).
 
     Each register holds its partial sum exactly, without the zero bits below its smallest
     shift (they are shifted back in at the next level), so every adder is only as wide as the
     exact range of its terms."""
     a = as_signed(a)
-    digits = list(digits)
-    code = sum(d << k for k, d in digits)
     full = a * Const(code)
     a_reg = Signal(a.shape(), name=f"{name}_a", reset_less=True)
     m.d.sync += a_reg.eq(a)
-    lo_a, hi_a = -(1 << (len(a) - 1)), (1 << (len(a) - 1)) - 1
-    # A node: (value, shift, lo, hi) with the partial sum = value << shift in [lo, hi] << shift.
-    nodes = [(a_reg if d > 0 else -a_reg, k, *sorted((d * lo_a, d * hi_a))) for k, d in digits]
-    levels = LATENCY - 1
-    fanin = _tree_fanin(len(nodes), levels)
-    for level in range(levels - 1):
-        summed = []
-        for n in range(0, len(nodes), fanin):
-            group = nodes[n : n + fanin]
-            base = min(k for _, k, _, _ in group)
-            lo = sum(lo_t << (k - base) for _, k, lo_t, _ in group)
-            hi = sum(hi_t << (k - base) for _, k, _, hi_t in group)
-            terms = [v << (k - base) if k > base else v for v, k, _, _ in group]
-            width = signed(span_width(lo, hi))
-            reg = Signal(width, name=f"{name}_l{level}_{n // fanin}", reset_less=True)
+    levels = fabric_tree(len(a), code, latency)
+    # The first level's terms: the registered operand, negated for a digit -1, at its shift.
+    values = [a_reg if d > 0 else -a_reg for _, d in csd_digits(code)]
+    below = levels[0]
+    for depth, level in enumerate(levels[1:-1]):
+        regs = []
+        for n, node in enumerate(level):
+            terms = [
+                values[t] << (below[t].shift - node.shift)
+                if below[t].shift > node.shift
+                else values[t]
+                for t in node.terms
+            ]
+            reg = Signal(signed(node.width), name=f"{name}_l{depth}_{n}", reset_less=True)
             m.d.sync += reg.eq(sum(terms[1:], terms[0]))
-            summed.append((reg, base, lo, hi))
-        nodes = summed
+            regs.append(reg)
+        values, below = regs, level
     out = Signal(full.shape(), name=name, reset_less=True)
-    total = sum((v << k for v, k, _, _ in nodes[1:]), nodes[0][0] << nodes[0][1]) if nodes else 0
+    total = (
+        sum(
+            (v << t.shift for v, t in zip(values[1:], below[1:], strict=True)),
+            values[0] << below[0].shift,
+        )
+        if values
+        else 0
+    )
     if keep is None:
         m.d.sync += out.eq(total)
     else:

@@ -55,10 +55,9 @@ from amaranth.lib.wiring import In, Out
 
 from pbhw.core.config import RoleFormat, WeightPrediction
 from pbhw.core.datapath import (
-    PREDICTION_LATENCY,
-    UPDATE_PIPELINE,
     StageDatapath,
     stage_datapath,
+    update_timing,
 )
 from pbhw.core.figures import stash_bits
 from pbhw.core.fixed import Rounding
@@ -318,13 +317,14 @@ class Stage(wiring.Component):
         # unit's inputs wait until the earliest random word of a lane is ready, and the
         # activation rounding must not come before its word either.
         update = self._datapath.update
-        pre = max([words - UPDATE_PIPELINE[p] for p in update.stochastic_points] + [1])
+        timing = update_timing(update, self._datapath.constants)
+        pre = max([words - timing.pipeline[p] for p in update.stochastic_points] + [1])
         # operand register, forward product, group sums, row sum: the activation rounds that
         # long after w_hat
         tail = 1 + PRODUCT_LATENCY + self._sum_levels + 1
         if act_stochastic:
-            pre = max(pre, words - PREDICTION_LATENCY - tail)
-        lane = lane_cycles(pre)
+            pre = max(pre, words - timing.prediction_latency - tail)
+        lane = lane_cycles(pre, timing)
         at = {key: lane[key] for key in ("update", "predicted", "forward")}
         at["row_sum"] = at["forward"] + self._sum_levels  # RowSums
         at["round"] = at["row_sum"] + 1

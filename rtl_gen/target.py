@@ -15,7 +15,7 @@ from pathlib import Path
 from amaranth.hdl import Module, Signal, Value
 
 from pbhw.core.config import ConstantProducts
-from pbhw.core.datapath import csd_digits, product_pieces
+from pbhw.core.datapath import constant_product_latency, product_pieces
 from pbhw.core.devices import PRIMITIVES, Device
 from rtl_gen.products import LATENCY, fabric_product, hard_product, pipelined_product
 from rtl_gen.resources import MODELS
@@ -46,8 +46,8 @@ class Multiplier:
     constants : ConstantProducts
         How a product by an integer constant is built: ``DSP`` (the default), cut into pieces
         as any other product; ``FABRIC``, by shifts and adders over the constant's canonical
-        signed digits (:func:`rtl_gen.products.fabric_product`), no hard multiplier. Same
-        cycles, same results.
+        signed digits (:func:`rtl_gen.products.fabric_product`), no hard multiplier, in
+        :attr:`constant_latency` cycles (3, not 4). Same results.
 
     Raises
     ------
@@ -119,6 +119,12 @@ class Multiplier:
         return LATENCY
 
     @property
+    def constant_latency(self) -> int:
+        """Cycles from the operand to a product by a constant
+        (:func:`pbhw.core.datapath.constant_product_latency` of :attr:`constants`)."""
+        return constant_product_latency(self._constants)
+
+    @property
     def models(self) -> tuple[Path, ...]:
         """Simulation models the products need (:data:`rtl_gen.resources.MODELS`): the
         primitive's, or none."""
@@ -133,17 +139,27 @@ class Multiplier:
             return []
         return product_pieces(a_bits, b, self._ports)
 
-    def product(self, m: Module, a, b, name: str, *, keep=None, split=None):
+    def product(self, m: Module, a, b, name: str, *, keep=None, split=None, latency=None):
         """``a * b`` (``b`` a value or an integer constant), exact, :attr:`latency` cycles
-        later; with ``keep`` (one bit, ``latency - 1`` cycles after the operands), 0 where
-        ``keep`` is 0 (:func:`rtl_gen.products.pipelined_product`, or for a constant with
-        :attr:`constants` ``FABRIC``, :func:`rtl_gen.products.fabric_product`); with ``split``
-        (a product of two values only), the pair of products where ``split`` is 0 and 1."""
+        later, or :attr:`constant_latency` for a constant; with ``keep`` (one bit, a cycle
+        before the product), 0 where ``keep`` is 0 (:func:`rtl_gen.products.pipelined_product`,
+        or for a constant with :attr:`constants` ``FABRIC``,
+        :func:`rtl_gen.products.fabric_product`); with ``split`` (a product of two values only),
+        the pair of products where ``split`` is 0 and 1. ``latency`` asks a fabric constant's
+        product for more cycles (up to :attr:`latency`, so that a schedule need not know how
+        its constant is built)."""
         fabric = self._constants is ConstantProducts.FABRIC
+        if latency is not None and not self.constant_latency <= latency <= LATENCY:
+            raise ValueError(
+                f"Latency must be in {self.constant_latency}..{LATENCY}, not {latency!r}"
+            )
         if fabric and isinstance(b, int) and not isinstance(b, bool):
             if split is not None:
                 raise ValueError("Only a product of two values can be split")
-            return fabric_product(m, a, csd_digits(b), name, keep=keep)
+            cycles = self.constant_latency if latency is None else latency
+            return fabric_product(m, a, b, name, keep=keep, latency=cycles)
+        if latency not in (None, LATENCY):
+            raise ValueError(f"A product of hard-multiplier pieces takes {LATENCY} cycles")
         hard = None if self._primitive is None else _BUILDERS[self._primitive][0]
         return pipelined_product(m, a, b, self._ports, name, hard=hard, keep=keep, split=split)
 

@@ -7,16 +7,13 @@ Each accumulator is sized from the exact range of its terms, so nothing overflow
 :class:`~rtl_gen.requantizer.Requantizer` that rounds it into its role's format.
 
 Pipelined, the block registers every product, every sum and every rounded value, so no path
-holds more than one hard multiplier, one addition, or one rounding. Products take ``L`` =
-:data:`rtl_gen.products.LATENCY` (4) cycles (:func:`rtl_gen.products.pipelined_product`, or for
-a constant in the fabric :func:`rtl_gen.products.fabric_product`). Cycle by
-cycle after the inputs: ``dz*x``, ``m*v`` and the prediction's product start (0); the gradient is
-rounded and the prediction's sum registered (``L``); the predicted weight is rounded, the
-velocity's sum registered and ``eta_b*g`` starts (``L+1``); the velocity is rounded (``L+2``);
-``eta_a*v_new`` starts (``L+3``); ``w - eta_b*g`` is summed (``2L+2``); the new weight's sum is
-registered (``2L+3``) and rounded (``2L+4``); every output is registered one cycle after its
-rounding. :data:`PIPELINE` lists the cycle at which each rounding point rounds (its random word
-must arrive then).
+holds more than one hard multiplier, one addition, or one rounding. A product of two values
+takes :data:`rtl_gen.products.LATENCY` (4) cycles (:func:`rtl_gen.products.pipelined_product`);
+a product by an update constant 4 on hard multipliers, 3 in the fabric
+(:func:`rtl_gen.products.fabric_product`) and 1 with the shift option. The cycle at which each
+rounding point rounds (its random word must arrive then) and the outputs' latencies are those of
+:class:`pbhw.core.datapath.UpdateTiming` (:func:`~pbhw.core.datapath.update_timing`), which
+lists the schedule cycle by cycle.
 """
 
 from amaranth.hdl import Const, Module, Signal, signed
@@ -24,18 +21,10 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from pbhw.core.config import Formats, RoleFormat, WeightPrediction
-from pbhw.core.datapath import (
-    PREDICTION_LATENCY,
-    UPDATE_LATENCY,
-    VELOCITY_LATENCY,
-    UpdateDatapath,
-    update_datapath,
-)
-from pbhw.core.datapath import UPDATE_PIPELINE as PIPELINE
 from pbhw.core.datapath import UPDATE_POINTS as ROUNDING_POINTS
+from pbhw.core.datapath import UpdateDatapath, UpdateTiming, update_datapath, update_timing
 from pbhw.core.fixed import FixedFormat, Rounding
 from rtl_gen.pipeline import Delays
-from rtl_gen.products import LATENCY
 from rtl_gen.requantizer import Requantizer, shape_of
 from rtl_gen.target import GENERIC, Multiplier
 
@@ -127,7 +116,8 @@ class UpdateUnit(wiring.Component):
     multiplier : Multiplier
         The device's hard multiplier (:class:`rtl_gen.target.Multiplier`): pipelined products
         are cut to fit its ports, and the products by a constant are built in the fabric when
-        its ``constants`` is ``FABRIC`` (same cycles). Default: a generic 18 x 18 multiplier
+        its ``constants`` is ``FABRIC`` (3 cycles, not 4: :attr:`timing`). Default: a generic
+        18 x 18 multiplier
         left to synthesis.
     delay_ram : bool
         Pipelined, keep the long stretches of the delay lines in block RAM
@@ -247,6 +237,7 @@ class UpdateUnit(wiring.Component):
             horizon=horizon,
         )
         check_shift_constants(self._datapath)
+        self._timing = update_timing(self._datapath, multiplier.constants)
 
         weight = shape_of(formats.weight.format)
         members = {
@@ -279,26 +270,31 @@ class UpdateUnit(wiring.Component):
     @property
     def latency(self) -> int:
         """Cycles from the inputs to ``g``, ``v_new``, ``w_new`` and their saturation flags."""
-        return UPDATE_LATENCY if self._pipelined else 0
+        return self._timing.latency if self._pipelined else 0
 
     @property
     def velocity_latency(self) -> int:
         """Cycles from the inputs to ``v_next``."""
-        return VELOCITY_LATENCY if self._pipelined else 0
+        return self._timing.velocity_latency if self._pipelined else 0
 
     @property
     def prediction_latency(self) -> int:
         """Cycles from the inputs to ``w_hat`` and ``saturated.prediction``."""
-        return PREDICTION_LATENCY if self._pipelined else 0
+        return self._timing.prediction_latency if self._pipelined else 0
 
     @property
     def random_stage(self) -> dict[str, int]:
         """Cycle after the inputs at which each stochastic rounding point reads its word."""
         return {
-            p: (PIPELINE[p] if self._pipelined else 0)
+            p: (self._timing.pipeline[p] if self._pipelined else 0)
             for p in ROUNDING_POINTS
             if self._rounds_stochastically(p)
         }
+
+    @property
+    def timing(self) -> UpdateTiming:
+        """The pipelined schedule (:func:`pbhw.core.datapath.update_timing`)."""
+        return self._timing
 
     @property
     def multiplier(self) -> Multiplier:
@@ -394,18 +390,22 @@ class UpdateUnit(wiring.Component):
 
         def product(a, b, name, constant=True):
             """``a * b`` (``b`` an update constant's code, or a value; ``constant=False`` for
-            the horizon, never a shift): :data:`~rtl_gen.products.LATENCY` cycles later when
-            pipelined, in hard-multiplier-sized pieces."""
+            the horizon, never a shift): when pipelined, :attr:`timing` ``.constant`` cycles
+            later for an update constant (its ``prediction_product`` for the horizon), 4 for a
+            value, in hard-multiplier-sized pieces or in the fabric."""
             by_shift = isinstance(b, int) and shift and constant
             if not self._pipelined:
                 return times_constant(a, b, shift) if by_shift else a * b
             if by_shift:
-                return at(times_constant(a, b, shift), LATENCY, f"{name}_shifted")
+                return at(times_constant(a, b, shift), self._timing.constant, f"{name}_shifted")
             return self._multiplier.product(m, a, b, name)
 
         dz, x = as_signed(self.dz, "dz_s"), as_signed(self.x, "x_s")
         w, v = as_signed(self.w, "w_s"), as_signed(self.v, "v_s")
-        stage = PIPELINE if self._pipelined else dict.fromkeys(PIPELINE, 0)
+        pipeline = self._timing.pipeline
+        stage = pipeline if self._pipelined else dict.fromkeys(pipeline, 0)
+        # cycles of a product by an update constant
+        c = self._timing.constant if self._pipelined else 0
         s_g, s_p, s_v, s_w = (stage[p] for p in ("gradient", "prediction", "velocity", "weight"))
         # Pipelined, a sum is registered before it is rounded (the rounding is another carry
         # chain, then a range check and a saturating mux).
@@ -446,7 +446,7 @@ class UpdateUnit(wiring.Component):
 
         s_mv, s_gv = (self._datapath.velocity.shifts[t] for t in ("mv", "g"))
         v_new = Signal(signed(len(self.v_new) + 1), name="v_new_s")
-        v_sum = (at(p_mv, v_sum_at - s_g, "p_mv") << s_mv) + (g_v << s_gv)
+        v_sum = (at(p_mv, v_sum_at - c, "p_mv") << s_mv) + (g_v << s_gv)
         sat_v = self._requantize(m, "velocity", at(v_sum, split, "v_sum"), v_new)
         p_gb = product(g_v, self._eta_b, "p_gb") if self._eta_b else None
         # eta_a * v_new starts a cycle later; w - eta_b * g is summed while it runs.
@@ -456,7 +456,7 @@ class UpdateUnit(wiring.Component):
         sh_w, sh_v, sh_g = (self._datapath.weight.shifts[t] for t in ("w", "v", "g"))
         part = at(w, w_sum_at - 1, "w") << sh_w
         if p_gb is not None:
-            part = part - (at(p_gb, w_sum_at - 1 - (v_sum_at + LATENCY), "p_gb") << sh_g)
+            part = part - (at(p_gb, w_sum_at - 1 - (v_sum_at + c), "p_gb") << sh_g)
         acc = at(at(part, 1, "w_part") - (p_va << sh_v), split, "w_sum")
 
         # The new weight; every output leaves at the same cycle.

@@ -4,7 +4,8 @@ simulated with their models (``rtl_gen/models``), against exact Python products.
 One design holds a bank of products, each computed twice from the same operands: with the
 primitive (``h_*``, the form synthesised for ECP5) and left to synthesis (``g_*``, the form the
 amaranth.sim tests check); a product by a constant a third time in the fabric (``f_*``,
-``hardware.constants = "fabric"``: shifts and adders over its canonical signed digits).
+``hardware.constants = "fabric"``: shifts and adders over its canonical signed digits, in 3
+cycles, registered once more).
 Operands enter as a stream; the pipeline never stalls, so the output stream is the input delayed
 by :data:`rtl_gen.products.LATENCY` cycles, with idle cycles kept.
 """
@@ -83,6 +84,11 @@ class ProductBank(wiring.Component):
             for kind, prim, constants in kinds:
                 mul = Multiplier(ports=PORTS, primitive=prim, constants=constants)
                 p = mul.product(m, x[f"a_{name}"], b, f"{kind}_{name}")
+                if kind == "f":  # 3 cycles in the fabric: registered up to the others' 4
+                    for n in range(LATENCY - mul.constant_latency):
+                        q = Signal.like(p, name=f"{kind}_{name}_d{n}")
+                        m.d.sync += q.eq(p)
+                        p = q
                 m.d.comb += self.o.payload[f"{kind}_{name}"].eq(p)
         valid = self.i.valid
         for n in range(LATENCY):

@@ -14,11 +14,11 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-from pbhw.core.datapath import csd_digits
+from pbhw.core.datapath import csd_digits, fabric_register_bits, fabric_tree
 from pbhw.core.fixed import FixedFormat, quantize
 from rtl_gen.fanout import FANOUT, replicated, replicated_tree
 from rtl_gen.pipeline import pipelined_sum, sum_levels
-from rtl_gen.products import LATENCY, fabric_product, pipelined_product
+from rtl_gen.products import FABRIC_LATENCY, LATENCY, fabric_product, pipelined_product
 
 PORTS = [(18, 18), (25, 18), (16, 16)]
 #: The example's momentum 0.99671 in the default coefficient format s24.22.
@@ -57,16 +57,17 @@ def run(m, testbench):
     sim.run()
 
 
-def simulate(width_a, b, ports, signed_a, n=30, *, fabric=False):
-    """(expected, got) products of ``n`` operand pairs streamed one per cycle; with ``fabric``,
-    ``b`` is a constant multiplied by :func:`fabric_product`."""
+def simulate(width_a, b, ports, signed_a, n=30, *, fabric=None):
+    """(expected, got) products of ``n`` operand pairs streamed one per cycle; with ``fabric``
+    (a latency), ``b`` is a constant multiplied by :func:`fabric_product` in that many cycles."""
     m = Module()
     a = Signal(signed(width_a) if signed_a else unsigned(width_a))
     b_sig = None
     if isinstance(b, tuple):  # (signed, width): a second operand
         b_sig = Signal(signed(b[1]) if b[0] else unsigned(b[1]))
-    if fabric:
-        out = fabric_product(m, a, csd_digits(b), "p")
+    latency = LATENCY if fabric is None else fabric
+    if fabric is not None:
+        out = fabric_product(m, a, b, "p", latency=fabric)
     else:
         out = pipelined_product(m, a, b if b_sig is None else b_sig, ports, "p")
     rng = random.Random(width_a * 1000 + len(ports))
@@ -82,13 +83,13 @@ def simulate(width_a, b, ports, signed_a, n=30, *, fabric=False):
     got = []
 
     async def testbench(ctx):
-        for c in range(n + LATENCY):
+        for c in range(n + latency):
             if c < n:
                 ctx.set(a, a_codes[c])
                 if b_sig is not None:
                     ctx.set(b_sig, b_codes[(c + 1) % n])  # extremes meet other extremes
             await ctx.tick()
-            if c + 1 >= LATENCY:
+            if c + 1 >= latency:
                 got.append(ctx.get(out))
 
     if b_sig is not None:
@@ -108,14 +109,39 @@ def test_products_are_exact(width_a, signed_a, ports):
         assert got == expected, (width_a, b, ports)
 
 
+@pytest.mark.parametrize("latency", [FABRIC_LATENCY, LATENCY])
 @pytest.mark.parametrize("signed_a", [True, False])
 @pytest.mark.parametrize("width_a", [1, 2, 16, 17, 18, 19, 21, 35, 37])
-def test_fabric_products_are_exact(width_a, signed_a):
-    """Widths below and above the 18-bit port; constants of 0 to 24 digits."""
+def test_fabric_products_are_exact(width_a, signed_a, latency):
+    """Widths below and above the 18-bit port; constants of 0 to 24 digits; the update's
+    latency (3: one level of adders) and the loss unit's (4: two)."""
     for b in FABRIC_CONSTANTS:
-        expected, got = simulate(width_a, b, PORTS[0], signed_a, fabric=True)
+        expected, got = simulate(width_a, b, PORTS[0], signed_a, fabric=latency)
         assert got == expected, (width_a, b)
-    assert max(len(csd_digits(b)) for b in FABRIC_CONSTANTS) > 3**3
+    # more digits than one level's adders can take two at a time
+    assert max(len(csd_digits(b)) for b in FABRIC_CONSTANTS) > 2 ** (latency - 1)
+
+
+@pytest.mark.parametrize("latency", [2, 3, 4])
+def test_fabric_tree_levels_and_registers(latency):
+    """The tree has ``latency - 2`` levels of partial sums and the product; every digit's term
+    is summed exactly once; the register count is what the resource model reads."""
+    for b in FABRIC_CONSTANTS:
+        if not b:
+            assert fabric_register_bits(20, b) == 0
+            continue
+        levels = fabric_tree(20, b, latency)
+        assert len(levels) == latency  # the terms, latency - 2 partial sums, the product
+        assert len(levels[-1]) == 1
+        for below, level in zip(levels, levels[1:], strict=False):
+            covered = sorted(t for node in level for t in node.terms)
+            assert covered == list(range(len(below)))
+        product = levels[-1][0]  # its range bounds every product (each term's range summed)
+        lo, hi = sorted((b * -(1 << 19), b * ((1 << 19) - 1)))
+        assert product.lo << product.shift <= lo and hi <= product.hi << product.shift
+    bits = fabric_register_bits(20, MOMENTUM)
+    inner = sum(n.width for level in fabric_tree(20, MOMENTUM)[1:] for n in level)
+    assert bits == 20 + inner
 
 
 @pytest.mark.parametrize(
@@ -136,7 +162,7 @@ def test_keep_zeroes_the_products_it_is_low_for(width, fabric, split):
     m = Module()
     a, b, keep, to_second = Signal(signed(width)), Signal(signed(16)), Signal(), Signal()
     if fabric:
-        outs = [fabric_product(m, a, csd_digits(MOMENTUM), "p", keep=keep)]
+        outs = [fabric_product(m, a, MOMENTUM, "p", keep=keep, latency=LATENCY)]
     elif split:
         outs = list(pipelined_product(m, a, b, (18, 18), "p", keep=keep, split=to_second))
     else:
@@ -279,7 +305,7 @@ class _FabricProduct(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.d.comb += self.y.eq(fabric_product(m, self.a, csd_digits(MOMENTUM), "p"))
+        m.d.comb += self.y.eq(fabric_product(m, self.a, MOMENTUM, "p"))
         return m
 
 

@@ -131,12 +131,13 @@ def test_steady_state_cycles_per_sample_are_as_predicted(lanes, loss):
     slowest = max(s.rows for s in net.stages)
     drain = max(s.drain for s in net.stages)
     assert net.predicted_cycles_per_sample <= slowest + OVERHEAD + drain + net.loss_unit.latency
-    # The activation path: the row register, the prediction (6 cycles), the operands' register,
-    # the forward product (4), one group-sum level per 4 lanes of a row group, the row sum, the
-    # rounding, the z write (the update's write-back, 1 + 13, ends a cycle earlier); nothing
-    # waits for random words, as no rounding here is stochastic. With 8 lanes a row group sums
-    # 8 forward products: two registered levels, one cycle more.
-    expected = {(4, 4): [15, 15], (8, 1): [16, 15], (1, 8): [15, 16]}[lanes]
+    # The activation path: the row register, the prediction (5 cycles: eta_T * v in the fabric,
+    # 3, its sum, its rounding), the operands' register, the forward product (4), one group-sum
+    # level per 4 lanes of a row group, the row sum, the rounding, the z write (the update's
+    # write-back, 1 + 12, ends a cycle earlier); nothing waits for random words, as no rounding
+    # here is stochastic. With 8 lanes a row group sums 8 forward products: two registered
+    # levels, one cycle more.
+    expected = {(4, 4): [14, 14], (8, 1): [15, 14], (1, 8): [14, 15]}[lanes]
     assert [s.drain for s in net.stages] == expected
 
 

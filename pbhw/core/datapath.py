@@ -32,21 +32,24 @@ from pbhw.core.plan import Plan, StagePlan
 
 __all__ = [
     "ACC_LIMIT",
-    "PREDICTION_LATENCY",
+    "FABRIC_PRODUCT_LATENCY",
     "PRODUCT_LATENCY",
-    "UPDATE_LATENCY",
-    "UPDATE_PIPELINE",
+    "SHIFT_PRODUCT_LATENCY",
     "UPDATE_POINTS",
-    "VELOCITY_LATENCY",
     "Accumulator",
     "Product",
     "StageDatapath",
     "UpdateDatapath",
+    "UpdateTiming",
     "constant_ports",
+    "constant_product_latency",
     "constant_operands",
     "constant_slices",
     "csd_digits",
     "fabric_adder_bits",
+    "fabric_register_bits",
+    "fabric_tree",
+    "TreeNode",
     "dot_accumulator",
     "is_shift",
     "operand_slices",
@@ -57,6 +60,7 @@ __all__ = [
     "span_width",
     "stage_datapath",
     "update_datapath",
+    "update_timing",
     "pool_shift",
     "residual_format_of",
     "x_format_of",
@@ -68,25 +72,87 @@ ACC_LIMIT = 62
 #: Cycles from the operands to a pipelined product: operand, piece, piece again (in the fabric,
 #: between a hard multiplier and its sum), sum.
 PRODUCT_LATENCY = 4
+#: Cycles from the operand to a product by a constant built in the fabric
+#: (``hardware.constants = "fabric"``): the operand register, one level of registered adders,
+#: the registered sum (:func:`fabric_tree`). No hard multiplier sits far away, so the two
+#: registers around one placed far from its sum are not needed.
+FABRIC_PRODUCT_LATENCY = 3
+#: Cycles from the operand to a product by an update constant of the ``shift`` option: its
+#: shifts and at most one adder, registered once.
+SHIFT_PRODUCT_LATENCY = 1
 
 #: The update's rounding points, in the order of the computation.
 UPDATE_POINTS = ("gradient", "velocity", "weight", "prediction")
-#: Pipelined update: the cycle (after its inputs) at which each rounding point rounds.
-UPDATE_PIPELINE = MappingProxyType(
-    {
-        "gradient": PRODUCT_LATENCY,
-        "prediction": PRODUCT_LATENCY + 1,
-        "velocity": PRODUCT_LATENCY + 2,
-        "weight": 2 * PRODUCT_LATENCY + 4,
-    }
-)
-#: Pipelined update: cycles from the inputs to the predicted weight (and its saturation flag).
-PREDICTION_LATENCY = PRODUCT_LATENCY + 2
-#: Pipelined update: cycles from the inputs to ``g``, ``v_new``, ``w_new`` and their flags.
-UPDATE_LATENCY = 2 * PRODUCT_LATENCY + 5
-#: Pipelined update: cycles from the inputs to ``v_next``, the new velocity registered once after
-#: its rounding (a stage writes V back then, not with W: no delay line waits for the weight).
-VELOCITY_LATENCY = UPDATE_PIPELINE["velocity"] + 1
+
+
+def constant_product_latency(constants: ConstantProducts) -> int:
+    """Cycles from the operand to a product by a constant built as ``constants`` says."""
+    return FABRIC_PRODUCT_LATENCY if constants is ConstantProducts.FABRIC else PRODUCT_LATENCY
+
+
+@dataclass(frozen=True)
+class UpdateTiming:
+    """The cycles of the pipelined update of one weight (:class:`rtl_gen.update.UpdateUnit`),
+    after its inputs, for products by an update constant of ``constant`` cycles and a
+    prediction product of ``prediction_product`` cycles (the data product ``dz * x`` takes
+    :data:`PRODUCT_LATENCY`, ``L``; a constant's ``C``).
+
+    Cycle by cycle: ``dz*x``, ``m*v`` and the prediction's product start (0); the gradient
+    rounds (``L``); the velocity's sum is registered (``L+1``, where ``eta_b*g`` starts) and
+    rounds (``L+2``); ``eta_a*v_new`` starts (``L+3``) and arrives with ``w - eta_b*g``
+    (``L+C+3``); the new weight's sum is registered and rounds (``L+C+4``). The predicted
+    weight rounds a cycle after its product (``P+1``). Every output is registered once after its
+    rounding."""
+
+    constant: int
+    prediction_product: int
+
+    def __post_init__(self) -> None:
+        for name in ("constant", "prediction_product"):
+            value = getattr(self, name)
+            if not 1 <= value <= PRODUCT_LATENCY:
+                raise ValueError(f"A product's {name} latency must be in 1..{PRODUCT_LATENCY}")
+
+    @property
+    def pipeline(self) -> Mapping[str, int]:
+        """The cycle (after the inputs) at which each rounding point rounds (its random word
+        must arrive then)."""
+        return MappingProxyType(
+            {
+                "gradient": PRODUCT_LATENCY,
+                "prediction": self.prediction_product + 1,
+                "velocity": PRODUCT_LATENCY + 2,
+                "weight": PRODUCT_LATENCY + self.constant + 4,
+            }
+        )
+
+    @property
+    def prediction_latency(self) -> int:
+        """Cycles from the inputs to the predicted weight (and its saturation flag)."""
+        return self.pipeline["prediction"] + 1
+
+    @property
+    def velocity_latency(self) -> int:
+        """Cycles from the inputs to ``v_next``, the new velocity registered once after its
+        rounding (a stage writes V back then, not with W: no delay line waits for the
+        weight)."""
+        return self.pipeline["velocity"] + 1
+
+    @property
+    def latency(self) -> int:
+        """Cycles from the inputs to ``g``, ``v_new``, ``w_new`` and their flags."""
+        return self.pipeline["weight"] + 1
+
+
+def update_timing(update: UpdateDatapath, constants: ConstantProducts) -> UpdateTiming:
+    """The :class:`UpdateTiming` of ``update`` with its products by a constant built as
+    ``constants`` says: a shift-option constant takes :data:`SHIFT_PRODUCT_LATENCY`; the
+    weight-difference prediction's product by the horizon (never a shift) is built as any other
+    product by a constant."""
+    built = constant_product_latency(constants)
+    constant = SHIFT_PRODUCT_LATENCY if update.shift else built
+    by_horizon = update.prediction_form is WeightPrediction.WEIGHT_DIFFERENCE
+    return UpdateTiming(constant=constant, prediction_product=built if by_horizon else constant)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,6 +434,71 @@ def fabric_adder_bits(a_bits: int, code: int) -> int:
     adder fewer than the code's canonical signed digits, each counted as wide as the exact
     product (an upper bound of what the registered tree holds)."""
     return max(len(csd_digits(code)) - 1, 0) * (a_bits + signed_width(code))
+
+
+@dataclass(frozen=True)
+class TreeNode:
+    """A registered partial sum of :func:`fabric_tree`: the sum of ``terms`` (indices into the
+    level below: the digits' terms for the first level) is ``register << shift``, and the
+    register holds ``[lo, hi]`` exactly (no zero bits below ``shift``)."""
+
+    terms: tuple[int, ...]
+    shift: int
+    lo: int
+    hi: int
+
+    @property
+    def width(self) -> int:
+        return span_width(self.lo, self.hi)
+
+
+def _tree_fanin(terms: int, levels: int) -> int:
+    """Terms each adder of a ``levels``-deep tree sums so that ``terms`` terms reach one: the
+    smallest ``k >= 2`` with ``k ** levels >= terms``."""
+    k = 2
+    while k**levels < terms:
+        k += 1
+    return k
+
+
+def fabric_tree(
+    a_bits: int, code: int, latency: int = FABRIC_PRODUCT_LATENCY
+) -> tuple[tuple[TreeNode, ...], ...]:
+    """The adder tree of ``a x code`` in the fabric, ``latency`` cycles from the operand
+    (:func:`rtl_gen.products.fabric_product` builds it): the operand is registered, every
+    canonical signed digit gives a term ``digit * a << shift``, ``latency - 2`` levels of
+    registered adders each sum :func:`_tree_fanin` terms of the level below, and the last
+    register holds the product. Returns every level from the digits' terms to the product's
+    (one node); the first level's nodes are the terms themselves (the operand register)."""
+    if latency < 2:
+        raise ValueError(f"A fabric product takes at least 2 cycles, not {latency}")
+    lo_a, hi_a = -(1 << (a_bits - 1)), (1 << (a_bits - 1)) - 1
+    level = tuple(
+        TreeNode((n,), k, *sorted((d * lo_a, d * hi_a)))
+        for n, (k, d) in enumerate(csd_digits(code))
+    )
+    levels = [level]
+    fanin = _tree_fanin(len(level), latency - 1)
+    for depth in range(latency - 1):
+        last = depth == latency - 2
+        size = len(levels[-1]) if last else fanin
+        nodes = []
+        for n in range(0, len(levels[-1]), max(size, 1)):
+            group = levels[-1][n : n + size]
+            base = min(t.shift for t in group)
+            lo = sum(t.lo << (t.shift - base) for t in group)
+            hi = sum(t.hi << (t.shift - base) for t in group)
+            nodes.append(TreeNode(tuple(range(n, n + len(group))), base, lo, hi))
+        levels.append(tuple(nodes))
+    return tuple(levels)
+
+
+def fabric_register_bits(a_bits: int, code: int) -> int:
+    """Flip-flops of ``a x code`` in the fabric (:func:`fabric_tree`): the operand register and
+    every partial sum's, the product's included."""
+    if code == 0:
+        return 0
+    return a_bits + sum(node.width for level in fabric_tree(a_bits, code)[1:] for node in level)
 
 
 def constant_operands(

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from pbhw.core.config import WeightPrediction
-from pbhw.core.datapath import dot_accumulator
+from pbhw.core.datapath import dot_accumulator, fabric_adder_bits, fabric_register_bits
 from pbhw.core.devices import Device, dsp_count
 from pbhw.core.fixed import FixedFormat, Rounding
 
@@ -30,6 +30,7 @@ FEATURES = (
     "product_bits",
     "split_product_bits",
     "constant_adder_bits",
+    "constant_register_bits",
     "vector_bits",
     "column_sum_bits",
     "pipeline_bits",
@@ -57,8 +58,10 @@ CALIBRATION: dict[str, dict[str, float]] = {
         # hard-multiplier pieces they replace (set by least squares through 0, after the fitted
         # features, on Yosys runs of the default example with "fabric" at 13, 7, 3, 15, 8, 3,
         # 16, 8, 3 and 18, 9, 3 lanes: 42,097, 45,423, 46,047 and 50,203 LUT for 13,084, 14,798,
-        # 15,371 and 17,085 adder bits)
+        # 15,371 and 17,085 adder bits; with 3-cycle trees, 42,472, 46,465 and 54,703 LUT at
+        # 13, 7, 3, 16, 8, 3 and 20, 10, 4: the model is 1.1 % over, 0.1 % and 3.9 % under)
         "constant_adder_bits": 0.088,
+        "constant_register_bits": 0.0,
         "vector_bits": 1.8,  # load/rotate multiplexers of the register rings and vectors
         "column_sum_bits": 3.646,  # adder, rotation and error requantizer per column-sum bit
         "pipeline_bits": 0.0,
@@ -75,10 +78,16 @@ CALIBRATION: dict[str, dict[str, float]] = {
         "requantizer_bits": 0.0,
         "product_bits": 4.373,  # product pieces and their sums, registered
         "split_product_bits": 0.0,
-        # the operand and partial-sum registers of those products, which have no pieces in
-        # product_bits (set as the LUT's above: 51,136, 55,795, 56,555 and 62,718 FF; the
-        # model is within 1.5 % of each)
-        "constant_adder_bits": 1.744,
+        "constant_adder_bits": 0.0,
+        # the operand and partial-sum registers of those products (counted exactly from their
+        # adder trees, pbhw.core.datapath.fabric_register_bits), which have no pieces in
+        # product_bits, and with them the rest of a fabric lane's registers that the features
+        # fitted on "dsp" designs miss: set by least squares through 0, after the fitted
+        # features, on Yosys runs of the default example with "fabric" (3-cycle trees) at
+        # 13, 7, 3, 16, 8, 3, 18, 9, 3 and 20, 10, 4 lanes: 48,650, 53,644, 59,838 and 63,865
+        # FF for 9,665, 11,344, 12,603 and 14,286 register bits; the model is within 2.1 % of
+        # each
+        "constant_register_bits": 2.132,
         "vector_bits": 2.263,  # rings, dz, outputs and their payload registers
         "column_sum_bits": 0.026,
         "pipeline_bits": 0.13,  # the lane pipeline's delay lines
@@ -106,7 +115,7 @@ def stage_features(
     x_format: FixedFormat | None,
     prediction: WeightPrediction,
     shapes: Iterable[tuple[int, int, int]],
-    adder_bits: int,
+    fabric_constants: Iterable[tuple[int, int]],
     drain: int,
     device: Device,
     delay_memory_bits: int = 0,
@@ -125,9 +134,10 @@ def stage_features(
         The stage's weight prediction (``NONE`` where its horizon is 0).
     shapes : iterable of (int, int, int)
         ``(a, b, count)`` of every hard-multiplier piece of the stage's lanes.
-    adder_bits : int
-        Bits of the adders of one lane's products by a constant built in the fabric
-        (:attr:`pbhw.core.datapath.Product.adder_bits`).
+    fabric_constants : iterable of (int, int)
+        ``(a_bits, code)`` of each of one lane's products by a constant built in the fabric:
+        their adders (:func:`pbhw.core.datapath.fabric_adder_bits`) and registers
+        (:func:`pbhw.core.datapath.fabric_register_bits`).
     drain : int
         The lane pipeline's depth (``pipeline["drain"]`` of the manifest), which only the
         flip-flops depend on; 0 for a combinational design.
@@ -150,7 +160,11 @@ def stage_features(
     if prediction is not WeightPrediction.NONE:
         stored += w["weight"]
     feats["requantizer_bits"] = p * stored
-    feats["constant_adder_bits"] = p * adder_bits
+    fabric_constants = list(fabric_constants)
+    feats["constant_adder_bits"] = p * sum(fabric_adder_bits(a, c) for a, c in fabric_constants)
+    feats["constant_register_bits"] = p * sum(
+        fabric_register_bits(a, c) for a, c in fabric_constants
+    )
     # The lane pipeline's delay lines: roughly a lane's operands and results per cycle of its
     # depth (docs/hardware.md).
     x_bits = x_format.width

@@ -36,7 +36,7 @@ import numpy as np
 
 from pbhw.core import resource_model
 from pbhw.core.config import Config, ConstantProducts
-from pbhw.core.datapath import constant_operands, fabric_adder_bits
+from pbhw.core.datapath import constant_operands
 from pbhw.core.devices import (
     RESOURCES,
     Device,
@@ -823,7 +823,7 @@ def design_features(manifest: Manifest, device: Device) -> dict[str, float]:
             horizon=layer.horizon,
             shift=layer.coefficient_shift,
         )
-        adder_bits = sum(fabric_adder_bits(a, op[1]) for _, a, op in operands) if fabric else 0
+        fabric_constants = [(a, op[1]) for _, a, op in operands] if fabric else []
         stage = resource_model.stage_features(
             stage=layer.stage,
             n_in=layer.n_in,
@@ -834,7 +834,7 @@ def design_features(manifest: Manifest, device: Device) -> dict[str, float]:
             x_format=previous_format,
             prediction=layer.prediction,
             shapes=_multiplier_shapes(layer),
-            adder_bits=adder_bits,
+            fabric_constants=fabric_constants,
             drain=layer.pipeline.get("drain", 0),
             device=device,
             delay_memory_bits=sum(d.register_bits for d in layer.delay_memories),
@@ -918,7 +918,7 @@ FIT_FEATURES = {
 
 
 #: The features whose coefficients are set by hand, not fitted (:func:`fit_calibration`).
-HAND_SET = ("random_sources", "constant_adder_bits", "delay_memory_bits")
+HAND_SET = ("random_sources", "constant_adder_bits", "constant_register_bits", "delay_memory_bits")
 
 
 def fit_calibration(
