@@ -26,6 +26,7 @@ from pbhw.tools.estimate import (
     design_features,
     fast_estimate,
     fit_calibration,
+    synthesis_script,
     synthesize,
 )
 
@@ -207,6 +208,19 @@ def test_a_bad_placement_seed_is_refused_before_any_tool_runs(seed, tmp_path):
         synthesize(
             "module m; endmodule\n", "m", load_device("ecp5-85k"), seed=seed, cache_dir=tmp_path
         )
+
+
+def test_the_io_wrapper_keeps_the_design_a_module_of_its_own():
+    """Yosys maps the wrapped design as it maps it alone: flattened into the wrapper, the
+    default example at 17, 9, 3 lanes failed an internal assertion of Yosys 0.70's ABC9."""
+    text = verilog.convert(Mac(8, 24), name="mac8w")
+    script = synthesis_script(text, "mac8w", load_device("ice40-up5k"), "clk")
+    assert script.wrapper is not None
+    instances = [line for line in script.files["wrapper.v"].splitlines() if " dut (" in line]
+    assert instances == ["  (* keep_hierarchy *) mac8w dut ("]
+    assert "keep_hierarchy" not in synthesis_script(
+        text, "mac8w", load_device("ecp5-85k"), "clk"
+    ).files.get("wrapper.v", "")
 
 
 @needs_yowasp

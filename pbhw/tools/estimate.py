@@ -345,6 +345,11 @@ def _top_ports(verilog: str, top: str) -> list[tuple[str, str, int]] | None:
 def _io_wrapper(top: str, ports: list[tuple[str, str, int]], clock: str) -> tuple[str, int, int]:
     """A top level with 4 pins around ``top``: inputs fed by a shift register from ``din``,
     outputs captured on ``load`` and shifted out to ``dout``, so no logic is optimised away.
+    The design stays a module of its own (``keep_hierarchy``): nothing of the wrapper is
+    optimised into it, and Yosys 0.70's ABC9 mapping, which fails an internal assertion
+    (``GetSize(conn.first) == GetSize(conn.second)`` in ``abc_ops_reintegrate``) on the
+    flattened wrapper of some designs (the default example at 17, 9, 3 lanes), maps the design
+    as it maps it alone.
 
     Returns the Verilog and the wrapper's own flip-flops and LUTs (one load mux per output bit).
     """
@@ -368,7 +373,7 @@ def _io_wrapper(top: str, ports: list[tuple[str, str, int]], clock: str) -> tupl
             signal, o = f"outs[{o + width - 1}:{o}]", o + width
         connections.append(f"    .{pin}({signal})")
     escaped = top if re.fullmatch(r"\w+", top) else f"\\{top} "
-    lines.append(f"  {escaped} dut (\n" + ",\n".join(connections) + "\n  );")
+    lines.append(f"  (* keep_hierarchy *) {escaped} dut (\n" + ",\n".join(connections) + "\n  );")
     lines.append("endmodule")
     return "\n".join(lines) + "\n", n_in + n_out, n_out
 
