@@ -12,10 +12,12 @@ source a cycle late through a reset too.
 from __future__ import annotations
 
 import math
+import operator
+from functools import reduce
 
-from amaranth.hdl import Module, Mux, Signal, Value
+from amaranth.hdl import Cat, Module, Mux, Signal, Value
 
-__all__ = ["FANOUT", "free_enables", "replicated", "replicated_tree"]
+__all__ = ["FANOUT", "free_enables", "replicated", "replicated_tree", "selected"]
 
 #: Loads one replicated register drives.
 FANOUT = 64
@@ -65,3 +67,19 @@ def free_enables(m: Module, port, sets, loads: int, name: str) -> list[Signal]:
     is taken."""
     waits_next = sets | (port.valid & ~port.ready)
     return replicated(m, ~waits_next, loads, name, init=1)
+
+
+def selected(m: Module, choices, name: str) -> Value:
+    """The OR of ``value & select`` over ``choices``, pairs of a value and a 1-bit select, with
+    each select taken from :func:`replicated` copies (1 cycle late), each gating at most
+    :data:`FANOUT` bits of its value: a multiplexer whose select is a register near its bits,
+    for a select that holds for more than a cycle (a debug request) and would otherwise reach
+    every bit of every value. The result is as wide as the widest value; no select set gives 0.
+    """
+    terms = []
+    for k, (value, select) in enumerate(choices):
+        value = Value.cast(value)
+        width = len(value)
+        copies = replicated(m, select, width, f"{name}{k}_sel")
+        terms.append(Cat(*(value[n] & copies[n * len(copies) // width] for n in range(width))))
+    return reduce(operator.or_, terms)

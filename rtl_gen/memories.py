@@ -8,7 +8,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from pbhw.core.fixed import FixedFormat
-from rtl_gen.fanout import FANOUT, replicated, replicated_tree
+from rtl_gen.fanout import FANOUT, replicated, replicated_tree, selected
 from rtl_gen.requantizer import shape_of
 
 __all__ = ["DebugMemory", "InputStash", "RowMemories"]
@@ -37,8 +37,9 @@ class RowMemories(wiring.Component):
 
     Latency: a row is on ``w``, ``v`` and ``w_prev`` 2 cycles after its address is on ``addr``
     (the address is a register, one copy per memory; then the synchronous read), and on
-    ``dbg_data`` a cycle later (a register, off the RAM's path). A write takes effect at the
-    end of its cycle; no read sees it in the same cycle.
+    ``dbg_data`` a cycle later (a register, off the RAM's path), read from the memory
+    ``dbg_mem`` names from the address's cycle on (its decode is registered). A write takes
+    effect at the end of its cycle; no read sees it in the same cycle.
 
     Parameters
     ----------
@@ -149,12 +150,12 @@ class RowMemories(wiring.Component):
         # One address register per memory, each near its RAM.
         copies = replicated(m, self.addr, len(reads) * FANOUT, "rd_addr")
         m.d.comb += [port.addr.eq(copies[n]) for n, port in enumerate(reads.values())]
+        # The debug row: dbg_mem reaches only registered copies of its decode, near the bits
+        # they select (it holds from the address's cycle on).
         dbg_row = Signal(len(self.dbg_data), reset_less=True)
         m.d.comb += self.dbg_data.eq(dbg_row)
-        with m.Switch(self.dbg_mem):
-            for memory, port in reads.items():
-                with m.Case(memory):
-                    m.d.sync += dbg_row.eq(port.data)
+        choices = [(port.data, self.dbg_mem == memory) for memory, port in reads.items()]
+        m.d.sync += dbg_row.eq(selected(m, choices, "dbg_mem"))
         return m
 
 

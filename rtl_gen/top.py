@@ -18,7 +18,7 @@ from amaranth.lib.wiring import In, Out
 from pbhw.core.config import DelayLines
 from pbhw.core.plan import Plan
 from rtl_gen.counters import COUNTER_BITS, COUNTER_ROLES
-from rtl_gen.fanout import replicated
+from rtl_gen.fanout import replicated, selected
 from rtl_gen.loss import LossUnit, result_token
 from rtl_gen.memories import DebugMemory
 from rtl_gen.stage import Stage
@@ -30,6 +30,7 @@ __all__ = ["Network"]
 
 #: Cycles from a debug request (dbg_stage, dbg_mem, dbg_addr) to its row on dbg_data: the
 #: stage's address register, the memory read, the stage's register and the network's register.
+#: The request must hold until its row is read: the stage and memory selects are registered.
 DEBUG_LATENCY = 4
 
 
@@ -232,10 +233,10 @@ class Network(wiring.Component):
                 m.d.comb += self.saturation[n].eq(s.saturation[r])
                 n += 1
         m.d.comb += self.saturation[n].eq(self._loss.saturation)
+        # The stage select, like each stage's memory select, is a registered decode near the
+        # bits it selects, not a net from the port to every bit of every stage's row.
         dbg = Signal(len(self.dbg_data), reset_less=True)
         m.d.comb += self.dbg_data.eq(dbg)
-        with io.Switch(self.dbg_stage):
-            for i, s in enumerate(stages):
-                with io.Case(i):
-                    io.d.sync += dbg.eq(s.dbg_data)
+        choices = [(s.dbg_data, self.dbg_stage == i) for i, s in enumerate(stages)]
+        io.d.sync += dbg.eq(selected(io, choices, "dbg_stage"))
         return m

@@ -1,5 +1,6 @@
 """Tests for rtl_gen.products, rtl_gen.fanout and rtl_gen.pipeline: pipelined products cut into
-hard-multiplier-sized pieces, products by a constant in the fabric, replicated registers,
+hard-multiplier-sized pieces, products by a constant in the fabric, replicated registers and
+the multiplexers they select,
 pipelined sums."""
 
 import random
@@ -16,7 +17,7 @@ from amaranth.sim import Simulator
 
 from pbhw.core.datapath import csd_digits, fabric_register_bits, fabric_tree
 from pbhw.core.fixed import FixedFormat, quantize
-from rtl_gen.fanout import FANOUT, replicated, replicated_tree
+from rtl_gen.fanout import FANOUT, replicated, replicated_tree, selected
 from rtl_gen.pipeline import pipelined_sum, sum_levels
 from rtl_gen.products import FABRIC_LATENCY, LATENCY, fabric_product, pipelined_product
 
@@ -258,30 +259,38 @@ class _Fanout(wiring.Component):
         return m
 
 
+def _ticks(dut, steps) -> list[int]:
+    """``dut.y`` after each tick of a clocked simulation that sets the ports named in each of
+    ``steps`` (dicts of port name to value) before its tick."""
+    seen = []
+
+    async def testbench(ctx):
+        for step in steps:
+            for port, value in step.items():
+                ctx.set(getattr(dut, port), value)
+            await ctx.tick()
+            seen.append(ctx.get(dut.y))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(testbench)
+    sim.run()
+    return seen
+
+
 def test_replicated_copies_follow_the_value_a_cycle_later():
     dut = _Fanout()
     inputs = [(0, 0x12), (1, 0x34), (1, 0x56), (0, 0x78), (1, 0x9A), (0, 0xBC), (0, 0xDE)]
-    seen, expected, enabled, model = [], [], 0, 0
+    expected, enabled, model = [], 0, 0
 
     def spread(d):
         return sum(((d >> (k % 8)) & 1) << k for k in range(128))
-
-    async def testbench(ctx):
-        for a, d in inputs:
-            ctx.set(dut.a, a)
-            ctx.set(dut.d, d)
-            await ctx.tick()
-            seen.append(ctx.get(dut.y))
 
     for a, d in inputs:  # the registers load d when the copies hold last cycle's a
         model = spread(d) if enabled else model
         expected.append(model)
         enabled = a
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(testbench)
-    sim.run()
-    assert seen == expected
+    assert _ticks(dut, [{"a": a, "d": d} for a, d in inputs]) == expected
     assert len(set(expected)) > 2
 
 
@@ -338,18 +347,7 @@ class _Tree(wiring.Component):
 def test_replicated_tree_copies_follow_the_value_two_cycles_later():
     dut = _Tree()
     inputs = [1, 0, 1, 1, 0, 0, 1, 0, 1]
-    seen = []
-
-    async def testbench(ctx):
-        for a in inputs:
-            ctx.set(dut.a, a)
-            await ctx.tick()
-            seen.append(ctx.get(dut.y))
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(testbench)
-    sim.run()
+    seen = _ticks(dut, [{"a": a} for a in inputs])
     # after the tick of cycle n the copies hold the value of cycle n - 1 (two registers)
     assert seen == [0] + [(1 << 20) - 1 if a else 0 for a in inputs[:-1]]
 
@@ -359,4 +357,52 @@ def test_replicated_tree_copies_survive_synthesis(tmp_path):
     assert set(re.findall(r"\.Q\((en_copy\d+)\)", netlist)) == {f"en_copy{k}" for k in range(20)}
     assert set(re.findall(r"\.Q\((en_l1_copy\d+)\)", netlist)) == {
         f"en_l1_copy{k}" for k in range(5)
+    }
+
+
+class _Selected(wiring.Component):
+    """A register loaded with one of three values of 130, 70 and 5 bits, chosen by ``sel``
+    through :func:`selected`."""
+
+    sel: In(2)
+    a: In(130)
+    b: In(70)
+    c: In(5)
+    y: Out(130)
+
+    def elaborate(self, platform):
+        m = Module()
+        choices = [(v, self.sel == k) for k, v in enumerate((self.a, self.b, self.c))]
+        m.d.sync += self.y.eq(selected(m, choices, "pick"))
+        return m
+
+
+def test_selected_takes_the_select_a_cycle_before_the_values():
+    rng = random.Random(7)
+    dut = _Selected()
+    steps = [
+        (rng.randrange(4), rng.getrandbits(130), rng.getrandbits(70), rng.getrandbits(5))
+        for _ in range(40)
+    ]
+    seen = _ticks(dut, [dict(zip("sel a b c".split(), step, strict=True)) for step in steps])
+    # after the tick of cycle n: the value of cycle n chosen by the select of cycle n - 1
+    # (sel 3 chooses none: 0)
+    expected = [0] + [
+        [a, b, c, 0][sel] for (sel, *_), (_, a, b, c) in zip(steps, steps[1:], strict=False)
+    ]
+    assert seen == expected
+    assert len({sel for sel, *_ in steps}) == 4
+
+
+def test_selected_select_reaches_registers_near_its_bits_only(tmp_path):
+    netlist = _ecp5_netlist(_Selected(), tmp_path)
+    # one copy per FANOUT bits of each value: 3, 2 and 1 (not merged)
+    kept = set(re.findall(r"\.Q\((pick\d_sel_copy\d+)\)", netlist))
+    assert kept == {
+        "pick0_sel_copy0",
+        "pick0_sel_copy1",
+        "pick0_sel_copy2",
+        "pick1_sel_copy0",
+        "pick1_sel_copy1",
+        "pick2_sel_copy0",
     }
