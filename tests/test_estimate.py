@@ -26,6 +26,7 @@ from pbhw.tools.estimate import (
     design_features,
     fast_estimate,
     fit_calibration,
+    pnr_status,
     synthesis_script,
     synthesize,
 )
@@ -149,7 +150,7 @@ def _scripted_tools(work_seen: list[tuple[str, list[str], str]]):
     """A stand-in for :func:`pbhw.tools.estimate._run` (no Yosys, no nextpnr): records each
     call with the Yosys script it was given, writes the outputs the estimate reads."""
 
-    def run(module, function, args, cwd, log, timeout=None):
+    def run(module, function, args, cwd, log, timeout=None, progress=None):
         script = (cwd / "synth.ys").read_text()
         work_seen.append((module, list(args), script))
         if "yosys" in module:
@@ -597,6 +598,82 @@ def test_a_routing_time_out_reports_the_post_placement_fmax(tmp_path):
     assert _placement_fmax(log, "clk") == 13.33
     log.write_text("Info: Max frequency for clock 'clk': 50.00 MHz\nInfo: Placing...\n")
     assert _placement_fmax(log, "clk") is None  # placement itself was cut short
+
+
+_HEAP = (
+    "Info:     at iteration #{n}, type ALL: wirelen solved = 1, spread = 2, legal = {w}; "
+    "time = 1s\n"
+)
+_REFINE = "Info:   at iteration #{n}: temp = 0.000000, timing cost = 550, wirelen = {w}\n"
+_ROUTE = "Info:     iter={n} wires=1079417 overused={o} overuse={o} archfail=NA\n"
+
+
+def test_pnr_status_follows_placement_refinement_and_routing():
+    log = "Info: Packing IOs..\n"
+    assert pnr_status(log) is None
+    log += _HEAP.format(n=1, w=628245) + _HEAP.format(n=13, w=622086)
+    assert pnr_status(log) == "analytic placement: iteration 13, wirelength 622,086"
+    log += "Info: Running simulated annealing placer for refinement.\n"
+    assert pnr_status(log) == "refining the placement"
+    log += _REFINE.format(n=1, w=614661) + _REFINE.format(n=25, w=532603)
+    assert pnr_status(log) == "refining the placement: pass 25, wirelength 532,603"
+    log += "Info: Routing globals...\n" + _ROUTE.format(n=1, o=74600)
+    log += _ROUTE.format(n=67, o=115) + _ROUTE.format(n=93, o=685)
+    # a router that got worse since its best iteration says so
+    assert (
+        pnr_status(log) == "routing: iteration 93, 685 wires overused (fewest 115, at iteration 67)"
+    )
+    assert pnr_status(_ROUTE.format(n=2, o=38832)) == "routing: iteration 2, 38,832 wires overused"
+
+
+_FAKE_TOOL = """
+import sys, time
+from pathlib import Path
+
+def run_fake(args):
+    log = Path("fake.log")
+    for n, over in enumerate(args, 1):
+        with log.open("a") as f:
+            f.write(f"Info:     iter={n} wires=9 overused={over} overuse={over} archfail=NA\\n")
+        time.sleep(0.3)
+    print("done")
+    return int(args[-1])
+"""
+
+
+def test_a_tool_run_reports_its_progress_and_its_output_on_failure(tmp_path, monkeypatch):
+    (tmp_path / "fake_tool.py").write_text(_FAKE_TOOL)
+    monkeypatch.setattr(estimate_module, "PROGRESS_SECONDS", 0.1)
+    lines = []
+    progress = (pnr_status, lines.append)
+    run = estimate_module._run
+    run("fake_tool", "run_fake", ["30", "20", "0"], tmp_path, tmp_path / "fake.log", None, progress)
+    assert lines[0] == "routing: iteration 1, 30 wires overused"
+    assert lines[-1].startswith("routing: iteration 3, 0 wires overused")
+    assert len(lines) == len(set(lines))  # each line once
+    (tmp_path / "fake.log").unlink()
+    with pytest.raises(ToolError, match=r"(?s)fake failed \(exit 5\).*overused=5.*done"):
+        run("fake_tool", "run_fake", ["5"], tmp_path, tmp_path / "fake.log", None, progress)
+
+
+def test_a_tool_run_past_its_time_limit_is_killed(tmp_path, monkeypatch):
+    (tmp_path / "fake_tool.py").write_text(_FAKE_TOOL)
+    monkeypatch.setattr(estimate_module, "PROGRESS_SECONDS", 0.1)
+    start = time.monotonic()
+    with pytest.raises(estimate_module._TimedOut):
+        estimate_module._run(
+            "fake_tool",
+            "run_fake",
+            ["1"] * 100,
+            tmp_path,
+            tmp_path / "fake.log",
+            1.0,
+            (pnr_status, lambda line: None),
+        )
+    assert time.monotonic() - start < 10  # not the 30 s the tool would take
+    lines = (tmp_path / "fake.log").read_text().splitlines()
+    time.sleep(0.6)
+    assert (tmp_path / "fake.log").read_text().splitlines() == lines  # it no longer writes
 
 
 # --------------------------------------------------------------------------------------------

@@ -63,6 +63,7 @@ __all__ = [
     "default_cache_dir",
     "fast_estimate",
     "fit_calibration",
+    "pnr_status",
     "require_tools",
     "synthesize",
 ]
@@ -215,6 +216,10 @@ class _TimedOut(Exception):
     """A tool ran longer than its time limit (and was stopped)."""
 
 
+#: Seconds between progress lines while a tool with a progress reader runs.
+PROGRESS_SECONDS = 60.0
+
+
 def _run(
     module: str,
     function: str,
@@ -222,26 +227,82 @@ def _run(
     cwd: Path,
     log: Path,
     timeout: float | None = None,
+    progress: tuple[Callable[[str], str | None], Progress] | None = None,
 ) -> None:
-    """Run a YoWASP tool in a child process (its WebAssembly runtime stays out of ours)."""
+    """Run a YoWASP tool in a child process (its WebAssembly runtime stays out of ours).
+
+    ``progress`` is a reader of the tool's log so far and where its lines go: every
+    :data:`PROGRESS_SECONDS` the log is read, and the reader's line, when it is new, is passed
+    on. The child is killed if anything stops the wait (the time limit, an error raised by the
+    progress callback, an interrupt)."""
     code = f"import sys, {module} as m; sys.exit(m.{function}(sys.argv[1:]))"
-    try:
-        result = subprocess.run(
+    output = cwd / f"{function.removeprefix('run_')}.out"
+    start, shown = time.monotonic(), None
+    with output.open("w") as out:
+        child = subprocess.Popen(
             [sys.executable, "-c", code, *args],
             cwd=cwd,
-            capture_output=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             text=True,
-            timeout=timeout,
         )
-    except subprocess.TimeoutExpired:
-        raise _TimedOut from None
-    if result.returncode != 0:
+        try:
+            while True:
+                left = None if timeout is None else timeout - (time.monotonic() - start)
+                if left is not None and left <= 0:
+                    raise _TimedOut
+                wait = left if progress is None else min(PROGRESS_SECONDS, left or PROGRESS_SECONDS)
+                try:
+                    child.wait(timeout=wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if progress is not None:
+                    read, note = progress
+                    line = read(log.read_text(errors="replace") if log.exists() else "")
+                    if line is not None and line != shown:
+                        note(line)
+                        shown = line
+        except BaseException:
+            child.kill()
+            child.wait()
+            raise
+    if child.returncode != 0:
         text = log.read_text(errors="replace") if log.exists() else ""
-        text += result.stdout + result.stderr
+        text += output.read_text(errors="replace")
         tail = "\n".join(text.strip().splitlines()[-_LOG_TAIL:])
         raise ToolError(
-            f"{function.removeprefix('run_')} failed (exit {result.returncode}):\n{tail}"
+            f"{function.removeprefix('run_')} failed (exit {child.returncode}):\n{tail}"
         )
+
+
+def pnr_status(log: str) -> str | None:
+    """Where a nextpnr run stands, from its log so far: the analytic placer's iteration, the
+    refinement's pass and wirelength, or the router's iteration and overused wires (with the
+    fewest so far, which shows a router that no longer converges). None before placement."""
+    routed = re.findall(r"iter=(\d+) wires=\d+ overused=(\d+)", log)
+    if routed:
+        n, over = routed[-1]
+        fewest = min(routed, key=lambda r: (int(r[1]), int(r[0])))
+        line = f"routing: iteration {n}, {int(over):,} wires overused"
+        if fewest != routed[-1]:
+            line += f" (fewest {int(fewest[1]):,}, at iteration {fewest[0]})"
+        return line
+    marker = "simulated annealing placer for refinement"
+    if marker in log:
+        passes = re.findall(
+            r"at iteration #(\d+): temp = [^,]*, timing cost = \d+, wirelen = (\d+)",
+            log.split(marker)[-1],
+        )
+        if passes:
+            n, wirelen = passes[-1]
+            return f"refining the placement: pass {n}, wirelength {int(wirelen):,}"
+        return "refining the placement"
+    heap = re.findall(r"at iteration #(\d+), type ALL: .*legal = (\d+)", log)
+    if heap:
+        n, wirelen = heap[-1]
+        return f"analytic placement: iteration {n}, wirelength {int(wirelen):,}"
+    return None
 
 
 def _cell_name(cell: str) -> str:
@@ -720,6 +781,7 @@ def _place_and_route(
                 work,
                 work / "nextpnr.log",
                 timeout,
+                progress=(pnr_status, note),
             )
         except _TimedOut:
             fmax = _placement_fmax(work / "nextpnr.log", clock)
