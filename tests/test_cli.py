@@ -88,7 +88,7 @@ def test_check_shows_the_hardware_the_generator_would_build():
     result = run("check", EXAMPLE)
     assert result.exit_code == 0, result.output
     assert (
-        "hardware: lanes 16, 8, 3, 65 of 156 DSP blocks on ecp5-85k, predicted 151 cycles per "
+        "hardware: lanes 14, 7, 3, 58 of 156 DSP blocks on ecp5-85k, predicted 170 cycles per "
         "sample" in result.output
     )
     assert "data: digits: 1437 train / 360 test" in result.output
