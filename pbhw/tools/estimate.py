@@ -251,7 +251,7 @@ def _run(
                 left = None if timeout is None else timeout - (time.monotonic() - start)
                 if left is not None and left <= 0:
                     raise _TimedOut
-                wait = left if progress is None else min(PROGRESS_SECONDS, left or PROGRESS_SECONDS)
+                wait = PROGRESS_SECONDS if left is None else min(PROGRESS_SECONDS, left)
                 try:
                     child.wait(timeout=wait)
                     break
