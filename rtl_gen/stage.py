@@ -71,7 +71,7 @@ from rtl_gen.pipeline import RAM_DEPTH, Delays, sum_levels
 from rtl_gen.products import LATENCY as PRODUCT_LATENCY
 from rtl_gen.rounding import RandomKey
 from rtl_gen.sequencer import Sequencer
-from rtl_gen.sums import ColumnSums, RowSums
+from rtl_gen.sums import ERROR_LAG, ColumnSums, RowSums
 from rtl_gen.target import GENERIC, Multiplier
 from rtl_gen.threefry import pipelined_latency
 from rtl_gen.tokens import error_token, forward_token, label_bits
@@ -332,9 +332,10 @@ class Stage(wiring.Component):
         at["backward"] = lane["backward"]
         at["write"] = lane["write"]
         at["write_v"] = lane["write_v"]
-        at["drain"] = max(at["activation"], at["write"], at["backward"])
+        # the column sums are final ERROR_LAG cycles before the finish, and so are their words
+        at["drain"] = max(at["activation"], at["write"], at["backward"] + ERROR_LAG)
         if err_stochastic:  # the error words (of the step counter) settle during the step
-            at["drain"] = max(at["drain"], words)
+            at["drain"] = max(at["drain"], words + ERROR_LAG)
         self._words = words
         self._at = at
 

@@ -2,16 +2,21 @@
 in tests/test_rtl_network.py)."""
 
 import pytest
+import torch
 from amaranth.hdl import Module
 from amaranth.sim import Simulator
 from pbhw_testing import raises_in_init
 
-from pbhw.core.fixed import FixedFormat
+from pbhw.core.config import RoleFormat
+from pbhw.core.datapath import Accumulator
+from pbhw.core.fixed import FixedFormat, Overflow, Rounding, requantize
 from rtl_gen.counters import COUNTER_ROLES, SaturationCounters
 from rtl_gen.memories import DebugMemory, InputStash, RowMemories
 from rtl_gen.operands import OperandRings
 from rtl_gen.pipeline import sum_levels
+from rtl_gen.rounding import RandomKey
 from rtl_gen.sequencer import Sequencer
+from rtl_gen.sums import ERROR_LAG, ColumnSums
 
 X = FixedFormat(8, 4)
 
@@ -91,6 +96,51 @@ def test_saturation_counters_count_after_their_lag():
 
     run(dut, testbench)
     assert seen[-1] == [5, 0, 18, 0, 0, 0]
+
+
+@pytest.mark.parametrize("early", [0, 1])
+def test_column_sums_offer_the_sums_error_lag_cycles_before_the_finish(early):
+    """Three rows of two lanes over three columns: the token carries every row's products
+    rounded when the finish comes ERROR_LAG cycles after the last sum; a cycle earlier, it
+    misses the last row."""
+    P, N, rows, backward = 2, 3, 3, 2
+    acc, err = FixedFormat(16, 6), FixedFormat(8, 4)
+    dut = ColumnSums(
+        lanes=P,
+        cols=N,
+        n_in=N,
+        rows=rows,
+        accumulator=Accumulator(acc, {}),
+        error=RoleFormat(err, Rounding.HALF_EVEN, Overflow.SATURATE),
+        backward=backward,
+        key=RandomKey(seed=0, stage=2),
+    )
+    products = [[37, -90], [501, 6], [-255, 1000]]  # by row, then lane
+    last_sum = 3 + rows - 1 + backward  # the cycle whose edge adds the last row
+    finish = last_sum + 1 + ERROR_LAG - early
+    token = []
+
+    async def testbench(ctx):
+        ctx.set(dut.err_o.ready, 0)
+        for cycle in range(finish + 4):
+            ctx.set(dut.clear_ahead, cycle == 0)  # cleared at cycle 2
+            ctx.set(dut.valid, 3 <= cycle < 3 + rows)
+            r = cycle - 3 - backward
+            for p in range(P):
+                ctx.set(dut.products[p], products[r][p] if 0 <= r < rows else 0)
+            ctx.set(dut.finish, cycle == finish)
+            await ctx.tick()
+            if ctx.get(dut.err_o.valid):
+                token.append([ctx.get(dut.err_o.payload.e[i]) for i in range(N)])
+
+    run(dut, testbench)
+    column = [0] * N  # element k = row * P + lane is input k mod N
+    for r in range(rows):
+        for p in range(P):
+            column[(r * P + p) % N] += products[r][p]
+    want = requantize(torch.tensor(column), acc, err).tolist()
+    assert len(token) == 4 and all(t == token[0] for t in token)  # held until taken
+    assert (token[0] == want) == (not early), token[0]
 
 
 def test_sequencer_takes_a_cycle_after_seeing_and_passes_every_row():
