@@ -299,8 +299,41 @@ def test_a_failing_flow_leaves_nothing_behind_and_keeps_an_earlier_output(
 
 
 # --------------------------------------------------------------------------------------------
-# step 2 (synthesis and place-and-route, then the reference MAC) beside training and
-# verification
+# step 2 (synthesis and place-and-route) beside training, verification and the reference MAC
+
+
+def test_the_reference_mac_is_routed_beside_the_design(tmp_path, monkeypatch, stub_tools):
+    """The reference MAC starts while the design's estimate still runs (each waits for the
+    other, with a time limit: one after the other, they would fail), and its result reaches
+    the summary."""
+    import pbhw.flows.flow as flow_module
+
+    estimating, routing_mac = threading.Event(), threading.Event()
+    real_estimate, real_mac = flow_module.estimate, flow_module.reference_mac
+
+    def estimate(config, **kwargs):
+        estimating.set()
+        if not routing_mac.wait(timeout=60):
+            raise AssertionError("the reference MAC did not start while the estimate ran")
+        return real_estimate(config, **kwargs)
+
+    routed = []
+
+    def reference_mac(config, **kwargs):
+        routing_mac.set()
+        if not estimating.wait(timeout=60):
+            raise AssertionError("the estimate had not started when the reference MAC began")
+        routed.append(real_mac(config, **kwargs))
+        return routed[-1]
+
+    monkeypatch.setattr(flow_module, "estimate", estimate)
+    monkeypatch.setattr(flow_module, "reference_mac", reference_mac)
+    lines = []
+    config = load(ROOT / "examples" / "mlp_digits.toml", tiny_sets(tmp_path))
+    summary = run_flow(config, tmp_path / "flow", verify_samples=8, progress=lines.append)
+    assert "[mac] the reference MAC for the figures of merit ..." in lines
+    assert len(routed) == 1 and summary["reference_mac"] == routed[0]
+    assert summary["timings"]["reference_mac"] > 0
 
 
 def test_synthesis_runs_beside_training_and_verification(tmp_path, monkeypatch, stub_tools):
@@ -337,7 +370,9 @@ def test_synthesis_runs_beside_training_and_verification(tmp_path, monkeypatch, 
     assert threads == {threading.main_thread()}
     assert lines[0] == "1/5 generating Verilog ..." and lines[-1] == "5/5 writing the report ..."
     middle = [line for line in lines[1:-1] if not line.startswith("waiting for step 2")]
-    assert all(line.split(" ")[0] in ("[estimate]", "[train]", "[verify]") for line in middle)
+    assert all(
+        line.split(" ")[0] in ("[estimate]", "[train]", "[verify]", "[mac]") for line in middle
+    )
     starts = [line.split(" ")[1] for line in middle if line.split(" ")[1][1:2] == "/"]
     assert sorted(starts) == ["2/5", "3/5", "4/5"], lines
     assert any(line.startswith("[estimate] yosys") or "fits: True" in line for line in middle)
