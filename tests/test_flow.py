@@ -302,32 +302,38 @@ def test_a_failing_flow_leaves_nothing_behind_and_keeps_an_earlier_output(
 # step 2 (synthesis and place-and-route) beside training, verification and the reference MAC
 
 
-def test_the_reference_mac_is_routed_beside_the_design(tmp_path, monkeypatch, stub_tools):
-    """The reference MAC starts while the design's estimate still runs (each waits for the
-    other, with a time limit: one after the other, they would fail), and its result reaches
-    the summary."""
+def _overlapping(monkeypatch, first: str, second: str) -> list:
+    """Replace the flow's functions ``first`` and ``second`` by wrappers that each wait for the
+    other to have started (with a time limit: one after the other, they fail), then call the
+    real one. Returns the list of ``second``'s results."""
     import pbhw.flows.flow as flow_module
 
-    estimating, routing_mac = threading.Event(), threading.Event()
-    real_estimate, real_mac = flow_module.estimate, flow_module.reference_mac
+    started = {first: threading.Event(), second: threading.Event()}
+    results = []
 
-    def estimate(config, **kwargs):
-        estimating.set()
-        if not routing_mac.wait(timeout=60):
-            raise AssertionError("the reference MAC did not start while the estimate ran")
-        return real_estimate(config, **kwargs)
+    def wrap(name, other):
+        real = getattr(flow_module, name)
 
-    routed = []
+        def wrapper(config, **kwargs):
+            started[name].set()
+            if not started[other].wait(timeout=60):
+                raise AssertionError(f"{other} did not run while {name} did")
+            result = real(config, **kwargs)
+            if name == second:
+                results.append(result)
+            return result
 
-    def reference_mac(config, **kwargs):
-        routing_mac.set()
-        if not estimating.wait(timeout=60):
-            raise AssertionError("the estimate had not started when the reference MAC began")
-        routed.append(real_mac(config, **kwargs))
-        return routed[-1]
+        monkeypatch.setattr(flow_module, name, wrapper)
 
-    monkeypatch.setattr(flow_module, "estimate", estimate)
-    monkeypatch.setattr(flow_module, "reference_mac", reference_mac)
+    wrap(first, second)
+    wrap(second, first)
+    return results
+
+
+def test_the_reference_mac_is_routed_beside_the_design(tmp_path, monkeypatch, stub_tools):
+    """The reference MAC is routed while the design's estimate still runs, and its result
+    reaches the summary."""
+    routed = _overlapping(monkeypatch, "estimate", "reference_mac")
     lines = []
     config = load(ROOT / "examples" / "mlp_digits.toml", tiny_sets(tmp_path))
     summary = run_flow(config, tmp_path / "flow", verify_samples=8, progress=lines.append)
@@ -337,28 +343,11 @@ def test_the_reference_mac_is_routed_beside_the_design(tmp_path, monkeypatch, st
 
 
 def test_synthesis_runs_beside_training_and_verification(tmp_path, monkeypatch, stub_tools):
-    """The estimate starts before training and is still running when training starts (each
-    waits for the other, with a time limit: one after the other, they would fail). Progress
+    """The estimate starts before training and is still running when training starts. Progress
     lines come from the calling thread only, prefixed with their step while steps overlap."""
     import pbhw.flows.flow as flow_module
 
-    estimating, training = threading.Event(), threading.Event()
-    real_estimate, real_train = flow_module.estimate, flow_module.train
-
-    def estimate(config, **kwargs):
-        estimating.set()
-        if not training.wait(timeout=60):
-            raise AssertionError("training did not start while the estimate ran")
-        return real_estimate(config, **kwargs)
-
-    def train(config, **kwargs):
-        training.set()
-        if not estimating.wait(timeout=60):
-            raise AssertionError("the estimate had not started when training began")
-        return real_train(config, **kwargs)
-
-    monkeypatch.setattr(flow_module, "estimate", estimate)
-    monkeypatch.setattr(flow_module, "train", train)
+    _overlapping(monkeypatch, "estimate", "train")
     lines, threads = [], set()
 
     def progress(message):
