@@ -24,10 +24,11 @@ def _check(**values) -> None:
             raise TypeError(f"{name.capitalize()} must be a positive integer, not {value!r}")
 
 
-#: Cycles by which :class:`ColumnSums`'s token lags its column sums: the rounded sums are
-#: registered once before the payload, so the sums must be final that many cycles before the
-#: ``finish`` (a stage's drain covers it).
-ERROR_LAG = 1
+#: Cycles before the ``finish`` by which :class:`ColumnSums`'s column sums must be final: the
+#: payload follows the rounders directly (a stage's drain covers it). A register between the
+#: rounders and the payload (1) was tried and gained nothing (docs/hardware.md, "Timing
+#: history").
+ERROR_LAG = 0
 
 
 class RowSums(wiring.Component):
@@ -255,15 +256,13 @@ class ColumnSums(wiring.Component):
     The column sums sit in a ring that rotates by ``lanes`` places when a row's products arrive,
     so lane ``p`` always adds at position ``p mod cols``; after the pass column ``i`` sits at
     position ``(i - rows * lanes) mod cols``. The ring is cleared and added to under replicated
-    enables. Each rounded column sum is registered once beside its rounder, and the token's
-    payload follows those registers while no token waits (the rounders sit among the column
-    sums; the payload is where the error leaves the stage). The saturation flags are registered
-    beside their rounders.
+    enables. The token's payload follows the rounded column sums while no token waits; the
+    saturation flags are registered beside their rounders.
 
     Latency: the ring clears 2 cycles after ``clear_ahead``; a row read at cycle 0 (``valid``)
     adds its ``products`` at ``backward``. The token is offered the cycle after ``finish``, and
     its saturation events are on ``saturated`` then; its payload is the column sums as they
-    were a cycle before ``finish`` (:data:`ERROR_LAG`), so they must be final by then.
+    were :data:`ERROR_LAG` cycles before the ``finish`` cycle, so they must be final by then.
 
     Parameters
     ----------
@@ -352,8 +351,8 @@ class ColumnSums(wiring.Component):
         return m
 
     def _token(self, m: Module, bacc) -> None:
-        """The error token: the column sums rounded and registered, in a payload that follows
-        those registers while no token waits (its enables are replicated registers)."""
+        """The error token: the column sums rounded, in a payload that follows them while no
+        token waits (its enables are replicated registers)."""
         n_in, N = self._n_in, self._cols
         shift = (self._rows * self._lanes) % N
         payload = Signal(self.err_o.payload.shape(), reset_less=True)
@@ -371,10 +370,8 @@ class ColumnSums(wiring.Component):
         for i in range(n_in):
             rq = rounder(m, f"err{i}", self._acc, self._error, self._key, "error", self.step, i)
             m.d.comb += rq.i.eq(bacc[(i - shift) % N])
-            rounded = Signal.like(payload.e[i], name=f"err_rounded{i}", reset_less=True)
-            m.d.sync += rounded.eq(rq.o)
             with m.If(free[i * len(free) // n_in]):
-                m.d.sync += payload.e[i].eq(rounded)
+                m.d.sync += payload.e[i].eq(rq.o)
             sat = Signal(name=f"err_sat{i}", reset_less=True)
             m.d.sync += sat.eq(rq.saturated)
             m.d.comb += self.saturated[i].eq(counted & sat)

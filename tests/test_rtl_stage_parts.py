@@ -101,8 +101,8 @@ def test_saturation_counters_count_after_their_lag():
 @pytest.mark.parametrize("early", [0, 1])
 def test_column_sums_offer_the_sums_error_lag_cycles_before_the_finish(early):
     """Three rows of two lanes over three columns: the token carries every row's products
-    rounded when the finish comes ERROR_LAG cycles after the last sum; a cycle earlier, it
-    misses the last row."""
+    rounded when the finish comes ERROR_LAG cycles after the sums are final; a cycle earlier,
+    it misses the last row."""
     P, N, rows, backward = 2, 3, 3, 2
     acc, err = FixedFormat(16, 6), FixedFormat(8, 4)
     dut = ColumnSums(
