@@ -1,6 +1,7 @@
 """``pbhw flow`` end to end on a tiny design: every step runs for real and the report says so."""
 
 import dataclasses
+import functools
 import json
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 import pbhw.tools.estimate as estimate_module
+import pbhw.tools.reference as reference_module
 import pbhw.tools.toolchain as toolchain
 import pbhw.tools.verify as verify_module
 from golden.compare import Observed
@@ -119,8 +121,8 @@ def stub_tools(tmp_path, monkeypatch) -> dict:
         stages = len(design.network.stages)
         return Observed([[] for _ in range(stages)], [[] for _ in range(stages)]), []
 
-    def synthesize(verilog, top, device, *, clock_mhz=None, **options):
-        handed["synthesized"] = (verilog, top)
+    def synthesize(verilog, top, device, *, clock_mhz=None, key="synthesized", **options):
+        handed[key] = (verilog, top)
         used = {"lut": 1, "ff": 1, "dsp": 0, "bram_bits": 0}
         return estimate_module._judge(
             device, used, method="synthesis", fmax_mhz=None, clock_mhz=clock_mhz, seconds=0.0
@@ -130,6 +132,9 @@ def stub_tools(tmp_path, monkeypatch) -> dict:
     monkeypatch.setattr(verify_module, "sim_test", sim_test)
     monkeypatch.setattr(verify_module, "observe", observe)
     monkeypatch.setattr(estimate_module, "synthesize", synthesize)
+    monkeypatch.setattr(
+        reference_module, "synthesize", functools.partial(synthesize, key="reference_mac")
+    )
     return handed
 
 
@@ -161,6 +166,8 @@ def test_flow_elaborates_the_design_once(tmp_path, monkeypatch, stub_tools):
     summary = run_flow(config, out, verify_samples=8)
     assert counts == {"built": 1, "converted": 1}
     generated = ((out / "rtl" / "tiny.v").read_text(), "tiny")
+    assert stub_tools["reference_mac"][1].startswith("mac_")  # a design of its own
+    del stub_tools["reference_mac"]
     assert stub_tools == {"simulated": generated, "synthesized": generated}
     assert summary["manifest"]["top"] == "tiny" and (out / "report.md").is_file()
 
@@ -339,6 +346,7 @@ def test_the_reference_mac_is_routed_beside_the_design(tmp_path, monkeypatch, st
     summary = run_flow(config, tmp_path / "flow", verify_samples=8, progress=lines.append)
     assert "[mac] the reference MAC for the figures of merit ..." in lines
     assert len(routed) == 1 and summary["reference_mac"] == routed[0]
+    assert stub_tools["reference_mac"][1].startswith("mac_")  # the stubbed tools, not nextpnr
     assert summary["timings"]["reference_mac"] > 0
 
 
