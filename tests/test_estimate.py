@@ -178,7 +178,7 @@ def test_the_device_file_s_tool_options_reach_yosys_and_nextpnr(tmp_path, monkey
         folder = tmp_path / f"device{len(results)}"
         folder.mkdir()
         edited = text.replace("args = []", 'args = ["-no-rw-check"]').replace(
-            '"--router", "router2"]', f'"--router", "router2", {extra}]'
+            '"--speed", "6",', f'"--speed", "6", {extra},'
         )
         assert edited.count(extra) == 1 and "-no-rw-check" in edited
         (folder / "ecp5-85k.toml").write_text(edited)
@@ -195,7 +195,8 @@ def test_the_device_file_s_tool_options_reach_yosys_and_nextpnr(tmp_path, monkey
         (_, _, script), (_, pnr, _) = calls[-2:]
         assert "synth_ecp5 -no-rw-check -top m " in script
         option, value = (word.strip('"') for word in extra.split(", "))
-        assert device.pnr_args[-2:] == (option, value)
+        at = device.pnr_args.index(option)
+        assert device.pnr_args[at : at + 2] == (option, value)
         assert pnr[: len(device.pnr_args)] == list(device.pnr_args)
         assert pnr[len(device.pnr_args) :][:2] == ["--seed", "4"]
         assert pnr[pnr.index("--lpf") + 1] == "clock.lpf" and "-q" in pnr
@@ -624,6 +625,23 @@ def test_pnr_status_follows_placement_refinement_and_routing():
         pnr_status(log) == "routing: iteration 93, 685 wires overused (fewest 115, at iteration 67)"
     )
     assert pnr_status(_ROUTE.format(n=2, o=38832)) == "routing: iteration 2, 38,832 wires overused"
+
+
+_STATIC = (
+    "Info: iter={n} steplen=0.671205 a=131.716660 penalty=[0.01, 0.01, 0.01, 0.01]\n"
+    "Info: overlap: COMB={o}%, FF=92.9%, RAM=25.9%, MUL=48.3%\n"
+)
+
+
+def test_pnr_status_follows_the_electrostatic_placer():
+    log = "Info: Running Static placer...\nInfo: iter=0 steplen=0.01 a=1.0 penalty=[0.00]\n"
+    assert pnr_status(log) == "analytic placement: iteration 0"
+    log += _STATIC.format(n=1, o="99.9") + _STATIC.format(n=259, o="92.8")
+    assert pnr_status(log) == "analytic placement: iteration 259, 92.8 % of the logic overlapping"
+    log += "Info: Running simulated annealing placer for refinement.\n" + _REFINE.format(
+        n=5, w=425152
+    )
+    assert pnr_status(log) == "refining the placement: pass 5, wirelength 425,152"
 
 
 _FAKE_TOOL = """

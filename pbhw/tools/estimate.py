@@ -277,9 +277,11 @@ def _run(
 
 
 def pnr_status(log: str) -> str | None:
-    """Where a nextpnr run stands, from its log so far: the analytic placer's iteration, the
-    refinement's pass and wirelength, or the router's iteration and overused wires (with the
-    fewest so far, which shows a router that no longer converges). None before placement."""
+    """Where a nextpnr run stands, from its log so far: the analytic placer's iteration (with
+    HeAP's wirelength, or the share of the logic the electrostatic placer still has to spread
+    apart: it legalises once that is under 10 %), the refinement's pass and wirelength, or the
+    router's iteration and overused wires (with the fewest so far, which shows a router that no
+    longer converges). None before placement."""
     routed = re.findall(r"iter=(\d+) wires=\d+ overused=(\d+)", log)
     if routed:
         n, over = routed[-1]
@@ -302,6 +304,13 @@ def pnr_status(log: str) -> str | None:
     if heap:
         n, wirelen = heap[-1]
         return f"analytic placement: iteration {n}, wirelength {int(wirelen):,}"
+    spread = re.findall(r"iter=(\d+) steplen=", log)
+    if spread:
+        line = f"analytic placement: iteration {spread[-1]}"
+        overlap = re.findall(r"overlap: COMB=([0-9.]+)%", log)
+        if overlap:
+            line += f", {overlap[-1]} % of the logic overlapping"
+        return line
     return None
 
 
