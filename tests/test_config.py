@@ -787,3 +787,11 @@ def test_replace_refuses_a_bad_value_naming_the_key():
         cfg.replace({"optimizer.lr": -1})
     with pytest.raises(ConfigError, match="Config.replace takes a mapping"):
         cfg.replace("train.arith=fixed")  # type: ignore[arg-type]
+
+
+def test_hardware_placer_is_one_of_nextpnr_s_placers_or_the_device_s():
+    assert load(EXAMPLE).hardware.placer.value == "device"
+    assert load(EXAMPLE, ['hardware.placer="heap"']).hardware.placer.value == "heap"
+    with pytest.raises(ConfigError, match="hardware.placer") as info:
+        load(EXAMPLE, ['hardware.placer="fast"'])
+    assert "heap" in str(info.value) and "static" in str(info.value)

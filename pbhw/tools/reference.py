@@ -20,7 +20,7 @@ from amaranth.lib.wiring import In, Out
 from pbhw.core.config import Config
 from pbhw.core.devices import Device, config_device
 from pbhw.core.errors import ToolError
-from pbhw.tools.estimate import Estimate, Progress, synthesize
+from pbhw.tools.estimate import Estimate, Progress, config_placer, synthesize
 from rtl_gen.target import Multiplier
 
 __all__ = ["MAC_WIDTHS", "RegisteredMac", "mac_verilog", "reference_mac", "route_mac"]
@@ -71,6 +71,7 @@ def route_mac(
     primitive: bool = True,
     clock_mhz: float | None = None,
     seed: int | None = None,
+    placer: str | None = None,
     progress: Progress | None = None,
 ) -> Estimate:
     """Place and route the reference MAC on ``device``.
@@ -84,7 +85,7 @@ def route_mac(
     primitive
         Build the product on the device's hard-multiplier primitive (if its file names one),
         as the generator does; False: a plain ``*`` mapped by Yosys.
-    clock_mhz, seed, progress
+    clock_mhz, seed, placer, progress
         As for :func:`pbhw.tools.estimate.synthesize`.
 
     Returns
@@ -93,7 +94,9 @@ def route_mac(
         Its ``fmax_mhz`` is the MAC's Fmax (None if routing stopped).
     """
     text, top = mac_verilog(*widths, device.multiplier_primitive if primitive else None)
-    return synthesize(text, top, device, clock_mhz=clock_mhz, seed=seed, progress=progress)
+    return synthesize(
+        text, top, device, clock_mhz=clock_mhz, seed=seed, placer=placer, progress=progress
+    )
 
 
 def reference_mac(
@@ -105,7 +108,8 @@ def reference_mac(
     Parameters
     ----------
     config
-        The config; its ``hardware.device`` and ``hardware.clock_mhz`` (the target) are used.
+        The config; its ``hardware.device``, ``hardware.clock_mhz`` (the target) and
+        ``hardware.placer`` are used.
     seed
         The nextpnr placement seed the design was routed with (None: nextpnr's own).
     progress
@@ -123,6 +127,7 @@ def reference_mac(
             config_device(config),
             clock_mhz=config.hardware.clock_mhz,
             seed=seed,
+            placer=config_placer(config),
             progress=progress,
         )
     except ToolError as e:
