@@ -1038,9 +1038,15 @@ class FixedArithmetic:
     def _quantize_inputs(
         self, x: torch.Tensor, step: int, index: torch.Tensor | None
     ) -> np.ndarray:
-        """Float inputs (any shape) as codes of stage 1's input format, ``[C, *x.shape]``."""
-        rows, overs = [], []
+        """Float inputs (any shape) as codes of stage 1's input format, ``[C, *x.shape]``; configs
+        whose input role is the same share one quantization (a sweep's configs often do)."""
+        rows, overs, done = [], [], {}
         for role in self._stage[0]["input_formats"]:
+            if role in done:
+                rows.append(rows[done[role]])
+                overs.append(overs[done[role]])
+                continue
+            done[role] = len(rows)
             key = None
             if role.rounding is Rounding.STOCHASTIC:
                 key = StochasticKey(self.seed, stream_id(1, "input"), step)

@@ -102,6 +102,40 @@ def test_batched_fixed_run_equals_the_configs_run_one_by_one():
     assert together[1].extra["saturation_total"] > 0  # the narrow config does saturate
 
 
+def test_batched_run_derives_each_plan_once_and_quantizes_each_input_role_once(monkeypatch):
+    import golden.fixed_arith
+    import pbhw.tools.train
+
+    configs = [
+        _fixed(gradient={"rounding": "stochastic"}),  # sorted after the nearest configs
+        _fixed(),
+        _fixed(activation={"width": 10, "frac": 6}),  # another input role
+        _fixed(weight={"width": 10, "frac": 8}),
+    ]
+    derived, quantized = [], []
+    derive, quantize = pbhw.tools.train.derive_plan, golden.fixed_arith.quantize
+
+    def counting_derive(config):
+        derived.append(config)
+        return derive(config)
+
+    def counting_quantize(x, fmt, *args, **kwargs):
+        quantized.append((tuple(x.shape), fmt))
+        return quantize(x, fmt, *args, **kwargs)
+
+    monkeypatch.setattr(pbhw.tools.train, "derive_plan", counting_derive)
+    monkeypatch.setattr(golden.fixed_arith, "quantize", counting_quantize)
+    data = _tiny_dataset()
+    train_many(configs[:1], dataset=data)
+    alone = len(quantized)  # the input quantizations of one config's run
+    derived.clear(), quantized.clear()
+    train_many(configs, dataset=data)
+    assert len(derived) == len(configs)
+    # once per distinct input role (2 of them), not once per config (4)
+    assert len({fmt for _, fmt in quantized}) == 2
+    assert len(quantized) == 2 * alone
+
+
 def test_batched_run_rejects_configs_that_differ_in_shape():
     other = from_dict({"network": {"layers": [6, 5, 3]}, "train": {"epochs": 2, "arith": "fixed"}})
     with pytest.raises(ConfigError, match="network"):

@@ -214,26 +214,37 @@ def train_many(
     """
     if not configs:
         raise ValueError("train_many needs at least one config")
+    plans = [derive_plan(c) for c in configs]  # once per config: a sweep's setup scales with it
     # Configs with the same rounding modes side by side: each mode's rows of the integer
     # model's arrays are then one slice (a view) instead of gathered rows. Results come back in
     # the callers' order.
-    order = sorted(range(len(configs)), key=lambda c: _rounding_modes(configs[c]))
-    if order != list(range(len(configs))):
-        results = train_many([configs[c] for c in order], dataset=dataset, on_epoch=on_epoch)
-        back = [0] * len(order)
-        for position, c in enumerate(order):
-            back[c] = position
-        return [results[back[c]] for c in range(len(configs))]
+    order = sorted(range(len(configs)), key=lambda c: _rounding_modes(plans[c]))
+    results = _train_grouped(
+        [configs[c] for c in order], [plans[c] for c in order], dataset, on_epoch
+    )
+    back = [0] * len(order)
+    for position, c in enumerate(order):
+        back[c] = position
+    return [results[back[c]] for c in range(len(configs))]
+
+
+def _train_grouped(
+    configs: Sequence[Config],
+    plans: Sequence[Plan],
+    dataset: Dataset | None,
+    on_epoch: Callable[[EpochResult], None] | None,
+) -> list[TrainResult]:
+    """:func:`train_many` of configs in their grouped order, with their plans."""
     convolutional = configs[0].network.convolutional
     if not convolutional and configs[0].train.arith is not Arith.FIXED:
-        return _train_many(configs, dataset, on_epoch)
+        return _train_many(configs, plans, dataset, on_epoch)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         if not convolutional:
-            return _train_many(configs, dataset, on_epoch)
+            return _train_many(configs, plans, dataset, on_epoch)
         with torch.inference_mode():
-            results = _train_many(configs, dataset, on_epoch)
+            results = _train_many(configs, plans, dataset, on_epoch)
     finally:
         torch.set_num_threads(threads)
     for result in results:  # clones made outside inference mode are ordinary tensors
@@ -243,20 +254,18 @@ def train_many(
     return results
 
 
-def _rounding_modes(config: Config) -> tuple[str, ...]:
+def _rounding_modes(plan: Plan) -> tuple[str, ...]:
     """Every role's rounding mode of every stage (what groups configs in a batched run)."""
-    return tuple(
-        st.formats.role(role).rounding.value for st in derive_plan(config).stages for role in ROLES
-    )
+    return tuple(st.formats.role(role).rounding.value for st in plan.stages for role in ROLES)
 
 
 def _train_many(
     configs: Sequence[Config],
+    plans: Sequence[Plan],
     dataset: Dataset | None,
     on_epoch: Callable[[EpochResult], None] | None,
 ) -> list[TrainResult]:
     config = configs[0]
-    plans = [derive_plan(c) for c in configs]
     plan = plans[0]
     many = len(configs) > 1
     if many and any(c.train.arith is not Arith.FIXED for c in configs):
