@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -14,7 +15,7 @@ from click.testing import CliRunner
 from pbhw.cli import main
 from pbhw.core.config import ConfigError, from_dict
 from pbhw.core.datasets import Dataset
-from pbhw.tools.train import TrainingDiverged, train, train_many
+from pbhw.tools.train import TrainingDiverged, _LossWatch, train, train_many
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mlp_digits.toml"
 
@@ -134,6 +135,73 @@ def test_batched_run_derives_each_plan_once_and_quantizes_each_input_role_once(m
     # once per distinct input role (2 of them), not once per config (4)
     assert len({fmt for _, fmt in quantized}) == 2
     assert len(quantized) == 2 * alone
+
+
+def _watch_outcome(watch, feed):
+    try:
+        feed()
+    except TrainingDiverged as e:
+        return str(e), None, None
+    return None, list(watch.window), watch.baseline
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_loss_watch_extend_equals_one_add_per_loss(seed):
+    """Windows, sums, baseline and the first failure (its message) of ``extend`` in chunks are
+    those of ``add`` per loss, for finite runs, blow-ups and non-finite losses."""
+    gen = np.random.default_rng(seed)
+    losses = gen.uniform(0.5, 1.5, 900)
+    if seed % 3 == 1:
+        losses[gen.integers(0, 900)] = [float("nan"), float("inf")][seed % 2]
+    if seed % 3 == 2:
+        losses[gen.integers(200, 700) :] *= 1e3
+    losses, samples = losses.tolist(), list(range(1000, 1900))
+    one, chunked = _LossWatch(), _LossWatch()
+
+    def add_each():
+        for loss, sample in zip(losses, samples, strict=True):
+            one.add(loss, 3, sample)
+
+    def extend_chunks():
+        cuts = sorted(gen.integers(0, 900, 6).tolist())
+        for a, b in zip([0, *cuts], [*cuts, 900], strict=True):
+            chunked.extend(losses[a:b], 3, samples[a:b])
+
+    expected = _watch_outcome(one, add_each)
+    assert _watch_outcome(chunked, extend_chunks) == expected
+    if seed % 3:
+        assert expected[0] is not None  # the failures are met
+    else:
+        assert expected[0] is None and expected[2] is not None
+
+
+def test_a_diverging_config_of_a_batched_run_is_reported_as_it_alone_fails(monkeypatch):
+    monkeypatch.setattr("pbhw.tools.train.WINDOW", 1)  # the first loss is the baseline
+    wide = {"width": 24, "frac": 12}
+    good = _fixed()
+    bad = _fixed(
+        coefficient={"width": 24, "frac": 8},
+        weight=wide,
+        error=wide,
+        activation={"width": 24, "frac": 10},
+    )
+    bad = from_dict(
+        {
+            **bad.to_dict(),
+            "optimizer": {
+                **bad.to_dict()["optimizer"],
+                "lr": 10.0,
+                "reference_batch": 1,
+                "momentum": 0.0,
+            },
+        }
+    )
+    data = _tiny_dataset(n=600)
+    with pytest.raises(TrainingDiverged, match="over the last 1 samples") as alone:
+        train(bad, dataset=data)
+    results = train_many([good, bad], dataset=data)
+    assert results[0].extra["diverged"] is None
+    assert results[1].extra["diverged"] == str(alone.value)
 
 
 def test_batched_run_rejects_configs_that_differ_in_shape():

@@ -118,17 +118,37 @@ class _LossWatch:
             )
         self.window.append(loss)
         if len(self.window) == WINDOW:
-            mean = sum(self.window) / WINDOW
-            if self.baseline is None:
-                self.baseline = max(mean, 1e-12)
-            elif mean > BLOWUP_FACTOR * self.baseline:
-                where = f"epoch {epoch}, sample {sample}"
-                raise TrainingDiverged(
-                    f"training diverged at {where}: mean loss {mean:.4g} over the last {WINDOW} "
-                    f"samples is over {BLOWUP_FACTOR:g}x the first {WINDOW} samples' "
-                    f"{self.baseline:.4g}; lower optimizer.lr"
-                )
-            self.window.clear()
+            self._close(epoch, sample)
+
+    def extend(self, losses: list[float], epoch: int, samples: list[int]) -> None:
+        """:meth:`add` of each of ``losses`` in order (``samples``: their sample numbers), a
+        window at a time: the same windows, sums and first failure as one call per loss."""
+        finite = np.isfinite(np.asarray(losses, dtype=np.float64))
+        bad = len(losses) if finite.all() else int(np.argmin(finite))
+        position = 0
+        while position < len(losses):
+            end = min(position + WINDOW - len(self.window), len(losses))
+            if bad < end:  # before the window fills: the losses before it, then it raises
+                self.window.extend(losses[position:bad])
+                self.add(losses[bad], epoch, samples[bad])
+            self.window.extend(losses[position:end])
+            position = end
+            if len(self.window) == WINDOW:
+                self._close(epoch, samples[end - 1])
+
+    def _close(self, epoch: int, sample: int) -> None:
+        """A full window: the first sets the baseline, a later one far above it raises."""
+        mean = sum(self.window) / WINDOW
+        if self.baseline is None:
+            self.baseline = max(mean, 1e-12)
+        elif mean > BLOWUP_FACTOR * self.baseline:
+            where = f"epoch {epoch}, sample {sample}"
+            raise TrainingDiverged(
+                f"training diverged at {where}: mean loss {mean:.4g} over the last {WINDOW} "
+                f"samples is over {BLOWUP_FACTOR:g}x the first {WINDOW} samples' "
+                f"{self.baseline:.4g}; lower optimizer.lr"
+            )
+        self.window.clear()
 
 
 def _accuracies(outputs: Any, labels: torch.Tensor) -> list[float]:
@@ -304,6 +324,22 @@ def _train_many(
                         raise
                     diverged[c] = str(e)
 
+    def observe_all(finished: list, epoch: int) -> None:
+        """:func:`observe` of each of several configs' finished samples, a config at a time."""
+        rows = np.stack([np.asarray(done.loss, dtype=np.float64) for done in finished])
+        predicted = np.stack([np.asarray(done.prediction) for done in finished])
+        labels = np.array([done.label for done in finished])
+        samples = [done.sample for done in finished]
+        for c in range(count):
+            column = rows[:, c].tolist()
+            losses[c].extend(column)
+            correct[c] += int((predicted[:, c] == labels).sum())
+            if diverged[c] is None:
+                try:
+                    watches[c].extend(column, epoch, samples)
+                except TrainingDiverged as e:
+                    diverged[c] = str(e)
+
     orders = epoch_orders(config.seed, n, config.train.epochs)
     for epoch, order in enumerate(orders, start=1):
         losses: list[list[float]] = [[] for _ in range(count)]
@@ -321,16 +357,25 @@ def _train_many(
         else:
             x_all, y_all = data.x_train[order], data.y_train[order].tolist()
             encoded = arith.encode_inputs(x_all)
+            finished = []  # several configs: observed together at the epoch's end
             for i in range(n):
                 if encoded is None:
                     done, _ = model.step(x_all[i], y_all[i])
                 else:
                     done, _ = model.step(None, y_all[i], encoded=encoded[i])
                 if done is not None:
-                    observe(done.loss, done.prediction, done.label, epoch, done.sample)
+                    if many:
+                        finished.append(done)
+                    else:
+                        observe(done.loss, done.prediction, done.label, epoch, done.sample)
             if epoch == config.train.epochs:
                 for done in model.drain():
-                    observe(done.loss, done.prediction, done.label, epoch, done.sample)
+                    if many:
+                        finished.append(done)
+                    else:
+                        observe(done.loss, done.prediction, done.label, epoch, done.sample)
+            if finished:
+                observe_all(finished, epoch)
         seconds = time.perf_counter() - start
         train_seconds += seconds
         test_acc = _accuracies(model.evaluate(data.x_test), data.y_test)
