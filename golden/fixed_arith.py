@@ -1047,6 +1047,11 @@ class FixedArithmetic:
                 overs.append(overs[done[role]])
                 continue
             done[role] = len(rows)
+            compiled = _quantize_compiled(x, role) if self.compiled else None
+            if compiled is not None:
+                rows.append(compiled[0])
+                overs.append(compiled[1])
+                continue
             key = None
             if role.rounding is Rounding.STOCHASTIC:
                 key = StochasticKey(self.seed, stream_id(1, "input"), step)
@@ -2020,6 +2025,34 @@ def _per_config(x: int | np.ndarray | None, configs: int) -> np.ndarray:
     """A constant (an int, or one per config in any shape; None: 0) as ``[C]`` int64."""
     x = 0 if x is None else x
     return np.broadcast_to(np.asarray(x, dtype=np.int64).reshape(-1), (configs,))
+
+
+def _quantize_compiled(x: torch.Tensor, role: RoleFormat) -> tuple[np.ndarray, int] | None:
+    """:func:`pbhw.core.fixed.quantize` of the float values ``x`` into ``role`` by the compiled
+    kernel (the codes in ``x``'s shape and the overflowed elements), or None where that
+    function must do it: stochastic rounding, values that are not floats or not all finite, or
+    values of ``2^53`` codes or more."""
+    if role.rounding is Rounding.STOCHASTIC or not x.is_floating_point():
+        return None
+    values = np.ascontiguousarray(x.detach().to(torch.float64).numpy().reshape(-1))
+    if not np.isfinite(values).all():
+        return None
+    fmt = role.format
+    point = np.array(
+        [
+            0,
+            fmt.min_code,
+            fmt.max_code,
+            1 << fmt.width,
+            0,
+            kernels.ROUNDING_CODES[role.rounding],
+            kernels.OVERFLOW_CODES[role.overflow],
+        ],
+        dtype=np.int64,
+    )
+    codes = np.empty(values.shape, dtype=np.int64)
+    over = kernels.quantize_floats(values, fmt.frac, point, codes)
+    return None if over < 0 else (codes.reshape(tuple(x.shape)), int(over))
 
 
 def _kernel_point(r: _Rounder | None, configs: int) -> np.ndarray:

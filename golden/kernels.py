@@ -2,7 +2,8 @@
 prediction, and every stage's gradient, velocity and weight rounding points over the flat arrays
 of :class:`golden.fixed_arith._Bank`, one pass per rounding point), and a dense stage's step
 (forward with its ReLU, the loss unit with the reported float loss, backward, the gradient's
-products) and its evaluation, each for every config at once.
+products) and its evaluation, each for every config at once; and the quantization of float
+inputs into a format (:func:`quantize_floats`, the values of :func:`pbhw.core.fixed.quantize`).
 
 They compute exactly the values of the numpy path of :mod:`golden.fixed_arith` (the rounding
 points of ``docs/numerics.md``, and for stochastic rounding the Threefry-2x32-13 words of
@@ -51,6 +52,7 @@ __all__ = [
     "float_loss",
     "joined_prediction",
     "joined_update",
+    "quantize_floats",
     "softmax_row",
     "threefry_word",
 ]
@@ -282,6 +284,34 @@ def joined_prediction(w, v, w_prev, kind, starts, sizes, index, rq, k, seed, ste
                 over += code != raw
                 out[c, e] = code
             counts[3, c, i] += over
+
+
+@njit(cache=True)
+def quantize_floats(x, frac, point, out) -> int:
+    """``out[j]``: the finite float ``x[j]`` as a code with ``frac`` fractional bits, rounded
+    and overflowed as ``point`` (RQ_FIELDS; its shift and stream unused, its rounding not
+    stochastic) says: the values of :func:`pbhw.core.fixed.quantize`. Returns the overflowed
+    elements, or -1 (``out`` unspecified) when some nonzero ``|x[j]| 2^frac`` is ``2^53`` or
+    more, which that function handles instead.
+
+    ``x[j] = m 2^e`` with ``m * 2^53`` an exact integer (``frexp``); the code is that integer
+    shifted right by ``53 - e - frac``, a shift capped at 60 with the same result (the integer
+    is below ``2^53``, so any shift from 54 on floors to 0 or -1 and rounds to 0)."""
+    _, lo, hi, span, _, mode, wrap = point
+    w = wrap == _WRAP
+    over = 0
+    for j in range(x.shape[0]):
+        m, e = math.frexp(x[j])
+        s = 53 - e - frac
+        if s < 0:
+            if m != 0.0:
+                return -1
+            s = 0  # a zero, at any frac
+        raw = _round(np.int64(m * 9007199254740992.0), min(s, 60), mode, 0)
+        code = _overflow(raw, lo, hi, span, w)
+        over += code != raw
+        out[j] = code
+    return over
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from golden.fixed_arith import FixedArithmetic, FixedState, threefry_words
-from golden.kernels import threefry_word
-from pbhw.core.config import from_dict
+from golden.kernels import OVERFLOW_CODES, ROUNDING_CODES, quantize_floats, threefry_word
+from pbhw.core.config import RoleFormat, from_dict
+from pbhw.core.fixed import FixedFormat, Overflow, Rounding, quantize
 from pbhw.core.plan import derive_plan
 
 ROUNDINGS = ("floor", "toward_zero", "half_up", "half_even", "stochastic")
@@ -244,3 +245,47 @@ def test_float_loss_is_the_loss_of_the_values(loss):
             top = max(values)
             want = math.log(math.fsum(math.exp(v - top) for v in values)) + top - values[label]
         assert got[c] == pytest.approx(want, rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("rounding", [r for r in ROUNDINGS if r != "stochastic"])
+@pytest.mark.parametrize("overflow", OVERFLOWS)
+def test_quantize_floats_equals_quantize(rounding, overflow):
+    """The compiled float quantizer against pbhw.core.fixed.quantize: ties, signs, subnormals,
+    values far below a code and far above the range, in narrow and wide formats; and the
+    values it leaves to that function (2^53 codes or more) are reported, not guessed."""
+    rng = np.random.default_rng(5)
+    for width, frac in [(4, 2), (8, 4), (8, -3), (16, 12), (33, 40), (62, 70), (62, 2)]:
+        fmt = FixedFormat(width, frac, True)
+        ties = (rng.integers(-300, 300, 200) + 0.5) * 2.0**-frac
+        values = np.concatenate(
+            [
+                ties,
+                rng.normal(0, 2.0 ** (min(width, 50) - frac - 2), 300),
+                rng.normal(0, 2.0 ** (min(width, 48) - frac + 3), 100),  # overflows
+                rng.normal(0, 2.0 ** (-frac - 4), 100),  # below a code
+                [0.0, -0.0, 5e-324, -5e-324, 2.0**-1000, -(2.0**-frac) / 2, 2.0**-frac / 2],
+            ]
+        )
+        role = RoleFormat(fmt, Rounding(rounding), Overflow(overflow))
+        point = np.array(
+            [0, fmt.min_code, fmt.max_code, 1 << width, 0]
+            + [ROUNDING_CODES[role.rounding], OVERFLOW_CODES[role.overflow]],
+            dtype=np.int64,
+        )
+        codes = np.empty(values.shape, dtype=np.int64)
+        over = quantize_floats(values, frac, point, codes)
+        expected, saturated = quantize(
+            torch.from_numpy(values), fmt, rounding, overflow, return_saturated=True
+        )
+        assert over == int(saturated.sum())
+        assert np.array_equal(codes, expected.numpy()), (width, frac)
+        huge = np.array([1.0, 2.0**53 * 2.0**-frac], dtype=np.float64)
+        assert quantize_floats(huge, frac, point, np.empty(2, dtype=np.int64)) == -1
+
+
+def test_compiled_input_quantization_leaves_non_finite_inputs_to_quantize():
+    arith, _ = arithmetic("velocity", compiled=True)
+    x = torch.zeros(LAYERS[0], dtype=torch.float64)
+    x[2] = float("nan")
+    with pytest.raises(ValueError, match="finite"):
+        arith.encode_input(x)

@@ -115,6 +115,7 @@ def test_batched_run_derives_each_plan_once_and_quantizes_each_input_role_once(m
     ]
     derived, quantized = [], []
     derive, quantize = pbhw.tools.train.derive_plan, golden.fixed_arith.quantize
+    compiled = golden.fixed_arith._quantize_compiled
 
     def counting_derive(config):
         derived.append(config)
@@ -124,8 +125,13 @@ def test_batched_run_derives_each_plan_once_and_quantizes_each_input_role_once(m
         quantized.append((tuple(x.shape), fmt))
         return quantize(x, fmt, *args, **kwargs)
 
+    def counting_compiled(x, role):
+        quantized.append((tuple(x.shape), role.format))
+        return compiled(x, role)
+
     monkeypatch.setattr(pbhw.tools.train, "derive_plan", counting_derive)
     monkeypatch.setattr(golden.fixed_arith, "quantize", counting_quantize)
+    monkeypatch.setattr(golden.fixed_arith, "_quantize_compiled", counting_compiled)
     data = _tiny_dataset()
     train_many(configs[:1], dataset=data)
     alone = len(quantized)  # the input quantizations of one config's run
