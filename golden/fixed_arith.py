@@ -1036,37 +1036,47 @@ class FixedArithmetic:
         return state
 
     def _quantize_inputs(
-        self, x: torch.Tensor, step: int, index: torch.Tensor | None
-    ) -> np.ndarray:
-        """Float inputs (any shape) as codes of stage 1's input format, ``[C, *x.shape]``; configs
-        whose input role is the same share one quantization (a sweep's configs often do)."""
-        rows, overs, done = [], [], {}
-        for role in self._stage[0]["input_formats"]:
-            if role in done:
-                rows.append(rows[done[role]])
-                overs.append(overs[done[role]])
+        self, x: torch.Tensor, step: int, index: torch.Tensor | None, axis: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Float inputs (any shape) as codes of stage 1's input format, ``[C, *x.shape]`` (the
+        config axis at ``axis``), and the overflowed elements per config; configs whose input
+        role is the same share one quantization (a sweep's configs often do)."""
+        roles = self._stage[0]["input_formats"]
+        shape = list(x.shape)
+        shape.insert(axis, len(roles))
+        out = np.empty(shape, dtype=np.int64)
+        target = np.moveaxis(out, axis, 0)  # a view: target[c] is config c's codes
+        overs = np.zeros(len(roles), dtype=np.int64)
+        first: dict[RoleFormat, int] = {}
+        for c, role in enumerate(roles):
+            if role in first:
+                target[c], overs[c] = target[first[role]], overs[first[role]]
                 continue
-            done[role] = len(rows)
-            compiled = _quantize_compiled(x, role) if self.compiled else None
-            if compiled is not None:
-                rows.append(compiled[0])
-                overs.append(compiled[1])
-                continue
-            key = None
-            if role.rounding is Rounding.STOCHASTIC:
-                key = StochasticKey(self.seed, stream_id(1, "input"), step)
-            codes, over = quantize(
-                x,
-                role.format,
-                role.rounding,
-                role.overflow,
-                key=key,
-                index=index,
-                return_saturated=True,
-            )
-            rows.append(codes.numpy())
-            overs.append(int(over.sum()))
-        return np.stack(rows), np.array(overs, dtype=np.int64)
+            first[role] = c
+            target[c], overs[c] = self._quantize_role(x, role, step, index)
+        return out, overs
+
+    def _quantize_role(
+        self, x: torch.Tensor, role: RoleFormat, step: int, index: torch.Tensor | None
+    ) -> tuple[np.ndarray, int]:
+        """Float inputs as codes of ``role`` (compiled where :func:`_quantize_compiled` can),
+        and the overflowed elements."""
+        compiled = _quantize_compiled(x, role) if self.compiled else None
+        if compiled is not None:
+            return compiled
+        key = None
+        if role.rounding is Rounding.STOCHASTIC:
+            key = StochasticKey(self.seed, stream_id(1, "input"), step)
+        codes, over = quantize(
+            x,
+            role.format,
+            role.rounding,
+            role.overflow,
+            key=key,
+            index=index,
+            return_saturated=True,
+        )
+        return codes.numpy(), int(over.sum())
 
     def encode_input(self, x: torch.Tensor) -> np.ndarray:
         """One sample's features as codes ``[C, N_in]`` (index = feature, step = this step)."""
@@ -1080,9 +1090,9 @@ class FixedArithmetic:
         counted here, once per sample, as :meth:`encode_input` would."""
         if any(r.rounding is Rounding.STOCHASTIC for r in self._stage[0]["input_formats"]):
             return None
-        codes, over = self._quantize_inputs(x, 0, None)
+        codes, over = self._quantize_inputs(x, 0, None, axis=1)  # [N, C, N_in]
         self._count(1, "input", over)
-        return list(np.ascontiguousarray(codes.transpose(1, 0, 2)))
+        return list(codes)
 
     def predicted(self, stage: StagePlan, s: FixedState) -> tuple[np.ndarray, None]:
         ctx = self._stage[stage.index - 1]
