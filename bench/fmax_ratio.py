@@ -8,6 +8,7 @@ synthesize` (Yosys + nextpnr) on ``--device`` (default ecp5-85k).
     .venv/bin/python bench/fmax_ratio.py                    # MAC 16x16 + 40-bit acc, and design
     .venv/bin/python bench/fmax_ratio.py --seeds 1,2,3,4    # each routed once per nextpnr seed
     .venv/bin/python bench/fmax_ratio.py --mac-only         # only the MAC
+    .venv/bin/python bench/fmax_ratio.py --placer heap      # nextpnr's HeAP, not the device's
 
 The routed Fmax of a large design moves by several MHz from one placement seed to the next, so
 one run is one sample. With ``--seeds`` every design is placed and routed once per seed
@@ -41,7 +42,7 @@ from pbhw.core.config import load  # noqa: E402
 from pbhw.core.devices import load_device  # noqa: E402
 from pbhw.core.figures import figures_of_merit, useful_multiplies  # noqa: E402
 from pbhw.core.plan import derive_plan  # noqa: E402
-from pbhw.tools.estimate import ToolError, synthesize  # noqa: E402
+from pbhw.tools.estimate import PLACERS, ToolError, synthesize  # noqa: E402
 from pbhw.tools.reference import mac_verilog  # noqa: E402
 
 CONFIG = ROOT / "examples" / "mlp_digits.toml"
@@ -85,8 +86,9 @@ def _seeds(text: str) -> list[int | None]:
     return seeds
 
 
-def route(text: str, top: str, device, seeds, clock_mhz, jobs: int) -> dict:
-    """Place and route ``top`` once per seed; the first routed seed's estimate with every
+def route(text: str, top: str, device, seeds, clock_mhz, jobs: int, placer=None) -> dict:
+    """Place and route ``top`` once per seed (with nextpnr's ``placer``, None: the device
+    file's); the first routed seed's estimate with every
     seed's Fmax (``fmax_by_seed``, None where the tools failed, with the reason in
     ``errors_by_seed``), their median (``fmax_median``) and best (``fmax_best``)."""
 
@@ -99,6 +101,7 @@ def route(text: str, top: str, device, seeds, clock_mhz, jobs: int) -> dict:
                 device,
                 clock_mhz=clock_mhz,
                 seed=seed,
+                placer=placer,
                 progress=lambda message: print(f"{top} ({label}): {message}", flush=True),
             )
         except ToolError as e:  # one seed's failure does not lose the others
@@ -139,10 +142,17 @@ def main(argv: list[str] | None = None) -> dict:
         help="nextpnr seeds, e.g. 1,2,3 (default: nextpnr's own seed, once)",
     )
     parser.add_argument("--jobs", type=int, default=2, help="place-and-route runs at a time")
+    parser.add_argument(
+        "--placer",
+        choices=("device", *PLACERS),
+        default="device",
+        help="nextpnr's placer for the MACs and the design (default: the device file's)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "fmax_ratio.json")
     args = parser.parse_args(argv)
 
     device = load_device(args.device)
+    placer = None if args.placer == "device" else args.placer
     width_a, width_b, width_acc = (int(w) for w in args.widths.split(","))
     # The MAC as Yosys maps it: the reference of the ratio. On a device whose multiplier the
     # generator instantiates, also the MAC built on that primitive with its input and output
@@ -151,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
     macs = {}
     for primitive in dict.fromkeys([None, device.multiplier_primitive]):
         text, top = mac_verilog(width_a, width_b, width_acc, primitive)
-        mac = route(text, top, device, args.seeds, args.clock_mhz, args.jobs)
+        mac = route(text, top, device, args.seeds, args.clock_mhz, args.jobs, placer)
         name = primitive or "inferred"
         print(f"MAC {width_a}x{width_b}+{width_acc} ({name}) on {device.name}: Fmax {_fmaxes(mac)}")
         macs[name] = {"widths": [width_a, width_b, width_acc], **mac}
@@ -159,6 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": device.name,
         "python": platform.python_version(),
         "seeds": ["default" if seed is None else seed for seed in args.seeds],
+        "placer": args.placer,
         "mac": macs["inferred"],
         "mac_primitive": macs.get(device.multiplier_primitive or "", None),
         "design": None,
@@ -183,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
         except (RuntimeError, NotImplementedError) as e:
             _write(args.out, result)
             sys.exit(f"design: {e}")
-        design = route(text, top, device, args.seeds, args.clock_mhz, args.jobs)
+        design = route(text, top, device, args.seeds, args.clock_mhz, args.jobs, placer)
         result["design"] = {
             "config": str(args.config.relative_to(ROOT)),
             "cycles_per_sample": cycles,

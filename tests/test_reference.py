@@ -4,6 +4,7 @@ figures of bench/fmax_ratio.py."""
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,32 @@ def test_the_bench_pairs_each_seed_with_the_macs_same_seed():
     assert figures["1"]["samples_per_second"] == 80e6 / 400
     assert figures["1"]["dsp_bound"] == 100 * 200e6 / 8000
     assert figures["median"]["efficiency"] == pytest.approx((80e6 / 400) / (100 * 210e6 / 8000))
+
+
+def test_the_bench_places_with_the_placer_it_is_given(monkeypatch, tmp_path):
+    spec = importlib.util.spec_from_file_location("fmax_ratio", ROOT / "bench" / "fmax_ratio.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    placers = []
+
+    class Routed:
+        fmax_mhz, critical_path = 200.0, None
+
+        def to_json(self):
+            return {"fmax_mhz": self.fmax_mhz}
+
+    def fake(text, top, device, **kwargs):
+        placers.append(kwargs["placer"])
+        return Routed()
+
+    monkeypatch.setattr(bench, "synthesize", fake)
+    out = tmp_path / "r.json"
+    result = bench.main(["--mac-only", "--placer", "heap", "--seeds", "1,2", "--out", str(out)])
+    assert placers and set(placers) == {"heap"}
+    assert result["placer"] == "heap" and json.loads(out.read_text())["placer"] == "heap"
+    placers.clear()
+    bench.main(["--mac-only", "--out", str(out)])
+    assert placers and set(placers) == {None}  # the device file's
+    with pytest.raises(SystemExit) as bad:
+        bench.main(["--mac-only", "--placer", "fast", "--out", str(out)])
+    assert bad.value.code == 2
