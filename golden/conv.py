@@ -5,8 +5,10 @@ arrive flattened (rows of ``n_in`` values) and leave flattened (rows of ``n_out`
 
 1. ``c = conv(x, weight) + bias`` (1-D or 2-D by the rank of the stage's input shape);
 2. with group norm, ``n = (c - mean) * rstd * norm_scale + norm_shift``, the mean and variance
-   taken per sample over each group of channels and every position (:data:`NORM_EPS`); else
-   ``n = c``;
+   taken per sample over each group of channels and every position (:data:`NORM_EPS`); with
+   online norm (:class:`OnlineStats`, float only), ``n = clamp(y * norm_scale + norm_shift)``
+   with ``y = (c - mu) / sqrt(var + NORM_EPS)`` per channel, ``mu`` and ``var`` the running
+   statistics of the samples before; else ``n = c``;
 3. with a residual, ``z = n + r``: ``r`` is the output of the stage ``residual`` entries before
    (a 1x1 ``projection`` with its bias first, when configured); else ``z = n``;
 4. ``a = relu(z)`` (every stage but the last), then the pooling.
@@ -34,6 +36,7 @@ __all__ = [
     "NORM_EPS",
     "ConvContext",
     "ConvState",
+    "OnlineStats",
     "conv_backward",
     "conv_forward",
     "split_parameters",
@@ -98,6 +101,12 @@ class ConvState:
         self.params = split_parameters(stage, self.wa)
         self.predicted = torch.empty_like(self.wa)
         self.predicted_params = split_parameters(stage, self.predicted)
+        spec = stage.spec
+        #: Online Normalization's running state (None without it): not a parameter, so
+        #: neither stashed, predicted nor updated by the optimizer
+        self.online = (
+            OnlineStats(spec.out) if spec is not None and spec.norm is Norm.ONLINE else None
+        )
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """Copies of the parameters in their configured shapes."""
@@ -107,6 +116,71 @@ class ConvState:
                 self.params.values(), self.stage.parameter_shapes, strict=True
             )
         )
+
+
+class OnlineStats:
+    """Online Normalization's state of one stage, per output channel (Chiley et al., 2019).
+
+    The forward of each sample, in the order the samples stream through the stage, normalizes
+    with the statistics of the samples before it, then folds its own in (decay
+    ``alpha_fwd``)::
+
+        y = (c - mean) / sqrt(var + NORM_EPS)
+        var  <- a var + (1 - a) var(c) + a (1 - a) (mu(c) - mean)^2
+        mean <- mean + (1 - a) (mu(c) - mean)
+
+    (``mu(c)``, ``var(c)``: the sample's mean and variance over the channel's positions). The
+    backward of each sample, in the order the errors arrive, removes the error's components
+    along ``y`` and along the constant, as estimated by the samples before (decay
+    ``alpha_bkw``)::
+
+        g <- g - (1 - b) v y;     v <- v + mu(g y)
+        g <- g / sqrt(var + NORM_EPS) (the forward's);  g <- g - (1 - b) u;  u <- u + mu(g)
+
+    The learned scale and shift follow ``y``, then the activation clamp to ``[-clamp,
+    clamp]`` (its backward: no error where the clamp held)."""
+
+    def __init__(self, channels: int):
+        self.mean = torch.zeros(channels, dtype=torch.float64)
+        self.var = torch.ones(channels, dtype=torch.float64)
+        self.u = torch.zeros(channels, dtype=torch.float64)
+        self.v = torch.zeros(channels, dtype=torch.float64)
+
+    def normalize(
+        self, c: torch.Tensor, alpha: float, learn: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``y`` of the samples ``c [B, C, H, W]`` (one after another, the statistics folded
+        in after each when ``learn``) and each sample's deviation ``[B, C]``."""
+        if not learn:  # evaluation: the statistics as they stand, for every sample
+            scale = torch.sqrt(self.var + NORM_EPS)
+            return (c - self.mean[:, None, None]) / scale[:, None, None], scale.expand(
+                c.shape[0], -1
+            )
+        mu = c.mean((2, 3))
+        var = (c - mu[:, :, None, None]).square().mean((2, 3))
+        centers, scales = [], []
+        for b in range(c.shape[0]):
+            centers.append(self.mean.clone())
+            scales.append(torch.sqrt(self.var + NORM_EPS))
+            step = mu[b] - self.mean
+            self.var = alpha * self.var + (1 - alpha) * var[b] + alpha * (1 - alpha) * step**2
+            self.mean = self.mean + (1 - alpha) * step
+        center, scale = torch.stack(centers), torch.stack(scales)
+        return (c - center[:, :, None, None]) / scale[:, :, None, None], scale
+
+    def backward(
+        self, g: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, beta: float
+    ) -> torch.Tensor:
+        """The error at ``c`` of the errors ``g`` at ``y`` (``[B, C, H, W]``, one sample after
+        another), ``scale`` the forward's deviations ``[B, C]``."""
+        out = torch.empty_like(g)
+        for b in range(g.shape[0]):
+            grad = g[b] - (1 - beta) * self.v[:, None, None] * y[b]
+            self.v = self.v + (grad * y[b]).mean((1, 2))
+            grad = grad / scale[b][:, None, None]
+            out[b] = grad - (1 - beta) * self.u[:, None, None]
+            self.u = self.u + out[b].mean((1, 2))
+        return out
 
 
 @dataclass
@@ -123,14 +197,25 @@ class ConvContext:
     #: the input's windows ``[B, C_in x kernel^d, positions]`` (im2col), which the weight
     #: gradient multiplies (they stand for the stashed input)
     columns: torch.Tensor | None = None
+    #: online norm: the normalized values, each sample's deviation per channel, and where the
+    #: clamp held
+    online_y: torch.Tensor | None = None
+    online_scale: torch.Tensor | None = None
+    clamped: torch.Tensor | None = None
 
 
 def conv_forward(
-    stage: StagePlan, p: dict[str, torch.Tensor], x: torch.Tensor, residual: torch.Tensor | None
+    stage: StagePlan,
+    p: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    online: OnlineStats | None = None,
+    learn: bool = True,
 ) -> tuple[torch.Tensor, ConvContext]:
     """Outputs ``[B, n_out]`` of inputs ``x`` ``[B, n_in]`` with parameters ``p``
     (:func:`split_parameters`), adding ``residual`` (``[B, n]`` of the source's output) when the
-    stage has one."""
+    stage has one. With online norm, ``online`` is the stage's state; ``learn`` folds the
+    samples into its statistics (training), else they are only read (evaluation)."""
     sp = stage.spec
     assert sp is not None
     batch = x.shape[0]
@@ -152,8 +237,14 @@ def conv_forward(
         if stage.bias:
             c += p["bias"][:, None]
     c = c.reshape(batch, *_four_d(sp.conv_shape))
-    conv_kept = mean = rstd = None
-    if sp.norm is Norm.GROUP:
+    conv_kept = mean = rstd = online_y = online_scale = clamped = None
+    if sp.norm is Norm.ONLINE:
+        assert online is not None, "online norm needs the stage's OnlineStats"
+        online_y, online_scale = online.normalize(c, sp.alpha_fwd, learn)
+        z = online_y * p["norm_scale"][:, None, None] + p["norm_shift"][:, None, None]
+        z = z.clamp(-sp.clamp, sp.clamp)
+        clamped = (z == sp.clamp) | (z == -sp.clamp)
+    elif sp.norm is Norm.GROUP:
         channels, height, width = c.shape[1:]
         z, mean, rstd = _aten.native_group_norm(
             c, p["norm_scale"], p["norm_shift"], batch, channels, height * width, sp.groups,
@@ -183,8 +274,9 @@ def conv_forward(
     elif sp.pool is Pool.GLOBAL_AVG:
         z = z.mean((2, 3))
     return z.reshape(batch, -1), ConvContext(
-        conv_kept, mean, rstd, mask, kept_residual, index, columns
-    )
+        conv_kept, mean, rstd, mask, kept_residual, index, columns, online_y, online_scale,
+        clamped,
+    )  # fmt: skip
 
 
 def _pool_kernel(stage: StagePlan) -> list[int]:
@@ -198,8 +290,10 @@ def conv_backward(
     ctx: ConvContext,
     error: torch.Tensor,
     need_input_error: bool,
+    online: OnlineStats | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """The backward of one forward (input ``x`` and ``ctx``) with parameters ``p``.
+    """The backward of one forward (input ``x`` and ``ctx``) with parameters ``p`` (and, with
+    online norm, the stage's state ``online``, whose error compensation it advances).
 
     Returns the gradient of every parameter (flat, summed over the batch), the error at the
     input ``[B, n_in]`` (None unless ``need_input_error``) and the error sent along the residual
@@ -243,7 +337,15 @@ def conv_backward(
             residual_error = dr.reshape(batch, -1)
         else:
             residual_error = d.reshape(batch, -1)
-    if sp.norm is Norm.GROUP:
+    if sp.norm is Norm.ONLINE:
+        assert online is not None and ctx.online_y is not None and ctx.clamped is not None
+        d = d.masked_fill(ctx.clamped, 0.0)
+        grads["norm_scale"] = (d * ctx.online_y).sum((0, 2, 3))
+        grads["norm_shift"] = d.sum((0, 2, 3))
+        d = online.backward(
+            d * p["norm_scale"][:, None, None], ctx.online_y, ctx.online_scale, sp.alpha_bkw
+        )
+    elif sp.norm is Norm.GROUP:
         channels, height, width = conv4[1:]
         d, grads["norm_scale"], grads["norm_shift"] = _aten.native_group_norm_backward(
             d, ctx.conv, ctx.mean, ctx.rstd, p["norm_scale"], batch, channels, height * width,

@@ -1346,9 +1346,15 @@ class FixedArithmetic:
         return w, w
 
     def conv_forward(
-        self, stage: StagePlan, w: np.ndarray, x: np.ndarray, residual: np.ndarray | None
+        self,
+        stage: StagePlan,
+        w: np.ndarray,
+        x: np.ndarray,
+        residual: np.ndarray | None,
+        state: FixedState | None = None,
     ) -> tuple[np.ndarray, FixedConvContext]:
-        """Output codes ``[C, n_out]`` of one sample's input codes ``[C, n_in]``."""
+        """Output codes ``[C, n_out]`` of one sample's input codes ``[C, n_in]`` (``state``,
+        the stage's, is not read: it carries nothing the integer model's conv needs)."""
         ctx = self._stage[stage.index - 1]
         kt = ctx["kernel"]
         if kt is None:
@@ -1503,7 +1509,13 @@ class FixedArithmetic:
         return rq(nm["z"], "activation", acc2, index), xhat, (r, j)
 
     def conv_backward(
-        self, stage: StagePlan, w: np.ndarray, x: np.ndarray, kept: FixedConvContext, error
+        self,
+        stage: StagePlan,
+        w: np.ndarray,
+        x: np.ndarray,
+        kept: FixedConvContext,
+        error,
+        state: FixedState | None = None,
     ) -> tuple[tuple, np.ndarray | None, np.ndarray | None]:
         """The error at the convolution's output (kept for the update with the windows and,
         with group norm, the sums of its scale's and shift's gradients), the

@@ -195,8 +195,10 @@ class FloatArithmetic:
         params: dict[str, torch.Tensor],
         x: torch.Tensor,
         residual: torch.Tensor | None,
+        state: ConvState | None = None,
     ) -> tuple[torch.Tensor, ConvContext]:
-        return conv_forward(stage, params, x, residual)
+        """A conv stage's forward (``state``: the stage's, for its online norm)."""
+        return conv_forward(stage, params, x, residual, None if state is None else state.online)
 
     def conv_backward(
         self,
@@ -205,9 +207,12 @@ class FloatArithmetic:
         x: torch.Tensor,
         ctx: ConvContext,
         error: torch.Tensor,
+        state: ConvState | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Gradient (flat), error to the previous stage (None for stage 1) and residual error."""
-        return conv_backward(stage, params, x, ctx, error, stage.index > 1)
+        """Gradient (flat), error to the previous stage (None for stage 1) and residual error
+        (``state``: the stage's, for its online norm)."""
+        online = None if state is None else state.online
+        return conv_backward(stage, params, x, ctx, error, stage.index > 1, online)
 
     def add_errors(
         self, stage: StagePlan, error: torch.Tensor, residual: torch.Tensor
@@ -241,7 +246,7 @@ def evaluate(
         if stage.conv:
             assert stage.spec is not None and isinstance(s, ConvState)
             residual = outputs[-stage.spec.residual] if stage.spec.residual else None
-            h, _ = conv_forward(stage, s.params, h, residual)
+            h, _ = conv_forward(stage, s.params, h, residual, s.online, learn=False)
         else:
             assert isinstance(s, FloatState)
             h = linear(h, s.w, s.b)

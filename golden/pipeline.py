@@ -144,7 +144,7 @@ class ConvStage(Stage):
 
     def forward(self, sample: int, x: Any, residual: Any = None) -> Any:
         flat, params = self.arith.conv_predicted(self.plan, self.state)
-        y, ctx = self.arith.conv_forward(self.plan, params, x, residual)
+        y, ctx = self.arith.conv_forward(self.plan, params, x, residual, self.state)
         # Stashed parameters must be a copy: ``flat`` is the live vector or a reused buffer
         # (the float model's, split into named views; the integer model's codes are a matrix).
         kept = None
@@ -160,7 +160,7 @@ class ConvStage(Stage):
         entry = self.pop(sample)
         params = entry.weights if self.stashing else self.state.params
         grad, error_in, self.residual_error = self.arith.conv_backward(
-            self.plan, params, entry.x, entry.mask, error
+            self.plan, params, entry.x, entry.mask, error, self.state
         )
         return grad, error_in
 

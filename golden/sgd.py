@@ -95,7 +95,7 @@ class SGDReference:
             inputs.append(h)
             if st.conv:
                 residual = outputs[-st.spec.residual] if st.spec.residual else None
-                h, ctx = conv_forward(st, s.params, h, residual)
+                h, ctx = conv_forward(st, s.params, h, residual, s.online)
             else:
                 z = linear(h, s.w, s.b)
                 ctx = z > 0 if st.relu else None
@@ -116,7 +116,7 @@ class SGDReference:
                 error = error + residual_errors.pop(c)
             if st.conv:
                 g, error_in, residual_errors[i] = conv_backward(
-                    st, s.params, inputs[i], contexts[i], error, i > 0
+                    st, s.params, inputs[i], contexts[i], error, i > 0, s.online
                 )
                 grads.append((i, g / batch))
             else:

@@ -126,6 +126,10 @@ class Norm(enum.Enum):
     NONE = "none"
     #: per-sample mean and variance over groups of channels, then a learned scale and shift
     GROUP = "group"
+    #: Online Normalization: per channel, running mean and variance over the samples as they
+    #: stream (``alpha_fwd``), error compensation in the backward (``alpha_bkw``), a learned
+    #: scale and shift, then activation clamping (``clamp``); float arithmetic only
+    ONLINE = "online"
 
 
 class Arith(enum.Enum):
@@ -186,6 +190,10 @@ DEFAULTS: dict[str, Any] = {
 
 _OVERRIDE_KEYS = {"layer": 1, "formats": {}}
 
+#: Online Normalization's keys and their defaults: the forward statistics' and the backward's
+#: decay, and the activation clamp after the learned scale and shift.
+ONLINE_DEFAULTS = {"alpha_fwd": 0.999, "alpha_bkw": 0.99, "clamp": 5.0}
+
 #: The keys of an entry of the general form of ``network.layers`` and their defaults (``None``:
 #: required).
 _LAYER_KEYS: dict[LayerType, dict[str, Any]] = {
@@ -198,6 +206,9 @@ _LAYER_KEYS: dict[LayerType, dict[str, Any]] = {
         "pool": "none",
         "norm": "none",
         "groups": 1,
+        "alpha_fwd": ONLINE_DEFAULTS["alpha_fwd"],
+        "alpha_bkw": ONLINE_DEFAULTS["alpha_bkw"],
+        "clamp": ONLINE_DEFAULTS["clamp"],
         "residual": 0,
         "projection": False,
     },
@@ -262,6 +273,10 @@ class LayerSpec:
     residual_shape: tuple[int, ...] = ()
     #: the stride per spatial dimension of the residual's projection (() without one)
     projection_stride: tuple[int, ...] = ()
+    #: Online Normalization's decays and clamp (``norm = "online"`` only)
+    alpha_fwd: float = ONLINE_DEFAULTS["alpha_fwd"]
+    alpha_bkw: float = ONLINE_DEFAULTS["alpha_bkw"]
+    clamp: float = ONLINE_DEFAULTS["clamp"]
 
 
 @dataclass(frozen=True)
@@ -828,8 +843,16 @@ def _conv_spec(
         raise ConfigError(
             f"config key '{where}.groups' ({groups}) must divide the layer's {channels} channels"
         )
-    if norm is Norm.NONE and groups != 1:
+    if norm is not Norm.GROUP and groups != 1:
         raise ConfigError(f"config key '{where}.groups' applies only with norm = \"group\"")
+    online = {
+        "alpha_fwd": r.number("alpha_fwd", lo=0.0, hi=1.0, lo_open=True, allowed="in (0, 1)"),
+        "alpha_bkw": r.number("alpha_bkw", lo=0.0, hi=1.0, lo_open=True, allowed="in (0, 1)"),
+        "clamp": r.number("clamp", lo=0.0, lo_open=True, allowed="a number > 0"),
+    }
+    for key, value in online.items():
+        if norm is not Norm.ONLINE and value != ONLINE_DEFAULTS[key]:
+            raise ConfigError(f"config key '{where}.{key}' applies only with norm = \"online\"")
     stride_p: tuple[int, ...] = ()
     source: tuple[int, ...] = ()
     if residual:
@@ -871,7 +894,7 @@ def _conv_spec(
         out_shape = (channels, *(n // 2 for n in spatial))
     return LayerSpec(
         layer_type, channels, kernel, stride, padding, pool, norm, groups, residual,
-        projection, shape, conv_shape, out_shape, source, stride_p,
+        projection, shape, conv_shape, out_shape, source, stride_p, **online,
     )  # fmt: skip
 
 
@@ -981,6 +1004,13 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
             "fixed-point model updates after every sample; batches of the sgd reference train "
             f"with train.arith = 'float'), not {batch_size}"
         )
+    for i, spec in enumerate(network.specs or ()):
+        if spec.norm is Norm.ONLINE and train.arith is Arith.FIXED:
+            raise ConfigError(
+                f"config key 'network.layers.{i}.norm': \"online\" trains with train.arith = "
+                "'float' only (no integer Online Normalization yet); use norm = \"group\" or "
+                "\"none\" for 'fixed'"
+            )
     return Config(
         name, seed, network, optimizer, formats, layer_formats, hardware, train, _freeze(data)
     )

@@ -158,8 +158,8 @@ class StagePlan:
         """Name and shape of every parameter tensor, in the order the float model holds them.
 
         Dense: ``weight [n_out, n_in]`` and ``bias [n_out]``. Conv: ``weight [C_out, C_in,
-        kernel...]``, ``bias [C_out]``; with group norm ``norm_scale`` and ``norm_shift``
-        ``[C_out]``; with a projection ``projection [C_out, C_res, 1...]`` and
+        kernel...]``, ``bias [C_out]``; with group or online norm ``norm_scale`` and
+        ``norm_shift`` ``[C_out]``; with a projection ``projection [C_out, C_res, 1...]`` and
         ``projection_bias [C_out]``. Biases only when ``network.bias`` is true."""
         out: list[tuple[str, tuple[int, ...]]] = []
         if not self.conv:
@@ -173,7 +173,7 @@ class StagePlan:
         out.append(("weight", (sp.out, sp.in_shape[0], *(sp.kernel,) * rank)))
         if self.bias:
             out.append(("bias", (sp.out,)))
-        if sp.norm is Norm.GROUP:
+        if sp.norm is not Norm.NONE:
             out += [("norm_scale", (sp.out,)), ("norm_shift", (sp.out,))]
         if sp.projection:
             out.append(("projection", (sp.out, self.residual_shape[0], *(1,) * rank)))
@@ -208,7 +208,7 @@ class StagePlan:
         total = positions * per_position
         if sp.projection:
             total += positions * self.residual_shape[0]
-        if sp.norm is Norm.GROUP:
+        if sp.norm is not Norm.NONE:
             total += positions
         return total
 
@@ -217,7 +217,8 @@ class StagePlan:
         """Values one stash entry holds: the input and the ReLU mask (one per pre-activation
         value; the last stage has none); a conv stage also its convolution output (group norm:
         the norm's backward reads it; its per-group mean and inverse deviation are not
-        counted), the residual (a projected one: the projection's gradient reads it) and the
+        counted; online norm: the normalized values and the clamp's mask, not the per-channel
+        deviation), the residual (a projected one: the projection's gradient reads it) and the
         max pool's choices."""
         if not self.conv:
             return self.n_in + (self.n_out if self.relu else 0)
@@ -227,6 +228,8 @@ class StagePlan:
         values = self.n_in + (conv if self.relu else 0)
         if sp.norm is Norm.GROUP:
             values += conv
+        elif sp.norm is Norm.ONLINE:  # the normalized values and where the clamp held
+            values += 2 * conv
         if sp.projection:
             values += math.prod(self.residual_shape)
         if sp.pool is Pool.MAX:

@@ -85,7 +85,10 @@ def stage_rows(plan: Plan) -> list[tuple[str, ...]]:
             kind = f"conv{len(st.in_shape) - 1}d k{sp.kernel}"
             kind += f" s{sp.stride}" if sp.stride != 1 else ""
             kind += f" p{sp.padding}" if sp.padding else ""
-            kind += f" +{sp.norm.value}norm/{sp.groups}" if sp.norm.value != "none" else ""
+            if sp.norm.value == "group":
+                kind += f" +groupnorm/{sp.groups}"
+            elif sp.norm.value == "online":
+                kind += " +onlinenorm"
             if sp.residual:
                 kind += f" +res{sp.residual}" + ("(proj)" if sp.projection else "")
             kind += f" {sp.pool.value}pool" if sp.pool.value != "none" else ""
