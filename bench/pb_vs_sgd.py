@@ -7,7 +7,8 @@ of :data:`METHODS`, several seeds and learning rates (given for the configs' ref
 32; pbhw derives the batch-1 values), in float arithmetic. Suite ``mlp``: 5-stage MLPs (stage 1's
 delay is 9) on ``digits`` and ``mnist1d``. Suite ``cnn``: convolutional networks, 1-D on
 ``mnist1d`` and 2-D on ``digits``, each without and with group norm (five stages, stage 1's delay
-9), and a residual network on ``mnist1d`` (seven stages, delay 13).
+9), the ``mnist1d`` one also with Online Normalization, and a residual network on ``mnist1d``
+(seven stages, delay 13).
 
 Writes ``--out`` (JSON: one row per run, a summary per bench/lr/method, the machine and the
 command), the same name with ``.md`` (tables of mean +- std test accuracy and of the difference
@@ -98,6 +99,9 @@ BENCHES: dict[str, Bench] = {
     ),
     "mnist1d-cnn-gn": Bench(
         "examples/cnn_mnist1d_gn.toml", "cnn", 2, (0.05, 0.1), "4 conv + dense, group norm"
+    ),
+    "mnist1d-cnn-on": Bench(
+        "examples/cnn_mnist1d_on.toml", "cnn", 2, (0.05, 0.1), "4 conv + dense, online norm"
     ),
     "digits-cnn": Bench(
         "examples/cnn_digits_plain.toml", "cnn", 4, (0.05, 0.1), "4 conv 3x3 + dense, no norm"
