@@ -2060,18 +2060,16 @@ def _quantize_compiled(x: torch.Tensor, role: RoleFormat) -> tuple[np.ndarray, i
     if not np.isfinite(values).all():
         return None
     fmt = role.format
-    point = np.array(
-        [
-            0,
-            fmt.min_code,
-            fmt.max_code,
-            1 << fmt.width,
-            0,
-            kernels.ROUNDING_CODES[role.rounding],
-            kernels.OVERFLOW_CODES[role.overflow],
-        ],
-        dtype=np.int64,
-    )
+    fields = {
+        "shift": 0,  # unused: the kernel shifts by the float's own exponent
+        "lo": fmt.min_code,
+        "hi": fmt.max_code,
+        "span": 1 << fmt.width,
+        "stream": 0,
+        "rounding": kernels.ROUNDING_CODES[role.rounding],
+        "overflow": kernels.OVERFLOW_CODES[role.overflow],
+    }
+    point = np.array([fields[name] for name in kernels.RQ_FIELDS], dtype=np.int64)
     codes = np.empty(values.shape, dtype=np.int64)
     over = kernels.quantize_floats(values, fmt.frac, point, codes)
     return None if over < 0 else (codes.reshape(tuple(x.shape)), int(over))

@@ -308,21 +308,15 @@ def _train_many(
     n = data.x_train.shape[0]
 
     def observe(losses_now: Any, predictions: Any, label: int, epoch: int, sample: Any) -> None:
-        if not many and isinstance(losses_now, float):  # the common single-config float case
-            pairs: Any = ((losses_now, predictions),)
+        """One finished sample of a single-config run (a divergence stops the run)."""
+        if isinstance(losses_now, float):  # the common float case
+            loss, pred = losses_now, predictions
         else:
-            pairs = zip(_per_config(losses_now), _per_config(predictions), strict=True)
-        for c, (loss, pred) in enumerate(pairs):
-            loss = float(loss)
-            losses[c].append(loss)
-            correct[c] += int(pred) == label
-            if diverged[c] is None:
-                try:
-                    watches[c].add(loss, epoch, sample)
-                except TrainingDiverged as e:
-                    if not many:
-                        raise
-                    diverged[c] = str(e)
+            (loss,), (pred,) = _per_config(losses_now), _per_config(predictions)
+        loss = float(loss)
+        losses[0].append(loss)
+        correct[0] += int(pred) == label
+        watches[0].add(loss, epoch, sample)
 
     def observe_all(finished: list, epoch: int) -> None:
         """:func:`observe` of each of several configs' finished samples, a config at a time."""
@@ -357,7 +351,7 @@ def _train_many(
         else:
             x_all, y_all = data.x_train[order], data.y_train[order].tolist()
             encoded = arith.encode_inputs(x_all)
-            finished = []  # several configs: observed together at the epoch's end
+            finished: list = []  # several configs: observed together at the epoch's end
             for i in range(n):
                 if encoded is None:
                     done, _ = model.step(x_all[i], y_all[i])
