@@ -420,6 +420,10 @@ class FixedConvState(FixedState):
     def __init__(self, stage: StagePlan, w: np.ndarray, v: np.ndarray):
         super().__init__(w, v)
         self.stage = stage
+        #: Online Normalization's state (None without it): ``M``, ``V``, ``P``, ``U`` of
+        #: ``docs/numerics.md``, ``[C, C_out]`` each; not a parameter (neither stashed,
+        #: predicted nor updated by the optimizer)
+        self.online: dict[str, np.ndarray] | None = None
 
     @property
     def params(self) -> np.ndarray:
@@ -453,6 +457,9 @@ class FixedConvContext:
     rsqrt: tuple[np.ndarray, np.ndarray] | None = None
     #: the projection's input: the residual's codes its stride reads, with the bias row
     residual: np.ndarray | None = None
+    #: Online Normalization: where the clamp held, [C, B, C_out, positions] (``xhat`` holds
+    #: its normalized codes ``y``, ``rsqrt`` each channel's ``(r, J)``)
+    clamped: np.ndarray | None = None
 
 
 class FixedArithmetic:
@@ -668,8 +675,8 @@ class FixedArithmetic:
             ctx["pool"] = _DivRounder(
                 fa, [f.activation for f in fm], stream_id(index, "pool"), 3, divisor
             )
-        norm = st0.spec is not None and st0.spec.norm is Norm.GROUP
-        # group norm's backward divides (its own first roundings); else the convolution's
+        norm = st0.spec is not None and st0.spec.norm in (Norm.GROUP, Norm.ONLINE)
+        # a norm's backward divides (its own first roundings); else the convolution's
         if geo.pool is Pool.GLOBAL_AVG and not norm:
             if index > 1:
                 ctx["bwd"] = _DivRounder(
@@ -857,10 +864,13 @@ class FixedArithmetic:
         }
 
     def _build_norm(self, i: int, ctx: dict, divisor: int) -> dict:
-        """Group norm's rounding points, constants and width checks (``docs/numerics.md``)."""
+        """Group norm's or Online Normalization's rounding points, constants and width checks
+        (``docs/numerics.md``)."""
         index, geo = i + 1, ctx["geometry"]
         st0 = self.plans[0].stages[i]
         assert st0.spec is not None
+        online = st0.spec.norm is Norm.ONLINE
+        label = "online norm" if online else "group norm"
         fm = [p.stages[i].formats for p in self.plans]
         fa = [f.activation.format.frac for f in fm]
         fw = [f.weight.format.frac for f in fm]
@@ -869,10 +879,11 @@ class FixedArithmetic:
         fd = [f.error.format.frac + q for f in fm]  # the error at the norm's output
         if min(fa) < 0:
             raise ConfigError(
-                f"stage {index}: group norm needs the constant 1 (norm_shift's input) as a code "
+                f"stage {index}: {label} needs the constant 1 (norm_shift's input) as a code "
                 f"of the stage's activation format, whose frac is {min(fa)}; use frac >= 0"
             )
-        groups = st0.spec.groups
+        # Online Normalization: one channel's values per "group"
+        groups = geo.conv_shape[0] if online else st0.spec.groups
         size = geo.conv_shape[0] // groups * geo.positions  # m: the values of one group
         dz = [
             RoleFormat(
@@ -888,25 +899,46 @@ class FixedArithmetic:
             RoleFormat(FixedFormat(a.format.width, a.format.frac, True), a.rounding, a.overflow)
             for a in acts
         ]
+        decays = _online_decays(index, st0.spec) if online else None
         # Widths of the sums (the largest magnitudes of their terms), as datapath's accumulators.
         for f in fm:
             top_a = 1 << (f.activation.format.width - 1)
             top_e = max(-f.error.format.min_code, f.error.format.max_code)
             top_w = max(-f.weight.format.min_code, f.weight.format.max_code)
             eps = round(NORM_EPS * 2.0 ** (2 * f.activation.format.frac))
-            k2 = (size * top_e * top_a >> f.activation.format.frac) + 1
-            _check_sums(
-                f"stage {index}: group norm's",
-                {
+            if online:
+                assert decays is not None
+                _, b_f, _, b_b = decays
+                sums = {
+                    "variance": size * size * (4 * top_a * top_a + eps),
+                    "normalization": (2 * size * top_a) << 24,
+                    "mean": b_f * (2 * size * top_a << 8),
+                    "deviation": b_f * (2 * size * top_a + 1) ** 2,
+                    "variance update": b_f * 9 * size * size * (top_a + 1) ** 2,
+                    "scale": top_a * top_w + (top_w << f.activation.format.frac),
+                    "compensation": (top_e << (2 * f.activation.format.frac))
+                    + (top_a << (f.error.format.width + f.activation.format.width - 1)),
+                    "normalized error": size * top_e << 16,
+                    "state decay": b_b << (_ONLINE_STATE_WIDTH - 1),
+                    "state": (1 << (_ONLINE_STATE_WIDTH - 1)) + size * top_e * top_a,
+                    "scale gradient": geo.positions * top_e * top_a,
+                }
+            else:
+                k2 = (size * top_e * top_a >> f.activation.format.frac) + 1
+                sums = {
                     "variance": size * size * (top_a * top_a + eps),
                     "normalization": (2 * size * top_a) << 16,
                     "scale": top_a * top_w + (top_w << f.activation.format.frac),
                     "backward": ((2 * size * top_e << f.activation.format.frac) + top_a * k2) << 16,
                     "scale gradient": geo.positions * top_e * top_a,
-                },
-                "narrow the stage's formats or use more groups",
+                }
+            _check_sums(
+                f"stage {index}: {label}'s",
+                sums,
+                "narrow the stage's formats" + ("" if online else " or use more groups"),
             )
         out = {
+            "online": online,
             "groups": groups,
             "size": size,
             "eps": _column([round(NORM_EPS * 2.0 ** (2 * f)) for f in fa], 4),
@@ -927,17 +959,6 @@ class FixedArithmetic:
                 4,
                 divisor,
             ),
-            # the per-group sum, rounded into a register as wide as the widest accumulator
-            "k2": _Rounder(
-                [d + a for d, a in zip(fd, fa, strict=True)],
-                [
-                    RoleFormat(FixedFormat(ACC_LIMIT, d), f.error.rounding, f.error.overflow)
-                    for d, f in zip(fd, fm, strict=True)
-                ],
-                stream_id(index, "norm_group"),
-                4,
-            ),
-            "dc": _VarRounder(dz, stream_id(index, "norm_backward"), 4),
             "g_scale": _DivRounder(
                 [d + a for d, a in zip(fd, fa, strict=True)],
                 [f.gradient for f in fm],
@@ -949,6 +970,20 @@ class FixedArithmetic:
                 fd, [f.gradient for f in fm], stream_id(index, "gradient"), 2, divisor
             ),
         }
+        if online:
+            out.update(self._online_points(index, st0.spec, fm, fa, fd, dz, size, decays))
+        else:
+            # the per-group sum, rounded into a register as wide as the widest accumulator
+            out["k2"] = _Rounder(
+                [d + a for d, a in zip(fd, fa, strict=True)],
+                [
+                    RoleFormat(FixedFormat(ACC_LIMIT, d), f.error.rounding, f.error.overflow)
+                    for d, f in zip(fd, fm, strict=True)
+                ],
+                stream_id(index, "norm_group"),
+                4,
+            )
+            out["dc"] = _VarRounder(dz, stream_id(index, "norm_backward"), 4)
         top = [w + a for w, a in zip(fw, fa, strict=True)]
         if ctx["residual"] is not None:
             res = ctx["res_frac"]
@@ -959,6 +994,75 @@ class FixedArithmetic:
             out["res_shift"] = _column([t - r for t, r in zip(top, res, strict=True)], 4)
         out["z"] = _Rounder(top, acts, stream_id(index, "activation"), 4)
         return out
+
+    @staticmethod
+    def _online_points(
+        index: int, spec, fm: list, fa: list, fd: list, dz: list, size: int, decays
+    ) -> dict:
+        """Online Normalization's constants, state rounding points and compensation
+        (``docs/numerics.md``, "Online Normalization")."""
+        _, b_f, _, b_b = decays
+        # the clamp as a code of A_l (round() of an exact binary product: half to even)
+        kappa = [round(spec.clamp * 2.0**a) for a in fa]
+        if min(kappa) < 1:
+            raise ConfigError(
+                f"stage {index}: online norm's clamp {spec.clamp} is 0 as a code of the "
+                f"stage's activation format (frac {min(fa)}); raise the clamp or the frac"
+            )
+        st = index  # the stage's streams
+        wide = [  # the state's sums: a register as wide as the widest accumulator, frac 0
+            RoleFormat(FixedFormat(ACC_LIMIT, 0), f.activation.rounding, f.activation.overflow)
+            for f in fm
+        ]
+        state_fmt = [  # P (frac fd + fa) and U (frac fd): 44-bit codes, E_l's overflow (their
+            # sums are exact: no shift, so the rounding mode is never used and draws nothing)
+            [
+                RoleFormat(
+                    FixedFormat(_ONLINE_STATE_WIDTH, frac), Rounding.HALF_EVEN, f.error.overflow
+                )
+                for f, frac in zip(fm, fracs, strict=True)
+            ]
+            for fracs in ([d + a for d, a in zip(fd, fa, strict=True)], fd)
+        ]
+        wide_error = [  # E'': E_l's width and frac plus 8, signed
+            RoleFormat(
+                FixedFormat(f.error.format.width + 8, d + 8), f.error.rounding, f.error.overflow
+            )
+            for f, d in zip(fm, fd, strict=True)
+        ]
+        product = [  # Cv: the format of a product of E' and A_l codes
+            RoleFormat(
+                FixedFormat(f.error.format.width + f.activation.format.width, d + a),
+                f.error.rounding,
+                f.error.overflow,
+            )
+            for f, d, a in zip(fm, fd, fa, strict=True)
+        ]
+        group = stream_id(st, "norm_group")
+        return {
+            "b_f": b_f,
+            "b_b": b_b,
+            "state_step": _Rounder([16] * len(fm), wide, group, 2),
+            "rho_v": _DivRounder(
+                [16 + d + a for d, a in zip(fd, fa, strict=True)], product, group, 2, size
+            ),
+            "rho_u": _DivRounder([16 + d for d in fd], wide_error, group, 2, size),
+            "g1": _Rounder(
+                [d + 2 * a for d, a in zip(fd, fa, strict=True)],
+                dz,
+                stream_id(st, "norm_online"),
+                4,
+            ),
+            "g2": _VarRounder(wide_error, stream_id(st, "norm_online"), 4),
+            "dc": _Rounder([d + 8 for d in fd], dz, stream_id(st, "norm_backward"), 4),
+            "P": _Rounder([f.format.frac for f in state_fmt[0]], state_fmt[0], group, 2),
+            "U": _Rounder([f.format.frac for f in state_fmt[1]], state_fmt[1], group, 2),
+            # the clamp's bound at the affine sum's frac fw + fa
+            "bound": _column(
+                [k << f.weight.format.frac for k, f in zip(kappa, fm, strict=True)], 4
+            ),
+            "v0": _column([(size * size) << (2 * a) for a in fa], 2),
+        }
 
     def _kernel_constants(self, ctx: dict) -> None:
         """A stage's rounding points and constants as the compiled dense kernels read them
@@ -1337,6 +1441,15 @@ class FixedArithmetic:
         state = FixedConvState(stage, codes, np.zeros_like(codes))
         if self.prediction is WeightPrediction.WEIGHT_DIFFERENCE:
             state.w_prev = codes
+        nm = self._stage[stage.index - 1]["norm"]
+        if nm is not None and nm["online"]:  # docs/numerics.md: mean 0, variance 1, no error
+            shape = (self.configs, nm["groups"])
+            state.online = {
+                "M": np.zeros(shape, dtype=np.int64),
+                "V": np.broadcast_to(np.asarray(nm["v0"], dtype=np.int64), shape).copy(),
+                "P": np.zeros(shape, dtype=np.int64),
+                "U": np.zeros(shape, dtype=np.int64),
+            }
         return state
 
     def conv_predicted(self, stage: StagePlan, s: FixedState) -> tuple[np.ndarray, np.ndarray]:
@@ -1353,14 +1466,15 @@ class FixedArithmetic:
         residual: np.ndarray | None,
         state: FixedState | None = None,
     ) -> tuple[np.ndarray, FixedConvContext]:
-        """Output codes ``[C, n_out]`` of one sample's input codes ``[C, n_in]`` (``state``,
-        the stage's, is not read: it carries nothing the integer model's conv needs)."""
+        """Output codes ``[C, n_out]`` of one sample's input codes ``[C, n_in]``. ``state``,
+        the stage's, is read and advanced only with Online Normalization (its statistics)."""
         ctx = self._stage[stage.index - 1]
         kt = ctx["kernel"]
         if kt is None:
             res = None if residual is None else residual[:, None]
+            online = None if state is None else getattr(state, "online", None)
             y, kept = self._conv_run(
-                stage, ctx, w, x[:, None], res, self.step, ctx["idx_conv"], True
+                stage, ctx, w, x[:, None], res, self.step, ctx["idx_conv"], True, online
             )
             return y[:, 0], kept
         # compiled: the same codes in one pass (golden.conv_kernels)
@@ -1416,10 +1530,13 @@ class FixedArithmetic:
         step: int,
         index: np.ndarray,
         count: bool,
+        online: dict[str, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, FixedConvContext]:
         """The forward of samples ``x`` ``[C, B, n_in]``: convolution, bias and residual in
         one exact sum, one rounding, ReLU, pooling. ``index`` ``[1, B, C_out, positions]``
-        numbers the convolution's outputs; the pooled outputs are numbered alike."""
+        numbers the convolution's outputs; the pooled outputs are numbered alike. With Online
+        Normalization ``online`` is the stage's state: a training forward (``count``, one
+        sample) advances it, an evaluation only reads it."""
         geo: ConvGeometry = ctx["geometry"]
         c, b = x.shape[:2]
         columns = im2col(x, geo)
@@ -1437,7 +1554,7 @@ class FixedArithmetic:
                 self._count(ctx["index"], role, over)
             return codes
 
-        xhat = rsqrt = strided = None
+        xhat = rsqrt = strided = clamped = None
         term = None  # the residual's term: its codes, or the projection's exact sum
         if residual is not None and ctx["projection"] is not None:
             strided = self._strided(ctx, residual)
@@ -1445,7 +1562,12 @@ class FixedArithmetic:
             term = np.matmul(w[:, None, :, pc], strided)
         elif residual is not None:
             term = residual.reshape(acc.shape)
-        if ctx["norm"] is not None:
+        if ctx["norm"] is not None and ctx["norm"]["online"]:
+            assert online is not None, "Online Normalization needs the stage's state"
+            z, xhat, rsqrt, clamped = self._online_forward(
+                ctx, w, acc, term, index, rq, online, step if count else None
+            )
+        elif ctx["norm"] is not None:
             z, xhat, rsqrt = self._norm_forward(ctx, w, acc, term, index, rq)
         else:
             if term is not None:
@@ -1466,7 +1588,9 @@ class FixedArithmetic:
         elif geo.pool is Pool.GLOBAL_AVG:  # every channel's exact sum, divided once
             pooled = np.arange(b * z.shape[2], dtype=np.int64).reshape(1, b, z.shape[2])
             z = rq("pool", "pool", z.sum(-1), pooled)
-        return z.reshape(c, b, -1), FixedConvContext(mask, choice, columns, xhat, rsqrt, strided)
+        return z.reshape(c, b, -1), FixedConvContext(
+            mask, choice, columns, xhat, rsqrt, strided, clamped
+        )
 
     @staticmethod
     def _strided(ctx: dict, residual: np.ndarray) -> np.ndarray:
@@ -1507,6 +1631,74 @@ class FixedArithmetic:
         if residual is not None:  # the residual's term
             acc2 = _shl(acc2, nm["res_product"]) + _shl(residual, nm["res_shift"])
         return rq(nm["z"], "activation", acc2, index), xhat, (r, j)
+
+    def _online_forward(self, ctx: dict, w, acc, residual, index, rq, online, step):
+        """Online Normalization's forward (``docs/numerics.md``): the convolution rounded,
+        each channel's exact sums, the reciprocal square root of the running variance, the
+        normalized codes, scale and shift, the clamp, the residual, one rounding. With a
+        ``step`` (training) the channel's statistics then take in the sample's. Returns ``z``,
+        the normalized codes, the channels' ``(r, J)`` and where the clamp held."""
+        nm = ctx["norm"]
+        c, b, out, positions = acc.shape
+        m = nm["size"]
+        conv = rq(nm["c"], "norm", acc, index)
+        mean, var = online["M"][:, None, :, None], online["V"][:, None, :, None]
+        r, j = _norm_rsqrt(var + m * m * nm["eps"])
+        y = rq(nm["xhat"], "normalized", (((m * conv) << 8) - mean) * r, index, 39 - j)
+        cols = ctx["norm_col"]
+        scale, shift = w[:, None, :, cols, None], w[:, None, :, cols + 1, None]
+        s = y * scale + (shift << nm["fa"])
+        bound = nm["bound"]
+        clamped = (s >= bound) | (s <= -bound)
+        s = np.minimum(np.maximum(s, -bound), bound)
+        if residual is not None:  # the residual's term
+            s = _shl(s, nm["res_product"]) + _shl(residual, nm["res_shift"])
+        z = rq(nm["z"], "activation", s, index)
+        if step is not None:
+            assert b == 1, "a training forward takes one sample"
+            s1 = conv.sum(-1)[:, 0]  # [C, C_out]
+            qs = m * (conv * conv).sum(-1)[:, 0] - s1 * s1
+            ch = np.arange(out, dtype=np.int64)[None, :]
+            point = nm["state_step"]
+            mean, var = online["M"], online["V"]
+            dev = (s1 << 8) - mean
+            inc, _ = point(nm["b_f"] * dev, self.seed, step, ch)
+            square = (dev >> 8) ** 2
+            spread, _ = point(-nm["b_f"] * square, self.seed, step, out + ch)
+            spread += square  # a_f * square / 2^16 as square - b_f * square / 2^16
+            grow, _ = point(nm["b_f"] * (qs - var + spread), self.seed, step, 2 * out + ch)
+            online["M"], online["V"] = mean + inc, var + grow
+        return z, y, (r, j), clamped
+
+    def _online_backward(
+        self, ctx: dict, w: np.ndarray, d: np.ndarray, kept: FixedConvContext, online: dict
+    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """Online Normalization's backward (``docs/numerics.md``): the clamp's mask, the error
+        at the normalized codes, its compensation along them (``P``) and along the constant
+        (``U``) around the reciprocal square root; the error at the convolution's output, the
+        exact sums of the scale's and shift's gradients, and the state advanced."""
+        nm = ctx["norm"]
+        assert kept.xhat is not None and kept.rsqrt is not None and kept.clamped is not None
+        out, m = d.shape[2], nm["size"]
+        cols, y = ctx["norm_col"], kept.xhat
+        d = d * ~kept.clamped
+        sums = ((d * y).sum(-1), d.sum(-1))  # [C, 1, C_out]: the scale's and shift's
+        idx = ctx["idx_conv"]
+        dx = self._rq(nm, "dx", "norm_error", d * w[:, None, :, cols, None], idx)
+        ch = np.arange(out, dtype=np.int64)[None, :]
+        rho_v = self._rq(nm, "rho_v", "norm_group", nm["b_b"] * online["P"], 3 * out + ch)
+        rho_u = self._rq(nm, "rho_u", "norm_group", nm["b_b"] * online["U"], 4 * out + ch)
+        fa = nm["fa"]
+        g1 = self._rq(nm, "g1", "norm_online", (dx << 2 * fa) - rho_v[:, None, :, None] * y, idx)
+        r, j = kept.rsqrt
+        g2, over = nm["g2"](m * g1 * r, nm["fd"] + 31 - j - fa, self.seed, self.step, out * m + idx)
+        self._count(ctx["index"], "norm_online", over)
+        dc = self._rq(nm, "dc", "norm_backward", g2 - rho_u[:, None, :, None], idx)
+        p_new, over_p = nm["P"](online["P"] + (g1 * y).sum(-1)[:, 0])
+        u_new, over_u = nm["U"](online["U"] + dc.sum(-1)[:, 0])
+        self._count(ctx["index"], "norm_online", over_p + over_u)
+        online["P"], online["U"] = p_new, u_new
+        return dc, sums
 
     def conv_backward(
         self,
@@ -1572,7 +1764,10 @@ class FixedArithmetic:
             r = self._rq(ctx, "residual", "residual", d, ctx["idx_conv"])
             residual_error = r.reshape(c, -1)
         norm_sums = None
-        if ctx["norm"] is not None:
+        if ctx["norm"] is not None and ctx["norm"]["online"]:
+            assert state is not None and getattr(state, "online", None) is not None
+            d, norm_sums = self._online_backward(ctx, w, d, kept, state.online)
+        elif ctx["norm"] is not None:
             d, norm_sums = self._norm_backward(ctx, w, d, kept)
         error_in = None
         if stage.index > 1:
@@ -1698,7 +1893,8 @@ class FixedArithmetic:
                 residual = outputs[-stage.spec.residual] if stage.spec.residual else None
                 idx = np.arange(n * ctx["idx_conv"].size, dtype=np.int64)
                 idx = idx.reshape((1, n) + ctx["idx_conv"].shape[2:])
-                h, _ = self._conv_run(stage, ctx, s.w, h, residual, EVAL_STEP, idx, False)
+                online = getattr(s, "online", None)
+                h, _ = self._conv_run(stage, ctx, s.w, h, residual, EVAL_STEP, idx, False, online)
                 outputs.append(h)
                 continue
             if self.compiled:
@@ -2164,6 +2360,27 @@ def _flat(values: Sequence[int | np.ndarray], sizes: Sequence[int], configs: int
         ],
         1,
     )
+
+
+#: Online Normalization's error-compensation state ``P`` and ``U``: signed codes of this width
+_ONLINE_STATE_WIDTH = 44
+
+
+def _online_decays(index: int, spec) -> tuple[int, int, int, int]:
+    """Online Normalization's decays as 16-bit codes ``(a_f, b_f, a_b, b_b)``: ``a =
+    round_half_even(alpha * 2^16)``, ``b = 2^16 - a``, each at least 1 (``docs/numerics.md``)."""
+    out = []
+    for key in ("alpha_fwd", "alpha_bkw"):
+        alpha = getattr(spec, key)
+        a = round(alpha * 2.0**16)  # an exact binary product: round() is half to even
+        if not 1 <= a <= 2**16 - 1:
+            raise ConfigError(
+                f"stage {index}: online norm's {key} = {alpha} is {a} / 2^16 as a 16-bit decay "
+                "code; the fixed-point model needs 1 to 65535 (alpha within 2^-17 of 0 or 1 "
+                "rounds off the code)"
+            )
+        out += [a, 2**16 - a]
+    return out[0], out[1], out[2], out[3]
 
 
 def _check_sums(subject: str, sums: dict[str, int], advice: str) -> None:

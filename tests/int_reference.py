@@ -80,6 +80,7 @@ ROLE = {
     "norm_error": 12,
     "norm_group": 13,
     "norm_backward": 14,
+    "norm_online": 15,
 }
 EVAL_STEP = 2**32 - 1
 
@@ -240,18 +241,58 @@ class RefConvStage(RefStage):
     eps: float = 0.0  # group norm's epsilon (a float; its code is derived here)
     res_chw: tuple[int, int, int] | None = None  # a projected residual's shape
     proj_stride: tuple[int, int] | None = None  # the projection's stride (None: no projection)
+    online: bool = False  # Online Normalization (its decays and clamp as the config's floats)
+    alpha_fwd: float = 0.999
+    alpha_bkw: float = 0.99
+    clamp: float = 5.0
+
+    @property
+    def has_norm(self) -> bool:
+        """Group norm or Online Normalization: the scale and shift columns, ``c`` rounded
+        into ``A'`` first."""
+        return bool(self.groups) or self.online
 
     @property
     def cols(self) -> int:
-        """Weight columns: the window's, the bias, group norm's scale and shift, the
+        """Weight columns: the window's, the bias, the norm's scale and shift, the
         projection's weights and bias."""
         proj = self.res_chw[0] + (1 if self.bias else 0) if self.proj_stride else 0
-        return self.n_in + (1 if self.bias else 0) + (2 if self.groups else 0) + proj
+        return self.n_in + (1 if self.bias else 0) + (2 if self.has_norm else 0) + proj
 
     @property
     def kp(self) -> int:
         """The first column of the projection."""
-        return self.kb + (2 if self.groups else 0)
+        return self.kb + (2 if self.has_norm else 0)
+
+    def eps_code(self) -> int:
+        """``eps = round_half_even(1e-5 * 2^(2 f(A)))`` (of the float's exact value)."""
+        return round(Fraction(self.eps) * 2 ** (2 * self.f("activation")))
+
+    def decays(self) -> tuple[int, int, int, int]:
+        """Online Normalization's ``(a_f, b_f, a_b, b_b)``: 16-bit codes of the decays."""
+        a_f = round(Fraction(self.alpha_fwd) * 2**16)
+        a_b = round(Fraction(self.alpha_bkw) * 2**16)
+        return a_f, 2**16 - a_f, a_b, 2**16 - a_b
+
+    def kappa(self) -> int:
+        """The clamp as a code of ``A``."""
+        return round(Fraction(self.clamp) * 2 ** self.f("activation"))
+
+    def online_init(self) -> dict[str, list[int]]:
+        """The state's initial values per channel: ``M = 0``, ``V = m^2 2^(2 f(A))`` (a running
+        variance of 1), ``P = U = 0``."""
+        m, c = self.positions, self.n_out
+        v0 = m * m * 2 ** (2 * self.f("activation"))
+        return {"M": [0] * c, "V": [v0] * c, "P": [0] * c, "U": [0] * c}
+
+    def online_fmts(self) -> tuple[Fmt, Fmt, Fmt]:
+        """``Cv`` (``rho_v``), ``E''`` (``rho_u``, ``g2``) and the 44-bit state ``P``, ``U``:
+        signed, with ``E``'s modes."""
+        e, a, fd = self.fmt["error"], self.fmt["activation"], self.f("error") + self.pool_shift
+        cv = Fmt(e.width + a.width, fd + a.frac, True, e.rounding, e.overflow)
+        e2 = Fmt(e.width + 8, fd + 8, True, e.rounding, e.overflow)
+        state = Fmt(44, 0, True, e.rounding, e.overflow)
+        return cv, e2, state
 
     def proj_index(self, c: int, pos: int) -> int:
         """The residual's flat index the projection reads for channel ``c``, position ``pos``."""
@@ -335,6 +376,10 @@ class RefNet:
     stages: list[RefStage]
     loss_kind: str  # "mse" or "softmax_ce"
     counts: dict[tuple[int, str], int] = field(default_factory=dict)
+    #: the positions where Online Normalization's clamp held (counted forwards), and the
+    #: overflows of its 44-bit ``P`` and ``U`` (also counted under ``norm_online``)
+    clamps: int = 0
+    state_overflows: int = 0
 
     def _draw(self, stage: int, role: str, step: int, index: int) -> Callable[[], int]:
         return lambda: word(self.seed, stream(stage, role), step, index)
@@ -479,10 +524,12 @@ class RefNet:
 
     # -- conv stages ----------------------------------------------------------------------------
     def conv_forward(
-        self, st: RefConvStage, wh, x, residual, step: int, sample: int = 0, count=True
-    ):
+        self, st: RefConvStage, wh, x, residual, step: int, sample: int = 0, count=True,
+        online=None, learn=True,
+    ):  # fmt: skip
         """Output (flat, pooled), the ReLU mask per conv output and max pooling's choices.
-        Element indices are offset by ``sample`` times the rounded tensor's size (evaluation)."""
+        Element indices are offset by ``sample`` times the rounded tensor's size (evaluation).
+        With Online Normalization ``online`` is the stage's state, which ``learn`` updates."""
         fw, fx, fa = st.f("weight"), st.act_in.frac, st.f("activation")
         k, p = st.n_in, st.positions
         base = sample * st.n_out * p
@@ -494,7 +541,7 @@ class RefNet:
                 if st.bias:
                     acc += wh[o][k] * 2**fx
                 src = fw + fx
-                if st.groups:
+                if st.has_norm:
                     z.append(
                         self._rq(
                             st, "norm", acc, src, st.norm_fmt(), step, base + o * p + pos,
@@ -515,6 +562,8 @@ class RefNet:
         norm = None
         if st.groups:
             z, norm = self.group_norm(st, wh, z, residual, step, base, count)
+        elif st.online:
+            z, norm = self.online_norm(st, wh, z, residual, step, base, count, online, learn)
         mask = None
         if not st.last:
             mask = [c > 0 for c in z]
@@ -570,7 +619,7 @@ class RefNet:
         convolution ``c``; also what the backward needs: ``(xhat, [(r, J) per group])``."""
         fw, fa = st.f("weight"), st.f("activation")
         size = st.n_out // st.groups * st.positions
-        eps = round(Fraction(st.eps) * 2 ** (2 * fa))
+        eps = st.eps_code()
         xhat = [0] * len(c)
         rj = []
         for g in range(st.groups):
@@ -587,16 +636,19 @@ class RefNet:
         z = []
         for n, xh in enumerate(xhat):
             o = n // st.positions
-            acc, src = xh * wh[o][st.kb] + wh[o][st.kb + 1] * 2**fa, fw + fa
-            if st.res_fmt is not None:
-                term, tf = st.residual_term(wh, residual, n)
-                top = max(src, tf)
-                acc = acc * 2 ** (top - src) + term * 2 ** (top - tf)
-                src = top
-            z.append(
-                self._rq(st, "activation", acc, src, st.fmt["activation"], step, base + n, count)
-            )
+            acc = xh * wh[o][st.kb] + wh[o][st.kb + 1] * 2**fa
+            z.append(self._norm_output(st, wh, residual, n, acc, fw + fa, step, base, count))
         return z, (xhat, rj)
+
+    def _norm_output(self, st: RefConvStage, wh, residual, n, acc, src, step, base, count):
+        """A norm's output ``n`` (its scaled and shifted value ``acc`` at frac ``src``) with
+        the residual's term added, rounded once into ``A``."""
+        if st.res_fmt is not None:
+            term, tf = st.residual_term(wh, residual, n)
+            top = max(src, tf)
+            acc = acc * 2 ** (top - src) + term * 2 ** (top - tf)
+            src = top
+        return self._rq(st, "activation", acc, src, st.fmt["activation"], step, base + n, count)
 
     def group_norm_backward(self, st: RefConvStage, w, d, norm, step):
         """The error at the convolution's output from ``d`` at the norm's output."""
@@ -624,11 +676,110 @@ class RefNet:
                 out[n] = self._rq(st, "norm_backward", t * r, fd + 31 - j, dzf, step, n)
         return out
 
-    def conv_backward(self, st: RefConvStage, w, x, mask, choices, e, step: int, norm=None):
+    # -- Online Normalization (docs/numerics.md, "Online Normalization") ----------------------
+    def online_norm(self, st: RefConvStage, wh, c, residual, step, base, count, state, learn):
+        """The normalized, scaled, clamped and shifted output (and the residual) from the
+        rounded convolution ``c`` with the running state ``state`` (updated in place when
+        ``learn``); also what the backward needs: ``(y, clamped, [(r, J) per channel])``."""
+        fw, fa, m = st.f("weight"), st.f("activation"), st.positions
+        eps = st.eps_code()
+        _, b_f, _, _ = st.decays()
+        bound = st.kappa() * 2**fw
+        y = [0] * len(c)
+        rj, sums = [], []
+        for o in range(st.n_out):
+            members = range(o * m, (o + 1) * m)
+            s1 = sum(c[n] for n in members)
+            s2 = sum(c[n] * c[n] for n in members)
+            sums.append((s1, m * s2 - s1 * s1))
+            r, j = self.rsqrt(state["V"][o] + m * m * eps)
+            rj.append((r, j))
+            for n in members:
+                y[n] = self._rq(
+                    st, "normalized", (m * c[n] * 2**8 - state["M"][o]) * r, 39 - j,
+                    st.norm_fmt(), step, base + n, count,
+                )  # fmt: skip
+        z, clamped = [], []
+        for n, yn in enumerate(y):
+            o = n // m
+            s = yn * wh[o][st.kb] + wh[o][st.kb + 1] * 2**fa
+            clamped.append(s >= bound or s <= -bound)
+            self.clamps += int(clamped[-1] and count)
+            acc = min(max(s, -bound), bound)
+            z.append(self._norm_output(st, wh, residual, n, acc, fw + fa, step, base, count))
+        if learn:  # the state, from its values before this sample
+            shift = Fmt(256, 0, True, st.fmt["activation"].rounding)  # a shift, no overflow
+            for o, (s1, qs) in enumerate(sums):
+                big_m, big_v = state["M"][o], state["V"][o]
+                dev = s1 * 2**8 - big_m
+                state["M"][o] = big_m + self._rq(
+                    st, "norm_group", b_f * dev, 16, shift, step, o, count
+                )
+                square = (dev // 2**8) ** 2  # Dh^2: a_f Dh^2 / 2^16 with b_f the multiplier
+                t = square + self._rq(
+                    st, "norm_group", -b_f * square, 16, shift, step, st.n_out + o, count
+                )
+                state["V"][o] = big_v + self._rq(
+                    st, "norm_group", b_f * (qs - big_v + t), 16, shift, step,
+                    2 * st.n_out + o, count,
+                )  # fmt: skip
+        return z, (y, clamped, rj)
+
+    def online_norm_backward(self, st: RefConvStage, w, d, norm, step, state):
+        """The error at the convolution's output from ``d`` at the norm's output (already 0
+        where the clamp held); updates the state's ``P`` and ``U``."""
+        y, _, rj = norm
+        fw, fa, m, nc = st.f("weight"), st.f("activation"), st.positions, st.n_out
+        fd, dzf = st.f("error") + st.pool_shift, st.dz_fmt()
+        cv, e2, wide = st.online_fmts()
+        _, _, _, b_b = st.decays()
+        dx = [
+            self._rq(
+                st, "norm_error", d[n] * w[n // m][st.kb], fd + fw, dzf, step, n,
+                divisor=st.divisor,
+            )
+            for n in range(len(d))
+        ]  # fmt: skip
+        out = [0] * len(d)
+        for o in range(nc):
+            members = range(o * m, (o + 1) * m)
+            rho_v = self._rq(
+                st, "norm_group", b_b * state["P"][o], 16 + fd + fa, cv, step, 3 * nc + o,
+                divisor=m,
+            )  # fmt: skip
+            rho_u = self._rq(
+                st, "norm_group", b_b * state["U"][o], 16 + fd, e2, step, 4 * nc + o, divisor=m
+            )
+            r, j = rj[o]
+            g1 = {}
+            for n in members:
+                g1[n] = self._rq(
+                    st, "norm_online", dx[n] * 2 ** (2 * fa) - rho_v * y[n], fd + 2 * fa, dzf,
+                    step, n,
+                )  # fmt: skip
+                g2 = self._rq(
+                    st, "norm_online", m * g1[n] * r, fd + 31 - j - fa, e2, step, nc * m + n
+                )
+                out[n] = self._rq(st, "norm_backward", g2 - rho_u, fd + 8, dzf, step, n)
+            for name, total in (
+                ("P", sum(g1[n] * y[n] for n in members)),
+                ("U", sum(out[n] for n in members)),
+            ):
+                state[name][o], over = overflow(state[name][o] + total, wide)
+                key = (st.index, "norm_online")
+                self.counts[key] = self.counts.get(key, 0) + int(over)
+                self.state_overflows += int(over)
+        return out
+
+    def conv_backward(
+        self, st: RefConvStage, w, x, mask, choices, e, step: int, norm=None, online=None
+    ):
         """``(d, error_in, residual_error, norm_d)``: the error at the convolution's output
         (frac ``f(E) + pool_shift``), the error sent back (None for stage 1), along the
-        residual, and with group norm the error at the norm's output with the normalized
-        codes (for the scale's and shift's gradients)."""
+        residual, and ``norm_d``: the error at the norm block's output (the projection's
+        gradient reads it), the same with Online Normalization's clamp mask applied and the
+        normalized codes (for the scale's and shift's gradients). With Online Normalization
+        ``online`` is the stage's state, whose ``P`` and ``U`` the backward updates."""
         p = st.positions
         d = [0] * (st.n_out * p)
         windows = st.windows()
@@ -667,10 +818,14 @@ class RefNet:
                 self._rq(st, "residual", d[n], fd, st.res_err_fmt, step, n, divisor=st.divisor)
                 for n in range(len(d))
             ]
-        norm_d, divisor = (d, None), st.divisor
+        norm_d, divisor = (d, d, None), st.divisor
         if st.groups:
-            norm_d = (d, norm[0])
+            norm_d = (d, d, norm[0])
             d, divisor = self.group_norm_backward(st, w, d, norm, step), 1
+        elif st.online:
+            masked = [0 if cl else v for v, cl in zip(d, norm[1], strict=True)]
+            norm_d = (d, masked, norm[0])
+            d, divisor = self.online_norm_backward(st, w, masked, norm, step, online), 1
         error_in = None
         if st.error_prev is not None:
             cin, h, wd = st.in_chw
@@ -696,19 +851,20 @@ class RefNet:
 
     def conv_update(self, st: RefConvStage, w, v, d, x, step: int, norm_d=None, residual=None):
         """``(g, v', w')``: each weight's gradient sums its products over the positions; with
-        group norm the scale's sums the error at the norm's output (``norm_d[0]``) times the
-        normalized codes, the shift's that error; the projection's that error times its
-        input from ``residual``."""
+        a norm the scale's sums the error at the norm's output (``norm_d[1]``, Online
+        Normalization's masked where the clamp held) times the normalized codes
+        (``norm_d[2]``), the shift's that error; the projection's the error at the block's
+        output (``norm_d[0]``) times its input from ``residual``."""
         p, fx, fd = st.positions, st.act_in.frac, st.f("error") + st.pool_shift
         g = []
         for o in range(st.n_out):
             row = []
             for j in range(st.cols):
-                if st.groups and j == st.kb:  # the scale
-                    acc = sum(norm_d[0][o * p + pos] * norm_d[1][o * p + pos] for pos in range(p))
+                if st.has_norm and j == st.kb:  # the scale
+                    acc = sum(norm_d[1][o * p + pos] * norm_d[2][o * p + pos] for pos in range(p))
                     src, divisor = fd + st.f("activation"), st.divisor
-                elif st.groups and j == st.kb + 1:  # the shift
-                    acc, src, divisor = sum(norm_d[0][o * p : (o + 1) * p]), fd, st.divisor
+                elif st.has_norm and j == st.kb + 1:  # the shift
+                    acc, src, divisor = sum(norm_d[1][o * p : (o + 1) * p]), fd, st.divisor
                 elif st.proj_stride is not None and j >= st.kp:  # the projection
                     c, dsum = j - st.kp, norm_d[0]
                     acc = sum(
@@ -717,7 +873,7 @@ class RefNet:
                     src, divisor = fd + st.res_fmt.frac, st.divisor
                 else:
                     acc, src = 0, fd + fx
-                    divisor = 1 if st.groups else st.divisor
+                    divisor = 1 if st.has_norm else st.divisor
                     for pos in range(p):
                         oy, ox = divmod(pos, st.out_hw[1])
                         xv = 2**fx if j == st.n_in else st.column(x, j, oy, ox)
@@ -754,8 +910,9 @@ class RefNet:
                     back = st.residual_back
                     residual = hs[-back] if back else None
                     h, _, _, _ = self.conv_forward(
-                        st, state["w"], h, residual, EVAL_STEP, sample=s, count=False
-                    )
+                        st, state["w"], h, residual, EVAL_STEP, sample=s, count=False,
+                        online=state.get("online"), learn=False,
+                    )  # fmt: skip
                 else:
                     h, _ = self.forward(
                         st, state["w"], h, EVAL_STEP, base=s * st.n_out, count=False

@@ -247,16 +247,21 @@ def test_online_norm_keys_are_checked(keys, message):
     assert message in str(e.value)
 
 
-def test_online_norm_is_refused_in_fixed_point_with_exit_2(tmp_path):
+def test_a_decay_the_fixed_point_model_cannot_hold_is_refused_with_exit_2(tmp_path):
+    """``alpha_fwd`` within 2^-17 of 1 rounds to the 16-bit code 65536 (docs/numerics.md):
+    float trains it, fixed point refuses it before training, one ``error:`` line, exit 2."""
     path = tmp_path / "on.toml"
     path.write_text(
         "[network]\ninput = [1, 8, 8]\nlayers = [\n"
-        '  { type = "conv", channels = 2, kernel = 3, norm = "online" },\n'
+        '  { type = "conv", channels = 2, kernel = 3, norm = "online", alpha_fwd = 0.999999 },\n'
         '  { type = "dense", units = 10 },\n]\n'
     )
     result = CliRunner().invoke(main, ["check", str(path)])
     assert result.exit_code == 0, result.output
     assert "+onlinenorm" in result.output
     result = CliRunner().invoke(main, ["train", str(path), "--arith", "fixed", "--epochs", "1"])
-    assert result.exit_code == 2
-    assert "'network.layers.0.norm'" in result.output and "float" in result.output
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    assert "stage 1: online norm's alpha_fwd = 0.999999 is 65536 / 2^16" in errors[0]
+    assert "epoch" not in result.output

@@ -1004,13 +1004,6 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
             "fixed-point model updates after every sample; batches of the sgd reference train "
             f"with train.arith = 'float'), not {batch_size}"
         )
-    for i, spec in enumerate(network.specs or ()):
-        if spec.norm is Norm.ONLINE and train.arith is Arith.FIXED:
-            raise ConfigError(
-                f"config key 'network.layers.{i}.norm': \"online\" trains with train.arith = "
-                "'float' only (no integer Online Normalization yet); use norm = \"group\" or "
-                "\"none\" for 'fixed'"
-            )
     return Config(
         name, seed, network, optimizer, formats, layer_formats, hardware, train, _freeze(data)
     )

@@ -28,12 +28,14 @@ ROLE_NUMBERS = {
     # conv stages (docs/numerics.md, "Conv stages")
     "residual": 8,
     "pool": 9,
-    # group norm (docs/numerics.md, "Group norm")
+    # group norm and Online Normalization (docs/numerics.md, "Group norm", "Online
+    # Normalization")
     "norm": 10,
     "normalized": 11,
     "norm_error": 12,
     "norm_group": 13,
     "norm_backward": 14,
+    "norm_online": 15,
 }
 #: Step number of the random words used outside the pipeline (evaluation).
 EVAL_STEP = 2**32 - 1
