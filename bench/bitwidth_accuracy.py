@@ -3,11 +3,14 @@
 For each bench and seed, every fixed-point point (width x update rounding) trains in ONE
 vectorised run (`pbhw.tools.train.train_many`), beside float SGD (batch 1) and float PB+LWP+SC.
 Suite ``mlp``: perceptrons on digits and mnist1d. Suite ``cnn``: the 1-D convolutional network of
-examples/cnn_mnist1d_fixed.toml on mnist1d (its lr, 0.05, and softmax cross-entropy).
+examples/cnn_mnist1d_fixed.toml on mnist1d (its lr, 0.05, and softmax cross-entropy); bench
+``mnist1d-cnn-on`` (``--datasets``) the Online Normalization network of
+examples/cnn_mnist1d_on.toml.
 
 Formats at width B (weights, activations, errors share B; fractional splits fixed below):
   weight s{B}.{B-3} (range +-4), activation s{B}.{B-5} (+-16), error s{B}.{B-3} (+-4),
-  gradient s{B}.{B-2} (+-2), velocity s{B+4}.{B-2} (+-32), coefficient s24.22.
+  gradient s{B}.{B-2} (+-2), velocity s{B+4}.{B-2} (+-32), coefficient s24.22
+  (--activation-int and --gradient-int move the activation's and the gradient's split).
 "Nearest" rounds every role half-even. "Stochastic" rounds the update path (gradient,
 velocity, weight and predicted weight) stochastically; the datapath (activations, errors)
 stays half-even. Every overflow saturates.
@@ -41,7 +44,10 @@ NETWORKS = {"digits": [64, 32, 32, 10], "mnist1d": [40, 64, 64, 10]}
 LRS = {"digits": 0.1, "mnist1d": 0.03}
 UPDATE_ROLES = ("gradient", "velocity", "weight")
 #: Benches beyond the perceptrons of NETWORKS: the config each starts from.
-CONFIGS = {"mnist1d-cnn": ROOT / "examples" / "cnn_mnist1d_fixed.toml"}
+CONFIGS = {
+    "mnist1d-cnn": ROOT / "examples" / "cnn_mnist1d_fixed.toml",
+    "mnist1d-cnn-on": ROOT / "examples" / "cnn_mnist1d_on.toml",
+}
 #: Per suite: the default benches, roundings, seeds, epochs and output file (bench/results/).
 #: The CNN's bit-exact trainer, 4 configs in one run, trains about 900 config-samples/s on a
 #: 2-core machine at load 3-5 (3 epochs of 4 configs: 53-69 s).
@@ -51,8 +57,9 @@ SUITES = {
 }
 
 
-def formats(width: int, rounding: str, activation_int: int = 5) -> dict:
-    """The formats at ``width``; ``activation_int`` integer bits (sign included) of activations."""
+def formats(width: int, rounding: str, activation_int: int = 5, gradient_int: int = 2) -> dict:
+    """The formats at ``width``; ``activation_int`` and ``gradient_int`` integer bits (sign
+    included) of activations and gradients."""
 
     def role(w: int, frac: int, r: str = "half_even") -> dict:
         return {"width": w, "frac": frac, "rounding": r, "overflow": "saturate"}
@@ -62,7 +69,7 @@ def formats(width: int, rounding: str, activation_int: int = 5) -> dict:
         "weight": role(width, width - 3, update),
         "activation": role(width, width - activation_int),
         "error": role(width, width - 3),
-        "gradient": role(width, width - 2, update),
+        "gradient": role(width, width - gradient_int, update),
         "velocity": role(width + 4, width - 2, update),
         "coefficient": role(24, 22),
     }
@@ -112,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         default=5,
         help="integer bits of the activation format, sign included (default 5: s{B}.{B-5})",
     )
+    parser.add_argument(
+        "--gradient-int",
+        type=int,
+        default=2,
+        help="integer bits of the gradient format, sign included (default 2: s{B}.{B-2})",
+    )
     parser.add_argument("--seeds", type=int)
     parser.add_argument("--epochs", type=int)
     parser.add_argument(
@@ -143,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             raw = base(dataset, seed, args.epochs)
             points = [(w, r) for w in widths for r in args.roundings.split(",")]
             configs = [
-                from_dict({**raw, "formats": formats(w, r, args.activation_int)}) for w, r in points
+                from_dict({**raw, "formats": formats(w, r, args.activation_int, args.gradient_int)})
+                for w, r in points
             ]
             t0 = time.perf_counter()
             results = train_many(configs, dataset=data)
@@ -207,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python", "bench/bitwidth_accuracy.py", *(argv or sys.argv[1:])]),
         "epochs": args.epochs,
         "seeds": args.seeds,
-        "formats": {w: formats(w, "stochastic", args.activation_int) for w in widths},
+        "formats": {
+            w: formats(w, "stochastic", args.activation_int, args.gradient_int) for w in widths
+        },
         "configs": {d: str(CONFIGS[d].relative_to(ROOT)) for d in bench_list if d in CONFIGS},
         "seconds": time.perf_counter() - start,
         "machine": {"python": platform.python_version(), "torch": torch.__version__},

@@ -46,7 +46,7 @@ from pbhw.core.fixed import (
     StochasticKey,
     quantize,
 )
-from pbhw.core.plan import Plan, StagePlan
+from pbhw.core.plan import DECAY_FRAC, Plan, StagePlan, online_constants
 from pbhw.core.weights import weight_codes
 
 __all__ = ["FixedArithmetic", "FixedConvContext", "FixedConvState", "FixedState"]
@@ -899,7 +899,14 @@ class FixedArithmetic:
             RoleFormat(FixedFormat(a.format.width, a.format.frac, True), a.rounding, a.overflow)
             for a in acts
         ]
-        decays = _online_decays(index, st0.spec) if online else None
+        # the decays' and the clamp's codes (pbhw.core.plan), per config
+        codes = (
+            [online_constants(index, st0.spec, f.activation.format) for f in fm] if online else []
+        )
+        decays = None
+        if online:
+            a_f, a_b = (codes[0][k].code for k in ("alpha_fwd", "alpha_bkw"))
+            decays = (a_f, 2**DECAY_FRAC - a_f, a_b, 2**DECAY_FRAC - a_b)
         # Widths of the sums (the largest magnitudes of their terms), as datapath's accumulators.
         for f in fm:
             top_a = 1 << (f.activation.format.width - 1)
@@ -971,7 +978,8 @@ class FixedArithmetic:
             ),
         }
         if online:
-            out.update(self._online_points(index, st0.spec, fm, fa, fd, dz, size, decays))
+            kappa = [c["clamp"].code for c in codes]
+            out.update(self._online_points(index, kappa, fm, fa, fd, dz, size, decays))
         else:
             # the per-group sum, rounded into a register as wide as the widest accumulator
             out["k2"] = _Rounder(
@@ -997,18 +1005,11 @@ class FixedArithmetic:
 
     @staticmethod
     def _online_points(
-        index: int, spec, fm: list, fa: list, fd: list, dz: list, size: int, decays
+        index: int, kappa: list, fm: list, fa: list, fd: list, dz: list, size: int, decays
     ) -> dict:
         """Online Normalization's constants, state rounding points and compensation
         (``docs/numerics.md``, "Online Normalization")."""
         _, b_f, _, b_b = decays
-        # the clamp as a code of A_l (round() of an exact binary product: half to even)
-        kappa = [round(spec.clamp * 2.0**a) for a in fa]
-        if min(kappa) < 1:
-            raise ConfigError(
-                f"stage {index}: online norm's clamp {spec.clamp} is 0 as a code of the "
-                f"stage's activation format (frac {min(fa)}); raise the clamp or the frac"
-            )
         st = index  # the stage's streams
         wide = [  # the state's sums: a register as wide as the widest accumulator, frac 0
             RoleFormat(FixedFormat(ACC_LIMIT, 0), f.activation.rounding, f.activation.overflow)
@@ -1042,11 +1043,11 @@ class FixedArithmetic:
         return {
             "b_f": b_f,
             "b_b": b_b,
-            "state_step": _Rounder([16] * len(fm), wide, group, 2),
+            "state_step": _Rounder([DECAY_FRAC] * len(fm), wide, group, 2),
             "rho_v": _DivRounder(
-                [16 + d + a for d, a in zip(fd, fa, strict=True)], product, group, 2, size
+                [DECAY_FRAC + d + a for d, a in zip(fd, fa, strict=True)], product, group, 2, size
             ),
-            "rho_u": _DivRounder([16 + d for d in fd], wide_error, group, 2, size),
+            "rho_u": _DivRounder([DECAY_FRAC + d for d in fd], wide_error, group, 2, size),
             "g1": _Rounder(
                 [d + 2 * a for d, a in zip(fd, fa, strict=True)],
                 dz,
@@ -1665,7 +1666,7 @@ class FixedArithmetic:
             inc, _ = point(nm["b_f"] * dev, self.seed, step, ch)
             square = (dev >> 8) ** 2
             spread, _ = point(-nm["b_f"] * square, self.seed, step, out + ch)
-            spread += square  # a_f * square / 2^16 as square - b_f * square / 2^16
+            spread += square  # a_f * square / 2^16, as square - b_f * square / 2^16
             grow, _ = point(nm["b_f"] * (qs - var + spread), self.seed, step, 2 * out + ch)
             online["M"], online["V"] = mean + inc, var + grow
         return z, y, (r, j), clamped
@@ -2364,23 +2365,6 @@ def _flat(values: Sequence[int | np.ndarray], sizes: Sequence[int], configs: int
 
 #: Online Normalization's error-compensation state ``P`` and ``U``: signed codes of this width
 _ONLINE_STATE_WIDTH = 44
-
-
-def _online_decays(index: int, spec) -> tuple[int, int, int, int]:
-    """Online Normalization's decays as 16-bit codes ``(a_f, b_f, a_b, b_b)``: ``a =
-    round_half_even(alpha * 2^16)``, ``b = 2^16 - a``, each at least 1 (``docs/numerics.md``)."""
-    out = []
-    for key in ("alpha_fwd", "alpha_bkw"):
-        alpha = getattr(spec, key)
-        a = round(alpha * 2.0**16)  # an exact binary product: round() is half to even
-        if not 1 <= a <= 2**16 - 1:
-            raise ConfigError(
-                f"stage {index}: online norm's {key} = {alpha} is {a} / 2^16 as a 16-bit decay "
-                "code; the fixed-point model needs 1 to 65535 (alpha within 2^-17 of 0 or 1 "
-                "rounds off the code)"
-            )
-        out += [a, 2**16 - a]
-    return out[0], out[1], out[2], out[3]
 
 
 def _check_sums(subject: str, sums: dict[str, int], advice: str) -> None:

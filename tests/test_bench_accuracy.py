@@ -11,7 +11,9 @@ from types import ModuleType
 
 import pytest
 
+from golden.fixed_arith import FixedArithmetic
 from pbhw.core.config import Arith, LayerType, Norm, from_dict, load
+from pbhw.core.plan import derive_plan
 from pbhw.tools.train import check_trainable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,13 +99,16 @@ def test_verdicts_judge_the_paired_difference_to_sgd():
     assert d.endswith("-0.50 ± 0.00: within 0.5 points of SGD")
 
 
+@pytest.mark.parametrize("bench", ["mnist1d-cnn", "mnist1d-cnn-on"])
 @pytest.mark.parametrize("width", [8, 10, 12, 16])
-def test_the_bitwidth_sweep_of_the_cnn_is_a_valid_fixed_point_config(width):
-    raw = bitwidth.base("mnist1d-cnn", 1, 2)
-    config = from_dict({**raw, "formats": bitwidth.formats(width, "stochastic")})
+def test_the_bitwidth_sweep_of_the_cnn_is_a_valid_fixed_point_config(width, bench):
+    raw = bitwidth.base(bench, 1, 2)
+    config = from_dict({**raw, "formats": bitwidth.formats(width, "stochastic", 6, 5)})
     assert config.network.convolutional and config.train.arith is Arith.FIXED
     assert config.seed == 1 and config.train.epochs == 2
     assert config.formats.weight.format.width == width
+    assert config.formats.gradient.format.frac == width - 5
+    FixedArithmetic(derive_plan(config))  # every sum within the model's widths
 
 
 def test_the_table_has_a_row_per_network_when_they_outnumber_the_methods():

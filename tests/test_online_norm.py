@@ -265,3 +265,25 @@ def test_a_decay_the_fixed_point_model_cannot_hold_is_refused_with_exit_2(tmp_pa
     assert len(errors) == 1, result.output
     assert "stage 1: online norm's alpha_fwd = 0.999999 is 65536 / 2^16" in errors[0]
     assert "epoch" not in result.output
+
+
+def test_check_shows_the_fixed_point_decay_and_clamp_codes(tmp_path):
+    """``pbhw check`` of a fixed-point config shows each Online Normalization stage's decay codes
+    (``round(alpha * 2^16)``) and clamp code (of the activation format); a float one does not."""
+    path = tmp_path / "on.toml"
+    path.write_text(
+        "[network]\ninput = [1, 8, 8]\nlayers = [\n"
+        '  { type = "conv", channels = 2, kernel = 3, norm = "online", alpha_bkw = 0.75,'
+        " clamp = 2.5 },\n"
+        '  { type = "dense", units = 10 },\n]\n'
+        '[formats]\nactivation = { width = 12, frac = 6 }\n[train]\narith = "fixed"\n'
+    )
+    result = CliRunner().invoke(main, ["check", str(path)])
+    assert result.exit_code == 0, result.output
+    rows = [line.split("│")[1:-1] for line in result.output.splitlines() if "│ 1 " in line]
+    cells = {r[1].strip(): [c.strip() for c in r[2:]] for r in rows if len(r) == 6}
+    assert cells["alpha_fwd"][:2] == ["0.999", "65470"]  # 65470.464 rounded
+    assert cells["alpha_bkw"][:3] == ["0.75", "49152", "0.75"]
+    assert cells["clamp"][:3] == ["2.5", "160", "2.5"]  # 2.5 * 2^6
+    result = CliRunner().invoke(main, ["check", str(path), "--set", 'train.arith="float"'])
+    assert result.exit_code == 0 and "Online Normalization constants" not in result.output

@@ -26,10 +26,10 @@ from pbhw.cli.common import (
     user_errors,
     warn,
 )
-from pbhw.core.config import ROLES, ConstantProducts
+from pbhw.core.config import ROLES, Arith, ConstantProducts, Norm
 from pbhw.core.datasets import load as load_dataset
 from pbhw.core.io import check_output_dir, check_output_file, write_json
-from pbhw.core.plan import derive_plan
+from pbhw.core.plan import derive_plan, online_constants
 from pbhw.core.torch_io import check_exportable, read_checkpoint, write_state_dict
 from pbhw.flows.flow import run_flow
 from pbhw.tools.check import STAGE_COLUMNS, check_config, stage_rows
@@ -149,6 +149,22 @@ def check(config: str, sets: tuple[str, ...]) -> None:
                 f"{c.error:.2e}",
             )
     console.print(coeffs)
+    online = [st for st in plan.stages if st.spec is not None and st.spec.norm is Norm.ONLINE]
+    if online and cfg.train.arith is Arith.FIXED:
+        consts = Table(
+            title="Online Normalization constants (decays: 16-bit codes; clamp: activation format)",
+            title_justify="left",
+        )
+        for column in ("stage", "constant", "exact", "code", "quantized", "rel. error"):
+            consts.add_column(column)
+        for st in online:
+            assert st.spec is not None
+            for c in online_constants(st.index, st.spec, st.formats.activation.format).values():
+                consts.add_row(
+                    str(st.index), c.name, f"{c.value:.8g}", str(c.code), f"{c.quantized:.8g}",
+                    f"{c.error:.2e}",
+                )  # fmt: skip
+        console.print(consts)
     for warning in plan.warnings:
         warn(warning)
     console.print("config OK")

@@ -37,6 +37,7 @@ __all__ = [
     "StagePlan",
     "delay_of",
     "derive_plan",
+    "online_constants",
     "quantize_coefficient",
     "scaled_hyperparameters",
     "spike_coefficients",
@@ -118,6 +119,41 @@ def quantize_coefficient(
         target = value
     code, saturated = quantize(target, fmt, role.rounding, role.overflow, return_saturated=True)
     return Coefficient(name, value, int(code), fmt, bool(saturated.any()))
+
+
+#: Online Normalization's decays in the fixed-point model: unsigned codes with this many
+#: fractional bits (``docs/numerics.md``, "Online Normalization")
+DECAY_FRAC = 16
+
+
+def online_constants(
+    index: int, spec: LayerSpec, activation: FixedFormat
+) -> dict[str, Coefficient]:
+    """Online Normalization's constants in the fixed-point model of stage ``index`` (1-based):
+    ``alpha_fwd`` and ``alpha_bkw`` as codes ``round_half_even(alpha * 2^16)`` from 1 to
+    ``2^16 - 1`` (so that ``1 - alpha`` is a code too), the clamp as a code of the stage's
+    ``activation`` format, at least 1. Raises :class:`ConfigError` naming the stage otherwise."""
+    decay = FixedFormat(DECAY_FRAC + 1, DECAY_FRAC, False)
+    out = {}
+    for key in ("alpha_fwd", "alpha_bkw"):
+        alpha = getattr(spec, key)
+        code = round(alpha * 2.0**DECAY_FRAC)  # an exact binary product: round() is half-even
+        if not 1 <= code <= 2**DECAY_FRAC - 1:
+            raise ConfigError(
+                f"stage {index}: online norm's {key} = {alpha} is {code} / 2^{DECAY_FRAC} as a "
+                f"{DECAY_FRAC}-bit decay code; the fixed-point model needs 1 to "
+                f"{2**DECAY_FRAC - 1} (alpha within 2^-{DECAY_FRAC + 1} of 0 or 1 rounds off "
+                "the code)"
+            )
+        out[key] = Coefficient(key, alpha, code, decay)
+    kappa = round(spec.clamp * 2.0**activation.frac)
+    if kappa < 1:
+        raise ConfigError(
+            f"stage {index}: online norm's clamp {spec.clamp} is 0 as a code of the stage's "
+            f"activation format (frac {activation.frac}); raise the clamp or the frac"
+        )
+    out["clamp"] = Coefficient("clamp", spec.clamp, kappa, activation)
+    return out
 
 
 @dataclass(frozen=True)
