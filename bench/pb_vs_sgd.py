@@ -109,12 +109,22 @@ BENCHES: dict[str, Bench] = {
     "digits-cnn-gn": Bench(
         "examples/cnn_digits_gn.toml", "cnn", 4, (0.05, 0.1), "4 conv 3x3 + dense, group norm"
     ),
+    "digits-cnn-on": Bench(
+        "examples/cnn_digits_on.toml", "cnn", 4, (0.05, 0.1), "4 conv 3x3 + dense, online norm"
+    ),
     "mnist1d-resnet": Bench(
         "examples/cnn_mnist1d_resnet.toml",
         "cnn",
         2,
         (0.05, 0.1),
         "2 residual blocks, group norm",
+    ),
+    "mnist1d-resnet-on": Bench(
+        "examples/cnn_mnist1d_resnet_on.toml",
+        "cnn",
+        2,
+        (0.05, 0.1),
+        "2 residual blocks, online norm",
     ),
 }
 
