@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from torch.utils.flop_counter import FlopCounterMode
 
+from golden.fixed_arith import FixedArithmetic
 from pbhw.cli import main
 from pbhw.core.config import ConfigError, LayerType, Norm, Pool, apply_sets, from_dict, load
 from pbhw.core.datasets import Dataset
@@ -325,3 +326,15 @@ def test_check_prints_the_stage_sizes_of_the_example():
     rows = stage_rows(derive_plan(load(EXAMPLE)))
     assert [tuple(c) for c in cells[: len(rows)]] == rows
     assert "config OK" in result.stdout
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_builds_its_float_and_its_fixed_point_model(path):
+    """Each example loads and derives its plan in either arithmetic, and the bit-exact model
+    builds from it (every width check passed): ``pbhw train EXAMPLE [--arith fixed]`` cannot
+    stop at the config."""
+    derive_plan(load(path, ['train.arith="float"']))
+    FixedArithmetic(derive_plan(load(path, ['train.arith="fixed"'])))
