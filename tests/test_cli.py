@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from pbhw.cli import main
+from pbhw.cli.commands import overflow_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "mlp_digits.toml"
@@ -360,3 +361,19 @@ def test_an_output_folder_that_is_a_file_is_refused(tmp_path, no_work):
 def test_estimate_refuses_a_pnr_timeout_that_is_not_positive(minutes, no_work):
     result = run("estimate", EXAMPLE, "--pnr-timeout", minutes)
     assert_config_error(result, "--pnr-timeout must be a positive number of minutes", minutes)
+
+
+def test_the_overflow_line_names_the_largest_counters_first():
+    counts = {
+        "stage 1 gradient": 5,
+        "stage 2 weight": 0,
+        "stage 2 gradient": 1200,
+        "stage 1 norm": 5,
+    }
+    assert overflow_summary(counts, most=2) == (
+        "overflows: 1,210 values saturated or wrapped (stage 2 gradient 1,200, stage 1 gradient "
+        "5, 1 more)"
+    )
+    assert overflow_summary({"stage 1 error": 3}) == (
+        "overflows: 3 values saturated or wrapped (stage 1 error 3)"
+    )

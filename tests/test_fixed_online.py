@@ -8,6 +8,7 @@ sample are ``tests/test_fixed_conv.py``'s (its networks ``1d-online`` and ``2d-o
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -322,9 +323,17 @@ def test_cli_checks_and_trains_an_online_norm_config_in_fixed_point(tmp_path):
     result = runner.invoke(main, ["check", str(path)])
     assert result.exit_code == 0, result.output
     assert "+onlinenorm" in result.output and "arithmetic fixed" in result.output
-    result = runner.invoke(main, ["train", str(path)])
+    out = tmp_path / "run.json"
+    result = runner.invoke(main, ["train", str(path), "--json", str(out)])
     assert result.exit_code == 0, result.output
     assert "fixed arithmetic" in result.output and "test accuracy" in result.output
+    # the overflows' line: the run's total as the JSON has it, whenever there are any
+    total = json.loads(out.read_text())["saturation_total"]
+    lines = [line for line in result.output.splitlines() if line.startswith("overflows:")]
+    assert total > 0 and len(lines) == 1, result.output  # 300 samples do overflow
+    assert all(
+        line.startswith(f"overflows: {total:,} values saturated or wrapped (") for line in lines
+    )
     raw = _cnn(f"npz:{data}")
     raw["network"]["layers"][1]["alpha_bkw"] = 1 - 1e-9
     path.write_text(_toml(raw))

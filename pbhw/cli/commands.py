@@ -170,6 +170,15 @@ def check(config: str, sets: tuple[str, ...]) -> None:
     console.print("config OK")
 
 
+def overflow_summary(counts: dict[str, int], most: int = 3) -> str:
+    """One line on a fixed-point run's overflows (values saturated or wrapped into their
+    format, ``"stage role" -> count``): the total and the largest ``most`` counters."""
+    top = sorted(((n, key) for key, n in counts.items() if n), key=lambda t: (-t[0], t[1]))
+    listed = ", ".join(f"{key} {n:,}" for n, key in top[:most])
+    more = f", {len(top) - most} more" if len(top) > most else ""
+    return f"overflows: {sum(counts.values()):,} values saturated or wrapped ({listed}{more})"
+
+
 @click.command()
 @config_argument
 @click.option(
@@ -234,6 +243,8 @@ def train(
         f"{100 * result.train_accuracy:.2f}%, final loss {result.final_loss:.4f}, "
         f"{result.samples_per_second:.0f} samples/s"
     )
+    if result.extra.get("saturation_total"):
+        click.echo(overflow_summary(result.extra["saturation"]))
     if result.extra["collapsed"]:
         click.echo(
             "warning: the network collapsed: it predicts one class for every training "
