@@ -899,23 +899,23 @@ class FixedArithmetic:
             RoleFormat(FixedFormat(a.format.width, a.format.frac, True), a.rounding, a.overflow)
             for a in acts
         ]
-        # the decays' and the clamp's codes (pbhw.core.plan), per config
-        codes = (
-            [online_constants(index, st0.spec, f.activation.format) for f in fm] if online else []
-        )
-        decays = None
-        if online:
-            a_f, a_b = (codes[0][k].code for k in ("alpha_fwd", "alpha_bkw"))
-            decays = (a_f, 2**DECAY_FRAC - a_f, a_b, 2**DECAY_FRAC - a_b)
+        # the decays' complements and the clamp's codes (pbhw.core.plan), per config (configs
+        # run together share the network, but the clamp's code depends on the format)
+        codes = [
+            online_constants(index, p.stages[i].spec, f.activation.format)
+            for p, f in zip(self.plans, fm, strict=True)
+            if online
+        ]
+        b_fwd = [2**DECAY_FRAC - c["alpha_fwd"].code for c in codes]
+        b_bkw = [2**DECAY_FRAC - c["alpha_bkw"].code for c in codes]
         # Widths of the sums (the largest magnitudes of their terms), as datapath's accumulators.
-        for f in fm:
+        for k, f in enumerate(fm):
             top_a = 1 << (f.activation.format.width - 1)
             top_e = max(-f.error.format.min_code, f.error.format.max_code)
             top_w = max(-f.weight.format.min_code, f.weight.format.max_code)
             eps = round(NORM_EPS * 2.0 ** (2 * f.activation.format.frac))
             if online:
-                assert decays is not None
-                _, b_f, _, b_b = decays
+                b_f, b_b = b_fwd[k], b_bkw[k]
                 sums = {
                     "variance": size * size * (4 * top_a * top_a + eps),
                     "normalization": (2 * size * top_a) << 24,
@@ -979,7 +979,7 @@ class FixedArithmetic:
         }
         if online:
             kappa = [c["clamp"].code for c in codes]
-            out.update(self._online_points(index, kappa, fm, fa, fd, dz, size, decays))
+            out.update(self._online_points(index, kappa, fm, fa, fd, dz, size, b_fwd, b_bkw))
         else:
             # the per-group sum, rounded into a register as wide as the widest accumulator
             out["k2"] = _Rounder(
@@ -1005,11 +1005,18 @@ class FixedArithmetic:
 
     @staticmethod
     def _online_points(
-        index: int, kappa: list, fm: list, fa: list, fd: list, dz: list, size: int, decays
+        index: int,
+        kappa: list,
+        fm: list,
+        fa: list,
+        fd: list,
+        dz: list,
+        size: int,
+        b_fwd: list,
+        b_bkw: list,
     ) -> dict:
         """Online Normalization's constants, state rounding points and compensation
         (``docs/numerics.md``, "Online Normalization")."""
-        _, b_f, _, b_b = decays
         st = index  # the stage's streams
         wide = [  # the state's sums: a register as wide as the widest accumulator, frac 0
             RoleFormat(FixedFormat(ACC_LIMIT, 0), f.activation.rounding, f.activation.overflow)
@@ -1041,8 +1048,9 @@ class FixedArithmetic:
         ]
         group = stream_id(st, "norm_group")
         return {
-            "b_f": b_f,
-            "b_b": b_b,
+            # the decays' complements b = 2^16 - a, per config (multipliers of [C, C_out] sums)
+            "b_f": _column(b_fwd, 2),
+            "b_b": _column(b_bkw, 2),
             "state_step": _Rounder([DECAY_FRAC] * len(fm), wide, group, 2),
             "rho_v": _DivRounder(
                 [DECAY_FRAC + d + a for d, a in zip(fd, fa, strict=True)], product, group, 2, size
