@@ -1017,7 +1017,6 @@ class FixedArithmetic:
     ) -> dict:
         """Online Normalization's constants, state rounding points and compensation
         (``docs/numerics.md``, "Online Normalization")."""
-        st = index  # the stage's streams
         wide = [  # the state's sums: a register as wide as the widest accumulator, frac 0
             RoleFormat(FixedFormat(ACC_LIMIT, 0), f.activation.rounding, f.activation.overflow)
             for f in fm
@@ -1046,7 +1045,7 @@ class FixedArithmetic:
             )
             for f, d, a in zip(fm, fd, fa, strict=True)
         ]
-        group = stream_id(st, "norm_group")
+        group = stream_id(index, "norm_group")
         return {
             # the decays' complements b = 2^16 - a, per config (multipliers of [C, C_out] sums)
             "b_f": _column(b_fwd, 2),
@@ -1059,11 +1058,11 @@ class FixedArithmetic:
             "g1": _Rounder(
                 [d + 2 * a for d, a in zip(fd, fa, strict=True)],
                 dz,
-                stream_id(st, "norm_online"),
+                stream_id(index, "norm_online"),
                 4,
             ),
-            "g2": _VarRounder(wide_error, stream_id(st, "norm_online"), 4),
-            "dc": _Rounder([d + 8 for d in fd], dz, stream_id(st, "norm_backward"), 4),
+            "g2": _VarRounder(wide_error, stream_id(index, "norm_online"), 4),
+            "dc": _Rounder([d + 8 for d in fd], dz, stream_id(index, "norm_backward"), 4),
             "P": _Rounder([f.format.frac for f in state_fmt[0]], state_fmt[0], group, 2),
             "U": _Rounder([f.format.frac for f in state_fmt[1]], state_fmt[1], group, 2),
             # the clamp's bound at the affine sum's frac fw + fa
@@ -1651,9 +1650,10 @@ class FixedArithmetic:
         c, b, out, positions = acc.shape
         m = nm["size"]
         conv = rq(nm["c"], "norm", acc, index)
-        mean, var = online["M"][:, None, :, None], online["V"][:, None, :, None]
-        r, j = _norm_rsqrt(var + m * m * nm["eps"])
-        y = rq(nm["xhat"], "normalized", (((m * conv) << 8) - mean) * r, index, 39 - j)
+        mean, var = online["M"], online["V"]  # [C, C_out]
+        r, j = _norm_rsqrt(var[:, None, :, None] + m * m * nm["eps"])
+        centered = ((m * conv) << 8) - mean[:, None, :, None]
+        y = rq(nm["xhat"], "normalized", centered * r, index, 39 - j)
         cols = ctx["norm_col"]
         scale, shift = w[:, None, :, cols, None], w[:, None, :, cols + 1, None]
         s = y * scale + (shift << nm["fa"])
@@ -1669,7 +1669,6 @@ class FixedArithmetic:
             qs = m * (conv * conv).sum(-1)[:, 0] - s1 * s1
             ch = np.arange(out, dtype=np.int64)[None, :]
             point = nm["state_step"]
-            mean, var = online["M"], online["V"]
             dev = (s1 << 8) - mean
             inc, _ = point(nm["b_f"] * dev, self.seed, step, ch)
             square = (dev >> 8) ** 2

@@ -29,7 +29,7 @@ from pbhw.cli.common import (
 from pbhw.core.config import ROLES, Arith, ConstantProducts, Norm
 from pbhw.core.datasets import load as load_dataset
 from pbhw.core.io import check_output_dir, check_output_file, write_json
-from pbhw.core.plan import derive_plan, online_constants
+from pbhw.core.plan import Coefficient, derive_plan, online_constants
 from pbhw.core.torch_io import check_exportable, read_checkpoint, write_state_dict
 from pbhw.flows.flow import run_flow
 from pbhw.tools.check import STAGE_COLUMNS, check_config, stage_rows
@@ -135,39 +135,39 @@ def check(config: str, sets: tuple[str, ...]) -> None:
             )
     console.print(formats)
 
-    coeffs = Table(title="update constants (coefficient format)", title_justify="left")
-    for column in ("stage", "constant", "exact", "code", "quantized", "rel. error"):
-        coeffs.add_column(column)
-    for st in plan.stages:
-        for c in st.coefficients.values():
-            coeffs.add_row(
-                str(st.index),
-                c.name,
-                f"{c.value:.8g}",
-                str(c.code),
-                f"{c.quantized:.8g}",
-                f"{c.error:.2e}",
-            )
-    console.print(coeffs)
+    console.print(
+        _constants_table(
+            "update constants (coefficient format)",
+            [(st.index, c) for st in plan.stages for c in st.coefficients.values()],
+        )
+    )
     online = [st for st in plan.stages if st.spec is not None and st.spec.norm is Norm.ONLINE]
     if online and cfg.train.arith is Arith.FIXED:
-        consts = Table(
-            title="Online Normalization constants (decays: 16-bit codes; clamp: activation format)",
-            title_justify="left",
-        )
-        for column in ("stage", "constant", "exact", "code", "quantized", "rel. error"):
-            consts.add_column(column)
-        for st in online:
-            assert st.spec is not None
-            for c in online_constants(st.index, st.spec, st.formats.activation.format).values():
-                consts.add_row(
-                    str(st.index), c.name, f"{c.value:.8g}", str(c.code), f"{c.quantized:.8g}",
-                    f"{c.error:.2e}",
-                )  # fmt: skip
-        console.print(consts)
+        rows = [
+            (st.index, c)
+            for st in online
+            if st.spec is not None
+            for c in online_constants(st.index, st.spec, st.formats.activation.format).values()
+        ]
+        title = "Online Normalization constants (decays: 16-bit codes; clamp: activation format)"
+        console.print(_constants_table(title, rows))
     for warning in plan.warnings:
         warn(warning)
     console.print("config OK")
+
+
+def _constants_table(title: str, rows: list[tuple[int, Coefficient]]) -> Table:
+    """Constants per stage: the exact value, its code, the value the code stands for, and the
+    relative error."""
+    table = Table(title=title, title_justify="left")
+    for column in ("stage", "constant", "exact", "code", "quantized", "rel. error"):
+        table.add_column(column)
+    for index, c in rows:
+        table.add_row(
+            str(index), c.name, f"{c.value:.8g}", str(c.code), f"{c.quantized:.8g}",
+            f"{c.error:.2e}",
+        )  # fmt: skip
+    return table
 
 
 def overflow_summary(counts: dict[str, int], most: int = 3) -> str:
