@@ -452,9 +452,10 @@ class FixedConvContext:
     #: forward (golden.conv_kernels, one sample) the same transposed, [C, positions, cols]
     columns: np.ndarray
     #: group norm: the normalized codes [C, B, groups, group size] and per group the
-    #: reciprocal square root's mantissa and exponent [C, B, groups, 1]
+    #: reciprocal square root's mantissa and exponent [C, B, groups, 1]; from the compiled
+    #: forward [C, C_out x positions], and ``rsqrt`` one array [C, groups, 2]
     xhat: np.ndarray | None = None
-    rsqrt: tuple[np.ndarray, np.ndarray] | None = None
+    rsqrt: tuple[np.ndarray, np.ndarray] | np.ndarray | None = None
     #: the projection's input: the residual's codes its stride reads, with the bias row
     residual: np.ndarray | None = None
     #: Online Normalization: where the clamp held, [C, B, C_out, positions] (``xhat`` holds
@@ -735,7 +736,7 @@ class FixedArithmetic:
         ctx["norm"] = self._build_norm(i, ctx, divisor) if norm else None
         ctx["idx_w"] = np.arange(out * width, dtype=np.int64).reshape(1, out, width)
         ctx["kernel"] = None
-        if not norm and ctx["projection"] is None and geo.pool is not Pool.GLOBAL_AVG:
+        if ctx["projection"] is None and geo.pool is not Pool.GLOBAL_AVG:
             ctx["kernel"] = self._conv_kernel_tables(ctx, st0)
         # a residual's source: the overflow of the sum of its errors (add_errors), compiled
         ctx["sum_rq"] = self._kernel_rows([ctx["sum"]])
@@ -752,28 +753,52 @@ class FixedArithmetic:
         arrays a stage does not have."""
         geo, c = ctx["geometry"], self.configs
         residual = ctx["residual"]
+        nm = ctx["norm"]
         points = {
-            "activation": ctx["fwd"],
+            "activation": ctx["fwd"] if nm is None else nm["z"],
             "pool": ctx.get("pool"),
             "residual": None if residual is None else residual.shift_rounder,
             "error": ctx.get("bwd"),
             "gradient": ctx["grad"],
         }
-        rows = self._kernel_rows([points[name] for name in conv_kernels.POINTS])
+        norm_constants = np.zeros((c, len(conv_kernels.NORM_FIELDS)), dtype=np.int64)
+        if nm is not None:  # the norm's rounding points and constants (_build_norm)
+            points.update(self._norm_kernel_points(nm))
+            values = {
+                "groups": nm["groups"],
+                "size": nm["size"],
+                "col": ctx["norm_col"],
+                "eps": nm["eps"],
+                "fa": nm["fa"],
+                "fd": nm["fd"],
+                "xhat_frac": nm["xhat"].frac,
+                "var_frac": (nm["g2"] if nm["online"] else nm["dc"]).frac,
+                "b_f": nm.get("b_f"),
+                "b_b": nm.get("b_b"),
+                "bound": nm.get("bound"),
+                "rho_v_shift": _division(nm["rho_v"])[1] if nm["online"] else 0,
+                "rho_u_shift": _division(nm["rho_u"])[1] if nm["online"] else 0,
+            }
+            norm_constants = np.stack(
+                [_per_config(values[f], c) for f in conv_kernels.NORM_FIELDS], 1
+            )
+        rows = self._kernel_rows([points.get(name) for name in conv_kernels.POINTS])
         flags = {
             "pool": conv_kernels.POOL_CODES[geo.pool.value],
             "relu": stage.relu,
             "bias": ctx["cols"] > ctx["n_in"],
             "residual": residual is not None,
             "error": ctx["index"] > 1,
+            "norm": conv_kernels.NORM_CODES[stage.spec.norm.value],
         }
         shape = (*geo.in_shape, *geo.kernel, *geo.stride, *geo.padding, *geo.conv_shape)
         values = dict(zip(conv_kernels.GEOMETRY_FIELDS, (*shape, *geo.window), strict=False))
         values.update(flags)
         one = ctx["one"] if self.bias else 0
         constants = {"one": one, "res_product": 0, "res_shift": 0}
-        if residual is not None:
-            constants.update(res_product=ctx["res_product"], res_shift=ctx["res_shift"])
+        if residual is not None:  # a norm's residual joins its affine sum (_build_norm)
+            shifts = ctx if nm is None else nm
+            constants.update(res_product=shifts["res_product"], res_shift=shifts["res_shift"])
         # the input element each window element reads: im2col of the elements' numbers + 1
         # (its padding, code 0, becomes -1)
         numbers = np.arange(1, math.prod(geo.in_shape) + 1, dtype=np.int64).reshape(1, 1, -1)
@@ -782,25 +807,42 @@ class FixedArithmetic:
             "geo": np.array([values[f] for f in conv_kernels.GEOMETRY_FIELDS], dtype=np.int64),
             "k": np.stack([_per_config(constants[f], c) for f in conv_kernels.CONSTANT_FIELDS], 1),
             "rq": rows,
-            # the rounding points counted after each kernel (as the numpy path counts them)
+            # the rounding points counted after each kernel under their roles (as the numpy
+            # path counts them; a norm's kernel adds rho_u's into rho_v's column, and g2's, P's
+            # and U's into g1's)
             "counted": {
                 phase: [
-                    (p, role)
-                    for p, role in enumerate(conv_kernels.POINTS)
-                    if role in roles
-                    and points[role] is not None
-                    and (role != "pool" or geo.pool is Pool.AVG)
+                    (conv_kernels.POINTS.index(name), role)
+                    for name, role in roles
+                    if points.get(name) is not None and (name != "pool" or geo.pool is Pool.AVG)
                 ]
-                for phase, roles in (
-                    ("forward", ("activation", "pool")),
-                    ("backward", ("residual", "error")),
-                    ("update", ("gradient",)),
-                )
+                for phase, roles in _KERNEL_ROLES.items()
             },
+            "norm": norm_constants,
             "counts": np.zeros((c, len(conv_kernels.POINTS)), dtype=np.int64),
             "empty": np.zeros((c, 0), dtype=np.int64),
+            "empty3": np.zeros((c, 0, 0), dtype=np.int64),
             "no_mask": np.zeros((c, 0), dtype=np.bool_),
         }
+
+    @staticmethod
+    def _norm_kernel_points(nm: dict) -> dict:
+        """A norm's rounding points as the conv kernels read them (``conv_kernels.POINTS``):
+        the per-group shifts' and the divisions' targets (their shifts are the kernel's
+        constants), the others as they are."""
+        points = {
+            "c": nm["c"],
+            "xhat": nm["xhat"].target,
+            "dx": nm["dx"].shift_rounder,
+        }
+        if nm["online"]:
+            for name in ("state_step", "g1", "dc", "P", "U"):
+                points[name] = nm[name]
+            points.update(rho_v=_division(nm["rho_v"])[0], rho_u=_division(nm["rho_u"])[0])
+            points["g2"] = nm["g2"].target
+        else:
+            points.update(k2=nm["k2"], dc=nm["dc"].target)
+        return points
 
     def _build_projection(self, i: int, ctx: dict, divisor: int) -> dict:
         """The residual projection's geometry, rounding point and width checks."""
@@ -1434,8 +1476,8 @@ class FixedArithmetic:
 
     # ------------------------------------------------------------------------------------------
     # conv stages (docs/numerics.md, "Conv stages"): the weights are a matrix as a dense stage's.
-    # A training step's forward, backward and gradient of a stage without group norm, a
-    # projection or a global average run compiled (golden.conv_kernels, the stage's "kernel"
+    # A training step's forward, backward and gradient of a stage without a projection or a
+    # global average (normalized or not) run compiled (golden.conv_kernels, the stage's "kernel"
     # tables); the numpy path (_conv_run and the rest) computes the same codes for the others
     # and for evaluation, and is what tests/test_conv_kernels.py checks the kernels against.
 
@@ -1494,6 +1536,17 @@ class FixedArithmetic:
         if geo.pool is Pool.MAX:
             choice = np.empty((c, stage.n_out), dtype=np.int64)
         columns = np.empty((c, positions, ctx["cols"]), dtype=np.int64)
+        nm = ctx["norm"]
+        xhat = rsq = clamped = None
+        mean = var = kt["empty"]
+        if nm is not None:
+            xhat = np.empty((c, out * positions), dtype=np.int64)
+            rsq = np.empty((c, nm["groups"], 2), dtype=np.int64)
+            if nm["online"]:
+                assert state is not None, "Online Normalization needs the stage's state"
+                online = state.online  # type: ignore[attr-defined]
+                mean, var = online["M"].copy(), online["V"].copy()  # advanced below
+                clamped = np.empty((c, out * positions), dtype=np.bool_)
         over = conv_kernels.conv_forward(
             x,
             w,
@@ -1509,12 +1562,24 @@ class FixedArithmetic:
             choice,
             columns,
             kt["counts"],
+            kt["norm"],
+            True,
+            mean,
+            var,
+            kt["empty"] if xhat is None else xhat,
+            kt["empty3"] if rsq is None else rsq,
+            kt["no_mask"] if clamped is None else clamped,
         )
         self._count_kernel(ctx, "forward", over)
+        if clamped is not None:
+            online["M"], online["V"] = mean, var
         kept = FixedConvContext(
             mask.reshape(c, 1, out, positions) if stage.relu else None,
             choice.reshape(c, 1, out, -1) if geo.pool is Pool.MAX else None,
             columns,  # [C, positions, cols]: the windows' matrix transposed, for one sample
+            xhat,
+            rsq,
+            clamped=clamped,
         )
         return z, kept
 
@@ -1734,6 +1799,12 @@ class FixedArithmetic:
             error_in_out = kt["empty"]
             if stage.index > 1:
                 error_in = error_in_out = np.empty((c, x.shape[1]), dtype=np.int64)
+            nm, norm_sums = ctx["norm"], None
+            sums = kt["empty3"] if nm is None else np.empty((c, 2, out), dtype=np.int64)
+            ps = us = kt["empty"]
+            if nm is not None and nm["online"]:
+                assert state is not None and getattr(state, "online", None) is not None
+                ps, us = state.online["P"].copy(), state.online["U"].copy()  # advanced below
             over = conv_kernels.conv_backward(
                 error,
                 w,
@@ -1748,9 +1819,21 @@ class FixedArithmetic:
                 kt["empty"] if residual_error is None else residual_error,
                 error_in_out,
                 kt["counts"],
+                kt["norm"],
+                kt["empty"] if kept.xhat is None else kept.xhat,
+                kt["empty3"] if kept.rsqrt is None else kept.rsqrt,
+                kt["no_mask"] if kept.clamped is None else kept.clamped,
+                ps,
+                us,
+                sums,
             )
             self._count_kernel(ctx, "backward", over)
-            return (d.reshape(c, 1, out, -1), kept.columns, None, None), error_in, residual_error
+            if nm is not None:
+                norm_sums = (sums[:, None, 0], sums[:, None, 1])  # [C, 1, C_out] each
+                if nm["online"]:
+                    state.online["P"], state.online["U"] = ps, us  # type: ignore[union-attr]
+            pending = (d.reshape(c, 1, out, -1), kept.columns, norm_sums, None)
+            return pending, error_in, residual_error
         e = error.reshape(c, 1, out, -1)
         if geo.pool is Pool.AVG:  # every window element gets the error: the 1/4 is a frac
             d = unpool(np.repeat(e[..., None], math.prod(geo.window), -1), geo)
@@ -1833,7 +1916,8 @@ class FixedArithmetic:
         kt = ctx["kernel"]
         if kt is not None:  # compiled: the windows as conv_forward's kernel wrote them
             c, out, cols = d.shape[0], ctx["geometry"].conv_shape[0], ctx["cols"]
-            g = np.empty((c, out, cols), dtype=np.int64)
+            # the weights' columns, then a norm's scale and shift (written below)
+            g = np.empty((c, out, ctx["idx_w"].shape[2]), dtype=np.int64)
             over = conv_kernels.conv_gradient(
                 d.reshape(c, -1),
                 columns,
@@ -1845,26 +1929,31 @@ class FixedArithmetic:
                 kt["counts"],
             )
             self._count_kernel(ctx, "update", over)
+            if norm_sums is not None:
+                g[..., cols : cols + 2] = self._norm_gradient(ctx, norm_sums)
             self._momentum_update(ctx, s, g)
             return
         acc = _matmul(d, columns.transpose(0, 1, 3, 2), ctx["grad_float"]).sum(1)
         cols = ctx["cols"]
         g = self._rq(ctx, "grad", "gradient", acc, ctx["idx_w"][..., :cols])
         if norm_sums is not None:  # the scale's and the shift's columns
-            nm = ctx["norm"]
-            g_scale = self._rq(
-                nm, "g_scale", "gradient", norm_sums[0].sum(1), ctx["idx_w"][..., cols]
-            )
-            g_shift = self._rq(
-                nm, "g_shift", "gradient", norm_sums[1].sum(1), ctx["idx_w"][..., cols + 1]
-            )
-            g = np.concatenate([g, g_scale[..., None], g_shift[..., None]], -1)
+            g = np.concatenate([g, self._norm_gradient(ctx, norm_sums)], -1)
         if proj is not None:  # the projection's columns: error times its strided input
             pj, pc = ctx["projection"], ctx["proj_col"]
             acc = np.matmul(proj[0], proj[1].transpose(0, 1, 3, 2)).sum(1)
             idx = ctx["idx_w"][..., pc : pc + pj["cols"]]
             g = np.concatenate([g, self._rq(pj, "grad", "gradient", acc, idx)], -1)
         self._momentum_update(ctx, s, g)
+
+    def _norm_gradient(self, ctx: dict, norm_sums: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """A norm's scale's and shift's gradient codes ``[C, C_out, 2]`` from their exact sums
+        ``[C, B, C_out]`` (summed over the samples)."""
+        nm, cols = ctx["norm"], ctx["cols"]
+        g_scale = self._rq(nm, "g_scale", "gradient", norm_sums[0].sum(1), ctx["idx_w"][..., cols])
+        g_shift = self._rq(
+            nm, "g_shift", "gradient", norm_sums[1].sum(1), ctx["idx_w"][..., cols + 1]
+        )
+        return np.stack([g_scale, g_shift], -1)
 
     def add_errors(self, stage: StagePlan, error: np.ndarray, residual: np.ndarray) -> np.ndarray:
         """The error arriving at a residual's source: the sum of the error from the next stage
@@ -2372,6 +2461,34 @@ def _flat(values: Sequence[int | np.ndarray], sizes: Sequence[int], configs: int
 
 #: Online Normalization's error-compensation state ``P`` and ``U``: signed codes of this width
 _ONLINE_STATE_WIDTH = 44
+#: the conv kernels' rounding points (``conv_kernels.POINTS``) counted after each phase, with
+#: the role each is counted under (the numpy path's roles)
+_KERNEL_ROLES = {
+    "forward": (
+        ("activation", "activation"),
+        ("pool", "pool"),
+        ("c", "norm"),
+        ("xhat", "normalized"),
+    ),
+    "backward": (
+        ("residual", "residual"),
+        ("error", "error"),
+        ("dx", "norm_error"),
+        ("rho_v", "norm_group"),
+        ("g1", "norm_online"),
+        ("dc", "norm_backward"),
+    ),
+    "update": (("gradient", "gradient"),),
+}
+
+
+def _division(r: _DivRounder) -> tuple[_Rounder, list[int] | int | np.ndarray]:
+    """A division's rounding point as a conv kernel divides (``conv_kernels._divide1`` by its
+    divisor times ``2^shift``): the rounder whose row it reads (lo, hi, span, stream, modes)
+    and its shift per config. A power-of-two divisor's shift rounder rounds the same values."""
+    if r.shift_rounder is not None:
+        return r.shift_rounder, r.shift_rounder.shift - (r.divisor.bit_length() - 1)
+    return r.target, r.shifts
 
 
 def _check_sums(subject: str, sums: dict[str, int], advice: str) -> None:

@@ -5,9 +5,10 @@ A conv stage's forward, backward and update run once compiled and once in numpy 
 ``kernel`` tables removed) on the same random codes, in every rounding and overflow mode, each
 mode one config of a run (and a run of one config with mixed modes): the output codes, the
 ReLU masks, the max-pooling choices, the errors (at the convolution's output, along the
-residual and to the previous stage), the new weights and velocities and the overflow counts
-must be exactly equal. The formats are narrow and the codes wide, so that every mode rounds and
-overflows."""
+residual and to the previous stage), the new weights and velocities, Online Normalization's
+state and the overflow counts must be exactly equal. Group norm and Online Normalization run
+compiled too, unless a projection or a global average is in their stage. The formats are
+narrow and the codes wide, so that every mode rounds and overflows."""
 
 from __future__ import annotations
 
@@ -51,6 +52,13 @@ def run(plans: list, compiled: bool) -> tuple[list[np.ndarray], dict, int]:
         s.v = rng.integers(-90, 90, s.v.shape, dtype=np.int64)
         if s.w_prev is not None:
             s.w_prev = rng.integers(-40, 40, s.w.shape, dtype=np.int64)
+        online = getattr(s, "online", None)
+        if online is not None:  # a state far from its start, so that every term counts
+            m = online["M"].shape
+            online["M"] = rng.integers(-(1 << 14), 1 << 14, m, dtype=np.int64)
+            online["V"] = rng.integers(0, 1 << 20, m, dtype=np.int64)
+            online["P"] = rng.integers(-(1 << 24), 1 << 24, m, dtype=np.int64)
+            online["U"] = rng.integers(-(1 << 18), 1 << 18, m, dtype=np.int64)
         states.append(s)
     seen: list[np.ndarray] = []
     for step in (0, 3):
@@ -61,7 +69,7 @@ def run(plans: list, compiled: bool) -> tuple[list[np.ndarray], dict, int]:
             residual = outputs[-st.spec.residual] if st.spec.residual else None
             w, _ = arith.conv_predicted(st, s)
             inputs.append(x)
-            x, k = arith.conv_forward(st, w, x, residual)
+            x, k = arith.conv_forward(st, w, x, residual, s)
             outputs.append(x)
             kept.append(k)
             seen += [x, *(a for a in (k.mask, k.choice) if a is not None)]
@@ -69,11 +77,12 @@ def run(plans: list, compiled: bool) -> tuple[list[np.ndarray], dict, int]:
             st, s = stages[i], states[i]
             error = rng.integers(-500, 500, outputs[i].shape, dtype=np.int64)
             pending, error_in, residual_error = arith.conv_backward(
-                st, s.w, inputs[i], kept[i], error
+                st, s.w, inputs[i], kept[i], error, s
             )
             seen += [pending[0], *(a for a in (error_in, residual_error) if a is not None)]
             arith.conv_update(st, s, pending)
             seen += [s.w, s.v]
+        seen += [a for s in states for a in (getattr(s, "online", None) or {}).values()]
     return seen, arith.saturation_counts(), kernel_stages
 
 
@@ -86,8 +95,24 @@ def run(plans: list, compiled: bool) -> tuple[list[np.ndarray], dict, int]:
         ("2d-global", ALL_MODES),
         ("1d", ["mixed1"]),
         ("2d", ["mixed-per-layer"]),
+        ("1d-norm", ALL_MODES),
+        ("2d-norm", ALL_MODES),
+        ("1d-online", ALL_MODES),
+        ("2d-online", ALL_MODES),
+        ("2d-online", ["mixed-per-layer"]),
     ],
-    ids=["1d-every-mode", "2d-every-mode", "2d-global-every-mode", "1d-mixed", "2d-mixed"],
+    ids=[
+        "1d-every-mode",
+        "2d-every-mode",
+        "2d-global-every-mode",
+        "1d-mixed",
+        "2d-mixed",
+        "1d-norm-every-mode",
+        "2d-norm-every-mode",
+        "1d-online-every-mode",
+        "2d-online-every-mode",
+        "2d-online-mixed",
+    ],
 )
 def test_conv_kernels_equal_numpy(net, cases, bias):
     plans = plans_of(net, cases, bias)
@@ -99,6 +124,10 @@ def test_conv_kernels_equal_numpy(net, cases, bias):
     for a, b in zip(numpy_codes, kernel_codes, strict=True):
         assert a.dtype == b.dtype and np.array_equal(a, b)
     assert kernel_counts == numpy_counts
-    if len(cases) > 1:  # every role of every stage overflows in some mode (an average of
+    if "norm" in net or "online" in net:  # the norm's roles were counted, and some overflowed
+        roles = {k.split()[-1] for k in numpy_counts}
+        assert {"norm", "normalized", "norm_error", "norm_backward"} <= roles, roles
+        assert any(sum(n) for k, n in numpy_counts.items() if k.startswith("stage 1 norm"))
+    elif len(cases) > 1:  # every role of every stage overflows in some mode (an average of
         # ReLU outputs cannot)
         assert all(sum(n) > 0 for k, n in numpy_counts.items() if "pool" not in k), numpy_counts
