@@ -266,27 +266,11 @@ def _relative(path: Path) -> str:
 def compare(
     config_path: Path, epochs: int, data: Dataset, threads: list[int], repeats: int
 ) -> dict[str, Any]:
-    """pbhw against the naive loop on one config: best samples/s of each, their ratio, all
-    runs (alternating pbhw and torch in every repeat)."""
-    runs: dict[str, list[float]] = {"pbhw": [], **{f"torch_{n}_threads": [] for n in threads}}
-    for _ in range(repeats):
-        runs["pbhw"].append(pbhw_samples_per_second(config_path, epochs, data))
-        for n in threads:
-            runs[f"torch_{n}_threads"].append(
-                torch_samples_per_second(config_path, epochs, data, n)
-            )
-    best = {name: max(values) for name, values in runs.items()}
-    torch_best = max(value for name, value in best.items() if name != "pbhw")
-    config = load(config_path)
-    return {
-        "config": _relative(config_path),
-        "arith": config.train.arith.value,
-        "network": [list(st.out_shape) for st in derive_plan(config).stages],
-        "pbhw_samples_per_second": best["pbhw"],
-        "torch_samples_per_second": torch_best,
-        "ratio": best["pbhw"] / torch_best,
-        "all_runs": runs,
-    }
+    """pbhw in the config's own arithmetic against the naive loop on one config: best samples/s
+    of each, their ratio, all runs (alternating pbhw and torch in every repeat)."""
+    arith = load(config_path).train.arith.value
+    run = compare_arithmetics(config_path, [arith], epochs, data, threads, repeats)
+    return {"config": run["config"], "arith": arith, "network": run["network"], **run[arith]}
 
 
 def compare_arithmetics(

@@ -145,6 +145,17 @@ def _divide1(acc, s, n, mode, word):
 
 
 @njit(cache=True, inline="always")
+def _divide_rq1(acc, s, n, row, seed, step, counter):
+    """:func:`_rq1` of a division: ``acc / (n * 2^s)`` rounded (:func:`_divide1`) in the mode
+    of ``row``, then its overflow; returns the code and whether it overflowed."""
+    mode = row[5]
+    word = threefry_word(seed, row[4], step, counter) if mode == _STOCHASTIC else 0
+    raw = _divide1(acc, s, n, mode, word)
+    code = _overflow(raw, row[1], row[2], row[3], row[6] == _WRAP)
+    return code, code != raw
+
+
+@njit(cache=True, inline="always")
 def _rsqrt(q):
     """``golden.fixed_arith._norm_rsqrt`` of one value: ``(r, J)``, ``(0, 0)`` for ``q <= 0``."""
     if q <= 0:
@@ -191,13 +202,7 @@ def _norm_forward(
     out = w.shape[1]
     n = conv.shape[0]
     pos = n // out
-    row = rq[c, _C]
-    over = 0
-    for e in range(n):
-        code, o = _rq1(conv[e], row[0], row, seed, step, e)
-        conv[e] = code
-        over += o
-    counts[c, _C] += over
+    _round_run(conv, conv, rq, c, _C, seed, step, 0, counts)
     xrow = rq[c, _XHAT]
     over = 0
     if not online:
@@ -302,14 +307,10 @@ def _norm_backward(dc, c, w, nk, online, rq, seed, step, xhat, rsq, clamped, ps,
     for o_ in range(out):
         scale = w[c, o_, col]
         p_o, u_o = ps[c, o_], us[c, o_]
-        word = threefry_word(seed, vrow[4], step, 3 * out + o_) if vrow[5] == _STOCHASTIC else 0
-        raw = _divide1(b_b * p_o, nk[c, 11], size, vrow[5], word)
-        rho_v = _overflow(raw, vrow[1], vrow[2], vrow[3], vrow[6] == _WRAP)
-        n_group += rho_v != raw
-        word = threefry_word(seed, urow[4], step, 4 * out + o_) if urow[5] == _STOCHASTIC else 0
-        raw = _divide1(b_b * u_o, nk[c, 12], size, urow[5], word)
-        rho_u = _overflow(raw, urow[1], urow[2], urow[3], urow[6] == _WRAP)
-        n_group += rho_u != raw
+        rho_v, o = _divide_rq1(b_b * p_o, nk[c, 11], size, vrow, seed, step, 3 * out + o_)
+        n_group += o
+        rho_u, o = _divide_rq1(b_b * u_o, nk[c, 12], size, urow, seed, step, 4 * out + o_)
+        n_group += o
         r, j = rsq[c, o_, 0], rsq[c, o_, 1]
         ss = np.int64(0)
         sb = np.int64(0)

@@ -1571,7 +1571,7 @@ class FixedArithmetic:
             kt["no_mask"] if clamped is None else clamped,
         )
         self._count_kernel(ctx, "forward", over)
-        if clamped is not None:
+        if nm is not None and nm["online"]:
             online["M"], online["V"] = mean, var
         kept = FixedConvContext(
             mask.reshape(c, 1, out, positions) if stage.relu else None,
